@@ -1,0 +1,26 @@
+# Two commands for a fresh machine:  `make demo`  and  `make test`.
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO_DIR ?= runs/demo
+NPROC ?= 2
+
+.PHONY: setup demo test clean
+
+setup: $(VENV)/.setup-done
+
+$(VENV)/.setup-done: scripts/setup_env.sh requirements/cpu.txt requirements/cuda.txt requirements/common.txt pyproject.toml
+	bash scripts/setup_env.sh $(VENV)
+	touch $@
+
+# Prepare the shipped Criteo sample, train MLET k=64 -> d=16 on 2 ranks for one epoch, collapse.
+demo: setup
+	$(BIN)/mlet-prep criteo-kaggle data_prep/samples/criteo_sample.tsv $(DEMO_DIR)/data --overwrite
+	PATH=$(abspath $(BIN)):$$PATH OMP_NUM_THREADS=1 $(BIN)/torchrun --standalone --nproc-per-node $(NPROC) \
+		mlet_dist/train.py --data $(DEMO_DIR)/data --run-dir $(DEMO_DIR)/run \
+		--model mlet --inner-dim 64 --embedding-dim 16 --epochs 1 --batch-size 128 --sharding table_wise
+
+test: setup
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q
+
+clean:
+	rm -rf runs

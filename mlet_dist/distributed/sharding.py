@@ -1,0 +1,93 @@
+"""Shard a model with TorchRec's planner and DistributedModelParallel.
+
+Here the k-wide tables of an MLET collection are ordinary EBC tables for TorchRec; the
+projections are dense, data-parallel parameters (owner-side projection is a later sharder).
+"""
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import torch
+from torch import nn
+from torchrec.distributed.embedding_types import EmbeddingComputeKernel
+from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
+from torchrec.distributed.types import ShardingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+from mlet_dist.distributed.env import DistEnv
+
+SHARDING_CHOICES = ("auto", "table_wise", "row_wise", "table_row_wise", "column_wise", "data_parallel")
+
+
+class EBCSharder(EmbeddingBagCollectionSharder):
+    """Offers row-wise and table-row-wise on CPU too: TorchRec lists them for CUDA only, but they
+    run on CPU/gloo (checked against one process in tests/)."""
+
+    def sharding_types(self, compute_device_type: str) -> List[str]:
+        return [
+            ShardingType.DATA_PARALLEL.value,
+            ShardingType.TABLE_WISE.value,
+            ShardingType.COLUMN_WISE.value,
+            ShardingType.TABLE_COLUMN_WISE.value,
+            ShardingType.ROW_WISE.value,
+            ShardingType.TABLE_ROW_WISE.value,
+        ]
+
+
+@dataclass
+class ShardingConfig:
+    sharding: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.sharding not in SHARDING_CHOICES:
+            raise ValueError(f"--sharding must be one of {', '.join(SHARDING_CHOICES)}; got {self.sharding!r}")
+
+
+def embedding_collections(model: nn.Module) -> List[EmbeddingBagCollection]:
+    return [m for m in model.modules() if isinstance(m, EmbeddingBagCollection)]
+
+
+def constraints_for(model: nn.Module, sharding: str) -> Optional[Dict[str, ParameterConstraints]]:
+    """Force one sharding type on every table; data-parallel needs the dense kernel."""
+    if sharding == "auto":
+        return None
+    kernels = (
+        [EmbeddingComputeKernel.DENSE.value]
+        if sharding == "data_parallel"
+        else [EmbeddingComputeKernel.FUSED.value]
+    )
+    return {
+        cfg.name: ParameterConstraints(sharding_types=[sharding], compute_kernels=kernels)
+        for ebc in embedding_collections(model)
+        for cfg in ebc.embedding_bag_configs()
+    }
+
+
+def shard_model(model: nn.Module, env: DistEnv, config: ShardingConfig) -> DistributedModelParallel:
+    """Plan on the live process group and wrap in DMP; ``model`` may live on the meta device."""
+    import torch.distributed as dist
+
+    topology = Topology(
+        world_size=env.world_size,
+        local_world_size=env.local_world_size,
+        compute_device=env.device.type,
+    )
+    planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints_for(model, config.sharding))
+    sharders = [EBCSharder()]
+    pg = dist.GroupMember.WORLD
+    assert pg is not None, "init_distributed() first"
+    plan = planner.collective_plan(model, sharders, pg)
+    return DistributedModelParallel(module=model, device=env.device, plan=plan, sharders=sharders)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside DMP/DDP wrappers."""
+    if isinstance(model, DistributedModelParallel):
+        return model.module
+    return model
+
+
+def device_of(model: nn.Module) -> torch.device:
+    return next(iter(unwrap(model).parameters())).device

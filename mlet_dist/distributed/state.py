@@ -1,0 +1,54 @@
+"""Move weights between a full (single-process) state dict and a DMP-sharded model.
+
+Used to start a sharded model from the same weights as a reference model, and to gather the
+trained tables for collapse while the distributed collapse (owner-side) is not built yet.
+"""
+
+from typing import Dict
+
+import torch
+import torch.distributed as dist
+from torch.distributed._shard.sharded_tensor import ShardedTensor
+from torch.distributed.tensor import DTensor
+from torch import nn
+
+
+@torch.no_grad()
+def load_full_state_dict(model: nn.Module, full: Dict[str, torch.Tensor]) -> None:
+    """Copy full tensors into a (possibly sharded) model, shard by shard."""
+    local = model.state_dict()
+    missing = sorted(set(local) - set(full))
+    if missing:
+        raise KeyError(f"full state dict lacks {missing[:5]}{'...' if len(missing) > 5 else ''}")
+    for name, dst in local.items():
+        src = full[name].to(dtype=dst.dtype)
+        if isinstance(dst, ShardedTensor):
+            for shard in dst.local_shards():
+                index = tuple(
+                    slice(offset, offset + size)
+                    for offset, size in zip(shard.metadata.shard_offsets, shard.metadata.shard_sizes)
+                )
+                shard.tensor.copy_(src[index].to(shard.tensor.device))
+        elif isinstance(dst, DTensor):
+            raise NotImplementedError(f"{name}: DTensor state is not supported yet")
+        else:
+            dst.copy_(src.to(dst.device))
+
+
+@torch.no_grad()
+def gather_full_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """Every rank gets the full tensors (CPU). Memory: the whole model on each rank, so this is
+    for models that fit one host; the sharded collapse avoids it."""
+    full: Dict[str, torch.Tensor] = {}
+    rank = dist.get_rank()
+    for name, tensor in model.state_dict().items():
+        if isinstance(tensor, ShardedTensor):
+            out = torch.empty(tensor.size(), dtype=tensor.dtype) if rank == 0 else None
+            tensor.gather(dst=0, out=out)
+            if out is None:
+                out = torch.empty(tensor.size(), dtype=tensor.dtype)
+            dist.broadcast(out, src=0)
+            full[name] = out
+        else:
+            full[name] = tensor.detach().cpu().clone()
+    return full

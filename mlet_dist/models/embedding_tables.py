@@ -1,0 +1,68 @@
+"""One switch between the MLET collection and the stock baseline, sized from a dataset's tables."""
+
+from dataclasses import dataclass
+from typing import Dict, Optional, Union
+
+import torch
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+from mlet_dist.modules.mlet_config import MLETTableConfig
+from mlet_dist.modules.mlet_embedding_bag import MLETEmbeddingBagCollection
+
+
+@dataclass
+class EmbeddingSpec:
+    """``mlet=False`` gives the baseline: a stock EBC at width d (``inner_dim`` unused)."""
+
+    embedding_dim: int = 16
+    inner_dim: int = 64
+    mlet: bool = True
+    projection_init_std: Optional[float] = None
+    pooling: PoolingType = PoolingType.SUM
+
+    def __post_init__(self) -> None:
+        if self.embedding_dim < 1:
+            raise ValueError(f"--embedding-dim must be >= 1, got {self.embedding_dim}")
+        if self.mlet and self.inner_dim < self.embedding_dim:
+            raise ValueError(
+                f"--inner-dim k={self.inner_dim} is smaller than --embedding-dim d={self.embedding_dim}: "
+                "MLET needs k >= d (the paper uses k = 4..16 x d)"
+            )
+
+
+def build_embedding_collection(
+    table_sizes: Dict[str, int],
+    spec: EmbeddingSpec,
+    device: Optional[torch.device] = None,
+) -> Union[MLETEmbeddingBagCollection, EmbeddingBagCollection]:
+    """One table per feature, named ``t_<feature>``, in the order of ``table_sizes``."""
+    if spec.mlet:
+        return MLETEmbeddingBagCollection(
+            tables=[
+                MLETTableConfig(
+                    name=f"t_{feature}",
+                    num_embeddings=n,
+                    inner_dim=spec.inner_dim,
+                    embedding_dim=spec.embedding_dim,
+                    feature_names=[feature],
+                    pooling=spec.pooling,
+                    projection_init_std=spec.projection_init_std,
+                )
+                for feature, n in table_sizes.items()
+            ],
+            device=device,
+        )
+    return EmbeddingBagCollection(
+        tables=[
+            EmbeddingBagConfig(
+                name=f"t_{feature}",
+                num_embeddings=n,
+                embedding_dim=spec.embedding_dim,
+                feature_names=[feature],
+                pooling=spec.pooling,
+            )
+            for feature, n in table_sizes.items()
+        ],
+        device=device,
+    )

@@ -1,0 +1,125 @@
+"""MLETEmbeddingBagCollection: an EmbeddingBagCollection whose tables are trained as T (n×k) · W (k×d).
+
+Pure math, no torch.distributed: the wide tables live in a stock TorchRec EmbeddingBagCollection
+(``self.wide``) so that TorchRec's sharders and planner place them like any other table; the
+projections are small dense modules. Sharders in ``mlet_dist.distributed`` wrap this module.
+"""
+
+from typing import Dict, List, Optional
+
+import torch
+from torch import nn
+from torchrec.modules.embedding_configs import EmbeddingBagConfig
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
+
+from mlet_dist.modules.input_checks import check_feature_names, check_id_ranges, check_weights
+from mlet_dist.modules.mlet_config import MLETTableConfig
+
+
+class MLETProjection(nn.Module):
+    """Bias-free k×d projection with no nonlinearity (so T·W collapses exactly)."""
+
+    def __init__(self, inner_dim: int, embedding_dim: int, init_std: float,
+                 device: Optional[torch.device] = None) -> None:
+        super().__init__()
+        self.init_std = init_std
+        self.weight = nn.Parameter(torch.empty(inner_dim, embedding_dim, device=device))
+        if self.weight.device.type != "meta":
+            self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.weight, mean=0.0, std=self.init_std)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return pooled @ self.weight
+
+
+class MLETEmbeddingBagCollection(nn.Module):
+    """Same contract as torchrec's EmbeddingBagCollection: KJT in, KeyedTensor of d-wide pooled
+    embeddings out, ``embedding_bag_configs()`` describing the d-wide view.
+
+    ``validate_inputs`` checks feature names and id ranges on every call (a few reductions on the
+    ids); it protects the fbgemm kernels, which do not bound-check. Turn it off only when the data
+    loader already guarantees valid ids.
+    """
+
+    def __init__(
+        self,
+        tables: List[MLETTableConfig],
+        is_weighted: bool = False,
+        device: Optional[torch.device] = None,
+        validate_inputs: bool = True,
+    ) -> None:
+        super().__init__()
+        if not tables:
+            raise ValueError("MLETEmbeddingBagCollection needs at least one table")
+        names = [t.name for t in tables]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate table names: {names}")
+        self._mlet_configs: List[MLETTableConfig] = list(tables)
+        self._is_weighted = is_weighted
+        self.validate_inputs = validate_inputs
+        self.wide = EmbeddingBagCollection(
+            tables=[t.inner_config() for t in tables], is_weighted=is_weighted, device=device
+        )
+        self.projections = nn.ModuleDict(
+            {t.name: MLETProjection(t.inner_dim, t.embedding_dim, t.init_std, device) for t in tables}
+        )
+        self._feature_to_table: Dict[str, str] = {}
+        self._rows_per_feature: Dict[str, int] = {}
+        for t in tables:
+            for f in t.feature_names:
+                if f in self._feature_to_table:
+                    raise ValueError(f"feature {f!r} is mapped to two tables")
+                self._feature_to_table[f] = t.name
+                self._rows_per_feature[f] = t.num_embeddings
+
+    def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
+        if self.validate_inputs:
+            check_feature_names(features, self._feature_to_table)
+            check_weights(features, self._is_weighted)
+            check_id_ranges(features, self._rows_per_feature)
+        if features.lengths().numel() == 0:
+            return self._empty_output(features)
+        wide: KeyedTensor = self.wide(features)
+        return self.project(wide)
+
+    def _empty_output(self, features: KeyedJaggedTensor) -> KeyedTensor:
+        """A batch with no rows gives a (0, sum d) result; the fused kernels reject it."""
+        keys = [f for t in self._mlet_configs for f in t.feature_names]
+        dims = [t.embedding_dim for t in self._mlet_configs for _ in t.feature_names]
+        weight = next(iter(self.projections.values())).weight
+        values = torch.zeros(0, sum(dims), device=weight.device, dtype=weight.dtype)
+        return KeyedTensor(keys=keys, length_per_key=dims, values=values)
+
+    def project(self, wide: KeyedTensor) -> KeyedTensor:
+        """Apply each feature's table projection to its k-wide pooled slice.
+
+        Keys are taken from the KeyedTensor, not assumed, because sharding may reorder them.
+        """
+        keys = wide.keys()
+        slices = wide.values().split(wide.length_per_key(), dim=1)
+        projected = [
+            self.projections[self._feature_to_table[key]](piece) for key, piece in zip(keys, slices)
+        ]
+        return KeyedTensor(
+            keys=keys,
+            length_per_key=[p.shape[1] for p in projected],
+            values=torch.cat(projected, dim=1),
+        )
+
+    def mlet_configs(self) -> List[MLETTableConfig]:
+        return list(self._mlet_configs)
+
+    def embedding_bag_configs(self) -> List[EmbeddingBagConfig]:
+        """The d-wide output view, so models built for a stock EBC (e.g. DLRM) accept this one."""
+        return [t.output_config() for t in self._mlet_configs]
+
+    def is_weighted(self) -> bool:
+        return self._is_weighted
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.projections.values())).weight.device

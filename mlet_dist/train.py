@@ -1,0 +1,176 @@
+"""Train DLRM with MLET (or baseline) embeddings on N ranks; collapse and evaluate at the end.
+
+    torchrun --nproc-per-node 2 mlet_dist/train.py --data DIR
+    torchx run -s local_cwd dist.ddp -j 1x2 --script mlet_dist/train.py -- --data DIR
+
+Thin on purpose: each step lives in a component (data, models, distributed, training).
+"""
+
+import sys
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+if __package__ in (None, ""):  # run as a script by torchrun/torchx: make the package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+from torch import nn
+from torchrec.models.dlrm import DLRMTrain
+
+from mlet_dist.data.parquet_batches import DatasetMeta, ParquetBatchStream
+from mlet_dist.distributed.env import DistEnv, init_distributed, shutdown_distributed
+from mlet_dist.distributed.sharding import shard_model
+from mlet_dist.log_setup import quiet_library_logs
+from mlet_dist.models.dlrm import build_dlrm
+from mlet_dist.models.embedding_tables import build_embedding_collection
+from mlet_dist.training.best_model import BestModelKeeper
+from mlet_dist.training.collapse_eval import collapse_sharded
+from mlet_dist.training.config import TrainConfig, parse_args
+from mlet_dist.training.evaluation import Predictions, predict
+from mlet_dist.training.loop import train_epoch
+from mlet_dist.training.optim import attach_fused_embedding_optimizer, build_optimizer
+from mlet_dist.training.run_dir import RunDirectory
+
+EVAL_SPLITS = ("val", "test")
+
+
+def check_data_dir(data: Path) -> None:
+    if not (data / "meta.json").is_file():
+        raise SystemExit(
+            f"error: no prepared dataset at {data} (missing meta.json). Prepare one first, e.g.\n"
+            f"  mlet-prep criteo-kaggle data_prep/samples/criteo_sample.tsv {data}"
+        )
+
+
+def model_builder(cfg: TrainConfig, table_sizes: Dict[str, int], num_dense: int):
+    cfg.dlrm.dense_in_features = num_dense
+
+    def build(device: torch.device) -> nn.Module:
+        collection = build_embedding_collection(table_sizes, cfg.embedding, device=device)
+        return DLRMTrain(build_dlrm(collection, cfg.dlrm, dense_device=device))
+
+    return build
+
+
+def count_params(model_factory, serving: bool) -> int:
+    """Parameters at training (k-wide tables + projections) or serving (collapsed n×d tables)."""
+    from mlet_dist.modules.collapse import collapse_model
+    from mlet_dist.modules.mlet_embedding_bag import MLETEmbeddingBagCollection
+
+    model = model_factory(torch.device("meta"))
+    if serving and any(isinstance(m, MLETEmbeddingBagCollection) for m in model.modules()):
+        model = collapse_model(model, inplace=True)
+    return sum(p.numel() for p in model.parameters())
+
+
+def eval_streams(cfg: TrainConfig, env: DistEnv) -> Dict[str, ParquetBatchStream]:
+    return {
+        split: ParquetBatchStream(cfg.data, split, cfg.batch_size, env.rank, env.world_size,
+                                  drop_last=False, max_batches=cfg.max_eval_batches)
+        for split in EVAL_SPLITS
+    }
+
+
+def evaluate_all(model: nn.Module, cfg: TrainConfig, env: DistEnv, label: str) -> Dict[str, Predictions]:
+    return {
+        split: predict(model, stream, env.device, env.world_size, desc=f"{label} {split}",
+                       show_progress=cfg.progress and env.is_main)
+        for split, stream in eval_streams(cfg, env).items()
+    }
+
+
+def run(cfg: TrainConfig, env: DistEnv) -> Dict[str, object]:
+    out = RunDirectory(cfg.run_dir, enabled=env.is_main)
+    meta = DatasetMeta.load(cfg.data)
+    build = model_builder(cfg, meta.table_sizes, len(meta.dense_features))
+
+    torch.manual_seed(cfg.seed + env.rank)  # distinct table shards per rank; DDP syncs dense from rank 0
+    model = build(torch.device("meta"))
+    attach_fused_embedding_optimizer(model, cfg.optim)
+    sharded = shard_model(model, env, cfg.sharding)
+    optimizer = build_optimizer(sharded, cfg.optim)
+    out.log("config", world_size=env.world_size, backend=env.backend, argv=sys.argv[1:],
+            plan=str(sharded.plan))
+
+    train_stream = ParquetBatchStream(cfg.data, "train", cfg.batch_size, env.rank, env.world_size,
+                                      drop_last=True, max_batches=cfg.max_train_batches)
+    if len(train_stream) == 0:
+        raise SystemExit(
+            f"error: the train split has fewer rows than one global batch "
+            f"({cfg.batch_size} x {env.world_size} ranks); lower --batch-size"
+        )
+    keeper = BestModelKeeper(cfg.run_dir / "best_model", env)
+    global_step = 0
+    train_seconds = 0.0
+
+    def on_step(step: int, loss: float) -> None:
+        if step % cfg.log_every == 0:
+            out.log("train", step=global_step + step, loss=loss)
+
+    for epoch in range(cfg.epochs):
+        stats = train_epoch(sharded, optimizer, train_stream, env.device, env.world_size, on_step,
+                            show_progress=cfg.progress and env.is_main, desc=f"epoch {epoch}")
+        global_step += stats.steps
+        train_seconds += stats.seconds
+        metrics = {split: p.metrics() for split, p in evaluate_all(sharded, cfg, env, "eval").items()}
+        out.log("epoch", epoch=epoch, step=global_step, train_loss=stats.mean_loss,
+                samples_per_s=stats.samples / max(stats.seconds, 1e-9), **metrics)
+        keeper.offer(sharded, epoch, metrics, is_last=epoch == cfg.epochs - 1)
+        if env.is_main:
+            print(f"epoch {epoch}: train loss {stats.mean_loss:.4f}  "
+                  f"val AUC {metrics['val']['auc']:.4f}  test AUC {metrics['test']['auc']:.4f}")
+
+    keeper.restore_best(sharded)
+    summary: Dict[str, object] = {
+        "model": "mlet" if cfg.embedding.mlet else "baseline",
+        "embedding_dim": cfg.embedding.embedding_dim,
+        "inner_dim": cfg.embedding.inner_dim if cfg.embedding.mlet else None,
+        "world_size": env.world_size,
+        "backend": env.backend,
+        "epochs": cfg.epochs,
+        "steps": global_step,
+        "train_seconds": train_seconds,
+        "selected_epoch": keeper.best_epoch,
+        "selected_by": "val auc",
+        "params_training": count_params(build, serving=False),
+        "params_serving": count_params(build, serving=True),
+        "trained": keeper.best_metrics,
+    }
+    if cfg.collapse:
+        trained_preds = evaluate_all(sharded, cfg, env, "trained")
+        collapsed = collapse_sharded(sharded, build, env, cfg.sharding)
+        collapsed_preds = evaluate_all(collapsed, cfg, env, "collapsed")
+        summary["collapsed"] = {split: p.metrics() for split, p in collapsed_preds.items()}
+        summary["collapsed_max_abs_prediction_diff"] = max(
+            float((trained_preds[s].probs - collapsed_preds[s].probs).abs().max()) for s in EVAL_SPLITS
+        )
+    out.write_json("summary.json", summary)
+    if env.is_main:
+        print_summary(summary)
+    return summary
+
+
+def print_summary(summary: Dict[str, object]) -> None:
+    trained = summary["trained"]
+    print(f"\n{summary['model']} d={summary['embedding_dim']} k={summary['inner_dim']} "
+          f"on {summary['world_size']} ranks, selected epoch {summary['selected_epoch']} by val AUC")
+    print(f"  trained:   val AUC {trained['val']['auc']:.4f}  test AUC {trained['test']['auc']:.4f}")
+    if "collapsed" in summary:
+        c = summary["collapsed"]
+        print(f"  collapsed: val AUC {c['val']['auc']:.4f}  test AUC {c['test']['auc']:.4f}  "
+              f"(max |p_trained - p_collapsed| = {summary['collapsed_max_abs_prediction_diff']:.2e})")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    quiet_library_logs()
+    cfg = parse_args(argv)
+    check_data_dir(cfg.data)
+    env = init_distributed(cfg.backend)
+    try:
+        run(cfg, env)
+    finally:
+        shutdown_distributed()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""Command-line configuration of a training run, as dataclasses (one per component)."""
+
+import argparse
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from mlet_dist.distributed.sharding import SHARDING_CHOICES, ShardingConfig
+from mlet_dist.models.dlrm import DLRMConfig
+from mlet_dist.models.embedding_tables import EmbeddingSpec
+from mlet_dist.training.optim import DENSE_OPTIMIZERS, EMBEDDING_OPTIMIZERS, OptimConfig
+
+
+@dataclass
+class TrainConfig:
+    data: Path
+    run_dir: Path
+    epochs: int = 1
+    batch_size: int = 256
+    max_train_batches: Optional[int] = None
+    max_eval_batches: Optional[int] = None
+    seed: int = 0
+    backend: str = "auto"
+    log_every: int = 10
+    collapse: bool = True
+    progress: bool = True
+    embedding: EmbeddingSpec = field(default_factory=EmbeddingSpec)
+    dlrm: DLRMConfig = field(default_factory=DLRMConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sharding: ShardingConfig = field(default_factory=ShardingConfig)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"--epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size (per rank) must be >= 1, got {self.batch_size}")
+
+
+def _int_list(text: str) -> List[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mlet-train",
+        description="Train DLRM with MLET (or baseline) embeddings, sharded with TorchRec. "
+        "Run under torchrun / torchx for several ranks.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--data", type=Path, required=True, help="prepared dataset dir (mlet-prep output)")
+    p.add_argument("--run-dir", type=Path, default=None, help="default: runs/<timestamp>")
+    p.add_argument("--model", choices=["mlet", "baseline"], default="mlet",
+                   help="mlet: k-wide tables + k×d projection; baseline: stock EBC at width d")
+    p.add_argument("--embedding-dim", "-d", type=int, default=16, help="output width d")
+    p.add_argument("--inner-dim", "-k", type=int, default=64, help="MLET inner width k (>= d)")
+    p.add_argument("--projection-init-std", type=float, default=None, help="default sqrt(2/(k+d))")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=256, help="per-rank batch size")
+    p.add_argument("--max-train-batches", type=int, default=None)
+    p.add_argument("--max-eval-batches", type=int, default=None)
+    p.add_argument("--embedding-optimizer", choices=sorted(EMBEDDING_OPTIMIZERS),
+                   default=OptimConfig.embedding_optimizer, help="fused, in-backward")
+    p.add_argument("--embedding-lr", type=float, default=OptimConfig.embedding_lr)
+    p.add_argument("--dense-optimizer", choices=sorted(DENSE_OPTIMIZERS), default=OptimConfig.dense_optimizer,
+                   help="MLPs and MLET projections")
+    p.add_argument("--dense-lr", type=float, default=OptimConfig.dense_lr)
+    p.add_argument("--bottom-mlp", type=_int_list, default=[512, 256, 64], help="d is appended")
+    p.add_argument("--top-mlp", type=_int_list, default=[512, 256, 1])
+    p.add_argument("--sharding", choices=SHARDING_CHOICES, default="auto",
+                   help="force one sharding type on every table, or let the planner choose")
+    p.add_argument("--backend", choices=["auto", "gloo", "nccl"], default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--log-every", type=int, default=10, help="steps between train-loss records")
+    p.add_argument("--no-collapse", action="store_true", help="skip the collapse at the end")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> TrainConfig:
+    args = build_parser().parse_args(argv)
+    run_dir = args.run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    return TrainConfig(
+        data=args.data,
+        run_dir=run_dir,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        max_train_batches=args.max_train_batches,
+        max_eval_batches=args.max_eval_batches,
+        seed=args.seed,
+        backend=args.backend,
+        log_every=args.log_every,
+        collapse=not args.no_collapse and args.model == "mlet",
+        progress=not args.no_progress,
+        embedding=EmbeddingSpec(
+            embedding_dim=args.embedding_dim,
+            inner_dim=args.inner_dim,
+            mlet=args.model == "mlet",
+            projection_init_std=args.projection_init_std,
+        ),
+        dlrm=DLRMConfig(bottom_mlp=args.bottom_mlp, top_mlp=args.top_mlp),
+        optim=OptimConfig(
+            embedding_optimizer=args.embedding_optimizer,
+            embedding_lr=args.embedding_lr,
+            dense_optimizer=args.dense_optimizer,
+            dense_lr=args.dense_lr,
+        ),
+        sharding=ShardingConfig(args.sharding),
+    )
