@@ -11,7 +11,7 @@ def quiet_library_logs() -> None:
         return
     # The planner warns on the root logger for every data-parallel table (they have no shard spec).
     logging.getLogger().addFilter(lambda record: not str(record.msg).startswith("Sharding spec not found"))
-    for name in ("torchrec", "fbgemm_gpu", "torch.distributed.checkpoint"):
+    for name in ("torchrec", "fbgemm_gpu", "torch.distributed.checkpoint", "torch.fx"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)

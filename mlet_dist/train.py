@@ -163,9 +163,12 @@ def print_summary(summary: Dict[str, object]) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     quiet_library_logs()
-    cfg = parse_args(argv)
-    check_data_dir(cfg.data)
-    env = init_distributed(cfg.backend)
+    try:  # configuration mistakes: one line saying what to change, no traceback
+        cfg = parse_args(argv)
+        check_data_dir(cfg.data)
+        env = init_distributed(cfg.backend)
+    except (ValueError, RuntimeError) as err:
+        raise SystemExit(f"error: {err}")
     try:
         run(cfg, env)
     finally:

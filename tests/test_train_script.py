@@ -1,0 +1,105 @@
+"""mlet_dist/train.py end to end on the real Criteo sample: torchrun and torchx, 2 gloo ranks."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from data_prep.criteo_kaggle import prepare_criteo_kaggle
+from dist_launch import ROOT, torchrun
+
+TRAIN = ROOT / "mlet_dist" / "train.py"
+SAMPLE = ROOT / "data_prep" / "samples" / "criteo_sample.tsv"
+QUICK = ["--batch-size", "64", "--max-train-batches", "6", "--max-eval-batches", "3", "--no-progress",
+         "--bottom-mlp", "32,16", "--top-mlp", "32,1"]
+
+
+@pytest.fixture(scope="module")
+def criteo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("data") / "criteo"
+    prepare_criteo_kaggle(SAMPLE, out)
+    return out
+
+
+def _summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def test_torchrun_two_ranks_trains_collapses_and_reports(criteo_dir: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    torchrun(TRAIN, ["--data", str(criteo_dir), "--run-dir", str(run_dir), "--sharding", "table_wise",
+                     "--epochs", "2", *QUICK])
+    s = _summary(run_dir)
+    assert s["world_size"] == 2 and s["backend"] == "gloo" and s["model"] == "mlet"
+    assert s["selected_by"] == "val auc" and s["selected_epoch"] in (0, 1)
+    assert s["collapsed_max_abs_prediction_diff"] <= 1e-5
+    for split in ("val", "test"):
+        assert s["trained"][split]["rows"] == 3 * 64 * 2
+        assert abs(s["collapsed"][split]["auc"] - s["trained"][split]["auc"]) <= 1e-4
+    assert s["params_serving"] < s["params_training"]
+    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    epochs = [e for e in events if e["event"] == "epoch"]
+    assert [e["epoch"] for e in epochs] == [0, 1]
+    assert 0.0 <= epochs[0]["val"]["auc"] <= 1.0 and epochs[0]["test"]["logloss"] > 0
+    best = max(epochs, key=lambda e: e["val"]["auc"])
+    assert s["trained"]["test"]["auc"] == pytest.approx(best["test"]["auc"], abs=1e-9)
+
+
+def test_baseline_flag_trains_stock_ebc_without_collapse(criteo_dir: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    torchrun(TRAIN, ["--data", str(criteo_dir), "--run-dir", str(run_dir), "--model", "baseline",
+                     "--sharding", "row_wise", *QUICK])
+    s = _summary(run_dir)
+    assert s["model"] == "baseline" and "collapsed" not in s
+    assert s["params_serving"] == s["params_training"]
+
+
+def test_torchx_local_cwd_two_ranks(criteo_dir: Path, tmp_path: Path) -> None:
+    torchx = shutil.which("torchx", path=str(Path(sys.executable).parent))
+    assert torchx, "torchx is installed in the venv"
+    run_dir = tmp_path / "run"
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", OMP_NUM_THREADS="1")
+    cmd = [torchx, "run", "-s", "local_cwd", "dist.ddp", "-j", "1x2", "--script", "mlet_dist/train.py", "--",
+           "--data", str(criteo_dir), "--run-dir", str(run_dir), "--sharding", "column_wise", *QUICK]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    assert "SUCCEEDED" in proc.stdout + proc.stderr
+    assert _summary(run_dir)["world_size"] == 2
+
+
+def _train_cli(args: list, env_extra: dict = {}) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(env_extra)
+    return subprocess.run([sys.executable, str(TRAIN), *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_missing_data_is_a_clear_message(tmp_path: Path) -> None:
+    proc = _train_cli(["--data", str(tmp_path / "nope"), "--run-dir", str(tmp_path / "r")])
+    assert proc.returncode != 0
+    assert "no prepared dataset" in proc.stderr and "mlet-prep criteo-kaggle" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_nccl_without_cuda_says_what_to_change(criteo_dir: Path, tmp_path: Path) -> None:
+    proc = _train_cli(["--data", str(criteo_dir), "--run-dir", str(tmp_path / "r"), "--backend", "nccl"])
+    assert proc.returncode != 0
+    assert "--backend nccl needs CUDA" in proc.stderr and "--backend gloo" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_k_smaller_than_d_fails_before_training(criteo_dir: Path, tmp_path: Path) -> None:
+    proc = _train_cli(["--data", str(criteo_dir), "--run-dir", str(tmp_path / "r"), "-k", "8", "-d", "16"])
+    assert proc.returncode != 0
+    assert "--inner-dim k=8 is smaller than --embedding-dim d=16" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_single_process_without_launcher(criteo_dir: Path, tmp_path: Path) -> None:
+    proc = _train_cli(["--data", str(criteo_dir), "--run-dir", str(tmp_path / "r"), *QUICK])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert _summary(tmp_path / "r")["world_size"] == 1
