@@ -1,6 +1,13 @@
 """`mlet-prep` command line: prepare datasets in the format described in FORMAT.md.
 
-Usage: mlet-prep criteo-kaggle SRC OUT [--min-count N] [--rows-per-file N] [--strict] [--overwrite]
+Usage:
+  mlet-prep criteo-kaggle   SRC OUT            [common options]
+  mlet-prep criteo-terabyte SRC [SRC ...] OUT  [common options]   (SRC: day files or a directory of day_N[.gz])
+  mlet-prep avazu           SRC OUT [--seed N] [--val-fraction F] [--test-fraction F] [common options]
+  mlet-prep synthetic       OUT --rows N [--table-sizes criteo-terabyte|criteo-kaggle|N|N,N,...]
+                            [--zipf A] [--seed N] [--format parquet|criteo-tsv] [--size-mb MB]
+Common options: --min-count N, --hash-size N, --count-memory-mb N, --rows-per-file N,
+  --row-group-rows N, --block-mb N, --strict, --overwrite, --progress/--no-progress.
 Also runnable as `python -m data_prep.cli ...`.
 """
 
@@ -8,9 +15,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
+from pathlib import Path
 from typing import List, Optional
 
-from data_prep.criteo_kaggle import PrepConfig, PrepResult, prepare_criteo_kaggle
+from data_prep.avazu import prepare_avazu
+from data_prep.criteo import prepare_criteo_kaggle, prepare_criteo_terabyte
+from data_prep.pipeline import PrepConfig, PrepResult
+from data_prep.synthetic import generate_dataset, parse_table_sizes, write_criteo_tsv
 
 PROG = "mlet-prep"
 # Errors a user can fix from the message alone: print it, no traceback.
@@ -27,66 +39,153 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
+    return value
+
+
+def _add_common(p: argparse.ArgumentParser, vocab: bool = True) -> None:
+    d = PrepConfig()
+    if vocab:
+        p.add_argument("--min-count", type=_positive_int, default=d.min_count,
+                       help=f"train values seen fewer times map to the shared rare id 0 (default {d.min_count})")
+        p.add_argument("--hash-size", type=_positive_int, default=None,
+                       help="tables that would have more ids are hashed into this many ids instead (default: no cap)")
+        p.add_argument("--count-memory-mb", type=_positive_int, default=d.count_memory_mb,
+                       help="memory cap for value counting; beyond it the largest features are hashed "
+                            f"(default {d.count_memory_mb})")
+        p.add_argument("--strict", action="store_true", help="fail on the first malformed line instead of rejecting it")
+        p.add_argument("--block-mb", type=_positive_int, default=d.block_bytes >> 20,
+                       help=f"input megabytes parsed at a time (default {d.block_bytes >> 20})")
+    p.add_argument("--rows-per-file", type=_positive_int, default=d.rows_per_file,
+                   help=f"max rows per parquet part file (default {d.rows_per_file})")
+    p.add_argument("--row-group-rows", type=_positive_int, default=d.row_group_rows,
+                   help=f"parquet row group size (default {d.row_group_rows})")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing prepared dataset at OUT")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar on stderr (default: when stderr is a terminal)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    defaults = PrepConfig()
     parser = argparse.ArgumentParser(prog=PROG, description="Prepare training datasets (parquet + meta.json).")
     sub = parser.add_subparsers(dest="command", required=True)
-    ck = sub.add_parser(
-        "criteo-kaggle",
-        help="Criteo Kaggle train.txt (TSV, plain or .gz) -> train/val/test parquet",
-        description="Convert the Criteo Kaggle TSV into a prepared dataset directory.",
-    )
+
+    ck = sub.add_parser("criteo-kaggle", help="Criteo Kaggle train.txt (TSV, plain or .gz) -> train/val/test parquet",
+                        description="Convert the Criteo Kaggle TSV into a prepared dataset directory.")
     ck.add_argument("src", metavar="SRC", help="input TSV (plain or gzip)")
     ck.add_argument("out", metavar="OUT", help="output dataset directory (must not exist unless --overwrite)")
-    ck.add_argument(
-        "--min-count",
-        type=_positive_int,
-        default=defaults.min_count,
-        help=f"train values seen fewer times map to id 0 (default {defaults.min_count})",
-    )
-    ck.add_argument(
-        "--rows-per-file",
-        type=_positive_int,
-        default=defaults.rows_per_file,
-        help=f"max rows per parquet part file (default {defaults.rows_per_file})",
-    )
-    ck.add_argument("--strict", action="store_true", help="fail on the first malformed line instead of rejecting it")
-    ck.add_argument("--overwrite", action="store_true", help="replace an existing prepared dataset at OUT")
+    _add_common(ck)
+
+    tb = sub.add_parser("criteo-terabyte", help="Criteo Terabyte day_0..day_23 (.gz) -> parquet (last day = val/test)",
+                        description="Convert Criteo Terabyte day files: all but the last are train, the last is "
+                                    "halved into val and test.")
+    tb.add_argument("paths", metavar="SRC", nargs="+", help="day files in order, or directories of day_N[.gz]; then OUT")
+    _add_common(tb)
+
+    av = sub.add_parser("avazu", help="Avazu train.csv (plain or .gz) -> parquet (random 80/10/10 split)",
+                        description="Convert the Avazu CSV (with header) into a prepared dataset directory.")
+    av.add_argument("src", metavar="SRC", help="input CSV (plain or gzip)")
+    av.add_argument("out", metavar="OUT", help="output dataset directory")
+    av.add_argument("--seed", type=int, default=0, help="seed of the random split (default 0)")
+    av.add_argument("--val-fraction", type=_fraction, default=0.1, help="fraction of rows for val (default 0.1)")
+    av.add_argument("--test-fraction", type=_fraction, default=0.1, help="fraction of rows for test (default 0.1)")
+    _add_common(av)
+
+    sy = sub.add_parser("synthetic", help="synthetic Criteo-schema data with power-law ids, at any table scale",
+                        description="Write a synthetic prepared dataset (parquet + meta.json) or raw Criteo TSV.")
+    sy.add_argument("out", metavar="OUT", help="output dataset directory (or TSV file with --format criteo-tsv)")
+    sy.add_argument("--rows", type=int, default=None, help="rows to generate")
+    sy.add_argument("--size-mb", type=float, default=None, help="criteo-tsv only: stop at this many MB of text")
+    sy.add_argument("--table-sizes", default="criteo-kaggle",
+                    help="criteo-kaggle | criteo-terabyte | N (all tables) | 26 comma-separated N (default criteo-kaggle)")
+    sy.add_argument("--zipf", type=float, default=1.05, help="power-law exponent of id frequencies (default 1.05)")
+    sy.add_argument("--seed", type=int, default=0)
+    sy.add_argument("--format", choices=("parquet", "criteo-tsv"), default="parquet")
+    _add_common(sy, vocab=False)
     return parser
 
 
-def format_summary(result: PrepResult) -> str:
+def format_summary(result: PrepResult, seconds: Optional[float] = None) -> str:
     """One paragraph for humans and CI logs."""
     split = result.split_rows
     sizes = result.table_sizes
     rejected = f"{result.rows_rejected:,} rejected"
+    kinds = result.meta.get("rows_rejected_by_kind") or {}
+    if kinds:
+        rejected += " [" + ", ".join(f"{k}: {v:,}" for k, v in kinds.items()) + "]"
     if result.meta.get("rejects_file"):
         rejected += f" (see {result.out_dir / result.meta['rejects_file']})"
-    return (
+    text = (
         f"Read {result.rows_read:,} rows from {result.meta['source']}: kept "
         f"{split['train']:,} train / {split['val']:,} val / {split['test']:,} test, {rejected}. "
         f"{len(sizes)} embedding tables with {sum(sizes.values()):,} rows in total "
-        f"(min_count={result.meta['min_count']}). Wrote {result.out_dir}."
+        f"(min_count={result.meta['min_count']})."
     )
+    hashed = result.meta.get("hashed_features") or {}
+    if hashed:
+        text += f" Hashed features: {', '.join(f'{k} ({v})' for k, v in hashed.items())}."
+    if seconds is not None:
+        text += f" {seconds:.1f} s."
+    return text + f" Wrote {result.out_dir}."
+
+
+def _config(args: argparse.Namespace) -> PrepConfig:
+    kw = dict(
+        rows_per_file=args.rows_per_file,
+        row_group_rows=args.row_group_rows,
+        overwrite=args.overwrite,
+        progress=sys.stderr.isatty() if args.progress is None else args.progress,
+    )
+    if hasattr(args, "min_count"):
+        kw.update(
+            min_count=args.min_count,
+            hash_size=args.hash_size,
+            count_memory_mb=args.count_memory_mb,
+            strict=args.strict,
+            block_bytes=args.block_mb << 20,
+        )
+    if getattr(args, "seed", None) is not None:
+        kw["seed"] = args.seed
+    return PrepConfig(**kw)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    t0 = time.perf_counter()
     try:
-        result = prepare_criteo_kaggle(
-            args.src,
-            args.out,
-            PrepConfig(
-                min_count=args.min_count,
-                rows_per_file=args.rows_per_file,
-                strict=args.strict,
-                overwrite=args.overwrite,
-            ),
-        )
+        cfg = _config(args)
+        if args.command == "criteo-kaggle":
+            result = prepare_criteo_kaggle(args.src, args.out, cfg)
+        elif args.command == "criteo-terabyte":
+            if len(args.paths) < 2:
+                parser.error("criteo-terabyte needs SRC... OUT")
+            result = prepare_criteo_terabyte(args.paths[:-1], args.paths[-1], cfg)
+        elif args.command == "avazu":
+            result = prepare_avazu(args.src, args.out, cfg, val_fraction=args.val_fraction,
+                                   test_fraction=args.test_fraction)
+        else:
+            sizes = parse_table_sizes(args.table_sizes)
+            if args.format == "criteo-tsv":
+                if args.rows is None and args.size_mb is None:
+                    raise ValueError("criteo-tsv needs --rows or --size-mb")
+                if Path(args.out).exists() and not args.overwrite:
+                    raise FileExistsError(f"output already exists: {args.out} (use --overwrite)")
+                info = write_criteo_tsv(args.out, args.rows, args.size_mb, sizes, args.zipf, args.seed)
+                print(f"Wrote {info['rows']:,} rows ({info['bytes'] / 1e6:,.1f} MB) of Criteo-like TSV to {args.out}.")
+                return 0
+            if args.rows is None:
+                raise ValueError("synthetic needs --rows")
+            result = generate_dataset(args.out, args.rows, sizes, args.zipf, args.seed, cfg)
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
-    print(format_summary(result))
+    print(format_summary(result, time.perf_counter() - t0))
     return 0
 
 

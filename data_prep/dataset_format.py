@@ -16,6 +16,9 @@ FORMAT_VERSION = 1
 META_FILE = "meta.json"
 REJECTS_FILE = "rejects.tsv"
 DATASET_CRITEO_KAGGLE = "criteo-kaggle"
+DATASET_CRITEO_TERABYTE = "criteo-terabyte"
+DATASET_AVAZU = "avazu"
+DATASET_SYNTHETIC = "synthetic"
 
 LABEL = "label"
 CRITEO_DENSE_FEATURES: tuple = tuple(f"I{i}" for i in range(1, 14))

@@ -262,8 +262,9 @@ def test_malformed_lines_are_rejected_and_reported(messy_tsv, tmp_path: Path) ->
     assert [meta["splits"][s]["rows"] for s in ("train", "val", "test")] == [18, 1, 1]
     src_lines = src.read_text().split("\n")
     records = (out / "rejects.tsv").read_text().splitlines()
-    assert records[0] == "line\treason\traw"
-    parsed = [r.split("\t", 2) for r in records[1:]]
+    assert records[0] == "file\tline\treason\traw"
+    assert all(r.split("\t", 1)[0] == src.name for r in records[1:])
+    parsed = [r.split("\t", 3)[1:] for r in records[1:]]
     assert [int(p[0]) for p in parsed] == bad
     for line_no, reason, raw in parsed:
         assert raw == src_lines[int(line_no) - 1]
@@ -289,8 +290,8 @@ def test_non_utf8_and_control_bytes_are_rejected_verbatim(tmp_path: Path) -> Non
     result = prepare_criteo_kaggle(src, tmp_path / "out")
     assert (result.rows_read, result.rows_rejected) == (12, 2)
     records = (tmp_path / "out" / "rejects.tsv").read_bytes().split(b"\n")[1:-1]
-    assert [r.split(b"\t", 2)[0] for r in records] == [b"4", b"5"]
-    assert [r.split(b"\t", 2)[2] for r in records] == [non_utf8, control]
+    assert [r.split(b"\t", 3)[1] for r in records] == [b"4", b"5"]
+    assert [r.split(b"\t", 3)[3] for r in records] == [non_utf8, control]
     assert b"C6" in records[0] and b"\\xff" in records[0]
 
 

@@ -13,7 +13,7 @@ from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
-from torchrec.distributed.types import ShardingType
+from torchrec.distributed.types import ModuleSharder, ShardingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from mlet_dist.distributed.env import DistEnv
@@ -38,11 +38,24 @@ class EBCSharder(EmbeddingBagCollectionSharder):
 
 @dataclass
 class ShardingConfig:
+    """``owner_projection``: MLET tables project on the owning rank before the all-to-all
+    (d-wide traffic); False keeps the projections as dense DDP parameters after it (k-wide)."""
+
     sharding: str = "auto"
+    owner_projection: bool = True
 
     def __post_init__(self) -> None:
         if self.sharding not in SHARDING_CHOICES:
             raise ValueError(f"--sharding must be one of {', '.join(SHARDING_CHOICES)}; got {self.sharding!r}")
+
+
+def default_sharders(config: ShardingConfig) -> List[ModuleSharder[nn.Module]]:
+    from mlet_dist.distributed.mlet_sharder import MLETEmbeddingBagCollectionSharder
+
+    sharders: List[ModuleSharder[nn.Module]] = [EBCSharder()]  # type: ignore[list-item]
+    if config.owner_projection:
+        sharders.insert(0, MLETEmbeddingBagCollectionSharder())  # type: ignore[arg-type]
+    return sharders
 
 
 def embedding_collections(model: nn.Module) -> List[EmbeddingBagCollection]:
@@ -65,8 +78,14 @@ def constraints_for(model: nn.Module, sharding: str) -> Optional[Dict[str, Param
     }
 
 
-def shard_model(model: nn.Module, env: DistEnv, config: ShardingConfig) -> DistributedModelParallel:
-    """Plan on the live process group and wrap in DMP; ``model`` may live on the meta device."""
+def shard_model(
+    model: nn.Module,
+    env: DistEnv,
+    config: ShardingConfig,
+    constraints: Optional[Dict[str, ParameterConstraints]] = None,
+) -> DistributedModelParallel:
+    """Plan on the live process group and wrap in DMP; ``model`` may live on the meta device.
+    ``constraints`` (per table) override the single ``config.sharding`` choice."""
     import torch.distributed as dist
 
     topology = Topology(
@@ -74,8 +93,10 @@ def shard_model(model: nn.Module, env: DistEnv, config: ShardingConfig) -> Distr
         local_world_size=env.local_world_size,
         compute_device=env.device.type,
     )
-    planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints_for(model, config.sharding))
-    sharders = [EBCSharder()]
+    if constraints is None:
+        constraints = constraints_for(model, config.sharding)
+    planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)
+    sharders = default_sharders(config)
     pg = dist.GroupMember.WORLD
     assert pg is not None, "init_distributed() first"
     plan = planner.collective_plan(model, sharders, pg)
