@@ -15,6 +15,7 @@ if __package__ in (None, ""):  # run as a script by torchrun/torchx: make the pa
 
 import torch
 from torch import nn
+from torchrec.distributed.types import ShardingPlan
 from torchrec.models.dlrm import DLRMTrain
 
 from mlet_dist.data.parquet_batches import DatasetMeta, ParquetBatchStream
@@ -22,6 +23,7 @@ from mlet_dist.distributed.env import DistEnv, init_distributed, shutdown_distri
 from mlet_dist.distributed.sharding import shard_model
 from mlet_dist.log_setup import quiet_library_logs
 from mlet_dist.models.dlrm import build_dlrm
+from mlet_dist.planning.plan_io import PlanMismatchError, check_plan_fits, load_plan, save_plan
 from mlet_dist.models.embedding_tables import build_embedding_collection
 from mlet_dist.training.best_model import BestModelKeeper
 from mlet_dist.training.collapse_eval import collapse_sharded
@@ -40,6 +42,18 @@ def check_data_dir(data: Path) -> None:
             f"error: no prepared dataset at {data} (missing meta.json). Prepare one first, e.g.\n"
             f"  mlet-prep criteo-kaggle data_prep/samples/criteo_sample.tsv {data}"
         )
+
+
+def load_checked_plan(cfg: TrainConfig, model: nn.Module, env: DistEnv) -> Optional[ShardingPlan]:
+    """The --plan file, or None; a plan that does not fit stops every rank before training."""
+    if cfg.plan is None:
+        return None
+    try:
+        plan, data = load_plan(cfg.plan)
+        check_plan_fits(plan, model, env.world_size, env.device.type, data.get("topology"), str(cfg.plan))
+    except PlanMismatchError as err:
+        raise SystemExit(f"error: {err}")
+    return plan
 
 
 def model_builder(cfg: TrainConfig, table_sizes: Dict[str, int], num_dense: int):
@@ -87,8 +101,11 @@ def run(cfg: TrainConfig, env: DistEnv) -> Dict[str, object]:
     torch.manual_seed(cfg.seed + env.rank)  # distinct table shards per rank; DDP syncs dense from rank 0
     model = build(torch.device("meta"))
     attach_fused_embedding_optimizer(model, cfg.optim)
-    sharded = shard_model(model, env, cfg.sharding)
+    sharded = shard_model(model, env, cfg.sharding, plan=load_checked_plan(cfg, model, env))
     optimizer = build_optimizer(sharded, cfg.optim)
+    if env.is_main:  # the plan in use, reusable as --plan
+        save_plan(cfg.run_dir / "plan.json", sharded.plan, {"world_size": env.world_size,
+                  "local_world_size": env.local_world_size, "compute_device": env.device.type})
     out.log("config", world_size=env.world_size, backend=env.backend, argv=sys.argv[1:],
             plan=str(sharded.plan))
 

@@ -103,3 +103,22 @@ def test_single_process_without_launcher(criteo_dir: Path, tmp_path: Path) -> No
     proc = _train_cli(["--data", str(criteo_dir), "--run-dir", str(tmp_path / "r"), *QUICK])
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert _summary(tmp_path / "r")["world_size"] == 1
+
+
+def test_plan_file_round_trip_and_mismatch(criteo_dir: Path, tmp_path: Path) -> None:
+    """A run's plan.json drives a second run; the same plan on 1 rank is refused with a message."""
+    first = tmp_path / "first"
+    torchrun(TRAIN, ["--data", str(criteo_dir), "--run-dir", str(first), "--sharding", "row_wise", *QUICK])
+    plan = json.loads((first / "plan.json").read_text())
+    assert plan["topology"]["world_size"] == 2
+    tables = next(iter(plan["plan"].values()))
+    assert {e["sharding_type"] for e in tables.values()} == {"row_wise"}
+    second = tmp_path / "second"
+    torchrun(TRAIN, ["--data", str(criteo_dir), "--run-dir", str(second), "--plan", str(first / "plan.json"),
+                     *QUICK])
+    assert json.loads((second / "plan.json").read_text())["plan"] == plan["plan"]
+    proc = _train_cli(["--data", str(criteo_dir), "--run-dir", str(tmp_path / "r"),
+                       "--plan", str(first / "plan.json"), *QUICK])
+    assert proc.returncode != 0
+    assert "was made for world size 2" in proc.stderr and "this job has 1 ranks" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -13,7 +13,7 @@ from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
-from torchrec.distributed.types import ModuleSharder, ShardingType
+from torchrec.distributed.types import ModuleSharder, ShardingPlan, ShardingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from mlet_dist.distributed.env import DistEnv
@@ -83,10 +83,16 @@ def shard_model(
     env: DistEnv,
     config: ShardingConfig,
     constraints: Optional[Dict[str, ParameterConstraints]] = None,
+    plan: Optional[ShardingPlan] = None,
 ) -> DistributedModelParallel:
-    """Plan on the live process group and wrap in DMP; ``model`` may live on the meta device.
-    ``constraints`` (per table) override the single ``config.sharding`` choice."""
+    """Plan on the live process group (or take ``plan``, e.g. from a file) and wrap in DMP;
+    ``model`` may live on the meta device. ``constraints`` (per table) override the single
+    ``config.sharding`` choice."""
     import torch.distributed as dist
+
+    sharders = default_sharders(config)
+    if plan is not None:
+        return DistributedModelParallel(module=model, device=env.device, plan=plan, sharders=sharders)
 
     topology = Topology(
         world_size=env.world_size,
@@ -96,7 +102,6 @@ def shard_model(
     if constraints is None:
         constraints = constraints_for(model, config.sharding)
     planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)
-    sharders = default_sharders(config)
     pg = dist.GroupMember.WORLD
     assert pg is not None, "init_distributed() first"
     plan = planner.collective_plan(model, sharders, pg)

@@ -25,6 +25,7 @@ class TrainConfig:
     log_every: int = 10
     collapse: bool = True
     progress: bool = True
+    plan: Optional[Path] = None
     embedding: EmbeddingSpec = field(default_factory=EmbeddingSpec)
     dlrm: DLRMConfig = field(default_factory=DLRMConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -72,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-mlp", type=_int_list, default=[512, 256, 1])
     p.add_argument("--sharding", choices=SHARDING_CHOICES, default="auto",
                    help="force one sharding type on every table, or let the planner choose")
+    p.add_argument("--plan", type=Path, default=None,
+                   help="sharding plan JSON (mlet-plan); checked against the model and world size")
+    p.add_argument("--projection-after-comm", action="store_true",
+                   help="MLET projections as dense DDP params after the all-to-all (k-wide traffic); "
+                   "default projects on the owning rank (d-wide traffic)")
     p.add_argument("--backend", choices=["auto", "gloo", "nccl"], default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-every", type=int, default=10, help="steps between train-loss records")
@@ -108,5 +114,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> TrainConfig:
             dense_optimizer=args.dense_optimizer,
             dense_lr=args.dense_lr,
         ),
-        sharding=ShardingConfig(args.sharding),
+        plan=args.plan,
+        sharding=ShardingConfig(args.sharding, owner_projection=not args.projection_after_comm),
     )
