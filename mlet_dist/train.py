@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torchrec.distributed.types import ShardingPlan
 from torchrec.models.dlrm import DLRMTrain
+from torchrec.optim.keyed import CombinedOptimizer
 
 from mlet_dist.data.parquet_batches import DatasetMeta, ParquetBatchStream
 from mlet_dist.distributed.env import DistEnv, init_distributed, shutdown_distributed
@@ -26,6 +27,8 @@ from mlet_dist.models.dlrm import build_dlrm
 from mlet_dist.planning.plan_io import PlanMismatchError, check_plan_fits, load_plan, save_plan
 from mlet_dist.models.embedding_tables import build_embedding_collection
 from mlet_dist.training.best_model import BestModelKeeper
+from mlet_dist.training.checkpoint import CheckpointError, CheckpointManager, TrainPosition
+from mlet_dist.training.faults import maybe_fail
 from mlet_dist.training.collapse_eval import collapse_sharded
 from mlet_dist.training.config import TrainConfig, parse_args
 from mlet_dist.training.evaluation import Predictions, predict
@@ -56,11 +59,39 @@ def load_checked_plan(cfg: TrainConfig, model: nn.Module, env: DistEnv) -> Optio
     return plan
 
 
+def resume_position(
+    cfg: TrainConfig, env: DistEnv, checkpoints: CheckpointManager, model: nn.Module,
+    optimizer: CombinedOptimizer, keeper: BestModelKeeper, out: RunDirectory,
+) -> TrainPosition:
+    """Start of training: the newest complete checkpoint in the run dir, unless --no-resume."""
+    torn = checkpoints.clean_torn()
+    if torn and env.is_main:
+        print(f"ignored and removed incomplete checkpoint(s) {torn}")
+    latest = checkpoints.latest() if cfg.resume else None
+    if latest is None:
+        return TrainPosition(world_size=env.world_size)
+    try:
+        position = checkpoints.load(latest, model, optimizer)
+    except CheckpointError as err:
+        raise SystemExit(f"error: {err}")
+    keeper.load_state(position.extra.get("best", {}))
+    out.log("resume", checkpoint=latest.name, step=position.step, epoch=position.epoch,
+            batch_in_epoch=position.batch_in_epoch)
+    if env.is_main:
+        print(f"resuming from {latest} (epoch {position.epoch}, batch {position.batch_in_epoch}, "
+              f"step {position.step})")
+    return position
+
+
 def model_builder(cfg: TrainConfig, table_sizes: Dict[str, int], num_dense: int):
     cfg.dlrm.dense_in_features = num_dense
 
     def build(device: torch.device) -> nn.Module:
         collection = build_embedding_collection(table_sizes, cfg.embedding, device=device)
+        if cfg.arch == "dcnv2":
+            from mlet_dist.models.dcn import build_dcnv2
+
+            return DLRMTrain(build_dcnv2(collection, cfg.dlrm, cfg.dcn, dense_device=device))
         return DLRMTrain(build_dlrm(collection, cfg.dlrm, dense_device=device))
 
     return build
@@ -117,22 +148,37 @@ def run(cfg: TrainConfig, env: DistEnv) -> Dict[str, object]:
             f"({cfg.batch_size} x {env.world_size} ranks); lower --batch-size"
         )
     keeper = BestModelKeeper(cfg.run_dir / "best_model", env)
-    global_step = 0
-    train_seconds = 0.0
+    checkpoints = CheckpointManager(cfg.run_dir / "checkpoints", env, keep=cfg.keep_checkpoints)
+    position = resume_position(cfg, env, checkpoints, sharded, optimizer, keeper, out)
+    global_step = position.step
+    train_seconds = float(position.extra.get("train_seconds", 0.0))
 
-    def on_step(step: int, loss: float) -> None:
-        if step % cfg.log_every == 0:
-            out.log("train", step=global_step + step, loss=loss)
+    def save_checkpoint(epoch: int, batch_in_epoch: int) -> None:
+        extra = {"best": keeper.state(), "train_seconds": train_seconds}
+        checkpoints.save(sharded, optimizer, TrainPosition(global_step, epoch, batch_in_epoch, env.world_size, extra))
 
-    for epoch in range(cfg.epochs):
-        stats = train_epoch(sharded, optimizer, train_stream, env.device, env.world_size, on_step,
-                            show_progress=cfg.progress and env.is_main, desc=f"epoch {epoch}")
-        global_step += stats.steps
+    for epoch in range(position.epoch, cfg.epochs):
+        start = position.batch_in_epoch if epoch == position.epoch else 0
+
+        def on_step(step: int, loss: float) -> None:
+            nonlocal global_step
+            global_step += 1
+            if global_step % cfg.log_every == 0:
+                out.log("train", step=global_step, loss=loss)
+            maybe_fail("step", global_step, env.rank)
+            next_batch = start + step
+            if cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0 and next_batch < len(train_stream):
+                save_checkpoint(epoch, next_batch)
+
+        stats = train_epoch(sharded, optimizer, train_stream.iter_from(start), env.device, env.world_size,
+                            on_step, show_progress=cfg.progress and env.is_main, desc=f"epoch {epoch}",
+                            total=len(train_stream) - start)
         train_seconds += stats.seconds
         metrics = {split: p.metrics() for split, p in evaluate_all(sharded, cfg, env, "eval").items()}
         out.log("epoch", epoch=epoch, step=global_step, train_loss=stats.mean_loss,
                 samples_per_s=stats.samples / max(stats.seconds, 1e-9), **metrics)
         keeper.offer(sharded, epoch, metrics, is_last=epoch == cfg.epochs - 1)
+        save_checkpoint(epoch + 1, 0)
         if env.is_main:
             print(f"epoch {epoch}: train loss {stats.mean_loss:.4f}  "
                   f"val AUC {metrics['val']['auc']:.4f}  test AUC {metrics['test']['auc']:.4f}")

@@ -128,15 +128,23 @@ class ParquetBatchStream:
         return n if self.max_batches is None else min(n, self.max_batches)
 
     def __iter__(self) -> Iterator[LoadedBatch]:
+        return self.iter_from(0)
+
+    def iter_from(self, start_batch: int) -> Iterator[LoadedBatch]:
+        """Batches ``start_batch``, ``start_batch + 1``, ...: resuming mid-epoch. Skipped batches
+        are read (and validated) but not converted to tensors."""
         total = len(self)
-        if total == 0:
+        if not 0 <= start_batch <= total:
+            raise ValueError(f"start_batch {start_batch} outside [0, {total}]")
+        if total == start_batch:
             return
         first_row: Optional[pa.Table] = None
         produced = 0
         for global_batch in self._global_batches():
             if first_row is None:
                 first_row = global_batch.slice(0, 1)
-            yield self._local_batch(global_batch, first_row)
+            if produced >= start_batch:
+                yield self._local_batch(global_batch, first_row)
             produced += 1
             if produced == total:
                 return  # stop before reading rows nobody will use

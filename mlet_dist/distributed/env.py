@@ -3,6 +3,7 @@
 import os
 import socket
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Optional
 
 import torch
@@ -74,8 +75,26 @@ def init_distributed(backend: Optional[str] = None) -> DistEnv:
     else:
         device = torch.device("cpu")
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend)
+        _init_process_group(backend, rank, world_size)
     return DistEnv(rank, world_size, local_rank, local_world_size, device, backend)
+
+
+def _init_process_group(backend: str, rank: int, world_size: int) -> None:
+    """Under torchelastic, rendezvous on the agent's store with a per-attempt prefix.
+
+    Seen with torch 2.13 + gloo: after a torchrun restart (--max-restarts), the default env://
+    init of the new attempt read stale peer addresses and failed in connectFullMesh. A prefix
+    naming the run and the restart count keeps every attempt's keys apart.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        dist.init_process_group(backend=backend)
+        return
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+        timeout=timedelta(minutes=10),
+    )
+    prefix = f"mlet/{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    dist.init_process_group(backend=backend, store=dist.PrefixStore(prefix, store), rank=rank, world_size=world_size)
 
 
 def shutdown_distributed() -> None:

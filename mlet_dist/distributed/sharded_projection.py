@@ -54,7 +54,9 @@ class ShardedProjection(nn.Module):
                 if meta.placement is not None and meta.placement.rank() == rank:
                     self.local_row_offsets.append(int(meta.shard_offsets[0]))
                     local.append(nn.Parameter(torch.empty(int(meta.shard_sizes[0]), out_dim, device=device)))
-        self.shards = nn.ParameterList(local)
+        # Named by row offset so that per-shard optimizer state gets a distinct key on each rank
+        # (a checkpoint de-duplicates equal keys across ranks).
+        self.shards = nn.ParameterDict({f"rows_{o}": p for o, p in zip(self.local_row_offsets, local)})
         self._init_weights(init_std, source)
         if global_shards is None:
             self._replicate(group, average_grads)
@@ -63,7 +65,7 @@ class ShardedProjection(nn.Module):
 
     @torch.no_grad()
     def _init_weights(self, init_std: float, source: Optional[torch.Tensor]) -> None:
-        for offset, param in zip(self.local_row_offsets, self.shards):
+        for offset, param in zip(self.local_row_offsets, self.shards.values()):
             if source is not None and source.device.type != "meta":
                 param.copy_(source[offset : offset + param.shape[0]])
             else:
@@ -71,7 +73,7 @@ class ShardedProjection(nn.Module):
 
     def _replicate(self, group: Optional[dist.ProcessGroup], average: bool) -> None:
         """Same initial W on every rank of the group, and gradients reduced after backward."""
-        (param,) = list(self.shards)
+        (param,) = list(self.shards.values())
         group_ranks = dist.get_process_group_ranks(group) if group is not None else list(range(dist.get_world_size()))
         with torch.no_grad():
             dist.broadcast(param.data, src=min(group_ranks), group=group)
@@ -87,7 +89,7 @@ class ShardedProjection(nn.Module):
 
     def local_slice(self, row_offset: int, rows: int) -> torch.Tensor:
         """W rows [row_offset, row_offset + rows) as held on this rank."""
-        for offset, param in zip(self.local_row_offsets, self.shards):
+        for offset, param in zip(self.local_row_offsets, self.shards.values()):
             if offset <= row_offset and row_offset + rows <= offset + param.shape[0]:
                 return param[row_offset - offset : row_offset - offset + rows]
         raise KeyError(f"projection rows [{row_offset}, {row_offset + rows}) are not held on this rank")
@@ -95,18 +97,19 @@ class ShardedProjection(nn.Module):
     # --- state dict: one (k, d) "weight" -------------------------------------------------------
     @staticmethod
     def _state_dict_hook(module: "ShardedProjection", state_dict: Dict[str, Any], prefix: str, _: Any) -> None:
-        for i in range(len(module.shards)):
-            state_dict.pop(f"{prefix}shards.{i}", None)
+        for name in module.shards:
+            state_dict.pop(f"{prefix}shards.{name}", None)
         state_dict[f"{prefix}weight"] = module.full_or_sharded_weight()
 
     def full_or_sharded_weight(self) -> torch.Tensor:
+        params = list(self.shards.values())
         if self.global_shards is None:
-            return self.shards[0].detach()
+            return params[0].detach()
         local = []
-        for offset, param in zip(self.local_row_offsets, self.shards):
+        for offset, param in zip(self.local_row_offsets, params):
             meta = next(m for m in self.global_shards if int(m.shard_offsets[0]) == offset)
             local.append(Shard(tensor=param.detach(), metadata=meta))
-        first = self.shards[0] if len(self.shards) else None
+        first = params[0] if params else None
         properties = TensorProperties(dtype=first.dtype if first is not None else torch.float32)
         metadata = ShardedTensorMetadata(
             shards_metadata=list(self.global_shards),
@@ -123,12 +126,12 @@ class ShardedProjection(nn.Module):
         with torch.no_grad():
             if isinstance(source, ShardedTensor):
                 by_offset = {int(s.metadata.shard_offsets[0]): s.tensor for s in source.local_shards()}
-                for offset, param in zip(self.local_row_offsets, self.shards):
+                for offset, param in zip(self.local_row_offsets, self.shards.values()):
                     if offset not in by_offset:
                         raise ValueError(f"{key}: no local shard at row {offset} in the loaded ShardedTensor")
                     param.copy_(by_offset[offset])
             else:
-                for offset, param in zip(self.local_row_offsets, self.shards):
+                for offset, param in zip(self.local_row_offsets, self.shards.values()):
                     param.copy_(source[offset : offset + param.shape[0]])
-        for i, param in enumerate(self.shards):
-            state_dict[f"{prefix}shards.{i}"] = param.detach()
+        for name, param in self.shards.items():
+            state_dict[f"{prefix}shards.{name}"] = param.detach()

@@ -7,7 +7,7 @@ only when an epoch improves and is not the last one (the live model already is t
 import math
 import shutil
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
@@ -34,6 +34,19 @@ class BestModelKeeper:
         self.best_epoch, self.best_metrics, self._best_auc = epoch, metrics, auc
         if not is_last:
             self._save(model, epoch)
+
+    def state(self) -> Dict[str, Any]:
+        """JSON-able, for training checkpoints."""
+        return {"best_epoch": self.best_epoch, "best_metrics": self.best_metrics,
+                "best_auc": self._best_auc if math.isfinite(self._best_auc) else None,
+                "saved_epoch": self._saved_epoch, "last_epoch": self._last_epoch}
+
+    def load_state(self, state: Dict[str, Any]) -> None:
+        if not state:
+            return
+        self.best_epoch, self.best_metrics = state["best_epoch"], state["best_metrics"]
+        self._best_auc = state["best_auc"] if state["best_auc"] is not None else -math.inf
+        self._saved_epoch, self._last_epoch = state["saved_epoch"], state["last_epoch"]
 
     def _path(self, epoch: int) -> Path:
         return self.directory / f"epoch-{epoch}"

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from mlet_dist.distributed.sharding import SHARDING_CHOICES, ShardingConfig
+from mlet_dist.models.dcn import ARCHS, DCNConfig
 from mlet_dist.models.dlrm import DLRMConfig
 from mlet_dist.models.embedding_tables import EmbeddingSpec
 from mlet_dist.training.optim import DENSE_OPTIMIZERS, EMBEDDING_OPTIMIZERS, OptimConfig
@@ -26,14 +27,21 @@ class TrainConfig:
     collapse: bool = True
     progress: bool = True
     plan: Optional[Path] = None
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
+    resume: bool = True
     embedding: EmbeddingSpec = field(default_factory=EmbeddingSpec)
     dlrm: DLRMConfig = field(default_factory=DLRMConfig)
+    arch: str = "dlrm"  # dlrm | dcnv2 (both take dlrm's bottom/top MLP sizes)
+    dcn: DCNConfig = field(default_factory=DCNConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     sharding: ShardingConfig = field(default_factory=ShardingConfig)
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
             raise ValueError(f"--epochs must be >= 1, got {self.epochs}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size (per rank) must be >= 1, got {self.batch_size}")
 
@@ -71,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dense-lr", type=float, default=OptimConfig.dense_lr)
     p.add_argument("--bottom-mlp", type=_int_list, default=[512, 256, 64], help="d is appended")
     p.add_argument("--top-mlp", type=_int_list, default=[512, 256, 1])
+    p.add_argument("--arch", choices=ARCHS, default="dlrm",
+                   help="dlrm: dot interaction; dcnv2: cross network over [bottom-MLP output, all "
+                   "embeddings], then --top-mlp as the deep network")
+    p.add_argument("--dcn-layers", type=int, default=DCNConfig.cross_layers, help="dcnv2: cross layers")
+    p.add_argument("--dcn-low-rank", type=int, default=DCNConfig.low_rank,
+                   help="dcnv2: rank of each cross layer's matrix; 0 = full-rank CrossNet")
     p.add_argument("--sharding", choices=SHARDING_CHOICES, default="auto",
                    help="force one sharding type on every table, or let the planner choose")
     p.add_argument("--plan", type=Path, default=None,
@@ -83,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int, default=10, help="steps between train-loss records")
     p.add_argument("--no-collapse", action="store_true", help="skip the collapse at the end")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--checkpoint-every", type=int, default=0,
+                   help="steps between training checkpoints (0: only at epoch ends)")
+    p.add_argument("--keep-checkpoints", type=int, default=2, help="newest complete checkpoints kept")
+    p.add_argument("--no-resume", action="store_true",
+                   help="start fresh even if --run-dir holds a checkpoint (default: resume from the newest)")
     return p
 
 
@@ -108,6 +127,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> TrainConfig:
             projection_init_std=args.projection_init_std,
         ),
         dlrm=DLRMConfig(bottom_mlp=args.bottom_mlp, top_mlp=args.top_mlp),
+        arch=args.arch,
+        dcn=DCNConfig(cross_layers=args.dcn_layers, low_rank=args.dcn_low_rank),
         optim=OptimConfig(
             embedding_optimizer=args.embedding_optimizer,
             embedding_lr=args.embedding_lr,
@@ -115,5 +136,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> TrainConfig:
             dense_lr=args.dense_lr,
         ),
         plan=args.plan,
+        checkpoint_every=args.checkpoint_every,
+        keep_checkpoints=args.keep_checkpoints,
+        resume=not args.no_resume,
         sharding=ShardingConfig(args.sharding, owner_projection=not args.projection_after_comm),
     )

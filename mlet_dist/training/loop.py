@@ -28,12 +28,13 @@ def train_epoch(
     on_step: Optional[Callable[[int, float], None]] = None,
     show_progress: bool = False,
     desc: str = "train",
+    total: Optional[int] = None,
 ) -> EpochStats:
 
     model.train()
     start = time.perf_counter()
     steps, samples, loss_sum = 0, 0, 0.0
-    bar = tqdm(batches, desc=desc, disable=not show_progress, unit="batch")
+    bar = tqdm(batches, desc=desc, disable=not show_progress, unit="batch", total=total)
     for loaded in bar:
         optimizer.zero_grad()
         loss, _ = model(loaded.batch.to(device))

@@ -1,0 +1,119 @@
+"""Sharded training checkpoints with torch.distributed.checkpoint (DCP).
+
+A checkpoint holds the model (sharded tables, projections, dense part), the fused and dense
+optimizer state, the data position, the RNG state of every rank and the step. It is complete or
+invisible: every rank writes into ``.step-N.tmp``, then rank 0 adds ``train_state.json`` and
+renames the directory to ``step-N`` (an atomic rename is the publication). Resume takes the
+newest ``step-N`` and ignores any ``.tmp`` left by a crash. The last ``keep`` are kept.
+"""
+
+import json
+import re
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+
+from mlet_dist.distributed.env import DistEnv
+from mlet_dist.training.faults import maybe_fail
+
+_NAME = re.compile(r"^step-(\d{8})$")
+TRAIN_STATE = "train_state.json"
+
+
+@dataclass
+class TrainPosition:
+    """Where training stands: the next batch to run is ``batch_in_epoch`` of ``epoch``."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    world_size: int = 1
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def _init_lazy_optimizer_state(optimizer: CombinedOptimizer) -> None:
+    """Dense optimizers (Adam, Adagrad) create state on their first step; DCP loads in place,
+    so the state must exist first. A zero-gradient step creates it; the loaded values replace it."""
+    for _, opt in optimizer.optimizers:
+        if isinstance(opt, KeyedOptimizerWrapper) and not opt.state:
+            opt.init_state()
+
+
+class CheckpointManager:
+    def __init__(self, root: Path, env: DistEnv, keep: int = 2) -> None:
+        if keep < 1:
+            raise ValueError(f"--keep-checkpoints must be >= 1, got {keep}")
+        self.root = Path(root)
+        self.env = env
+        self.keep = keep
+
+    def _published(self) -> List[Path]:
+        if not self.root.is_dir():
+            return []
+        found = [p for p in self.root.iterdir() if _NAME.match(p.name) and (p / TRAIN_STATE).is_file()]
+        return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))  # type: ignore[union-attr]
+
+    def latest(self) -> Optional[Path]:
+        published = self._published()
+        return published[-1] if published else None
+
+    def save(self, model: nn.Module, optimizer: CombinedOptimizer, position: TrainPosition) -> Path:
+        final = self.root / f"step-{position.step:08d}"
+        tmp = self.root / f".step-{position.step:08d}.tmp"
+        if self.env.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        dist.barrier()
+        dcp.save({"model": model.state_dict(), "optim": optimizer.state_dict()}, checkpoint_id=str(tmp))
+        (tmp / f"rng-rank{self.env.rank}.json").write_text(json.dumps(torch.get_rng_state().tolist()))
+        maybe_fail("checkpoint", position.step, self.env.rank)
+        dist.barrier()
+        if self.env.is_main:
+            (tmp / TRAIN_STATE).write_text(json.dumps(asdict(position), indent=1, sort_keys=True))
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+            for old in self._published()[: -self.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+        dist.barrier()
+        return final
+
+    def load(self, path: Path, model: nn.Module, optimizer: CombinedOptimizer) -> TrainPosition:
+        position = TrainPosition(**json.loads((path / TRAIN_STATE).read_text()))
+        _init_lazy_optimizer_state(optimizer)
+        state = {"model": model.state_dict(), "optim": optimizer.state_dict()}
+        try:
+            dcp.load(state, checkpoint_id=str(path))
+        except Exception as err:  # DCP raises several kinds; say what to do
+            raise CheckpointError(
+                f"cannot load checkpoint {path} (written by {position.world_size} ranks) into this job "
+                f"({self.env.world_size} ranks): {str(err).splitlines()[0][:300]}. DCP reshards tables "
+                "between table-/row-wise plans and world sizes, but not a change of column-wise shard "
+                "count with row-wise optimizer state, nor per-shard projection state of another "
+                "plan: resume with the original world size and plan (run_dir/plan.json)."
+            ) from err
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optim"])
+        rng = path / f"rng-rank{self.env.rank}.json"
+        if rng.is_file() and position.world_size == self.env.world_size:
+            torch.set_rng_state(torch.tensor(json.loads(rng.read_text()), dtype=torch.uint8))
+        return position
+
+    def clean_torn(self) -> List[str]:
+        """Remove ``.tmp`` checkpoints left by a crash (rank 0); returns their names."""
+        if not self.env.is_main or not self.root.is_dir():
+            return []
+        torn = [p for p in self.root.iterdir() if p.name.startswith(".step-") and p.name.endswith(".tmp")]
+        for p in torn:
+            shutil.rmtree(p, ignore_errors=True)
+        return [p.name for p in torn]
