@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--nproc", type=int, default=2)
+    p.add_argument("--ranks", type=int, default=2)
     p.add_argument("--tables", type=int, default=26)
     p.add_argument("--rows", type=int, default=100_000)
     p.add_argument("--batch-size", type=int, default=1024, help="per rank")
@@ -39,7 +39,7 @@ def parse() -> argparse.Namespace:
 
 
 def launch(args: argparse.Namespace) -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.ranks}",
            __file__, "--worker", *sys.argv[1:]]
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), PYTHONPATH=str(ROOT))
     raise SystemExit(subprocess.call(cmd, env=env))
@@ -106,7 +106,7 @@ def worker(args: argparse.Namespace) -> None:
                 times[name].append(time.perf_counter() - start)
     if env.is_main:
         med = {name: statistics.median(t) * 1e3 for name, t in times.items()}
-        print(f"\n{args.nproc} gloo ranks, {args.tables} tables x {args.rows} rows, batch {args.batch_size}/rank, "
+        print(f"\n{args.ranks} gloo ranks, {args.tables} tables x {args.rows} rows, batch {args.batch_size}/rank, "
               f"{args.sharding}, median of {args.rounds}x{args.steps} steps")
         print(f"{'variant':<12} {'ms/step':>9} {'vs ebc_d16':>11} {'vs ebc_d64':>11}")
         for name, ms in med.items():

@@ -129,10 +129,14 @@ class ProjectingShardedEBC(ShardedEmbeddingBagCollection):
         if not blocks:
             return embs
         projections = self.__dict__["_projections"]
-        pieces = [
-            embs[:, b.start : b.start + b.cols] @ projections[b.table].local_slice(b.col_offset, b.cols)
-            for b in blocks
-        ]
+        weights = [projections[b.table].local_slice(b.col_offset, b.cols) for b in blocks]
+        f, (c, d) = len(blocks), weights[0].shape
+        if len({w.shape for w in weights}) == 1 and embs.shape[1] == f * c:
+            # Blocks tile the output evenly: one batched matmul [F, B, c] x [F, c, d] is much
+            # cheaper than F small ones.
+            x = embs.view(embs.shape[0], f, c).transpose(0, 1)
+            return torch.bmm(x, torch.stack(weights)).transpose(0, 1).reshape(embs.shape[0], f * d)
+        pieces = [embs[:, b.start : b.start + b.cols] @ w for b, w in zip(blocks, weights)]
         return torch.cat(pieces, dim=1)
 
     def compute(self, ctx: EmbeddingBagCollectionContext, dist_input: KJTList) -> List[torch.Tensor]:

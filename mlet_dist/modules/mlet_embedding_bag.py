@@ -100,10 +100,16 @@ class MLETEmbeddingBagCollection(nn.Module):
         Keys are taken from the KeyedTensor, not assumed, because sharding may reorder them.
         """
         keys = wide.keys()
-        slices = wide.values().split(wide.length_per_key(), dim=1)
-        projected = [
-            self.projections[self._feature_to_table[key]](piece) for key, piece in zip(keys, slices)
-        ]
+        values = wide.values()
+        weights = [self.projections[self._feature_to_table[key]].weight for key in keys]
+        if len({w.shape for w in weights}) == 1:
+            # All tables share k and d: one batched matmul [F, B, k] x [F, k, d].
+            f, (k, d) = len(keys), weights[0].shape
+            x = values.view(values.shape[0], f, k).transpose(0, 1)
+            out = torch.bmm(x, torch.stack(weights)).transpose(0, 1).reshape(values.shape[0], f * d)
+            return KeyedTensor(keys=keys, length_per_key=[d] * f, values=out)
+        slices = values.split(wide.length_per_key(), dim=1)
+        projected = [piece @ w for piece, w in zip(slices, weights)]
         return KeyedTensor(
             keys=keys,
             length_per_key=[p.shape[1] for p in projected],
