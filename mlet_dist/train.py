@@ -26,11 +26,13 @@ from mlet_dist.log_setup import quiet_library_logs
 from mlet_dist.models.dlrm import build_dlrm
 from mlet_dist.planning.plan_io import PlanMismatchError, check_plan_fits, load_plan, save_plan
 from mlet_dist.models.embedding_tables import build_embedding_collection
+from mlet_dist.distributed.state import gather_full_state_dict
 from mlet_dist.training.best_model import BestModelKeeper
 from mlet_dist.training.checkpoint import CheckpointError, CheckpointManager, TrainPosition
 from mlet_dist.training.faults import maybe_fail
 from mlet_dist.training.collapse_eval import collapse_sharded
 from mlet_dist.training.config import TrainConfig, parse_args
+from mlet_dist.training.diagnostics import PREDICTIONS_DIR, diagnostics_from_state_dict, save_predictions
 from mlet_dist.training.evaluation import Predictions, predict
 from mlet_dist.training.loop import train_epoch
 from mlet_dist.training.optim import attach_fused_embedding_optimizer, build_optimizer
@@ -207,6 +209,15 @@ def run(cfg: TrainConfig, env: DistEnv) -> Dict[str, object]:
         summary["collapsed_max_abs_prediction_diff"] = max(
             float((trained_preds[s].probs - collapsed_preds[s].probs).abs().max()) for s in EVAL_SPLITS
         )
+    summary["arch"] = cfg.arch
+    if cfg.save_predictions:
+        test = trained_preds["test"] if cfg.collapse else evaluate_all(sharded, cfg, env, "predictions")["test"]
+        if env.is_main:
+            save_predictions(cfg.run_dir / PREDICTIONS_DIR, {"test": test})
+    if cfg.diagnostics:
+        full = gather_full_state_dict(sharded)  # collective: every rank takes part
+        if env.is_main:
+            summary["diagnostics"] = diagnostics_from_state_dict(full)
     out.write_json("summary.json", summary)
     if env.is_main:
         print_summary(summary)

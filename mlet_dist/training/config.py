@@ -30,6 +30,8 @@ class TrainConfig:
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
     resume: bool = True
+    save_predictions: bool = False
+    diagnostics: bool = False
     embedding: EmbeddingSpec = field(default_factory=EmbeddingSpec)
     dlrm: DLRMConfig = field(default_factory=DLRMConfig)
     arch: str = "dlrm"  # dlrm | dcnv2 (both take dlrm's bottom/top MLP sizes)
@@ -97,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int, default=10, help="steps between train-loss records")
     p.add_argument("--no-collapse", action="store_true", help="skip the collapse at the end")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--save-predictions", action="store_true",
+                   help="RUN_DIR/predictions/test.npz (row, prob, label) of the selected model")
+    p.add_argument("--diagnostics", action="store_true",
+                   help="singular values / effective ranks of tables and MLET projections in summary.json")
     p.add_argument("--checkpoint-every", type=int, default=0,
                    help="steps between training checkpoints (0: only at epoch ends)")
     p.add_argument("--keep-checkpoints", type=int, default=2, help="newest complete checkpoints kept")
@@ -139,5 +145,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> TrainConfig:
         checkpoint_every=args.checkpoint_every,
         keep_checkpoints=args.keep_checkpoints,
         resume=not args.no_resume,
+        save_predictions=args.save_predictions,
+        diagnostics=args.diagnostics,
         sharding=ShardingConfig(args.sharding, owner_projection=not args.projection_after_comm),
     )

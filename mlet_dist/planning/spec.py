@@ -1,0 +1,69 @@
+"""Table specs for offline planning: a data_prep ``meta.json`` (or its dataset directory) or a
+small spec file
+
+    {"name": "criteo-kaggle", "table_sizes": {"C1": 1460, ...}, "dense_features": 13}
+
+``dense_features`` is a count or a list of names (as in meta.json); ``sparse_features``, when
+given, fixes the table order (train.py orders tables by meta.json's ``sparse_features``).
+"""
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Union
+
+PathLike = Union[str, Path]
+
+
+class SpecError(ValueError):
+    """A table spec that cannot be planned from; the message names the file and the problem."""
+
+
+@dataclass
+class TableSpec:
+    table_sizes: Dict[str, int]
+    num_dense: int
+    name: str
+    source: str = ""
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def total_rows(self) -> int:
+        return sum(self.table_sizes.values())
+
+
+def load_table_spec(path: PathLike) -> TableSpec:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "meta.json"
+    if not path.is_file():
+        raise SpecError(f"table spec {path} does not exist (give a meta.json, its dataset dir, or a spec file)")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise SpecError(f"table spec {path} is not valid JSON: {err}")
+    return table_spec_from_dict(data, str(path))
+
+
+def table_spec_from_dict(data: Any, source: str = "<dict>") -> TableSpec:
+    if not isinstance(data, dict) or not isinstance(data.get("table_sizes"), dict) or not data["table_sizes"]:
+        raise SpecError(f"{source}: needs a non-empty \"table_sizes\" object {{feature: rows}}")
+    if "format_version" in data and data["format_version"] != 1:
+        raise SpecError(f"{source}: meta.json format_version {data['format_version']!r} is not 1")
+    sizes = data["table_sizes"]
+    order = data.get("sparse_features") or list(sizes)
+    missing = [f for f in order if f not in sizes]
+    if missing:
+        raise SpecError(f"{source}: sparse_features {missing} have no table_sizes entry")
+    table_sizes: Dict[str, int] = {}
+    for feature in order:
+        rows = sizes[feature]
+        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+            raise SpecError(f"{source}: table_sizes[{feature!r}] must be a positive integer, got {rows!r}")
+        table_sizes[feature] = rows
+    dense = data.get("dense_features", 13)
+    num_dense = len(dense) if isinstance(dense, list) else dense
+    if isinstance(num_dense, bool) or not isinstance(num_dense, int) or num_dense < 1:
+        raise SpecError(f"{source}: dense_features must be a positive count or a list of names, got {dense!r}")
+    name = str(data.get("name") or data.get("dataset") or Path(source).stem)
+    return TableSpec(table_sizes=table_sizes, num_dense=num_dense, name=name, source=source)

@@ -1,0 +1,242 @@
+"""Sweep configuration (YAML or JSON) and its expansion into runs.
+
+Example (all keys but ``data`` optional; relative paths are relative to the working directory):
+
+    name: tiny_planted
+    data: runs/data/planted_tiny          # a prepared dataset (mlet-prep output)
+    prepare:                              # optional: generated first when `data` has no meta.json
+      planted: {rows: 50000, tables: 4, cardinality: 5000, rank: 4, seed: 0}
+    runs_dir: runs/sweeps/tiny_planted    # one run dir per run below it (default runs/sweeps/<name>)
+    report_dir: reports/tiny_planted      # default reports/<name>
+    grid:
+      archs: [dlrm, dcnv2]
+      seeds: [0, 1, 2]
+      baseline: {d: [4, 8, 16, 32, 64]}
+      mlet: {k: [32, 64, 128], d: [4, 8, 16]}
+    launch:
+      world_size: 1                       # ranks per run (torchrun --nproc-per-node)
+      threads_per_rank: 1                 # OMP_NUM_THREADS of each rank
+      cpu_budget: 2                       # cores for the whole sweep: parallel runs = budget // (ws * threads)
+      timeout_s: null                     # per run
+      keep_checkpoints: false             # finished runs lose checkpoints/ and best_model/
+      tensorboard: false                  # TensorBoard event files in each run dir
+    train_args: [--epochs, 2, --batch-size, 512]   # passed to every train.py run
+    arch_args: {dcnv2: [--dcn-low-rank, 32]}        # passed to the runs of one arch
+    report:
+      rare_items: {features: null, aggregate: min, edges: [1, 4, 16, 64, 256, 1024, 4096], min_rows: 100}
+
+Each run is train.py with ``--arch A --model baseline -d D`` or ``--model mlet -k K -d D`` and
+``--seed S`` (plus the args above), in ``runs_dir/<run_id>``; MLET pairs with k < d are skipped.
+"""
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+from mlet_dist.models.dcn import ARCHS
+
+AGGREGATES = ("min", "max", "mean_log")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    arch: str
+    model: str  # "baseline" | "mlet"
+    d: int
+    k: Optional[int]
+    seed: int
+
+    @property
+    def run_id(self) -> str:
+        width = f"k{self.k}-d{self.d}" if self.model == "mlet" else f"d{self.d}"
+        return f"{self.arch}-{self.model}-{width}-s{self.seed}"
+
+    @property
+    def group(self) -> tuple:
+        """Runs that differ only by seed."""
+        return (self.arch, self.model, self.d, self.k)
+
+    def train_args(self) -> List[str]:
+        args = ["--arch", self.arch, "--model", self.model, "--embedding-dim", str(self.d), "--seed", str(self.seed)]
+        if self.model == "mlet":
+            args += ["--inner-dim", str(self.k)]
+        return args
+
+
+@dataclass
+class LaunchConfig:
+    world_size: int = 1
+    threads_per_rank: int = 1
+    cpu_budget: int = field(default_factory=lambda: os.cpu_count() or 1)
+    timeout_s: Optional[float] = None
+    tensorboard: bool = False
+    keep_checkpoints: bool = False  # remove a finished run's checkpoints/ and best_model/
+
+    def __post_init__(self) -> None:
+        for name in ("world_size", "threads_per_rank", "cpu_budget"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"launch.{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def parallel_runs(self) -> int:
+        return max(1, self.cpu_budget // (self.world_size * self.threads_per_rank))
+
+
+@dataclass
+class RareItemsConfig:
+    """Each test example's frequency = `aggregate` over `features` (default: all sparse features)
+    of the train count of its id; examples are bucketed by it at `edges` (bucket i holds
+    [edges[i-1], edges[i]), the first [0, edges[0]), the last [edges[-1], inf))."""
+
+    features: Optional[List[str]] = None
+    aggregate: str = "min"
+    edges: List[int] = field(default_factory=lambda: [1, 4, 16, 64, 256, 1024, 4096])
+    min_rows: int = 100  # buckets with fewer test rows get no AUC
+
+    def __post_init__(self) -> None:
+        if self.aggregate not in AGGREGATES:
+            raise ValueError(f"report.rare_items.aggregate must be one of {AGGREGATES}, got {self.aggregate!r}")
+        if not self.edges or list(self.edges) != sorted(set(self.edges)) or self.edges[0] < 1:
+            raise ValueError(f"report.rare_items.edges must be increasing integers >= 1, got {self.edges}")
+
+
+@dataclass
+class SweepConfig:
+    data: Path
+    name: str = "sweep"
+    runs_dir: Optional[Path] = None
+    report_dir: Optional[Path] = None
+    prepare: Optional[Dict[str, Any]] = None
+    archs: List[str] = field(default_factory=lambda: ["dlrm"])
+    seeds: List[int] = field(default_factory=lambda: [0, 1, 2])
+    baseline_d: List[int] = field(default_factory=lambda: [4, 8, 16, 32, 64])
+    mlet_k: List[int] = field(default_factory=lambda: [32, 64, 128])
+    mlet_d: List[int] = field(default_factory=lambda: [4, 8, 16])
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
+    train_args: List[str] = field(default_factory=list)
+    arch_args: Dict[str, List[str]] = field(default_factory=dict)
+    rare_items: RareItemsConfig = field(default_factory=RareItemsConfig)
+    save_predictions: bool = True
+    diagnostics: bool = True
+
+    def __post_init__(self) -> None:
+        self.data = Path(self.data)
+        self.runs_dir = Path(self.runs_dir) if self.runs_dir else Path("runs") / "sweeps" / self.name
+        self.report_dir = Path(self.report_dir) if self.report_dir else Path("reports") / self.name
+        bad = [a for a in self.archs if a not in ARCHS]
+        if bad or not self.archs:
+            raise ValueError(f"grid.archs must be a non-empty subset of {ARCHS}, got {self.archs}")
+        unknown = sorted(set(self.arch_args) - set(ARCHS))
+        if unknown:
+            raise ValueError(f"arch_args has unknown archs {unknown}")
+        if not self.seeds:
+            raise ValueError("grid.seeds is empty")
+        reserved = {"--data", "--run-dir", "--model", "--arch", "--embedding-dim", "-d", "--inner-dim", "-k", "--seed"}
+        clash = sorted(reserved.intersection(self.train_args + [a for v in self.arch_args.values() for a in v]))
+        if clash:
+            raise ValueError(f"train_args/arch_args may not set {clash}: the sweep sets them per run")
+        if self.prepare is not None and set(self.prepare) - {"planted"}:
+            raise ValueError(f"prepare supports only 'planted', got {sorted(self.prepare)}")
+
+    def runs(self) -> List[RunSpec]:
+        """Baselines then MLET, per arch and seed; MLET pairs with k < d are skipped."""
+        out: List[RunSpec] = []
+        for arch in self.archs:
+            for seed in self.seeds:
+                out += [RunSpec(arch, "baseline", d, None, seed) for d in self.baseline_d]
+                out += [RunSpec(arch, "mlet", d, k, seed) for k in self.mlet_k for d in self.mlet_d if k >= d]
+        return out
+
+    def run_dir(self, run: RunSpec) -> Path:
+        assert self.runs_dir is not None
+        return self.runs_dir / run.run_id
+
+    def to_json(self) -> Dict[str, Any]:
+        return json.loads(json.dumps(asdict(self), default=str))
+
+
+def _ints(value: Any, where: str) -> List[int]:
+    values = [value] if isinstance(value, int) else list(value or [])
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
+        raise ValueError(f"{where} must be integers >= 1, got {value!r}")
+    return values
+
+
+def _strs(value: Any, where: str) -> List[str]:
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{where} must be a list, got {value!r}")
+    return [str(v) for v in value]
+
+
+def from_dict(raw: Mapping[str, Any]) -> SweepConfig:
+    known = {"name", "data", "prepare", "runs_dir", "report_dir", "grid", "launch", "train_args", "arch_args",
+             "report"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ValueError(f"unknown sweep config keys {unknown}; known: {sorted(known)}")
+    if "data" not in raw:
+        raise ValueError("the sweep config needs `data` (a prepared dataset directory)")
+    grid = dict(raw.get("grid") or {})
+    unknown = sorted(set(grid) - {"archs", "seeds", "baseline", "mlet"})
+    if unknown:
+        raise ValueError(f"unknown grid keys {unknown}")
+    kw: Dict[str, Any] = {"data": raw["data"], "name": str(raw.get("name", "sweep"))}
+    for key in ("runs_dir", "report_dir", "prepare"):
+        if raw.get(key) is not None:
+            kw[key] = raw[key]
+    if "archs" in grid:
+        kw["archs"] = [str(a) for a in grid["archs"]]
+    if "seeds" in grid:
+        kw["seeds"] = [int(s) for s in (grid["seeds"] if isinstance(grid["seeds"], list) else [grid["seeds"]])]
+    if "baseline" in grid:
+        kw["baseline_d"] = _ints((grid["baseline"] or {}).get("d"), "grid.baseline.d")
+    if "mlet" in grid:
+        mlet = grid["mlet"] or {}
+        kw["mlet_k"] = _ints(mlet.get("k"), "grid.mlet.k")
+        kw["mlet_d"] = _ints(mlet.get("d"), "grid.mlet.d")
+    if raw.get("launch") is not None:
+        kw["launch"] = LaunchConfig(**raw["launch"])
+    if raw.get("train_args") is not None:
+        kw["train_args"] = _strs(raw["train_args"], "train_args")
+    if raw.get("arch_args") is not None:
+        kw["arch_args"] = {str(a): _strs(v, f"arch_args.{a}") for a, v in raw["arch_args"].items()}
+    report = dict(raw.get("report") or {})
+    unknown = sorted(set(report) - {"rare_items", "save_predictions", "diagnostics"})
+    if unknown:
+        raise ValueError(f"unknown report keys {unknown}")
+    if report.get("rare_items") is not None:
+        kw["rare_items"] = RareItemsConfig(**report["rare_items"])
+    for key in ("save_predictions", "diagnostics"):
+        if key in report:
+            kw[key] = bool(report[key])
+    return SweepConfig(**kw)
+
+
+def load_config(path: Path, overrides: Optional[Mapping[str, Any]] = None) -> SweepConfig:
+    """Read a .yaml/.yml or .json sweep file; ``overrides`` replace top-level keys."""
+    path = Path(path)
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        raw = yaml.safe_load(text)
+    elif path.suffix == ".json":
+        raw = json.loads(text)
+    else:
+        raise ValueError(f"{path}: the sweep config must be .yaml, .yml or .json")
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    raw = {**raw, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    try:
+        return from_dict(raw)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: {err}") from None
+
+
+def expand(runs: Sequence[RunSpec]) -> Dict[tuple, List[RunSpec]]:
+    groups: Dict[tuple, List[RunSpec]] = {}
+    for r in runs:
+        groups.setdefault(r.group, []).append(r)
+    return groups
