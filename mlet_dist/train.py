@@ -154,13 +154,18 @@ def run(cfg: TrainConfig, env: DistEnv) -> Dict[str, object]:
     position = resume_position(cfg, env, checkpoints, sharded, optimizer, keeper, out)
     global_step = position.step
     train_seconds = float(position.extra.get("train_seconds", 0.0))
+    try:
+        resume_batch = position.start_batch_for(train_stream.global_batch_size)
+    except CheckpointError as err:
+        raise SystemExit(f"error: {err}")
 
     def save_checkpoint(epoch: int, batch_in_epoch: int) -> None:
         extra = {"best": keeper.state(), "train_seconds": train_seconds}
-        checkpoints.save(sharded, optimizer, TrainPosition(global_step, epoch, batch_in_epoch, env.world_size, extra))
+        checkpoints.save(sharded, optimizer, TrainPosition(
+            global_step, epoch, batch_in_epoch, env.world_size, extra, train_stream.global_batch_size))
 
     for epoch in range(position.epoch, cfg.epochs):
-        start = position.batch_in_epoch if epoch == position.epoch else 0
+        start = resume_batch if epoch == position.epoch else 0
 
         def on_step(step: int, loss: float) -> None:
             nonlocal global_step

@@ -95,3 +95,34 @@ def test_finished_run_resumes_to_the_end_without_training(data: Path, uninterrup
     after = json.loads((uninterrupted / "summary.json").read_text())
     assert after["steps"] == before["steps"] == 8
     assert after["trained"] == before["trained"]
+
+
+def test_resume_on_another_world_size(data: Path, tmp_path: Path) -> None:
+    """A 2-rank job dies after its step-2 checkpoint; the run resumes on 1 rank (DCP reshards the
+    tables and optimizer state) at the same row of the epoch, or refuses a batch size that cannot
+    cut the epoch there."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "resharded"
+    with pytest.raises(AssertionError):  # no restarts allowed: the job fails at step 3
+        torchrun(TRAIN, ["--data", str(data), "--run-dir", str(run), *ARGS], env_extra={"MLET_FAULT": "step:3:1"})
+    assert (run / "checkpoints" / "step-00000002" / "train_state.json").is_file()
+
+    def one_rank(batch_size: str) -> subprocess.CompletedProcess:
+        args = [a if a != "64" else batch_size for a in ARGS]  # global batch was 2 x 64 rows
+        return subprocess.run([sys.executable, str(TRAIN), "--data", str(data), "--run-dir", str(run), *args],
+                              cwd=ROOT, capture_output=True, text=True, timeout=600,
+                              env={k: v for k, v in __import__("os").environ.items()
+                                   if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")})
+
+    refused = one_rank("96")
+    assert refused.returncode != 0 and "not a multiple of this job's global batch (96 rows)" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    resumed = one_rank("64")  # 256 rows done = batch 4 of 64-row batches
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stdout and "(epoch 0, batch 2, step 2)" in resumed.stdout
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["world_size"] == 1
+    # --max-train-batches 8 caps the epoch at 8 batches of this job's size (64 rows); 4 were done.
+    assert summary["steps"] == 2 + (8 - 4)

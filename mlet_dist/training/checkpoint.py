@@ -36,6 +36,21 @@ class TrainPosition:
     batch_in_epoch: int = 0
     world_size: int = 1
     extra: Dict[str, Any] = field(default_factory=dict)
+    global_batch_size: int = 0
+
+    def start_batch_for(self, global_batch_size: int) -> int:
+        """The data position in batches of this job's global batch size (rows are what count:
+        a job resumed on another world size must cut the epoch at the same row)."""
+        if not self.global_batch_size or global_batch_size == self.global_batch_size:
+            return self.batch_in_epoch
+        rows = self.batch_in_epoch * self.global_batch_size
+        if rows % global_batch_size:
+            raise CheckpointError(
+                f"the checkpoint stopped after {rows} rows of epoch {self.epoch}, which is not a "
+                f"multiple of this job's global batch ({global_batch_size} rows): choose --batch-size "
+                f"so that batch-size x ranks divides {rows} (it was {self.global_batch_size})"
+            )
+        return rows // global_batch_size
 
 
 class CheckpointError(RuntimeError):
