@@ -24,13 +24,13 @@ from mlet_dist.distributed.env import DistEnv, init_distributed, shutdown_distri
 from mlet_dist.distributed.sharding import shard_model
 from mlet_dist.log_setup import quiet_library_logs
 from mlet_dist.models.dlrm import build_dlrm
+from mlet_dist.serving import export_after_training, load_serving_sharded
 from mlet_dist.planning.plan_io import PlanMismatchError, check_plan_fits, load_plan, save_plan
 from mlet_dist.models.embedding_tables import build_embedding_collection
 from mlet_dist.distributed.state import gather_full_state_dict
 from mlet_dist.training.best_model import BestModelKeeper
 from mlet_dist.training.checkpoint import CheckpointError, CheckpointManager, TrainPosition
 from mlet_dist.training.faults import maybe_fail
-from mlet_dist.training.collapse_eval import collapse_sharded
 from mlet_dist.training.config import TrainConfig, parse_args
 from mlet_dist.training.diagnostics import PREDICTIONS_DIR, diagnostics_from_state_dict, save_predictions
 from mlet_dist.training.evaluation import Predictions, predict
@@ -208,8 +208,13 @@ def run(cfg: TrainConfig, env: DistEnv) -> Dict[str, object]:
     }
     if cfg.collapse:
         trained_preds = evaluate_all(sharded, cfg, env, "trained")
-        collapsed = collapse_sharded(sharded, build, env, cfg.sharding)
+        # Owner-side collapse into a serving directory, then loaded back as a stock TorchRec model.
+        export = export_after_training(
+            sharded, cfg, source={"selected_epoch": keeper.best_epoch, "steps": global_step})
+        collapsed, _ = load_serving_sharded(export.path, env.device, sharding=cfg.sharding.sharding)
         collapsed_preds = evaluate_all(collapsed, cfg, env, "collapsed")
+        summary["serving_dir"] = str(export.path)
+        summary["collapse"] = export.manifest["collapse"]
         summary["collapsed"] = {split: p.metrics() for split, p in collapsed_preds.items()}
         summary["collapsed_max_abs_prediction_diff"] = max(
             float((trained_preds[s].probs - collapsed_preds[s].probs).abs().max()) for s in EVAL_SPLITS

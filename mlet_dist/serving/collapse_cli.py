@@ -1,0 +1,198 @@
+"""mlet-collapse: turn a training checkpoint into a serving directory, on any number of ranks.
+
+    torchrun --nproc-per-node 2 -m mlet_dist.serving.collapse_cli --run-dir RUN --out RUN/serving
+    mlet-collapse --run-dir RUN --out SERVING --serve-world-size 4 --serve-device cuda
+
+The model is rebuilt from the run's own command line (the "config" record of metrics.jsonl),
+sharded over this job's ranks by the planner (the collapse job may be smaller or larger than the
+training job: DCP reshards the checkpoint), loaded from the checkpoint, collapsed owner-side
+(``mlet_dist.distributed.sharded_collapse``) and written with ``export_serving``.
+
+Checkpoint: ``--checkpoint DIR`` (a DCP checkpoint holding the model's state dict, at top level
+as best_model/epoch-N, or under "model." as the training checkpoints checkpoints/step-N), or by
+default the run's selected model: best_model/epoch-<selected_epoch> from summary.json when it
+exists, else the newest checkpoints/step-N.
+"""
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
+from torch import nn
+
+from mlet_dist.modules.collapse import DEFAULT_CHUNK_ROWS
+from mlet_dist.serving.manifest import ServingDirError
+from mlet_dist.serving.model import SERVING_SHARDING_CHOICES, ServingModelConfig, ServingTopology
+from mlet_dist.serving.safe_dcp import SafeFileSystemReader, UnsafeCheckpointError, safe_read_metadata
+
+_STEP = re.compile(r"^step-(\d+)$")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from mlet_dist.distributed.sharding import SHARDING_CHOICES
+
+    p = argparse.ArgumentParser(
+        prog="mlet-collapse",
+        description="Collapse a trained MLET model (T·W per table, on the ranks that hold the shards) "
+        "into a serving directory: DCP checkpoint of a stock d-wide TorchRec model, serving plan, manifest.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--run-dir", type=Path, required=True, help="training run directory (metrics.jsonl)")
+    p.add_argument("--out", type=Path, required=True, help="serving directory to write")
+    p.add_argument("--checkpoint", type=Path, default=None, help="DCP checkpoint; default: the run's selected model")
+    p.add_argument("--data", type=Path, default=None, help="dataset dir, if not where the run's --data points")
+    p.add_argument("--sharding", choices=SHARDING_CHOICES, default=None,
+                   help="how to shard the k-wide model for the collapse (default: as in training)")
+    p.add_argument("--serve-world-size", type=int, default=None, help="ranks of the serving job (default: this job's)")
+    p.add_argument("--serve-local-world-size", type=int, default=None, help="serving ranks per host")
+    p.add_argument("--serve-device", choices=["cpu", "cuda"], default=None, help="default: this job's device")
+    p.add_argument("--serve-sharding", choices=SERVING_SHARDING_CHOICES, default="auto",
+                   help="sharding type of the serving plan (auto: TorchRec's planner chooses)")
+    p.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS, help="rows per matmul chunk")
+    p.add_argument("--backend", choices=["auto", "gloo", "nccl"], default="auto")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing serving directory")
+    return p
+
+
+def training_argv(run_dir: Path) -> List[str]:
+    """The command line of the run (its first "config" record)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        raise ValueError(f"{run_dir} has no metrics.jsonl: not a training run directory")
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("event") == "config" and isinstance(record.get("argv"), list):
+            return [str(a) for a in record["argv"]]
+    raise ValueError(f"{path} has no config record with argv: cannot rebuild the model")
+
+
+def training_config(run_dir: Path, data: Optional[Path]) -> Any:
+    from mlet_dist.training.config import parse_args
+
+    argv = training_argv(run_dir)
+    cfg = parse_args(argv)
+    if data is not None:
+        cfg.data = data
+    if not (Path(cfg.data) / "meta.json").is_file():
+        raise ValueError(f"the run's dataset {cfg.data} has no meta.json; pass --data DIR")
+    if not cfg.embedding.mlet:
+        print("note: a baseline run (no MLET tables): its d-wide tables are exported as they are", file=sys.stderr)
+    return cfg
+
+
+def select_checkpoint(run_dir: Path, explicit: Optional[Path]) -> Tuple[Path, str]:
+    """(checkpoint dir, why it was chosen)."""
+    if explicit is not None:
+        if not (explicit / ".metadata").is_file():
+            raise ValueError(f"{explicit} is not a DCP checkpoint (no .metadata)")
+        return explicit, "given"
+    summary = run_dir / "summary.json"
+    if summary.is_file():
+        selected = json.loads(summary.read_text()).get("selected_epoch")
+        best = run_dir / "best_model" / f"epoch-{selected}"
+        if selected is not None and (best / ".metadata").is_file():
+            return best, f"best epoch {selected} (summary.json)"
+    steps = sorted(
+        (p for p in (run_dir / "checkpoints").glob("step-*") if _STEP.match(p.name) and (p / ".metadata").is_file()),
+        key=lambda p: int(_STEP.match(p.name).group(1)),  # type: ignore[union-attr]
+    )
+    if steps:
+        return steps[-1], "newest training checkpoint"
+    raise ValueError(f"no checkpoint in {run_dir} (best_model/epoch-N or checkpoints/step-N); pass --checkpoint")
+
+
+def checkpoint_prefix(checkpoint: Path, keys: Sequence[str]) -> str:
+    """"" if the model keys are at top level, "model" if under model. (training checkpoints)."""
+    stored = set(safe_read_metadata(checkpoint / ".metadata").state_dict_metadata)
+    for prefix in ("", "model"):
+        if all((f"{prefix}.{k}" if prefix else k) in stored for k in keys):
+            return prefix
+    sample = sorted(k for k in keys if k not in stored)[:3]
+    raise ValueError(
+        f"{checkpoint} does not hold this model's weights (e.g. {sample} are missing, also under 'model.'): "
+        "was it written by this run, with the same --model/-k/-d?"
+    )
+
+
+def load_checkpoint(model: nn.Module, checkpoint: Path) -> None:
+    state = model.state_dict()
+    prefix = checkpoint_prefix(checkpoint, list(state))
+    target: Dict[str, Any] = {prefix: state} if prefix else state
+    try:
+        dcp.load(target, storage_reader=SafeFileSystemReader(checkpoint))
+    except CheckpointException as err:  # a BaseException: make it an error message
+        raise ValueError(f"cannot load {checkpoint}: {str(err).strip().splitlines()[-1][:400]}") from err
+    model.load_state_dict(state)
+
+
+def run(args: argparse.Namespace) -> Dict[str, Any]:
+    from mlet_dist.data.parquet_batches import DatasetMeta
+    from mlet_dist.distributed.env import init_distributed, shutdown_distributed
+    from mlet_dist.distributed.sharding import ShardingConfig, shard_model
+    from mlet_dist.serving.export import export_serving
+    from mlet_dist.train import model_builder
+
+    if args.out.exists() and not args.overwrite:  # fail before loading anything
+        raise ValueError(f"output {args.out} already exists; pass --overwrite to replace it")
+    cfg = training_config(args.run_dir, args.data)
+    checkpoint, why = select_checkpoint(args.run_dir, args.checkpoint)
+    env = init_distributed(args.backend)
+    try:
+        meta = DatasetMeta.load(cfg.data)
+        build = model_builder(cfg, meta.table_sizes, len(meta.dense_features))
+        sharding = cfg.sharding if args.sharding is None else ShardingConfig(args.sharding, cfg.sharding.owner_projection)
+        model = shard_model(build(torch.device("meta")), env, sharding)
+        if env.is_main:
+            print(f"loading {checkpoint} ({why}) on {env.world_size} rank(s)")
+        load_checkpoint(model, checkpoint)
+        topology = ServingTopology(
+            world_size=args.serve_world_size or env.world_size,
+            local_world_size=args.serve_local_world_size,
+            compute_device=args.serve_device or env.device.type,
+        )
+        train_state = checkpoint / "train_state.json"
+        source = {
+            "run_dir": str(args.run_dir.resolve()),
+            "checkpoint": str(checkpoint.resolve()),
+            "checkpoint_choice": why,
+            "train_state": json.loads(train_state.read_text()) if train_state.is_file() else None,
+            "argv": training_argv(args.run_dir),
+            "collapse_world_size": env.world_size,
+        }
+        export = export_serving(
+            model, args.out, ServingModelConfig.from_train_config(cfg, meta.table_sizes, len(meta.dense_features)),
+            dataset=cfg.data, source=source, serving_topology=topology, serving_sharding=args.serve_sharding,
+            chunk_rows=args.chunk_rows, overwrite=args.overwrite,
+        )
+        if env.is_main:
+            c = export.manifest["collapse"]
+            print(f"wrote {export.path}: {len(export.manifest['tables'])} tables at d={cfg.embedding.embedding_dim}, "
+                  f"serving plan for {topology.world_size} {topology.compute_device} rank(s); collapse read "
+                  f"{c['k_bytes_read'] / 1e6:.1f} MB of k-wide tables in {c['seconds']:.2f}s ({c['gb_per_s']:.2f} GB/s)")
+        return export.manifest
+    finally:
+        shutdown_distributed()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    from mlet_dist.log_setup import quiet_library_logs
+
+    quiet_library_logs()
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except (ServingDirError, UnsafeCheckpointError, ValueError, RuntimeError) as err:
+        raise SystemExit(f"error: {err}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""mlet-predict: score a dataset split with a serving directory, in one process.
+
+    mlet-predict --serving RUN/serving --data DATA --split test --out preds.parquet
+    mlet-predict --serving RUN/serving --data DATA --precision int8 --compare --out preds.parquet
+
+Writes one probability per row (and the label when the data has one) in split order, prints
+AUC / logloss when labels are present, rows/s, and the table memory. ``--precision fp16|int8``
+serves the tables through TorchRec's quantized inference EBC; ``--compare`` also scores in fp32
+and reports the metric change and the largest probability difference.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import torch
+
+from mlet_dist.serving.load import load_serving_model
+from mlet_dist.serving.manifest import ServingDir, ServingDirError, sha256_file
+from mlet_dist.serving.quantize import PRECISIONS, quantize_serving_model
+from mlet_dist.serving.scoring import ScoreResult, ScoringStream, rows_per_feature, score
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mlet-predict",
+        description="Score a split of a prepared dataset with a serving directory (mlet-collapse output).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--serving", type=Path, required=True, help="serving directory")
+    p.add_argument("--data", type=Path, required=True, help="prepared dataset dir (mlet-prep output)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--out", type=Path, required=True, help="predictions: .parquet, .csv or .tsv")
+    p.add_argument("--batch-size", type=int, default=4096)
+    p.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32", help="table precision")
+    p.add_argument("--compare", action="store_true",
+                   help="with fp16/int8: also score in fp32 and report the AUC/logloss change")
+    p.add_argument("--max-batches", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the model runs")
+    p.add_argument("--metrics-out", type=Path, default=None, help="also write the report as JSON here")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def check_dataset(sd: ServingDir, data: Path) -> List[str]:
+    """Warnings for a dataset other than the one the model was trained on (errors raise)."""
+    from data_prep.dataset_format import META_FILE, read_meta
+
+    meta = read_meta(data)
+    trained = sd.manifest.get("dataset") or {}
+    tables = rows_per_feature(sd.manifest["tables"])
+    sizes = {f: int(n) for f, n in meta["table_sizes"].items()}
+    wrong = {f: (sizes.get(f), n) for f, n in tables.items() if sizes.get(f) != n}
+    if wrong:
+        shown = ", ".join(f"{f}: data {a} vs model {b}" for f, (a, b) in list(wrong.items())[:5])
+        raise ValueError(
+            f"the dataset's vocabulary does not match the serving tables ({shown}): it was prepared "
+            "with another vocabulary; prepare the data with the training dataset's vocabulary"
+        )
+    warnings = []
+    if trained.get("meta_sha256") and sha256_file(Path(data) / META_FILE) != trained["meta_sha256"]:
+        warnings.append(
+            "the dataset's meta.json differs from the training dataset's (same table sizes): its ids "
+            "must come from the same vocabulary, or the predictions mean nothing"
+        )
+    return warnings
+
+
+def write_predictions(path: Path, result: ScoreResult) -> None:
+    columns: Dict[str, Any] = {"prob": pa.array(result.probs.numpy().astype(np.float32))}
+    if result.labels is not None:
+        columns["label"] = pa.array(result.labels.numpy().astype(np.int8))
+    table = pa.table(columns)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        pacsv.write_csv(table, tmp, pacsv.WriteOptions(delimiter="\t" if suffix == ".tsv" else ","))
+    else:
+        pq.write_table(table, tmp)
+    tmp.replace(path)
+
+
+def run(args: argparse.Namespace) -> Dict[str, Any]:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.compare and args.precision == "fp32":
+        raise ValueError("--compare compares fp16/int8 with fp32: give --precision fp16 or int8")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda, but torch.cuda.is_available() is False here")
+    model, sd = load_serving_model(args.serving, device=args.device)
+    warnings = check_dataset(sd, args.data)
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    stream = ScoringStream(args.data, args.split, args.batch_size, rows_per_feature(sd.manifest["tables"]),
+                           args.max_batches)
+    progress = not args.no_progress
+    report: Dict[str, Any] = {"serving": str(args.serving), "data": str(args.data), "split": args.split,
+                              "labels": stream.has_labels}
+    device = torch.device(args.device)
+    baseline: Optional[ScoreResult] = None
+    if args.compare:
+        baseline = score(model, stream, progress, desc=f"{args.split} fp32", device=device)
+        report["fp32"] = {**baseline.metrics(), "rows_per_s": baseline.rows_per_s}
+    memory = quantize_serving_model(model, args.precision)
+    result = score(model, stream, progress, desc=f"{args.split} {args.precision}", device=device)
+    write_predictions(args.out, result)
+    report.update(
+        precision=args.precision,
+        out=str(args.out),
+        metrics=result.metrics(),
+        rows=result.rows,
+        seconds=result.seconds,
+        rows_per_s=result.rows_per_s,
+        table_bytes=memory.table_bytes,
+        fp32_table_bytes=memory.fp32_bytes,
+        table_memory_saved=memory.saved_fraction,
+        warnings=warnings,
+    )
+    if baseline is not None:
+        m, b = result.metrics(), baseline.metrics()
+        report["vs_fp32"] = {
+            "max_abs_prob_diff": float((result.probs - baseline.probs).abs().max()) if result.rows else 0.0,
+            **{f"{k}_change": m[k] - b[k] for k in ("auc", "logloss") if k in m and k in b},
+        }
+    return report
+
+
+def print_report(report: Dict[str, Any]) -> None:
+    m = report["metrics"]
+    line = f"{report['split']}: {report['rows']} rows in {report['seconds']:.2f}s ({report['rows_per_s']:,.0f} rows/s)"
+    if "auc" in m:
+        line += f"  AUC {m['auc']:.4f}  logloss {m['logloss']:.4f}"
+    print(line)
+    print(f"tables ({report['precision']}): {report['table_bytes'] / 2**20:.2f} MiB "
+          f"(fp32 {report['fp32_table_bytes'] / 2**20:.2f} MiB, {100 * report['table_memory_saved']:.1f}% saved)")
+    if "vs_fp32" in report:
+        v = report["vs_fp32"]
+        parts = [f"{k.replace('_change', '')} {v[k]:+.5f}" for k in ("auc_change", "logloss_change") if k in v]
+        print(f"vs fp32: {'  '.join(parts)}  max |dp| {v['max_abs_prob_diff']:.2e}")
+    print(f"predictions: {report['out']}")
+
+
+def predict_main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """The CLI, returning its report (for tests and scripts)."""
+    from mlet_dist.log_setup import quiet_library_logs
+
+    quiet_library_logs()
+    args = build_parser().parse_args(argv)
+    try:
+        report = run(args)
+    except (ServingDirError, ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"error: {err}")
+    print_report(report)
+    if args.metrics_out is not None:
+        args.metrics_out.parent.mkdir(parents=True, exist_ok=True)
+        args.metrics_out.write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
+    return report
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    predict_main(argv)  # console scripts sys.exit() what main returns: return nothing
+
+
+if __name__ == "__main__":
+    main()
