@@ -11,8 +11,9 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
+from mlet_dist.cli_common import add_model_shape_args
 from mlet_dist.distributed.sharding import SHARDING_CHOICES
 from mlet_dist.planning.estimators import DENSE_OPTIMIZER_STATES
 from mlet_dist.planning.spec import SpecError, load_table_spec
@@ -26,13 +27,6 @@ def _world(text: str) -> str:
     except TopologyError as err:
         raise argparse.ArgumentTypeError(str(err))
     return text
-
-
-def _int_list(text: str) -> List[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,9 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="host memory per rank in GiB (the table memory for --device cpu; TorchRec's 128 if omitted)")
     p.add_argument("--out", "-o", type=Path, required=True, help="plan JSON to write")
     p.add_argument("--table", type=Path, default=None, help="per-rank text table (default: --out with .txt)")
-    p.add_argument("--model", choices=["mlet", "baseline"], default="mlet")
-    p.add_argument("--embedding-dim", "-d", type=int, default=16, help="output width d")
-    p.add_argument("--inner-dim", "-k", type=int, default=64, help="MLET inner width k (>= d)")
+    add_model_shape_args(p)
     p.add_argument("--embedding-optimizer", choices=sorted(EMBEDDING_OPTIMIZERS), default="rowwise_adagrad",
                    help="fused table optimizer (sets the optimizer-state bytes)")
     p.add_argument("--dense-optimizer", choices=sorted(DENSE_OPTIMIZER_STATES), default="adam",
@@ -71,8 +63,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep TorchRec's perf-only placement (default: re-place the chosen shards for the "
                    "lowest per-GPU HBM peak within 2%% of its perf estimate)")
     p.add_argument("--reserve-pct", type=float, default=15.0, help="HBM safety margin kept free, percent")
-    p.add_argument("--bottom-mlp", type=_int_list, default=[512, 256, 64], help="as mlet-train (dense reservation)")
-    p.add_argument("--top-mlp", type=_int_list, default=[512, 256, 1])
     p.add_argument("--quiet", "-q", action="store_true", help="do not print the table")
     return p
 

@@ -4,8 +4,9 @@ import argparse
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
+from mlet_dist.cli_common import add_model_shape_args
 from mlet_dist.distributed.sharding import SHARDING_CHOICES, ShardingConfig
 from mlet_dist.models.dcn import ARCHS, DCNConfig
 from mlet_dist.models.dlrm import DLRMConfig
@@ -48,13 +49,6 @@ class TrainConfig:
             raise ValueError(f"--batch-size (per rank) must be >= 1, got {self.batch_size}")
 
 
-def _int_list(text: str) -> List[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mlet-train",
@@ -64,10 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data", type=Path, required=True, help="prepared dataset dir (mlet-prep output)")
     p.add_argument("--run-dir", type=Path, default=None, help="default: runs/<timestamp>")
-    p.add_argument("--model", choices=["mlet", "baseline"], default="mlet",
-                   help="mlet: k-wide tables + k×d projection; baseline: stock EBC at width d")
-    p.add_argument("--embedding-dim", "-d", type=int, default=16, help="output width d")
-    p.add_argument("--inner-dim", "-k", type=int, default=64, help="MLET inner width k (>= d)")
+    add_model_shape_args(p)
     p.add_argument("--projection-init-std", type=float, default=None, help="default sqrt(2/(k+d))")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=256, help="per-rank batch size")
@@ -79,8 +70,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dense-optimizer", choices=sorted(DENSE_OPTIMIZERS), default=OptimConfig.dense_optimizer,
                    help="MLPs and MLET projections")
     p.add_argument("--dense-lr", type=float, default=OptimConfig.dense_lr)
-    p.add_argument("--bottom-mlp", type=_int_list, default=[512, 256, 64], help="d is appended")
-    p.add_argument("--top-mlp", type=_int_list, default=[512, 256, 1])
     p.add_argument("--arch", choices=ARCHS, default="dlrm",
                    help="dlrm: dot interaction; dcnv2: cross network over [bottom-MLP output, all "
                    "embeddings], then --top-mlp as the deep network")
