@@ -77,8 +77,8 @@ def resume_position(
     except CheckpointError as err:
         raise SystemExit(f"error: {err}")
     keeper.load_state(position.extra.get("best", {}))
-    out.log("resume", checkpoint=latest.name, step=position.step, epoch=position.epoch,
-            batch_in_epoch=position.batch_in_epoch)
+    out.purge_step = position.step + 1
+    position.extra["resumed_from"] = latest.name
     if env.is_main:
         print(f"resuming from {latest} (epoch {position.epoch}, batch {position.batch_in_epoch}, "
               f"step {position.step})")
@@ -139,8 +139,6 @@ def run(cfg: TrainConfig, env: DistEnv) -> Dict[str, object]:
     if env.is_main:  # the plan in use, reusable as --plan
         save_plan(cfg.run_dir / "plan.json", sharded.plan, {"world_size": env.world_size,
                   "local_world_size": env.local_world_size, "compute_device": env.device.type})
-    out.log("config", world_size=env.world_size, backend=env.backend, argv=sys.argv[1:],
-            plan=str(sharded.plan))
 
     train_stream = ParquetBatchStream(cfg.data, "train", cfg.batch_size, env.rank, env.world_size,
                                       drop_last=True, max_batches=cfg.max_train_batches)
@@ -152,6 +150,11 @@ def run(cfg: TrainConfig, env: DistEnv) -> Dict[str, object]:
     keeper = BestModelKeeper(cfg.run_dir / "best_model", env)
     checkpoints = CheckpointManager(cfg.run_dir / "checkpoints", env, keep=cfg.keep_checkpoints)
     position = resume_position(cfg, env, checkpoints, sharded, optimizer, keeper, out)
+    out.log("config", world_size=env.world_size, backend=env.backend, argv=sys.argv[1:],
+            plan=str(sharded.plan))
+    if "resumed_from" in position.extra:
+        out.log("resume", checkpoint=position.extra.pop("resumed_from"), step=position.step,
+                epoch=position.epoch, batch_in_epoch=position.batch_in_epoch)
     global_step = position.step
     train_seconds = float(position.extra.get("train_seconds", 0.0))
     try:

@@ -68,6 +68,7 @@ class RunDirectory:
         self.enabled = enabled
         self._tb: Any = None
         self._tb_wanted = enabled and tensorboard and os.environ.get("MLET_TENSORBOARD", "1") != "0"
+        self.purge_step: Optional[int] = None  # set by a resumed run before its first log
         if enabled:
             self.path.mkdir(parents=True, exist_ok=True)
 
@@ -85,10 +86,11 @@ class RunDirectory:
                       "(requirements/common.txt) to get them. metrics.jsonl is still written.",
                       file=sys.stderr)
                 return None
-            # A previous attempt left event files: purge its curves from step 0 on, since a
-            # restarted run starts its steps again.
+            # A previous attempt left event files: purge its curves from the step this attempt
+            # starts at (the resumed checkpoint's step + 1, or 0 when it starts over).
             previous = self.tensorboard_dir.is_dir() and any(self.tensorboard_dir.glob("events.*"))
-            self._tb = SummaryWriter(str(self.tensorboard_dir), purge_step=0 if previous else None)
+            purge = (self.purge_step or 0) if previous else None
+            self._tb = SummaryWriter(str(self.tensorboard_dir), purge_step=purge)
             atexit.register(self.close)
         return self._tb
 
