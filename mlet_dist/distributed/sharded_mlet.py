@@ -39,6 +39,7 @@ from mlet_dist.distributed.projection_layout import (
     projected_sharding_info,
 )
 from mlet_dist.distributed.sharded_projection import ShardedProjection
+from mlet_dist.modules.input_checks import check_feature_names, check_id_ranges
 from mlet_dist.modules.mlet_config import MLETTableConfig
 from mlet_dist.modules.mlet_embedding_bag import MLETEmbeddingBagCollection
 
@@ -259,8 +260,6 @@ class ShardedMLETEmbeddingBagCollection(
         self, ctx: EmbeddingBagCollectionContext, features: KeyedJaggedTensor
     ) -> Awaitable[Awaitable[KJTList]]:
         if self._validate_inputs:
-            from mlet_dist.modules.input_checks import check_feature_names, check_id_ranges
-
             check_feature_names(features, self._feature_to_table)
             check_id_ranges(features, self._rows_per_feature)
         return self.wide.input_dist(ctx, features)
