@@ -5,9 +5,10 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 from torchrec.distributed.embedding_types import BaseEmbeddingSharder
-from torchrec.distributed.types import ParameterSharding, ShardingEnv, ShardingType
+from torchrec.distributed.types import ParameterSharding, ShardingEnv
 
 from mlet_dist.distributed.sharded_mlet import SUPPORTED, ShardedMLETEmbeddingBagCollection
+from mlet_dist.distributed.sharding import EBCSharder
 from mlet_dist.modules.mlet_embedding_bag import MLETEmbeddingBagCollection
 
 
@@ -36,15 +37,8 @@ class MLETEmbeddingBagCollectionSharder(BaseEmbeddingSharder[MLETEmbeddingBagCol
         return {name.split(".")[0]: p for name, p in module.wide.embedding_bags.named_parameters()}
 
     def sharding_types(self, compute_device_type: str) -> List[str]:
-        # Row-wise kinds run on CPU/gloo too (tested); TorchRec lists them for CUDA only.
-        order = [
-            ShardingType.DATA_PARALLEL.value,
-            ShardingType.TABLE_WISE.value,
-            ShardingType.COLUMN_WISE.value,
-            ShardingType.ROW_WISE.value,
-            ShardingType.TABLE_ROW_WISE.value,
-        ]
-        return [t for t in order if t in SUPPORTED]
+        # The plain-EBC list (row-wise kinds on CPU too), less what MLET does not support yet.
+        return [t for t in EBCSharder().sharding_types(compute_device_type) if t in SUPPORTED]
 
     @property
     def module_type(self) -> type:
