@@ -16,14 +16,13 @@ if __package__ in (None, ""):  # run as a script by torchrun/torchx: make the pa
 import torch
 from torch import nn
 from torchrec.distributed.types import ShardingPlan
-from torchrec.models.dlrm import DLRMTrain
 from torchrec.optim.keyed import CombinedOptimizer
 
 from mlet_dist.data.parquet_batches import DatasetMeta, ParquetBatchStream
 from mlet_dist.distributed.env import DistEnv, init_distributed, shutdown_distributed
 from mlet_dist.distributed.sharding import shard_model
 from mlet_dist.log_setup import quiet_library_logs
-from mlet_dist.models.dlrm import build_dlrm
+from mlet_dist.models.ranking import build_ranking_model
 from mlet_dist.serving import export_after_training, load_serving_sharded
 from mlet_dist.planning.plan_io import PlanMismatchError, check_plan_fits, load_plan, save_plan
 from mlet_dist.models.embedding_tables import build_embedding_collection
@@ -90,11 +89,7 @@ def model_builder(cfg: TrainConfig, table_sizes: Dict[str, int], num_dense: int)
 
     def build(device: torch.device) -> nn.Module:
         collection = build_embedding_collection(table_sizes, cfg.embedding, device=device)
-        if cfg.arch == "dcnv2":
-            from mlet_dist.models.dcn import build_dcnv2
-
-            return DLRMTrain(build_dcnv2(collection, cfg.dlrm, cfg.dcn, dense_device=device))
-        return DLRMTrain(build_dlrm(collection, cfg.dlrm, dense_device=device))
+        return build_ranking_model(cfg.arch, collection, cfg.dlrm, cfg.dcn, device)
 
     return build
 

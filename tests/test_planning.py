@@ -178,6 +178,17 @@ def test_sample_plan_fits_the_train_py_model(sample_dir: Path) -> None:
     check_plan_fits(committed, train_model(sample_dir), 2, "cpu", data["topology"], "committed sample plan")
 
 
+def test_dcnv2_plan_fits_the_train_py_dcnv2_model(sample_dir: Path, tmp_path: Path) -> None:
+    """mlet-plan --arch dcnv2 plans the DCN-v2 model train.py builds for --arch dcnv2."""
+    out = tmp_path / "dcn.json"
+    assert main(["--spec", str(sample_dir), "--world", "1x2", "--device", "cpu", "--ddr-gb", "4", "-k", str(K),
+                 "-d", str(D), "--arch", "dcnv2", "--dcn-layers", "2", "--out", str(out), "-q"]) == 0
+    plan, data = load_plan(out)
+    model = train_model(sample_dir, ["--arch", "dcnv2", "--dcn-layers", "2"])
+    assert type(model.model).__name__ != "DLRM"
+    check_plan_fits(plan, model, 2, "cpu", data["topology"], "dcnv2 plan")
+
+
 # --- estimates -------------------------------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from mlet_dist.cli_common import add_model_shape_args
+from mlet_dist.models.dcn import DCNConfig
 from mlet_dist.distributed.sharding import SHARDING_CHOICES
 from mlet_dist.planning.estimators import DENSE_OPTIMIZER_STATES
 from mlet_dist.planning.spec import SpecError, load_table_spec
@@ -93,6 +94,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             memory_balance=not args.no_memory_balance,
             bottom_mlp=args.bottom_mlp,
             top_mlp=args.top_mlp,
+            arch=args.arch,
+            dcn=DCNConfig(cross_layers=args.dcn_layers, low_rank=args.dcn_low_rank),
         )
         result = plan_tables(request)
     except (SpecError, TopologyError, PlanDoesNotFitError, ValueError) as err:

@@ -1,7 +1,7 @@
 """Offline, MLET-aware sharding plans: no GPUs and no process group needed.
 
-The model is built exactly as train.py builds it (``DLRMTrain(build_dlrm(collection))`` on the
-meta device, fused table optimizer attached), so module paths and table names in the plan are
+The model is built exactly as train.py builds it (``build_ranking_model``: DLRM or DCN-v2 over
+the collection, on the meta device, fused table optimizer attached), so module paths and table names in the plan are
 the ones ``check_plan_fits`` and DistributedModelParallel expect. TorchRec's
 ``EmbeddingShardingPlanner`` does the search, with MLET-aware estimators (see estimators.py),
 a deterministic enumeration order, and a memory lower bound checked first so that a cluster
@@ -29,10 +29,11 @@ from torchrec.distributed.planner.storage_reservations import HeuristicalStorage
 from torchrec.distributed.planner.types import PlannerError, ShardingOption, Storage, Topology
 from torchrec.distributed.planner.utils import reset_shard_rank
 from torchrec.distributed.types import ModuleSharder, ShardingPlan, ShardingType
-from torchrec.models.dlrm import DLRMTrain
 
 from mlet_dist.distributed.sharding import SHARDING_CHOICES, ShardingConfig, default_sharders
-from mlet_dist.models.dlrm import DLRMConfig, build_dlrm
+from mlet_dist.models.dcn import DCNConfig
+from mlet_dist.models.dlrm import DLRMConfig
+from mlet_dist.models.ranking import build_ranking_model
 from mlet_dist.models.embedding_tables import EmbeddingSpec, build_embedding_collection
 from mlet_dist.planning.estimators import (
     DENSE_OPTIMIZER_STATES,
@@ -69,6 +70,8 @@ class PlanRequest:
     memory_balance: bool = True
     bottom_mlp: List[int] = field(default_factory=lambda: [512, 256, 64])
     top_mlp: List[int] = field(default_factory=lambda: [512, 256, 1])
+    arch: str = "dlrm"
+    dcn: DCNConfig = field(default_factory=DCNConfig)
 
     def __post_init__(self) -> None:
         EmbeddingSpec(self.embedding_dim, self.inner_dim, self.mlet)  # validates k >= d
@@ -127,7 +130,7 @@ def build_planning_model(request: PlanRequest, device: torch.device = torch.devi
     config = DLRMConfig(
         dense_in_features=request.spec.num_dense, bottom_mlp=list(request.bottom_mlp), top_mlp=list(request.top_mlp)
     )
-    model = DLRMTrain(build_dlrm(collection, config, dense_device=device))
+    model = build_ranking_model(request.arch, collection, config, request.dcn, device)
     attach_fused_embedding_optimizer(model, OptimConfig(embedding_optimizer=request.embedding_optimizer))
     return model
 

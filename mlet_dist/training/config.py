@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 
 from mlet_dist.cli_common import add_model_shape_args
 from mlet_dist.distributed.sharding import SHARDING_CHOICES, ShardingConfig
-from mlet_dist.models.dcn import ARCHS, DCNConfig
+from mlet_dist.models.dcn import DCNConfig
 from mlet_dist.models.dlrm import DLRMConfig
 from mlet_dist.models.embedding_tables import EmbeddingSpec
 from mlet_dist.training.optim import DENSE_OPTIMIZERS, EMBEDDING_OPTIMIZERS, OptimConfig
@@ -70,12 +70,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dense-optimizer", choices=sorted(DENSE_OPTIMIZERS), default=OptimConfig.dense_optimizer,
                    help="MLPs and MLET projections")
     p.add_argument("--dense-lr", type=float, default=OptimConfig.dense_lr)
-    p.add_argument("--arch", choices=ARCHS, default="dlrm",
-                   help="dlrm: dot interaction; dcnv2: cross network over [bottom-MLP output, all "
-                   "embeddings], then --top-mlp as the deep network")
-    p.add_argument("--dcn-layers", type=int, default=DCNConfig.cross_layers, help="dcnv2: cross layers")
-    p.add_argument("--dcn-low-rank", type=int, default=DCNConfig.low_rank,
-                   help="dcnv2: rank of each cross layer's matrix; 0 = full-rank CrossNet")
     p.add_argument("--sharding", choices=SHARDING_CHOICES, default="auto",
                    help="force one sharding type on every table, or let the planner choose")
     p.add_argument("--plan", type=Path, default=None,
