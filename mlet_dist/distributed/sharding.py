@@ -5,7 +5,7 @@ projections are dense, data-parallel parameters (owner-side projection is a late
 """
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, Iterable, List, Optional
 
 import torch
 from torch import nn
@@ -62,8 +62,9 @@ def embedding_collections(model: nn.Module) -> List[EmbeddingBagCollection]:
     return [m for m in model.modules() if isinstance(m, EmbeddingBagCollection)]
 
 
-def constraints_for(model: nn.Module, sharding: str) -> Optional[Dict[str, ParameterConstraints]]:
-    """Force one sharding type on every table; data-parallel needs the dense kernel."""
+def constraints_for_tables(tables: Iterable[str], sharding: str) -> Optional[Dict[str, ParameterConstraints]]:
+    """Force one sharding type on every named table (None for "auto"); data-parallel needs the
+    dense kernel, every other type runs fused."""
     if sharding == "auto":
         return None
     kernels = (
@@ -71,11 +72,14 @@ def constraints_for(model: nn.Module, sharding: str) -> Optional[Dict[str, Param
         if sharding == "data_parallel"
         else [EmbeddingComputeKernel.FUSED.value]
     )
-    return {
-        cfg.name: ParameterConstraints(sharding_types=[sharding], compute_kernels=kernels)
-        for ebc in embedding_collections(model)
-        for cfg in ebc.embedding_bag_configs()
-    }
+    return {name: ParameterConstraints(sharding_types=[sharding], compute_kernels=kernels) for name in tables}
+
+
+def constraints_for(model: nn.Module, sharding: str) -> Optional[Dict[str, ParameterConstraints]]:
+    """``constraints_for_tables`` over every table of the model's collections."""
+    return constraints_for_tables(
+        (cfg.name for ebc in embedding_collections(model) for cfg in ebc.embedding_bag_configs()), sharding
+    )
 
 
 def shard_model(

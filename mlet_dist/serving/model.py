@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
-from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
+from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
 from torchrec.distributed.planner.types import PlannerError
 from torchrec.distributed.types import ShardingPlan
 from torchrec.models.dlrm import DLRM, DLRM_DCN, DLRMTrain
@@ -19,9 +19,11 @@ from torchrec.modules.crossnet import CrossNet
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
-ARCHS = ("dlrm", "dcnv2")
+from mlet_dist.distributed.sharding import SHARDING_CHOICES, constraints_for_tables
+from mlet_dist.models.dcn import ARCHS
+
 EBC_PATH = "model.sparse_arch.embedding_bag_collection"  # in DLRMTrain
-SERVING_SHARDING_CHOICES = ("auto", "table_wise", "row_wise", "table_row_wise", "column_wise", "data_parallel")
+SERVING_SHARDING_CHOICES = SHARDING_CHOICES  # the same names as training's --sharding
 
 
 @dataclass
@@ -203,13 +205,7 @@ def plan_serving(
             f"sharding {sharding!r} is not offered by TorchRec's sharder on {topology.compute_device} "
             f"(offered: {offered})"
         )
-    constraints = None
-    if sharding != "auto":
-        kernel = "dense" if sharding == "data_parallel" else "fused"
-        constraints = {
-            t.name: ParameterConstraints(sharding_types=[sharding], compute_kernels=[kernel])
-            for t in config.tables
-        }
+    constraints = constraints_for_tables((t.name for t in config.tables), sharding)
     planner = EmbeddingShardingPlanner(
         topology=Topology(
             world_size=topology.world_size,
