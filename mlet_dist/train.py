@@ -29,13 +29,12 @@ from mlet_dist.models.embedding_tables import build_embedding_collection
 from mlet_dist.distributed.state import gather_full_state_dict
 from mlet_dist.training.best_model import BestModelKeeper
 from mlet_dist.training.checkpoint import CheckpointError, CheckpointManager, TrainPosition
-from mlet_dist.training.faults import maybe_fail
 from mlet_dist.training.config import TrainConfig, parse_args
 from mlet_dist.training.diagnostics import PREDICTIONS_DIR, diagnostics_from_state_dict, save_predictions
 from mlet_dist.training.evaluation import Predictions, predict
-from mlet_dist.training.loop import train_epoch
 from mlet_dist.training.optim import attach_fused_embedding_optimizer, build_optimizer
 from mlet_dist.training.run_dir import RunDirectory
+from mlet_dist.training.trainer import LoopConfig, Trainer
 
 EVAL_SPLITS = ("val", "test")
 
@@ -150,43 +149,11 @@ def run(cfg: TrainConfig, env: DistEnv) -> Dict[str, object]:
     if "resumed_from" in position.extra:
         out.log("resume", checkpoint=position.extra.pop("resumed_from"), step=position.step,
                 epoch=position.epoch, batch_in_epoch=position.batch_in_epoch)
-    global_step = position.step
-    train_seconds = float(position.extra.get("train_seconds", 0.0))
-    try:
-        resume_batch = position.start_batch_for(train_stream.global_batch_size)
-    except CheckpointError as err:
-        raise SystemExit(f"error: {err}")
-
-    def save_checkpoint(epoch: int, batch_in_epoch: int) -> None:
-        extra = {"best": keeper.state(), "train_seconds": train_seconds}
-        checkpoints.save(sharded, optimizer, TrainPosition(
-            global_step, epoch, batch_in_epoch, env.world_size, extra, train_stream.global_batch_size))
-
-    for epoch in range(position.epoch, cfg.epochs):
-        start = resume_batch if epoch == position.epoch else 0
-
-        def on_step(step: int, loss: float) -> None:
-            nonlocal global_step
-            global_step += 1
-            if global_step % cfg.log_every == 0:
-                out.log("train", step=global_step, loss=loss)
-            maybe_fail("step", global_step, env.rank)
-            next_batch = start + step
-            if cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0 and next_batch < len(train_stream):
-                save_checkpoint(epoch, next_batch)
-
-        stats = train_epoch(sharded, optimizer, train_stream.iter_from(start), env.device, env.world_size,
-                            on_step, show_progress=cfg.progress and env.is_main, desc=f"epoch {epoch}",
-                            total=len(train_stream) - start)
-        train_seconds += stats.seconds
-        metrics = {split: p.metrics() for split, p in evaluate_all(sharded, cfg, env, "eval").items()}
-        out.log("epoch", epoch=epoch, step=global_step, train_loss=stats.mean_loss,
-                samples_per_s=stats.samples / max(stats.seconds, 1e-9), **metrics)
-        keeper.offer(sharded, epoch, metrics, is_last=epoch == cfg.epochs - 1)
-        save_checkpoint(epoch + 1, 0)
-        if env.is_main:
-            print(f"epoch {epoch}: train loss {stats.mean_loss:.4f}  "
-                  f"val AUC {metrics['val']['auc']:.4f}  test AUC {metrics['test']['auc']:.4f}")
+    loop = LoopConfig(epochs=cfg.epochs, eval_every=cfg.eval_every, early_stop_patience=cfg.early_stop_patience,
+                      checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every, progress=cfg.progress)
+    trainer = Trainer(loop, env, sharded, optimizer, train_stream, out=out, keeper=keeper, checkpoints=checkpoints,
+                      evaluate=lambda: {s: p.metrics() for s, p in evaluate_all(sharded, cfg, env, "eval").items()})
+    fit = trainer.fit(position)
 
     keeper.restore_best(sharded)
     summary: Dict[str, object] = {
@@ -196,9 +163,12 @@ def run(cfg: TrainConfig, env: DistEnv) -> Dict[str, object]:
         "world_size": env.world_size,
         "backend": env.backend,
         "epochs": cfg.epochs,
-        "steps": global_step,
-        "train_seconds": train_seconds,
+        "steps": fit.steps,
+        "train_seconds": fit.train_seconds,
+        "evaluations": fit.evaluations,
+        "stopped_early_at_step": fit.stopped_early_at,
         "selected_epoch": keeper.best_epoch,
+        "selected_step": keeper.best_step,
         "selected_by": "val auc",
         "params_training": count_params(build, serving=False),
         "params_serving": count_params(build, serving=True),
@@ -208,7 +178,7 @@ def run(cfg: TrainConfig, env: DistEnv) -> Dict[str, object]:
         trained_preds = evaluate_all(sharded, cfg, env, "trained")
         # Owner-side collapse into a serving directory, then loaded back as a stock TorchRec model.
         export = export_after_training(
-            sharded, cfg, source={"selected_epoch": keeper.best_epoch, "steps": global_step})
+            sharded, cfg, source={"selected_epoch": keeper.best_epoch, "selected_step": keeper.best_step, "steps": fit.steps})
         collapsed, _ = load_serving_sharded(export.path, env.device, sharding=cfg.sharding.sharding)
         collapsed_preds = evaluate_all(collapsed, cfg, env, "collapsed")
         summary["serving_dir"] = str(export.path)
@@ -235,7 +205,8 @@ def run(cfg: TrainConfig, env: DistEnv) -> Dict[str, object]:
 def print_summary(summary: Dict[str, object]) -> None:
     trained = summary["trained"]
     print(f"\n{summary['model']} d={summary['embedding_dim']} k={summary['inner_dim']} "
-          f"on {summary['world_size']} ranks, selected epoch {summary['selected_epoch']} by val AUC")
+          f"on {summary['world_size']} ranks, selected by val AUC: epoch {summary['selected_epoch']}, "
+          f"step {summary['selected_step']}")
     print(f"  trained:   val AUC {trained['val']['auc']:.4f}  test AUC {trained['test']['auc']:.4f}")
     if "collapsed" in summary:
         c = summary["collapsed"]

@@ -11,6 +11,7 @@ from data_prep.planted import binary_auc
 from mlet_dist.sweep.cli import main as sweep_main
 from mlet_dist.sweep.config import load_config
 from mlet_dist.sweep.rare_items import bucket_aucs, bucket_labels, example_frequency, train_id_counts
+from mlet_dist.sweep.runner import command_for
 from mlet_dist.training.diagnostics import load_predictions
 
 TINY_TRAIN_ARGS = ["--batch-size", "128", "--max-train-batches", "12", "--epochs", "1", "--bottom-mlp", "8",
@@ -34,7 +35,13 @@ def test_default_grid_and_validation(tmp_path: Path) -> None:
          "launch": {"world_size": 2, "threads_per_rank": 1, "cpu_budget": 5}})))
     assert [r.run_id for r in js.runs()] == ["dlrm-baseline-d8-s5", "dlrm-mlet-k16-d8-s5"]  # k=4 < d skipped
     assert js.launch.parallel_runs == 2
-    for bad, message in [("data: d\ntrain_args: [--seed, '1']\n", "may not set"),
+    tuned = load_config(_write(tmp_path / "t.yaml", "data: d\nmodel_args: {baseline: [--embedding-lr, 0.3]}\n"))
+    base_cmd, mlet_cmd = (command_for(tuned, r) for r in (tuned.runs()[0], tuned.runs()[-1]))
+    assert "--embedding-lr" in base_cmd and base_cmd[base_cmd.index("--embedding-lr") + 1] == "0.3"
+    assert "--embedding-lr" not in mlet_cmd
+    for bad, message in [("data: d\nmodel_args: {wide: [--x]}\n", "model_args has unknown models"),
+                         ("data: d\nmodel_args: {mlet: [--seed, '3']}\n", "may not set"),
+                         ("data: d\nreport: {bootstrap_resamples: -1}\n", "bootstrap_resamples"),("data: d\ntrain_args: [--seed, '1']\n", "may not set"),
                          ("data: d\ngrid: {archs: [xx]}\n", "grid.archs"),
                          ("data: d\nextra: 1\n", "unknown sweep config keys"),
                          ("grid: {}\n", "needs `data`"),
@@ -62,7 +69,7 @@ def test_sweep_end_to_end_two_runs(tmp_path: Path, capsys: pytest.CaptureFixture
         "grid": {"archs": ["dlrm"], "seeds": [0], "baseline": {"d": [4]}, "mlet": {"k": [8], "d": [4]}},
         "launch": {"world_size": 1, "threads_per_rank": 1, "cpu_budget": 2},
         "train_args": TINY_TRAIN_ARGS,
-        "report": {"rare_items": {"edges": [1, 8, 64], "min_rows": 20}},
+        "report": {"rare_items": {"edges": [1, 8, 64], "min_rows": 20}, "bootstrap_resamples": 50},
     }
     path = _write(tmp_path / "sweep.json", json.dumps(config))
     assert sweep_main(["--config", str(path)]) == 0
@@ -95,6 +102,12 @@ def test_sweep_end_to_end_two_runs(tmp_path: Path, capsys: pytest.CaptureFixture
     md = (report / "report.md").read_text()
     assert "| dlrm | baseline | 4 | – |" in md and "| dlrm | mlet | 4 | 8 |" in md
     assert "Bayes-optimal AUC" in md and "## Rare items" in md and "## Projection diagnostics" in md
+    assert "## Headline: MLET d vs baseline d'" in md and "| MLET d | k | test AUC | vs d'=4 |" in md
+    (headline,) = list(csv.DictReader(open(report / "headline.csv")))
+    assert (headline["mlet_d"], headline["mlet_k"], headline["baseline_d"]) == ("4", "8", "4")
+    assert float(headline["mlet_test_auc"]) == pytest.approx(float(mlet["test_auc_mean"]), abs=1e-5)
+    assert float(headline["diff_low"]) <= float(headline["diff_delta"]) <= float(headline["diff_high"])
+    assert headline["diff_resamples"] == "50" and headline["diff_verdict"] in ("better", "worse", "tie")
     assert json.loads((report / "report.json").read_text())["missing_runs"] == []
 
     # Frequencies used by the report = train counts of the ids, min over the features.

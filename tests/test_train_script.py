@@ -49,6 +49,50 @@ def test_torchrun_two_ranks_trains_collapses_and_reports(criteo_dir: Path, tmp_p
     assert s["trained"]["test"]["auc"] == pytest.approx(best["test"]["auc"], abs=1e-9)
 
 
+def test_eval_every_selects_the_best_point_inside_the_epoch(criteo_dir: Path, tmp_path: Path) -> None:
+    """One epoch, evaluated every 2 steps: the selected model is the point with the best val AUC,
+    and it is the one restored (the collapsed model is evaluated after the restore)."""
+    run_dir = tmp_path / "run"
+    torchrun(TRAIN, ["--data", str(criteo_dir), "--run-dir", str(run_dir), "--sharding", "row_wise",
+                     "--eval-every", "2", "--embedding-lr", "0.5", *QUICK])
+    s = _summary(run_dir)
+    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    points = [e for e in events if e["event"] in ("eval", "epoch")]
+    assert [(e["event"], e["step"]) for e in points] == [("eval", 2), ("eval", 4), ("epoch", 6)]
+    best = max(points, key=lambda e: e["val"]["auc"])  # first of equals, as the keeper does
+    assert s["selected_step"] == best["step"] and s["selected_epoch"] == 0 and s["evaluations"] == 3
+    assert [e["best"] for e in points].count(True) >= 1
+    assert s["trained"]["val"]["auc"] == pytest.approx(best["val"]["auc"], abs=1e-9)
+    assert s["collapsed"]["val"]["auc"] == pytest.approx(best["val"]["auc"], abs=1e-4)
+    if best["step"] != 6:
+        assert (run_dir / "best_model" / f"step-{best['step']}" / ".metadata").is_file()
+
+
+def test_early_stopping_ends_training_after_patience_points_without_gain(criteo_dir: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    torchrun(TRAIN, ["--data", str(criteo_dir), "--run-dir", str(run_dir), "--sharding", "table_wise",
+                     "--epochs", "3", "--eval-every", "2", "--early-stop-patience", "1", "--embedding-lr", "0.5",
+                     *QUICK])
+    s = _summary(run_dir)
+    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    points = [e for e in events if e["event"] in ("eval", "epoch")]
+    best_auc, expected_stop = -1.0, None  # replay the rule on the logged points: first non-improvement
+    for e in points:
+        if e["val"]["auc"] > best_auc:
+            best_auc = e["val"]["auc"]
+        else:
+            expected_stop = e["step"]
+            break
+    stops = [e for e in events if e["event"] == "early_stop"]
+    if expected_stop is None or expected_stop == 18:  # improved at every point, or only at the very end
+        assert not stops and s["stopped_early_at_step"] is None and s["steps"] == 18
+    else:
+        assert points[-1]["step"] == expected_stop and [e["step"] for e in stops] == [expected_stop]
+        assert s["stopped_early_at_step"] == expected_stop == s["steps"]
+    assert s["selected_step"] == max(points, key=lambda e: e["val"]["auc"])["step"]
+    assert s["collapsed"]["val"]["auc"] == pytest.approx(best_auc, abs=1e-4)  # the best point was restored
+
+
 def test_baseline_flag_trains_stock_ebc_without_collapse(criteo_dir: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     torchrun(TRAIN, ["--data", str(criteo_dir), "--run-dir", str(run_dir), "--model", "baseline",

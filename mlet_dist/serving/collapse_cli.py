@@ -9,8 +9,8 @@ training job: DCP reshards the checkpoint), loaded from the checkpoint, collapse
 (``mlet_dist.distributed.sharded_collapse``) and written with ``export_serving``.
 
 Checkpoint: ``--checkpoint DIR`` (a DCP checkpoint holding the model's state dict, at top level
-as best_model/epoch-N, or under "model." as the training checkpoints checkpoints/step-N), or by
-default the run's selected model: best_model/epoch-<selected_epoch> from summary.json when it
+as best_model/step-N, or under "model." as the training checkpoints checkpoints/step-N), or by
+default the run's selected model: best_model/step-<selected_step> from summary.json when it
 exists, else the newest checkpoints/step-N.
 """
 
@@ -97,17 +97,20 @@ def select_checkpoint(run_dir: Path, explicit: Optional[Path]) -> Tuple[Path, st
         return explicit, "given"
     summary = run_dir / "summary.json"
     if summary.is_file():
-        selected = json.loads(summary.read_text()).get("selected_epoch")
-        best = run_dir / "best_model" / f"epoch-{selected}"
-        if selected is not None and (best / ".metadata").is_file():
-            return best, f"best epoch {selected} (summary.json)"
+        selected = json.loads(summary.read_text())
+        step, epoch = selected.get("selected_step"), selected.get("selected_epoch")
+        candidates = [(run_dir / "best_model" / f"step-{step}", f"best point, step {step} (summary.json)"),
+                      (run_dir / "best_model" / f"epoch-{epoch}", f"best epoch {epoch} (summary.json)")]
+        for best, why in candidates:
+            if (best / ".metadata").is_file():
+                return best, why
     steps = sorted(
         (p for p in (run_dir / "checkpoints").glob("step-*") if _STEP.match(p.name) and (p / ".metadata").is_file()),
         key=lambda p: int(_STEP.match(p.name).group(1)),  # type: ignore[union-attr]
     )
     if steps:
         return steps[-1], "newest training checkpoint"
-    raise ValueError(f"no checkpoint in {run_dir} (best_model/epoch-N or checkpoints/step-N); pass --checkpoint")
+    raise ValueError(f"no checkpoint in {run_dir} (best_model/step-N or checkpoints/step-N); pass --checkpoint")
 
 
 def checkpoint_prefix(checkpoint: Path, keys: Sequence[str]) -> str:

@@ -22,8 +22,10 @@ Example (all keys but ``data`` optional; relative paths are relative to the work
       tensorboard: false                  # TensorBoard event files in each run dir
     train_args: [--epochs, 2, --batch-size, 512]   # passed to every train.py run
     arch_args: {dcnv2: [--dcn-low-rank, 32]}        # passed to the runs of one arch
+    model_args: {baseline: [--embedding-lr, 0.3]}   # passed to the runs of one model family (tuned lrs)
     report:
       rare_items: {features: null, aggregate: min, edges: [1, 4, 16, 64, 256, 1024, 4096], min_rows: 100}
+      bootstrap_resamples: 500            # paired bootstrap of the headline comparison (0: skip it)
 
 Each run is train.py with ``--arch A --model baseline -d D`` or ``--model mlet -k K -d D`` and
 ``--seed S`` (plus the args above), in ``runs_dir/<run_id>``; MLET pairs with k < d are skipped.
@@ -36,6 +38,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from mlet_dist.models.dcn import ARCHS
+
+MODELS = ("baseline", "mlet")
 
 AGGREGATES = ("min", "max", "mean_log")
 
@@ -117,9 +121,11 @@ class SweepConfig:
     launch: LaunchConfig = field(default_factory=LaunchConfig)
     train_args: List[str] = field(default_factory=list)
     arch_args: Dict[str, List[str]] = field(default_factory=dict)
+    model_args: Dict[str, List[str]] = field(default_factory=dict)
     rare_items: RareItemsConfig = field(default_factory=RareItemsConfig)
     save_predictions: bool = True
     diagnostics: bool = True
+    bootstrap_resamples: int = 500
 
     def __post_init__(self) -> None:
         self.data = Path(self.data)
@@ -131,12 +137,19 @@ class SweepConfig:
         unknown = sorted(set(self.arch_args) - set(ARCHS))
         if unknown:
             raise ValueError(f"arch_args has unknown archs {unknown}")
+        unknown = sorted(set(self.model_args) - set(MODELS))
+        if unknown:
+            raise ValueError(f"model_args has unknown models {unknown} (known: {list(MODELS)})")
         if not self.seeds:
             raise ValueError("grid.seeds is empty")
+        if self.bootstrap_resamples < 0:
+            raise ValueError(f"report.bootstrap_resamples must be >= 0 (0: no headline test), "
+                             f"got {self.bootstrap_resamples}")
         reserved = {"--data", "--run-dir", "--model", "--arch", "--embedding-dim", "-d", "--inner-dim", "-k", "--seed"}
-        clash = sorted(reserved.intersection(self.train_args + [a for v in self.arch_args.values() for a in v]))
+        per_group = [a for v in (*self.arch_args.values(), *self.model_args.values()) for a in v]
+        clash = sorted(reserved.intersection(self.train_args + per_group))
         if clash:
-            raise ValueError(f"train_args/arch_args may not set {clash}: the sweep sets them per run")
+            raise ValueError(f"train_args/arch_args/model_args may not set {clash}: the sweep sets them per run")
         if self.prepare is not None and set(self.prepare) - {"planted"}:
             raise ValueError(f"prepare supports only 'planted', got {sorted(self.prepare)}")
 
@@ -172,6 +185,7 @@ def _strs(value: Any, where: str) -> List[str]:
 
 def from_dict(raw: Mapping[str, Any]) -> SweepConfig:
     known = {"name", "data", "prepare", "runs_dir", "report_dir", "grid", "launch", "train_args", "arch_args",
+             "model_args",
              "report"}
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -202,8 +216,10 @@ def from_dict(raw: Mapping[str, Any]) -> SweepConfig:
         kw["train_args"] = _strs(raw["train_args"], "train_args")
     if raw.get("arch_args") is not None:
         kw["arch_args"] = {str(a): _strs(v, f"arch_args.{a}") for a, v in raw["arch_args"].items()}
+    if raw.get("model_args") is not None:
+        kw["model_args"] = {str(m): _strs(v, f"model_args.{m}") for m, v in raw["model_args"].items()}
     report = dict(raw.get("report") or {})
-    unknown = sorted(set(report) - {"rare_items", "save_predictions", "diagnostics"})
+    unknown = sorted(set(report) - {"rare_items", "save_predictions", "diagnostics", "bootstrap_resamples"})
     if unknown:
         raise ValueError(f"unknown report keys {unknown}")
     if report.get("rare_items") is not None:
@@ -211,6 +227,8 @@ def from_dict(raw: Mapping[str, Any]) -> SweepConfig:
     for key in ("save_predictions", "diagnostics"):
         if key in report:
             kw[key] = bool(report[key])
+    if report.get("bootstrap_resamples") is not None:
+        kw["bootstrap_resamples"] = int(report["bootstrap_resamples"])
     return SweepConfig(**kw)
 
 

@@ -9,9 +9,10 @@ Written to ``report_dir``:
     pareto.png       test AUC vs parameters at serving, baseline curve vs MLET curve(s) per arch
     rare_items.csv   AUC per item-frequency bucket, baseline vs MLET at the same d
     rare_items.png   the same, one panel per (arch, d)
+    headline.csv     MLET d (k chosen by val AUC) vs baseline d': test AUC difference, paired bootstrap
 
-Only the validation-selected epoch of each run enters (train.py selects it; summary.json's
-``trained`` metrics). Mean ± std are over the seeds that finished (sample std, n - 1).
+Only the validation-selected point of each run enters (the end of an epoch, or a step with
+--eval-every; train.py selects it: summary.json's ``trained`` metrics). Mean ± std are over the seeds that finished (sample std, n - 1).
 """
 
 import csv
@@ -26,11 +27,12 @@ import numpy as np
 from data_prep.dataset_format import read_meta
 from data_prep.planted import attainable_gap_closed
 from mlet_dist.sweep.config import RunSpec, SweepConfig
+from mlet_dist.sweep.headline import headline_markdown, headline_rows
 from mlet_dist.sweep.rare_items import RareItemScorer, bucket_labels
 from mlet_dist.training.diagnostics import PREDICTIONS_DIR, load_predictions
 
 REPORT_FILES = ("report.md", "report.json", "results.csv", "table.csv", "pareto.png", "rare_items.csv",
-                "rare_items.png")
+                "rare_items.png", "headline.csv")
 
 
 @dataclass
@@ -342,6 +344,7 @@ def write_report(cfg: SweepConfig, statuses: Optional[Sequence[Any]] = None,
         row = {"run_id": r.run.run_id, "arch": r.run.arch, "model": r.run.model, "d": r.run.d, "k": r.run.k,
                "seed": r.run.seed, "params_serving": s.get("params_serving"),
                "params_training": s.get("params_training"), "selected_epoch": s.get("selected_epoch"),
+               "selected_step": s.get("selected_step"),
                "steps": s.get("steps"), "world_size": s.get("world_size"), "train_seconds": s.get("train_seconds")}
         for split in ("val", "test"):
             for name in ("auc", "logloss"):
@@ -359,6 +362,13 @@ def write_report(cfg: SweepConfig, statuses: Optional[Sequence[Any]] = None,
     _write_csv(out / "rare_items.csv", rare_rows or [{"note": "no baseline/MLET pair at the same d has predictions"}])
     names = bucket_labels(cfg.rare_items.edges)
     rare_items_plot(rare_rows, names, out / "rare_items.png")
+    headline = headline_rows(records, cfg.bootstrap_resamples) if cfg.bootstrap_resamples else []
+    _write_csv(out / "headline.csv", [
+        {"arch": h["arch"], "mlet_d": h["d"], "mlet_k": h["k"], "k_chosen_by": h["k_chosen_by"],
+         "mlet_test_auc": h["test_auc"], "baseline_d": bd, "baseline_test_auc": h["baseline_test_auc"][bd],
+         **{f"diff_{key}": value for key, value in diff.items()}}
+        for h in headline for bd, diff in h["versus"].items()
+    ] or [{"note": "no baseline/MLET pair with saved test predictions (or bootstrap_resamples: 0)"}])
 
     has_gap = bayes_test is not None
     lines = [f"# Sweep report: {cfg.name}", ""]
@@ -368,9 +378,10 @@ def write_report(cfg: SweepConfig, statuses: Optional[Sequence[Any]] = None,
     lines += [f"- runs: {len(finished)} of {len(records)} finished"
               + (f"; missing/failed: {', '.join(missing)}" if missing else ""),
               f"- each run: `train.py {' '.join(cfg.train_args)}` + per-run `--arch --model -d [-k] --seed`"
-              + "".join(f"; {a}: `{' '.join(v)}`" for a, v in cfg.arch_args.items()),
+              + "".join(f"; {a}: `{' '.join(v)}`" for a, v in {**cfg.arch_args, **cfg.model_args}.items()),
               f"- launch: {cfg.launch.world_size} rank(s) per run, {cfg.launch.threads_per_rank} thread(s) per "
-              "rank; the epoch is selected by validation AUC", ""]
+              "rank; each run's model is its evaluation point (end of epoch, or every --eval-every steps) "
+              "with the best validation AUC", ""]
     lines += ["## Accuracy and size", "",
               "| arch | model | d | k | params (serving) | params (training) | val AUC | test AUC | "
               + ("gap closed | " if has_gap else "") + "train time (s) | seeds |",
@@ -383,8 +394,9 @@ def write_report(cfg: SweepConfig, statuses: Optional[Sequence[Any]] = None,
             + (f"{_fmt(r.get('test_gap_closed'), None, 3)} | " if has_gap else "")
             + f"{_fmt(r['train_seconds_mean'], r['train_seconds_std'], 1)} | "
             f"{r['seeds_finished']}/{r['seeds_planned']} |")
-    lines += ["", "![test AUC vs serving parameters](pareto.png)", "",
-              "## Rare items", "",
+    lines += ["", "![test AUC vs serving parameters](pareto.png)", "", "## Headline: MLET d vs baseline d'", ""]
+    lines += headline_markdown(headline) if cfg.bootstrap_resamples else ["Skipped (report.bootstrap_resamples: 0).", ""]
+    lines += ["## Rare items", "",
               f"Test examples bucketed by the train count of their ids ({rare_info['aggregate']} over "
               f"{'all sparse features' if not cfg.rare_items.features else ', '.join(cfg.rare_items.features)}); "
               f"AUC within each bucket (buckets under {cfg.rare_items.min_rows} rows or with one class get none).", ""]
@@ -406,11 +418,11 @@ def write_report(cfg: SweepConfig, statuses: Optional[Sequence[Any]] = None,
                          f"{_fmt(r.get('wide_effective_rank_mean'), r.get('wide_effective_rank_std'), 2)} |")
         lines.append("")
     lines += ["## Files", "",
-              "`results.csv` (one row per run), `table.csv` (per configuration), `rare_items.csv`, "
+              "`results.csv` (one row per run), `table.csv` (per configuration), `headline.csv`, `rare_items.csv`, "
               "`report.json`, `pareto.png`, `rare_items.png`.", ""]
     (out / "report.md").write_text("\n".join(lines))
     payload = {"name": cfg.name, "config": cfg.to_json(), "bayes_auc": meta.get("bayes_auc"), "runs": per_run,
-               "table": rows, "rare_items": {"definition": rare_info, "rows": rare_rows}, "missing_runs": missing,
+               "table": rows, "headline": headline, "rare_items": {"definition": rare_info, "rows": rare_rows}, "missing_runs": missing,
                "statuses": [s.to_json() for s in statuses] if statuses else None}
     (out / "report.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
     return out / "report.md"

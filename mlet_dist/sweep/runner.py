@@ -57,7 +57,8 @@ def command_for(cfg: SweepConfig, run: RunSpec) -> List[str]:
         sys.executable, "-m", "torch.distributed.run", "--standalone",
         f"--nproc-per-node={cfg.launch.world_size}", str(TRAIN_SCRIPT),
         "--data", str(cfg.data.resolve()), "--run-dir", str(cfg.run_dir(run).resolve()), "--no-progress",
-        *run.train_args(), *cfg.train_args, *cfg.arch_args.get(run.arch, []), *extra,
+        *run.train_args(), *cfg.train_args, *cfg.arch_args.get(run.arch, []),
+        *cfg.model_args.get(run.model, []), *extra,
     ]
 
 

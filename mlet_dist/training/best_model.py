@@ -1,7 +1,12 @@
-"""Keep the weights of the epoch with the best validation AUC (never chosen by test).
+"""Keep the weights of the evaluation point with the best validation AUC (never chosen by test).
+
+An evaluation point is the end of an epoch or, with ``--eval-every N``, every N global steps
+inside one: in the one-epoch regime common for click data (a second pass over the rows
+overfits), selecting inside the epoch is the only selection there is.
 
 The sharded state is written with torch.distributed.checkpoint (DCP), each rank its own shards,
-only when an epoch improves and is not the last one (the live model already is the last).
+to ``best_model/step-<global step>``, only when a point improves and is not the last one (the
+live model already is the last).
 """
 
 import math
@@ -16,52 +21,58 @@ from torch import nn
 from mlet_dist.distributed.env import DistEnv
 
 
+def best_model_path(directory: Path, step: int) -> Path:
+    return Path(directory) / f"step-{step}"
+
+
 class BestModelKeeper:
     def __init__(self, directory: Path, env: DistEnv) -> None:
         self.directory = Path(directory)
         self.env = env
         self.best_epoch: Optional[int] = None
+        self.best_step: Optional[int] = None
         self.best_metrics: Dict[str, Dict[str, float]] = {}
         self._best_auc = -math.inf
-        self._saved_epoch: Optional[int] = None
-        self._last_epoch: Optional[int] = None
+        self._saved_step: Optional[int] = None
+        self._last_step: Optional[int] = None
 
-    def offer(self, model: nn.Module, epoch: int, metrics: Dict[str, Dict[str, float]], is_last: bool) -> None:
-        self._last_epoch = epoch
+    def offer(self, model: nn.Module, epoch: int, step: int, metrics: Dict[str, Dict[str, float]],
+              is_last: bool) -> bool:
+        """Record an evaluation point; True when it is the new best."""
+        self._last_step = step
         auc = metrics["val"]["auc"]
-        if self.best_epoch is not None and not auc > self._best_auc:
-            return
-        self.best_epoch, self.best_metrics, self._best_auc = epoch, metrics, auc
+        if self.best_step is not None and not auc > self._best_auc:
+            return False
+        self.best_epoch, self.best_step, self.best_metrics, self._best_auc = epoch, step, metrics, auc
         if not is_last:
-            self._save(model, epoch)
+            self._save(model, step)
+        return True
 
     def state(self) -> Dict[str, Any]:
         """JSON-able, for training checkpoints."""
-        return {"best_epoch": self.best_epoch, "best_metrics": self.best_metrics,
+        return {"best_epoch": self.best_epoch, "best_step": self.best_step, "best_metrics": self.best_metrics,
                 "best_auc": self._best_auc if math.isfinite(self._best_auc) else None,
-                "saved_epoch": self._saved_epoch, "last_epoch": self._last_epoch}
+                "saved_step": self._saved_step, "last_step": self._last_step}
 
     def load_state(self, state: Dict[str, Any]) -> None:
         if not state:
             return
-        self.best_epoch, self.best_metrics = state["best_epoch"], state["best_metrics"]
+        self.best_epoch, self.best_step = state["best_epoch"], state.get("best_step")
+        self.best_metrics = state["best_metrics"]
         self._best_auc = state["best_auc"] if state["best_auc"] is not None else -math.inf
-        self._saved_epoch, self._last_epoch = state["saved_epoch"], state["last_epoch"]
+        self._saved_step, self._last_step = state.get("saved_step"), state.get("last_step")
 
-    def _path(self, epoch: int) -> Path:
-        return self.directory / f"epoch-{epoch}"
-
-    def _save(self, model: nn.Module, epoch: int) -> None:
-        dcp.save(model.state_dict(), checkpoint_id=str(self._path(epoch)))
+    def _save(self, model: nn.Module, step: int) -> None:
+        dcp.save(model.state_dict(), checkpoint_id=str(best_model_path(self.directory, step)))
         dist.barrier()
-        if self.env.is_main and self._saved_epoch is not None:
-            shutil.rmtree(self._path(self._saved_epoch), ignore_errors=True)
-        self._saved_epoch = epoch
+        if self.env.is_main and self._saved_step is not None and self._saved_step != step:
+            shutil.rmtree(best_model_path(self.directory, self._saved_step), ignore_errors=True)
+        self._saved_step = step
 
     def restore_best(self, model: nn.Module) -> None:
-        """Load the best epoch's weights back into the live model if a later epoch was worse."""
-        if self.best_epoch is None or self.best_epoch == self._last_epoch:
+        """Load the best point's weights back into the live model if a later point was worse."""
+        if self.best_step is None or self.best_step == self._last_step:
             return
         state = model.state_dict()
-        dcp.load(state, checkpoint_id=str(self._path(self.best_epoch)))
+        dcp.load(state, checkpoint_id=str(best_model_path(self.directory, self.best_step)))
         model.load_state_dict(state)

@@ -29,6 +29,8 @@ class TrainConfig:
     progress: bool = True
     plan: Optional[Path] = None
     checkpoint_every: int = 0
+    eval_every: int = 0
+    early_stop_patience: int = 0
     keep_checkpoints: int = 2
     resume: bool = True
     save_predictions: bool = False
@@ -45,6 +47,10 @@ class TrainConfig:
             raise ValueError(f"--epochs must be >= 1, got {self.epochs}")
         if self.checkpoint_every < 0:
             raise ValueError(f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
+        if self.eval_every < 0:
+            raise ValueError(f"--eval-every must be >= 0 (0: evaluate at the end of each epoch only), got {self.eval_every}")
+        if self.early_stop_patience < 0:
+            raise ValueError(f"--early-stop-patience must be >= 0 (0: train all epochs), got {self.early_stop_patience}")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size (per rank) must be >= 1, got {self.batch_size}")
 
@@ -88,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="singular values / effective ranks of tables and MLET projections in summary.json")
     p.add_argument("--checkpoint-every", type=int, default=0,
                    help="steps between training checkpoints (0: only at epoch ends)")
+    p.add_argument("--eval-every", type=int, default=0,
+                   help="also evaluate val/test every N global steps inside an epoch; the point with the best "
+                   "val AUC is the selected model (0: end of each epoch only)")
+    p.add_argument("--early-stop-patience", type=int, default=0,
+                   help="stop when this many evaluation points in a row (epoch ends, and --eval-every points) "
+                   "bring no better val AUC; the best point is the selected model (0: train all --epochs)")
     p.add_argument("--keep-checkpoints", type=int, default=2, help="newest complete checkpoints kept")
     p.add_argument("--no-resume", action="store_true",
                    help="start fresh even if --run-dir holds a checkpoint (default: resume from the newest)")
@@ -126,6 +138,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> TrainConfig:
         ),
         plan=args.plan,
         checkpoint_every=args.checkpoint_every,
+        eval_every=args.eval_every,
+        early_stop_patience=args.early_stop_patience,
         keep_checkpoints=args.keep_checkpoints,
         resume=not args.no_resume,
         save_predictions=args.save_predictions,

@@ -1,4 +1,7 @@
-"""One training epoch: forward, mean loss, backward (fused table update), dense step."""
+"""One training epoch: forward, mean loss, backward (fused table update), dense step.
+
+``on_step(step, loss)`` runs after every step; returning True ends the epoch there.
+"""
 
 import time
 from dataclasses import dataclass
@@ -25,7 +28,7 @@ def train_epoch(
     batches: Iterable[LoadedBatch],
     device: torch.device,
     world_size: int,
-    on_step: Optional[Callable[[int, float], None]] = None,
+    on_step: Optional[Callable[[int, float], Optional[bool]]] = None,
     show_progress: bool = False,
     desc: str = "train",
     total: Optional[int] = None,
@@ -44,8 +47,8 @@ def train_epoch(
         samples += loaded.num_valid * world_size
         value = float(loss.detach())
         loss_sum += value
-        if on_step is not None:
-            on_step(steps, value)
         bar.set_postfix(loss=f"{value:.4f}")
+        if on_step is not None and on_step(steps, value):
+            break  # the callback asked to stop (early stopping)
     seconds = time.perf_counter() - start
     return EpochStats(steps, samples, loss_sum / max(steps, 1), seconds)
