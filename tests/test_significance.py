@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-from torchmetrics.functional.classification import binary_auroc
 import torch
+from torchmetrics.functional.classification import binary_auroc
 
 from mlet_dist.sweep.significance import WeightedAUC, bootstrap_aucs
 
@@ -60,3 +60,41 @@ def test_runs_on_different_rows_are_refused() -> None:
         bootstrap_aucs({"a": [a], "b": [b]}, resamples=5)
     with pytest.raises(ValueError, match="at least one run"):
         bootstrap_aucs({"a": [a], "b": []}, resamples=5)
+
+
+def _record(tmp_path, model: str, d: int, k, seed: int, prob: np.ndarray, labels: np.ndarray, val_auc: float):
+    from mlet_dist.sweep.config import RunSpec
+    from mlet_dist.sweep.report import RunRecord
+    from mlet_dist.training.diagnostics import save_predictions
+    from mlet_dist.training.evaluation import Predictions
+
+    run = RunSpec("dlrm", model, d, k, seed)
+    run_dir = tmp_path / run.run_id
+    preds = Predictions(torch.from_numpy(prob.astype(np.float32)), torch.from_numpy(labels).float())
+    save_predictions(run_dir / "predictions", {"test": preds})
+    return RunRecord(run, run_dir, {"trained": {"val": {"auc": val_auc}}}, None)
+
+
+def test_headline_picks_k_by_validation_and_matches_only_contiguously(tmp_path) -> None:
+    """MLET is clearly worse than the d'=4 baseline but better than an overfit d'=8 one: it must
+    not be said to match up to d'=8. k is chosen by validation AUC even where test disagrees."""
+    from mlet_dist.sweep.headline import headline_rows
+
+    rng = np.random.default_rng(3)
+    labels = (rng.random(20000) < 0.3).astype(np.int8)
+    signal = labels + rng.normal(size=20000)
+
+    def noisy(scale: float) -> np.ndarray:
+        return signal + scale * rng.normal(size=20000)
+
+    records = [
+        _record(tmp_path, "baseline", 4, None, 0, noisy(0.2), labels, val_auc=0.80),
+        _record(tmp_path, "baseline", 8, None, 0, noisy(3.0), labels, val_auc=0.60),
+        _record(tmp_path, "mlet", 4, 32, 0, noisy(1.0), labels, val_auc=0.75),  # chosen by val
+        _record(tmp_path, "mlet", 4, 64, 0, noisy(0.1), labels, val_auc=0.70),  # best on test, not chosen
+    ]
+    (row,) = headline_rows(records, resamples=100)
+    assert row["k"] == 32 and row["k_chosen_by"] == "val auc"
+    assert row["versus"][4]["verdict"] == "worse" and row["versus"][8]["verdict"] == "better"
+    assert row["matches_up_to_baseline_d"] is None and row["beats_baseline_d"] == [8]
+    assert row["best_baseline_d"] == 4 and row["vs_best_baseline"]["verdict"] == "worse"

@@ -1,10 +1,14 @@
-"""The headline of a sweep: at which baseline width d' does MLET at width d stop being better?
+"""The headline of a sweep: up to which baseline width d' does MLET at width d hold its own?
 
 For each arch and each MLET d, k is chosen by mean validation AUC (never by test). That MLET
 configuration is compared with the baseline at every d' on test AUC (mean over seeds) with a
-paired bootstrap interval over the test rows (``significance.py``). "Reaches d'" means not
-significantly worse than the baseline at d' (the interval's upper end is >= 0); "beats d'" means
-significantly better (its lower end is > 0).
+paired bootstrap interval over the test rows (``significance.py``):
+
+* ``matches_up_to``: the largest d' such that MLET is not significantly worse than the baseline
+  at d' *and at every smaller width* (an overfitting wide baseline cannot make a weak MLET
+  "match" it);
+* ``beats``: the widths d' where MLET is significantly better;
+* ``vs_best``: the difference to the baseline width with the best mean validation AUC.
 """
 
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -15,6 +19,11 @@ from mlet_dist.sweep.significance import BootstrapAUCs, bootstrap_aucs
 from mlet_dist.training.diagnostics import load_predictions
 
 Group = Tuple[str, str, int, Optional[int]]  # arch, model, d, k
+ARCH_ORDER = ("dlrm", "dcnv2")
+
+
+def _arch_order(arch: str) -> Tuple[int, str]:
+    return (ARCH_ORDER.index(arch) if arch in ARCH_ORDER else len(ARCH_ORDER), arch)
 
 
 def _val_auc_mean(records: Sequence[Any]) -> Optional[float]:
@@ -30,7 +39,7 @@ def headline_rows(records: Sequence[Any], resamples: int = 500, level: float = 0
         if r.finished and r.predictions is not None:
             with_preds.setdefault(r.run.group, []).append(r)
     rows: List[Dict[str, Any]] = []
-    for arch in sorted({g[0] for g in with_preds}):
+    for arch in sorted({g[0] for g in with_preds}, key=_arch_order):
         baselines = sorted(g for g in with_preds if g[0] == arch and g[1] == "baseline")
         mlet = [g for g in with_preds if g[0] == arch and g[1] == "mlet"]
         if not baselines or not mlet:
@@ -47,15 +56,22 @@ def headline_rows(records: Sequence[Any], resamples: int = 500, level: float = 0
         for d in sorted(chosen):
             g = chosen[d]
             versus = {b[2]: boot.difference(g, b) for b in baselines}
-            reached = [bd for bd, diff in versus.items() if diff.verdict != "worse"]
-            beaten = [bd for bd, diff in versus.items() if diff.verdict == "better"]
+            matched = None
+            for bd in sorted(versus):
+                if versus[bd].verdict == "worse":
+                    break
+                matched = bd
+            beaten = [bd for bd in sorted(versus) if versus[bd].verdict == "better"]
+            best_base = max(baselines, key=lambda b: _val_auc_mean(with_preds[b]) or -1.0)
             rows.append({
                 "arch": arch, "d": d, "k": g[3], "k_chosen_by": "val auc", "seeds": len(with_preds[g]),
                 "test_auc": boot.point[g], "val_auc": _val_auc_mean(with_preds[g]),
                 "versus": {bd: diff.to_json() for bd, diff in versus.items()},
                 "baseline_test_auc": {b[2]: boot.point[b] for b in baselines},
-                "reaches_baseline_d": max(reached) if reached else None,
+                "matches_up_to_baseline_d": matched,
                 "beats_baseline_d": beaten,
+                "best_baseline_d": best_base[2],
+                "vs_best_baseline": versus[best_base[2]].to_json(),
             })
     return rows
 
@@ -67,25 +83,28 @@ def headline_markdown(rows: Sequence[Dict[str, Any]]) -> List[str]:
     resamples = next(iter(rows[0]["versus"].values()))["resamples"]
     lines = [f"MLET at width d (k chosen by validation AUC) against the baseline at every width d': test AUC "
              f"difference (mean over seeds, MLET − baseline) with a {level:.0%} paired bootstrap interval over "
-             f"the test rows ({resamples} resamples). **reaches** = not significantly worse than the baseline "
-             "at that d' (largest such d'); **beats** = significantly better.", ""]
-    for arch in sorted({r["arch"] for r in rows}):
+             f"the test rows ({resamples} resamples); ▲/▼ significantly better/worse. **matches up to d'** = "
+             "not significantly worse than the baseline at d' and at every smaller width; **beats** = "
+             "significantly better; **vs best baseline** = against the baseline width with the best "
+             "validation AUC.", ""]
+    for arch in sorted({r["arch"] for r in rows}, key=_arch_order):
         sub = [r for r in rows if r["arch"] == arch]
         widths = sorted(sub[0]["versus"])
         lines += [f"**{arch}** (baseline test AUC: "
                   + ", ".join(f"d={w} {sub[0]['baseline_test_auc'][w]:.4f}" for w in widths) + ")", "",
                   "| MLET d | k | test AUC | " + " | ".join(f"vs d'={w}" for w in widths)
-                  + " | reaches d' | beats d' |",
-                  "|---:|---:|---:|" + "---:|" * len(widths) + "---:|---|"]
+                  + " | matches up to d' | beats d' | vs best baseline |",
+                  "|---:|---:|---:|" + "---:|" * len(widths) + "---:|---|---:|"]
         for r in sub:
             cells = []
             for w in widths:
                 v = r["versus"][w]
                 mark = {"better": " ▲", "worse": " ▼", "tie": ""}[v["verdict"]]
                 cells.append(f"{v['delta']:+.4f} [{v['low']:+.4f}, {v['high']:+.4f}]{mark}")
-            reach = "–" if r["reaches_baseline_d"] is None else str(r["reaches_baseline_d"])
+            reach = "–" if r["matches_up_to_baseline_d"] is None else str(r["matches_up_to_baseline_d"])
             beats = ", ".join(str(w) for w in r["beats_baseline_d"]) or "–"
+            best = r["vs_best_baseline"]
             lines.append(f"| {r['d']} | {r['k']} | {r['test_auc']:.4f} | " + " | ".join(cells)
-                         + f" | {reach} | {beats} |")
+                         + f" | {reach} | {beats} | {best['delta']:+.4f} vs d'={r['best_baseline_d']} |")
         lines.append("")
     return lines

@@ -366,7 +366,8 @@ def write_report(cfg: SweepConfig, statuses: Optional[Sequence[Any]] = None,
     _write_csv(out / "headline.csv", [
         {"arch": h["arch"], "mlet_d": h["d"], "mlet_k": h["k"], "k_chosen_by": h["k_chosen_by"],
          "mlet_test_auc": h["test_auc"], "baseline_d": bd, "baseline_test_auc": h["baseline_test_auc"][bd],
-         **{f"diff_{key}": value for key, value in diff.items()}}
+         **{f"diff_{key}": value for key, value in diff.items()},
+         "matches_up_to_baseline_d": h["matches_up_to_baseline_d"], "best_baseline_d": h["best_baseline_d"]}
         for h in headline for bd, diff in h["versus"].items()
     ] or [{"note": "no baseline/MLET pair with saved test predictions (or bootstrap_resamples: 0)"}])
 
