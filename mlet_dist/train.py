@@ -150,7 +150,8 @@ def run(cfg: TrainConfig, env: DistEnv) -> Dict[str, object]:
         out.log("resume", checkpoint=position.extra.pop("resumed_from"), step=position.step,
                 epoch=position.epoch, batch_in_epoch=position.batch_in_epoch)
     loop = LoopConfig(epochs=cfg.epochs, eval_every=cfg.eval_every, early_stop_patience=cfg.early_stop_patience,
-                      checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every, progress=cfg.progress)
+                      checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every, progress=cfg.progress,
+                      spectra=cfg.diagnostics)
     trainer = Trainer(loop, env, sharded, optimizer, train_stream, out=out, keeper=keeper, checkpoints=checkpoints,
                       evaluate=lambda: {s: p.metrics() for s, p in evaluate_all(sharded, cfg, env, "eval").items()})
     fit = trainer.fit(position)

@@ -108,6 +108,10 @@ def test_sweep_end_to_end_two_runs(tmp_path: Path, capsys: pytest.CaptureFixture
     assert float(headline["mlet_test_auc"]) == pytest.approx(float(mlet["test_auc_mean"]), abs=1e-5)
     assert float(headline["diff_low"]) <= float(headline["diff_delta"]) <= float(headline["diff_high"])
     assert headline["diff_resamples"] == "50" and headline["diff_verdict"] in ("better", "worse", "tie")
+    spectra = json.loads((report / "report.json").read_text())["spectra_during_training"]
+    assert spectra and {(r["k"], r["d"]) for r in spectra} == {(8, 4)}  # MLET runs only, one point per eval
+    assert all(1.0 <= r["effective_rank_mean"] <= 4.0 for r in spectra)
+    assert (report / "spectra.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "spectra.png" in md
     assert json.loads((report / "report.json").read_text())["missing_runs"] == []
 
     # Frequencies used by the report = train counts of the ids, min over the features.

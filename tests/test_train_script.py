@@ -54,7 +54,7 @@ def test_eval_every_selects_the_best_point_inside_the_epoch(criteo_dir: Path, tm
     and it is the one restored (the collapsed model is evaluated after the restore)."""
     run_dir = tmp_path / "run"
     torchrun(TRAIN, ["--data", str(criteo_dir), "--run-dir", str(run_dir), "--sharding", "row_wise",
-                     "--eval-every", "2", "--embedding-lr", "0.5", *QUICK])
+                     "--eval-every", "2", "--embedding-lr", "0.5", "--diagnostics", *QUICK])
     s = _summary(run_dir)
     events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     points = [e for e in events if e["event"] in ("eval", "epoch")]
@@ -66,6 +66,16 @@ def test_eval_every_selects_the_best_point_inside_the_epoch(criteo_dir: Path, tm
     assert s["collapsed"]["val"]["auc"] == pytest.approx(best["val"]["auc"], abs=1e-4)
     if best["step"] != 6:
         assert (run_dir / "best_model" / f"step-{best['step']}" / ".metadata").is_file()
+    # --diagnostics: the spectra of every projection W (k=64 x d=16) at every evaluation point
+    spectra = [e for e in events if e["event"] == "spectra"]
+    assert [e["step"] for e in spectra] == [2, 4, 6]
+    for e in spectra:
+        assert len(e["effective_rank"]) == 26 and all(1.0 < r <= 16.0 for r in e["effective_rank"].values())
+        assert all(len(sv) == 16 for sv in e["singular_values"].values())
+    # the end-of-run diagnostics describe the selected (restored) point's W
+    at_selected = next(e for e in spectra if e["step"] == s["selected_step"])
+    final = s["diagnostics"]["tables"]["t_C1"]["projection"]["effective_rank"]
+    assert at_selected["effective_rank"]["t_C1"] == pytest.approx(final, rel=1e-6)
 
 
 def test_early_stopping_ends_training_after_patience_points_without_gain(criteo_dir: Path, tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ Used to start a sharded model from the same weights as a reference model, and to
 trained tables for collapse while the distributed collapse (owner-side) is not built yet.
 """
 
-from typing import Dict
+from typing import Callable, Dict, Optional
 
 import torch
 import torch.distributed as dist
@@ -36,12 +36,15 @@ def load_full_state_dict(model: nn.Module, full: Dict[str, torch.Tensor]) -> Non
 
 
 @torch.no_grad()
-def gather_full_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
+def gather_full_state_dict(model: nn.Module, keep: Optional[Callable[[str], bool]] = None) -> Dict[str, torch.Tensor]:
     """Every rank gets the full tensors (CPU). Memory: the whole model on each rank, so this is
-    for models that fit one host; the sharded collapse avoids it."""
+    for models that fit one host; the sharded collapse avoids it. ``keep(name)`` limits the
+    gather to some entries (e.g. only the small k×d projections); every rank must pass the same."""
     full: Dict[str, torch.Tensor] = {}
     rank = dist.get_rank()
     for name, tensor in model.state_dict().items():
+        if keep is not None and not keep(name):
+            continue
         if isinstance(tensor, ShardedTensor):
             out = torch.empty(tensor.size(), dtype=tensor.dtype) if rank == 0 else None
             tensor.gather(dst=0, out=out)

@@ -10,6 +10,7 @@ Written to ``report_dir``:
     rare_items.csv   AUC per item-frequency bucket, baseline vs MLET at the same d
     rare_items.png   the same, one panel per (arch, d)
     headline.csv     MLET d (k chosen by val AUC) vs baseline d': test AUC difference, paired bootstrap
+    spectra.png      effective rank of the projections W vs training step (runs with --diagnostics)
 
 Only the validation-selected point of each run enters (the end of an epoch, or a step with
 --eval-every; train.py selects it: summary.json's ``trained`` metrics). Mean ± std are over the seeds that finished (sample std, n - 1).
@@ -29,10 +30,11 @@ from data_prep.planted import attainable_gap_closed
 from mlet_dist.sweep.config import RunSpec, SweepConfig
 from mlet_dist.sweep.headline import headline_markdown, headline_rows
 from mlet_dist.sweep.rare_items import RareItemScorer, bucket_labels
+from mlet_dist.sweep.spectra_plot import spectra_plot, spectra_rows
 from mlet_dist.training.diagnostics import PREDICTIONS_DIR, load_predictions
 
 REPORT_FILES = ("report.md", "report.json", "results.csv", "table.csv", "pareto.png", "rare_items.csv",
-                "rare_items.png", "headline.csv")
+                "rare_items.png", "headline.csv", "spectra.png")
 
 
 @dataclass
@@ -362,6 +364,8 @@ def write_report(cfg: SweepConfig, statuses: Optional[Sequence[Any]] = None,
     _write_csv(out / "rare_items.csv", rare_rows or [{"note": "no baseline/MLET pair at the same d has predictions"}])
     names = bucket_labels(cfg.rare_items.edges)
     rare_items_plot(rare_rows, names, out / "rare_items.png")
+    spectra = spectra_rows(records)
+    spectra_plot(spectra, out / "spectra.png")
     headline = headline_rows(records, cfg.bootstrap_resamples) if cfg.bootstrap_resamples else []
     _write_csv(out / "headline.csv", [
         {"arch": h["arch"], "mlet_d": h["d"], "mlet_k": h["k"], "k_chosen_by": h["k_chosen_by"],
@@ -418,12 +422,16 @@ def write_report(cfg: SweepConfig, statuses: Optional[Sequence[Any]] = None,
                          f"{_fmt(r.get('projection_effective_rank_mean'), r.get('projection_effective_rank_std'), 2)} | "
                          f"{_fmt(r.get('wide_effective_rank_mean'), r.get('wide_effective_rank_std'), 2)} |")
         lines.append("")
+    if spectra:
+        lines += ["During training (every evaluation point), the effective rank of W, mean over tables and seeds:",
+                  "", "![projection spectra during training](spectra.png)", ""]
     lines += ["## Files", "",
               "`results.csv` (one row per run), `table.csv` (per configuration), `headline.csv`, `rare_items.csv`, "
+              "`spectra.png`, "
               "`report.json`, `pareto.png`, `rare_items.png`.", ""]
     (out / "report.md").write_text("\n".join(lines))
     payload = {"name": cfg.name, "config": cfg.to_json(), "bayes_auc": meta.get("bayes_auc"), "runs": per_run,
-               "table": rows, "headline": headline, "rare_items": {"definition": rare_info, "rows": rare_rows}, "missing_runs": missing,
+               "table": rows, "headline": headline, "spectra_during_training": spectra, "rare_items": {"definition": rare_info, "rows": rare_rows}, "missing_runs": missing,
                "statuses": [s.to_json() for s in statuses] if statuses else None}
     (out / "report.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
     return out / "report.md"

@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-predictions", action="store_true",
                    help="RUN_DIR/predictions/test.npz (row, prob, label) of the selected model")
     p.add_argument("--diagnostics", action="store_true",
-                   help="singular values / effective ranks of tables and MLET projections in summary.json")
+                   help="singular values / effective ranks of the MLET projections at every evaluation point "
+                   "(metrics.jsonl, TensorBoard) and of tables and projections in summary.json")
     p.add_argument("--checkpoint-every", type=int, default=0,
                    help="steps between training checkpoints (0: only at epoch ends)")
     p.add_argument("--eval-every", type=int, default=0,

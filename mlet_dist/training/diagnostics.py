@@ -1,4 +1,8 @@
-"""End-of-training diagnostics: spectra of the MLET projections and tables, per-example predictions.
+"""Diagnostics: spectra of the MLET projections and tables, per-example predictions.
+
+With ``--diagnostics`` the spectra of the projections W are logged at every evaluation point
+(``projection_spectra``: a "spectra" event in metrics.jsonl, TensorBoard tags
+``projection_effective_rank/<table>``) and the full set (W, T, collapsed T·W) at the end.
 
 Spectra. For a matrix A with singular values s_1 >= ... >= s_m >= 0:
 
@@ -173,6 +177,28 @@ def diagnostics_from_state_dict(state: Mapping[str, torch.Tensor],
             if values:
                 mean[f"{part}_{stat}"] = float(np.mean(values))
     return {"tables": tables, "mean": mean, "rel_tol": rel_tol}
+
+
+def is_projection_key(name: str) -> bool:
+    return _PROJECTION.match(name) is not None
+
+
+def projection_spectra(state: Mapping[str, torch.Tensor], rel_tol: float = DEFAULT_REL_TOL) -> Dict[str, object]:
+    """Spectra of the projections W alone (k×d each: cheap enough for every evaluation point),
+    to follow during training how far each W stays from a flat spectrum.
+
+    Returns {"effective_rank": {table: ...}, "stable_rank": {table: ...}, "singular_values":
+    {table: [...]}, "effective_rank_mean": ...}; empty when the model has no MLET tables."""
+    spectra = {m["table"]: spectrum_summary(singular_values(t), rel_tol)
+               for name, t in sorted(state.items()) if (m := _PROJECTION.match(name)) is not None}
+    if not spectra:
+        return {}
+    return {
+        "effective_rank": {t: v["effective_rank"] for t, v in spectra.items()},
+        "stable_rank": {t: v["stable_rank"] for t, v in spectra.items()},
+        "singular_values": {t: v["singular_values"] for t, v in spectra.items()},
+        "effective_rank_mean": float(np.mean([v["effective_rank"] for v in spectra.values()])),
+    }
 
 
 def diagnostics_of_model(model: torch.nn.Module, **kwargs: object) -> Dict[str, object]:

@@ -15,8 +15,10 @@ from torchrec.optim.keyed import CombinedOptimizer
 
 from mlet_dist.data.parquet_batches import ParquetBatchStream
 from mlet_dist.distributed.env import DistEnv
+from mlet_dist.distributed.state import gather_full_state_dict
 from mlet_dist.training.best_model import BestModelKeeper
 from mlet_dist.training.checkpoint import CheckpointError, CheckpointManager, TrainPosition
+from mlet_dist.training.diagnostics import is_projection_key, projection_spectra
 from mlet_dist.training.faults import maybe_fail
 from mlet_dist.training.loop import train_epoch
 from mlet_dist.training.run_dir import RunDirectory
@@ -32,6 +34,7 @@ class LoopConfig:
     checkpoint_every: int = 0
     log_every: int = 10
     progress: bool = False
+    spectra: bool = False  # log the spectra of the projections W at every evaluation point
 
 
 @dataclass
@@ -125,12 +128,20 @@ class Trainer:
     def _evaluation_point(self, epoch: int, is_last: bool, event: str, **fields: float) -> Metrics:
         started = time.perf_counter()
         metrics = self.evaluate()
-        self._eval_seconds += time.perf_counter() - started
         self.evaluations += 1
         best = self.keeper.offer(self.model, epoch, self.global_step, metrics, is_last=is_last)
         self._points_since_best = 0 if best else self._points_since_best + 1
         self.out.log(event, epoch=epoch, step=self.global_step, best=best, **fields, **metrics)
+        if self.cfg.spectra:
+            self._log_spectra(epoch)
+        self._eval_seconds += time.perf_counter() - started  # not training time
         return metrics
+
+    def _log_spectra(self, epoch: int) -> None:
+        projections = gather_full_state_dict(self.model, keep=is_projection_key)  # k×d each: small
+        spectra = projection_spectra(projections) if self.env.is_main else {}
+        if spectra:
+            self.out.log("spectra", epoch=epoch, step=self.global_step, **spectra)
 
     def _save_checkpoint(self, epoch: int, batch_in_epoch: int) -> None:
         extra = {"best": self.keeper.state(), "train_seconds": self.train_seconds,
