@@ -47,8 +47,10 @@ def test_paired_interval_separates_a_better_model_and_not_a_copy() -> None:
     diff = boot.difference("good", "worse")
     assert diff.verdict == "better" and diff.low > 0 and diff.low <= diff.delta <= diff.high
     assert boot.difference("worse", "good").verdict == "worse"
-    same = boot.difference("good", "copy")
-    assert same.delta == 0.0 and same.low == 0.0 and same.high == 0.0 and same.verdict == "tie"
+    same = boot.difference("good", "copy")  # paired rows cancel; the two seeds' spread remains
+    assert same.delta == 0.0 and same.row_std == 0.0 and same.seed_se > 0 and same.verdict == "tie"
+    seeds = [_auc(r["prob"], labels) for r in good]
+    assert same.seed_se == pytest.approx(np.sqrt(2 * np.var(seeds, ddof=1) / 2), rel=1e-3)
     expected = np.mean([_auc(r["prob"], labels) for r in good])
     assert boot.point["good"] == pytest.approx(expected, abs=1e-6)
 

@@ -2,7 +2,7 @@
 
 For each arch and each MLET d, k is chosen by mean validation AUC (never by test). That MLET
 configuration is compared with the baseline at every d' on test AUC (mean over seeds) with a
-paired bootstrap interval over the test rows (``significance.py``):
+interval over test rows (paired bootstrap) and training seeds (``significance.py``):
 
 * ``matches_up_to``: the largest d' such that MLET is not significantly worse than the baseline
   at d' *and at every smaller width* (an overfitting wide baseline cannot make a weak MLET
@@ -82,8 +82,9 @@ def headline_markdown(rows: Sequence[Dict[str, Any]]) -> List[str]:
     level = next(iter(rows[0]["versus"].values()))["level"]
     resamples = next(iter(rows[0]["versus"].values()))["resamples"]
     lines = [f"MLET at width d (k chosen by validation AUC) against the baseline at every width d': test AUC "
-             f"difference (mean over seeds, MLET − baseline) with a {level:.0%} paired bootstrap interval over "
-             f"the test rows ({resamples} resamples); ▲/▼ significantly better/worse. **matches up to d'** = "
+             f"difference (mean over seeds, MLET − baseline) with a {level:.0%} interval that counts both the "
+             f"test rows (paired bootstrap, {resamples} resamples) and the seed-to-seed spread (standard error "
+             "of each side's mean, in quadrature); ▲/▼ significantly better/worse. **matches up to d'** = "
              "not significantly worse than the baseline at d' and at every smaller width; **beats** = "
              "significantly better; **vs best baseline** = against the baseline width with the best "
              "validation AUC.", ""]
