@@ -212,8 +212,12 @@ def rare_items_plot(rare_rows: Sequence[Dict[str, Any]], names: Sequence[str], p
         fig.savefig(path, dpi=100)
         plt.close(fig)
         return
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 4.2), squeeze=False)
-    for ax, (arch, d) in zip(axes[0], panels):
+    cols = min(len(panels), 3)  # one row per arch when there are 3 widths: readable, not a strip
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.6 * cols, 4.2 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (arch, d) in zip(axes.flat, panels):
         sub = [r for r in rare_rows if r["arch"] == arch and r["d"] == d]
         for label in sorted({r["config"] for r in sub}, key=lambda c: (not c.startswith("baseline"), c)):
             pts = sorted([r for r in sub if r["config"] == label], key=lambda r: r["bucket_index"])

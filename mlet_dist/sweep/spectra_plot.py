@@ -57,7 +57,8 @@ def spectra_plot(rows: Sequence[Dict[str, Any]], path: Path) -> None:
     archs = sorted({r["arch"] for r in rows}, key=lambda a: (ARCH_ORDER.index(a) if a in ARCH_ORDER else 9, a))
     if not archs:
         fig, ax = plt.subplots(figsize=(6, 2))
-        ax.text(0.5, 0.5, "no projection spectra logged (train.py --diagnostics)", ha="center", va="center")
+        ax.text(0.5, 0.5, "no projection spectra in the runs' metrics.jsonl\n(train.py --diagnostics logs them at "
+                "every evaluation point;\nruns made before that feature have none)", ha="center", va="center")
         ax.axis("off")
         fig.savefig(path, dpi=100)
         plt.close(fig)
