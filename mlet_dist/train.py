@@ -178,8 +178,8 @@ def run(cfg: TrainConfig, env: DistEnv) -> Dict[str, object]:
     if cfg.collapse:
         trained_preds = evaluate_all(sharded, cfg, env, "trained")
         # Owner-side collapse into a serving directory, then loaded back as a stock TorchRec model.
-        export = export_after_training(
-            sharded, cfg, source={"selected_epoch": keeper.best_epoch, "selected_step": keeper.best_step, "steps": fit.steps})
+        source = {"selected_epoch": keeper.best_epoch, "selected_step": keeper.best_step, "steps": fit.steps}
+        export = export_after_training(sharded, cfg, source=source)
         collapsed, _ = load_serving_sharded(export.path, env.device, sharding=cfg.sharding.sharding)
         collapsed_preds = evaluate_all(collapsed, cfg, env, "collapsed")
         summary["serving_dir"] = str(export.path)
