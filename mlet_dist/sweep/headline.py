@@ -15,15 +15,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from mlet_dist.sweep.plotting import arch_key
 from mlet_dist.sweep.significance import BootstrapAUCs, bootstrap_aucs
 from mlet_dist.training.diagnostics import load_predictions
 
 Group = Tuple[str, str, int, Optional[int]]  # arch, model, d, k
-ARCH_ORDER = ("dlrm", "dcnv2")
-
-
-def _arch_order(arch: str) -> Tuple[int, str]:
-    return (ARCH_ORDER.index(arch) if arch in ARCH_ORDER else len(ARCH_ORDER), arch)
 
 
 def _val_auc_mean(records: Sequence[Any]) -> Optional[float]:
@@ -39,7 +35,7 @@ def headline_rows(records: Sequence[Any], resamples: int = 500, level: float = 0
         if r.finished and r.predictions is not None:
             with_preds.setdefault(r.run.group, []).append(r)
     rows: List[Dict[str, Any]] = []
-    for arch in sorted({g[0] for g in with_preds}, key=_arch_order):
+    for arch in sorted({g[0] for g in with_preds}, key=arch_key):
         baselines = sorted(g for g in with_preds if g[0] == arch and g[1] == "baseline")
         mlet = [g for g in with_preds if g[0] == arch and g[1] == "mlet"]
         if not baselines or not mlet:
@@ -88,7 +84,7 @@ def headline_markdown(rows: Sequence[Dict[str, Any]]) -> List[str]:
              "not significantly worse than the baseline at d' and at every smaller width; **beats** = "
              "significantly better; **vs best baseline** = against the baseline width with the best "
              "validation AUC.", ""]
-    for arch in sorted({r["arch"] for r in rows}, key=_arch_order):
+    for arch in sorted({r["arch"] for r in rows}, key=arch_key):
         sub = [r for r in rows if r["arch"] == arch]
         widths = sorted(sub[0]["versus"])
         lines += [f"**{arch}** (baseline test AUC: "

@@ -29,6 +29,7 @@ from data_prep.dataset_format import read_meta
 from data_prep.planted import attainable_gap_closed
 from mlet_dist.sweep.config import RunSpec, SweepConfig
 from mlet_dist.sweep.headline import headline_markdown, headline_rows
+from mlet_dist.sweep.plotting import arch_key, message_figure, pyplot
 from mlet_dist.sweep.rare_items import RareItemScorer, bucket_labels
 from mlet_dist.sweep.spectra_plot import spectra_plot, spectra_rows
 from mlet_dist.training.diagnostics import PREDICTIONS_DIR, load_predictions
@@ -95,16 +96,9 @@ def _fmt_int(x: Optional[float]) -> str:
     return "–" if x is None else f"{int(round(x)):,}"
 
 
-ARCH_ORDER = ("dlrm", "dcnv2")
-
-
-def _arch_key(arch: str) -> int:
-    return ARCH_ORDER.index(arch) if arch in ARCH_ORDER else len(ARCH_ORDER)
-
-
 def _order(group: tuple) -> tuple:
     arch, model, d, k = group
-    return (_arch_key(arch), arch, model != "baseline", k or 0, d)
+    return (*arch_key(arch), model != "baseline", k or 0, d)
 
 
 def aggregate(records: Sequence[RunRecord], bayes_test: Optional[float] = None) -> List[Dict[str, Any]]:
@@ -157,18 +151,9 @@ def _label(model: str, d: int, k: Optional[int]) -> str:
 # ----------------------------------------------------------------------------
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def pareto_plot(rows: Sequence[Dict[str, Any]], path: Path, bayes_test: Optional[float], title: str) -> None:
-    plt = _plt()
-    archs = sorted({r["arch"] for r in rows}, key=lambda a: (_arch_key(a), a))
+    plt = pyplot()
+    archs = sorted({r["arch"] for r in rows}, key=arch_key)
     fig, axes = plt.subplots(1, len(archs), figsize=(6.4 * len(archs), 4.8), squeeze=False)
     markers = ["s", "^", "D", "v", "P", "X"]
     for ax, arch in zip(axes[0], archs):
@@ -203,14 +188,10 @@ def pareto_plot(rows: Sequence[Dict[str, Any]], path: Path, bayes_test: Optional
 
 
 def rare_items_plot(rare_rows: Sequence[Dict[str, Any]], names: Sequence[str], path: Path) -> None:
-    plt = _plt()
-    panels = sorted({(r["arch"], r["d"]) for r in rare_rows}, key=lambda p: (_arch_key(p[0]), p))
+    plt = pyplot()
+    panels = sorted({(r["arch"], r["d"]) for r in rare_rows}, key=lambda p: (arch_key(p[0]), p))
     if not panels:
-        fig, ax = plt.subplots(figsize=(6, 2))
-        ax.text(0.5, 0.5, "no baseline/MLET pair with saved test predictions", ha="center", va="center")
-        ax.axis("off")
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+        message_figure(path, "no baseline/MLET pair with saved test predictions")
         return
     cols = min(len(panels), 3)  # one row per arch when there are 3 widths: readable, not a strip
     rows = -(-len(panels) // cols)
@@ -281,7 +262,7 @@ def rare_item_rows(cfg: SweepConfig, records: Sequence[RunRecord]) -> Tuple[List
 
 def _rare_markdown(rare_rows: Sequence[Dict[str, Any]], names: Sequence[str]) -> List[str]:
     lines: List[str] = []
-    for arch, d in sorted({(r["arch"], r["d"]) for r in rare_rows}, key=lambda p: (_arch_key(p[0]), p)):
+    for arch, d in sorted({(r["arch"], r["d"]) for r in rare_rows}, key=lambda p: (arch_key(p[0]), p)):
         sub = [r for r in rare_rows if r["arch"] == arch and r["d"] == d]
         configs = sorted({r["config"] for r in sub}, key=lambda c: (not c.startswith("baseline"), c))
         lines += [f"**{arch}, d={d}**", "",

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
-ARCH_ORDER = ("dlrm", "dcnv2")
+from mlet_dist.sweep.plotting import arch_key, message_figure, pyplot
 
 
 def _spectra_events(run_dir: Path) -> List[Dict[str, Any]]:
@@ -49,20 +49,12 @@ def spectra_rows(records: Sequence[Any]) -> List[Dict[str, Any]]:
 
 
 def spectra_plot(rows: Sequence[Dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    archs = sorted({r["arch"] for r in rows}, key=lambda a: (ARCH_ORDER.index(a) if a in ARCH_ORDER else 9, a))
+    archs = sorted({r["arch"] for r in rows}, key=arch_key)
     if not archs:
-        fig, ax = plt.subplots(figsize=(6, 2))
-        ax.text(0.5, 0.5, "no projection spectra in the runs' metrics.jsonl\n(train.py --diagnostics logs them at "
-                "every evaluation point;\nruns made before that feature have none)", ha="center", va="center")
-        ax.axis("off")
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+        message_figure(path, "no projection spectra in the runs' metrics.jsonl\n(train.py --diagnostics logs them "
+                       "at every evaluation point;\nruns made before that feature have none)")
         return
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(archs), figsize=(6.4 * len(archs), 4.6), squeeze=False)
     for ax, arch in zip(axes[0], archs):
         sub = [r for r in rows if r["arch"] == arch]
