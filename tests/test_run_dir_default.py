@@ -1,0 +1,77 @@
+"""Without --run-dir, every rank of a job writes into one run directory (issue 21, bug 1).
+
+The default name used to be a per-process timestamp: ranks started in different seconds wrote
+into different folders (a checkpoint missing rank 1's shards, or a hang in the serving export).
+Here the two ranks are separate processes started 2.5 s apart, as on two nodes.
+"""
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from data_prep.criteo_kaggle import prepare_criteo_kaggle
+from dist_launch import ROOT
+from mlet_dist.training.run_name import default_run_name
+
+TRAIN = ROOT / "mlet_dist" / "train.py"
+SAMPLE = ROOT / "data_prep" / "samples" / "criteo_sample.tsv"
+QUICK = ["--batch-size", "64", "--max-train-batches", "4", "--max-eval-batches", "2", "--no-progress",
+         "--bottom-mlp", "16,16", "--top-mlp", "16,1", "--sharding", "table_wise"]
+LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                 "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_USE_AGENT_STORE")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_default_name_is_the_elastic_run_id_else_a_timestamp() -> None:
+    assert default_run_name({"TORCHELASTIC_RUN_ID": "mlet-train-x7k2"}) == "mlet-train-x7k2"
+    assert default_run_name({"TORCHELASTIC_RUN_ID": "a/b c"}) == "a_b_c"  # stays one path component
+    for env in ({}, {"TORCHELASTIC_RUN_ID": "none"}):  # torchrun's placeholder without --rdzv-id
+        assert re.fullmatch(r"\d{8}-\d{6}", default_run_name(env, now=0.0))
+
+
+def test_ranks_started_seconds_apart_share_one_default_run_dir(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    prepare_criteo_kaggle(SAMPLE, data)
+    work = tmp_path / "work"  # the job's working dir: the default run dir lands in work/runs/
+    work.mkdir()
+    base = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
+    base.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    procs = []
+    for rank in (0, 1):
+        if rank:
+            time.sleep(2.5)  # another second on the clock: a per-rank timestamp would differ
+        env = dict(base, RANK=str(rank), LOCAL_RANK=str(rank))
+        procs.append(subprocess.Popen([sys.executable, str(TRAIN), "--data", str(data), *QUICK],
+                                      cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True))
+    outputs = []
+    try:
+        for p in procs:
+            outputs.append(p.communicate(timeout=180)[0])
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        pytest.fail("ranks hung (a rank waiting in a collective for a peer writing elsewhere?): "
+                    + str(sorted(str(d.relative_to(work)) for d in (work / "runs").glob("*"))))
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-3000:] for o in outputs)
+    run_dirs = sorted((work / "runs").iterdir())
+    assert len(run_dirs) == 1, f"ranks wrote into {[d.name for d in run_dirs]}"
+    run_dir = run_dirs[0]
+    assert re.fullmatch(r"\d{8}-\d{6}", run_dir.name)
+    assert (run_dir / "summary.json").is_file()
+    for written_by_every_rank in ("checkpoints", "serving"):
+        shards = {f.name.split("_")[2] for f in (run_dir / written_by_every_rank).rglob("__*_*.distcp")}
+        assert shards == {"0", "1"}, f"{written_by_every_rank}: shards of ranks {shards}"
+    assert f"run dir: runs/{run_dir.name}" in outputs[0]
