@@ -95,9 +95,13 @@ def test_projection_has_no_bias_and_is_linear() -> None:
     mlet = MLETEmbeddingBagCollection(make_tables())
     names = {n for n, _ in mlet.projections.named_parameters()}
     assert names == {"t0.weight", "t1.weight"}
-    x = torch.randn(3, 32)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(3, 32, generator=g), torch.randn(3, 32, generator=g)
     proj = mlet.projections["t0"]
-    torch.testing.assert_close(proj(2 * x - x), proj(x))
+    # Linear: superposition with coefficients of both signs (a ReLU or a bias breaks it), and
+    # exactly x @ W (what collapse() multiplies into the table).
+    torch.testing.assert_close(proj(2.5 * x - 1.5 * y), 2.5 * proj(x) - 1.5 * proj(y))
+    torch.testing.assert_close(proj(x), x @ proj.weight)
     torch.testing.assert_close(proj(torch.zeros(1, 32)), torch.zeros(1, 4))
 
 
@@ -206,10 +210,35 @@ def test_collapsed_dlrm_predicts_the_same() -> None:
         collapse_model(collapsed)
 
 
-def test_mlet_trains_with_gradients_to_table_and_projection() -> None:
+@pytest.mark.parametrize("pooling", [PoolingType.SUM, PoolingType.MEAN])
+def test_mlet_trains_with_gradients_to_table_and_projection(pooling: PoolingType) -> None:
+    """Gradients of T and W equal autograd through the definition (pool rows of T, then @ W)."""
     torch.manual_seed(0)
-    mlet = MLETEmbeddingBagCollection(make_tables())
-    out = mlet(make_kjt(batch=5))
+    mlet = MLETEmbeddingBagCollection(make_tables(pooling))
+    kjt = make_kjt(batch=5)
+    out = mlet(kjt)
     out.values().pow(2).sum().backward()
-    assert mlet.projections["t0"].weight.grad is not None
-    assert mlet.wide.embedding_bags["t0"].weight.grad is not None
+    reference = MLETEmbeddingBagCollection(make_tables(pooling))
+    reference.load_state_dict(mlet.state_dict())
+    loss = sum(reference_pooled(reference, kjt, f).pow(2).sum() for f in ["f0", "f1", "f2"])
+    loss.backward()
+    for name in ["t0", "t1"]:
+        for got, want in [
+            (mlet.projections[name].weight.grad, reference.projections[name].weight.grad),
+            (mlet.wide.embedding_bags[name].weight.grad, reference.wide.embedding_bags[name].weight.grad),
+        ]:
+            assert got is not None and want is not None
+            assert want.abs().max() > 1e-3  # the gradient is not trivially zero
+            torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-4)
+
+
+def test_weighted_mean_is_refused() -> None:
+    """One behaviour: per-sample weights with MEAN are refused when the collection is built
+    (TorchRec's unsharded EBC would raise NotImplementedError at the first forward, the sharded
+    row-wise path would divide by the weight sum)."""
+    with pytest.raises(ValueError, match=r"MEAN pooling in a weighted collection"):
+        MLETEmbeddingBagCollection(make_tables(PoolingType.MEAN), is_weighted=True)
+    tables = make_tables(PoolingType.SUM)[:1] + make_tables(PoolingType.MEAN)[1:]
+    with pytest.raises(ValueError, match=r"tables \['t1'\]"):
+        MLETEmbeddingBagCollection(tables, is_weighted=True)
+    MLETEmbeddingBagCollection(make_tables(PoolingType.MEAN), is_weighted=False)  # MEAN alone is fine

@@ -32,6 +32,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.optim.keyed import KeyedOptimizer
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
+from mlet_dist.distributed.mean_pooling import fix_mean_pooling_divisor
 from mlet_dist.distributed.projection_layout import (
     OutputBlock,
     column_shards_per_feature,
@@ -39,8 +40,8 @@ from mlet_dist.distributed.projection_layout import (
     projected_sharding_info,
 )
 from mlet_dist.distributed.sharded_projection import ShardedProjection
-from mlet_dist.modules.input_checks import check_feature_names, check_id_ranges
-from mlet_dist.modules.mlet_config import MLETTableConfig
+from mlet_dist.modules.input_checks import check_feature_names, check_id_ranges, check_weights
+from mlet_dist.modules.mlet_config import MLETTableConfig, check_weighted_pooling
 from mlet_dist.modules.mlet_embedding_bag import MLETEmbeddingBagCollection
 
 PARTITIONED = {ShardingType.TABLE_WISE.value, ShardingType.COLUMN_WISE.value}
@@ -78,6 +79,7 @@ class ProjectingShardedEBC(ShardedEmbeddingBagCollection):
             qcomm_codecs_registry=qcomm_codecs_registry,
             module_fqn=module_fqn,
         )
+        fix_mean_pooling_divisor(self, table_name_to_parameter_sharding)
         self._projections: Optional[nn.ModuleDict] = None  # set by the owner, not registered here
         self.output_blocks: List[List[OutputBlock]] = [
             lookup_output_blocks(_unwrap(lookup).grouped_configs) for lookup in self._lookups
@@ -207,6 +209,8 @@ class ShardedMLETEmbeddingBagCollection(
                 )
         device = device or torch.device("cpu")
         self._mlet_configs: List[MLETTableConfig] = module.mlet_configs()
+        self._is_weighted = module.is_weighted()
+        check_weighted_pooling(self._mlet_configs, self._is_weighted)
         self._validate_inputs = module.validate_inputs
         self._feature_to_table = {f: c.name for c in self._mlet_configs for f in c.feature_names}
         self._rows_per_feature = {f: c.num_embeddings for c in self._mlet_configs for f in c.feature_names}
@@ -261,6 +265,7 @@ class ShardedMLETEmbeddingBagCollection(
     ) -> Awaitable[Awaitable[KJTList]]:
         if self._validate_inputs:
             check_feature_names(features, self._feature_to_table)
+            check_weights(features, self._is_weighted)
             check_id_ranges(features, self._rows_per_feature)
         return self.wide.input_dist(ctx, features)
 

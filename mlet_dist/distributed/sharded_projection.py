@@ -6,7 +6,9 @@
 - row-wise / table-row-wise / data-parallel ("replicated"): every rank of the table's shard
   group holds all of W. Row-wise ranks each see part of every bag, so their W gradients are
   partial sums and are all-reduced (summed) in the group; data-parallel ranks see different
-  samples, so their gradients are averaged, as DDP would.
+  samples, so their gradients are averaged, as DDP would. The reduction is a hook on each
+  backward's gradient (before it is accumulated into ``.grad``), so gradient accumulation over
+  micro-batches gives the sum of the reduced micro-batch gradients.
 
 The state dict shows one ``weight`` of shape (k, d): a ShardedTensor when partitioned, a plain
 tensor when replicated, so DCP and ``load_state_dict`` move it like any TorchRec table.
@@ -79,13 +81,17 @@ class ShardedProjection(nn.Module):
             dist.broadcast(param.data, src=min(group_ranks), group=group)
         size = len(group_ranks)
 
-        def reduce_grad(p: torch.Tensor) -> None:
-            assert p.grad is not None
-            dist.all_reduce(p.grad, group=group)
+        def reduce_grad(grad: torch.Tensor) -> torch.Tensor:
+            # A tensor hook sees this backward's contribution before it is added to ``.grad``, so
+            # under gradient accumulation each micro-batch is reduced exactly once (a
+            # post-accumulate hook would reduce the already-reduced running sum again).
+            reduced = grad.clone()
+            dist.all_reduce(reduced, group=group)
             if average:
-                p.grad.div_(size)
+                reduced.div_(size)
+            return reduced
 
-        param.register_post_accumulate_grad_hook(reduce_grad)
+        param.register_hook(reduce_grad)
 
     def local_slice(self, row_offset: int, rows: int) -> torch.Tensor:
         """W rows [row_offset, row_offset + rows) as held on this rank."""

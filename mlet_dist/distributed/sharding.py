@@ -10,18 +10,36 @@ from typing import Dict, Iterable, List, Optional
 import torch
 from torch import nn
 from torchrec.distributed.embedding_types import EmbeddingComputeKernel
-from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder, ShardedEmbeddingBagCollection
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
-from torchrec.distributed.types import ModuleSharder, ShardingPlan, ShardingType
+from torchrec.distributed.types import ModuleSharder, ParameterSharding, ShardingEnv, ShardingPlan, ShardingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from mlet_dist.distributed.env import DistEnv
+from mlet_dist.distributed.mean_pooling import fix_mean_pooling_divisor
 
 SHARDING_CHOICES = ("auto", "table_wise", "row_wise", "table_row_wise", "column_wise", "data_parallel")
 
 
-class EBCSharder(EmbeddingBagCollectionSharder):
+class MeanSafeEBCSharder(EmbeddingBagCollectionSharder):
+    """TorchRec's EBC sharder (same sharding types), with the mean-pooling divisor corrected for
+    collections that mix row-wise MEAN tables with other sharding types (see mean_pooling.py)."""
+
+    def shard(
+        self,
+        module: EmbeddingBagCollection,
+        params: Dict[str, ParameterSharding],
+        env: ShardingEnv,
+        device: Optional[torch.device] = None,
+        module_fqn: Optional[str] = None,
+    ) -> ShardedEmbeddingBagCollection:
+        sharded = super().shard(module, params, env, device, module_fqn)
+        fix_mean_pooling_divisor(sharded, params)
+        return sharded
+
+
+class EBCSharder(MeanSafeEBCSharder):
     """Offers row-wise and table-row-wise on CPU too: TorchRec lists them for CUDA only, but they
     run on CPU/gloo (checked against one process in tests/)."""
 

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass, field
 from math import sqrt
-from typing import List, Optional
+from typing import Iterable, List, Optional
 
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 
@@ -69,4 +69,22 @@ class MLETTableConfig:
             embedding_dim=self.embedding_dim,
             feature_names=list(self.feature_names),
             pooling=self.pooling,
+        )
+
+
+def check_weighted_pooling(tables: Iterable["MLETTableConfig"], is_weighted: bool) -> None:
+    """Per-sample weights only with SUM pooling, in every path.
+
+    A weighted MEAN has no single definition here: TorchRec's unsharded EBC (torch's
+    EmbeddingBag) raises NotImplementedError for per-sample weights with MEAN, while the sharded
+    row-wise path divides the weighted sum by the sum of the weights. So the collection refuses
+    the combination, sharded or not, instead of giving results that depend on where it runs.
+    """
+    if not is_weighted:
+        return
+    mean = [t.name for t in tables if t.pooling == PoolingType.MEAN]
+    if mean:
+        raise ValueError(
+            f"tables {mean} use MEAN pooling in a weighted collection (is_weighted=True): weighted "
+            "pooling is supported with SUM only. Use SUM, or fold the normalisation into the weights"
         )

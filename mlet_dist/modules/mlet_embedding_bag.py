@@ -14,7 +14,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from mlet_dist.modules.input_checks import check_feature_names, check_id_ranges, check_weights
-from mlet_dist.modules.mlet_config import MLETTableConfig
+from mlet_dist.modules.mlet_config import MLETTableConfig, check_weighted_pooling
 
 
 class MLETProjection(nn.Module):
@@ -58,6 +58,7 @@ class MLETEmbeddingBagCollection(nn.Module):
         names = [t.name for t in tables]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate table names: {names}")
+        check_weighted_pooling(tables, is_weighted)
         self._mlet_configs: List[MLETTableConfig] = list(tables)
         self._is_weighted = is_weighted
         self.validate_inputs = validate_inputs

@@ -10,7 +10,6 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
-from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
 from torchrec.distributed.planner.types import PlannerError
 from torchrec.distributed.types import ShardingPlan
@@ -19,7 +18,7 @@ from torchrec.modules.crossnet import CrossNet
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
-from mlet_dist.distributed.sharding import SHARDING_CHOICES, constraints_for_tables
+from mlet_dist.distributed.sharding import SHARDING_CHOICES, MeanSafeEBCSharder, constraints_for_tables
 from mlet_dist.models.dcn import ARCHS
 
 EBC_PATH = "model.sparse_arch.embedding_bag_collection"  # in DLRMTrain
@@ -181,8 +180,9 @@ class ServingTopology:
 
 
 def serving_sharders() -> List[Any]:
-    """Stock TorchRec's sharder: what a plain ``DistributedModelParallel`` would use."""
-    return [EmbeddingBagCollectionSharder()]
+    """Stock TorchRec's sharding types (what a plain ``DistributedModelParallel`` would plan), with
+    the mean-pooling divisor corrected when the model is sharded by it."""
+    return [MeanSafeEBCSharder()]
 
 
 def plan_serving(

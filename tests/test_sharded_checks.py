@@ -1,0 +1,76 @@
+"""Sharded correctness checks on 2 gloo ranks against single-process references, one launch
+(tests/workers/sharded_checks_worker.py) shared by the tests of this file.
+
+Tolerances: forward outputs within 1e-5 absolute of the unsharded collection, where the error
+each test guards against is O(|output|) (an output divided by a bag length of 2-4); accumulated
+gradients within 1e-5 of the expected sum, where reducing twice changes them by O(1).
+"""
+
+from pathlib import Path
+from typing import Any, Dict
+
+import pytest
+import torch
+
+from dist_launch import ROOT, torchrun
+
+WORKER = ROOT / "tests" / "workers" / "sharded_checks_worker.py"
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
+    out = tmp_path_factory.mktemp("sharded_checks") / "checks.pt"
+    torchrun(WORKER, ["--out", str(out)], nproc=2)
+    return torch.load(out, weights_only=True)
+
+
+@pytest.mark.parametrize("collection", ["mlet", "baseline"])
+def test_mean_pooling_mixed_with_other_sharding_types(results: Dict[str, Any], collection: str) -> None:
+    """RW/TWRW MEAN tables next to TW/CW/DP tables: every output equals the unsharded one
+    (TorchRec 1.8 alone divides the TW/CW/DP outputs by their bag length here)."""
+    for rank, per_rank in enumerate(results["per_rank"]):
+        r = per_rank["mean_pooling"][collection]
+        assert set(r["sharding"].values()) == {
+            "row_wise", "table_row_wise", "table_wise", "column_wise", "data_parallel"
+        }, r["sharding"]
+        assert r["shards"]["t_cw_mean"] >= 2, "the column-wise table was not split"
+        for key, diff in r["diff"].items():
+            assert r["scale"][key] > 1e-3, f"{key}: output too small for the check to mean anything"
+            assert diff <= TOL, f"rank {rank} {collection} {key}: differs by {diff} (|ref| {r['scale'][key]})"
+
+
+@pytest.mark.parametrize("mode", ["sum", "average"])
+def test_replicated_projection_gradient_accumulates(results: Dict[str, Any], mode: str) -> None:
+    """Two micro-batch backwards: .grad is the sum of the reduced micro-batch gradients."""
+    for per_rank in results["per_rank"]:
+        r = per_rank["grad_accumulation"][mode]
+        assert r["scale"] > 0.5
+        assert r["max_diff"] <= TOL, r
+
+
+def test_sharded_input_dist_checks_weights(results: Dict[str, Any]) -> None:
+    for per_rank in results["per_rank"]:
+        w = per_rank["weights"]
+        assert "is_weighted=False" in w["weighted=False"], w
+        assert "carries no weights" in w["weighted=True"], w
+
+
+def test_feature_shared_by_a_row_wise_mean_table_and_another_is_refused() -> None:
+    """The divisor is per KJT feature: one feature cannot be divided for one table and not for
+    another, so that plan is refused with a message instead of giving a wrong output."""
+    from torchrec.distributed.types import ParameterSharding
+    from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+
+    from mlet_dist.distributed.mean_pooling import divided_features
+
+    configs = [
+        EmbeddingBagConfig(name="a", num_embeddings=5, embedding_dim=4, feature_names=["f", "g"],
+                           pooling=PoolingType.MEAN),
+        EmbeddingBagConfig(name="b", num_embeddings=5, embedding_dim=4, feature_names=["f"]),
+    ]
+    shardings = {"a": ParameterSharding("row_wise", "fused"), "b": ParameterSharding("table_wise", "fused")}
+    with pytest.raises(ValueError, match=r"features \['f'\] feed a row-wise/table-row-wise MEAN table"):
+        divided_features(configs, shardings)
+    shardings["a"] = ParameterSharding("table_wise", "fused")
+    assert divided_features(configs, shardings) == {"MEAN": [], "SUM": ["f", "g", "f"]}

@@ -1,0 +1,184 @@
+"""Run under torchrun (2 gloo ranks): small sharded correctness checks in one launch.
+
+- ``mean_pooling``: a collection mixing row-wise / table-row-wise MEAN tables with table-wise,
+  column-wise and data-parallel tables (SUM and MEAN), MLET and baseline, forward on each rank's
+  slice vs the unsharded collection on the same rows: max |diff| per output key.
+- ``grad_accumulation``: a replicated projection (row-wise sum, data-parallel average) after two
+  micro-batch backwards vs the expected accumulated gradient.
+- ``weights``: what the sharded MLET input_dist says to a KJT whose weights do not match the
+  collection.
+
+Rank 0 writes a dict of results to --out (torch.save).
+"""
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Dict, List
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+from torch import nn  # noqa: E402
+from torchrec.distributed.planner import ParameterConstraints  # noqa: E402
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType  # noqa: E402
+from torchrec.modules.embedding_modules import EmbeddingBagCollection  # noqa: E402
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor  # noqa: E402
+
+from mlet_dist.distributed.env import init_distributed, shutdown_distributed  # noqa: E402
+from mlet_dist.distributed.sharded_projection import ShardedProjection  # noqa: E402
+from mlet_dist.distributed.sharding import ShardingConfig, shard_model  # noqa: E402
+from mlet_dist.distributed.state import load_full_state_dict  # noqa: E402
+from mlet_dist.log_setup import quiet_library_logs  # noqa: E402
+from mlet_dist.modules.mlet_config import MLETTableConfig  # noqa: E402
+from mlet_dist.modules.mlet_embedding_bag import MLETEmbeddingBagCollection  # noqa: E402
+from mlet_dist.training.optim import OptimConfig, attach_fused_embedding_optimizer  # noqa: E402
+
+# table -> (rows, sharding type, pooling); every RW/TWRW-vs-other combination the divisor touches.
+MEAN_MIX = {
+    "t_rw_mean": (40, "row_wise", PoolingType.MEAN),
+    "t_twrw_mean": (30, "table_row_wise", PoolingType.MEAN),
+    "t_rw_sum": (25, "row_wise", PoolingType.SUM),
+    "t_tw_sum": (20, "table_wise", PoolingType.SUM),
+    "t_tw_mean": (35, "table_wise", PoolingType.MEAN),
+    "t_cw_mean": (28, "column_wise", PoolingType.MEAN),
+    "t_dp_mean": (15, "data_parallel", PoolingType.MEAN),
+}
+K, D = 16, 8
+LOCAL_BATCH = 6
+SEED = 7
+
+
+def mean_mix_model(device: torch.device, mlet: bool) -> nn.Module:
+    if mlet:
+        return MLETEmbeddingBagCollection(
+            [MLETTableConfig(t, n, inner_dim=K, embedding_dim=D, feature_names=[f"f_{t}"], pooling=p)
+             for t, (n, _, p) in MEAN_MIX.items()],
+            device=device,
+        )
+    return EmbeddingBagCollection(
+        [EmbeddingBagConfig(name=t, num_embeddings=n, embedding_dim=D, feature_names=[f"f_{t}"], pooling=p)
+         for t, (n, _, p) in MEAN_MIX.items()],
+        device=device,
+    )
+
+
+def mean_mix_constraints(mlet: bool) -> Dict[str, ParameterConstraints]:
+    width = K if mlet else D
+    return {
+        t: ParameterConstraints(
+            sharding_types=[kind],
+            compute_kernels=["dense" if kind == "data_parallel" else "fused"],
+            min_partition=width // 2 if kind == "column_wise" else None,  # two column shards
+        )
+        for t, (_, kind, _) in MEAN_MIX.items()
+    }
+
+
+def mean_mix_kjt(rank: int, world: int, weighted: bool = False) -> KeyedJaggedTensor:
+    """Rows [rank*B, (rank+1)*B) of a fixed global batch; bags of 0-4 ids (lengths > 1 matter)."""
+    g = torch.Generator().manual_seed(SEED)
+    lengths = torch.randint(0, 5, (len(MEAN_MIX), world * LOCAL_BATCH), generator=g)
+    values_per_feature = [
+        torch.randint(0, n, (int(lengths[i].sum()),), generator=g) for i, (n, _, _) in enumerate(MEAN_MIX.values())
+    ]
+    lo, hi = rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH
+    values, local_lengths = [], []
+    for i, v in enumerate(values_per_feature):
+        start = int(lengths[i, :lo].sum())
+        stop = int(lengths[i, :hi].sum())
+        values.append(v[start:stop])
+        local_lengths.append(lengths[i, lo:hi])
+    flat = torch.cat(values)
+    return KeyedJaggedTensor.from_lengths_sync(
+        keys=[f"f_{t}" for t in MEAN_MIX], values=flat, lengths=torch.cat(local_lengths),
+        weights=torch.rand(flat.numel(), generator=g) if weighted else None,
+    )
+
+
+def check_mean_pooling(env: Any, mlet: bool) -> Dict[str, Any]:
+    torch.manual_seed(SEED)
+    reference = mean_mix_model(torch.device("cpu"), mlet)
+    init = {k: v.clone() for k, v in reference.state_dict().items()}
+    model = mean_mix_model(torch.device("meta"), mlet)
+    attach_fused_embedding_optimizer(model, OptimConfig("sgd", 0.1, "sgd", 0.1))
+    sharded = shard_model(model, env, ShardingConfig("auto"), mean_mix_constraints(mlet))
+    load_full_state_dict(sharded, init)
+    kjt = mean_mix_kjt(env.rank, env.world_size)
+    with torch.no_grad():
+        got = sharded(kjt)
+        got = got.wait() if hasattr(got, "wait") else got
+        want = reference(kjt)
+    diffs = {key: (got[key] - want[key]).abs().max().item() for key in want.keys()}
+    scale = {key: want[key].abs().max().item() for key in want.keys()}
+    plan = sharded.plan.plan[""]  # the collection is the top-level module
+    shards = {t: len(ps.sharding_spec.shards) if ps.sharding_spec is not None else 0 for t, ps in plan.items()}
+    kinds = {t: ps.sharding_type for t, ps in plan.items()}
+    return {"diff": diffs, "scale": scale, "sharding": kinds, "shards": shards}
+
+
+def check_grad_accumulation(env: Any, average: bool) -> Dict[str, Any]:
+    """Two backwards into .grad on a replicated W; expected: sum over micro-batches of the
+    group-summed (or averaged) gradients."""
+    k, d, micro = 6, 3, 2
+    proj = ShardedProjection(k, d, 0.1, torch.device("cpu"), env.rank, None, group=None,
+                             average_grads=average, source=torch.ones(k, d))
+    (param,) = list(proj.shards.values())
+
+    def grad_of(rank: int, m: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(100 * rank + m)
+        return torch.randn(4, k, generator=g), torch.randn(4, d, generator=g)
+
+    for m in range(micro):
+        x, c = grad_of(env.rank, m)
+        ((x @ proj.local_slice(0, k)) * c).sum().backward()
+    expected = sum(grad_of(r, m)[0].T @ grad_of(r, m)[1] for r in range(env.world_size) for m in range(micro))
+    if average:
+        expected = expected / env.world_size
+    assert param.grad is not None
+    return {"max_diff": (param.grad - expected).abs().max().item(), "scale": expected.abs().max().item()}
+
+
+def check_weights(env: Any) -> Dict[str, str]:
+    """Sharded MLET collections refuse KJT weights that do not match ``is_weighted``."""
+    out: Dict[str, str] = {}
+    for weighted in (False, True):
+        tables = [MLETTableConfig(f"t{i}", 20, inner_dim=K, embedding_dim=D, feature_names=[f"f{i}"]) for i in range(2)]
+        model = MLETEmbeddingBagCollection(tables, is_weighted=weighted, device=torch.device("meta"))
+        attach_fused_embedding_optimizer(model, OptimConfig("sgd", 0.1, "sgd", 0.1))
+        sharded = shard_model(model, env, ShardingConfig("table_wise"))
+        kjt = KeyedJaggedTensor.from_lengths_sync(
+            keys=["f0", "f1"], values=torch.tensor([1, 2, 3]), lengths=torch.tensor([1, 2, 0, 0]),
+            weights=None if weighted else torch.ones(3),
+        )
+        try:
+            sharded(kjt)
+            out[f"weighted={weighted}"] = "accepted"
+        except ValueError as err:
+            out[f"weighted={weighted}"] = str(err)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    quiet_library_logs()
+    env = init_distributed("gloo")
+    results: Dict[str, Any] = {
+        "mean_pooling": {"mlet": check_mean_pooling(env, True), "baseline": check_mean_pooling(env, False)},
+        "grad_accumulation": {"sum": check_grad_accumulation(env, False),
+                              "average": check_grad_accumulation(env, True)},
+        "weights": check_weights(env),
+    }
+    gathered: List[Any] = [None] * env.world_size
+    dist.all_gather_object(gathered, results)
+    if env.is_main:
+        torch.save({"per_rank": gathered}, args.out)
+    shutdown_distributed()
+
+
+if __name__ == "__main__":
+    main()
