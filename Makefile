@@ -13,14 +13,20 @@ $(VENV)/.setup-done: scripts/setup_env.sh requirements/cpu.txt requirements/cuda
 	touch $@
 
 # Prepare the shipped Criteo sample, train MLET k=64 -> d=16 on 2 ranks for one epoch, collapse.
+# Every demo trains afresh: the previous demo run is removed (and --no-resume), so changed code
+# gives new numbers instead of a resumed, finished run reprinting old ones. DEMO_ARGS: extra
+# train.py flags (the tests shorten the run with them).
 demo: setup
 	$(BIN)/mlet-prep criteo-kaggle data_prep/samples/criteo_sample.tsv $(DEMO_DIR)/data --overwrite
+	rm -rf $(DEMO_DIR)/run
 	PATH=$(abspath $(BIN)):$$PATH OMP_NUM_THREADS=1 $(BIN)/torchrun --standalone --nproc-per-node $(NPROC) \
-		mlet_dist/train.py --data $(DEMO_DIR)/data --run-dir $(DEMO_DIR)/run \
-		--model mlet --inner-dim 64 --embedding-dim 16 --epochs 1 --batch-size 128 --sharding table_wise
+		mlet_dist/train.py --data $(DEMO_DIR)/data --run-dir $(DEMO_DIR)/run --no-resume \
+		--model mlet --inner-dim 64 --embedding-dim 16 --epochs 1 --batch-size 128 --sharding table_wise \
+		$(DEMO_ARGS)
 
 test: setup
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q
 
+# Only what `make demo` made; your own runs under runs/ are kept.
 clean:
-	rm -rf runs
+	rm -rf $(DEMO_DIR)
