@@ -4,6 +4,11 @@
     mlet-sweep --config CONFIG --dry-run                            # list the commands it would run
     mlet-sweep --config CONFIG --report-only                        # report from what has finished
     mlet-sweep --config CONFIG --data DIR --runs-dir DIR --report-dir DIR   # override paths
+    mlet-sweep --config configs/sweep_tiny_planted.yaml --report-only --report-dir reports/tiny_planted
+                                                                    # refresh a committed report
+
+Runs and reports go under runs/ (the configs' runs_dir and report_dir); the committed reports/
+change only when --report-dir names them.
 
 Exit status: 0 when every run of the grid has finished, 1 when some failed (the report is still
 written from the others), 2 for a configuration error.
@@ -23,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, required=True, help="sweep file (.yaml/.yml/.json), see configs/")
     p.add_argument("--data", type=Path, default=None, help="override the config's prepared dataset")
     p.add_argument("--runs-dir", type=Path, default=None, help="override where run dirs go")
-    p.add_argument("--report-dir", type=Path, default=None, help="override where the report goes")
+    p.add_argument("--report-dir", type=Path, default=None, help="override where the report goes (configs: runs/sweeps/<name>/report; "
+                   "reports/<name> refreshes a committed report)")
     p.add_argument("--cpu-budget", type=int, default=None, help="override launch.cpu_budget")
     p.add_argument("--dry-run", action="store_true", help="print the runs that would be launched, run nothing")
     p.add_argument("--report-only", action="store_true", help="write the report from finished runs, launch none")

@@ -7,7 +7,8 @@ Example (all keys but ``data`` optional; relative paths are relative to the work
     prepare:                              # optional: generated first when `data` has no meta.json
       planted: {rows: 50000, tables: 4, cardinality: 5000, rank: 4, seed: 0}
     runs_dir: runs/sweeps/tiny_planted    # one run dir per run below it (default runs/sweeps/<name>)
-    report_dir: reports/tiny_planted      # default reports/<name>
+    report_dir: runs/sweeps/tiny_planted/report   # default <runs_dir>/report; committed reports
+                                          # are refreshed with `mlet-sweep ... --report-dir reports/<name>`
     grid:
       archs: [dlrm, dcnv2]
       seeds: [0, 1, 2]
@@ -130,7 +131,8 @@ class SweepConfig:
     def __post_init__(self) -> None:
         self.data = Path(self.data)
         self.runs_dir = Path(self.runs_dir) if self.runs_dir else Path("runs") / "sweeps" / self.name
-        self.report_dir = Path(self.report_dir) if self.report_dir else Path("reports") / self.name
+        # under runs/ unless asked: running an example must not overwrite the committed reports/<name>/
+        self.report_dir = Path(self.report_dir) if self.report_dir else self.runs_dir / "report"
         bad = [a for a in self.archs if a not in ARCHS]
         if bad or not self.archs:
             raise ValueError(f"grid.archs must be a non-empty subset of {ARCHS}, got {self.archs}")
