@@ -7,15 +7,32 @@ the plan was made for, so that a mismatch is caught before training starts.
      "plan": {"<module path>": {"<table>": {"sharding_type": ..., "compute_kernel": ...,
                                             "ranks": [...], "shards": [...]}}},
      ... any extra keys (tables, estimates) are kept but not needed to load}
+
+Every other ParameterSharding field (cache_params, enforce_hbm, stochastic_rounding,
+bounds_check_mode, output_dtype, key_value_params, and any field a later TorchRec adds) is stored
+beside those keys when it is set, encoded from its type annotation: enums by name, dataclasses and
+named tuples as objects, tuples/sets as lists. A type the codec does not know stops the save with
+its field path instead of writing a plan that reloads without it. The one exception is
+``cache_params.stats``: a live statistics object the planner reads to size the cache, not a
+setting of the sharded table, so it is not stored.
 """
 
+import dataclasses
+import enum
 import json
+import types
+import typing
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from torch import nn
 from torch.distributed._shard.sharding_spec import EnumerableShardingSpec, ShardMetadata
-from torchrec.distributed.types import EmbeddingModuleShardingPlan, ParameterSharding, ShardingPlan
+from torchrec.distributed.types import (
+    CacheParams,
+    EmbeddingModuleShardingPlan,
+    ParameterSharding,
+    ShardingPlan,
+)
 
 PLAN_FORMAT_VERSION = 1
 PathLike = Union[str, Path]
@@ -25,11 +42,111 @@ class PlanMismatchError(ValueError):
     """A plan file that does not fit the model or the job; the message names the mismatch."""
 
 
+# Stored by TorchRec's ``_serialize()`` layout (sharding_spec as "shards").
+SERIALIZED_FIELDS = ("sharding_type", "compute_kernel", "ranks", "sharding_spec")
+# (class, field) pairs deliberately not stored; see the module docstring.
+NOT_STORED = {(CacheParams, "stats")}
+
+
+def _unwrap_optional(hint: Any) -> Any:
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return hint
+
+
+def _is_named_tuple(cls: Any) -> bool:
+    return isinstance(cls, type) and issubclass(cls, tuple) and hasattr(cls, "_fields")
+
+
+def _record_fields(cls: Any) -> List[str]:
+    if dataclasses.is_dataclass(cls):
+        return [f.name for f in dataclasses.fields(cls)]
+    return list(cls._fields)
+
+
+def _encode(value: Any, hint: Any, where: str) -> Any:
+    """JSON value for ``value`` of annotated type ``hint``; raises TypeError on unknown types."""
+    hint = _unwrap_optional(hint)
+    if value is None:
+        return None
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return value.name
+    if isinstance(hint, type) and (dataclasses.is_dataclass(hint) or _is_named_tuple(hint)):
+        hints = typing.get_type_hints(hint)
+        return {
+            name: _encode(getattr(value, name), hints[name], f"{where}.{name}")
+            for name in _record_fields(hint)
+            if (hint, name) not in NOT_STORED
+        }
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (tuple, list, frozenset, set):
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+            return [_encode(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args))]
+        item = args[0] if args else Any
+        items = [_encode(v, item, f"{where}[]") for v in value]
+        return sorted(items, key=json.dumps) if origin in (frozenset, set) else items
+    if origin is dict and args and args[0] is str:
+        return {k: _encode(v, args[1], f"{where}.{k}") for k, v in value.items()}
+    if hint in (bool, int, float, str) and isinstance(value, hint):
+        return value
+    raise TypeError(
+        f"plan_io cannot store {where} (type {hint!r}, value {value!r}): extend the codec in "
+        "mlet_dist/planning/plan_io.py rather than write a plan that reloads without it"
+    )
+
+
+def _decode(data: Any, hint: Any, where: str) -> Any:
+    hint = _unwrap_optional(hint)
+    if data is None:
+        return None
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        try:
+            return hint[data]
+        except KeyError:
+            raise PlanMismatchError(f"{where}: {data!r} is not a {hint.__name__} ({[m.name for m in hint]})")
+    if isinstance(hint, type) and (dataclasses.is_dataclass(hint) or _is_named_tuple(hint)):
+        hints = typing.get_type_hints(hint)
+        unknown = sorted(set(data) - set(_record_fields(hint)))
+        if unknown:
+            raise PlanMismatchError(f"{where}: unknown {hint.__name__} fields {unknown} (plan from another TorchRec?)")
+        return hint(**{k: _decode(v, hints[k], f"{where}.{k}") for k, v in data.items()})
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (tuple, list, frozenset, set):
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+            return tuple(_decode(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(data, args)))
+        item = args[0] if args else Any
+        return origin(_decode(v, item, f"{where}[]") for v in data)
+    if origin is dict:
+        return {k: _decode(v, args[1], f"{where}.{k}") for k, v in data.items()}
+    if hint is float and isinstance(data, int) and not isinstance(data, bool):
+        return float(data)
+    return data
+
+
+def _extra_fields() -> Dict[str, Any]:
+    """ParameterSharding fields beyond the ``_serialize()`` layout, with their type hints."""
+    hints = typing.get_type_hints(ParameterSharding)
+    return {f.name: hints[f.name] for f in dataclasses.fields(ParameterSharding) if f.name not in SERIALIZED_FIELDS}
+
+
+def _module_plan_dict(module_plan: Any) -> Dict[str, Any]:
+    out = module_plan._serialize()
+    extra = _extra_fields()
+    for table, ps in module_plan.items():
+        for name, hint in extra.items():
+            value = getattr(ps, name)
+            if value is not None:
+                out[table][name] = _encode(value, hint, f"{table}.{name}")
+    return out
+
+
 def plan_to_dict(plan: ShardingPlan, topology: Dict[str, Any], **extra: Any) -> Dict[str, Any]:
     return {
         "format_version": PLAN_FORMAT_VERSION,
         "topology": dict(topology),
-        "plan": {path: module_plan._serialize() for path, module_plan in plan.plan.items()},
+        "plan": {path: _module_plan_dict(module_plan) for path, module_plan in plan.plan.items()},
         **extra,
     }
 
@@ -48,11 +165,19 @@ def _parameter_sharding(entry: Dict[str, Any]) -> ParameterSharding:
                 for s in shards
             ]
         )
+    known = {"sharding_type", "compute_kernel", "ranks", "shards", *_extra_fields()}
+    unknown = sorted(set(entry) - known)
+    if unknown:
+        raise PlanMismatchError(
+            f"plan entry has unknown fields {unknown}: made by another TorchRec version? "
+            f"this one's ParameterSharding knows {sorted(known)}"
+        )
     return ParameterSharding(
         sharding_type=entry["sharding_type"],
         compute_kernel=entry["compute_kernel"],
         ranks=list(entry["ranks"]) if entry.get("ranks") is not None else None,
         sharding_spec=spec,
+        **{name: _decode(entry.get(name), hint, name) for name, hint in _extra_fields().items()},
     )
 
 
