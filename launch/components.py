@@ -14,7 +14,12 @@
   * resources per node (GPUs, CPUs, memory; /dev/shm is a memory-backed volume on Kubernetes),
   * mounts for the data and run directories,
   * torchrun --max-restarts (in-place restarts of all workers) besides the scheduler's max_retries.
-`torchx run dist.ddp -j 2x8 --script mlet_dist/train.py -- --data DIR` keeps working unchanged.
+`torchx run dist.ddp -j 2x8 --script mlet_dist/train.py -- --data DIR` keeps working unchanged (dist.ddp
+needs --script, and asks for its own default resources: 2 CPUs, 1 GB, no GPU per node). With this
+component the script may come first, as users type it for dist.ddp:
+
+    torchx run -s slurm launch/components.py:train -j 2x8 --gpu 8 --cpu 64 --memMB 480000 \
+        mlet_dist/train.py --data /shared/criteo --run-dir /shared/runs/x
 
 This file is loaded by torchx from its path, so it imports nothing from the repo.
 """
@@ -173,9 +178,10 @@ def train(
     Train DLRM with MLET embeddings on NODES x PROCS ranks (torchrun, c10d rendezvous).
 
     Usage: torchx run -s local_cwd launch/components.py:train -j 1x2 -- --data DIR --run-dir DIR
+           torchx run -s slurm launch/components.py:train -j 2x8 --gpu 8 --cpu 64 --memMB 480000 mlet_dist/train.py --data DIR --run-dir DIR
 
     Args:
-        script_args: arguments of mlet_dist/train.py (after --); --data is required
+        script_args: arguments of mlet_dist/train.py (after --, or after the script path as first argument); --data is required
         j: NODESxPROCS per node (e.g. 2x8), or MIN:MAXxPROCS for an elastic node count
         gpu: GPUs per node (one process per GPU: PROCS <= gpu); 0 trains on CPU with gloo
         cpu: CPUs per node (also sets OMP/MKL threads = cpu // PROCS unless --threads)
@@ -185,7 +191,7 @@ def train(
         venv: venv activated on each node before torchrun when it exists there (relative to the job's working dir); '' for none
         script: the training entry point, relative to the job's working dir
         name: {experiment}/{run} name of the job
-        plan: sharding plan from mlet-plan, passed as --plan (coming with the sharded-MLET issue); its world size must equal NODES x PROCS
+        plan: sharding plan from mlet-plan, passed to train.py as --plan; its world size must equal NODES x PROCS
         data_volume: where --data comes from on the nodes: pvc:CLAIM or /host/path, mounted read-only at the parent dir of --data
         runs_volume: where --run-dir goes: pvc:CLAIM or /host/path, mounted read-write at the parent dir of --run-dir
         mounts: extra torchx mounts (type=bind|volume,src=...,dst=...[,readonly])
@@ -200,6 +206,12 @@ def train(
         tee: which streams torchrun tees to its log files (3: stdout and stderr)
     """
     script_args = list(script_args)
+    if script_args and script_args[0].endswith(".py"):
+        # `torchx run launch/components.py:train -j 2x8 mlet_dist/train.py --data DIR`: the form
+        # users know from dist.ddp (whose script must be given as --script)
+        if script not in (DEFAULT_SCRIPT, script_args[0]):
+            raise LaunchError(f"two entry points: --script {script} and {script_args[0]}; give one")
+        script = script_args.pop(0)
     min_nodes, max_nodes, nproc = world_size_of(j)
     wants_help = any(a in ("-h", "--help") for a in script_args)
     data = script_arg(script_args, "--data")

@@ -45,6 +45,18 @@ def check_torchrun(venv: Optional[str]) -> Result:
     )
 
 
+def check_venv(venv: str) -> Result:
+    """An explicit --venv must exist: the nodes activate it, and a missing one would silently fall
+    back to whatever torchrun is on PATH here (the old preflight said `ok torchrun` for it)."""
+    if (Path(venv) / "bin" / "activate").is_file():
+        return "ok", f"venv: {venv}"
+    return "error", (
+        f"venv: {venv} does not exist here (no {venv}/bin/activate). Every node activates --venv before "
+        "torchrun: give the venv's path as the nodes see it (Slurm: on the shared filesystem; "
+        "scripts/setup_env.sh PATH creates one)"
+    )
+
+
 def check_scheduler(scheduler: str) -> List[Result]:
     if scheduler == "local_cwd":
         return [("ok", "local_cwd: runs here, needs nothing else")]
@@ -108,13 +120,15 @@ def check_plan(plan: Optional[str], j: str) -> Result:
 
 
 def run_checks(scheduler: str, j: str, data: Optional[str], plan: Optional[str],
-               venv: Optional[str]) -> List[Result]:
+               venv: Optional[str], venv_given: bool = False) -> List[Result]:
     results: List[Result] = []
     try:
         world_size_of(j)
     except LaunchError as e:
         results.append(("error", str(e)))
-    if scheduler != "kubernetes":  # on kubernetes torchrun comes with the image
+    if scheduler != "kubernetes":  # on kubernetes torchrun (and the venv) come with the image
+        if venv and venv_given:
+            results.append(check_venv(venv))
         results.append(check_torchrun(venv))
     results += check_scheduler(scheduler)
     results.append(check_data(scheduler, data))
@@ -129,9 +143,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("-j", default="1x2", help="NODESxPROCS, as given to the component")
     p.add_argument("--data", help="prepared dataset dir, as given to train.py")
     p.add_argument("--plan", help="sharding plan from mlet-plan")
-    p.add_argument("--venv", default=os.environ.get("VIRTUAL_ENV") or ".venv")
+    p.add_argument("--venv", default=None,
+                   help="the venv the nodes activate, as given to the component (default: $VIRTUAL_ENV or .venv)")
     args = p.parse_args(argv)
-    results = run_checks(args.scheduler, args.j, args.data, args.plan, args.venv)
+    venv = args.venv or os.environ.get("VIRTUAL_ENV") or ".venv"
+    results = run_checks(args.scheduler, args.j, args.data, args.plan, venv, venv_given=args.venv is not None)
     for level, message in results:
         print(f"{level:5s} {message}")
     failed = any(level == "error" for level, _ in results)

@@ -226,3 +226,52 @@ def test_torchxconfig_parses():
     apply(scheduler="local_cwd", cfg=local_cfg, dirs=dirs)
     apply(scheduler="kubernetes", cfg=kube_cfg, dirs=dirs)
     assert local_cfg["log_dir"] == "runs/torchx" and kube_cfg["queue"] == "default"
+
+
+# The 2x8 GPU job as launch/README.md writes it (issue 21): the promised `torchx run dist.ddp -j 2x8
+# mlet_dist/train.py` fails in torchx (dist.ddp needs --script) and asks for 2 CPUs, 1 GB, no GPU.
+PROMISED_2X8 = ("torchx run -s slurm launch/components.py:train -j 2x8 --gpu 8 --cpu 64 --memMB 480000 "
+                "mlet_dist/train.py --data /shared/data/criteo --run-dir /shared/runs/criteo-2x8")
+BUILTIN_2X8 = ("torchx run -s slurm dist.ddp -j 2x8 --gpu 8 --cpu 64 --memMB 480000 "
+               "--script mlet_dist/train.py -- --data /shared/data/criteo --run-dir /shared/runs/criteo-2x8")
+
+
+@pytest.mark.parametrize("command", [PROMISED_2X8, BUILTIN_2X8], ids=["component", "dist.ddp"])
+def test_documented_2x8_gpu_command_dryruns_with_gpus_and_memory(command):
+    readme = (REPO / "launch" / "README.md").read_text()
+    assert command in " ".join(readme.replace("\\\n", " ").split()), "launch/README.md shows this command"
+    argv = command.split()[2:]  # after "torchx run"
+    out = subprocess.run([sys.executable, "-m", "torchx.cli.main", "run", "--dryrun", *argv],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    script = out.stdout.split("=== SCHEDULER REQUEST ===")[-1]  # the sbatch script
+    headers = [line.split() for line in script.splitlines() if line.startswith("#SBATCH --job-name=")]
+    assert len(headers) == 2  # one group per node
+    for h in headers:
+        assert {"--gpus-per-task=8", "--cpus-per-task=64", "--mem=480000", "--ntasks-per-node=1"} <= set(h)
+    assert script.count("--nnodes 2 --nproc_per_node 8") == 2
+    assert script.count(" mlet_dist/train.py --data /shared/data/criteo --run-dir /shared/runs/criteo-2x8") == 2
+    assert script.count("mlet_dist/train.py") == 2  # the entry point once per node, not also as its argument
+
+
+def test_script_path_first_is_the_entry_point_not_an_argument():
+    app = train("mlet_dist/train.py", "--data", "/d", j="1x2")
+    assert app.roles[0].args[-1].endswith("mlet_dist/train.py --data /d")
+    assert "train.py mlet_dist/train.py" not in app.roles[0].args[-1]
+    with pytest.raises(LaunchError, match="two entry points"):
+        train("other.py", "--data", "/d", j="1x2", script="mlet_dist/train.py2")
+
+
+def test_preflight_refuses_a_venv_that_does_not_exist(tmp_path, monkeypatch, capsys):
+    """issue 21: `--venv /no/such` said `ok torchrun` when some torchrun was on PATH."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "torchrun").write_text("#!/bin/sh\n")
+    (bin_dir / "torchrun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "meta.json").write_text("{}")
+    rc = preflight.main(["-s", "local_cwd", "--data", str(data), "--venv", str(tmp_path / "no-venv")])
+    out = capsys.readouterr().out
+    assert rc == 1 and f"error venv: {tmp_path / 'no-venv'} does not exist here" in out
