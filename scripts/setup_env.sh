@@ -21,6 +21,10 @@ PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
 # torchrec without its declared deps (fbgemm-gpu is already there in the right flavour).
 "${PIP[@]}" --no-deps "$(grep '^torchrec==' requirements/common.txt)"
 grep -v '^torchrec==' requirements/common.txt | "${PIP[@]}" -r /dev/stdin
+if [[ "$flavour" == cpu ]]; then
+  echo "[setup] expected above: pip's \"ERROR: ... torchrec ... requires fbgemm-gpu, which is not installed\"." \
+       "fbgemm-gpu-cpu provides the same module (torchrec went in with --no-deps); the import check below decides."
+fi
 "${PIP[@]}" --no-deps -e .
 
 "$VENV/bin/python" - <<'PY'
