@@ -227,10 +227,19 @@ def main(argv: Optional[List[str]] = None) -> int:
             if args.rows is None:
                 raise ValueError("synthetic needs --rows")
             result = generate_dataset(args.out, args.rows, sizes, args.zipf, args.seed, cfg)
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
+    except (FileExistsError, ValueError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except OSError as e:  # missing input, read-only or full disk: say which file, no traceback
+        where = f": {e.filename}" if e.filename else ""
+        print(f"{PROG}: error: {e.strerror or e}{where}", file=sys.stderr)
+        return EXIT_USER_ERROR
     print(format_summary(result, time.perf_counter() - t0))
+    gzip_damage = (result.meta.get("rows_rejected_by_kind") or {}).get("gzip")
+    if gzip_damage:
+        print(f"{PROG}: warning: {gzip_damage} gzip stream(s) end early (truncated or corrupt download): the rows "
+              f"after the damage are missing from the dataset; rejects.tsv names the file and line",
+              file=sys.stderr)
     return 0
 
 

@@ -31,6 +31,7 @@ import collections
 import contextlib
 import dataclasses
 import datetime
+import glob
 import math
 import os
 import re
@@ -516,6 +517,17 @@ class SplitWriter:
             self._writer = None
 
 
+MAX_REJECT_RAW_BYTES = 4096
+
+
+def clip_raw(raw: bytes) -> bytes:
+    """A rejected line as written to rejects.tsv: whole up to 4 KiB, else its head and a note of
+    its length (one 50 MB bad value must not make a 100 MB rejects file)."""
+    if len(raw) <= MAX_REJECT_RAW_BYTES:
+        return raw
+    return raw[:MAX_REJECT_RAW_BYTES] + f"...[truncated: {len(raw):,} bytes in all]".encode()
+
+
 class RejectSink:
     """Streams rejects to rejects.tsv (`file, line, reason, raw`); --strict raises."""
 
@@ -532,7 +544,8 @@ class RejectSink:
             if self._f is None:
                 self._f = open(self.path, "wb")
                 self._f.write(b"file\tline\treason\traw\n")
-            self._f.write(f"{r.file}\t{r.line}\t{r.reason}\t".encode("utf-8") + r.raw + b"\n")
+            reason = r.reason if len(r.reason) <= 300 else r.reason[:300] + "..."  # it may quote the value
+            self._f.write(f"{r.file}\t{r.line}\t{reason}\t".encode("utf-8") + clip_raw(r.raw) + b"\n")
             self.count += 1
             kind = reject_kind(r.reason)
             self.by_reason[kind] = self.by_reason.get(kind, 0) + 1
@@ -574,10 +587,34 @@ def check_input(src: Path) -> None:
         raise FileNotFoundError(f"input is not a regular file: {src}")
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def remove_stale_staging(out: Path) -> List[Path]:
+    """Remove ``OUT.tmp-<pid>`` / ``OUT.old-<pid>`` dirs of runs that were killed (their process is
+    gone): at Terabyte scale each one holds gigabytes. Live runs' dirs are left alone."""
+    removed = []
+    for path in out.parent.glob(f"{glob.escape(out.name)}.*-*"):
+        kind, _, pid = path.name[len(out.name) + 1:].partition("-")
+        if kind in ("tmp", "old") and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+            print(f"removed stale staging dir {path} (left by a killed run)", file=sys.stderr)
+    return removed
+
+
 @contextlib.contextmanager
 def staging_dir(out: Path) -> Iterator[Path]:
     """Temp dir next to `out` (same filesystem, so the final rename is atomic)."""
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(out)
     tmp = out.parent / f"{out.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)

@@ -37,7 +37,7 @@ from mlet_dist.serving import (
 )
 from mlet_dist.serving import predict_cli
 from mlet_dist.serving.manifest import MANIFEST, sha256_file
-from mlet_dist.serving.safe_dcp import SafeFileSystemReader, UnsafeCheckpointError, safe_read_metadata
+from mlet_dist.distributed.safe_dcp import SafeFileSystemReader, UnsafeCheckpointError, safe_read_metadata
 from torchrec.models.dlrm import DLRMTrain
 
 

@@ -25,6 +25,7 @@ from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from data_prep.dataset_format import read_meta
+from mlet_dist.errors import DatasetError
 
 PathLike = Union[str, Path]
 # Lower bound on rows per parquet read, so tiny batches don't mean tiny reads.
@@ -42,11 +43,16 @@ class DatasetMeta:
     table_sizes: Dict[str, int]
     split_rows: Dict[str, int]
     split_files: Dict[str, Tuple[Path, ...]]
+    rows_read: Optional[int] = None  # input lines; rows_read = rows_rejected + sum(split_rows)
+    rows_rejected: Optional[int] = None
 
     @classmethod
     def load(cls, data_dir: PathLike) -> "DatasetMeta":
         root = Path(data_dir)
-        meta = read_meta(root)
+        try:
+            meta = read_meta(root)
+        except (FileNotFoundError, ValueError) as err:
+            raise DatasetError(str(err)) from err
         if not root.is_dir():  # a meta.json path was given
             root = root.parent
         return cls(
@@ -57,6 +63,8 @@ class DatasetMeta:
             table_sizes={f: int(meta["table_sizes"][f]) for f in meta["sparse_features"]},
             split_rows={s: int(info["rows"]) for s, info in meta["splits"].items()},
             split_files={s: tuple(root / f for f in info["files"]) for s, info in meta["splits"].items()},
+            rows_read=meta.get("rows_read"),
+            rows_rejected=meta.get("rows_rejected"),
         )
 
     @property
@@ -91,7 +99,7 @@ class ParquetBatchStream:
         _check_args(local_batch_size, rank, world_size, max_batches)
         self.meta = DatasetMeta.load(data_dir)
         if split not in self.meta.split_files:
-            raise ValueError(f"unknown split {split!r}; dataset has {sorted(self.meta.split_files)}")
+            raise DatasetError(f"unknown split {split!r}; dataset has {sorted(self.meta.split_files)}")
         self.split = split
         self.local_batch_size = local_batch_size
         self.rank = rank
@@ -180,12 +188,21 @@ class ParquetBatchStream:
                     yield path, batch
 
     def _validate(self, batch: pa.RecordBatch, path: Path, offset: int) -> None:
-        """Reject nulls and out-of-range ids here so the embedding kernel never sees them."""
+        """Reject nulls, out-of-range ids, non-finite dense values and labels other than 0/1 here,
+        so the embedding kernel never sees a bad id and the loss never sees NaN from the data."""
+        rows = f"rows {offset}..{offset + batch.num_rows}"
         for name in batch.schema.names:
             if batch.column(name).null_count:
-                raise ValueError(f"{path}: column {name!r} has nulls (rows {offset}..{offset + batch.num_rows})")
+                raise DatasetError(f"{path}: column {name!r} has nulls ({rows})")
         for name in self.meta.sparse_features:
             _check_ids(batch.column(name), name, self.meta.table_sizes[name], path, offset)
+        for name in self.meta.dense_features:
+            col = batch.column(name)
+            if pa.types.is_floating(col.type) and len(col) and not pc.all(pc.is_finite(col)).as_py():
+                raise DatasetError(f"{path}: dense feature {name!r} has NaN or infinite values ({rows})")
+        label = batch.column(self.meta.label)
+        if len(label) and not pc.all(pc.is_in(label, value_set=pa.array([0, 1], type=label.type))).as_py():
+            raise DatasetError(f"{path}: labels must be 0 or 1 ({rows})")
 
     def _local_batch(self, global_batch: pa.Table, first_row: pa.Table) -> LoadedBatch:
         size = self.local_batch_size
@@ -230,14 +247,14 @@ def _check_files(files: Tuple[Path, ...], columns: List[str], expected_rows: int
     rows = 0
     for path in files:
         if not path.is_file():
-            raise FileNotFoundError(f"dataset part file not found: {path}")
+            raise DatasetError(f"dataset part file not found: {path} (listed in meta.json); re-run mlet-prep")
         with pq.ParquetFile(path) as pf:
             missing = [c for c in columns if c not in pf.schema_arrow.names]
             if missing:
-                raise ValueError(f"{path}: missing columns {missing}")
+                raise DatasetError(f"{path}: missing columns {missing}")
             rows += pf.metadata.num_rows
     if rows != expected_rows:
-        raise ValueError(f"split has {rows} rows in its files but meta.json says {expected_rows}")
+        raise DatasetError(f"split has {rows} rows in its files but meta.json says {expected_rows}")
     return rows
 
 
@@ -250,6 +267,6 @@ def _check_ids(col: Any, name: str, size: int, path: Path, offset: int) -> None:
         return
     ids = col.to_numpy(zero_copy_only=False)
     bad = int(np.flatnonzero((ids < 0) | (ids >= size))[0])
-    raise ValueError(
+    raise DatasetError(
         f"feature {name!r}: id {int(ids[bad])} out of range [0, {size}) in {path} (row {offset + bad} of the file)"
     )

@@ -46,8 +46,14 @@ def choose_backend(requested: Optional[str]) -> str:
     return requested
 
 
-def init_distributed(backend: Optional[str] = None) -> DistEnv:
-    """Join the job started by torchrun/torchx, or form a 1-rank group when run directly."""
+DEFAULT_COLLECTIVE_TIMEOUT_S = 1800.0
+
+
+def init_distributed(backend: Optional[str] = None, timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S) -> DistEnv:
+    """Join the job started by torchrun/torchx, or form a 1-rank group when run directly.
+
+    ``timeout_s`` bounds every collective: a peer that neither answers nor exits (a hung
+    filesystem, a stuck kernel) ends the job with an error instead of holding it forever."""
     launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     if not launched:
         if "WORLD_SIZE" in os.environ or "LOCAL_RANK" in os.environ:
@@ -75,11 +81,11 @@ def init_distributed(backend: Optional[str] = None) -> DistEnv:
     else:
         device = torch.device("cpu")
     if not dist.is_initialized():
-        _init_process_group(backend, rank, world_size)
+        _init_process_group(backend, rank, world_size, timedelta(seconds=timeout_s))
     return DistEnv(rank, world_size, local_rank, local_world_size, device, backend)
 
 
-def _init_process_group(backend: str, rank: int, world_size: int) -> None:
+def _init_process_group(backend: str, rank: int, world_size: int, timeout: timedelta) -> None:
     """Under torchelastic, rendezvous on the agent's store with a per-attempt prefix.
 
     Seen with torch 2.13 + gloo: after a torchrun restart (--max-restarts), the default env://
@@ -87,17 +93,20 @@ def _init_process_group(backend: str, rank: int, world_size: int) -> None:
     naming the run and the restart count keeps every attempt's keys apart.
     """
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, timeout=timeout)
         return
     store = dist.TCPStore(
         os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
         timeout=timedelta(minutes=10),
     )
     prefix = f"mlet/{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
-    dist.init_process_group(backend=backend, store=dist.PrefixStore(prefix, store), rank=rank, world_size=world_size)
+    dist.init_process_group(backend=backend, store=dist.PrefixStore(prefix, store), rank=rank, world_size=world_size,
+                            timeout=timeout)
 
 
 def shutdown_distributed() -> None:
+    """Orderly end of a successful run (a barrier: never call it on a failure path, where a peer
+    may be waiting in another collective)."""
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

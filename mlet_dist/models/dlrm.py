@@ -25,6 +25,8 @@ class DLRMConfig:
     def __post_init__(self) -> None:
         if not self.top_mlp or self.top_mlp[-1] != 1:
             raise ValueError(f"top_mlp must end in 1 (one logit), got {self.top_mlp}")
+        if any(width < 1 for width in [*self.bottom_mlp, *self.top_mlp]):
+            raise ValueError(f"MLP layer widths must be >= 1, got bottom {self.bottom_mlp}, top {self.top_mlp}")
 
 
 def build_dlrm(

@@ -1,5 +1,6 @@
 """One switch between the MLET collection and the stock baseline, sized from a dataset's tables."""
 
+import math
 from dataclasses import dataclass
 from typing import Dict, Optional, Union
 
@@ -24,6 +25,9 @@ class EmbeddingSpec:
     def __post_init__(self) -> None:
         if self.embedding_dim < 1:
             raise ValueError(f"--embedding-dim must be >= 1, got {self.embedding_dim}")
+        std = self.projection_init_std
+        if std is not None and not (math.isfinite(std) and std > 0):
+            raise ValueError(f"--projection-init-std must be a finite number > 0, got {std}")
         if self.mlet and self.inner_dim < self.embedding_dim:
             raise ValueError(
                 f"--inner-dim k={self.inner_dim} is smaller than --embedding-dim d={self.embedding_dim}: "

@@ -29,7 +29,7 @@ from torch import nn
 from mlet_dist.modules.collapse import DEFAULT_CHUNK_ROWS
 from mlet_dist.serving.manifest import ServingDirError
 from mlet_dist.serving.model import SERVING_SHARDING_CHOICES, ServingModelConfig, ServingTopology
-from mlet_dist.serving.safe_dcp import SafeFileSystemReader, UnsafeCheckpointError, safe_read_metadata
+from mlet_dist.distributed.safe_dcp import SafeFileSystemReader, UnsafeCheckpointError, safe_read_metadata
 
 _STEP = re.compile(r"^step-(\d+)$")
 

@@ -20,7 +20,7 @@ from torchrec.models.dlrm import DLRMTrain
 from mlet_dist.planning.plan_io import PlanMismatchError, check_plan_fits, load_plan
 from mlet_dist.serving.manifest import ServingDir, ServingDirError, open_serving_dir
 from mlet_dist.serving.model import ServingTopology, build_serving_model, plan_serving
-from mlet_dist.serving.safe_dcp import SafeFileSystemReader
+from mlet_dist.distributed.safe_dcp import SafeFileSystemReader
 
 PathLike = Union[str, Path]
 

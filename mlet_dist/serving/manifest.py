@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 from mlet_dist.serving.model import ServingModelConfig, ServingTopology, expected_state_shapes
-from mlet_dist.serving.safe_dcp import UnsafeCheckpointError, safe_read_metadata
+from mlet_dist.distributed.safe_dcp import UnsafeCheckpointError, safe_read_metadata
 
 PathLike = Union[str, Path]
 MANIFEST = "manifest.json"

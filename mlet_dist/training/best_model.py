@@ -19,6 +19,7 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 
 from mlet_dist.distributed.env import DistEnv
+from mlet_dist.distributed.safe_dcp import safe_load
 
 
 def best_model_path(directory: Path, step: int) -> Path:
@@ -74,5 +75,5 @@ class BestModelKeeper:
         if self.best_step is None or self.best_step == self._last_step:
             return
         state = model.state_dict()
-        dcp.load(state, checkpoint_id=str(best_model_path(self.directory, self.best_step)))
+        safe_load(state, best_model_path(self.directory, self.best_step))  # data, never code
         model.load_state_dict(state)

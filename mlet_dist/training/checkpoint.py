@@ -2,9 +2,15 @@
 
 A checkpoint holds the model (sharded tables, projections, dense part), the fused and dense
 optimizer state, the data position, the RNG state of every rank and the step. It is complete or
-invisible: every rank writes into ``.step-N.tmp``, then rank 0 adds ``train_state.json`` and
-renames the directory to ``step-N`` (an atomic rename is the publication). Resume takes the
-newest ``step-N`` and ignores any ``.tmp`` left by a crash. The last ``keep`` are kept.
+invisible: every rank writes into ``.step-N.tmp``, the ranks hash its files in parallel, then
+rank 0 adds ``train_state.json`` and ``checksums.json`` and renames the directory to ``step-N``
+(an atomic rename is the publication). The last ``keep`` are kept.
+
+Resume takes the newest ``step-N`` that verifies against its checksums and loads; one that does
+not (bit flips, a lost shard, a truncated or tampered ``.metadata``, a broken train_state.json) is
+reported and skipped for the next older one. Loading never unpickles anything but plain values
+(``distributed/safe_dcp.py``): a checkpoint is data, not code. ``.tmp`` dirs left by a crash are
+ignored and removed.
 """
 
 import json
@@ -12,15 +18,27 @@ import re
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 
 from mlet_dist.distributed.env import DistEnv
+from mlet_dist.distributed.safe_dcp import UnsafeCheckpointError, safe_load
+from mlet_dist.training.checkpoint_digest import (
+    CHECKSUMS,
+    CheckpointCorrupt,
+    agreed_verdict,
+    digest_share,
+    file_digest,
+    gather_digests,
+    verify_share,
+    write_checksums,
+)
 from mlet_dist.training.faults import maybe_fail
 
 _NAME = re.compile(r"^step-(\d{8})$")
@@ -55,6 +73,27 @@ class TrainPosition:
 
 class CheckpointError(RuntimeError):
     pass
+
+
+def failure_causes(err: BaseException) -> List[BaseException]:
+    """The per-rank exceptions inside DCP's CheckpointException (a BaseException), or ``err``."""
+    if isinstance(err, CheckpointException):
+        return [exc for exc, _trace in err.failures.values()]
+    return [err]
+
+
+def first_line(err: BaseException) -> str:
+    causes = failure_causes(err)
+    text = str(causes[0]) if causes else str(err)
+    return (text.strip().splitlines() or [type(err).__name__])[0][:300]
+
+
+def read_position(path: Path) -> TrainPosition:
+    """train_state.json as a TrainPosition; CheckpointCorrupt when it is not one."""
+    try:
+        return TrainPosition(**json.loads((path / TRAIN_STATE).read_text()))
+    except (OSError, ValueError, TypeError) as err:
+        raise CheckpointCorrupt(f"{TRAIN_STATE} is not a valid train state ({err})") from err
 
 
 def _init_lazy_optimizer_state(optimizer: CombinedOptimizer) -> None:
@@ -93,9 +132,12 @@ class CheckpointManager:
         dcp.save({"model": model.state_dict(), "optim": optimizer.state_dict()}, checkpoint_id=str(tmp))
         (tmp / f"rng-rank{self.env.rank}.json").write_text(json.dumps(torch.get_rng_state().tolist()))
         maybe_fail("checkpoint", position.step, self.env.rank)
-        dist.barrier()
+        dist.barrier()  # every file is written: hash them, each rank its share
+        digests = gather_digests(digest_share(tmp, self.env.rank, self.env.world_size))
         if self.env.is_main:
             (tmp / TRAIN_STATE).write_text(json.dumps(asdict(position), indent=1, sort_keys=True))
+            digests[TRAIN_STATE] = file_digest(tmp / TRAIN_STATE)
+            write_checksums(tmp, digests)
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
             for old in self._published()[: -self.keep]:
@@ -104,18 +146,29 @@ class CheckpointManager:
         return final
 
     def load(self, path: Path, model: nn.Module, optimizer: CombinedOptimizer) -> TrainPosition:
-        position = TrainPosition(**json.loads((path / TRAIN_STATE).read_text()))
+        """Verify and load one checkpoint (collective). CheckpointCorrupt: the checkpoint is
+        damaged (skip it); CheckpointError: it is intact but does not fit this job."""
+        verdict = agreed_verdict(verify_share(path, self.env.rank, self.env.world_size))
+        if verdict:
+            raise CheckpointCorrupt(verdict)
+        position = read_position(path)
         _init_lazy_optimizer_state(optimizer)
         state = {"model": model.state_dict(), "optim": optimizer.state_dict()}
         try:
-            dcp.load(state, checkpoint_id=str(path))
-        except Exception as err:  # DCP raises several kinds; say what to do
+            safe_load(state, path)
+        except (Exception, CheckpointException) as err:  # DCP's CheckpointException is a BaseException
+            causes = failure_causes(err)
+            if any(isinstance(c, UnsafeCheckpointError) for c in causes):
+                raise CheckpointCorrupt(f"refused: {first_line(err)}") from err
+            if not (path / CHECKSUMS).is_file():  # unverifiable: damage and misfit look alike
+                raise CheckpointCorrupt(f"cannot be loaded: {first_line(err)}") from err
             raise CheckpointError(
                 f"cannot load checkpoint {path} (written by {position.world_size} ranks) into this job "
-                f"({self.env.world_size} ranks): {str(err).splitlines()[0][:300]}. DCP reshards tables "
+                f"({self.env.world_size} ranks): {first_line(err)}. DCP reshards tables "
                 "between table-/row-wise plans and world sizes, but not a change of column-wise shard "
                 "count with row-wise optimizer state, nor per-shard projection state of another "
-                "plan: resume with the original world size and plan (run_dir/plan.json)."
+                "plan, nor another model shape: resume with the original world size, plan "
+                "(run_dir/plan.json) and model flags, or start fresh with --no-resume."
             ) from err
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optim"])
@@ -123,6 +176,26 @@ class CheckpointManager:
         if rng.is_file() and position.world_size == self.env.world_size:
             torch.set_rng_state(torch.tensor(json.loads(rng.read_text()), dtype=torch.uint8))
         return position
+
+    def load_newest_intact(
+        self, model: nn.Module, optimizer: CombinedOptimizer
+    ) -> Tuple[Optional[Path], TrainPosition, List[str]]:
+        """The newest checkpoint that verifies and loads: (its path or None, position, one line
+        per damaged checkpoint skipped on the way). All damaged: CheckpointError (no silent
+        fresh start over a run's history)."""
+        skipped: List[str] = []
+        candidates = list(reversed(self._published()))
+        for path in candidates:
+            try:
+                return path, self.load(path, model, optimizer), skipped
+            except CheckpointCorrupt as err:
+                skipped.append(f"{path.name}: {err}")
+        if candidates:
+            raise CheckpointError(
+                f"no intact checkpoint in {self.root} ({'; '.join(skipped)}); start fresh with "
+                "--no-resume or another --run-dir"
+            )
+        return None, TrainPosition(world_size=self.env.world_size), skipped
 
     def clean_torn(self) -> List[str]:
         """Remove ``.tmp`` checkpoints left by a crash (rank 0); returns their names."""

@@ -3,6 +3,7 @@
 MLET projections are dense parameters here, so they take the dense optimizer.
 """
 
+import math
 from dataclasses import dataclass
 from typing import Any, Dict, Type
 
@@ -46,8 +47,9 @@ class OptimConfig:
             )
         if self.dense_optimizer not in DENSE_OPTIMIZERS:
             raise ValueError(f"--dense-optimizer must be one of {sorted(DENSE_OPTIMIZERS)}; got {self.dense_optimizer!r}")
-        if self.embedding_lr <= 0 or self.dense_lr <= 0:
-            raise ValueError("learning rates must be > 0")
+        for flag, value in (("--embedding-lr", self.embedding_lr), ("--dense-lr", self.dense_lr), ("eps", self.eps)):
+            if not (math.isfinite(value) and value > 0):  # nan <= 0 is False: test finiteness
+                raise ValueError(f"{flag} must be a finite number > 0, got {value}")
 
     def _kwargs(self, name: str, lr: float) -> Dict[str, Any]:
         return {"lr": lr} if name == "sgd" else {"lr": lr, "eps": self.eps}

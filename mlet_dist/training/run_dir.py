@@ -19,6 +19,7 @@ TensorBoard, replaces the curves of the failed attempt from its first step on (p
 
 import atexit
 import json
+import math
 import os
 import sys
 import time
@@ -32,6 +33,18 @@ _RENAMED = {
     ("epoch", "train_loss"): "train/epoch_loss",
     ("epoch", "samples_per_s"): "throughput/samples_per_s",
 }
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN/inf float replaced by None: JSON has no NaN, and a metrics.jsonl
+    line with ``NaN`` in it is not JSON (strict parsers, jq and pandas reject the file)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def _is_number(value: Any) -> bool:
@@ -101,7 +114,7 @@ class RunDirectory:
         if event == "config":
             record.setdefault("restart_count", int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")))
         with open(self.path / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
         writer = self._writer()
         if writer is None:
             return
@@ -116,7 +129,7 @@ class RunDirectory:
         if not self.enabled:
             return
         tmp = self.path / f".{name}.tmp"
-        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        tmp.write_text(json.dumps(json_safe(payload), indent=2, sort_keys=True, allow_nan=False) + "\n")
         tmp.replace(self.path / name)
         writer = self._writer()
         if writer is not None:

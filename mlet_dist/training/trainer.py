@@ -6,6 +6,7 @@ epoch and, with ``eval_every`` > 0, every ``eval_every`` global steps inside one
 the best validation AUC is the run's selected model (test AUC is logged, never used to choose).
 """
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional
@@ -16,6 +17,7 @@ from torchrec.optim.keyed import CombinedOptimizer
 from mlet_dist.data.parquet_batches import ParquetBatchStream
 from mlet_dist.distributed.env import DistEnv
 from mlet_dist.distributed.state import gather_full_state_dict
+from mlet_dist.errors import UserError
 from mlet_dist.training.best_model import BestModelKeeper
 from mlet_dist.training.checkpoint import CheckpointError, CheckpointManager, TrainPosition
 from mlet_dist.training.diagnostics import is_projection_key, projection_spectra
@@ -24,6 +26,10 @@ from mlet_dist.training.loop import train_epoch
 from mlet_dist.training.run_dir import RunDirectory
 
 Metrics = Dict[str, Dict[str, float]]  # split -> metric -> value
+
+
+class NonFiniteLossError(UserError):
+    """Training diverged (or met a value the data checks could not see)."""
 
 
 @dataclass
@@ -86,6 +92,12 @@ class Trainer:
 
         def on_step(step: int, loss: float) -> bool:
             self.global_step += 1
+            if not math.isfinite(loss):  # before any log line or checkpoint of this step
+                raise NonFiniteLossError(
+                    f"training loss is {loss} at global step {self.global_step} (epoch {epoch}, batch "
+                    f"{start + step - 1} of the epoch, rank {self.env.rank}); nothing of this step was saved. "
+                    "Lower --embedding-lr / --dense-lr, or check the data"
+                )
             if self.global_step % self.cfg.log_every == 0:
                 self.out.log("train", step=self.global_step, loss=loss)
             maybe_fail("step", self.global_step, self.env.rank)

@@ -1,0 +1,88 @@
+"""Checksums of a training checkpoint, computed and verified by all ranks in parallel.
+
+A bit flip in a shard would otherwise resume silently with other weights; a missing shard or a
+truncated ``.metadata`` would end in a DCP traceback. The checkpoint's files are split across the
+ranks (file i goes to rank i mod W, of the job that writes or of the job that reads, so a job
+resumed on another world size verifies everything too); each rank hashes its share, and the
+verdict is agreed by an all-gather, so every rank skips or loads the same checkpoint.
+"""
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch.distributed as dist
+
+CHECKSUMS = "checksums.json"
+_CHUNK = 1 << 22
+Digests = Dict[str, Dict[str, object]]  # file name -> {"bytes": int, "sha256": str}
+
+
+class CheckpointCorrupt(RuntimeError):
+    """A checkpoint whose files do not match their recorded checksums."""
+
+
+def file_digest(path: Path) -> Dict[str, object]:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            h.update(chunk)
+    return {"bytes": path.stat().st_size, "sha256": h.hexdigest()}
+
+
+def _share(names: List[str], rank: int, world_size: int) -> List[str]:
+    return [n for i, n in enumerate(sorted(names)) if i % world_size == rank]
+
+
+def digest_share(directory: Path, rank: int, world_size: int, exclude: tuple = ()) -> Digests:
+    """This rank's share of the digests of every file in ``directory`` (collective-free)."""
+    names = [p.name for p in directory.iterdir() if p.is_file() and p.name not in exclude]
+    return {name: file_digest(directory / name) for name in _share(names, rank, world_size)}
+
+
+def gather_digests(share: Digests) -> Digests:
+    """Every rank's share merged (collective)."""
+    parts: List[Optional[Digests]] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, share)
+    merged: Digests = {}
+    for part in parts:
+        merged.update(part or {})
+    return merged
+
+
+def write_checksums(directory: Path, digests: Digests) -> None:
+    (directory / CHECKSUMS).write_text(json.dumps(digests, indent=1, sort_keys=True))
+
+
+def verify_share(directory: Path, rank: int, world_size: int) -> Optional[str]:
+    """This rank's verdict on its share: None when intact, else what is wrong (collective-free).
+
+    A checkpoint without ``checksums.json`` (written before checksums existed) passes: DCP's own
+    checks are all there is for it, and a failure to load it counts as corruption."""
+    listing = directory / CHECKSUMS
+    if not listing.is_file():
+        return None
+    try:
+        recorded: Digests = json.loads(listing.read_text())
+        if not isinstance(recorded, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as err:
+        return f"{CHECKSUMS} unreadable ({err})"
+    for name in _share(list(recorded), rank, world_size):
+        path = directory / name
+        if not path.is_file():
+            return f"{name} is missing"
+        want = recorded[name]
+        if path.stat().st_size != want.get("bytes"):
+            return f"{name} has {path.stat().st_size} bytes, expected {want.get('bytes')}"
+        if file_digest(path)["sha256"] != want.get("sha256"):
+            return f"{name} does not match its sha256 checksum"
+    return None
+
+
+def agreed_verdict(local: Optional[str]) -> Optional[str]:
+    """The first rank's complaint, the same on every rank (collective)."""
+    verdicts: List[Optional[str]] = [None] * dist.get_world_size()
+    dist.all_gather_object(verdicts, local)
+    return next((v for v in verdicts if v), None)

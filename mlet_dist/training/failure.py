@@ -1,0 +1,84 @@
+"""How a rank that fails ends the job: promptly, with the first error printed once.
+
+A rank that raises while its peers wait in a collective must not wait itself (no barrier on the
+failure path): it writes its traceback to ``RUN_DIR/errors/rank<r>.log``, prints one line, and
+exits at once, which closes its connections, so the peers' collectives fail within seconds and
+torchrun stops the rest. The rank that fails first claims ``errors/first-<attempt>`` (an
+exclusive create on the shared run dir) and is the only one to print; the peers' "connection closed" errors
+are logged to their files but not printed again.
+"""
+
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Optional
+
+from mlet_dist.errors import UserError
+
+USER_ERROR_EXIT = 2  # a mistake the user can fix, said in one line (argparse uses 2 too)
+FAILURE_EXIT = 1
+ERRORS_DIR = "errors"
+
+
+def user_message(err: BaseException) -> Optional[str]:
+    """The one-line message of a user error (UserError, or SystemExit carrying 'error: ...')."""
+    if isinstance(err, UserError):
+        return f"error: {err}"
+    if isinstance(err, SystemExit) and isinstance(err.code, str):
+        return err.code if err.code.startswith("error:") else f"error: {err.code}"
+    return None
+
+
+def _attempt() -> str:
+    """This launch attempt (torchrun names each run and counts restarts), so that a resumed
+    run's failure is printed even though an earlier attempt claimed first place."""
+    run_id = "".join(c for c in os.environ.get("TORCHELASTIC_RUN_ID", "none") if c.isalnum() or c in "-_")
+    return f"{run_id[:64]}-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+
+
+def _claim_first(errors: Path) -> bool:
+    try:
+        fd = os.open(errors / f"first-{_attempt()}", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    os.close(fd)
+    return True
+
+
+def report_failure(err: BaseException, rank: int, world_size: int, run_dir: Optional[Path]) -> int:
+    """Log and (if first) print the failure of this rank; returns the exit code to use."""
+    message = user_message(err)
+    code = USER_ERROR_EXIT if message else FAILURE_EXIT
+    if isinstance(err, KeyboardInterrupt):
+        message, code = "error: interrupted", 130
+    where = f" (rank {rank} of {world_size})" if world_size > 1 else ""
+    full = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+    log: Optional[Path] = None
+    first = rank == 0
+    if run_dir is not None:
+        try:
+            errors = Path(run_dir) / ERRORS_DIR
+            errors.mkdir(parents=True, exist_ok=True)
+            log = errors / f"rank{rank}.log"
+            log.write_text(full)
+            first = _claim_first(errors) or world_size == 1
+        except OSError:
+            log = None
+    if not first:
+        return code
+    if message is None:
+        lines = str(err).strip().splitlines()
+        message = f"error: {type(err).__name__}: {lines[0][:500] if lines else ''}"
+        message += f"{where}; full traceback in {log}" if log else f"{where}\n{full}"
+    elif where:
+        message += where
+    print(message, file=sys.stderr, flush=True)
+    return code
+
+
+def exit_now(code: int) -> None:
+    """Leave without teardown collectives or atexit hooks that could wait on a peer."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
