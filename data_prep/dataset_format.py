@@ -74,6 +74,28 @@ def write_meta(out_dir: PathLike, meta: Mapping[str, Any]) -> Path:
     return path
 
 
+def raw_file_message(path: PathLike, flag: str) -> str:
+    """What to say when a raw data file is given where a prepared dataset is expected (the usual
+    first mistake: --data train.txt). The fix names the file as the input and OUTDIR as the output."""
+    return (
+        f"{flag} {path} is a raw data file, not a prepared dataset: run "
+        f"`mlet-prep {DATASET_CRITEO_KAGGLE} {path} OUTDIR` (or {DATASET_CRITEO_TERABYTE}, {DATASET_AVAZU}: "
+        f"see mlet-prep --help) and pass {flag} OUTDIR"
+    )
+
+
+def looks_raw(path: PathLike) -> bool:
+    """A file that is not a meta.json-like JSON file: TSV/CSV text, gzip, parquet..."""
+    p = Path(path)
+    if not p.is_file():
+        return False
+    if p.suffix == ".json":
+        return False
+    with open(p, "rb") as f:
+        head = f.read(64).lstrip()
+    return not head.startswith(b"{")
+
+
 def read_meta(path: PathLike) -> Dict[str, Any]:
     """Load and validate meta.json; `path` is the dataset directory or the file itself.
 
@@ -83,6 +105,8 @@ def read_meta(path: PathLike) -> Dict[str, Any]:
     """
     p = Path(path)
     meta_path = p / META_FILE if p.is_dir() else p
+    if looks_raw(p):
+        raise ValueError(raw_file_message(p, "--data"))
     if not meta_path.is_file():
         raise FileNotFoundError(f"dataset metadata not found: {meta_path}")
     try:

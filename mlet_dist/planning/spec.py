@@ -33,7 +33,11 @@ class TableSpec:
 
 
 def load_table_spec(path: PathLike) -> TableSpec:
+    from data_prep.dataset_format import looks_raw, raw_file_message
+
     path = Path(path)
+    if looks_raw(path):
+        raise SpecError(raw_file_message(path, "--spec"))
     if path.is_dir():
         path = path / "meta.json"
     if not path.is_file():

@@ -88,7 +88,13 @@ def write_predictions(path: Path, result: ScoreResult) -> None:
     tmp.replace(path)
 
 
+OUT_SUFFIXES = (".parquet", ".csv", ".tsv")
+
+
 def run(args: argparse.Namespace) -> Dict[str, Any]:
+    if args.out.suffix.lower() not in OUT_SUFFIXES:  # x.json used to get parquet bytes, silently
+        raise ValueError(f"--out {args.out}: predictions are written as {', '.join(OUT_SUFFIXES)}; "
+                         f"name the file with one of these suffixes (e.g. {args.out.with_suffix('.parquet')})")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.compare and args.precision == "fp32":
