@@ -1,10 +1,20 @@
 """Shared by the 2-rank workers and the single-process reference: model, data and training step.
 
-Plain SGD and a mean loss, so that the sharded run (tables: fused EXACT_SGD; dense: DDP average)
-must equal one process that sees the global batch.
+A mean loss, so that the sharded run (tables: fused, in backward; dense: DDP average; replicated
+projections: reduced in their group) must equal one process that sees the global batch. The
+reference implements each optimizer from its definition: SGD; fbgemm's rowwise Adagrad for tables
+(one accumulator per row: ``acc += mean(g_row**2); w -= lr * g / (sqrt(acc) + eps)``); torch's
+Adam for dense parameters and projections.
+
+Column-wise tables under rowwise Adagrad: TorchRec's fused kernel treats every column shard as a
+table of its own, so the accumulator is per (row, column shard), the mean over that shard's
+columns only; the result therefore depends on the number of column shards (by design in TorchRec,
+not a bug here). ``column_blocks`` makes the reference do the same, and the tests check the
+sharded run against that definition.
 """
 
-from typing import Dict, List, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -20,7 +30,10 @@ LOCAL_BATCH = 8
 STEPS = 6
 LR = 0.1
 SEED = 1234
-TOLERANCE = 1e-5  # max abs difference of any weight after STEPS steps (fp32)
+TOLERANCE = 1e-5  # max abs difference of any weight after STEPS steps (fp32; used by test_dcn)
+# |Δ - Δ_ref| / |Δ_ref| per parameter (see update_errors): fp32 noise measured at <= 2e-5, and a
+# 1% error in the scale of a T or W gradient reads as ~1e-2.
+UPDATE_REL_TOL = 1e-3
 
 
 def build_model(device: torch.device, mlet: bool = True) -> nn.Module:
@@ -67,17 +80,101 @@ def rank_batch(step: int, rank: int, world_size: int) -> Batch:
     return batch_for(step, rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH, g)
 
 
-def reference_run(world_size: int, mlet: bool = True) -> Tuple[Dict[str, torch.Tensor], List[float]]:
-    """One process, global batch LOCAL_BATCH * world_size, SGD on every parameter."""
+@dataclass(frozen=True)
+class OptimSetup:
+    embedding: str = "sgd"  # sgd | rowwise_adagrad (fused in the sharded run)
+    dense: str = "sgd"  # sgd | adam (MLPs and projections)
+    embedding_lr: float = LR
+    dense_lr: float = LR
+    eps: float = 1e-8
+
+
+SGD = OptimSetup()
+ADAGRAD_ADAM = OptimSetup("rowwise_adagrad", "adam", embedding_lr=0.05, dense_lr=0.01)
+OPTIMS: Dict[str, OptimSetup] = {"sgd": SGD, "rowwise_adagrad+adam": ADAGRAD_ADAM}
+
+
+def is_table(name: str) -> bool:
+    return ".embedding_bags." in name
+
+
+def is_projection(name: str) -> bool:
+    return ".projections." in name
+
+
+class RowwiseAdagrad:
+    """fbgemm's EXACT_ROWWISE_ADAGRAD on dense gradients, with the accumulator per (row, column
+    block); one block = the whole row (a table that is not column-wise sharded)."""
+
+    def __init__(self, params: Dict[str, torch.Tensor], lr: float, eps: float,
+                 column_blocks: Mapping[str, int]) -> None:
+        self.params, self.lr, self.eps = params, lr, eps
+        self.blocks = {name: column_blocks.get(name, 1) for name in params}
+        self.acc = {name: torch.zeros(p.shape[0], self.blocks[name]) for name, p in params.items()}
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for name, p in self.params.items():
+            if p.grad is None:
+                continue
+            m = self.blocks[name]
+            g = p.grad.view(p.shape[0], m, p.shape[1] // m)
+            self.acc[name] += g.pow(2).mean(dim=2)
+            p.view(p.shape[0], m, -1).sub_(self.lr * g / (self.acc[name].sqrt().unsqueeze(2) + self.eps))
+
+
+def reference_run(
+    world_size: int,
+    mlet: bool = True,
+    optim: OptimSetup = SGD,
+    column_blocks: Optional[Mapping[str, int]] = None,
+    table_lr_scale: float = 1.0,
+    projection_lr_scale: float = 1.0,
+) -> Tuple[Dict[str, torch.Tensor], List[float]]:
+    """One process, global batch LOCAL_BATCH * world_size. ``column_blocks``: table name
+    (``t_C1``) -> number of column shards, for rowwise Adagrad's per-shard accumulator.
+    ``*_lr_scale`` plant a gradient-scale error (tests show the comparison sees 1%)."""
     model = build_model(torch.device("cpu"), mlet)
     model.load_state_dict(initial_state(mlet))
-    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    named = dict(model.named_parameters())
+    tables = {n: p for n, p in named.items() if is_table(n)}
+    blocks = {n: b for n in tables for t, b in (column_blocks or {}).items() if f".{t}." in n}
+    projections = [p for n, p in named.items() if is_projection(n)]
+    dense = [p for n, p in named.items() if not is_table(n) and not is_projection(n)]
+    dense_groups = [{"params": dense, "lr": optim.dense_lr}]
+    if projections:
+        dense_groups.append({"params": projections, "lr": optim.dense_lr * projection_lr_scale})
+    if optim.dense == "sgd":
+        dense_opt: torch.optim.Optimizer = torch.optim.SGD(dense_groups, lr=optim.dense_lr)
+    else:
+        dense_opt = torch.optim.Adam(dense_groups, lr=optim.dense_lr, eps=optim.eps)
+    table_lr = optim.embedding_lr * table_lr_scale
+    if optim.embedding == "sgd":
+        table_opt = torch.optim.SGD(list(tables.values()), lr=table_lr)
+    else:
+        table_opt = RowwiseAdagrad(tables, table_lr, optim.eps, blocks)  # type: ignore[assignment]
     g = LOCAL_BATCH * world_size
     losses = []
     for step in range(STEPS):
-        opt.zero_grad()
+        model.zero_grad()
         loss, _ = model(batch_for(step, 0, g, g))
         loss.backward()
-        opt.step()
+        dense_opt.step()
+        table_opt.step()
         losses.append(float(loss))
     return model.state_dict(), losses
+
+
+def update_errors(
+    state: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor], init: Mapping[str, torch.Tensor]
+) -> Dict[str, Tuple[float, float]]:
+    """name -> (|Δ - Δ_ref| / |Δ_ref|, |Δ_ref|) with Δ = after - before (Frobenius norms): the
+    update relative to its own size, so a 1% error in a gradient's scale reads as ~1e-2 however
+    little the weights moved."""
+    out = {}
+    for name, ref in reference.items():
+        ref_update = (ref - init[name]).double()
+        update = (state[name] - init[name]).double()
+        size = ref_update.norm().item()
+        out[name] = ((update - ref_update).norm().item() / max(size, 1e-30), size)
+    return out

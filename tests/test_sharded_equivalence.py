@@ -1,13 +1,21 @@
 """Sharded training on 2 (and 4) gloo ranks equals one process on the global batch.
 
-Tolerance: every weight within 1e-5 (max abs, fp32) after 6 SGD steps with a mean loss.
+Tolerance: each parameter's update after 6 steps (Δ = after - before) within 1e-3 of the
+single-process update relative to its size (equivalence_setup.update_errors): fp32 noise is
+<= 2e-5 there, and a 1% error in the scale of a table (T) or projection (W) gradient reads as
+~1e-2, which test_update_comparison_sees_a_one_percent_gradient_scale_error shows.
+Optimizers: SGD everywhere; rowwise Adagrad (fused, tables) + Adam (MLPs, projections) on a mixed
+TW/RW/CW/TWRW plan. Column-wise tables are split into 4 column shards (k=64, 16 columns each)
+spread over the ranks, so the sum of partial projections is exercised; under rowwise Adagrad
+TorchRec keeps one accumulator per (row, column shard), which the reference reproduces (and the
+test shows that a whole-row accumulator would differ).
 MLET tables are sharded by MLETEmbeddingBagCollectionSharder (projection on the owning rank,
 before the output all-to-all); ``--projection-after-comm`` keeps the projections as dense DDP
 parameters applied after the communication.
 """
 
 from pathlib import Path
-from typing import List
+from typing import Dict, List, Mapping, Optional
 
 import pytest
 import torch
@@ -16,24 +24,117 @@ import equivalence_setup as setup
 from dist_launch import ROOT, torchrun
 
 WORKER = ROOT / "tests" / "workers" / "sharded_train_worker.py"
+CW_SHARDS = 4  # k=64 / CW_SHARD_COLUMNS=16 in the worker
 
 
-def _run(tmp_path: Path, sharding: str, extra: List[str] = [], nproc: int = 2) -> dict:
+def _run(tmp_path: Path, sharding: str, extra: List[str] = [], nproc: int = 2, optim: str = "sgd") -> dict:
     out = tmp_path / f"{sharding}.pt"
-    torchrun(WORKER, ["--sharding", sharding, "--out", str(out), *extra], nproc=nproc)
+    torchrun(WORKER, ["--sharding", sharding, "--out", str(out), "--optim", optim, *extra], nproc=nproc)
     return torch.load(out, weights_only=True)
 
 
-def _assert_matches_reference(result: dict, world_size: int, mlet: bool = True) -> None:
-    ref_state, _ = setup.reference_run(world_size=world_size, mlet=mlet)
+def _column_blocks(result: dict) -> Dict[str, int]:
+    """Column shards per column-wise table, from the plan the run used; checks they are real."""
+    blocks = {t: n for t, (kind, n, _) in result["shards"].items() if kind == "column_wise"}
+    for table, n in blocks.items():
+        ranks = result["shards"][table][2]
+        assert n == CW_SHARDS and len(ranks) >= 2, f"{table}: {n} column shards on ranks {ranks}"
+    return blocks
+
+
+def _worst(errors: Mapping[str, tuple], select: str = "") -> float:
+    return max(rel for name, (rel, _) in errors.items() if select in name)
+
+
+def _assert_matches_reference(
+    result: dict, world_size: int, mlet: bool = True, optim: str = "sgd",
+    column_blocks: Optional[Dict[str, int]] = None,
+) -> Dict[str, tuple]:
+    blocks = _column_blocks(result) if column_blocks is None else column_blocks
+    ref_state, _ = setup.reference_run(world_size=world_size, mlet=mlet, optim=setup.OPTIMS[optim],
+                                       column_blocks=blocks)
     init = setup.initial_state(mlet)
     assert set(result["state"]) == set(ref_state)
-    moved = 0
-    for name, ref in ref_state.items():
-        diff = (result["state"][name] - ref).abs().max().item()
-        assert diff <= setup.TOLERANCE, f"{name} differs by {diff}"
-        moved += int((ref - init[name]).abs().max() > 1e-4)
-    assert moved >= len(ref_state) - 1, "training barely changed the weights: the test would be vacuous"
+    errors = setup.update_errors(result["state"], ref_state, init)
+    for name, (rel, size) in errors.items():
+        assert size > 1e-4, f"{name} barely moved in the reference (|Δ| {size}): the test would be vacuous"
+        assert rel <= setup.UPDATE_REL_TOL, f"{name}: update differs by {rel:.2e} of its size {size:.2e}"
+    return errors
+
+
+@pytest.mark.parametrize(
+    "sharding", ["table_wise", "row_wise", "table_row_wise", "column_wise", "data_parallel", "mixed"]
+)
+def test_owner_side_mlet_two_ranks_match_one_process(tmp_path: Path, sharding: str) -> None:
+    result = _run(tmp_path, sharding)
+    assert result["owner_side"], "MLET tables were not sharded by the MLET sharder"
+    kinds = ["table_wise", "row_wise", "column_wise", "data_parallel"] if sharding == "mixed" else [sharding]
+    assert {kind for kind, _, _ in result["shards"].values()} == set(kinds)
+    _assert_matches_reference(result, world_size=2)
+    if sharding == "mixed":
+        _check_planted_scale_errors_fail(result)
+
+
+def _check_planted_scale_errors_fail(result: dict) -> None:
+    """A 1% error in the T or W gradient scale (planted as a 1% learning-rate scale in the
+    reference, the same thing under SGD) must fail the comparison for those parameters."""
+    init = setup.initial_state(True)
+    blocks = _column_blocks(result)
+    for plant, part in [({"table_lr_scale": 1.01}, ".embedding_bags."), ({"projection_lr_scale": 1.01}, ".projections.")]:
+        planted, _ = setup.reference_run(world_size=2, column_blocks=blocks, **plant)
+        errors = setup.update_errors(result["state"], planted, init)
+        assert _worst(errors, part) > 5 * setup.UPDATE_REL_TOL, (plant, _worst(errors, part))
+
+
+def test_update_comparison_sees_a_one_percent_gradient_scale_error() -> None:
+    """Same check without a launch: a reference against a copy of itself with T or W gradients
+    1% larger fails the comparison; with the true scale it passes."""
+    init = setup.initial_state(True)
+    ref, _ = setup.reference_run(world_size=2)
+    for plant, part in [({"table_lr_scale": 1.01}, ".embedding_bags."), ({"projection_lr_scale": 1.01}, ".projections.")]:
+        planted, _ = setup.reference_run(world_size=2, **plant)
+        errors = setup.update_errors(planted, ref, init)
+        assert _worst(errors, part) > 5 * setup.UPDATE_REL_TOL, (plant, errors)
+    assert _worst(setup.update_errors(ref, ref, init)) == 0.0
+
+
+def test_rowwise_adagrad_and_adam_mixed_plan_match_one_process(tmp_path: Path) -> None:
+    """Fused rowwise Adagrad on TW/RW/CW/TWRW tables, Adam on MLPs and projections."""
+    result = _run(tmp_path, "mixed_twrw", optim="rowwise_adagrad+adam")
+    assert {kind for kind, _, _ in result["shards"].values()} == {
+        "table_wise", "row_wise", "column_wise", "table_row_wise"}
+    _assert_matches_reference(result, world_size=2, optim="rowwise_adagrad+adam")
+    # TorchRec's per-column-shard accumulator is not the whole-row one: documented, not hidden.
+    ref_whole_rows, _ = setup.reference_run(world_size=2, optim=setup.ADAGRAD_ADAM, column_blocks={})
+    errors = setup.update_errors(result["state"], ref_whole_rows, setup.initial_state(True))
+    assert _worst(errors, ".embedding_bags.t_C3.") > 10 * setup.UPDATE_REL_TOL
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "found here: data-parallel tables are not trained by the fused embedding optimizer; their update "
+    "equals the dense optimizer's (with rowwise Adagrad + SGD, the SGD-at-dense-lr update exactly), "
+    "so --embedding-optimizer/--embedding-lr are ignored for them (training/optim.py: build_optimizer)"))
+def test_rowwise_adagrad_data_parallel_matches_one_process(tmp_path: Path) -> None:
+    result = _run(tmp_path, "data_parallel", optim="rowwise_adagrad+adam")
+    _assert_matches_reference(result, world_size=2, optim="rowwise_adagrad+adam")
+
+
+@pytest.mark.parametrize("sharding", ["table_wise", "auto"])
+def test_projection_after_comm_two_ranks_match_one_process(tmp_path: Path, sharding: str) -> None:
+    result = _run(tmp_path, sharding, ["--projection-after-comm"])
+    assert not result["owner_side"]
+    _assert_matches_reference(result, world_size=2)
+
+
+def test_owner_side_mlet_four_ranks_mixed_plan(tmp_path: Path) -> None:
+    result = _run(tmp_path, "mixed", nproc=4)
+    assert result["owner_side"]
+    _assert_matches_reference(result, world_size=4)
+
+
+def test_baseline_two_ranks_row_wise_match_one_process(tmp_path: Path) -> None:
+    result = _run(tmp_path, "row_wise", ["--baseline"])
+    _assert_matches_reference(result, world_size=2, mlet=False)
 
 
 @pytest.mark.parametrize(

@@ -26,14 +26,18 @@ from mlet_dist.log_setup import quiet_library_logs  # noqa: E402
 from mlet_dist.training.optim import OptimConfig, attach_fused_embedding_optimizer, build_optimizer  # noqa: E402
 
 MIXED = {"t_C1": "table_wise", "t_C2": "row_wise", "t_C3": "column_wise", "t_C4": "data_parallel"}
+MIXED_TWRW = {**MIXED, "t_C4": "table_row_wise"}  # the mixed plan without data-parallel
+CW_SHARD_COLUMNS = 16  # column-wise tables split into width/16 shards (4 for k=64, so every rank
+# holds some and the partial products really are summed across ranks)
 
 
-def mixed_constraints() -> Dict[str, ParameterConstraints]:
+def constraints(kinds: Dict[str, str]) -> Dict[str, ParameterConstraints]:
     return {
         table: ParameterConstraints(
-            sharding_types=[kind], compute_kernels=["dense" if kind == "data_parallel" else "fused"]
+            sharding_types=[kind], compute_kernels=["dense" if kind == "data_parallel" else "fused"],
+            min_partition=CW_SHARD_COLUMNS if kind == "column_wise" else None,
         )
-        for table, kind in MIXED.items()
+        for table, kind in kinds.items()
     }
 
 
@@ -77,18 +81,24 @@ def main() -> None:
     parser.add_argument("--baseline", action="store_true")
     parser.add_argument("--projection-after-comm", action="store_true")
     parser.add_argument("--count-bytes", action="store_true")
+    parser.add_argument("--optim", choices=sorted(setup.OPTIMS), default="sgd")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     quiet_library_logs()
     counter = ByteCounter() if args.count_bytes else None
     env = init_distributed("gloo")
     mlet = not args.baseline
-    optim = OptimConfig(embedding_optimizer="sgd", embedding_lr=setup.LR, dense_optimizer="sgd", dense_lr=setup.LR)
+    o = setup.OPTIMS[args.optim]
+    optim = OptimConfig(embedding_optimizer=o.embedding, embedding_lr=o.embedding_lr,
+                        dense_optimizer=o.dense, dense_lr=o.dense_lr, eps=o.eps)
     model = setup.build_model(torch.device("meta"), mlet)
     attach_fused_embedding_optimizer(model, optim)
-    config = ShardingConfig("auto" if args.sharding == "mixed" else args.sharding,
+    mixed = {"mixed": MIXED, "mixed_twrw": MIXED_TWRW}
+    config = ShardingConfig("auto" if args.sharding in mixed else args.sharding,
                             owner_projection=not args.projection_after_comm)
-    sharded = shard_model(model, env, config, mixed_constraints() if args.sharding == "mixed" else None)
+    tables = [f"t_{f}" for f in setup.TABLE_SIZES]
+    kinds = mixed.get(args.sharding, {t: args.sharding for t in tables})
+    sharded = shard_model(model, env, config, constraints(kinds) if args.sharding != "auto" else None)
     load_full_state_dict(sharded, setup.initial_state(mlet))
     optimizer = build_optimizer(sharded, optim)
     bytes_sent: List[int] = []
@@ -109,8 +119,14 @@ def main() -> None:
     total_bytes = torch.tensor(bytes_sent or [0])
     dist.all_reduce(total_bytes)
     owner_side = any(isinstance(m, ShardedMLETEmbeddingBagCollection) for m in sharded.modules())
+    shards = {  # table -> [sharding type, number of shards, ranks holding them]
+        table: [ps.sharding_type,
+                len(ps.sharding_spec.shards) if ps.sharding_spec is not None else 0,
+                sorted({s.placement.rank() for s in ps.sharding_spec.shards}) if ps.sharding_spec is not None else []]
+        for module_plan in sharded.plan.plan.values() for table, ps in module_plan.items()
+    }
     if env.is_main:
-        torch.save({"state": state, "losses_rank0": losses, "plan": str(sharded.plan),
+        torch.save({"state": state, "losses_rank0": losses, "plan": str(sharded.plan), "shards": shards,
                     "owner_side": owner_side, "bytes_sent": int(total_bytes.item())}, args.out)
     shutdown_distributed()
 
