@@ -23,6 +23,7 @@ import equivalence_setup as setup
 from dist_launch import ROOT
 from mlet_dist.distributed.sharded_collapse import collapse_state_dict
 from mlet_dist.models import DLRMConfig, EmbeddingSpec, build_dlrm, build_embedding_collection
+from mlet_dist.models import dcn as dcn_mod  # imported, not importorskip'ed: a broken module must fail
 from mlet_dist.modules.collapse import collapse_model
 from mlet_dist.planning.plan_io import check_plan_fits, load_plan
 from mlet_dist.serving import (
@@ -239,7 +240,6 @@ def test_quantized_tables_run_on_cpu(small_export, precision: str, tol: float, s
 
 
 def test_dcnv2_collapses_into_stock_dlrm_dcn(tmp_path: Path) -> None:
-    dcn_mod = pytest.importorskip("mlet_dist.models.dcn")
     spec = EmbeddingSpec(embedding_dim=8, inner_dim=32, mlet=True)
     mlps = DLRMConfig(dense_in_features=setup.NUM_DENSE, bottom_mlp=[16], top_mlp=[16, 1])
     torch.manual_seed(5)
