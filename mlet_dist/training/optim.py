@@ -1,6 +1,16 @@
 """Optimizers: fused (in-backward, fbgemm) for embedding tables, torch.optim for the rest.
 
 MLET projections are dense parameters here, so they take the dense optimizer.
+
+Data-parallel tables are the exception TorchRec leaves to us: DMP replicates them with the
+dense compute kernel inside a DDP wrapper, as fresh parameters that carry no in-backward
+optimizer, so ``in_backward_optimizer_filter`` hands them to the dense optimizer and
+``--embedding-optimizer``/``--embedding-lr`` would be ignored for them. ``build_optimizer``
+gives them the configured embedding optimizer as a torch optimizer stepped after the DDP
+all-reduce: torch SGD and Adagrad and torchrec's RowWiseAdagrad compute exactly fbgemm's
+EXACT_SGD / EXACT_ADAGRAD / EXACT_ROWWISE_ADAGRAD update on the averaged gradient (rows
+absent from the batch have a zero gradient and do not move), and their state is checkpointed
+with the rest of the CombinedOptimizer.
 """
 
 import math
@@ -9,6 +19,8 @@ from typing import Any, Dict, Type
 
 import torch
 from torch import nn
+from torchrec.distributed.embeddingbag import ShardedEmbeddingBagCollection
+from torchrec.distributed.types import ShardingType
 from torchrec.optim import RowWiseAdagrad
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
@@ -64,10 +76,36 @@ def attach_fused_embedding_optimizer(model: nn.Module, config: OptimConfig) -> N
         )
 
 
+def data_parallel_table_parameters(sharded_model: nn.Module) -> Dict[str, nn.Parameter]:
+    """Name -> weight of every table the plan replicates (DATA_PARALLEL) in a sharded model.
+
+    Found through each sharded collection's plan, not by name, so it holds for stock EBCs, the
+    MLET ``wide`` collection and any prefix DMP adds."""
+    replicated = set()
+    for module in sharded_model.modules():
+        if isinstance(module, ShardedEmbeddingBagCollection):
+            for table, sharding in module.module_sharding_plan.items():
+                if sharding.sharding_type == ShardingType.DATA_PARALLEL.value:
+                    replicated.add(id(module.embedding_bags[table].weight))
+    return {name: p for name, p in sharded_model.named_parameters() if id(p) in replicated}
+
+
 def build_optimizer(sharded_model: nn.Module, config: OptimConfig) -> CombinedOptimizer:
-    """The DMP's fused table optimizers plus a dense optimizer over everything else."""
-    dense_params = dict(in_backward_optimizer_filter(sharded_model.named_parameters()))
+    """The DMP's fused table optimizers, the embedding optimizer over data-parallel tables
+    (which DMP does not fuse, see the module docstring) and a dense optimizer over the rest."""
+    not_fused = dict(in_backward_optimizer_filter(sharded_model.named_parameters()))
+    replicated_tables = {  # only those TorchRec left unfused
+        name: p for name, p in data_parallel_table_parameters(sharded_model).items() if name in not_fused
+    }
+    dense_params = {name: p for name, p in not_fused.items() if name not in replicated_tables}
+    optimizers = [sharded_model.fused_optimizer]  # type: ignore[attr-defined]
+    if replicated_tables:
+        table_cls = EMBEDDING_OPTIMIZERS[config.embedding_optimizer]
+        table_kwargs = config._kwargs(config.embedding_optimizer, config.embedding_lr)
+        optimizers.append(
+            KeyedOptimizerWrapper(replicated_tables, lambda params: table_cls(params, **table_kwargs))
+        )
     cls = DENSE_OPTIMIZERS[config.dense_optimizer]
     kwargs = config._kwargs(config.dense_optimizer, config.dense_lr)
-    dense = KeyedOptimizerWrapper(dense_params, lambda params: cls(params, **kwargs))
-    return CombinedOptimizer([sharded_model.fused_optimizer, dense])  # type: ignore[attr-defined]
+    optimizers.append(KeyedOptimizerWrapper(dense_params, lambda params: cls(params, **kwargs)))
+    return CombinedOptimizer(optimizers)
