@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 DEMO_DIR ?= runs/demo
 NPROC ?= 2
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test clean gpu-check
 
 setup: $(VENV)/.setup-done
 
@@ -26,6 +26,13 @@ demo: setup
 
 test: setup
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q
+
+# On one CUDA GPU: versions + device, the `cuda` tests, GPU benchmarks -> reports/gpu/<device>.{json,md}
+# (<= 8 min). No setup dependency: a GPU image may bring its own torch/fbgemm-gpu/torchrec on
+# PYTHONPATH instead of .venv (docs/gpu.md); GPU_PYTHON picks the interpreter, GPU_CHECK_ARGS adds flags.
+GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+gpu-check:
+	PATH=$(abspath $(BIN)):$$PATH $(GPU_PYTHON) scripts/gpu_check.py $(GPU_CHECK_ARGS)
 
 # Only what `make demo` made; your own runs under runs/ are kept.
 clean:

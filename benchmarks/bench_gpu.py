@@ -362,7 +362,7 @@ def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes: checks the code path, measures nothing real")
     p.add_argument("--sections", default=",".join(SECTIONS))
     p.add_argument("--deadline-s", type=float, default=sum(BUDGET_S.values()), help="for all sections together")
-    p.add_argument("--batch-sizes", default=None, help="default 8192,65536 (dry: 64,128)")
+    p.add_argument("--batch-sizes", default=None, help="default 8192,65536 (dry: 64)")
     p.add_argument("--table-memory-fraction", type=float, default=0.25,
                    help="the widest variant's tables take at most this much of free device memory")
     p.add_argument("--collapse-rows", type=int, default=None, help="rows of the collapsed table (default 16M; dry 20k)")
@@ -380,7 +380,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     device = torch.device("cpu") if dry else torch.device("cuda", 0)
     if device.type == "cuda":
         torch.cuda.set_device(device)  # TF32 left at torch's default, as training runs; recorded
-    batch_sizes = [int(b) for b in (args.batch_sizes or ("64,128" if dry else "8192,65536")).split(",")]
+    batch_sizes = [int(b) for b in (args.batch_sizes or ("64" if dry else "8192,65536")).split(",")]
     dense = {"bottom": [16], "top": [16, 1]} if dry else {"bottom": [512, 256, 64], "top": [512, 256, 1]}
     sections = [s for s in args.sections.split(",") if s]
     unknown = sorted(set(sections) - set(SECTIONS))
