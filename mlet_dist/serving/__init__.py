@@ -6,7 +6,14 @@
     open_serving_dir                         check a serving directory (manifest, sha256, keys)
     quantize_serving_model                   fp16 / int8 tables via TorchRec's quantized EBC
 
-CLIs: ``mlet-collapse`` (collapse_cli) and ``mlet-predict`` (predict_cli).
+Deployment (``mlet-export``, export_cli), imported from their modules:
+    artifact.export_artifact / open_artifact / load_predict_module   serving dir -> checked artifact
+    predict_module     TorchRec PredictModule with dict inputs; fp16/int8 via quantize_inference_model; scripting
+    contract           contract.json: feature order, dense transform, OOV id
+    safetensors_io     the collapsed weights as one safetensors file (no pickle)
+    sharded_quant      shard_quant_model over N ranks (table-wise), weights moved from the unsharded TBEs
+
+CLIs: ``mlet-collapse`` (collapse_cli), ``mlet-predict`` (predict_cli), ``mlet-export`` (export_cli).
 """
 
 from mlet_dist.serving.export import ServingExport, export_after_training, export_serving

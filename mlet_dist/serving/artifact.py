@@ -1,0 +1,172 @@
+"""The serving artifact: what ``mlet-export`` writes for deployment, from a checked serving directory.
+
+    OUT/
+      artifact.json          what is here: format, source serving dir (manifest sha256), precisions,
+                             export checks (scripted vs eager), sha256 + size of every file
+      contract.json          the input contract (mlet_dist.serving.contract)
+      weights.safetensors    the collapsed fp32 weights, consolidated (no pickle)
+      predict_<p>.pt         TorchScript predict module per table precision p (fp32 / fp16 / int8)
+
+Written in ``OUT.partial`` and renamed, artifact.json last. ``open_artifact`` refuses a directory
+whose files disagree with artifact.json (missing, resized, other sha256, or unlisted).
+"""
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import torch
+
+from mlet_dist.serving.contract import build_contract, dataset_meta, example_request
+from mlet_dist.serving.load import load_serving_model
+from mlet_dist.serving.manifest import MANIFEST, ServingDirError, file_entries, sha256_file
+from mlet_dist.serving.predict_module import TABLE_PRECISIONS, build_predict_module, script_predict_module
+from mlet_dist.serving.safetensors_io import save_weights
+
+ARTIFACT = "artifact.json"
+CONTRACT = "contract.json"
+WEIGHTS = "weights.safetensors"
+ARTIFACT_FORMAT = "mlet-serving-artifact"
+ARTIFACT_VERSION = 1
+FP32_SCRIPT_TOLERANCE = 1e-6  # scripted fp32 must reproduce the eager model
+PathLike = Union[str, Path]
+
+
+class ArtifactError(ServingDirError):
+    """An artifact directory that must not be used; the message says what is wrong."""
+
+
+def module_file(precision: str) -> str:
+    return f"predict_{precision}.pt"
+
+
+@dataclass
+class Artifact:
+    path: Path
+    manifest: Dict[str, Any]
+
+    @property
+    def contract(self) -> Dict[str, Any]:
+        return json.loads((self.path / CONTRACT).read_text())
+
+    def module_path(self, precision: str) -> Path:
+        if precision not in self.manifest["precisions"]:
+            raise ArtifactError(f"{self.path} has no {precision} module (exported: {self.manifest['precisions']})")
+        return self.path / module_file(precision)
+
+
+def export_artifact(
+    serving_dir: PathLike, out: PathLike, precisions: Sequence[str] = ("fp32", "fp16", "int8"),
+    data: Optional[PathLike] = None, overwrite: bool = False,
+) -> Artifact:
+    """Check ``serving_dir`` (manifest, sha256), script one predict module per precision, write the
+    contract and the safetensors weights, and publish ``out`` atomically."""
+    out = Path(out)
+    unknown = sorted(set(precisions) - set(TABLE_PRECISIONS))
+    if unknown or not precisions:
+        raise ValueError(f"precisions must be among {sorted(TABLE_PRECISIONS)}, got {list(precisions)}")
+    if out.exists() and not overwrite:
+        raise ValueError(f"output {out} already exists; pass --overwrite to replace it")
+    if out.exists() and not (out / ARTIFACT).is_file() and any(out.iterdir()):
+        raise ValueError(f"refusing to overwrite {out}: it is not an artifact directory (no {ARTIFACT})")
+    model, sd = load_serving_model(serving_dir)  # refuses a directory whose checksums disagree
+    contract = build_contract(sd.model_config, dataset_meta(sd, data))
+    sample = example_request(contract, batch_size=8)
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    (staging / CONTRACT).write_text(json.dumps(contract, indent=1) + "\n")
+    save_weights(model, sd.model_config, staging / WEIGHTS)
+
+    checks: Dict[str, Any] = {}
+    with torch.inference_mode():
+        reference = build_predict_module(model, "fp32")(sample)["default"]
+    for precision in precisions:
+        fresh, _ = load_serving_model(serving_dir, verify=False)  # quantization swaps modules in place
+        scripted = script_predict_module(build_predict_module(fresh, precision), sample)
+        scripted.save(str(staging / module_file(precision)))
+        reloaded = torch.jit.load(str(staging / module_file(precision)))
+        with torch.inference_mode():
+            diff = float((reloaded(sample)["default"] - reference).abs().max())
+        if precision == "fp32" and diff > FP32_SCRIPT_TOLERANCE:
+            raise ArtifactError(f"the scripted fp32 module differs from the eager model by {diff:.2e}")
+        checks[precision] = {"max_abs_prob_diff_vs_eager_fp32": diff, "sample_rows": int(sample["float_features"].shape[0])}
+
+    names = [CONTRACT, WEIGHTS, *(module_file(p) for p in precisions)]
+    import fbgemm_gpu
+    import torchrec
+
+    manifest = {
+        "format": ARTIFACT_FORMAT,
+        "format_version": ARTIFACT_VERSION,
+        "created_unix": time.time(),
+        "created_by": {"torch": torch.__version__, "torchrec": getattr(torchrec, "__version__", "unknown"),
+                       "fbgemm_gpu": getattr(fbgemm_gpu, "__version__", "unknown")},
+        "source": {"serving_dir": str(Path(serving_dir).resolve()),
+                   "manifest_sha256": sha256_file(Path(serving_dir) / MANIFEST)},
+        "precisions": list(precisions),
+        "modules": {p: module_file(p) for p in precisions},
+        "interface": {"inputs": list(contract["inputs"]), "output": "default"},
+        "checks": checks,
+        "files": file_entries(staging, names),
+    }
+    (staging / ARTIFACT).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    return Artifact(out, manifest)
+
+
+def _problems(directory: Path, manifest: Dict[str, Any]) -> List[str]:
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        return ["artifact.json lists no files"]
+    problems = []
+    for name, entry in sorted(files.items()):
+        path = directory / name
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            problems.append(f"{name}: not a path inside the artifact")
+        elif not path.is_file():
+            problems.append(f"{name}: missing")
+        elif path.stat().st_size != entry.get("bytes"):
+            problems.append(f"{name}: {path.stat().st_size} bytes, artifact.json says {entry.get('bytes')}")
+        elif sha256_file(path) != entry.get("sha256"):
+            problems.append(f"{name}: sha256 differs from artifact.json (corrupted or replaced)")
+    for path in sorted(directory.iterdir()):
+        if path.name != ARTIFACT and path.name not in files:
+            problems.append(f"{path.name}: present but not listed in artifact.json")
+    needed = [CONTRACT, WEIGHTS, *(module_file(p) for p in manifest.get("precisions", []))]
+    problems += [f"artifact.json does not list {n}" for n in needed if n not in files]
+    return problems
+
+
+def open_artifact(directory: PathLike) -> Artifact:
+    """Parse and check an artifact directory; raises ArtifactError unless every file matches."""
+    directory = Path(directory)
+    path = directory / ARTIFACT
+    if not path.is_file():
+        raise ArtifactError(f"{directory} has no {ARTIFACT}: not an artifact directory (write one with mlet-export)")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ArtifactError(f"{path} is not valid JSON ({err})")
+    if not isinstance(manifest, dict) or manifest.get("format") != ARTIFACT_FORMAT \
+            or manifest.get("format_version") != ARTIFACT_VERSION:
+        raise ArtifactError(f"{path}: not format {ARTIFACT_FORMAT!r} version {ARTIFACT_VERSION}")
+    problems = _problems(directory, manifest)
+    if problems:
+        shown = "\n  ".join(problems[:10])
+        raise ArtifactError(f"refusing artifact {directory}: its files disagree with {ARTIFACT}:\n  {shown}\n"
+                            "Export it again (mlet-export) or copy it again completely.")
+    return Artifact(directory, manifest)
+
+
+def load_predict_module(directory: PathLike, precision: str = "fp32") -> torch.jit.ScriptModule:
+    """The checked artifact's TorchScript predict module (``torch.jit.load``; needs fbgemm_gpu's ops)."""
+    import fbgemm_gpu  # noqa: F401  registers the fbgemm ops the scripted code calls
+
+    artifact = open_artifact(directory)
+    return torch.jit.load(str(artifact.module_path(precision)))
