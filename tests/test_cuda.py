@@ -13,6 +13,7 @@ tests/test_cuda.py --worker OUT``), so the test and its worker cannot drift apar
 """
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -132,9 +133,14 @@ def _sharded_worker(out: Path) -> None:
 
 
 def _torchrun(args: list, timeout: int = 300) -> subprocess.CompletedProcess:
-    from dist_launch import torchrun
-
-    return torchrun(Path(args[0]), [str(a) for a in args[1:]], nproc=1, timeout=timeout)
+    """1 rank under torchrun. Unlike tests/dist_launch.py, PYTHONPATH keeps what it held: on a GPU
+    image the triplet lives in a --target folder named there (docs/gpu.md)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=1", *map(str, args)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+    return proc
 
 
 def test_sharded_nccl_rank_fused_tbe_matches_cpu_reference(tmp_path: Path) -> None:
