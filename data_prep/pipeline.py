@@ -65,7 +65,7 @@ class PrepConfig:
 
     min_count: int = 1  # train values seen fewer times map to id 0
     rows_per_file: int = 1_000_000  # bound on rows per parquet part file
-    row_group_rows: int = 131_072  # parquet row group size (capped by rows_per_file)
+    row_group_rows: int = 8_192  # parquet row group size (capped by rows_per_file); small so that a rank reads only its rows (FORMAT.md)
     strict: bool = False  # raise on the first malformed line instead of rejecting it
     overwrite: bool = False  # replace an existing prepared dataset at OUT
     hash_size: Optional[int] = None  # tables that would be larger are hashed into this many ids

@@ -6,7 +6,9 @@
 Thin on purpose: each step lives in a component (data, models, distributed, training).
 """
 
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
@@ -15,9 +17,11 @@ if __package__ in (None, ""):  # run as a script by torchrun/torchx: make the pa
 
 import torch
 from torch import nn
+from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.types import ShardingPlan
 from torchrec.optim.keyed import CombinedOptimizer
 
+from mlet_dist.data.dataset_check import check_dataset
 from mlet_dist.data.parquet_batches import DatasetMeta, ParquetBatchStream
 from mlet_dist.distributed.env import DistEnv, init_distributed, shutdown_distributed
 from mlet_dist.distributed.sharding import shard_model
@@ -31,15 +35,26 @@ from mlet_dist.training.best_model import BestModelKeeper
 from mlet_dist.training.checkpoint import CheckpointError, CheckpointManager, TrainPosition
 from mlet_dist.training.config import TrainConfig, parse_args
 from mlet_dist.training.diagnostics import PREDICTIONS_DIR, diagnostics_from_state_dict, save_predictions
+from mlet_dist.config_io import save_config
+from mlet_dist.errors import UserError
+from mlet_dist.training.failure import exit_now, report_failure
 from mlet_dist.training.evaluation import Predictions, predict
 from mlet_dist.training.optim import attach_fused_embedding_optimizer, build_optimizer
 from mlet_dist.training.run_dir import RunDirectory
+from mlet_dist.training.resume_check import check_resume_matches
+from mlet_dist.training.run_name import agree_on_run_dir
 from mlet_dist.training.trainer import LoopConfig, Trainer
 
 EVAL_SPLITS = ("val", "test")
+CONFIG_FILE = "config.json"
 
 
 def check_data_dir(data: Path) -> None:
+    """--data must be mlet-prep's output dir; a raw file gets the mlet-prep command that converts it."""
+    from data_prep.dataset_format import raw_file_message
+
+    if data.is_file():
+        raise SystemExit(f"error: {raw_file_message(data, '--data')}")
     if not (data / "meta.json").is_file():
         raise SystemExit(
             f"error: no prepared dataset at {data} (missing meta.json). Prepare one first, e.g.\n"
@@ -53,6 +68,18 @@ def load_checked_plan(cfg: TrainConfig, model: nn.Module, env: DistEnv) -> Optio
         return None
     try:
         plan, data = load_plan(cfg.plan)
+    except PlanMismatchError as err:
+        raise SystemExit(f"error: {err}")
+    except (ValueError, KeyError, TypeError, AttributeError) as err:  # valid JSON, not a plan
+        raise SystemExit(f"error: {cfg.plan} is not a sharding plan (mlet-plan or a run's plan.json): "
+                         f"{type(err).__name__}: {err}")
+    kernels = {k.value for k in EmbeddingComputeKernel}
+    for module_plan in plan.plan.values():
+        for table, sharding in module_plan.items():
+            if sharding.compute_kernel not in kernels:
+                raise SystemExit(f"error: {cfg.plan}: table {table!r} names compute kernel "
+                                 f"{sharding.compute_kernel!r}; TorchRec knows {sorted(kernels)}")
+    try:
         check_plan_fits(plan, model, env.world_size, env.device.type, data.get("topology"), str(cfg.plan))
     except PlanMismatchError as err:
         raise SystemExit(f"error: {err}")
@@ -67,13 +94,18 @@ def resume_position(
     torn = checkpoints.clean_torn()
     if torn and env.is_main:
         print(f"ignored and removed incomplete checkpoint(s) {torn}")
-    latest = checkpoints.latest() if cfg.resume else None
-    if latest is None:
+    if not cfg.resume:
         return TrainPosition(world_size=env.world_size)
     try:
-        position = checkpoints.load(latest, model, optimizer)
+        latest, position, skipped = checkpoints.load_newest_intact(model, optimizer)
     except CheckpointError as err:
         raise SystemExit(f"error: {err}")
+    for line in skipped:
+        out.log("checkpoint_skipped", reason=line)
+        if env.is_main:
+            print(f"warning: skipped damaged checkpoint {line}", file=sys.stderr)
+    if latest is None:
+        return TrainPosition(world_size=env.world_size)
     keeper.load_state(position.extra.get("best", {}))
     out.purge_step = position.step + 1
     position.extra["resumed_from"] = latest.name
@@ -107,7 +139,8 @@ def count_params(model_factory, serving: bool) -> int:
 def eval_streams(cfg: TrainConfig, env: DistEnv) -> Dict[str, ParquetBatchStream]:
     return {
         split: ParquetBatchStream(cfg.data, split, cfg.batch_size, env.rank, env.world_size,
-                                  drop_last=False, max_batches=cfg.max_eval_batches)
+                                  drop_last=False, max_batches=cfg.max_eval_batches, **cfg.input.stream_kwargs(env),
+                                  shuffle=False)
         for split in EVAL_SPLITS
     }
 
@@ -121,8 +154,14 @@ def evaluate_all(model: nn.Module, cfg: TrainConfig, env: DistEnv, label: str) -
 
 
 def run(cfg: TrainConfig, env: DistEnv) -> Dict[str, object]:
+    if not cfg.run_dir_given:  # one default name for all ranks, whatever second each one started in
+        cfg.run_dir = agree_on_run_dir(None)
+    check_resume_matches(cfg)  # another model's checkpoint in this run dir: one line, not a traceback
     out = RunDirectory(cfg.run_dir, enabled=env.is_main)
+    if env.is_main:  # what this run is, for mlet-collapse/--config: no replay of an old command line
+        save_config(cfg.run_dir / CONFIG_FILE, cfg)
     meta = DatasetMeta.load(cfg.data)
+    check_dataset(meta)  # every split, from the parquet footers: bad ids/labels fail now, not at step N
     build = model_builder(cfg, meta.table_sizes, len(meta.dense_features))
 
     torch.manual_seed(cfg.seed + env.rank)  # distinct table shards per rank; DDP syncs dense from rank 0
@@ -135,7 +174,8 @@ def run(cfg: TrainConfig, env: DistEnv) -> Dict[str, object]:
                   "local_world_size": env.local_world_size, "compute_device": env.device.type})
 
     train_stream = ParquetBatchStream(cfg.data, "train", cfg.batch_size, env.rank, env.world_size,
-                                      drop_last=True, max_batches=cfg.max_train_batches)
+                                      drop_last=True, max_batches=cfg.max_train_batches,
+                                      shuffle=cfg.input.shuffle, seed=cfg.seed, **cfg.input.stream_kwargs(env))
     if len(train_stream) == 0:
         raise SystemExit(
             f"error: the train split has fewer rows than one global batch "
@@ -151,7 +191,7 @@ def run(cfg: TrainConfig, env: DistEnv) -> Dict[str, object]:
                 epoch=position.epoch, batch_in_epoch=position.batch_in_epoch)
     loop = LoopConfig(epochs=cfg.epochs, eval_every=cfg.eval_every, early_stop_patience=cfg.early_stop_patience,
                       checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every, progress=cfg.progress,
-                      spectra=cfg.diagnostics)
+                      spectra=cfg.diagnostics, pipeline=cfg.pipeline)
     trainer = Trainer(loop, env, sharded, optimizer, train_stream, out=out, keeper=keeper, checkpoints=checkpoints,
                       evaluate=lambda: {s: p.metrics() for s, p in evaluate_all(sharded, cfg, env, "eval").items()})
     fit = trainer.fit(position)
@@ -199,34 +239,60 @@ def run(cfg: TrainConfig, env: DistEnv) -> Dict[str, object]:
             summary["diagnostics"] = diagnostics_from_state_dict(full)
     out.write_json("summary.json", summary)
     if env.is_main:
-        print_summary(summary)
+        print_summary(summary, cfg.run_dir)
     return summary
 
 
-def print_summary(summary: Dict[str, object]) -> None:
+def _ranks(n: object) -> str:
+    return f"{n} rank" if n == 1 else f"{n} ranks"
+
+
+def print_summary(summary: Dict[str, object], run_dir: Optional[Path] = None) -> None:
+    """The console ending: which point was selected (its AUC, which may be an --eval-every point
+    never printed during training), and where the run and its serving model are."""
     trained = summary["trained"]
-    print(f"\n{summary['model']} d={summary['embedding_dim']} k={summary['inner_dim']} "
-          f"on {summary['world_size']} ranks, selected by val AUC: epoch {summary['selected_epoch']}, "
+    shape = f"d={summary['embedding_dim']}" + (f" k={summary['inner_dim']}" if summary["inner_dim"] else "")
+    print(f"\n{summary['model']} {shape} on {_ranks(summary['world_size'])}, selected by val AUC "
+          f"among {summary['evaluations']} evaluation point(s): epoch {summary['selected_epoch']}, "
           f"step {summary['selected_step']}")
     print(f"  trained:   val AUC {trained['val']['auc']:.4f}  test AUC {trained['test']['auc']:.4f}")
     if "collapsed" in summary:
         c = summary["collapsed"]
         print(f"  collapsed: val AUC {c['val']['auc']:.4f}  test AUC {c['test']['auc']:.4f}  "
               f"(max |p_trained - p_collapsed| = {summary['collapsed_max_abs_prediction_diff']:.2e})")
+    if run_dir is not None:
+        print(f"  run dir: {run_dir}  (summary.json, metrics.jsonl, tensorboard/)")
+    if "serving_dir" in summary:
+        print(f"  serving dir: {summary['serving_dir']}  (score it with mlet-predict --serving DIR --data DATA "
+              f"--out FILE.parquet)")
+    elif summary["model"] == "mlet":
+        print(f"  not collapsed (--no-collapse): mlet-collapse --run-dir {run_dir} --out {run_dir}/serving "
+              "makes the serving dir")
+    else:
+        print(f"  serving: mlet-collapse --run-dir {run_dir} --out {run_dir}/serving exports this baseline "
+              "for mlet-predict")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     quiet_library_logs()
-    try:  # configuration mistakes: one line saying what to change, no traceback
+    try:  # configuration mistakes: one line saying what to change, no traceback, printed by rank 0
         cfg = parse_args(argv)
         check_data_dir(cfg.data)
-        env = init_distributed(cfg.backend)
-    except (ValueError, RuntimeError) as err:
-        raise SystemExit(f"error: {err}")
+        env = init_distributed(cfg.backend, cfg.collective_timeout_s)
+    except (ValueError, RuntimeError, UserError, SystemExit) as err:
+        if isinstance(err, SystemExit) and not isinstance(err.code, str):
+            raise  # argparse printed its usage error already
+        problem = err if isinstance(err, (SystemExit, UserError)) else UserError(str(err))
+        rank = int(os.environ.get("RANK", "0"))
+        code = report_failure(problem, rank, int(os.environ.get("WORLD_SIZE", "1")), run_dir=None)
+        if rank != 0:  # the same mistake on every rank: let rank 0 say it before torchrun stops the job
+            time.sleep(5)
+        exit_now(code)
     try:
         run(cfg, env)
-    finally:
-        shutdown_distributed()
+    except BaseException as err:  # no barrier here: a peer may be waiting in another collective
+        exit_now(report_failure(err, env.rank, env.world_size, cfg.run_dir))
+    shutdown_distributed()
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
 from pathlib import Path
 from typing import List
@@ -26,6 +27,10 @@ def dataset(tmp_path_factory) -> Path:
     return out
 
 
+# The tests below pin today's exact order ("N ranks x B = one process x N*B"); the rank-local
+# default has its own tests in test_rank_local_reading.py.
+ExactStream = functools.partial(ParquetBatchStream, order="exact")
+
 def split_rows(ds: Path, split: str) -> pa.Table:
     meta = read_meta(ds)
     return pa.concat_tables([pq.read_table(ds / f) for f in meta["splits"][split]["files"]])
@@ -47,7 +52,7 @@ def cat_ranks(per_rank: List[LoadedBatch]) -> dict:
 
 
 def test_batch_structure(dataset: Path) -> None:
-    s = ParquetBatchStream(dataset, "train", 16)
+    s = ExactStream(dataset, "train", 16)
     lb = next(iter(s))
     b = lb.batch
     assert lb.num_valid == 16
@@ -69,7 +74,7 @@ def test_batch_structure(dataset: Path) -> None:
 
 def test_single_stream_covers_split_in_order(dataset: Path) -> None:
     """Batch boundaries cross part files (1000 rows) and row groups (300 rows)."""
-    s = ParquetBatchStream(dataset, "train", 384)
+    s = ExactStream(dataset, "train", 384)
     rows = split_rows(dataset, "train")
     assert len(s) == rows.num_rows // 384
     labels = torch.cat([lb.batch.labels for lb in s]).numpy()
@@ -82,8 +87,8 @@ def test_single_stream_covers_split_in_order(dataset: Path) -> None:
 @pytest.mark.parametrize("world_size", [2, 3])
 def test_ranks_equal_single_process_with_bigger_batch(dataset: Path, world_size: int) -> None:
     local = 100
-    single = ParquetBatchStream(dataset, "train", local * world_size)
-    ranks = [ParquetBatchStream(dataset, "train", local, rank=r, world_size=world_size) for r in range(world_size)]
+    single = ExactStream(dataset, "train", local * world_size)
+    ranks = [ExactStream(dataset, "train", local, rank=r, world_size=world_size) for r in range(world_size)]
     assert len({len(single), *(len(s) for s in ranks)}) == 1 and len(single) > 0
     steps = 0
     for big, *parts in zip(single, *ranks):
@@ -101,7 +106,7 @@ def test_ranks_equal_single_process_with_bigger_batch(dataset: Path, world_size:
 def test_drop_last_false_pads_and_counts(dataset: Path, split: str, world_size: int, local: int) -> None:
     rows = split_rows(dataset, split)
     streams = [
-        ParquetBatchStream(dataset, split, local, rank=r, world_size=world_size, drop_last=False)
+        ExactStream(dataset, split, local, rank=r, world_size=world_size, drop_last=False)
         for r in range(world_size)
     ]
     lens = {len(s) for s in streams}
@@ -125,38 +130,38 @@ def test_drop_last_false_pads_and_counts(dataset: Path, split: str, world_size: 
 
 def test_num_valid_zero_for_trailing_ranks(dataset: Path) -> None:
     n = split_rows(dataset, "val").num_rows  # 643
-    last = [list(ParquetBatchStream(dataset, "val", 200, rank=r, world_size=4, drop_last=False))[-1] for r in range(4)]
+    last = [list(ExactStream(dataset, "val", 200, rank=r, world_size=4, drop_last=False))[-1] for r in range(4)]
     assert [lb.num_valid for lb in last] == [200, 200, 200, n - 600]
-    last = [list(ParquetBatchStream(dataset, "val", 300, rank=r, world_size=3, drop_last=False))[-1] for r in range(3)]
+    last = [list(ExactStream(dataset, "val", 300, rank=r, world_size=3, drop_last=False))[-1] for r in range(3)]
     assert [lb.num_valid for lb in last] == [300, 300, n - 600] and n - 600 < 300
-    tail = list(ParquetBatchStream(dataset, "val", 500, rank=1, world_size=2, drop_last=False))
+    tail = list(ExactStream(dataset, "val", 500, rank=1, world_size=2, drop_last=False))
     assert [lb.num_valid for lb in tail] == [143]
-    tail = list(ParquetBatchStream(dataset, "val", 400, rank=1, world_size=2, drop_last=False))
+    tail = list(ExactStream(dataset, "val", 400, rank=1, world_size=2, drop_last=False))
     assert [lb.num_valid for lb in tail] == [243]
-    tail = list(ParquetBatchStream(dataset, "val", 700, rank=1, world_size=2, drop_last=False))
+    tail = list(ExactStream(dataset, "val", 700, rank=1, world_size=2, drop_last=False))
     assert [lb.num_valid for lb in tail] == [0]
 
 
 def test_drop_last_true_len_and_max_batches(dataset: Path) -> None:
     n = split_rows(dataset, "train").num_rows
     for ws in (1, 2, 5):
-        streams = [ParquetBatchStream(dataset, "train", 64, rank=r, world_size=ws) for r in range(ws)]
+        streams = [ExactStream(dataset, "train", 64, rank=r, world_size=ws) for r in range(ws)]
         assert {len(s) for s in streams} == {n // (64 * ws)}
         assert all(lb.num_valid == 64 for lb in streams[-1])
-    capped = ParquetBatchStream(dataset, "train", 64, max_batches=3)
+    capped = ExactStream(dataset, "train", 64, max_batches=3)
     assert len(capped) == 3 and len(list(capped)) == 3
     assert len(list(capped)) == 3  # re-iterable
-    assert len(ParquetBatchStream(dataset, "val", 1000)) == 0
-    assert list(ParquetBatchStream(dataset, "val", 1000)) == []
+    assert len(ExactStream(dataset, "val", 1000)) == 0
+    assert list(ExactStream(dataset, "val", 1000)) == []
 
 
 def test_bad_arguments(dataset: Path) -> None:
     with pytest.raises(ValueError, match="split"):
-        ParquetBatchStream(dataset, "dev", 8)
+        ExactStream(dataset, "dev", 8)
     with pytest.raises(ValueError, match="rank"):
-        ParquetBatchStream(dataset, "train", 8, rank=2, world_size=2)
+        ExactStream(dataset, "train", 8, rank=2, world_size=2)
     with pytest.raises(ValueError, match="local_batch_size"):
-        ParquetBatchStream(dataset, "train", 0)
+        ExactStream(dataset, "train", 0)
 
 
 def _corrupt(dataset: Path, tmp_path: Path, feature: str, row: int, value: int) -> Path:
@@ -177,7 +182,7 @@ def test_out_of_range_id_raises(dataset: Path, tmp_path: Path, delta: int) -> No
     value = -1 if delta < 0 else size + delta
     bad = _corrupt(dataset, tmp_path, "C3", row=5, value=value)
     for rank in (0, 1):  # every rank raises, even the one whose slice lacks the row
-        stream = ParquetBatchStream(bad, "val", 4, rank=rank, world_size=2)
+        stream = ExactStream(bad, "val", 4, rank=rank, world_size=2)
         with pytest.raises(ValueError, match=rf"'C3'.*id {value} .*part-00000\.parquet"):
             list(stream)
 
@@ -188,4 +193,4 @@ def test_meta_row_count_mismatch_is_caught(dataset: Path, tmp_path: Path) -> Non
     part = bad / "val" / "part-00000.parquet"
     pq.write_table(pq.read_table(part).slice(0, 10), part)
     with pytest.raises(ValueError, match="rows"):
-        ParquetBatchStream(bad, "val", 4)
+        ExactStream(bad, "val", 4)

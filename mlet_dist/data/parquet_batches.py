@@ -1,13 +1,23 @@
-"""Streaming, rank-sliced batches from a prepared parquet dataset (data_prep/FORMAT.md).
+"""Batches of one split for one rank, from a prepared parquet dataset (data_prep/FORMAT.md).
 
-Distributed contract: a split's rows, in file order, are cut into *global* batches
-of local_batch_size * world_size consecutive rows and rank r takes rows
-[r * B, (r + 1) * B) of each. So N ranks with batch B see exactly what one process
-with batch N * B sees, and every rank yields the same number of batches (a rank
-that stopped early would hang the others in the next collective).
+Two row orders, both with every rank yielding the same number of batches (a rank that stopped
+early would hang the others in the next collective):
 
-Every rank reads (and validates) whole global batches, so a bad id raises on all
-ranks at the same step instead of on one rank while the others block.
+- ``order="local"`` (the default): rank r owns a contiguous 1/W of the split's rows and reads
+  and decodes only those (plus the partial row groups at its two ends), so a cluster's input
+  rate grows with its size. Evaluation splits are cut the same way and gathered rank-major,
+  which is file order again.
+- ``order="exact"``: the split is cut into *global* batches of local_batch_size * world_size
+  consecutive rows and rank r takes rows [r * B, (r + 1) * B) of each, so N ranks with batch B
+  see exactly what one process with batch N * B sees. Every rank reads every row: the
+  equivalence tests' order, not one for scale.
+
+``shuffle=True`` permutes the row groups per epoch and the rows inside windows of
+``shuffle_window`` rows, seeded by (seed, epoch): reproducible, and a resumed run lands on the
+exact next batch. Batches are made ``prefetch`` ahead in a background thread.
+
+Every row group is validated as it is decoded (nulls, ids within their table, finite dense
+values, labels 0/1), and errors name the file and row group.
 """
 
 from __future__ import annotations
@@ -25,11 +35,13 @@ from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from data_prep.dataset_format import read_meta
+from mlet_dist.data.prefetch import prefetch
+from mlet_dist.data.row_groups import RowRangeReader, epoch_order, index_row_groups
 from mlet_dist.errors import DatasetError
 
 PathLike = Union[str, Path]
-# Lower bound on rows per parquet read, so tiny batches don't mean tiny reads.
-_MIN_READ_ROWS = 8192
+ORDERS = ("local", "exact")
+DEFAULT_SHUFFLE_WINDOW = 65_536
 
 
 @dataclass(frozen=True)
@@ -79,11 +91,11 @@ class LoadedBatch:
 
 
 class ParquetBatchStream:
-    """Iterable of LoadedBatch for one rank of one split; re-iterable (one pass per epoch).
+    """Iterable of LoadedBatch for one rank of one split; ``iter_from(batch, epoch)`` per epoch.
 
-    drop_last=True (training) drops the final incomplete global batch. drop_last=False
-    (evaluation) pads it to full size by repeating the split's first row; use
-    `num_valid` to mask padding out of metrics. `max_batches` caps the batch count.
+    drop_last=True (training) drops the rows that do not fill a batch on every rank.
+    drop_last=False (evaluation) pads the last batches to full size by repeating the split's
+    first row; use ``num_valid`` to mask padding out of metrics. ``max_batches`` caps the count.
     """
 
     def __init__(
@@ -95,8 +107,18 @@ class ParquetBatchStream:
         world_size: int = 1,
         drop_last: bool = True,
         max_batches: Optional[int] = None,
+        order: str = "local",
+        shuffle: bool = False,
+        seed: int = 0,
+        shuffle_window: int = DEFAULT_SHUFFLE_WINDOW,
+        prefetch: int = 2,
+        pin_memory: bool = False,
     ) -> None:
         _check_args(local_batch_size, rank, world_size, max_batches)
+        if order not in ORDERS:
+            raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+        if shuffle_window < 1:
+            raise ValueError(f"shuffle_window must be >= 1, got {shuffle_window}")
         self.meta = DatasetMeta.load(data_dir)
         if split not in self.meta.split_files:
             raise DatasetError(f"unknown split {split!r}; dataset has {sorted(self.meta.split_files)}")
@@ -106,8 +128,18 @@ class ParquetBatchStream:
         self.world_size = world_size
         self.drop_last = drop_last
         self.max_batches = max_batches
+        self.order = order
+        self.shuffle = shuffle
+        self.seed = seed
+        self.shuffle_window = shuffle_window
+        self.prefetch = prefetch
+        self.pin_memory = pin_memory
         self.files = self.meta.split_files[split]
         self.num_rows = _check_files(self.files, self.meta.columns, self.meta.split_rows[split])
+        self.row_groups = index_row_groups(self.files)
+        self._first: Optional[pa.Table] = None
+        self.decoded_rows = 0  # rows decoded by the latest pass (benchmarks, tests)
+        self._ones: Optional[torch.Tensor] = None  # the lengths of single-id bags, shared read-only
 
     # Feature metadata for model construction.
     @property
@@ -130,87 +162,103 @@ class ParquetBatchStream:
     def global_batch_size(self) -> int:
         return self.local_batch_size * self.world_size
 
+    @property
+    def rank_major(self) -> bool:
+        """How gathered per-rank rows come back to file order: rank-major (local: each rank
+        holds a contiguous block) or batch-major (exact: each global batch spans the ranks)."""
+        return self.order == "local"
+
     def __len__(self) -> int:
         full, rest = divmod(self.num_rows, self.global_batch_size)
-        n = full + (1 if rest and not self.drop_last else 0)
+        n = full + (1 if rest and not self.drop_last else 0)  # local: ceil(ceil(N/W)/B) is the same
         return n if self.max_batches is None else min(n, self.max_batches)
 
     def __iter__(self) -> Iterator[LoadedBatch]:
         return self.iter_from(0)
 
-    def iter_from(self, start_batch: int) -> Iterator[LoadedBatch]:
-        """Batches ``start_batch``, ``start_batch + 1``, ...: resuming mid-epoch. Skipped batches
-        are read (and validated) but not converted to tensors."""
+    def rows_of_rank(self) -> Tuple[int, int]:
+        """[lo, hi) of the (epoch-ordered) row sequence this rank reads."""
+        total, B = len(self), self.local_batch_size
+        if self.order == "exact":
+            return 0, min(self.num_rows, total * self.global_batch_size)
+        if self.drop_last:
+            return self.rank * total * B, (self.rank + 1) * total * B
+        share = -(-self.num_rows // self.world_size)
+        lo = min(self.rank * share, self.num_rows)
+        return lo, min(lo + total * B, lo + share, self.num_rows)
+
+    def iter_from(self, start_batch: int, epoch: int = 0) -> Iterator[LoadedBatch]:
+        """Batches ``start_batch``, ``start_batch + 1``, ... of ``epoch``: resuming mid-epoch
+        reads nothing before the shuffle window that holds the start."""
         total = len(self)
         if not 0 <= start_batch <= total:
             raise ValueError(f"start_batch {start_batch} outside [0, {total}]")
         if total == start_batch:
-            return
-        first_row: Optional[pa.Table] = None
-        produced = 0
-        for global_batch in self._global_batches():
-            if first_row is None:
-                first_row = global_batch.slice(0, 1)
-            if produced >= start_batch:
-                yield self._local_batch(global_batch, first_row)
-            produced += 1
-            if produced == total:
-                return  # stop before reading rows nobody will use
+            return iter(())
+        transform = (lambda lb: LoadedBatch(lb.batch.pin_memory(), lb.num_valid)) if self.pin_memory else (lambda lb: lb)
+        return prefetch(lambda: self._batches(start_batch, epoch, total), self.prefetch, transform)
 
     # -- internals -----------------------------------------------------------
 
-    def _global_batches(self) -> Iterator[pa.Table]:
-        """Consecutive G-row tables across files; a final short one only if not drop_last."""
-        size = self.global_batch_size
-        buffer: List[pa.RecordBatch] = []
-        buffered = 0
-        for _path, batch in self._record_batches():
-            buffer.append(batch)
-            buffered += batch.num_rows
-            while buffered >= size:
-                table = pa.Table.from_batches(buffer)
-                yield table.slice(0, size)
-                rest = table.slice(size)
-                buffer, buffered = rest.to_batches(), rest.num_rows
-        if buffered and not self.drop_last:
-            yield pa.Table.from_batches(buffer)
+    def _batches(self, start: int, epoch: int, total: int) -> Iterator[LoadedBatch]:
+        order = epoch_order(self.row_groups, self.seed, epoch, self.shuffle)
+        reader = RowRangeReader(order, self.meta.columns, self._validate)
+        unit = self.global_batch_size if self.order == "exact" else self.local_batch_size
+        lo, hi = self.rows_of_rank()
+        seed = (self.seed, epoch, lo) if self.shuffle else None
+        produced = start
+        pending: List[pa.Table] = []
+        pending_rows = 0
+        try:
+            for window in reader.windows(lo, hi, self.shuffle_window, start * unit, seed):
+                pending.append(window)
+                pending_rows += window.num_rows
+                while pending_rows >= unit and produced < total:
+                    table = pa.concat_tables(pending)
+                    yield self._local_batch(table.slice(0, unit))
+                    produced += 1
+                    rest = table.slice(unit)
+                    pending, pending_rows = [rest], rest.num_rows
+            while produced < total:  # evaluation: the short tail, then all-padding batches
+                tail = pa.concat_tables(pending) if pending_rows else self._first_row().slice(0, 0)
+                yield self._local_batch(tail)
+                pending, pending_rows = [], 0
+                produced += 1
+        finally:
+            self.decoded_rows = reader.decoded_rows
+            reader.close()
 
-    def _record_batches(self) -> Iterator[Tuple[Path, pa.RecordBatch]]:
-        read_rows = max(self.global_batch_size, _MIN_READ_ROWS)
-        columns = self.meta.columns
-        for path in self.files:
-            offset = 0
-            with pq.ParquetFile(path) as pf:
-                for batch in pf.iter_batches(batch_size=read_rows, columns=columns):
-                    batch = batch.select(columns)  # fixed column order for concatenation
-                    self._validate(batch, path, offset)
-                    offset += batch.num_rows
-                    yield path, batch
+    def _first_row(self) -> pa.Table:
+        if self._first is None:
+            reader = RowRangeReader(self.row_groups, self.meta.columns, self._validate)
+            self._first = reader.read(0, 1)
+            reader.close()
+        return self._first
 
-    def _validate(self, batch: pa.RecordBatch, path: Path, offset: int) -> None:
+    def _validate(self, table: pa.Table, where: str) -> None:
         """Reject nulls, out-of-range ids, non-finite dense values and labels other than 0/1 here,
         so the embedding kernel never sees a bad id and the loss never sees NaN from the data."""
-        rows = f"rows {offset}..{offset + batch.num_rows}"
-        for name in batch.schema.names:
-            if batch.column(name).null_count:
-                raise DatasetError(f"{path}: column {name!r} has nulls ({rows})")
+        for name in table.column_names:
+            if table.column(name).null_count:
+                raise DatasetError(f"{where}: column {name!r} has nulls")
         for name in self.meta.sparse_features:
-            _check_ids(batch.column(name), name, self.meta.table_sizes[name], path, offset)
+            _check_ids(table.column(name), name, self.meta.table_sizes[name], where)
         for name in self.meta.dense_features:
-            col = batch.column(name)
+            col = table.column(name)
             if pa.types.is_floating(col.type) and len(col) and not pc.all(pc.is_finite(col)).as_py():
-                raise DatasetError(f"{path}: dense feature {name!r} has NaN or infinite values ({rows})")
-        label = batch.column(self.meta.label)
+                raise DatasetError(f"{where}: dense feature {name!r} has NaN or infinite values")
+        label = table.column(self.meta.label)
         if len(label) and not pc.all(pc.is_in(label, value_set=pa.array([0, 1], type=label.type))).as_py():
-            raise DatasetError(f"{path}: labels must be 0 or 1 ({rows})")
+            raise DatasetError(f"{where}: labels must be 0 or 1")
 
-    def _local_batch(self, global_batch: pa.Table, first_row: pa.Table) -> LoadedBatch:
+    def _local_batch(self, table: pa.Table) -> LoadedBatch:
+        """This rank's batch from a global batch (exact) or its own rows (local), padded."""
         size = self.local_batch_size
-        local = global_batch.slice(self.rank * size, size)
+        local = table.slice(self.rank * size, size) if self.order == "exact" else table
         num_valid = local.num_rows
         if num_valid < size:
-            padding = first_row.take(pa.array(np.zeros(size - num_valid, dtype=np.int64)))
-            local = pa.concat_tables([local, padding])
+            padding = self._first_row().take(pa.array(np.zeros(size - num_valid, dtype=np.int64)))
+            local = pa.concat_tables([local, padding]) if num_valid else padding
         return LoadedBatch(batch=self._to_batch(local), num_valid=num_valid)
 
     def _to_batch(self, table: pa.Table) -> Batch:
@@ -218,9 +266,14 @@ class ParquetBatchStream:
         dense = np.stack([_col(table, n) for n in m.dense_features], axis=1).astype(np.float32, copy=False)
         labels = _col(table, m.label).astype(np.float32)
         values = np.concatenate([_col(table, n).astype(np.int64, copy=False) for n in m.sparse_features])
-        lengths = torch.ones(len(m.sparse_features) * table.num_rows, dtype=torch.int32)
-        kjt = KeyedJaggedTensor.from_lengths_sync(
-            keys=list(m.sparse_features), values=torch.from_numpy(values), lengths=lengths
+        rows, features = table.num_rows, len(m.sparse_features)
+        # One id per bag: lengths are ones and the per-key sizes are known, so no reductions
+        # (from_lengths_sync sums the lengths of every batch again).
+        if self._ones is None or self._ones.numel() != features * rows:
+            self._ones = torch.ones(features * rows, dtype=torch.int32)
+        kjt = KeyedJaggedTensor(
+            keys=list(m.sparse_features), values=torch.from_numpy(values), lengths=self._ones, stride=rows,
+            length_per_key=[rows] * features, offset_per_key=[rows * i for i in range(features + 1)],
         )
         return Batch(
             dense_features=torch.from_numpy(np.ascontiguousarray(dense)),
@@ -258,15 +311,15 @@ def _check_files(files: Tuple[Path, ...], columns: List[str], expected_rows: int
     return rows
 
 
-def _check_ids(col: Any, name: str, size: int, path: Path, offset: int) -> None:
+def _check_ids(col: Any, name: str, size: int, where: str) -> None:
     if len(col) == 0:
         return
     mm = pc.min_max(col)
     lo, hi = mm["min"].as_py(), mm["max"].as_py()
     if lo >= 0 and hi < size:
         return
-    ids = col.to_numpy(zero_copy_only=False)
+    ids = col.to_numpy()
     bad = int(np.flatnonzero((ids < 0) | (ids >= size))[0])
     raise DatasetError(
-        f"feature {name!r}: id {int(ids[bad])} out of range [0, {size}) in {path} (row {offset + bad} of the file)"
+        f"feature {name!r}: id {int(ids[bad])} out of range [0, {size}) in {where}, row {bad} of the row group"
     )

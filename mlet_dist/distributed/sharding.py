@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional
 
 import torch
+from fbgemm_gpu.split_table_batched_embeddings_ops_common import BoundsCheckMode
 from torch import nn
 from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder, ShardedEmbeddingBagCollection
@@ -70,10 +71,17 @@ class ShardingConfig:
 def default_sharders(config: ShardingConfig) -> List[ModuleSharder[nn.Module]]:
     from mlet_dist.distributed.mlet_sharder import MLETEmbeddingBagCollectionSharder
 
-    sharders: List[ModuleSharder[nn.Module]] = [EBCSharder()]  # type: ignore[list-item]
+    sharders: List[ModuleSharder[nn.Module]] = [EBCSharder(fused_params=bounds_checked())]  # type: ignore[list-item]
     if config.owner_projection:
-        sharders.insert(0, MLETEmbeddingBagCollectionSharder())  # type: ignore[arg-type]
+        sharders.insert(0, MLETEmbeddingBagCollectionSharder(fused_params=bounds_checked()))  # type: ignore[arg-type]
     return sharders
+
+
+def bounds_checked() -> Dict[str, object]:
+    """fbgemm's TBE checks every id against its table on the device and, in FATAL mode, raises
+    (its default, WARNING, silently maps a bad id to row 0). No host sync: the per-step Python
+    checks of the module path are opt-in (--check-inputs)."""
+    return {"bounds_check_mode": BoundsCheckMode.FATAL}
 
 
 def embedding_collections(model: nn.Module) -> List[EmbeddingBagCollection]:

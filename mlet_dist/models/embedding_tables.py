@@ -21,6 +21,10 @@ class EmbeddingSpec:
     mlet: bool = True
     projection_init_std: Optional[float] = None
     pooling: PoolingType = PoolingType.SUM
+    # Per-call Python checks of ids and feature names in the MLET module (host syncs every step).
+    # Training turns them off: the reader validated every id and the sharded kernels bound-check
+    # on the device (distributed/sharding.py); --check-inputs turns them back on.
+    validate_inputs: bool = True
 
     def __post_init__(self) -> None:
         if self.embedding_dim < 1:
@@ -56,6 +60,7 @@ def build_embedding_collection(
                 for feature, n in table_sizes.items()
             ],
             device=device,
+            validate_inputs=spec.validate_inputs,
         )
     return EmbeddingBagCollection(
         tables=[

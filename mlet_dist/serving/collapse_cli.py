@@ -76,10 +76,13 @@ def training_argv(run_dir: Path) -> List[str]:
 
 
 def training_config(run_dir: Path, data: Optional[Path]) -> Any:
-    from mlet_dist.training.config import parse_args
+    """The run's TrainConfig from its config.json (what the run was, whatever today's flags are
+    called); runs older than config.json replay their command line through today's parser."""
+    from mlet_dist.config_io import load_config
+    from mlet_dist.training.config import TrainConfig, parse_args
 
-    argv = training_argv(run_dir)
-    cfg = parse_args(argv)
+    saved = run_dir / "config.json"
+    cfg = load_config(TrainConfig, saved) if saved.is_file() else parse_args(training_argv(run_dir))
     if data is not None:
         cfg.data = data
     if not (Path(cfg.data) / "meta.json").is_file():

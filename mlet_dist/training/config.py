@@ -1,17 +1,45 @@
 """Command-line configuration of a training run, as dataclasses (one per component)."""
 
 import argparse
-import time
+import os
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Dict, List, NoReturn, Optional, Sequence, Tuple
 
 from mlet_dist.cli_common import add_model_shape_args
+from mlet_dist.config_io import from_jsonable, load_config, merged, to_jsonable
+from mlet_dist.data.parquet_batches import DEFAULT_SHUFFLE_WINDOW, ORDERS
+from mlet_dist.distributed.env import DEFAULT_COLLECTIVE_TIMEOUT_S, DistEnv
 from mlet_dist.distributed.sharding import SHARDING_CHOICES, ShardingConfig
 from mlet_dist.models.dcn import DCNConfig
 from mlet_dist.models.dlrm import DLRMConfig
 from mlet_dist.models.embedding_tables import EmbeddingSpec
+from mlet_dist.training.loop import PIPELINES
 from mlet_dist.training.optim import DENSE_OPTIMIZERS, EMBEDDING_OPTIMIZERS, OptimConfig
+from mlet_dist.training.run_name import RUNS_ROOT, default_run_name
+
+
+@dataclass
+class InputConfig:
+    """How each rank reads its training rows (``data/parquet_batches.py``)."""
+
+    order: str = "local"  # local: each rank reads only its rows; exact: N ranks x B = one process x N*B
+    shuffle: bool = True  # per epoch, seeded by --seed: row groups permuted, rows within windows
+    shuffle_window: int = DEFAULT_SHUFFLE_WINDOW
+    prefetch: int = 2  # batches made ahead in a background thread (0: none)
+
+    def __post_init__(self) -> None:
+        if self.order not in ORDERS:
+            raise ValueError(f"--data-order must be one of {', '.join(ORDERS)}, got {self.order!r}")
+        if self.shuffle_window < 1:
+            raise ValueError(f"--shuffle-window must be >= 1 rows, got {self.shuffle_window}")
+        if self.prefetch < 0:
+            raise ValueError(f"--prefetch must be >= 0 batches, got {self.prefetch}")
+
+    def stream_kwargs(self, env: DistEnv) -> Dict[str, Any]:
+        return {"order": self.order, "shuffle_window": self.shuffle_window, "prefetch": self.prefetch,
+                "pin_memory": env.device.type == "cuda"}
 
 
 @dataclass
@@ -41,6 +69,12 @@ class TrainConfig:
     dcn: DCNConfig = field(default_factory=DCNConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     sharding: ShardingConfig = field(default_factory=ShardingConfig)
+    collective_timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S
+    input: InputConfig = field(default_factory=InputConfig)
+    pipeline: str = "sparse-dist"
+    # False: run_dir is this process's provisional default; train.run() replaces it with rank 0's
+    # choice once the process group exists (training/run_name.py)
+    run_dir_given: bool = True
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -53,17 +87,43 @@ class TrainConfig:
             raise ValueError(f"--early-stop-patience must be >= 0 (0: train all epochs), got {self.early_stop_patience}")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size (per rank) must be >= 1, got {self.batch_size}")
+        if self.log_every < 1:
+            raise ValueError(f"--log-every must be >= 1 (steps between train-loss records), got {self.log_every}")
+        for flag, value in (("--max-train-batches", self.max_train_batches),
+                            ("--max-eval-batches", self.max_eval_batches)):
+            if value is not None and value < 1:
+                raise ValueError(f"{flag} must be >= 1 (leave it out for the whole split), got {value}")
+        if self.pipeline not in PIPELINES:
+            raise ValueError(f"--pipeline must be one of {', '.join(PIPELINES)}, got {self.pipeline!r}")
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"--keep-checkpoints must be >= 1, got {self.keep_checkpoints}")
+        if not (math.isfinite(self.collective_timeout_s) and self.collective_timeout_s > 0):
+            raise ValueError(f"--collective-timeout-s must be a positive number, got {self.collective_timeout_s}")
+
+
+class _RankZeroParser(argparse.ArgumentParser):
+    """Under torchrun every rank parses the same argv: a usage mistake (a forgotten --data) is
+    printed once, by rank 0, as one line with a pointer to --help instead of the full usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        if os.environ.get("RANK", "0") == "0":
+            self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists every flag)\n")
+        self.exit(2)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _RankZeroParser(
         prog="mlet-train",
         description="Train DLRM with MLET (or baseline) embeddings, sharded with TorchRec. "
         "Run under torchrun / torchx for several ranks.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--data", type=Path, required=True, help="prepared dataset dir (mlet-prep output)")
-    p.add_argument("--run-dir", type=Path, default=None, help="default: runs/<timestamp>")
+    p.add_argument("--config", type=Path, default=None,
+                   help="start from a saved config (a run's config.json); flags given here override it")
+    p.add_argument("--data", type=Path, default=None, help="prepared dataset dir (mlet-prep output)")
+    p.add_argument("--run-dir", type=Path, default=None,
+                   help="default: runs/<torchelastic run id> under torchrun/torchx, else runs/<timestamp>; "
+                   "one name for all ranks, chosen by rank 0")
     add_model_shape_args(p)
     p.add_argument("--projection-init-std", type=float, default=None, help="default sqrt(2/(k+d))")
     p.add_argument("--epochs", type=int, default=1)
@@ -84,6 +144,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MLET projections as dense DDP params after the all-to-all (k-wide traffic); "
                    "default projects on the owning rank (d-wide traffic)")
     p.add_argument("--backend", choices=["auto", "gloo", "nccl"], default="auto")
+    p.add_argument("--data-order", choices=ORDERS, default=InputConfig.order,
+                   help="local: each rank reads and decodes only its own 1/W of the rows (scales with the "
+                   "cluster); exact: every rank reads every global batch and takes its slice, so N ranks x B "
+                   "equal one process x N*B (equivalence tests)")
+    p.add_argument("--pipeline", choices=PIPELINES, default="sparse-dist",
+                   help="sparse-dist: TorchRec's TrainPipelineSparseDist overlaps the next batch's copy and "
+                   "input all-to-all with this step; none: the plain forward/backward/step loop")
+    p.add_argument("--check-inputs", action="store_true",
+                   help="also check ids and feature names in Python on every step (host syncs; the reader and "
+                   "the kernels' FATAL bounds check already guard the ids)")
+    p.add_argument("--no-shuffle", action="store_true",
+                   help="train in file order (default: shuffled per epoch, seeded by --seed)")
+    p.add_argument("--shuffle-window", type=int, default=InputConfig.shuffle_window,
+                   help="rows shuffled together after the per-epoch row-group permutation (memory bound)")
+    p.add_argument("--prefetch", type=int, default=InputConfig.prefetch,
+                   help="batches read ahead in a background thread (0: read in the training loop)")
+    p.add_argument("--collective-timeout-s", type=float, default=DEFAULT_COLLECTIVE_TIMEOUT_S,
+                   help="longest wait in one collective before the job fails (a peer that hangs without exiting)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-every", type=int, default=10, help="steps between train-loss records")
     p.add_argument("--no-collapse", action="store_true", help="skip the collapse at the end")
@@ -107,12 +185,68 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Which config fields each flag sets: how explicitly given flags override a --config file. A test
+# checks that every flag of the parser is listed here, so a new flag cannot be forgotten.
+FLAG_FIELDS: Dict[str, Tuple[str, ...]] = {
+    "data": ("data",), "run_dir": ("run_dir", "run_dir_given"), "model": ("embedding.mlet", "collapse"),
+    "embedding_dim": ("embedding.embedding_dim",), "inner_dim": ("embedding.inner_dim",),
+    "bottom_mlp": ("dlrm.bottom_mlp",), "top_mlp": ("dlrm.top_mlp",), "arch": ("arch",),
+    "dcn_layers": ("dcn.cross_layers",), "dcn_low_rank": ("dcn.low_rank",),
+    "projection_init_std": ("embedding.projection_init_std",), "epochs": ("epochs",),
+    "batch_size": ("batch_size",), "max_train_batches": ("max_train_batches",),
+    "max_eval_batches": ("max_eval_batches",), "embedding_optimizer": ("optim.embedding_optimizer",),
+    "embedding_lr": ("optim.embedding_lr",), "dense_optimizer": ("optim.dense_optimizer",),
+    "dense_lr": ("optim.dense_lr",), "sharding": ("sharding.sharding",), "plan": ("plan",),
+    "projection_after_comm": ("sharding.owner_projection",), "backend": ("backend",),
+    "data_order": ("input.order",), "pipeline": ("pipeline",), "check_inputs": ("embedding.validate_inputs",),
+    "no_shuffle": ("input.shuffle",), "shuffle_window": ("input.shuffle_window",),
+    "prefetch": ("input.prefetch",), "collective_timeout_s": ("collective_timeout_s",), "seed": ("seed",),
+    "log_every": ("log_every",), "no_collapse": ("collapse",), "no_progress": ("progress",),
+    "save_predictions": ("save_predictions",), "diagnostics": ("diagnostics",),
+    "checkpoint_every": ("checkpoint_every",), "eval_every": ("eval_every",),
+    "early_stop_patience": ("early_stop_patience",), "keep_checkpoints": ("keep_checkpoints",),
+    "no_resume": ("resume",), "config": (),
+}
+
+
+def _given_flags(argv: Optional[Sequence[str]]) -> List[str]:
+    """The dests the command line sets explicitly (not left at their defaults)."""
+    parser = build_parser()
+    for action in parser._actions:  # argparse's documented way to ask "was it given": SUPPRESS
+        action.default = argparse.SUPPRESS
+        action.required = False
+    return sorted(vars(parser.parse_args(argv)))
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> TrainConfig:
+    """The run's TrainConfig: from the flags, or from ``--config FILE`` (a run's config.json)
+    with the flags given on the command line overriding it."""
     args = build_parser().parse_args(argv)
-    run_dir = args.run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    if args.data is None and args.config is None:
+        build_parser().error("the following arguments are required: --data (or --config FILE)")
+    from_flags = _from_args(args)
+    if args.config is None:
+        return from_flags
+    try:
+        base = to_jsonable(load_config(TrainConfig, args.config))
+    except ValueError as err:
+        raise ValueError(f"--config: {err}") from None
+    chosen = to_jsonable(from_flags)
+    overrides: Dict[str, Any] = {"run_dir": chosen["run_dir"], "run_dir_given": chosen["run_dir_given"]}
+    for dest in _given_flags(argv):  # a config file says what to train; where is this command's choice
+        for path in FLAG_FIELDS[dest]:
+            node = chosen
+            for key in path.split("."):
+                node = node[key]
+            overrides[path] = node
+    return from_jsonable(TrainConfig, merged(base, overrides), where=str(args.config))
+
+
+def _from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
-        data=args.data,
-        run_dir=run_dir,
+        data=args.data or Path("."),
+        run_dir=args.run_dir or RUNS_ROOT / default_run_name(),
+        run_dir_given=args.run_dir is not None,
         epochs=args.epochs,
         batch_size=args.batch_size,
         max_train_batches=args.max_train_batches,
@@ -127,6 +261,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> TrainConfig:
             inner_dim=args.inner_dim,
             mlet=args.model == "mlet",
             projection_init_std=args.projection_init_std,
+            validate_inputs=args.check_inputs,
         ),
         dlrm=DLRMConfig(bottom_mlp=args.bottom_mlp, top_mlp=args.top_mlp),
         arch=args.arch,
@@ -146,4 +281,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> TrainConfig:
         save_predictions=args.save_predictions,
         diagnostics=args.diagnostics,
         sharding=ShardingConfig(args.sharding, owner_projection=not args.projection_after_comm),
+        collective_timeout_s=args.collective_timeout_s,
+        pipeline=args.pipeline,
+        input=InputConfig(order=args.data_order, shuffle=not args.no_shuffle,
+                          shuffle_window=args.shuffle_window, prefetch=args.prefetch),
     )

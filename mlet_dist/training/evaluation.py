@@ -33,13 +33,15 @@ class Predictions:
         }
 
 
-def _gather_rows(local: torch.Tensor, world_size: int) -> torch.Tensor:
+def _gather_rows(local: torch.Tensor, world_size: int, rank_major: bool) -> torch.Tensor:
     """all_gather of per-rank [num_batches, B] tensors, re-ordered to global row order."""
     if world_size == 1:
         return local
     parts = [torch.empty_like(local) for _ in range(world_size)]
     dist.all_gather(parts, local)
-    # parts[r][b] holds rank r's slice of global batch b: interleave to [b][r].
+    if rank_major:  # each rank read one contiguous block of the split (order="local")
+        return torch.stack(parts, dim=0)
+    # order="exact": parts[r][b] holds rank r's slice of global batch b: interleave to [b][r].
     return torch.stack(parts, dim=1)
 
 
@@ -67,6 +69,7 @@ def predict(
     if not probs:
         return Predictions(torch.empty(0), torch.empty(0))
     stacked = [torch.stack(x) for x in (probs, labels, valid)]
-    gathered = [_gather_rows(t.to(device), world_size).cpu() for t in stacked]
+    rank_major = bool(getattr(batches, "rank_major", False))
+    gathered = [_gather_rows(t.to(device), world_size, rank_major).cpu() for t in stacked]
     keep = gathered[2].reshape(-1) > 0
     return Predictions(gathered[0].reshape(-1)[keep], gathered[1].reshape(-1)[keep])

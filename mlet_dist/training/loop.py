@@ -1,54 +1,67 @@
-"""One training epoch: forward, mean loss, backward (fused table update), dense step.
+"""Training steps: the plain loop, or TorchRec's ``TrainPipelineSparseDist``.
 
-``on_step(step, loss)`` runs after every step; returning True ends the epoch there.
+Both yield one device-resident loss per step and never read it back (a host sync per step
+stalls a GPU stream); the trainer reads losses in bulk every ``--log-every`` steps.
+
+The pipeline overlaps the next batch's host-to-device copy and its sparse input all-to-all with
+the current step's forward/backward. It rewrites the sharded modules' forwards, so a segment
+of steps ends (``close()``, which detaches it) before anything else calls the model, e.g. an
+evaluation; the next segment starts a fresh pipeline at the exact next batch. Batches in flight
+were read and input-distributed but never trained on, so checkpoints and resume stay exact.
 """
 
-import time
-from dataclasses import dataclass
-from typing import Callable, Iterable, Optional
+from typing import Iterable, Iterator, Optional
 
 import torch
 from torch import nn
-from tqdm import tqdm
+from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
 from mlet_dist.data.parquet_batches import LoadedBatch
 
-
-@dataclass
-class EpochStats:
-    steps: int
-    samples: int
-    mean_loss: float
-    seconds: float
+PIPELINES = ("sparse-dist", "none")
 
 
-def train_epoch(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    batches: Iterable[LoadedBatch],
-    device: torch.device,
-    world_size: int,
-    on_step: Optional[Callable[[int, float], Optional[bool]]] = None,
-    show_progress: bool = False,
-    desc: str = "train",
-    total: Optional[int] = None,
-) -> EpochStats:
+class StepSegment:
+    """Steps over ``batches`` until exhausted or closed; iterate for the per-step losses."""
 
-    model.train()
-    start = time.perf_counter()
-    steps, samples, loss_sum = 0, 0, 0.0
-    bar = tqdm(batches, desc=desc, disable=not show_progress, unit="batch", total=total)
-    for loaded in bar:
-        optimizer.zero_grad()
-        loss, _ = model(loaded.batch.to(device))
-        loss.backward()
-        optimizer.step()
-        steps += 1
-        samples += loaded.num_valid * world_size
-        value = float(loss.detach())
-        loss_sum += value
-        bar.set_postfix(loss=f"{value:.4f}")
-        if on_step is not None and on_step(steps, value):
-            break  # the callback asked to stop (early stopping)
-    seconds = time.perf_counter() - start
-    return EpochStats(steps, samples, loss_sum / max(steps, 1), seconds)
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[LoadedBatch],
+                 device: torch.device, pipeline: str) -> None:
+        if pipeline not in PIPELINES:
+            raise ValueError(f"--pipeline must be one of {', '.join(PIPELINES)}, got {pipeline!r}")
+        self.model, self.optimizer, self.device = model, optimizer, device
+        self._batches = iter(batches)
+        self._pipeline: Optional[TrainPipelineSparseDist] = None
+        self.pipelined_modules = 0  # sharded modules whose input dist the pipeline overlapped
+        if pipeline == "sparse-dist":
+            self._pipeline = TrainPipelineSparseDist(model, optimizer, device, execute_all_batches=True)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        self.model.train()
+        try:
+            if self._pipeline is None:
+                for loaded in self._batches:
+                    self.optimizer.zero_grad()
+                    loss, _ = self.model(loaded.batch.to(self.device, non_blocking=True))
+                    loss.backward()
+                    self.optimizer.step()
+                    yield loss.detach()
+            else:
+                batches = (loaded.batch for loaded in self._batches)
+                while True:
+                    try:
+                        output = self._pipeline.progress(batches)
+                    except StopIteration:
+                        return
+                    self.pipelined_modules = len(self._pipeline._pipelined_modules)  # type: ignore[union-attr]
+                    yield output[0].detach()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Restore the model's own forwards; in-flight batches are dropped (never trained on)."""
+        if self._pipeline is not None:
+            self._pipeline.detach()
+            self._pipeline = None
+        close = getattr(self._batches, "close", None)
+        if close is not None:
+            close()  # stop the reader's prefetch thread

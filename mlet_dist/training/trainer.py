@@ -6,13 +6,14 @@ epoch and, with ``eval_every`` > 0, every ``eval_every`` global steps inside one
 the best validation AUC is the run's selected model (test AUC is logged, never used to choose).
 """
 
-import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
+import torch
 from torch import nn
 from torchrec.optim.keyed import CombinedOptimizer
+from tqdm import tqdm
 
 from mlet_dist.data.parquet_batches import ParquetBatchStream
 from mlet_dist.distributed.env import DistEnv
@@ -22,7 +23,7 @@ from mlet_dist.training.best_model import BestModelKeeper
 from mlet_dist.training.checkpoint import CheckpointError, CheckpointManager, TrainPosition
 from mlet_dist.training.diagnostics import is_projection_key, projection_spectra
 from mlet_dist.training.faults import maybe_fail
-from mlet_dist.training.loop import train_epoch
+from mlet_dist.training.loop import StepSegment
 from mlet_dist.training.run_dir import RunDirectory
 
 Metrics = Dict[str, Dict[str, float]]  # split -> metric -> value
@@ -30,6 +31,41 @@ Metrics = Dict[str, Dict[str, float]]  # split -> metric -> value
 
 class NonFiniteLossError(UserError):
     """Training diverged (or met a value the data checks could not see)."""
+
+
+class LossTally:
+    """Per-step losses kept on the device and read back in bulk (one host sync per flush)."""
+
+    def __init__(self, rank: int) -> None:
+        self.rank = rank
+        self._pending: List[Tuple[int, int, int, torch.Tensor]] = []  # (global step, epoch, batch, loss)
+        self._sum, self._count, self._last = 0.0, 0, float("nan")
+
+    def add(self, step: int, epoch: int, batch: int, loss: torch.Tensor) -> None:
+        self._pending.append((step, epoch, batch, loss))
+
+    def flush(self) -> float:
+        """Read the pending losses; the latest one. A non-finite one stops the run, naming its step."""
+        if not self._pending:
+            return self._last
+        values = torch.stack([p[3].float() for p in self._pending]).cpu()
+        bad = torch.nonzero(~torch.isfinite(values))
+        if len(bad):
+            step, epoch, batch, _ = self._pending[int(bad[0])]
+            raise NonFiniteLossError(
+                f"training loss is {float(values[int(bad[0])])} at global step {step} (epoch {epoch}, batch "
+                f"{batch} of the epoch, rank {self.rank}); nothing from that step on was saved. "
+                "Lower --embedding-lr / --dense-lr, or check the data"
+            )
+        self._sum += float(values.double().sum())
+        self._count += len(values)
+        self._last = float(values[-1])
+        self._pending.clear()
+        return self._last
+
+    def epoch_mean(self) -> float:
+        self.flush()
+        return self._sum / max(self._count, 1)
 
 
 @dataclass
@@ -41,6 +77,7 @@ class LoopConfig:
     log_every: int = 10
     progress: bool = False
     spectra: bool = False  # log the spectra of the projections W at every evaluation point
+    pipeline: str = "sparse-dist"  # TorchRec's TrainPipelineSparseDist, or "none": the plain loop
 
 
 @dataclass
@@ -66,6 +103,7 @@ class Trainer:
         self._eval_seconds = 0.0
         self._points_since_best = 0
         self.stopped_early_at: Optional[int] = None
+        self._pipeline_reported = False
 
     def fit(self, position: TrainPosition) -> FitResult:
         """Train from ``position`` (a fresh start or a resumed checkpoint) to the last epoch."""
@@ -87,47 +125,79 @@ class Trainer:
         return bool(patience) and self._points_since_best >= patience
 
     def _run_epoch(self, epoch: int, start: int) -> None:
+        """Segments of steps (one pipeline each) from batch ``start``; an evaluation point ends a
+        segment, and the next one starts at the exact next batch."""
         batches_in_epoch = len(self.train_stream)
         self._eval_seconds = 0.0
-
-        def on_step(step: int, loss: float) -> bool:
-            self.global_step += 1
-            if not math.isfinite(loss):  # before any log line or checkpoint of this step
-                raise NonFiniteLossError(
-                    f"training loss is {loss} at global step {self.global_step} (epoch {epoch}, batch "
-                    f"{start + step - 1} of the epoch, rank {self.env.rank}); nothing of this step was saved. "
-                    "Lower --embedding-lr / --dense-lr, or check the data"
-                )
-            if self.global_step % self.cfg.log_every == 0:
-                self.out.log("train", step=self.global_step, loss=loss)
-            maybe_fail("step", self.global_step, self.env.rank)
-            next_batch = start + step
-            if next_batch >= batches_in_epoch:
-                return False  # the end of the epoch evaluates and checkpoints below
-            if self.cfg.eval_every and self.global_step % self.cfg.eval_every == 0:
-                self._evaluation_point(epoch, is_last=False, event="eval")
-                if self._patience_exhausted():
-                    return True
-            if self.cfg.checkpoint_every and self.global_step % self.cfg.checkpoint_every == 0:
-                self._save_checkpoint(epoch, next_batch)
-            return False
-
-        stats = train_epoch(self.model, self.optimizer, self.train_stream.iter_from(start), self.env.device,
-                            self.env.world_size, on_step, show_progress=self.cfg.progress and self.env.is_main,
-                            desc=f"epoch {epoch}", total=batches_in_epoch - start)
-        self.train_seconds += stats.seconds - self._eval_seconds  # training only
+        losses = LossTally(self.env.rank)
+        started = time.perf_counter()
+        next_batch = start
+        bar = tqdm(total=batches_in_epoch - start, desc=f"epoch {epoch}", unit="batch",
+                   disable=not (self.cfg.progress and self.env.is_main))
+        stopped = False
+        while next_batch < batches_in_epoch and not stopped:
+            segment = StepSegment(self.model, self.optimizer, self.train_stream.iter_from(next_batch, epoch),
+                                  self.env.device, self.cfg.pipeline)
+            restart = False
+            for loss in segment:
+                next_batch += 1
+                self.global_step += 1
+                bar.update()
+                losses.add(self.global_step, epoch, next_batch - 1, loss)
+                if not self._pipeline_reported:
+                    self._report_pipeline(segment)
+                if self.global_step % self.cfg.log_every == 0:
+                    value = losses.flush()  # the one host sync, every --log-every steps
+                    self.out.log("train", step=self.global_step, loss=value)
+                    bar.set_postfix(loss=f"{value:.4f}")
+                maybe_fail("step", self.global_step, self.env.rank)
+                if next_batch >= batches_in_epoch:
+                    break  # the end of the epoch evaluates and checkpoints below
+                if self.cfg.eval_every and self.global_step % self.cfg.eval_every == 0:
+                    segment.close()  # the model's own forwards back before evaluation
+                    losses.flush()
+                    self._evaluation_point(epoch, is_last=False, event="eval")
+                    stopped = self._patience_exhausted()
+                    restart = not stopped
+                    if restart and self._checkpoint_due():
+                        self._save_checkpoint(epoch, next_batch)
+                    break
+                if self._checkpoint_due():
+                    losses.flush()  # a non-finite loss stops the run before its state is saved
+                    self._save_checkpoint(epoch, next_batch)
+            segment.close()
+            if not restart:
+                break
+        bar.close()
+        mean_loss = losses.epoch_mean()
+        seconds = time.perf_counter() - started
+        steps = next_batch - start
+        self.train_seconds += seconds - self._eval_seconds  # training only
         if self._patience_exhausted():  # stopped inside the epoch: that point was just evaluated
             self._stop(epoch)
             return
         metrics = self._evaluation_point(
-            epoch, is_last=epoch == self.cfg.epochs - 1, event="epoch", train_loss=stats.mean_loss,
-            samples_per_s=stats.samples / max(stats.seconds, 1e-9))
+            epoch, is_last=epoch == self.cfg.epochs - 1, event="epoch", train_loss=mean_loss,
+            samples_per_s=steps * self.train_stream.global_batch_size / max(seconds - self._eval_seconds, 1e-9))
         self._save_checkpoint(epoch + 1, 0)
         if self.env.is_main:
-            print(f"epoch {epoch}: train loss {stats.mean_loss:.4f}  "
+            print(f"epoch {epoch}: train loss {mean_loss:.4f}  "
                   f"val AUC {metrics['val']['auc']:.4f}  test AUC {metrics['test']['auc']:.4f}")
         if self._patience_exhausted() and epoch < self.cfg.epochs - 1:
             self._stop(epoch)
+
+    def _report_pipeline(self, segment: StepSegment) -> None:
+        """Say once whether the pipeline found sharded modules to overlap (0: it runs, but as
+        the plain loop: the model's sparse inputs are not plain attributes of the batch)."""
+        self._pipeline_reported = True
+        if self.cfg.pipeline == "none":
+            return
+        self.out.log("pipeline", kind=self.cfg.pipeline, pipelined_modules=segment.pipelined_modules)
+        if segment.pipelined_modules == 0 and self.env.is_main:
+            print("warning: --pipeline found no sharded module to pipeline; steps run unoverlapped")
+
+    def _checkpoint_due(self) -> bool:
+        return bool(self.cfg.checkpoint_every) and self.global_step % self.cfg.checkpoint_every == 0
 
     def _stop(self, epoch: int) -> None:
         self.stopped_early_at = self.global_step

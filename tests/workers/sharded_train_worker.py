@@ -18,11 +18,13 @@ from torchrec.distributed import comm_ops  # noqa: E402
 from torchrec.distributed.planner import ParameterConstraints  # noqa: E402
 
 import equivalence_setup as setup  # noqa: E402
+from mlet_dist.data.parquet_batches import LoadedBatch  # noqa: E402
 from mlet_dist.distributed.env import init_distributed, shutdown_distributed  # noqa: E402
 from mlet_dist.distributed.sharded_mlet import ShardedMLETEmbeddingBagCollection  # noqa: E402
 from mlet_dist.distributed.sharding import ShardingConfig, shard_model  # noqa: E402
 from mlet_dist.distributed.state import gather_full_state_dict, load_full_state_dict  # noqa: E402
 from mlet_dist.log_setup import quiet_library_logs  # noqa: E402
+from mlet_dist.training.loop import PIPELINES, StepSegment  # noqa: E402
 from mlet_dist.training.optim import OptimConfig, attach_fused_embedding_optimizer, build_optimizer  # noqa: E402
 
 MIXED = {"t_C1": "table_wise", "t_C2": "row_wise", "t_C3": "column_wise", "t_C4": "data_parallel"}
@@ -83,6 +85,9 @@ def main() -> None:
     parser.add_argument("--count-bytes", action="store_true")
     parser.add_argument("--optim", choices=sorted(setup.OPTIMS), default="sgd")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--steps", type=int, default=setup.STEPS)
+    parser.add_argument("--pipeline", choices=PIPELINES, default=None,
+                        help="run the steps through training/loop.py's StepSegment (default: a bare loop)")
     args = parser.parse_args()
     quiet_library_logs()
     counter = ByteCounter() if args.count_bytes else None
@@ -102,6 +107,7 @@ def main() -> None:
     load_full_state_dict(sharded, setup.initial_state(mlet))
     optimizer = build_optimizer(sharded, optim)
     bytes_sent: List[int] = []
+    pipelined_modules = 0
     if counter is not None:
         counter.active = True
         with torch.no_grad():
@@ -109,12 +115,19 @@ def main() -> None:
         counter.active = False
         bytes_sent.append(counter.sent)
     losses = []
-    for step in range(setup.STEPS):
-        optimizer.zero_grad()
-        loss, _ = sharded(setup.rank_batch(step, env.rank, env.world_size))
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss))
+    if args.pipeline is None:
+        for step in range(args.steps):
+            optimizer.zero_grad()
+            loss, _ = sharded(setup.rank_batch(step, env.rank, env.world_size))
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss))
+    else:
+        batches = (LoadedBatch(setup.rank_batch(step, env.rank, env.world_size), setup.LOCAL_BATCH)
+                   for step in range(args.steps))
+        segment = StepSegment(sharded, optimizer, batches, env.device, args.pipeline)
+        losses = [float(loss) for loss in segment]
+        pipelined_modules = segment.pipelined_modules
     state = gather_full_state_dict(sharded)
     total_bytes = torch.tensor(bytes_sent or [0])
     dist.all_reduce(total_bytes)
@@ -126,7 +139,8 @@ def main() -> None:
         for module_plan in sharded.plan.plan.values() for table, ps in module_plan.items()
     }
     if env.is_main:
-        torch.save({"state": state, "losses_rank0": losses, "plan": str(sharded.plan), "shards": shards,
+        torch.save({"state": state, "losses_rank0": losses,
+                    "pipelined_modules": pipelined_modules if args.pipeline else None, "plan": str(sharded.plan), "shards": shards,
                     "owner_side": owner_side, "bytes_sent": int(total_bytes.item())}, args.out)
     shutdown_distributed()
 

@@ -1,0 +1,98 @@
+"""Dataclass config trees to and from JSON, driven by the field types.
+
+A run's configuration is saved as ``config.json`` in its run directory (and in the serving
+manifest) so that later tools rebuild the model from what the run *was*, not by replaying its
+command line through today's parser: renaming a flag must not orphan old runs. Loading is
+strict: an unknown key is an error that names it (a typo in a hand-edited file must not be
+silently ignored); a missing key takes the field's default (files written before it existed).
+"""
+
+import dataclasses
+import enum
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, Dict, Type, TypeVar, Union
+
+T = TypeVar("T")
+
+
+def to_jsonable(value: Any) -> Any:
+    """Dataclasses -> dicts, Paths -> str, enums -> their value, tuples -> lists."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    return value
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(args[0], value, where) if len(args) == 1 else value
+    if origin in (list, typing.List):
+        (item,) = typing.get_args(tp) or (Any,)
+        if not isinstance(value, list):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        return [_convert(item, v, f"{where}[]") for v in value]
+    if origin in (dict, typing.Dict):
+        return dict(value)
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return from_jsonable(tp, value, where)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return tp(value)
+    if tp is Path:
+        return Path(value)
+    if tp is float and isinstance(value, int):
+        return float(value)
+    return value
+
+
+def from_jsonable(cls: Type[T], data: Any, where: str = "config") -> T:
+    """Rebuild dataclass ``cls`` from ``to_jsonable`` output (its ``__post_init__`` checks run)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected an object for {cls.__name__}, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown} for {cls.__name__}; known: {sorted(fields)}")
+    kwargs = {name: _convert(hints[name], value, f"{where}.{name}") for name, value in data.items()
+              if fields[name].init}
+    return cls(**kwargs)
+
+
+def save_config(path: Path, config: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(to_jsonable(config), indent=1, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def load_config(cls: Type[T], path: Path) -> T:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"cannot read config {path}: {err}") from err
+    return from_jsonable(cls, data, where=str(path))
+
+
+def merged(base: Dict[str, Any], overrides: Dict[str, Any]) -> Dict[str, Any]:
+    """``base`` with dotted-path ``overrides`` applied (e.g. {"embedding.inner_dim": 128})."""
+    out = json.loads(json.dumps(base))
+    for dotted, value in overrides.items():
+        node = out
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = to_jsonable(value)
+    return out

@@ -1,0 +1,132 @@
+"""A split as a sequence of parquet row groups, and reading any row range of it.
+
+The unit of reading is the row group (parquet decodes whole row groups), so a rank that owns rows
+[lo, hi) of a split reads only the row groups that overlap them: its share plus at most the
+partial row groups at the two ends. Shuffling permutes the row groups per epoch (every rank
+computes the same permutation from (seed, epoch)) and then permutes rows inside windows of
+``window`` rows of a rank's range (a bounded shuffle buffer, seeded by (seed, epoch, window)).
+Everything is a pure function of (seed, epoch, range), so a resumed run reads the same rows in
+the same order and can skip straight to the window that holds its next batch.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mlet_dist.errors import DatasetError
+
+
+@dataclass(frozen=True)
+class RowGroup:
+    path: Path
+    index: int  # row group number inside its file
+    rows: int
+
+
+def index_row_groups(files: Sequence[Path]) -> List[RowGroup]:
+    """Every row group of the files, in file order (footers only)."""
+    groups: List[RowGroup] = []
+    for path in files:
+        md = pq.ParquetFile(path).metadata
+        groups.extend(RowGroup(path, i, md.row_group(i).num_rows) for i in range(md.num_row_groups))
+    return [g for g in groups if g.rows]
+
+
+def epoch_order(groups: Sequence[RowGroup], seed: int, epoch: int, shuffle: bool) -> List[RowGroup]:
+    if not shuffle:
+        return list(groups)
+    perm = np.random.default_rng([seed, epoch, 0x5EED]).permutation(len(groups))
+    return [groups[i] for i in perm]
+
+
+class RowRangeReader:
+    """Tables covering rows [lo, hi) of a row-group sequence, window by window.
+
+    ``validate(table, where)`` runs on every row group as it is decoded; ``where`` names the
+    file and row group, so an error says exactly which part of which file is bad.
+    """
+
+    def __init__(
+        self, order: Sequence[RowGroup], columns: Sequence[str],
+        validate: Callable[[pa.Table, str], None],
+    ) -> None:
+        self.order = list(order)
+        self.columns = list(columns)
+        self.validate = validate
+        self.starts = np.concatenate([[0], np.cumsum([g.rows for g in self.order])]).astype(np.int64)
+        self._files: Dict[Path, pq.ParquetFile] = {}
+        self._cached: Optional[Tuple[int, pa.Table]] = None
+        self.decoded_rows = 0  # rows of the row groups decoded so far (the cost of reading)
+
+    @property
+    def total_rows(self) -> int:
+        return int(self.starts[-1])
+
+    def _group_table(self, i: int) -> pa.Table:
+        if self._cached is not None and self._cached[0] == i:
+            return self._cached[1]
+        group = self.order[i]
+        where = f"{group.path} (row group {group.index})"
+        try:
+            pf = self._files.get(group.path)
+            if pf is None:
+                if len(self._files) >= 8:  # keep a few files open, not thousands
+                    self._files.pop(next(iter(self._files))).close()
+                pf = self._files[group.path] = pq.ParquetFile(group.path)
+            table = pf.read_row_group(group.index, columns=self.columns).select(self.columns)
+        except (OSError, pa.ArrowException) as err:
+            raise DatasetError(f"cannot read {where}: {err}") from err
+        if table.num_rows != group.rows:
+            raise DatasetError(f"{where}: {table.num_rows} rows, the footer said {group.rows}")
+        self.decoded_rows += table.num_rows
+        self.validate(table, where)
+        self._cached = (i, table)
+        return table
+
+    def read(self, lo: int, hi: int) -> pa.Table:
+        """Rows [lo, hi) of the sequence as one table (row groups decoded as needed)."""
+        if lo >= hi:
+            return self._empty()
+        first = bisect_right(self.starts, lo) - 1
+        pieces = []
+        i = first
+        while i < len(self.order) and self.starts[i] < hi:
+            table = self._group_table(i)
+            a = max(lo, int(self.starts[i])) - int(self.starts[i])
+            b = min(hi, int(self.starts[i + 1])) - int(self.starts[i])
+            pieces.append(table.slice(a, b - a))
+            i += 1
+        return pa.concat_tables(pieces) if len(pieces) > 1 else pieces[0]
+
+    def _empty(self) -> pa.Table:
+        return self._group_table(0).slice(0, 0) if self.order else pa.table({})
+
+    def windows(
+        self, lo: int, hi: int, window: int, skip_rows: int, shuffle_seed: Optional[Sequence[int]]
+    ) -> Iterator[pa.Table]:
+        """Rows [lo, hi) in windows of ``window`` rows (each permuted when ``shuffle_seed`` is
+        given), without the first ``skip_rows`` rows of the range: whole windows before them are
+        never read."""
+        first_window = skip_rows // window
+        for w in range(first_window, -(-(hi - lo) // window)):
+            a, b = lo + w * window, min(hi, lo + (w + 1) * window)
+            table = self.read(a, b)
+            if shuffle_seed is not None:
+                perm = np.random.default_rng([*shuffle_seed, w]).permutation(table.num_rows)
+                table = table.take(pa.array(perm))
+            if w == first_window and skip_rows % window:
+                table = table.slice(skip_rows % window)
+            yield table
+
+    def close(self) -> None:
+        for pf in self._files.values():
+            pf.close()
+        self._files.clear()
+        self._cached = None
