@@ -26,10 +26,9 @@ from mlet_dist.data.parquet_batches import DatasetMeta, ParquetBatchStream
 from mlet_dist.distributed.env import DistEnv, init_distributed, shutdown_distributed
 from mlet_dist.distributed.sharding import shard_model
 from mlet_dist.log_setup import quiet_library_logs
-from mlet_dist.models.ranking import build_ranking_model
+from mlet_dist.models.ranking import model_factory
 from mlet_dist.serving import export_after_training, load_serving_sharded
 from mlet_dist.planning.plan_io import PlanMismatchError, check_plan_fits, load_plan, save_plan
-from mlet_dist.models.embedding_tables import build_embedding_collection
 from mlet_dist.distributed.state import gather_full_state_dict
 from mlet_dist.training.best_model import BestModelKeeper
 from mlet_dist.training.checkpoint import CheckpointError, CheckpointManager, TrainPosition
@@ -115,16 +114,6 @@ def resume_position(
     return position
 
 
-def model_builder(cfg: TrainConfig, table_sizes: Dict[str, int], num_dense: int):
-    cfg.dlrm.dense_in_features = num_dense
-
-    def build(device: torch.device) -> nn.Module:
-        collection = build_embedding_collection(table_sizes, cfg.embedding, device=device)
-        return build_ranking_model(cfg.arch, collection, cfg.dlrm, cfg.dcn, device)
-
-    return build
-
-
 def count_params(model_factory, serving: bool) -> int:
     """Parameters at training (k-wide tables + projections) or serving (collapsed n×d tables)."""
     from mlet_dist.modules.collapse import collapse_model
@@ -162,7 +151,7 @@ def run(cfg: TrainConfig, env: DistEnv) -> Dict[str, object]:
         save_config(cfg.run_dir / CONFIG_FILE, cfg)
     meta = DatasetMeta.load(cfg.data)
     check_dataset(meta)  # every split, from the parquet footers: bad ids/labels fail now, not at step N
-    build = model_builder(cfg, meta.table_sizes, len(meta.dense_features))
+    build = model_factory(cfg.model, meta.table_sizes, len(meta.dense_features), meta.pooling)
 
     torch.manual_seed(cfg.seed + env.rank)  # distinct table shards per rank; DDP syncs dense from rank 0
     model = build(torch.device("meta"))

@@ -83,3 +83,22 @@ def test_old_runs_collapse_after_a_flag_is_renamed(tmp_path: Path, monkeypatch: 
         config_module.parse_args(["--data", str(data), "-k", "96"])  # the replay would fail
     got = collapse_cli.training_config(run, None)
     assert got.embedding.inner_dim == 96 and got.embedding.embedding_dim == 12
+
+
+def test_metrics_include_normalized_entropy_and_calibration() -> None:
+    import math
+
+    import torch
+
+    from mlet_dist.training.evaluation import Predictions
+
+    labels = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    probs = torch.tensor([0.6, 0.2, 0.1, 0.3])
+    m = Predictions(probs, labels).metrics()
+    logloss = -(math.log(0.6) + math.log(0.8) + math.log(0.9) + math.log(0.7)) / 4
+    base = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
+    assert m["logloss"] == pytest.approx(logloss)
+    assert m["ne"] == pytest.approx(logloss / base)
+    assert m["calibration"] == pytest.approx(0.3 / 0.25)
+    base_rate = Predictions(torch.full((4,), 0.25), labels).metrics()
+    assert base_rate["ne"] == pytest.approx(1.0) and base_rate["calibration"] == pytest.approx(1.0)

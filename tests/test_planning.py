@@ -46,12 +46,12 @@ def plan_small(**kw) -> PlanResult:
 def train_model(data_dir: Path, extra: List[str] = ()):
     """The model exactly as mlet_dist/train.py builds it (its own builder and argument parser)."""
     from mlet_dist.data.parquet_batches import DatasetMeta
-    from mlet_dist.train import model_builder
+    from mlet_dist.models.ranking import model_factory
     from mlet_dist.training.config import parse_args
 
     cfg = parse_args(["--data", str(data_dir), "-k", str(K), "-d", str(D), *extra])
     meta = DatasetMeta.load(data_dir)
-    return model_builder(cfg, meta.table_sizes, len(meta.dense_features))(torch.device("meta"))
+    return model_factory(cfg.model, meta.table_sizes, len(meta.dense_features))(torch.device("meta"))
 
 
 @pytest.fixture(scope="module")

@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     from mlet_dist.distributed.env import init_distributed, shutdown_distributed
     from mlet_dist.distributed.sharding import ShardingConfig, shard_model
     from mlet_dist.serving.export import export_serving
-    from mlet_dist.train import model_builder
+    from mlet_dist.models.ranking import model_factory
 
     if args.out.exists() and not args.overwrite:  # fail before loading anything
         raise ValueError(f"output {args.out} already exists; pass --overwrite to replace it")
@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     env = init_distributed(args.backend)
     try:
         meta = DatasetMeta.load(cfg.data)
-        build = model_builder(cfg, meta.table_sizes, len(meta.dense_features))
+        build = model_factory(cfg.model, meta.table_sizes, len(meta.dense_features), meta.pooling)
         sharding = cfg.sharding if args.sharding is None else ShardingConfig(args.sharding, cfg.sharding.owner_projection)
         model = shard_model(build(torch.device("meta")), env, sharding)
         if env.is_main:
@@ -175,7 +175,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             "collapse_world_size": env.world_size,
         }
         export = export_serving(
-            model, args.out, ServingModelConfig.from_train_config(cfg, meta.table_sizes, len(meta.dense_features)),
+            model, args.out, ServingModelConfig.from_train_config(cfg, meta.table_sizes, len(meta.dense_features),
+                                                            meta.pooling),
             dataset=cfg.data, source=source, serving_topology=topology, serving_sharding=args.serve_sharding,
             chunk_rows=args.chunk_rows, overwrite=args.overwrite,
         )

@@ -15,6 +15,7 @@ from mlet_dist.distributed.sharding import SHARDING_CHOICES, ShardingConfig
 from mlet_dist.models.dcn import DCNConfig
 from mlet_dist.models.dlrm import DLRMConfig
 from mlet_dist.models.embedding_tables import EmbeddingSpec
+from mlet_dist.models.ranking import ModelConfig
 from mlet_dist.training.loop import PIPELINES
 from mlet_dist.training.optim import DENSE_OPTIMIZERS, EMBEDDING_OPTIMIZERS, OptimConfig
 from mlet_dist.training.run_name import RUNS_ROOT, default_run_name
@@ -75,6 +76,11 @@ class TrainConfig:
     # False: run_dir is this process's provisional default; train.run() replaces it with rank 0's
     # choice once the process group exists (training/run_name.py)
     run_dir_given: bool = True
+
+    @property
+    def model(self) -> ModelConfig:
+        """The model subtree (what the one builder, models/ranking.py, takes)."""
+        return ModelConfig(arch=self.arch, embedding=self.embedding, dlrm=self.dlrm, dcn=self.dcn)
 
     def __post_init__(self) -> None:
         if self.epochs < 1:

@@ -1,5 +1,7 @@
-"""Evaluation: predictions gathered from all ranks, then AUC / logloss / accuracy (torchmetrics)."""
+"""Evaluation: predictions gathered from all ranks, then AUC / logloss / normalized entropy /
+calibration / accuracy (torchmetrics where it has them)."""
 
+import math
 from dataclasses import dataclass
 from typing import Dict, Iterable
 
@@ -25,9 +27,16 @@ class Predictions:
             raise ValueError("no rows to evaluate")
         labels = self.labels.long()
         auc = float(binary_auroc(self.probs, labels)) if labels.min() != labels.max() else float("nan")
+        logloss = float(F.binary_cross_entropy(self.probs.double(), self.labels.double()))
+        ctr = float(self.labels.double().mean())
+        # Normalized entropy (He et al., 2014): logloss over the entropy of always predicting the
+        # base rate; < 1 means better than the base rate. Calibration: predicted / observed clicks.
+        base = -(ctr * math.log(ctr) + (1 - ctr) * math.log(1 - ctr)) if 0 < ctr < 1 else float("nan")
         return {
             "auc": auc,
-            "logloss": float(F.binary_cross_entropy(self.probs.double(), self.labels.double())),
+            "logloss": logloss,
+            "ne": logloss / base if base > 0 else float("nan"),
+            "calibration": float(self.probs.double().mean()) / ctr if ctr > 0 else float("nan"),
             "accuracy": float(binary_accuracy(self.probs, labels)),
             "rows": int(labels.numel()),
         }
