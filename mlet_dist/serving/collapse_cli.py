@@ -30,6 +30,7 @@ from mlet_dist.modules.collapse import DEFAULT_CHUNK_ROWS
 from mlet_dist.serving.manifest import ServingDirError
 from mlet_dist.serving.model import SERVING_SHARDING_CHOICES, ServingModelConfig, ServingTopology
 from mlet_dist.distributed.safe_dcp import SafeFileSystemReader, UnsafeCheckpointError, safe_read_metadata
+from mlet_dist.errors import user_error_exit
 
 _STEP = re.compile(r"^step-(\d+)$")
 
@@ -198,7 +199,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     try:
         run(args)
     except (ServingDirError, UnsafeCheckpointError, ValueError, RuntimeError) as err:
-        raise SystemExit(f"error: {err}")
+        user_error_exit(err)
 
 
 if __name__ == "__main__":

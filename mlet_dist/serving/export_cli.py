@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 
 from mlet_dist.serving.manifest import ServingDirError
 from mlet_dist.serving.predict_module import TABLE_PRECISIONS
+from mlet_dist.errors import user_error_exit
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +44,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     try:
         artifact = export_artifact(args.serving_dir, args.out, args.precision, data=args.data, overwrite=args.overwrite)
     except (ServingDirError, ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"error: {err}")
+        user_error_exit(err)
     m = artifact.manifest
     for precision in m["precisions"]:
         diff = m["checks"][precision]["max_abs_prob_diff_vs_eager_fp32"]

@@ -25,6 +25,7 @@ from mlet_dist.serving.load import load_serving_model
 from mlet_dist.serving.manifest import ServingDir, ServingDirError, sha256_file
 from mlet_dist.serving.quantize import PRECISIONS, quantize_serving_model
 from mlet_dist.serving.scoring import ScoreResult, ScoringStream, rows_per_feature, score
+from mlet_dist.errors import user_error_exit
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,7 +164,7 @@ def predict_main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     try:
         report = run(args)
     except (ServingDirError, ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"error: {err}")
+        user_error_exit(err)
     print_report(report)
     if args.metrics_out is not None:
         args.metrics_out.parent.mkdir(parents=True, exist_ok=True)
