@@ -6,6 +6,7 @@ Usage:
   mlet-prep avazu           SRC OUT [--seed N] [--val-fraction F] [--test-fraction F] [common options]
   mlet-prep synthetic       OUT --rows N [--table-sizes criteo-terabyte|criteo-kaggle|N|N,N,...]
                             [--zipf A] [--seed N] [--format parquet|criteo-tsv] [--size-mb MB]
+                            [--multi-hot N] [--pooling sum|mean|C1=mean,...]
   mlet-prep planted         OUT [--rows N] [--tables T] [--cardinality C|C,C,...] [--rank R] [--zipf A]
                             [--noise S] [--seed X] [--dense D] [--signal G] [--dense-signal G]
                             [--positive-rate P] [--save-truth]   (labels from a known rank-R model;
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import List, Optional
 
 from data_prep.avazu import prepare_avazu
+from data_prep.dataset_format import CRITEO_SPARSE_FEATURES
+from data_prep.multi_hot import parse_pooling
 from data_prep.criteo import prepare_criteo_kaggle, prepare_criteo_terabyte
 from data_prep.pipeline import PrepConfig, PrepResult
 from data_prep.planted import PlantedSpec, generate_planted
@@ -111,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("--zipf", type=float, default=1.05, help="power-law exponent of id frequencies (default 1.05)")
     sy.add_argument("--seed", type=int, default=0)
     sy.add_argument("--format", choices=("parquet", "criteo-tsv"), default="parquet")
+    sy.add_argument("--multi-hot", type=int, default=0, metavar="N",
+                    help="parquet only: every C feature is a bag of 0..N ids per row (empty bags included; "
+                         "FORMAT.md version 2); 0 = one id per row (default)")
+    sy.add_argument("--pooling", default="sum",
+                    help="pooling recorded in meta.json for the model: sum | mean | C1=mean,C2=sum,... (default sum)")
     _add_common(sy, vocab=False)
 
     d = PlantedSpec()
@@ -226,7 +234,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                 return 0
             if args.rows is None:
                 raise ValueError("synthetic needs --rows")
-            result = generate_dataset(args.out, args.rows, sizes, args.zipf, args.seed, cfg)
+            pooling = parse_pooling(args.pooling, CRITEO_SPARSE_FEATURES)
+            result = generate_dataset(args.out, args.rows, sizes, args.zipf, args.seed, cfg,
+                                      multi_hot=args.multi_hot, pooling=pooling)
     except (FileExistsError, ValueError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, Mapping, Sequence, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 import pyarrow as pa
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what the writers write: version 1 plus multi-hot columns and per-feature pooling
+READABLE_VERSIONS: tuple = (1, 2)  # version-1 datasets are single-hot, sum-pooled version-2 datasets
 META_FILE = "meta.json"
 REJECTS_FILE = "rejects.tsv"
 DATASET_CRITEO_KAGGLE = "criteo-kaggle"
@@ -31,6 +32,9 @@ CRITEO_RAW_COLUMNS: tuple = (LABEL,) + CRITEO_DENSE_FEATURES + CRITEO_SPARSE_FEA
 LABEL_TYPE = pa.int8()
 DENSE_TYPE = pa.float32()
 SPARSE_TYPE = pa.int64()
+MULTI_HOT_TYPE = pa.list_(pa.int64())  # one bag of ids per row (possibly empty)
+POOLINGS: tuple = ("sum", "mean")
+DEFAULT_POOLING = "sum"
 
 REQUIRED_META_KEYS: tuple = (
     "format_version",
@@ -54,12 +58,44 @@ def parquet_schema(
     dense_features: Sequence[str] = CRITEO_DENSE_FEATURES,
     sparse_features: Sequence[str] = CRITEO_SPARSE_FEATURES,
     label: str = LABEL,
+    multi_hot: Sequence[str] = (),
 ) -> pa.Schema:
-    """Column schema of every part file, in on-disk column order."""
+    """Column schema of every part file, in on-disk column order; ``multi_hot`` features are
+    list<int64> bags, the others one int64 id per row."""
     fields = [pa.field(label, LABEL_TYPE, nullable=False)]
     fields += [pa.field(n, DENSE_TYPE, nullable=False) for n in dense_features]
-    fields += [pa.field(n, SPARSE_TYPE, nullable=False) for n in sparse_features]
+    fields += [pa.field(n, MULTI_HOT_TYPE if n in multi_hot else SPARSE_TYPE, nullable=False) for n in sparse_features]
     return pa.schema(fields)
+
+
+def bag_meta(
+    sparse_features: Sequence[str], pooling: Optional[Mapping[str, str]] = None,
+    multi_hot: Optional[Mapping[str, int]] = None,
+) -> Dict[str, Any]:
+    """The version-2 meta.json keys every writer adds: ``pooling`` for every sparse feature
+    (default sum) and ``multi_hot`` {feature: max bag size} for the list columns."""
+    pooling = dict(pooling or {})
+    unknown = sorted(set(pooling) - set(sparse_features))
+    if unknown:
+        raise ValueError(f"pooling names features that are not sparse features: {unknown}")
+    for name, how in pooling.items():
+        if how not in POOLINGS:
+            raise ValueError(f"pooling of {name!r} must be one of {POOLINGS}, got {how!r}")
+    return {
+        "pooling": {f: pooling.get(f, DEFAULT_POOLING) for f in sparse_features},
+        "multi_hot": {f: int(n) for f, n in (multi_hot or {}).items()},
+    }
+
+
+def feature_pooling(meta: Mapping[str, Any]) -> Dict[str, str]:
+    """Pooling per sparse feature of a validated meta.json (version 1: all sum)."""
+    given = meta.get("pooling") or {}
+    return {f: given.get(f, DEFAULT_POOLING) for f in meta["sparse_features"]}
+
+
+def multi_hot_features(meta: Mapping[str, Any]) -> Dict[str, int]:
+    """{feature: max bag size} of the list columns of a validated meta.json (version 1: none)."""
+    return {f: int(n) for f, n in (meta.get("multi_hot") or {}).items()}
 
 
 def part_file(split: str, index: int) -> str:
@@ -124,8 +160,8 @@ def _validate_meta(meta: Any, where: Path) -> None:
     if not isinstance(meta, dict):
         fail("top level must be a JSON object")
     version = meta.get("format_version")
-    if version != FORMAT_VERSION:
-        fail(f"unsupported format_version {version!r} (this code reads version {FORMAT_VERSION})")
+    if version not in READABLE_VERSIONS or isinstance(version, bool):
+        fail(f"unsupported format_version {version!r} (this code reads versions {', '.join(map(str, READABLE_VERSIONS))})")
     missing = [k for k in REQUIRED_META_KEYS if k not in meta]
     if missing:
         fail(f"missing required keys: {', '.join(missing)}")
@@ -139,6 +175,7 @@ def _validate_meta(meta: Any, where: Path) -> None:
         size = sizes.get(name)
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:
             fail(f"table_sizes[{name!r}] must be an integer >= 1, got {size!r}")
+    _validate_bags(meta, fail)
     splits = meta["splits"]
     if not isinstance(splits, dict):
         fail("splits must be an object")
@@ -151,6 +188,23 @@ def _validate_meta(meta: Any, where: Path) -> None:
             fail(f"splits[{split!r}].rows must be an integer >= 0, got {rows!r}")
         if not _is_str_list(info.get("files")):
             fail(f"splits[{split!r}].files must be a list of strings")
+
+
+def _validate_bags(meta: Dict[str, Any], fail: Any) -> None:
+    """Version 2's ``pooling`` and ``multi_hot``: known features, known poolings, sizes >= 1."""
+    sparse = set(meta["sparse_features"])
+    pooling = meta.get("pooling", {})
+    multi_hot = meta.get("multi_hot", {})
+    if meta["format_version"] == 1 and ("multi_hot" in meta and multi_hot):
+        fail("multi_hot needs format_version 2")
+    if not isinstance(pooling, dict) or not isinstance(multi_hot, dict):
+        fail("pooling and multi_hot must be objects {feature: ...}")
+    for name, how in pooling.items():
+        if name not in sparse or how not in POOLINGS:
+            fail(f"pooling[{name!r}] = {how!r}: needs a sparse feature and one of {', '.join(POOLINGS)}")
+    for name, size in multi_hot.items():
+        if name not in sparse or not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            fail(f"multi_hot[{name!r}] = {size!r}: needs a sparse feature and a max bag size >= 1")
 
 
 def _is_str_list(value: Any) -> bool:

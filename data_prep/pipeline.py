@@ -48,7 +48,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data_prep import textio
-from data_prep.dataset_format import FORMAT_VERSION, META_FILE, REJECTS_FILE, SPLITS, parquet_schema, part_file, write_meta
+from data_prep.dataset_format import (
+    FORMAT_VERSION, META_FILE, REJECTS_FILE, SPLITS, bag_meta, parquet_schema, part_file, write_meta,
+)
 
 PathLike = Union[str, Path]
 
@@ -897,6 +899,7 @@ def run_prep(
             "rows_per_source": {n: int(r) for n, r in zip(names, rows_per_file)},
             "rejects_file": REJECTS_FILE if sink.count else None,
             "id_histograms": histograms,
+            **bag_meta(sparse),
         }
         meta.update(extra_meta or {})
         write_meta(tmp, meta)

@@ -38,7 +38,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import numpy as np
 import pyarrow as pa
 
-from data_prep.dataset_format import FORMAT_VERSION, LABEL, SPLITS, parquet_schema, write_meta
+from data_prep.dataset_format import FORMAT_VERSION, LABEL, SPLITS, bag_meta, parquet_schema, write_meta
 from data_prep.pipeline import (
     PrepConfig,
     PrepResult,
@@ -322,6 +322,7 @@ def generate_planted(
             "rows_rejected_by_kind": {},
             "rejects_file": None,
             "id_histograms": histograms,
+            **bag_meta(features),
             "dense_transform": "none: N(0, 1) draws",
             "sparse_transform": "none: Zipf ids drawn directly (id 0 most frequent, no reserved rare id)",
             "bayes_auc": {s: bayes[s]["auc"] for s in SPLITS},

@@ -31,9 +31,11 @@ from data_prep.dataset_format import (
     FORMAT_VERSION,
     LABEL,
     SPLITS,
+    bag_meta,
     parquet_schema,
     write_meta,
 )
+from data_prep.multi_hot import draw_bags
 from data_prep.pipeline import (
     KeyCounter,
     PrepConfig,
@@ -122,14 +124,22 @@ def generate_dataset(
     exponent: float = 1.05,
     seed: int = 0,
     config: Optional[PrepConfig] = None,
+    multi_hot: int = 0,
+    pooling: Optional[Dict[str, str]] = None,
     **overrides: Any,
 ) -> PrepResult:
     """Write a prepared dataset (FORMAT.md) of `rows` synthetic Criteo-schema rows,
     split like Criteo Kaggle (7 chunks). meta.json's id_histograms are exact
-    counts of the generated train ids (subject to count_memory_mb)."""
+    counts of the generated train ids (subject to count_memory_mb). ``multi_hot=N``
+    makes every C feature a bag of 0..N ids per row (uniform sizes, empty bags included);
+    ``pooling`` is recorded per feature (default sum)."""
     cfg = dataclasses.replace(config or PrepConfig(), **overrides)
     if rows < 0:
         raise ValueError(f"rows must be >= 0, got {rows}")
+    if not isinstance(multi_hot, int) or multi_hot < 0:
+        raise ValueError(f"multi_hot (max bag size) must be an integer >= 0, got {multi_hot!r}")
+    bags = {f: multi_hot for f in CRITEO_SPARSE_FEATURES} if multi_hot else {}
+    bag_keys = bag_meta(CRITEO_SPARSE_FEATURES, pooling, bags)
     sizes = [int(s) for s in table_sizes]
     if len(sizes) != len(CRITEO_SPARSE_FEATURES) or min(sizes) < 1:
         raise ValueError(f"need {len(CRITEO_SPARSE_FEATURES)} table sizes >= 1")
@@ -137,7 +147,7 @@ def generate_dataset(
     check_output(out_path, cfg.overwrite)
     rng = np.random.default_rng(seed)
     bounds = chunk_split_bounds(rows)
-    schema = parquet_schema()
+    schema = parquet_schema(multi_hot=tuple(bags))
     counters: Dict[str, Optional[KeyCounter]] = {f: KeyCounter() for f in CRITEO_SPARSE_FEATURES}
     over_cap: Dict[str, str] = {}
     with staging_dir(out_path) as tmp:
@@ -149,13 +159,19 @@ def generate_dataset(
             cols = [pa.array(label, pa.int8())]
             for _ in CRITEO_DENSE_FEATURES:
                 cols.append(pa.array(np.log1p(np.maximum(_dense_ints(rng, n), 0)).astype(np.float32)))
-            ids = [zipf_ids(rng, n, size, exponent) for size in sizes]
-            cols += [pa.array(i, pa.int64()) for i in ids]
-            table = pa.Table.from_arrays(cols, schema=schema)
             train_rows = max(0, min(n, bounds["train"][1] - pos))
-            for name, col in zip(CRITEO_SPARSE_FEATURES, ids):
+            if multi_hot:
+                drawn = [draw_bags(rng, n, multi_hot, lambda k, s=size: zipf_ids(rng, k, s, exponent)) for size in sizes]
+                cols += [column for column, _, _ in drawn]
+                train_ids = [ids[: offsets[train_rows]] for _, ids, offsets in drawn]
+            else:
+                ids = [zipf_ids(rng, n, size, exponent) for size in sizes]
+                cols += [pa.array(i, pa.int64()) for i in ids]
+                train_ids = [i[:train_rows] for i in ids]
+            table = pa.Table.from_arrays(cols, schema=schema)
+            for name, col in zip(CRITEO_SPARSE_FEATURES, train_ids):
                 if counters[name] is not None:
-                    counters[name].add(col[:train_rows])
+                    counters[name].add(col)
             _enforce_cap(counters, over_cap, int(cfg.count_memory_mb * (1 << 20)))
             for split in SPLITS:
                 lo, hi = (max(b - pos, 0) for b in bounds[split])
@@ -194,7 +210,9 @@ def generate_dataset(
             "rejects_file": None,
             "id_histograms": histograms,
             "histograms_skipped": dict(sorted(over_cap.items())),
-            "synthetic": {"rows": rows, "zipf_exponent": exponent, "seed": seed, "positive_rate": POSITIVE_RATE},
+            "synthetic": {"rows": rows, "zipf_exponent": exponent, "seed": seed, "positive_rate": POSITIVE_RATE,
+                          "multi_hot": multi_hot},
+            **bag_keys,
         }
         write_meta(tmp, meta)
         publish(tmp, out_path, cfg.overwrite)

@@ -80,7 +80,8 @@ def test_meta_json_shape(prepared: Path) -> None:
     text = (prepared / META_FILE).read_text()
     meta = json.loads(text)
     assert text == json.dumps(meta, sort_keys=True, indent=2) + "\n"
-    assert meta["format_version"] == 1 and meta["dataset"] == "criteo-kaggle"
+    assert meta["format_version"] == 2 and meta["dataset"] == "criteo-kaggle"
+    assert meta["multi_hot"] == {} and set(meta["pooling"].values()) == {"sum"}
     assert meta["source"] == SAMPLE.name and meta["label"] == "label"
     assert meta["dense_features"] == [f"I{i}" for i in range(1, 14)]
     assert meta["sparse_features"] == [f"C{i}" for i in range(1, 27)]
@@ -382,7 +383,7 @@ def test_overwrite_refuses_non_dataset_directory(tmp_path: Path) -> None:
 def test_read_meta_validation(prepared: Path, tmp_path: Path) -> None:
     meta = json.loads((prepared / META_FILE).read_text())
     bad = tmp_path / "meta.json"
-    bad.write_text(json.dumps({**meta, "format_version": 2}))
+    bad.write_text(json.dumps({**meta, "format_version": 3}))
     with pytest.raises(ValueError, match="format_version"):
         read_meta(bad)
     bad.write_text(json.dumps({k: v for k, v in meta.items() if k != "table_sizes"}))

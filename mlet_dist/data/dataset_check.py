@@ -6,30 +6,54 @@ column statistics (min, max, null count) are in the footer, so checking every sp
 milliseconds however big the dataset is: ids within their table, labels 0/1, dense values
 finite, no nulls, and row accounting against meta.json. NaN is the one thing parquet statistics
 do not record; the batch reader rejects it as it reads (``parquet_batches.py``).
+
+Multi-hot (list) columns: their statistics are those of the leaf values (``C1.list.element``), so
+the id range is checked the same way, but the leaf's null count also counts empty bags, so nulls
+and bag lengths are left to the batch reader, which sees the bags.
 """
 
 import math
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Tuple
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mlet_dist.data.bags import check_column_type, is_bag_column
 from mlet_dist.data.parquet_batches import DatasetMeta
 from mlet_dist.errors import DatasetError
 
 
+def _leaf_index(md: Any, columns: Tuple[str, ...], where: str) -> Dict[str, int]:
+    """Footer column index per top-level column: itself, or the leaf of a list column."""
+    index: Dict[str, int] = {}
+    for i in range(md.num_columns):
+        path = md.schema.column(i).path
+        top = path.split(".", 1)[0]
+        if top in columns and (path == top or path in (f"{top}.list.element", f"{top}.list.item")):
+            index[top] = i
+    missing = [c for c in columns if c not in index]
+    if missing:
+        raise DatasetError(f"{where}: missing columns {missing} (or not int/list<int> columns)")
+    return index
+
+
 def _column_ranges(path: Path, columns: Tuple[str, ...]) -> Iterator[Tuple[str, int, Any, Any, int]]:
-    """(column, row group, min, max, null count) per row group; min/max None where not recorded."""
-    md = pq.ParquetFile(path).metadata
-    index = {md.schema.column(i).name: i for i in range(md.num_columns)}
+    """(column, row group, min, max, null count) per row group; min/max None where not recorded.
+    For a list column: the range of its leaf values, null count None (empty bags count there)."""
+    pf = pq.ParquetFile(path)
+    md = pf.metadata
+    index = _leaf_index(md, columns, str(path))
+    nested = {c for c in columns if "." in md.schema.column(index[c]).path}
     for rg in range(md.num_row_groups):
         group = md.row_group(rg)
         for name in columns:
             stats = group.column(index[name]).statistics
+            nulls = 0 if name in nested or stats is None else stats.null_count
             if stats is None or not stats.has_min_max:
-                yield name, rg, None, None, (stats.null_count if stats is not None else 0)
+                yield name, rg, None, None, nulls
             else:
-                yield name, rg, stats.min, stats.max, stats.null_count
+                yield name, rg, stats.min, stats.max, nulls
 
 
 def _unrecorded(path: Path, column: str) -> Tuple[Any, Any]:
@@ -37,8 +61,18 @@ def _unrecorded(path: Path, column: str) -> Tuple[Any, Any]:
     import pyarrow.compute as pc
 
     values = pq.read_table(path, columns=[column]).column(column)
+    if is_bag_column(values):
+        values = pc.list_flatten(values)
     mm = pc.min_max(values)
     return mm["min"].as_py(), mm["max"].as_py()
+
+
+def _check_types(meta: DatasetMeta, path: Path, where: str) -> None:
+    """Sparse columns are int64 ids, or list<int64> bags exactly for meta.json's multi_hot features."""
+    schema = pq.read_schema(path)
+    for name in meta.sparse_features:
+        if name in schema.names:
+            check_column_type(pa.array([], schema.field(name).type), name, name in meta.multi_hot, where)
 
 
 def check_split(meta: DatasetMeta, split: str) -> int:
@@ -46,6 +80,7 @@ def check_split(meta: DatasetMeta, split: str) -> int:
     rows = 0
     for path in meta.split_files[split]:
         where = f"{path.relative_to(meta.data_dir)}"
+        _check_types(meta, path, where)
         for name, rg, lo, hi, nulls in _column_ranges(path, tuple(meta.columns)):
             if nulls:
                 raise DatasetError(f"{where}: column {name!r} has {nulls} nulls (row group {rg})")

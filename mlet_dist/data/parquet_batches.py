@@ -22,7 +22,7 @@ values, labels 0/1), and errors name the file and row group.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
@@ -34,7 +34,8 @@ import torch
 from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from data_prep.dataset_format import read_meta
+from data_prep.dataset_format import feature_pooling, multi_hot_features, read_meta
+from mlet_dist.data.bags import build_kjt, check_bags, check_column_type
 from mlet_dist.data.prefetch import prefetch
 from mlet_dist.data.row_groups import RowRangeReader, epoch_order, index_row_groups
 from mlet_dist.errors import DatasetError
@@ -57,6 +58,8 @@ class DatasetMeta:
     split_files: Dict[str, Tuple[Path, ...]]
     rows_read: Optional[int] = None  # input lines; rows_read = rows_rejected + sum(split_rows)
     rows_rejected: Optional[int] = None
+    pooling: Dict[str, str] = field(default_factory=dict)  # feature -> "sum" | "mean" (version 1: all sum)
+    multi_hot: Dict[str, int] = field(default_factory=dict)  # list-column feature -> max bag size
 
     @classmethod
     def load(cls, data_dir: PathLike) -> "DatasetMeta":
@@ -77,6 +80,8 @@ class DatasetMeta:
             split_files={s: tuple(root / f for f in info["files"]) for s, info in meta["splits"].items()},
             rows_read=meta.get("rows_read"),
             rows_rejected=meta.get("rows_rejected"),
+            pooling=feature_pooling(meta),
+            multi_hot=multi_hot_features(meta),
         )
 
     @property
@@ -86,7 +91,7 @@ class DatasetMeta:
 
 @dataclass
 class LoadedBatch:
-    batch: Batch  # dense [B, num_dense] f32, sparse KJT (one id per sample and feature), labels [B] f32
+    batch: Batch  # dense [B, num_dense] f32, sparse KJT (a bag of ids per sample and feature), labels [B] f32
     num_valid: int  # leading rows of this local batch that are real; the rest is padding
 
 
@@ -242,7 +247,9 @@ class ParquetBatchStream:
             if table.column(name).null_count:
                 raise DatasetError(f"{where}: column {name!r} has nulls")
         for name in self.meta.sparse_features:
-            _check_ids(table.column(name), name, self.meta.table_sizes[name], where)
+            col = table.column(name)
+            check_column_type(col, name, name in self.meta.multi_hot, where)
+            _check_ids(col, name, self.meta.table_sizes[name], where, self.meta.multi_hot.get(name))
         for name in self.meta.dense_features:
             col = table.column(name)
             if pa.types.is_floating(col.type) and len(col) and not pc.all(pc.is_finite(col)).as_py():
@@ -265,16 +272,10 @@ class ParquetBatchStream:
         m = self.meta
         dense = np.stack([_col(table, n) for n in m.dense_features], axis=1).astype(np.float32, copy=False)
         labels = _col(table, m.label).astype(np.float32)
-        values = np.concatenate([_col(table, n).astype(np.int64, copy=False) for n in m.sparse_features])
-        rows, features = table.num_rows, len(m.sparse_features)
-        # One id per bag: lengths are ones and the per-key sizes are known, so no reductions
-        # (from_lengths_sync sums the lengths of every batch again).
-        if self._ones is None or self._ones.numel() != features * rows:
-            self._ones = torch.ones(features * rows, dtype=torch.int32)
-        kjt = KeyedJaggedTensor(
-            keys=list(m.sparse_features), values=torch.from_numpy(values), lengths=self._ones, stride=rows,
-            length_per_key=[rows] * features, offset_per_key=[rows * i for i in range(features + 1)],
-        )
+        rows = table.num_rows
+        if not m.multi_hot and (self._ones is None or self._ones.numel() != len(m.sparse_features) * rows):
+            self._ones = torch.ones(len(m.sparse_features) * rows, dtype=torch.int32)  # shared, read-only
+        kjt = build_kjt([table.column(n) for n in m.sparse_features], m.sparse_features, rows, self._ones)
         return Batch(
             dense_features=torch.from_numpy(np.ascontiguousarray(dense)),
             sparse_features=kjt,
@@ -311,15 +312,6 @@ def _check_files(files: Tuple[Path, ...], columns: List[str], expected_rows: int
     return rows
 
 
-def _check_ids(col: Any, name: str, size: int, where: str) -> None:
-    if len(col) == 0:
-        return
-    mm = pc.min_max(col)
-    lo, hi = mm["min"].as_py(), mm["max"].as_py()
-    if lo >= 0 and hi < size:
-        return
-    ids = col.to_numpy()
-    bad = int(np.flatnonzero((ids < 0) | (ids >= size))[0])
-    raise DatasetError(
-        f"feature {name!r}: id {int(ids[bad])} out of range [0, {size}) in {where}, row {bad} of the row group"
-    )
+def _check_ids(col: Any, name: str, size: int, where: str, max_bag: Optional[int] = None) -> None:
+    """Ids of a single-hot or multi-hot column within [0, size), bags no longer than ``max_bag``."""
+    check_bags(col, name, size, max_bag, where)

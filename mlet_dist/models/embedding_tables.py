@@ -2,7 +2,7 @@
 
 import math
 from dataclasses import dataclass
-from typing import Dict, Optional, Union
+from typing import Dict, Iterable, Mapping, Optional, Union
 
 import torch
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
@@ -39,12 +39,36 @@ class EmbeddingSpec:
             )
 
 
+def feature_poolings(
+    features: Iterable[str], spec: EmbeddingSpec, pooling: Optional[Mapping[str, str]] = None,
+) -> Dict[str, PoolingType]:
+    """Each feature's pooling: the dataset's (meta.json ``pooling``: "sum"/"mean") where given,
+    else ``spec.pooling``. The dataset decides because it knows what its bags mean (a bag of
+    recent items averages, a bag of counts sums)."""
+    given = dict(pooling or {})
+    out: Dict[str, PoolingType] = {}
+    for feature in features:
+        name = given.pop(feature, None)
+        if name is None:
+            out[feature] = spec.pooling
+        elif str(name).upper() in ("SUM", "MEAN"):
+            out[feature] = PoolingType[str(name).upper()]
+        else:
+            raise ValueError(f"pooling of feature {feature!r} must be sum or mean, got {name!r}")
+    if given:
+        raise ValueError(f"pooling given for features without a table: {sorted(given)}")
+    return out
+
+
 def build_embedding_collection(
     table_sizes: Dict[str, int],
     spec: EmbeddingSpec,
     device: Optional[torch.device] = None,
+    pooling: Optional[Mapping[str, str]] = None,
 ) -> Union[MLETEmbeddingBagCollection, EmbeddingBagCollection]:
-    """One table per feature, named ``t_<feature>``, in the order of ``table_sizes``."""
+    """One table per feature, named ``t_<feature>``, in the order of ``table_sizes``; ``pooling``
+    (feature -> "sum"/"mean", from the dataset's meta.json) overrides ``spec.pooling`` per feature."""
+    pools = feature_poolings(table_sizes, spec, pooling)
     if spec.mlet:
         return MLETEmbeddingBagCollection(
             tables=[
@@ -54,7 +78,7 @@ def build_embedding_collection(
                     inner_dim=spec.inner_dim,
                     embedding_dim=spec.embedding_dim,
                     feature_names=[feature],
-                    pooling=spec.pooling,
+                    pooling=pools[feature],
                     projection_init_std=spec.projection_init_std,
                 )
                 for feature, n in table_sizes.items()
@@ -69,7 +93,7 @@ def build_embedding_collection(
                 num_embeddings=n,
                 embedding_dim=spec.embedding_dim,
                 feature_names=[feature],
-                pooling=spec.pooling,
+                pooling=pools[feature],
             )
             for feature, n in table_sizes.items()
         ],

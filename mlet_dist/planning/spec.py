@@ -50,10 +50,12 @@ def load_table_spec(path: PathLike) -> TableSpec:
 
 
 def table_spec_from_dict(data: Any, source: str = "<dict>") -> TableSpec:
+    from data_prep.dataset_format import READABLE_VERSIONS
+
     if not isinstance(data, dict) or not isinstance(data.get("table_sizes"), dict) or not data["table_sizes"]:
         raise SpecError(f"{source}: needs a non-empty \"table_sizes\" object {{feature: rows}}")
-    if "format_version" in data and data["format_version"] != 1:
-        raise SpecError(f"{source}: meta.json format_version {data['format_version']!r} is not 1")
+    if "format_version" in data and data["format_version"] not in READABLE_VERSIONS:
+        raise SpecError(f"{source}: meta.json format_version {data['format_version']!r} is not one of {READABLE_VERSIONS}")
     sizes = data["table_sizes"]
     order = data.get("sparse_features") or list(sizes)
     missing = [f for f in order if f not in sizes]

@@ -266,7 +266,7 @@ def export_after_training(
     from mlet_dist.data.parquet_batches import DatasetMeta
 
     meta = DatasetMeta.load(cfg.data)
-    config = ServingModelConfig.from_train_config(cfg, meta.table_sizes, len(meta.dense_features))
+    config = ServingModelConfig.from_train_config(cfg, meta.table_sizes, len(meta.dense_features), meta.pooling)
     return export_serving(
         model,
         out_dir or Path(cfg.run_dir) / "serving",

@@ -86,11 +86,12 @@ class ServingModelConfig:
         return cls(**data)
 
     @classmethod
-    def from_train_config(cls, cfg: Any, table_sizes: Dict[str, int], num_dense: int) -> "ServingModelConfig":
-        """From a ``mlet_dist.training.config.TrainConfig`` and the dataset's table sizes."""
+    def from_train_config(cls, cfg: Any, table_sizes: Dict[str, int], num_dense: int,
+                          pooling: Optional[Dict[str, str]] = None) -> "ServingModelConfig":
+        """From a ``mlet_dist.training.config.TrainConfig`` and the dataset's table sizes and pooling."""
         from mlet_dist.models.embedding_tables import build_embedding_collection
 
-        collection = build_embedding_collection(table_sizes, cfg.embedding, device=torch.device("meta"))
+        collection = build_embedding_collection(table_sizes, cfg.embedding, device=torch.device("meta"), pooling=pooling)
         inner = {c.name: c.inner_dim for c in getattr(collection, "mlet_configs", lambda: [])()}
         tables = [
             TableSpec(c.name, c.num_embeddings, c.embedding_dim, list(c.feature_names), c.pooling.name,

@@ -2,7 +2,8 @@
 
 The reader is a small cousin of ``ParquetBatchStream`` for one process: the label column is
 optional (unlabeled data is scored, metrics are skipped), the last batch is simply short, and ids
-are bound-checked against the *serving* tables (fbgemm kernels do not check them).
+are bound-checked against the *serving* tables (fbgemm kernels do not check them). Single- and
+multi-hot columns become the same KeyedJaggedTensor as in training (``data/bags.py``).
 """
 
 import time
@@ -12,14 +13,15 @@ from typing import Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from tqdm import tqdm
 
+from mlet_dist.data.bags import build_kjt, check_bags, check_column_type
 from mlet_dist.data.parquet_batches import DatasetMeta
+from mlet_dist.errors import DatasetError
 from mlet_dist.training.evaluation import Predictions
 
 PathLike = Union[str, Path]
@@ -105,21 +107,17 @@ class ScoringStream:
                 raise ValueError(f"{path}: column {name!r} has nulls")
         for name in self.features:
             col = table.column(name)
-            mm = pc.min_max(col)
-            lo, hi = mm["min"].as_py(), mm["max"].as_py()
-            if lo < 0 or hi >= self.rows_per_feature[name]:
+            try:
+                check_column_type(col, name, name in self.meta.multi_hot, str(path))
+                check_bags(col, name, self.rows_per_feature[name], self.meta.multi_hot.get(name), str(path))
+            except DatasetError as err:
+                if "out of range" not in str(err):
+                    raise ValueError(str(err)) from None
                 raise ValueError(
-                    f"feature {name!r}: id {lo if lo < 0 else hi} outside the serving table's "
-                    f"[0, {self.rows_per_feature[name]}) in {path}: was this dataset prepared with "
-                    "the training vocabulary?"
-                )
+                    f"{err} (outside the serving table): was this dataset prepared with the training vocabulary?"
+                ) from None
         dense = np.stack([table.column(n).to_numpy() for n in self.meta.dense_features], axis=1)
-        values = np.concatenate([table.column(n).to_numpy().astype(np.int64, copy=False) for n in self.features])
-        kjt = KeyedJaggedTensor.from_lengths_sync(
-            keys=list(self.features),
-            values=torch.from_numpy(values),
-            lengths=torch.ones(len(self.features) * table.num_rows, dtype=torch.int32),
-        )
+        kjt = build_kjt([table.column(n) for n in self.features], self.features, table.num_rows)
         labels = None
         if self.has_labels:
             labels = torch.from_numpy(table.column(self.meta.label).to_numpy().astype(np.float32))
