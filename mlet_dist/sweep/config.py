@@ -27,6 +27,7 @@ Example (all keys but ``data`` optional; relative paths are relative to the work
     report:
       rare_items: {features: null, aggregate: min, edges: [1, 4, 16, 64, 256, 1024, 4096], min_rows: 100}
       bootstrap_resamples: 500            # paired bootstrap of the headline comparison (0: skip it)
+      equivalence_margin: 0.003           # AUC: the headline says "matches" only within this (TOST)
 
 Each run is train.py with ``--arch A --model baseline -d D`` or ``--model mlet -k K -d D`` and
 ``--seed S`` (plus the args above), in ``runs_dir/<run_id>``; MLET pairs with k < d are skipped.
@@ -127,6 +128,7 @@ class SweepConfig:
     save_predictions: bool = True
     diagnostics: bool = True
     bootstrap_resamples: int = 500
+    equivalence_margin: float = 0.003  # AUC: "matches" needs TOST equivalence within +-margin
 
     def __post_init__(self) -> None:
         self.data = Path(self.data)
@@ -147,6 +149,9 @@ class SweepConfig:
         if self.bootstrap_resamples < 0:
             raise ValueError(f"report.bootstrap_resamples must be >= 0 (0: no headline test), "
                              f"got {self.bootstrap_resamples}")
+        if not (isinstance(self.equivalence_margin, (int, float)) and 0 < self.equivalence_margin < 0.5):
+            raise ValueError(f"report.equivalence_margin must be an AUC difference in (0, 0.5), "
+                             f"got {self.equivalence_margin!r}")
         reserved = {"--data", "--run-dir", "--model", "--arch", "--embedding-dim", "-d", "--inner-dim", "-k", "--seed"}
         per_group = [a for v in (*self.arch_args.values(), *self.model_args.values()) for a in v]
         clash = sorted(reserved.intersection(self.train_args + per_group))
@@ -221,7 +226,8 @@ def from_dict(raw: Mapping[str, Any]) -> SweepConfig:
     if raw.get("model_args") is not None:
         kw["model_args"] = {str(m): _strs(v, f"model_args.{m}") for m, v in raw["model_args"].items()}
     report = dict(raw.get("report") or {})
-    unknown = sorted(set(report) - {"rare_items", "save_predictions", "diagnostics", "bootstrap_resamples"})
+    unknown = sorted(set(report) - {"rare_items", "save_predictions", "diagnostics", "bootstrap_resamples",
+                                    "equivalence_margin"})
     if unknown:
         raise ValueError(f"unknown report keys {unknown}")
     if report.get("rare_items") is not None:
@@ -231,6 +237,8 @@ def from_dict(raw: Mapping[str, Any]) -> SweepConfig:
             kw[key] = bool(report[key])
     if report.get("bootstrap_resamples") is not None:
         kw["bootstrap_resamples"] = int(report["bootstrap_resamples"])
+    if report.get("equivalence_margin") is not None:
+        kw["equivalence_margin"] = float(report["equivalence_margin"])
     return SweepConfig(**kw)
 
 

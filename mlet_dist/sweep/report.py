@@ -9,7 +9,8 @@ Written to ``report_dir``:
     pareto.png       test AUC vs parameters at serving, baseline curve vs MLET curve(s) per arch
     rare_items.csv   AUC per item-frequency bucket, baseline vs MLET at the same d
     rare_items.png   the same, one panel per (arch, d)
-    headline.csv     MLET d (k chosen by val AUC) vs baseline d': test AUC difference, paired bootstrap
+    headline.csv     MLET d (k chosen by val AUC) vs baseline d': test AUC difference, Welch t over
+                     seeds (+ paired-bootstrap row noise), TOST equivalence within a margin
     spectra.png      effective rank of the projections W vs training step (runs with --diagnostics)
 
 Only the validation-selected point of each run enters (the end of an epoch, or a step with
@@ -28,7 +29,7 @@ import numpy as np
 from data_prep.dataset_format import read_meta
 from data_prep.planted import attainable_gap_closed
 from mlet_dist.sweep.config import RunSpec, SweepConfig
-from mlet_dist.sweep.headline import headline_markdown, headline_rows
+from mlet_dist.sweep.headline import headline_csv_rows, headline_markdown, headline_rows
 from mlet_dist.sweep.plotting import arch_key, message_figure, pyplot
 from mlet_dist.sweep.rare_items import RareItemScorer, bucket_labels
 from mlet_dist.sweep.spectra_plot import spectra_plot, spectra_rows
@@ -351,14 +352,10 @@ def write_report(cfg: SweepConfig, statuses: Optional[Sequence[Any]] = None,
     rare_items_plot(rare_rows, names, out / "rare_items.png")
     spectra = spectra_rows(records)
     spectra_plot(spectra, out / "spectra.png")
-    headline = headline_rows(records, cfg.bootstrap_resamples) if cfg.bootstrap_resamples else []
-    _write_csv(out / "headline.csv", [
-        {"arch": h["arch"], "mlet_d": h["d"], "mlet_k": h["k"], "k_chosen_by": h["k_chosen_by"],
-         "mlet_test_auc": h["test_auc"], "baseline_d": bd, "baseline_test_auc": h["baseline_test_auc"][bd],
-         **{f"diff_{key}": value for key, value in diff.items()},
-         "matches_up_to_baseline_d": h["matches_up_to_baseline_d"], "best_baseline_d": h["best_baseline_d"]}
-        for h in headline for bd, diff in h["versus"].items()
-    ] or [{"note": "no baseline/MLET pair with saved test predictions (or bootstrap_resamples: 0)"}])
+    headline = (headline_rows(records, cfg.bootstrap_resamples, margin=cfg.equivalence_margin)
+                if cfg.bootstrap_resamples else [])
+    _write_csv(out / "headline.csv", headline_csv_rows(headline) or [
+        {"note": "no baseline/MLET pair with saved test predictions (or bootstrap_resamples: 0)"}])
 
     has_gap = bayes_test is not None
     lines = [f"# Sweep report: {cfg.name}", ""]

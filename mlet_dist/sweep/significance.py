@@ -1,22 +1,31 @@
-"""Is configuration A's test AUC really above B's? Test rows and training seeds both vary.
+"""Is configuration A's test AUC really above B's, equal to it, or can the sweep not tell?
 
-Two sources of noise separate a measured difference from the true one: which rows the test set
-holds, and which seed each run trained with. Rows: every run of a sweep scores the same test
-rows, so two configurations are compared on the same bootstrap resamples (paired), which removes
-the row noise they share; Poisson(1) row weights make every resample one weighted AUC per run,
-computed in O(n) from an order sorted once. Seeds: each side's AUC is the mean over its seeds,
-whose standard error (seed std / sqrt(n)) is added in quadrature:
+The unit of replication is the training seed: a configuration's AUC is the mean over its seeds,
+and the uncertainty of a difference comes from the seed-to-seed spread of each side, with a
+Student t quantile, not a normal one (with 3 seeds per side the normal z = 1.96 understates an
+interval by up to ~2x). Two groups with their own spreads: Welch's interval
 
-    interval = delta ± z · sqrt(var_rows(delta) + se_seeds(A)² + se_seeds(B)²)
+    delta = mean(A) - mean(B),  se^2 = s_A^2 / n_A + s_B^2 / n_B + row_std^2,
+    df = Welch-Satterthwaite (n_A - 1 and n_B - 1 for the seed terms; the row term counts as known),
+    interval = delta +- t(df, 1 - alpha/2) * se,
 
-(normal approximation; z for the level). With 3 seeds the seed term is itself rough: read
-verdicts near the edge with care. One seed per side gives the row-only interval.
+where ``row_std`` is the test-row noise of the difference that the seeds do not show (every run
+scores the same test rows): the paired bootstrap below estimates it (Poisson(1) row weights,
+every configuration scored on the same resamples, one weighted AUC per run in O(n)). It is small
+next to the seed term on the committed sweeps (~0.001 vs 0.006-0.02) and 0 when no predictions
+were saved.
+
+Verdicts: **better** / **worse** when the (1 - alpha) interval excludes 0; **equivalent** only
+through an equivalence test (TOST, two one-sided t tests at alpha): the (1 - 2 alpha) interval
+lies inside +-margin (default 0.003 AUC, ``report.equivalence_margin``); **inconclusive**
+otherwise, and always when a side has fewer than 2 seeds (no seed spread to measure). "Not
+significantly different" is never read as "the same".
 """
 
 import math
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Dict, Hashable, List, Mapping, Sequence
+from typing import Any, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -46,17 +55,107 @@ class WeightedAUC:
         return float((pos * (below + 0.5 * neg)).sum() / (total_pos * total_neg))
 
 
+DEFAULT_LEVEL = 0.95
+DEFAULT_MARGIN = 0.003  # AUC: differences inside +-margin count as "the same" (when TOST shows it)
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the incomplete beta function (modified Lentz)."""
+    tiny, qab, qap, qam = 1e-300, a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 1000):
+        m2 = 2 * m
+        for aa in (m * (b - m) * x / ((qam + m2) * (a + m2)), -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):
+            d = 1.0 + aa * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + aa / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return h
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """Regularized incomplete beta I_x(a, b) (no scipy in the venv)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+
+
+def t_cdf(t: float, df: float) -> float:
+    """P(T <= t) for Student's t with ``df`` > 0 degrees of freedom (any real df; inf: normal)."""
+    if math.isinf(df):
+        return NormalDist().cdf(t)
+    tail = 0.5 * _betainc(df / 2.0, 0.5, df / (df + t * t))
+    return 1.0 - tail if t > 0 else tail
+
+
+def t_ppf(p: float, df: float) -> float:
+    """The p quantile of Student's t (bisection on t_cdf, to ~1e-12)."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"p must be in (0, 1), got {p}")
+    if math.isinf(df):
+        return NormalDist().inv_cdf(p)
+    if p < 0.5:
+        return -t_ppf(1.0 - p, df)
+    lo, hi = 0.0, 1.0
+    while t_cdf(hi, df) < p:
+        hi *= 2.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if t_cdf(mid, df) < p else (lo, mid)
+        if hi - lo < 1e-12 * max(1.0, hi):
+            break
+    return 0.5 * (lo + hi)
+
+
+def welch_se_df(a: Sequence[float], b: Sequence[float], row_std: float = 0.0) -> Tuple[float, float]:
+    """Standard error of mean(a) - mean(b) and its Welch-Satterthwaite degrees of freedom; a
+    known extra variance ``row_std**2`` adds to the error with infinite df. Needs 2+ values a side."""
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError(f"Welch needs at least 2 seeds per side, got {len(a)} and {len(b)}")
+    va = float(np.var(a, ddof=1)) / len(a)
+    vb = float(np.var(b, ddof=1)) / len(b)
+    total = va + vb + row_std ** 2
+    denom = va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1)
+    return math.sqrt(total), (total ** 2 / denom if denom > 0 else math.inf)
+
+
+def _none_if_nan(x: float) -> Optional[float]:
+    return None if isinstance(x, float) and math.isnan(x) else x
+
+
 @dataclass
-class PairedDifference:
-    """mean-over-seeds test AUC of A minus that of B, with an interval over test rows and seeds."""
+class SeedDifference:
+    """mean-over-seeds test AUC of A minus B, its Welch t interval, and a TOST equivalence test."""
 
     delta: float
-    low: float
+    low: float  # (level) interval: better / worse
     high: float
-    resamples: int
+    df: float
+    se: float
     level: float
-    row_std: float = 0.0  # bootstrap std of delta over test-row resamples
-    seed_se: float = 0.0  # standard error of delta from the seed-to-seed spread of both sides
+    margin: float
+    tost_low: float  # (1 - 2 alpha) interval: equivalent when inside +-margin
+    tost_high: float
+    tost_p: float  # the larger of the two one-sided p-values
+    seeds_a: int
+    seeds_b: int
+    seed_se: float = 0.0  # the seed part of se
+    row_std: float = 0.0  # the test-row part of se (paired bootstrap; 0 without predictions)
+    resamples: int = 0
+
+    @property
+    def equivalent(self) -> bool:
+        return self.tost_p < 1.0 - self.level
 
     @property
     def verdict(self) -> str:
@@ -64,11 +163,47 @@ class PairedDifference:
             return "better"
         if self.high < 0:
             return "worse"
-        return "tie"
+        return "equivalent" if self.equivalent else "inconclusive"
 
-    def to_json(self) -> Dict[str, float]:
-        return {"delta": self.delta, "low": self.low, "high": self.high, "resamples": self.resamples,
-                "level": self.level, "row_std": self.row_std, "seed_se": self.seed_se, "verdict": self.verdict}
+    def to_json(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {
+            "delta": self.delta, "low": self.low, "high": self.high, "df": self.df, "se": self.se,
+            "level": self.level, "margin": self.margin, "tost_low": self.tost_low, "tost_high": self.tost_high,
+            "tost_p": self.tost_p, "equivalent": self.equivalent, "seeds_a": self.seeds_a, "seeds_b": self.seeds_b,
+            "seed_se": self.seed_se, "row_std": self.row_std, "resamples": self.resamples, "verdict": self.verdict,
+        }
+        return {k: (_none_if_nan(v) if isinstance(v, float) else v) for k, v in out.items()}
+
+
+def compare_seeds(
+    a: Sequence[float], b: Sequence[float], level: float = DEFAULT_LEVEL, margin: float = DEFAULT_MARGIN,
+    row_std: float = 0.0, resamples: int = 0,
+) -> SeedDifference:
+    """A vs B from their per-seed AUCs (seeds are the replicates). Fewer than 2 seeds on a side:
+    no interval (nan) and the verdict is inconclusive."""
+    if not 0.5 < level < 1.0:
+        raise ValueError(f"level must be in (0.5, 1), got {level}")
+    if not margin > 0:
+        raise ValueError(f"the equivalence margin must be > 0, got {margin}")
+    delta = float(np.mean(a)) - float(np.mean(b))
+    if len(a) < 2 or len(b) < 2:
+        nan = float("nan")
+        return SeedDifference(delta, nan, nan, nan, nan, level, margin, nan, nan, 1.0, len(a), len(b),
+                              nan, row_std, resamples)
+    se, df = welch_se_df(a, b, row_std)
+    seed_se = math.sqrt(max(se ** 2 - row_std ** 2, 0.0))
+    alpha = 1.0 - level
+    if se == 0.0:  # identical runs: the difference is exact
+        inside = abs(delta) < margin
+        return SeedDifference(delta, delta, delta, df, se, level, margin, delta, delta, 0.0 if inside else 1.0,
+                              len(a), len(b), seed_se, row_std, resamples)
+    half = t_ppf(1.0 - alpha / 2.0, df) * se
+    tost_half = t_ppf(1.0 - alpha, df) * se
+    p_above_lower = 1.0 - t_cdf((delta + margin) / se, df)  # H0: delta <= -margin
+    p_below_upper = t_cdf((delta - margin) / se, df)  # H0: delta >= +margin
+    return SeedDifference(delta, delta - half, delta + half, df, se, level, margin, delta - tost_half,
+                          delta + tost_half, max(p_above_lower, p_below_upper), len(a), len(b), seed_se,
+                          row_std, resamples)
 
 
 def _check_same_rows(label_sets: Sequence[np.ndarray]) -> None:
@@ -76,10 +211,6 @@ def _check_same_rows(label_sets: Sequence[np.ndarray]) -> None:
     for other in label_sets[1:]:
         if other.shape != first.shape or not np.array_equal(other, first):
             raise ValueError("runs compared pairwise must have scored the same test rows (labels differ)")
-
-
-def _seed_variance_of_mean(values: Sequence[float]) -> float:
-    return float(np.var(values, ddof=1)) / len(values) if len(values) > 1 else 0.0
 
 
 @dataclass
@@ -92,17 +223,18 @@ class BootstrapAUCs:
     per_seed: Dict[Hashable, List[float]]
     level: float
 
-    def difference(self, a: Hashable, b: Hashable) -> PairedDifference:
-        row_std = float(np.std(self.draws[a] - self.draws[b], ddof=1)) if len(self.draws[a]) > 1 else 0.0
-        seed_se = math.sqrt(_seed_variance_of_mean(self.per_seed[a]) + _seed_variance_of_mean(self.per_seed[b]))
-        z = NormalDist().inv_cdf(0.5 + self.level / 2.0)
-        half = z * math.sqrt(row_std ** 2 + seed_se ** 2)
-        delta = self.point[a] - self.point[b]
-        return PairedDifference(delta, delta - half, delta + half, len(self.draws[a]), self.level, row_std, seed_se)
+    def row_std(self, a: Hashable, b: Hashable) -> float:
+        """Bootstrap std over test-row resamples of the mean-over-seeds difference A - B."""
+        return float(np.std(self.draws[a] - self.draws[b], ddof=1)) if len(self.draws[a]) > 1 else 0.0
+
+    def difference(self, a: Hashable, b: Hashable, margin: float = DEFAULT_MARGIN) -> SeedDifference:
+        """Seeds as replicates (Welch t), the paired row noise added to the error."""
+        return compare_seeds(self.per_seed[a], self.per_seed[b], self.level, margin,
+                             row_std=self.row_std(a, b), resamples=len(self.draws[a]))
 
 
 def bootstrap_aucs(
-    configs: Mapping[Hashable, Sequence[Dict[str, np.ndarray]]], resamples: int = 500, level: float = 0.95,
+    configs: Mapping[Hashable, Sequence[Dict[str, np.ndarray]]], resamples: int = 500, level: float = DEFAULT_LEVEL,
     seed: int = 0,
 ) -> BootstrapAUCs:
     """``configs``: configuration -> its runs' saved test predictions (``prob``, ``label``), one per
