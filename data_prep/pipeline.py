@@ -48,6 +48,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data_prep import textio
+from data_prep.vocabulary import vocabulary_meta, write_feature_vocab
 from data_prep.dataset_format import (
     FORMAT_VERSION, META_FILE, REJECTS_FILE, SPLITS, bag_meta, parquet_schema, part_file, write_meta,
 )
@@ -838,6 +839,7 @@ def run_prep(
                 vocabs[name] = vocab
                 histograms[name] = hist
                 counters[name] = None  # free the counts before pass 2
+            vocab_entries = _save_vocabularies(tmp, spec, vocabs)
 
             # ---- pass 2: encode and write ----
             schema = spec.schema()
@@ -900,11 +902,26 @@ def run_prep(
             "rejects_file": REJECTS_FILE if sink.count else None,
             "id_histograms": histograms,
             **bag_meta(sparse),
+            "vocabulary": vocabulary_meta(vocab_entries),
         }
         meta.update(extra_meta or {})
         write_meta(tmp, meta)
         publish(tmp, out_path, cfg.overwrite)
     return PrepResult(out_dir=out_path, meta=meta)
+
+
+def _save_vocabularies(out: Path, spec: DatasetSpec, vocabs: Dict[str, "FeatureVocab"]) -> Dict[str, Dict[str, Any]]:
+    """Each exact feature's vocabulary as OUT/vocab/<feature>.parquet (data_prep/vocabulary.py), so
+    later data can be encoded with it; hashed features need only their kind and table size."""
+    kinds = {c.name: c.kind for c in spec.columns}
+    entries: Dict[str, Dict[str, Any]] = {}
+    for name, vocab in vocabs.items():
+        if vocab.hashed:
+            entries[name] = {"kind": kinds[name], "hashed": True}
+        else:
+            rel = write_feature_vocab(out, name, kinds[name], vocab.sorted_keys, vocab.ids)
+            entries[name] = {"kind": kinds[name], "hashed": False, "file": rel, "values": int(len(vocab.sorted_keys))}
+    return entries
 
 
 def _approx_offset(path: Path, offset: int) -> int:
