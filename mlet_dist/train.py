@@ -171,7 +171,8 @@ def run(cfg: TrainConfig, env: DistEnv) -> Dict[str, object]:
             f"({cfg.batch_size} x {env.world_size} ranks); lower --batch-size"
         )
     keeper = BestModelKeeper(cfg.run_dir / "best_model", env)
-    checkpoints = CheckpointManager(cfg.run_dir / "checkpoints", env, keep=cfg.keep_checkpoints)
+    checkpoints = CheckpointManager(cfg.run_dir / "checkpoints", env, keep=cfg.keep_checkpoints,
+                                    mode=cfg.checkpoint_mode)
     position = resume_position(cfg, env, checkpoints, sharded, optimizer, keeper, out)
     out.log("config", world_size=env.world_size, backend=env.backend, argv=sys.argv[1:],
             plan=str(sharded.plan))

@@ -16,6 +16,7 @@ ignored and removed.
 import json
 import re
 import shutil
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -29,6 +30,7 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 
 from mlet_dist.distributed.env import DistEnv
 from mlet_dist.distributed.safe_dcp import UnsafeCheckpointError, safe_load
+from mlet_dist.distributed.staging import HostCopyStager
 from mlet_dist.training.checkpoint_digest import (
     CHECKSUMS,
     CheckpointCorrupt,
@@ -104,13 +106,36 @@ def _init_lazy_optimizer_state(optimizer: CombinedOptimizer) -> None:
             opt.init_state()
 
 
+@dataclass
+class _Pending:
+    """A checkpoint written (or being written) into ``tmp`` and not yet published."""
+
+    tmp: Path
+    final: Path
+    position: TrainPosition
+    rng: List[int]
+    future: Optional[Future] = None
+
+
+CHECKPOINT_MODES = ("auto", "sync", "async")
+
+
 class CheckpointManager:
-    def __init__(self, root: Path, env: DistEnv, keep: int = 2) -> None:
+    def __init__(self, root: Path, env: DistEnv, keep: int = 2, mode: str = "sync") -> None:
+        """``mode``: "sync" writes inside ``save``; "async" writes with ``dcp.async_save`` in a
+        background thread on a gloo group of its own (collectives of two threads must not share
+        a group); "auto" is async with CUDA (staging to host memory frees the GPU at once) and
+        sync on CPU, where staging would only double the host memory."""
         if keep < 1:
             raise ValueError(f"--keep-checkpoints must be >= 1, got {keep}")
+        if mode not in CHECKPOINT_MODES:
+            raise ValueError(f"--checkpoint-mode must be one of {', '.join(CHECKPOINT_MODES)}, got {mode!r}")
         self.root = Path(root)
         self.env = env
         self.keep = keep
+        use_async = mode == "async" or (mode == "auto" and env.device.type == "cuda")
+        self._async_group = dist.new_group(backend="gloo") if use_async else None
+        self._pending: Optional[_Pending] = None
 
     def _published(self) -> List[Path]:
         if not self.root.is_dir():
@@ -123,27 +148,52 @@ class CheckpointManager:
         return published[-1] if published else None
 
     def save(self, model: nn.Module, optimizer: CombinedOptimizer, position: TrainPosition) -> Path:
+        """Write a checkpoint of this step. Async mode returns as soon as the state is staged
+        (copied); the write goes on in the background and is published by ``finish_pending``
+        (the trainer calls it at a step all ranks agree on). Until then it is an unpublished
+        ``.tmp``, which a crash leaves behind and resume ignores."""
+        self.finish_pending()
         final = self.root / f"step-{position.step:08d}"
         tmp = self.root / f".step-{position.step:08d}.tmp"
         if self.env.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         dist.barrier()
-        dcp.save({"model": model.state_dict(), "optim": optimizer.state_dict()}, checkpoint_id=str(tmp))
-        (tmp / f"rng-rank{self.env.rank}.json").write_text(json.dumps(torch.get_rng_state().tolist()))
-        maybe_fail("checkpoint", position.step, self.env.rank)
+        state = {"model": model.state_dict(), "optim": optimizer.state_dict()}
+        pending = _Pending(tmp, final, position, torch.get_rng_state().tolist())
+        if self._async_group is not None:
+            pending.future = dcp.async_save(state, checkpoint_id=str(tmp), process_group=self._async_group,
+                                            async_stager=HostCopyStager())
+            self._pending = pending
+        else:
+            dcp.save(state, checkpoint_id=str(tmp))
+            self._publish(pending)
+        return final
+
+    def finish_pending(self) -> Optional[Path]:
+        """Wait for the background write (if any) and publish it (collective)."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return None
+        if pending.future is not None:
+            pending.future.result()
+        self._publish(pending)
+        return pending.final
+
+    def _publish(self, p: "_Pending") -> None:
+        (p.tmp / f"rng-rank{self.env.rank}.json").write_text(json.dumps(p.rng))
+        maybe_fail("checkpoint", p.position.step, self.env.rank)
         dist.barrier()  # every file is written: hash them, each rank its share
-        digests = gather_digests(digest_share(tmp, self.env.rank, self.env.world_size))
+        digests = gather_digests(digest_share(p.tmp, self.env.rank, self.env.world_size))
         if self.env.is_main:
-            (tmp / TRAIN_STATE).write_text(json.dumps(asdict(position), indent=1, sort_keys=True))
-            digests[TRAIN_STATE] = file_digest(tmp / TRAIN_STATE)
-            write_checksums(tmp, digests)
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.rename(final)
+            (p.tmp / TRAIN_STATE).write_text(json.dumps(asdict(p.position), indent=1, sort_keys=True))
+            digests[TRAIN_STATE] = file_digest(p.tmp / TRAIN_STATE)
+            write_checksums(p.tmp, digests)
+            shutil.rmtree(p.final, ignore_errors=True)
+            p.tmp.rename(p.final)
             for old in self._published()[: -self.keep]:
                 shutil.rmtree(old, ignore_errors=True)
         dist.barrier()
-        return final
 
     def load(self, path: Path, model: nn.Module, optimizer: CombinedOptimizer) -> TrainPosition:
         """Verify and load one checkpoint (collective). CheckpointCorrupt: the checkpoint is

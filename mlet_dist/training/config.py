@@ -16,6 +16,7 @@ from mlet_dist.models.dcn import DCNConfig
 from mlet_dist.models.dlrm import DLRMConfig
 from mlet_dist.models.embedding_tables import EmbeddingSpec
 from mlet_dist.models.ranking import ModelConfig
+from mlet_dist.training.checkpoint import CHECKPOINT_MODES
 from mlet_dist.training.loop import PIPELINES
 from mlet_dist.training.optim import DENSE_OPTIMIZERS, EMBEDDING_OPTIMIZERS, OptimConfig
 from mlet_dist.training.run_name import RUNS_ROOT, default_run_name
@@ -73,6 +74,7 @@ class TrainConfig:
     collective_timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S
     input: InputConfig = field(default_factory=InputConfig)
     pipeline: str = "sparse-dist"
+    checkpoint_mode: str = "auto"  # auto: async (dcp.async_save) with CUDA, sync on CPU
     # False: run_dir is this process's provisional default; train.run() replaces it with rank 0's
     # choice once the process group exists (training/run_name.py)
     run_dir_given: bool = True
@@ -99,6 +101,8 @@ class TrainConfig:
                             ("--max-eval-batches", self.max_eval_batches)):
             if value is not None and value < 1:
                 raise ValueError(f"{flag} must be >= 1 (leave it out for the whole split), got {value}")
+        if self.checkpoint_mode not in CHECKPOINT_MODES:
+            raise ValueError(f"--checkpoint-mode must be one of {', '.join(CHECKPOINT_MODES)}, got {self.checkpoint_mode!r}")
         if self.pipeline not in PIPELINES:
             raise ValueError(f"--pipeline must be one of {', '.join(PIPELINES)}, got {self.pipeline!r}")
         if self.keep_checkpoints < 1:
@@ -185,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--early-stop-patience", type=int, default=0,
                    help="stop when this many evaluation points in a row (epoch ends, and --eval-every points) "
                    "bring no better val AUC; the best point is the selected model (0: train all --epochs)")
+    p.add_argument("--checkpoint-mode", choices=CHECKPOINT_MODES, default="auto",
+                   help="async: write checkpoints in the background (dcp.async_save), published at the next "
+                   "--log-every step; sync: inside the step; auto: async with CUDA, sync on CPU")
     p.add_argument("--keep-checkpoints", type=int, default=2, help="newest complete checkpoints kept")
     p.add_argument("--no-resume", action="store_true",
                    help="start fresh even if --run-dir holds a checkpoint (default: resume from the newest)")
@@ -211,7 +218,7 @@ FLAG_FIELDS: Dict[str, Tuple[str, ...]] = {
     "save_predictions": ("save_predictions",), "diagnostics": ("diagnostics",),
     "checkpoint_every": ("checkpoint_every",), "eval_every": ("eval_every",),
     "early_stop_patience": ("early_stop_patience",), "keep_checkpoints": ("keep_checkpoints",),
-    "no_resume": ("resume",), "config": (),
+    "no_resume": ("resume",), "config": (), "checkpoint_mode": ("checkpoint_mode",),
 }
 
 
@@ -289,6 +296,7 @@ def _from_args(args: argparse.Namespace) -> TrainConfig:
         sharding=ShardingConfig(args.sharding, owner_projection=not args.projection_after_comm),
         collective_timeout_s=args.collective_timeout_s,
         pipeline=args.pipeline,
+        checkpoint_mode=args.checkpoint_mode,
         input=InputConfig(order=args.data_order, shuffle=not args.no_shuffle,
                           shuffle_window=args.shuffle_window, prefetch=args.prefetch),
     )

@@ -118,6 +118,7 @@ class Trainer:
             self._run_epoch(epoch, resume_batch if epoch == position.epoch else 0)
             if self.stopped_early_at is not None:
                 break
+        self.checkpoints.finish_pending()
         return FitResult(self.global_step, self.train_seconds, self.evaluations, self.stopped_early_at)
 
     def _patience_exhausted(self) -> bool:
@@ -148,6 +149,7 @@ class Trainer:
                     self._report_pipeline(segment)
                 if self.global_step % self.cfg.log_every == 0:
                     value = losses.flush()  # the one host sync, every --log-every steps
+                    self.checkpoints.finish_pending()  # an async write publishes at an agreed step
                     self.out.log("train", step=self.global_step, loss=value)
                     bar.set_postfix(loss=f"{value:.4f}")
                 maybe_fail("step", self.global_step, self.env.rank)
@@ -209,6 +211,7 @@ class Trainer:
 
     def _evaluation_point(self, epoch: int, is_last: bool, event: str, **fields: float) -> Metrics:
         started = time.perf_counter()
+        self.checkpoints.finish_pending()
         metrics = self.evaluate()
         self.evaluations += 1
         best = self.keeper.offer(self.model, epoch, self.global_step, metrics, is_last=is_last)
