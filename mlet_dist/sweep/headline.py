@@ -167,7 +167,8 @@ def headline_markdown(rows: Sequence[Dict[str, Any]]) -> List[str]:
         seeds = sub[0].get("baseline_seeds") or {}
         lines += [f"**{arch}** (baseline test AUC: "
                   + ", ".join(f"d={w} {sub[0]['baseline_test_auc'][w]:.4f}"
-                              + (f" ({seeds[w]} seeds)" if w in seeds else "") for w in widths) + ")", "",
+                              + (f" ({seeds[w]} seed{'' if seeds[w] == 1 else 's'})" if w in seeds else "")
+                              for w in widths) + ")", "",
                   "| MLET d | k | seeds | test AUC | " + " | ".join(f"vs d'={w}" for w in widths)
                   + " | matches up to d' | beats d' | vs best baseline |",
                   "|---:|---:|---:|---:|" + "---:|" * len(widths) + "---:|---|---:|"]
