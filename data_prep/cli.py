@@ -3,6 +3,7 @@
 Usage:
   mlet-prep criteo-kaggle   SRC OUT            [common options]
   mlet-prep criteo-terabyte SRC [SRC ...] OUT  [common options]   (SRC: day files or a directory of day_N[.gz])
+  mlet-prep torchrec-npy    DIR OUT [--table-sizes N,N,...]   (TorchRec's day_N_{dense,sparse,labels}.npy)
   mlet-prep avazu           SRC OUT [--seed N] [--val-fraction F] [--test-fraction F] [common options]
   mlet-prep synthetic       OUT --rows N [--table-sizes criteo-terabyte|criteo-kaggle|N|N,N,...]
                             [--zipf A] [--seed N] [--format parquet|criteo-tsv] [--size-mb MB]
@@ -31,6 +32,7 @@ from data_prep.criteo import prepare_criteo_kaggle, prepare_criteo_terabyte
 from data_prep.pipeline import PrepConfig, PrepResult
 from data_prep.planted import PlantedSpec, generate_planted
 from data_prep.synthetic import generate_dataset, parse_table_sizes, write_criteo_tsv
+from data_prep.torchrec_npy import prepare_torchrec_npy
 
 PROG = "mlet-prep"
 # Errors a user can fix from the message alone: print it, no traceback.
@@ -120,6 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("--pooling", default="sum",
                     help="pooling recorded in meta.json for the model: sum | mean | C1=mean,C2=sum,... (default sum)")
     _add_common(sy, vocab=False)
+
+    tn = sub.add_parser("torchrec-npy", help="TorchRec's Criteo day_N_{dense,sparse,labels}.npy -> parquet "
+                                             "(last day = val/test; values copied, not transformed again)",
+                        description="Convert the .npy day files of torchrec's Criteo preprocessing.")
+    tn.add_argument("src", metavar="DIR", help="directory holding day_N_dense.npy, day_N_sparse.npy, day_N_labels.npy")
+    tn.add_argument("out", metavar="OUT", help="output dataset directory")
+    tn.add_argument("--table-sizes", default=None, help="26 comma-separated table sizes (default: max id + 1)")
+    _add_common(tn, vocab=False)
 
     d = PlantedSpec()
     pl = sub.add_parser("planted", help="planted benchmark: Zipf ids, labels from a known rank-R interaction model",
@@ -219,6 +229,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(format_summary(result, time.perf_counter() - t0))
             print("Bayes-optimal AUC: " + ", ".join(f"{s} {bayes[s]:.4f}" for s in ("train", "val", "test")))
             return 0
+        elif args.command == "torchrec-npy":
+            sizes = None if args.table_sizes is None else parse_table_sizes(args.table_sizes)
+            result = prepare_torchrec_npy(args.src, args.out, cfg, table_sizes=sizes)
         elif args.command == "avazu":
             result = prepare_avazu(args.src, args.out, cfg, val_fraction=args.val_fraction,
                                    test_fraction=args.test_fraction)
