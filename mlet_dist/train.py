@@ -198,6 +198,7 @@ def run(cfg: TrainConfig, env: DistEnv) -> Dict[str, object]:
         "train_seconds": fit.train_seconds,
         "evaluations": fit.evaluations,
         "stopped_early_at_step": fit.stopped_early_at,
+        "dead_run": fit.dead_run,  # val AUC stuck near 0.5 (training/dead_run.py)
         "selected_epoch": keeper.best_epoch,
         "selected_step": keeper.best_step,
         "selected_by": "val auc",

@@ -21,6 +21,7 @@ from mlet_dist.distributed.state import gather_full_state_dict
 from mlet_dist.errors import UserError
 from mlet_dist.training.best_model import BestModelKeeper
 from mlet_dist.training.checkpoint import CheckpointError, CheckpointManager, TrainPosition
+from mlet_dist.training.dead_run import DeadRunDetector
 from mlet_dist.training.diagnostics import is_projection_key, projection_spectra
 from mlet_dist.training.faults import maybe_fail
 from mlet_dist.training.loop import StepSegment
@@ -86,6 +87,7 @@ class FitResult:
     train_seconds: float
     evaluations: int
     stopped_early_at: Optional[int] = None  # global step, when early stopping ended training
+    dead_run: Optional[Dict[str, object]] = None  # DeadRunDetector.verdict(): val AUC stuck near 0.5
 
 
 class Trainer:
@@ -103,6 +105,7 @@ class Trainer:
         self._eval_seconds = 0.0
         self._points_since_best = 0
         self.stopped_early_at: Optional[int] = None
+        self.dead_run = DeadRunDetector()  # observes every evaluation point's val AUC
         self._pipeline_reported = False
 
     def fit(self, position: TrainPosition) -> FitResult:
@@ -114,12 +117,14 @@ class Trainer:
         except CheckpointError as err:
             raise SystemExit(f"error: {err}")
         self._points_since_best = int(position.extra.get("points_since_best", 0))
+        self.dead_run.load_state(position.extra.get("dead_run", {}))
         for epoch in range(position.epoch, self.cfg.epochs):
             self._run_epoch(epoch, resume_batch if epoch == position.epoch else 0)
             if self.stopped_early_at is not None:
                 break
         self.checkpoints.finish_pending()
-        return FitResult(self.global_step, self.train_seconds, self.evaluations, self.stopped_early_at)
+        return FitResult(self.global_step, self.train_seconds, self.evaluations, self.stopped_early_at,
+                         self.dead_run.verdict())
 
     def _patience_exhausted(self) -> bool:
         patience = self.cfg.early_stop_patience
@@ -217,6 +222,11 @@ class Trainer:
         best = self.keeper.offer(self.model, epoch, self.global_step, metrics, is_last=is_last)
         self._points_since_best = 0 if best else self._points_since_best + 1
         self.out.log(event, epoch=epoch, step=self.global_step, best=best, **fields, **metrics)
+        warning = self.dead_run.observe(self.global_step, metrics["val"]["auc"])
+        if warning:
+            self.out.log("dead_run", epoch=epoch, step=self.global_step, **self.dead_run.verdict())
+            if self.env.is_main:
+                print(warning)
         if self.cfg.spectra:
             self._log_spectra(epoch)
         self._eval_seconds += time.perf_counter() - started  # not training time
@@ -230,7 +240,7 @@ class Trainer:
 
     def _save_checkpoint(self, epoch: int, batch_in_epoch: int) -> None:
         extra = {"best": self.keeper.state(), "train_seconds": self.train_seconds,
-                 "points_since_best": self._points_since_best}
+                 "points_since_best": self._points_since_best, "dead_run": self.dead_run.state()}
         self.checkpoints.save(self.model, self.optimizer, TrainPosition(
             self.global_step, epoch, batch_in_epoch, self.env.world_size, extra,
             self.train_stream.global_batch_size))

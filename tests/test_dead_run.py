@@ -1,0 +1,91 @@
+"""The dead-run detector (issue 20): rules on a sequence of val AUCs, and a deliberately dead run
+(labels independent of the features) that train.py reports in its console and summary.json."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from data_prep.planted import PlantedSpec, generate_planted
+from mlet_dist.training.dead_run import DeadRunDetector, dead_run_of
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _feed(det: DeadRunDetector, aucs) -> list:
+    return [det.observe(100 * (i + 1), a) for i, a in enumerate(aucs)]
+
+
+def test_fires_once_after_the_required_points_in_the_band() -> None:
+    det = DeadRunDetector(band=0.05, points=3)
+    warnings = _feed(det, [0.51, 0.53, 0.54, 0.52])
+    assert warnings[:2] == [None, None] and warnings[3] is None  # fires at the 3rd point only
+    assert warnings[2] is not None and "dead run" in warnings[2] and "0.5400" in warnings[2]
+    v = det.verdict()
+    assert v["dead"] and v["first_flagged_step"] == 300 and v["points"] == 4 and not v["recovered"]
+    assert v["best_val_auc"] == pytest.approx(0.54)
+
+
+def test_a_live_run_never_fires_and_a_slow_start_is_recorded_as_recovered() -> None:
+    live = DeadRunDetector(band=0.05, points=3)
+    assert _feed(live, [0.57, 0.60, 0.62, 0.55]) == [None] * 4  # a later dip does not make it dead
+    assert live.verdict()["dead"] is False and live.verdict()["first_flagged_step"] is None
+    slow = DeadRunDetector(band=0.05, points=3)
+    _feed(slow, [0.52, 0.53, 0.54, 0.61])
+    v = slow.verdict()
+    assert v["dead"] is False and v["recovered"] and v["first_flagged_step"] == 300
+
+
+def test_too_few_points_nan_auc_and_band_edges() -> None:
+    det = DeadRunDetector(band=0.05, points=3)
+    _feed(det, [0.5, float("nan")])
+    assert not det.is_dead()  # 2 of 3 points: no verdict yet
+    _feed(det, [0.55])  # on the edge: still in the band
+    assert det.is_dead()
+    edge = DeadRunDetector(band=0.05, points=1)
+    _feed(edge, [0.5501])
+    assert not edge.is_dead()
+    with pytest.raises(ValueError):
+        DeadRunDetector(band=0.0)
+    with pytest.raises(ValueError):
+        DeadRunDetector(points=0)
+
+
+def test_state_round_trip_keeps_the_history_across_a_resume() -> None:
+    det = DeadRunDetector(points=3)
+    _feed(det, [0.51, 0.52])
+    resumed = DeadRunDetector(points=3)
+    resumed.load_state(json.loads(json.dumps(det.state())))
+    assert resumed.observe(300, 0.52) is not None and resumed.verdict()["points"] == 3
+
+
+def test_dead_run_of_reads_summaries() -> None:
+    assert dead_run_of({"dead_run": {"dead": True}}) is True
+    assert dead_run_of({"dead_run": {"dead": False}}) is False
+    assert dead_run_of({}) is None and dead_run_of(None) is None
+
+
+def test_train_reports_a_deliberately_dead_run(tmp_path: Path) -> None:
+    """Labels drawn independently of every feature: no model can leave val AUC 0.5, so the run
+    must say so (console line, summary.json, metrics.jsonl). 1 rank, a few steps."""
+    data = tmp_path / "random_labels"
+    generate_planted(data, PlantedSpec(rows=24_000, tables=3, cardinality=(50,), rank=2, dense=2,
+                                       signal=1e-6, dense_signal=0.0, noise=0.0, seed=3))
+    run_dir = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "mlet_dist" / "train.py"), "--data", str(data), "--run-dir", str(run_dir),
+         "--model", "mlet", "-k", "8", "-d", "4", "--batch-size", "512", "--max-train-batches", "6",
+         "--eval-every", "2", "--bottom-mlp", "8", "--top-mlp", "8,1", "--no-collapse", "--no-progress",
+         "--pipeline", "none", "--backend", "gloo"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "warning: dead run?" in proc.stdout
+    verdict = json.loads((run_dir / "summary.json").read_text())["dead_run"]
+    assert verdict["dead"] is True and verdict["points"] == 3 and verdict["best_val_auc"] <= 0.55
+    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events if e["event"] == "dead_run"] == [6]
