@@ -33,7 +33,14 @@ from mlet_dist.distributed.state import gather_full_state_dict
 from mlet_dist.training.best_model import BestModelKeeper
 from mlet_dist.training.checkpoint import CheckpointError, CheckpointManager, TrainPosition
 from mlet_dist.training.config import TrainConfig, parse_args
-from mlet_dist.training.diagnostics import PREDICTIONS_DIR, diagnostics_from_state_dict, save_predictions
+from mlet_dist.distributed.table_grams import table_grams
+from mlet_dist.training.diagnostics import (
+    PREDICTIONS_DIR,
+    diagnostics_from_grams,
+    is_projection_key,
+    is_table_key,
+    save_predictions,
+)
 from mlet_dist.config_io import save_config
 from mlet_dist.errors import UserError
 from mlet_dist.training.failure import exit_now, report_failure
@@ -224,10 +231,11 @@ def run(cfg: TrainConfig, env: DistEnv) -> Dict[str, object]:
         test = trained_preds["test"] if cfg.collapse else evaluate_all(sharded, cfg, env, "predictions")["test"]
         if env.is_main:
             save_predictions(cfg.run_dir / PREDICTIONS_DIR, {"test": test})
-    if cfg.diagnostics:
-        full = gather_full_state_dict(sharded)  # collective: every rank takes part
+    if cfg.diagnostics:  # collectives: every rank takes part; no rank holds a whole table
+        grams = table_grams(sharded, keep=is_table_key, device=env.device)
+        projections = gather_full_state_dict(sharded, keep=is_projection_key)  # k×d each: small
         if env.is_main:
-            summary["diagnostics"] = diagnostics_from_state_dict(full)
+            summary["diagnostics"] = diagnostics_from_grams(grams, projections)
     out.write_json("summary.json", summary)
     if env.is_main:
         print_summary(summary, cfg.run_dir)

@@ -27,7 +27,7 @@ per row after compression (Criteo Kaggle's test split: ~13 MB).
 import math
 import re
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Sequence, Union
+from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -36,9 +36,9 @@ ArrayLike = Union[torch.Tensor, np.ndarray]
 DEFAULT_REL_TOL = 1e-2
 CHUNK_ROWS = 65536
 
-_WIDE = re.compile(r"^(?P<prefix>.*)\.wide\.embedding_bags\.(?P<table>[^.]+)\.weight$")
-_PROJECTION = re.compile(r"^(?P<prefix>.*)\.projections\.(?P<table>[^.]+)\.weight$")
-_TABLE = re.compile(r"^(?P<prefix>.*)\.embedding_bags\.(?P<table>[^.]+)\.weight$")
+_WIDE = re.compile(r"^(?:(?P<prefix>.*)\.)?wide\.embedding_bags\.(?P<table>[^.]+)\.weight$")
+_PROJECTION = re.compile(r"^(?:(?P<prefix>.*)\.)?projections\.(?P<table>[^.]+)\.weight$")
+_TABLE = re.compile(r"^(?:(?P<prefix>.*)\.)?embedding_bags\.(?P<table>[^.]+)\.weight$")
 
 
 def _as_tensor(a: ArrayLike) -> torch.Tensor:
@@ -170,13 +170,45 @@ def diagnostics_from_state_dict(state: Mapping[str, torch.Tensor],
         if table not in tables:
             weights = None if row_weights is None else row_weights.get(table)
             tables[table] = table_diagnostics(t, weights, rel_tol)
+    return {"tables": tables, "mean": _means(tables), "rel_tol": rel_tol}
+
+
+def diagnostics_from_grams(grams: Mapping[str, Tuple[torch.Tensor, int]], projections: Mapping[str, ArrayLike],
+                           rel_tol: float = DEFAULT_REL_TOL) -> Dict[str, object]:
+    """Same result as ``diagnostics_from_state_dict`` from each table's Gram matrix TᵀT (and row
+    count) and the projections W alone: what a sharded model can produce without any rank ever
+    holding a whole table (``distributed/table_grams.py``). Keys as in a state dict."""
+    proj = {m["table"]: w for name, w in projections.items() if (m := _PROJECTION.match(name)) is not None}
+    tables: Dict[str, Dict[str, object]] = {}
+    for name, (gram, rows) in sorted(grams.items()):
+        g = gram.to(torch.float64)
+        if (m := _WIDE.match(name)) is not None:
+            w = _as_tensor(proj[m["table"]])
+            tables[m["table"]] = {
+                "inner_dim": int(w.shape[0]), "embedding_dim": int(w.shape[1]), "rows": rows,
+                "projection": spectrum_summary(singular_values(w), rel_tol),
+                "table": spectrum_summary(_sqrt_eig_desc(w.T @ g @ w)[:min(rows, w.shape[1])], rel_tol),
+                "wide": spectrum_summary(_sqrt_eig_desc(g)[:min(rows, g.shape[0])], rel_tol),
+            }
+        elif (m := _TABLE.match(name)) is not None and m["table"] not in tables:
+            tables[m["table"]] = {"rows": rows, "inner_dim": None, "embedding_dim": int(g.shape[0]),
+                                  "table": spectrum_summary(_sqrt_eig_desc(g)[:min(rows, g.shape[0])], rel_tol)}
+    return {"tables": tables, "mean": _means(tables), "rel_tol": rel_tol}
+
+
+def _means(tables: Mapping[str, Mapping[str, object]]) -> Dict[str, float]:
     mean: Dict[str, float] = {}
     for part in ("table", "projection", "wide"):
         for stat in ("effective_rank", "stable_rank", "rank_above_threshold"):
-            values = [v[part][stat] for v in tables.values() if part in v]
+            values = [v[part][stat] for v in tables.values() if part in v]  # type: ignore[index]
             if values:
                 mean[f"{part}_{stat}"] = float(np.mean(values))
-    return {"tables": tables, "mean": mean, "rel_tol": rel_tol}
+    return mean
+
+
+def is_table_key(name: str) -> bool:
+    """Embedding table weights (wide MLET tables or stock tables), not projections."""
+    return _PROJECTION.match(name) is None and (_WIDE.match(name) is not None or _TABLE.match(name) is not None)
 
 
 def is_projection_key(name: str) -> bool:

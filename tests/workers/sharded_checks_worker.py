@@ -161,6 +161,35 @@ def check_weights(env: Any) -> Dict[str, str]:
     return out
 
 
+def check_table_grams(env: Any) -> Dict[str, float]:
+    """End-of-run diagnostics from reduced Gram matrices vs from the gathered full tables, on the
+    7-table mixed plan (row-, table-row-, table-, column- (2 shards) wise and data-parallel)."""
+    from mlet_dist.distributed.state import gather_full_state_dict
+    from mlet_dist.distributed.table_grams import table_grams
+    from mlet_dist.training.diagnostics import (
+        diagnostics_from_grams, diagnostics_from_state_dict, is_projection_key, is_table_key)
+
+    out: Dict[str, float] = {}
+    for mlet in (True, False):
+        torch.manual_seed(SEED + env.rank)
+        model = mean_mix_model(torch.device("meta"), mlet)
+        attach_fused_embedding_optimizer(model, OptimConfig("sgd", 0.1, "sgd", 0.1))
+        sharded = shard_model(model, env, ShardingConfig("auto"), mean_mix_constraints(mlet))
+        full = diagnostics_from_state_dict(gather_full_state_dict(sharded))
+        grams = diagnostics_from_grams(table_grams(sharded, keep=is_table_key),
+                                       gather_full_state_dict(sharded, keep=is_projection_key))
+        worst = 0.0
+        for table, ref in full["tables"].items():
+            for part in ("table", "wide", "projection"):
+                if part in ref:
+                    a = torch.tensor(ref[part]["singular_values"])
+                    b = torch.tensor(grams["tables"][table][part]["singular_values"])
+                    worst = max(worst, float(((a - b).abs() / a.abs().max()).max()))
+        out["mlet" if mlet else "baseline"] = worst
+        out[f"tables_{'mlet' if mlet else 'baseline'}"] = float(len(grams["tables"]))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
@@ -172,6 +201,7 @@ def main() -> None:
         "grad_accumulation": {"sum": check_grad_accumulation(env, False),
                               "average": check_grad_accumulation(env, True)},
         "weights": check_weights(env),
+        "table_grams": check_table_grams(env),
     }
     gathered: List[Any] = [None] * env.world_size
     dist.all_gather_object(gathered, results)
