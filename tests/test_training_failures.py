@@ -144,3 +144,20 @@ def test_bad_val_id_fails_before_the_first_step(data: Path, tmp_path: Path) -> N
     assert "val/part-00000.parquet" in lines[0]
     events = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()] if (run / "metrics.jsonl").exists() else []
     assert not [e for e in events if e["event"] == "train"]
+
+
+def test_corrupt_part_file_mid_epoch_stops_every_rank_naming_file_and_row_group(data: Path, tmp_path: Path) -> None:
+    """The footer is intact (the pre-training check passes) but a data page is not: the rank that
+    reads it names the file and row group, and the whole job ends promptly, no hang."""
+    import shutil
+
+    bad = Path(shutil.copytree(data, tmp_path / "data"))
+    part = bad / "train" / "part-00000.parquet"
+    raw = bytearray(part.read_bytes())
+    footer = len(raw) - 8 - int.from_bytes(raw[-8:-4], "little")
+    raw[100:footer - 100] = bytes(footer - 200)  # zero the data pages, keep the footer
+    part.write_bytes(bytes(raw))
+    proc, seconds = launch(["--data", str(bad), "--run-dir", str(tmp_path / "run"), *SMALL], timeout=90)
+    assert proc.returncode != 0 and seconds < 90
+    lines = error_lines(proc)
+    assert len(lines) == 1 and "part-00000.parquet (row group" in lines[0], (lines, proc.stderr[-2000:])
