@@ -8,7 +8,7 @@ import torch
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
-from mlet_dist.modules.mlet_config import MLETTableConfig
+from mlet_dist.modules.mlet_config import MLET_INITS, MLETTableConfig
 from mlet_dist.modules.mlet_embedding_bag import MLETEmbeddingBagCollection
 
 
@@ -20,6 +20,7 @@ class EmbeddingSpec:
     inner_dim: int = 64
     mlet: bool = True
     projection_init_std: Optional[float] = None
+    mlet_init: str = "paper"  # --mlet-init: how T and W start (modules/mlet_config.py, issue 20)
     pooling: PoolingType = PoolingType.SUM
     # Per-call Python checks of ids and feature names in the MLET module (host syncs every step).
     # Training turns them off: the reader validated every id and the sharded kernels bound-check
@@ -32,6 +33,8 @@ class EmbeddingSpec:
         std = self.projection_init_std
         if std is not None and not (math.isfinite(std) and std > 0):
             raise ValueError(f"--projection-init-std must be a finite number > 0, got {std}")
+        if self.mlet_init not in MLET_INITS:
+            raise ValueError(f"--mlet-init must be one of {', '.join(MLET_INITS)}, got {self.mlet_init!r}")
         if self.mlet and self.inner_dim < self.embedding_dim:
             raise ValueError(
                 f"--inner-dim k={self.inner_dim} is smaller than --embedding-dim d={self.embedding_dim}: "
@@ -80,6 +83,7 @@ def build_embedding_collection(
                     feature_names=[feature],
                     pooling=pools[feature],
                     projection_init_std=spec.projection_init_std,
+                    init=spec.mlet_init,
                 )
                 for feature, n in table_sizes.items()
             ],

@@ -2,9 +2,16 @@
 
 from dataclasses import dataclass, field
 from math import sqrt
-from typing import Iterable, List, Optional
+from typing import Iterable, List, Optional, Tuple
 
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+
+# How T and W start (issue 20, reports/small_d/README.md):
+#   paper:   T ~ U(±sqrt(1/n)) (TorchRec's default, as in the paper), W ~ N(0, 2/(k+d)).
+#   matched: W ~ N(0, d/k²) and T ~ U(±1/(σ_W·sqrt(k·n))): T·W starts with exactly the variance of a
+#            baseline n×d table (1/(3n)), and the first rowwise-Adagrad step moves T·W by lr per element,
+#            as it moves a baseline table. Under `paper` that step is lr·k·σ_W/sqrt(d) ≈ lr·sqrt(2k/d).
+MLET_INITS = ("paper", "matched")
 
 
 @dataclass
@@ -24,6 +31,7 @@ class MLETTableConfig:
     feature_names: List[str] = field(default_factory=list)
     pooling: PoolingType = PoolingType.SUM
     projection_init_std: Optional[float] = None
+    init: str = "paper"  # MLET_INITS
 
     def __post_init__(self) -> None:
         if not self.feature_names:
@@ -42,6 +50,8 @@ class MLETTableConfig:
             raise ValueError(f"table {self.name!r}: pooling must be SUM or MEAN, got {self.pooling}")
         if self.projection_init_std is not None and self.projection_init_std <= 0:
             raise ValueError(f"table {self.name!r}: projection_init_std must be > 0")
+        if self.init not in MLET_INITS:
+            raise ValueError(f"table {self.name!r}: init must be one of {', '.join(MLET_INITS)}, got {self.init!r}")
 
     @property
     def init_std(self) -> float:
@@ -49,16 +59,31 @@ class MLETTableConfig:
         DLRM-based MLET code uses for the projection layer."""
         if self.projection_init_std is not None:
             return self.projection_init_std
+        if self.init == "matched":  # W^T W ≈ (d/k) I: a row step of lr per element in T is lr in T·W
+            return sqrt(self.embedding_dim) / self.inner_dim
         return sqrt(2.0 / (self.inner_dim + self.embedding_dim))
 
+    @property
+    def table_init_range(self) -> Optional[Tuple[float, float]]:
+        """(min, max) of T's uniform init; None keeps TorchRec's default ±sqrt(1/n) (``paper``).
+        ``matched``: var(T·W) = k·var(T)·σ_W² equals the baseline table's 1/(3n)."""
+        if self.init != "matched":
+            return None
+        bound = 1.0 / (self.init_std * sqrt(self.inner_dim * self.num_embeddings))
+        return (-bound, bound)
+
     def inner_config(self) -> EmbeddingBagConfig:
-        """The wide n×k table; TorchRec's default init is uniform in ±sqrt(1/n), as in the paper."""
+        """The wide n×k table; TorchRec's default init is uniform in ±sqrt(1/n), as in the paper
+        (``table_init_range`` overrides it for ``init="matched"``)."""
+        low, high = self.table_init_range or (None, None)
         return EmbeddingBagConfig(
             name=self.name,
             num_embeddings=self.num_embeddings,
             embedding_dim=self.inner_dim,
             feature_names=list(self.feature_names),
             pooling=self.pooling,
+            weight_init_min=low,
+            weight_init_max=high,
         )
 
     def output_config(self) -> EmbeddingBagConfig:

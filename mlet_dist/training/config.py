@@ -15,6 +15,7 @@ from mlet_dist.distributed.sharding import SHARDING_CHOICES, ShardingConfig
 from mlet_dist.models.dcn import DCNConfig
 from mlet_dist.models.dlrm import DLRMConfig
 from mlet_dist.models.embedding_tables import EmbeddingSpec
+from mlet_dist.modules.mlet_config import MLET_INITS
 from mlet_dist.models.ranking import ModelConfig
 from mlet_dist.training.checkpoint import CHECKPOINT_MODES
 from mlet_dist.training.loop import PIPELINES
@@ -135,7 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: runs/<torchelastic run id> under torchrun/torchx, else runs/<timestamp>; "
                    "one name for all ranks, chosen by rank 0")
     add_model_shape_args(p)
-    p.add_argument("--projection-init-std", type=float, default=None, help="default sqrt(2/(k+d))")
+    p.add_argument("--projection-init-std", type=float, default=None,
+                   help="default sqrt(2/(k+d)) (--mlet-init paper) or sqrt(d)/k (matched)")
+    p.add_argument("--mlet-init", choices=MLET_INITS, default=EmbeddingSpec.mlet_init,
+                   help="paper: T ~ U(±sqrt(1/n)), W ~ N(0, 2/(k+d)); matched: T·W starts with the baseline "
+                   "table's variance and its first rowwise-Adagrad step is lr per element, as a baseline table's "
+                   "(the paper init's is ~lr·sqrt(2k/d): large at small d; reports/small_d/README.md)")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=256, help="per-rank batch size")
     p.add_argument("--max-train-batches", type=int, default=None)
@@ -205,7 +211,7 @@ FLAG_FIELDS: Dict[str, Tuple[str, ...]] = {
     "embedding_dim": ("embedding.embedding_dim",), "inner_dim": ("embedding.inner_dim",),
     "bottom_mlp": ("dlrm.bottom_mlp",), "top_mlp": ("dlrm.top_mlp",), "arch": ("arch",),
     "dcn_layers": ("dcn.cross_layers",), "dcn_low_rank": ("dcn.low_rank",),
-    "projection_init_std": ("embedding.projection_init_std",), "epochs": ("epochs",),
+    "projection_init_std": ("embedding.projection_init_std",), "mlet_init": ("embedding.mlet_init",), "epochs": ("epochs",),
     "batch_size": ("batch_size",), "max_train_batches": ("max_train_batches",),
     "max_eval_batches": ("max_eval_batches",), "embedding_optimizer": ("optim.embedding_optimizer",),
     "embedding_lr": ("optim.embedding_lr",), "dense_optimizer": ("optim.dense_optimizer",),
@@ -274,6 +280,7 @@ def _from_args(args: argparse.Namespace) -> TrainConfig:
             inner_dim=args.inner_dim,
             mlet=args.model == "mlet",
             projection_init_std=args.projection_init_std,
+            mlet_init=args.mlet_init,
             validate_inputs=args.check_inputs,
         ),
         dlrm=DLRMConfig(bottom_mlp=args.bottom_mlp, top_mlp=args.top_mlp),
