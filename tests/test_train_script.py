@@ -174,5 +174,5 @@ def test_plan_file_round_trip_and_mismatch(criteo_dir: Path, tmp_path: Path) -> 
     proc = _train_cli(["--data", str(criteo_dir), "--run-dir", str(tmp_path / "r"),
                        "--plan", str(first / "plan.json"), *QUICK])
     assert proc.returncode != 0
-    assert "was made for world size 2" in proc.stderr and "this job has 1 ranks" in proc.stderr
+    assert "was made for world size 2" in proc.stderr and "this job has 1 rank:" in proc.stderr
     assert "Traceback" not in proc.stderr
