@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from data_prep.planted import PlantedSpec, generate_planted
+from mlet_dist.sweep.config import from_dict
+from mlet_dist.sweep.report import write_report
 from mlet_dist.training.dead_run import DeadRunDetector, dead_run_of
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,12 +70,39 @@ def test_dead_run_of_reads_summaries() -> None:
     assert dead_run_of({}) is None and dead_run_of(None) is None
 
 
-def test_train_reports_a_deliberately_dead_run(tmp_path: Path) -> None:
-    """Labels drawn independently of every feature: no model can leave val AUC 0.5, so the run
-    must say so (console line, summary.json, metrics.jsonl). 1 rank, a few steps."""
-    data = tmp_path / "random_labels"
+@pytest.fixture(scope="module")
+def random_labels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Labels drawn independently of every feature (planted with no signal and no dense part)."""
+    data = tmp_path_factory.mktemp("dead") / "random_labels"
     generate_planted(data, PlantedSpec(rows=24_000, tables=3, cardinality=(50,), rank=2, dense=2,
                                        signal=1e-6, dense_signal=0.0, noise=0.0, seed=3))
+    return data
+
+
+def test_sweep_report_marks_dead_runs(random_labels: Path, tmp_path: Path) -> None:
+    """The report lists a dead seed and counts it in its configuration's row (not averaged silently)."""
+    cfg = from_dict({"name": "dead", "data": str(random_labels), "runs_dir": str(tmp_path / "runs"),
+                     "report_dir": str(tmp_path / "report"),
+                     "grid": {"archs": ["dlrm"], "seeds": [0, 1], "baseline": {"d": [4]}, "mlet": {"k": [], "d": []}},
+                     "report": {"bootstrap_resamples": 0}})
+    for run, dead in zip(cfg.runs(), (False, True)):
+        cfg.run_dir(run).mkdir(parents=True)
+        auc = 0.52 if dead else 0.65
+        summary = {"trained": {s: {"auc": auc, "logloss": 0.5} for s in ("val", "test")},
+                   "dead_run": DeadRunDetector(points=1).verdict() | {"dead": dead}}
+        (cfg.run_dir(run) / "summary.json").write_text(json.dumps(summary))
+    md = write_report(cfg).read_text()
+    assert "**dead runs**" in md and "dlrm-baseline-d4-s1" in md and "dlrm-baseline-d4-s0" not in md.split("**dead runs**")[1].split("\n")[0]
+    assert "| 2/2 (1 dead) |" in md
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["dead_runs"] == ["dlrm-baseline-d4-s1"] and report["table"][0]["seeds_dead"] == 1
+    assert [r["dead_run"] for r in report["runs"]] == [False, True]
+
+
+def test_train_reports_a_deliberately_dead_run(random_labels: Path, tmp_path: Path) -> None:
+    """No model can leave val AUC 0.5 on labels independent of the features, so the run must say
+    so (console line, summary.json, metrics.jsonl). 1 rank, a few steps."""
+    data = random_labels
     run_dir = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))

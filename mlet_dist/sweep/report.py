@@ -33,6 +33,7 @@ from mlet_dist.sweep.headline import headline_csv_rows, headline_markdown, headl
 from mlet_dist.sweep.plotting import arch_key, message_figure, pyplot
 from mlet_dist.sweep.rare_items import RareItemScorer, bucket_labels
 from mlet_dist.sweep.spectra_plot import spectra_plot, spectra_rows
+from mlet_dist.training.dead_run import dead_run_of
 from mlet_dist.training.diagnostics import PREDICTIONS_DIR, load_predictions
 
 REPORT_FILES = ("report.md", "report.json", "results.csv", "table.csv", "pareto.png", "rare_items.csv",
@@ -111,7 +112,10 @@ def aggregate(records: Sequence[RunRecord], bayes_test: Optional[float] = None) 
         recs = [r for r in groups[group] if r.finished]
         arch, model, d, k = group
         row: Dict[str, Any] = {"arch": arch, "model": model, "d": d, "k": k,
-                               "seeds_finished": len(recs), "seeds_planned": len(groups[group])}
+                               "seeds_finished": len(recs), "seeds_planned": len(groups[group]),
+                               # seeds whose summary says dead_run (val AUC stuck near 0.5): still in the
+                               # means, but counted and listed so that they are never averaged silently
+                               "seeds_dead": sum(dead_run_of(r.summary) is True for r in recs)}
         first = recs[0].summary if recs else {}
         row["params_serving"] = (first or {}).get("params_serving")
         row["params_training"] = (first or {}).get("params_training")
@@ -325,6 +329,7 @@ def write_report(cfg: SweepConfig, statuses: Optional[Sequence[Any]] = None,
     records = collect(cfg)
     finished = [r for r in records if r.finished]
     missing = [r.run.run_id for r in records if not r.finished]
+    dead = [r.run.run_id for r in finished if dead_run_of(r.summary) is True]
 
     per_run = []
     for r in finished:
@@ -341,6 +346,7 @@ def write_report(cfg: SweepConfig, statuses: Optional[Sequence[Any]] = None,
         for part in ("table", "projection", "wide"):
             row[f"{part}_effective_rank"] = mean.get(f"{part}_effective_rank")
         row["predictions"] = r.predictions is not None
+        row["dead_run"] = dead_run_of(s)  # None: the run predates the detector
         per_run.append(row)
     _write_csv(out / "results.csv", per_run)
     rows = aggregate(records, bayes_test)
@@ -364,6 +370,9 @@ def write_report(cfg: SweepConfig, statuses: Optional[Sequence[Any]] = None,
     lines += _data_section(cfg, meta)
     lines += [f"- runs: {len(finished)} of {len(records)} finished"
               + (f"; missing/failed: {', '.join(missing)}" if missing else ""),
+              *([f"- **dead runs** (best val AUC within 0.5 ± band after the required evaluation points: "
+                 f"the model stayed at the constant predictor; included in the means, marked in `seeds`): "
+                 f"{', '.join(dead)}"] if dead else []),
               f"- each run: `train.py {' '.join(cfg.train_args)}` + per-run `--arch --model -d [-k] --seed`"
               + "".join(f"; {a}: `{' '.join(v)}`" for a, v in {**cfg.arch_args, **cfg.model_args}.items()),
               f"- launch: {cfg.launch.world_size} rank(s) per run, {cfg.launch.threads_per_rank} thread(s) per "
@@ -380,7 +389,8 @@ def write_report(cfg: SweepConfig, statuses: Optional[Sequence[Any]] = None,
             f"{_fmt(r['test_auc_mean'], r['test_auc_std'])} | "
             + (f"{_fmt(r.get('test_gap_closed'), None, 3)} | " if has_gap else "")
             + f"{_fmt(r['train_seconds_mean'], r['train_seconds_std'], 1)} | "
-            f"{r['seeds_finished']}/{r['seeds_planned']} |")
+            f"{r['seeds_finished']}/{r['seeds_planned']}"
+            + (f" ({r['seeds_dead']} dead)" if r["seeds_dead"] else "") + " |")
     lines += ["", "![test AUC vs serving parameters](pareto.png)", "", "## Headline: MLET d vs baseline d'", ""]
     lines += headline_markdown(headline) if cfg.bootstrap_resamples else ["Skipped (report.bootstrap_resamples: 0).", ""]
     lines += ["## Rare items", "",
@@ -413,7 +423,7 @@ def write_report(cfg: SweepConfig, statuses: Optional[Sequence[Any]] = None,
               "`report.json`, `pareto.png`, `rare_items.png`.", ""]
     (out / "report.md").write_text("\n".join(lines))
     payload = {"name": cfg.name, "config": cfg.to_json(), "bayes_auc": meta.get("bayes_auc"), "runs": per_run,
-               "table": rows, "headline": headline, "spectra_during_training": spectra, "rare_items": {"definition": rare_info, "rows": rare_rows}, "missing_runs": missing,
+               "table": rows, "headline": headline, "spectra_during_training": spectra, "rare_items": {"definition": rare_info, "rows": rare_rows}, "missing_runs": missing, "dead_runs": dead,
                "statuses": [s.to_json() for s in statuses] if statuses else None}
     (out / "report.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
     return out / "report.md"
