@@ -13,13 +13,16 @@ Usage:
                             [--positive-rate P] [--save-truth]   (labels from a known rank-R model;
                             meta.json records the Bayes-optimal AUC of each split)
 Common options: --min-count N, --hash-size N, --count-memory-mb N, --rows-per-file N,
-  --row-group-rows N, --block-mb N, --strict, --overwrite, --progress/--no-progress.
+  --row-group-rows N, --block-mb N, --strict, --overwrite, --progress/--no-progress,
+  --workers N (processes; default all cores), --engine local|dask, --scheduler tcp://HOST:8786
+  (raw-data kinds: criteo-kaggle, criteo-terabyte, avazu; the output is the same bytes in every mode).
 Also runnable as `python -m data_prep.cli ...`.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -29,6 +32,7 @@ from data_prep.avazu import prepare_avazu
 from data_prep.dataset_format import CRITEO_SPARSE_FEATURES
 from data_prep.multi_hot import parse_pooling
 from data_prep.criteo import prepare_criteo_kaggle, prepare_criteo_terabyte
+from data_prep.engine import WorkerFailed
 from data_prep.pipeline import PrepConfig, PrepResult
 from data_prep.planted import PlantedSpec, generate_planted
 from data_prep.synthetic import generate_dataset, parse_table_sizes, write_criteo_tsv
@@ -72,6 +76,15 @@ def _add_common(p: argparse.ArgumentParser, vocab: bool = True) -> None:
         p.add_argument("--strict", action="store_true", help="fail on the first malformed line instead of rejecting it")
         p.add_argument("--block-mb", type=_positive_int, default=d.block_bytes >> 20,
                        help=f"input megabytes parsed at a time (default {d.block_bytes >> 20})")
+        p.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 1,
+                       help="worker processes over files and byte ranges; 1 = this process only "
+                            "(default: all cores). The output is the same bytes for any N")
+        p.add_argument("--engine", choices=("local", "dask"), default="local",
+                       help="local: a process pool; dask: a Dask distributed cluster (default local)")
+        p.add_argument("--scheduler", default=None, metavar="ADDR",
+                       help="dask scheduler address, e.g. tcp://host:8786 (implies --engine dask; "
+                            "default: a local cluster of --workers processes). Inputs and OUT must be "
+                            "on a filesystem every worker sees at the same paths")
     p.add_argument("--rows-per-file", type=_positive_int, default=d.rows_per_file,
                    help=f"max rows per parquet part file (default {d.rows_per_file})")
     p.add_argument("--row-group-rows", type=_positive_int, default=d.row_group_rows,
@@ -197,6 +210,9 @@ def _config(args: argparse.Namespace) -> PrepConfig:
             count_memory_mb=args.count_memory_mb,
             strict=args.strict,
             block_bytes=args.block_mb << 20,
+            workers=args.workers,
+            engine="dask" if args.scheduler else args.engine,
+            scheduler=args.scheduler,
         )
     if getattr(args, "seed", None) is not None:
         kw["seed"] = args.seed
@@ -250,6 +266,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             pooling = parse_pooling(args.pooling, CRITEO_SPARSE_FEATURES)
             result = generate_dataset(args.out, args.rows, sizes, args.zipf, args.seed, cfg,
                                       multi_hot=args.multi_hot, pooling=pooling)
+    except WorkerFailed as e:  # a worker died (killed, out of memory, lost node): nothing was published
+        print(f"{PROG}: error: {e}; nothing was published, rerun to retry", file=sys.stderr)
+        return 1
     except (FileExistsError, ValueError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR

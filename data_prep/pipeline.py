@@ -77,11 +77,16 @@ class PrepConfig:
     progress: bool = False  # tqdm progress bars on stderr
     seed: int = 0  # random split (Avazu)
     threads: int = field(default_factory=lambda: min(os.cpu_count() or 1, 4))  # parsing threads
+    workers: int = 1  # worker processes over files / byte ranges (1: this process; parallel.py)
+    engine: str = "local"  # "local" (a process pool) or "dask" (a cluster; engine.py)
+    scheduler: Optional[str] = None  # dask scheduler address (None: a local cluster of `workers`)
 
     def __post_init__(self) -> None:
         if not isinstance(self.count_memory_mb, (int, float)) or not self.count_memory_mb > 0:
             raise ValueError(f"count_memory_mb must be > 0, got {self.count_memory_mb!r}")
-        for name in ("min_count", "rows_per_file", "row_group_rows", "block_bytes", "threads"):
+        if self.engine not in ("local", "dask"):
+            raise ValueError(f"engine must be 'local' or 'dask', got {self.engine!r}")
+        for name in ("min_count", "rows_per_file", "row_group_rows", "block_bytes", "threads", "workers"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -264,6 +269,9 @@ class SplitPolicy:
     (file index, line numbers, accepted rows before this block overall / in its file)."""
 
     needs_tail_pass = False
+    # assign() depends on line numbers, not only on positions among accepted rows (parallel.py
+    # then counts lines before pass 1, and workers compute split codes themselves).
+    uses_line_numbers = False
 
     def count_mask(self, fi: int, lines: np.ndarray) -> Optional[np.ndarray]:
         """Pass 1: rows whose values to count (None: all)."""
@@ -344,6 +352,8 @@ class DaySplit(SplitPolicy):
 class RandomSplit(SplitPolicy):
     """Avazu: each data line independently, by a seeded hash of its line number
     (so the split does not depend on block size or on other lines being rejected)."""
+
+    uses_line_numbers = True
 
     def __init__(self, seed: int, val_fraction: float = 0.1, test_fraction: float = 0.1) -> None:
         if not (0 <= val_fraction and 0 <= test_fraction and val_fraction + test_fraction <= 1):
@@ -474,8 +484,9 @@ class SplitWriter:
     of exactly row_group_rows rows (the last may be shorter), so the bytes do not
     depend on how the input was blocked."""
 
-    def __init__(self, root: Path, split: str, schema: pa.Schema, cfg: PrepConfig) -> None:
+    def __init__(self, root: Path, split: str, schema: pa.Schema, cfg: PrepConfig, first_index: int = 0) -> None:
         self.root, self.split, self.schema = root, split, schema
+        self.first_index = first_index  # number of the first part file (parallel writers write one each)
         self.rows_per_file = cfg.rows_per_file
         self.group_rows = min(cfg.row_group_rows, cfg.rows_per_file)
         (root / split).mkdir(parents=True, exist_ok=True)
@@ -502,7 +513,7 @@ class SplitWriter:
         head, rest = table.slice(0, n), table.slice(n)
         self._buffer, self._buffered = ([rest] if rest.num_rows else []), rest.num_rows
         if self._writer is None:
-            rel = part_file(self.split, len(self.files))
+            rel = part_file(self.split, self.first_index + len(self.files))
             self._writer = pq.ParquetWriter(self.root / rel, self.schema, compression="zstd")
             self.files.append(rel)
         self._writer.write_table(head, row_group_size=n)
@@ -544,19 +555,28 @@ class RejectSink:
         for r in rejects:
             if self.strict:
                 raise ValueError(f"{self.sources.get(r.file, r.file)}:{r.line}: malformed line: {r.reason}")
-            if self._f is None:
-                self._f = open(self.path, "wb")
-                self._f.write(b"file\tline\treason\traw\n")
-            reason = r.reason if len(r.reason) <= 300 else r.reason[:300] + "..."  # it may quote the value
-            self._f.write(f"{r.file}\t{r.line}\t{reason}\t".encode("utf-8") + clip_raw(r.raw) + b"\n")
-            self.count += 1
-            kind = reject_kind(r.reason)
-            self.by_reason[kind] = self.by_reason.get(kind, 0) + 1
+            self.add_record(r.file, r.line, *format_reject(r))
+
+    def add_record(self, file: str, line: int, reason: str, raw: bytes, kind: str) -> None:
+        """One record already clipped by format_reject (parallel workers format their own)."""
+        if self._f is None:
+            self._f = open(self.path, "wb")
+            self._f.write(b"file\tline\treason\traw\n")
+        self._f.write(f"{file}\t{line}\t{reason}\t".encode("utf-8") + raw + b"\n")
+        self.count += 1
+        self.by_reason[kind] = self.by_reason.get(kind, 0) + 1
 
     def close(self) -> None:
         if self._f is not None:
             self._f.close()
             self._f = None
+
+
+def format_reject(r: Reject) -> Tuple[str, bytes, str]:
+    """(reason as written, raw as written, kind) of a reject: both clipped, since a reason may
+    quote a huge value."""
+    reason = r.reason if len(r.reason) <= 300 else r.reason[:300] + "..."
+    return reason, clip_raw(r.raw), reject_kind(r.reason)
 
 
 def reject_kind(reason: str) -> str:
@@ -753,7 +773,13 @@ def run_prep(
     policy: SplitPolicy,
     extra_meta: Optional[Dict[str, Any]] = None,
 ) -> PrepResult:
-    """Prepare `sources` (in order) into a dataset directory at `out` (FORMAT.md)."""
+    """Prepare `sources` (in order) into a dataset directory at `out` (FORMAT.md). With
+    cfg.workers > 1 or the dask engine, worker processes do the passes (parallel.py), writing the
+    same bytes."""
+    if cfg.workers > 1 or cfg.engine == "dask":
+        from data_prep.parallel import run_prep_parallel
+
+        return run_prep_parallel(spec, sources, out, cfg, policy, extra_meta)
     paths = [Path(s) for s in sources]
     if not paths:
         raise ValueError("no input files given")
@@ -820,25 +846,7 @@ def run_prep(
                 progress.close()
 
             # ---- vocabularies ----
-            vocabs: Dict[str, FeatureVocab] = {}
-            histograms: Dict[str, Dict[str, Any]] = {}
-            fallback = cfg.hash_size or DEFAULT_FALLBACK_HASH_SIZE
-            for name in sparse:
-                counter = counters[name]
-                if counter is None:
-                    vocabs[name] = FeatureVocab(size=fallback, hashed=True)
-                    histograms[name] = {"distinct_train_values": None}
-                    continue
-                vocab = build_vocab(counter, cfg.min_count)
-                hist = count_histogram(counter.counts)
-                hist["distinct_train_values"] = int(len(counter.keys))
-                hist["rare_train_values"] = int(len(counter.keys) - (vocab.size - 1))
-                if cfg.hash_size is not None and vocab.size > cfg.hash_size:
-                    hashed[name] = f"table of {vocab.size} ids exceeds hash_size"
-                    vocab = FeatureVocab(size=cfg.hash_size, hashed=True)
-                vocabs[name] = vocab
-                histograms[name] = hist
-                counters[name] = None  # free the counts before pass 2
+            vocabs, histograms = finish_vocabs(sparse, counters, hashed, cfg)
             vocab_entries = _save_vocabularies(tmp, spec, vocabs)
 
             # ---- pass 2: encode and write ----
@@ -876,38 +884,76 @@ def run_prep(
         finally:
             sink.close()
 
-        for name in sparse:
-            histograms[name]["id0_rows"] = dict(zip(SPLITS, zero_rows[name]))
-            histograms[name]["hashed"] = vocabs[name].hashed
         splits_meta = {s: {"rows": writers[s].rows, "files": writers[s].files} for s in SPLITS}
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "dataset": spec.name,
-            "source": names[0] if len(names) == 1 else f"{names[0]} .. {names[-1]} ({len(names)} files)",
-            "sources": names,
-            "label": spec.label,
-            "dense_features": list(spec.dense_features),
-            "sparse_features": list(sparse),
-            "table_sizes": {name: int(vocabs[name].size) for name in sparse},
-            "min_count": cfg.min_count,
-            "hash_size": cfg.hash_size,
-            "count_memory_mb": cfg.count_memory_mb,
-            "hashed_features": dict(sorted(hashed.items())),
-            "splits": splits_meta,
-            "split": policy.describe(),
-            "rows_read": int(acc + sink.count),
-            "rows_rejected": int(sink.count),
-            "rows_rejected_by_kind": dict(sorted(sink.by_reason.items())),
-            "rows_per_source": {n: int(r) for n, r in zip(names, rows_per_file)},
-            "rejects_file": REJECTS_FILE if sink.count else None,
-            "id_histograms": histograms,
-            **bag_meta(sparse),
-            "vocabulary": vocabulary_meta(vocab_entries),
-        }
+        meta = build_meta(spec, names, cfg, policy, vocabs, histograms, hashed, zero_rows, splits_meta,
+                          acc, sink, rows_per_file, vocab_entries)
         meta.update(extra_meta or {})
         write_meta(tmp, meta)
         publish(tmp, out_path, cfg.overwrite)
     return PrepResult(out_dir=out_path, meta=meta)
+
+
+def finish_vocabs(
+    sparse: Sequence[str], counters: Dict[str, Optional["KeyCounter"]], hashed: Dict[str, str], cfg: PrepConfig
+) -> Tuple[Dict[str, "FeatureVocab"], Dict[str, Dict[str, Any]]]:
+    """Vocabularies and count histograms from the final train counts (frees the counts)."""
+    vocabs: Dict[str, FeatureVocab] = {}
+    histograms: Dict[str, Dict[str, Any]] = {}
+    fallback = cfg.hash_size or DEFAULT_FALLBACK_HASH_SIZE
+    for name in sparse:
+        counter = counters[name]
+        if counter is None:
+            vocabs[name] = FeatureVocab(size=fallback, hashed=True)
+            histograms[name] = {"distinct_train_values": None}
+            continue
+        vocab = build_vocab(counter, cfg.min_count)
+        hist = count_histogram(counter.counts)
+        hist["distinct_train_values"] = int(len(counter.keys))
+        hist["rare_train_values"] = int(len(counter.keys) - (vocab.size - 1))
+        if cfg.hash_size is not None and vocab.size > cfg.hash_size:
+            hashed[name] = f"table of {vocab.size} ids exceeds hash_size"
+            vocab = FeatureVocab(size=cfg.hash_size, hashed=True)
+        vocabs[name] = vocab
+        histograms[name] = hist
+        counters[name] = None  # free the counts before pass 2
+    return vocabs, histograms
+
+
+def build_meta(
+    spec: DatasetSpec, names: Sequence[str], cfg: PrepConfig, policy: SplitPolicy,
+    vocabs: Dict[str, "FeatureVocab"], histograms: Dict[str, Dict[str, Any]], hashed: Dict[str, str],
+    zero_rows: Dict[str, List[int]], splits_meta: Dict[str, Any], acc: int, sink: "RejectSink",
+    rows_per_file: Sequence[int], vocab_entries: Dict[str, Dict[str, Any]],
+) -> Dict[str, Any]:
+    """meta.json of a raw-data preparation (both the single-process and the parallel run)."""
+    sparse = spec.sparse_features
+    for name in sparse:
+        histograms[name]["id0_rows"] = dict(zip(SPLITS, zero_rows[name]))
+        histograms[name]["hashed"] = vocabs[name].hashed
+    return {
+        "format_version": FORMAT_VERSION,
+        "dataset": spec.name,
+        "source": names[0] if len(names) == 1 else f"{names[0]} .. {names[-1]} ({len(names)} files)",
+        "sources": names,
+        "label": spec.label,
+        "dense_features": list(spec.dense_features),
+        "sparse_features": list(sparse),
+        "table_sizes": {name: int(vocabs[name].size) for name in sparse},
+        "min_count": cfg.min_count,
+        "hash_size": cfg.hash_size,
+        "count_memory_mb": cfg.count_memory_mb,
+        "hashed_features": dict(sorted(hashed.items())),
+        "splits": splits_meta,
+        "split": policy.describe(),
+        "rows_read": int(acc + sink.count),
+        "rows_rejected": int(sink.count),
+        "rows_rejected_by_kind": dict(sorted(sink.by_reason.items())),
+        "rows_per_source": {n: int(r) for n, r in zip(names, rows_per_file)},
+        "rejects_file": REJECTS_FILE if sink.count else None,
+        "id_histograms": histograms,
+        **bag_meta(sparse),
+        "vocabulary": vocabulary_meta(vocab_entries),
+    }
 
 
 def _save_vocabularies(out: Path, spec: DatasetSpec, vocabs: Dict[str, "FeatureVocab"]) -> Dict[str, Dict[str, Any]]:

@@ -56,11 +56,24 @@ class LineBlock:
         return LineBlock(self.buf, self.starts[1:], self.ends[1:], self.first_line + 1, self.offset, self.src_bytes)
 
 
-def _plain_chunks(path: Path, start: int) -> Iterator[Tuple[bytes, int, Optional[str]]]:
+def plain_read_bytes(block_bytes: int) -> int:
+    """Bytes per read from a plain file: the block size within [64 KiB, 8 MiB]. A block is cut
+    after every `attempt_bytes(block_bytes)` bytes from the file start, so block boundaries are a
+    function of file positions only, which lets byte-range workers reproduce them (ranges.py)."""
+    return min(max(block_bytes, 64 << 10), _READ_BYTES * 8)
+
+
+def attempt_bytes(block_bytes: int) -> int:
+    """Distance between the file positions at which a plain file's blocks are cut (see above)."""
+    r = plain_read_bytes(block_bytes)
+    return -(-block_bytes // r) * r
+
+
+def _plain_chunks(path: Path, start: int, read_bytes: int = _READ_BYTES * 8) -> Iterator[Tuple[bytes, int, Optional[str]]]:
     with open(path, "rb") as f:
         f.seek(start)
         while True:
-            data = f.read(_READ_BYTES * 8)
+            data = f.read(read_bytes)
             if not data:
                 return
             yield data, len(data), None
@@ -102,7 +115,10 @@ def iter_line_blocks(
     path: Path, block_bytes: int = DEFAULT_BLOCK_BYTES, start_offset: int = 0, start_line: int = 1
 ) -> Iterator[LineBlock]:
     """LineBlocks of `path` from decompressed byte `start_offset` (a line start)."""
-    chunks = _gzip_chunks(path, start_offset) if is_gzip(path) else _plain_chunks(path, start_offset)
+    chunks = (
+        _gzip_chunks(path, start_offset) if is_gzip(path)
+        else _plain_chunks(path, start_offset, plain_read_bytes(block_bytes))
+    )
     parts, size, src = [], 0, 0
     carry = b""
     line, offset = start_line, start_offset
@@ -111,7 +127,7 @@ def iter_line_blocks(
         if problem is not None:
             buf = carry + b"".join(parts)
             cut = buf.rfind(b"\n") + 1
-            block = _make_block(buf, cut, line, offset, src, final=False)
+            block = make_block(buf, cut, line, offset, src, final=False)
             block.truncated = (problem, buf[cut:])
             yield block
             return
@@ -125,7 +141,7 @@ def iter_line_blocks(
         if cut == 0:
             carry = buf
             continue
-        block = _make_block(buf, cut, line, offset, src, final=False)
+        block = make_block(buf, cut, line, offset, src, final=False)
         src = 0
         carry = buf[cut:]
         line += block.num_lines
@@ -133,10 +149,10 @@ def iter_line_blocks(
         yield block
     buf = carry + b"".join(parts)
     if buf or src:
-        yield _make_block(buf, len(buf), line, offset, src, final=True)
+        yield make_block(buf, len(buf), line, offset, src, final=True)
 
 
-def _make_block(buf: bytes, cut: int, first_line: int, offset: int, src: int, final: bool) -> LineBlock:
+def make_block(buf: bytes, cut: int, first_line: int, offset: int, src: int, final: bool) -> LineBlock:
     """Lines of buf[:cut]; buf[:cut] ends with \\n unless `final` (last line unterminated)."""
     # Copy into a zero-padded array so 8-byte windows at any field start stay in bounds.
     arr = np.zeros(cut + _PAD, dtype=np.uint8)

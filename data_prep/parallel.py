@@ -1,0 +1,286 @@
+"""The preparation with worker processes (local) or a Dask cluster: the same bytes as one process.
+
+Inputs are cut into byte ranges of whole blocks (ranges.py; a gzip file is one range). Tasks
+(parallel_tasks.py) run per range; this process merges their results **in input order**, which is
+what makes the output identical to the single-process run:
+
+* line numbers: a range reports its line count, so rejects get absolute lines (Avazu's split
+  depends on line numbers: its lines are counted first, one task per range);
+* value counts: a range returns its per-block counts and they are added block by block with the
+  same `count_memory_mb` check as the single-process run (its blocks are the same blocks), so the
+  same features are hashed; otherwise counts are exact whatever the order;
+* the Kaggle tail pass: one task per range past the train/val boundary, counts subtracted;
+* pass 2: each range encodes its rows with the vocabulary (read from the staged vocab/ files) into
+  Arrow pieces per split; each output part file is then assembled by a task from the pieces that
+  hold its rows, with the single-process writer's row groups. Pieces are deleted once used.
+
+Memory: a bounded window of tasks in flight (each holds a range: `range_mb`), the counts (capped),
+and one part file's row group per assembling worker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from data_prep import engine as engines
+from data_prep import parallel_tasks as tasks
+from data_prep.dataset_format import REJECTS_FILE, SPLITS, part_file, write_meta
+from data_prep.pipeline import (
+    ChunkSplit, DatasetSpec, FeatureVocab, KeyCounter, PathLike, PrepConfig, PrepResult, Progress, RejectSink,
+    Reject, SplitPolicy, _enforce_cap, _save_vocabularies, build_meta, check_input, check_output, finish_vocabs,
+    publish, staging_dir,
+)
+from data_prep.ranges import ByteRange, count_lines, plan_ranges
+
+MAX_RANGE_BYTES = 64 << 20
+
+
+def _target_bytes(total: int, cfg: PrepConfig) -> int:
+    """About 4 ranges per worker, at most 64 MB each (memory per task), at least one block."""
+    return int(min(MAX_RANGE_BYTES, max(cfg.block_bytes, total // (4 * cfg.workers) + 1)))
+
+
+def _label(r: ByteRange) -> str:
+    return f"{r.path}" + ("" if r.gzip else f" (bytes {r.start}-{r.end})")
+
+
+@dataclasses.dataclass
+class _RangeState:
+    first_line: int = 1  # absolute line number of the range's first line
+    acc: int = 0  # accepted rows before the range, overall
+    acc_file: int = 0  # ... in its file
+    accepted: int = 0
+    split_rows: Optional[List[int]] = None
+
+
+def run_prep_parallel(
+    spec: DatasetSpec,
+    sources: Sequence[PathLike],
+    out: PathLike,
+    cfg: PrepConfig,
+    policy: SplitPolicy,
+    extra_meta: Optional[Dict[str, Any]] = None,
+) -> PrepResult:
+    """pipeline.run_prep with cfg.workers processes or a Dask cluster (same output bytes)."""
+    paths = [Path(s) for s in sources]
+    if not paths:
+        raise ValueError("no input files given")
+    for p in paths:
+        check_input(p)
+    names = [p.name for p in paths]
+    if len(set(names)) != len(names):
+        raise ValueError(f"input file names must be distinct (rejects name them): {names}")
+    out_path = Path(out)
+    check_output(out_path, cfg.overwrite)
+    total_bytes = sum(p.stat().st_size for p in paths)
+    sparse = spec.sparse_features
+    window = 2 * cfg.workers
+
+    with staging_dir(out_path) as tmp, engines.make_engine(cfg) as engine:
+        work = tmp / "_work"
+        work.mkdir()
+        for split in SPLITS:  # as the single-process writers do, even for an empty split
+            (tmp / split).mkdir()
+        ranges = plan_ranges(paths, cfg.block_bytes, _target_bytes(total_bytes, cfg))
+        ctx = tasks.TaskContext(spec, cfg, policy, str(work))
+        state = [_RangeState() for _ in ranges]
+        given_first = [1] * len(ranges)  # the first line a task numbers from
+        if policy.uses_line_numbers:  # the split needs absolute line numbers in pass 1
+            jobs = [(_label(r), (lambda r=r: (r,))) for r in ranges]
+            line_counts = list(engines.ordered(engine, count_lines, jobs, window))
+            _first_lines(ranges, line_counts, given_first)
+
+        sink = RejectSink(tmp / REJECTS_FILE, cfg.strict, {p.name: p for p in paths})
+        counters: Dict[str, Optional[KeyCounter]] = {f: KeyCounter() for f in sparse}
+        hashed: Dict[str, str] = {}
+        try:
+            rows_per_file = _pass1(ctx, engine, ranges, state, given_first, sink, counters, hashed, window,
+                                   total_bytes)
+            policy.finish_pass1(rows_per_file)
+            acc = sum(rows_per_file)
+            if isinstance(policy, ChunkSplit) and acc > policy.train_end:
+                _tail(ctx, engine, ranges, state, counters, policy.train_end, window)
+
+            vocabs, histograms = finish_vocabs(sparse, counters, hashed, cfg)
+            vocab_entries = _save_vocabularies(tmp, spec, vocabs)
+            ctx = dataclasses.replace(
+                ctx, vocab_dir=str(tmp), vocab_sizes={n: (int(v.size), v.hashed) for n, v in vocabs.items()}
+            )
+            vocabs = {n: FeatureVocab(size=v.size, hashed=v.hashed) for n, v in vocabs.items()}  # free the keys
+            for i, r in enumerate(ranges):
+                if state[i].split_rows is None:
+                    codes = policy.assign(r.fi, np.zeros(state[i].accepted, np.int64), state[i].acc, state[i].acc_file)
+                    state[i].split_rows = np.bincount(codes, minlength=len(SPLITS)).tolist()
+            splits_meta, zero_rows, acc2 = _pass2(ctx, engine, ranges, state, tmp, window, total_bytes)
+            if acc2 != acc:
+                raise RuntimeError(f"input changed during preparation: {acc} rows accepted in pass 1, {acc2} in pass 2")
+        finally:
+            sink.close()
+        shutil.rmtree(work)
+        meta = build_meta(spec, names, cfg, policy, vocabs, histograms, hashed, zero_rows, splits_meta,
+                          acc, sink, rows_per_file, vocab_entries)
+        meta.update(extra_meta or {})
+        write_meta(tmp, meta)
+        publish(tmp, out_path, cfg.overwrite)
+    return PrepResult(out_dir=out_path, meta=meta)
+
+
+def _first_lines(ranges: Sequence[ByteRange], line_counts: Sequence[int], out: List[int]) -> None:
+    line, fi = 1, -1
+    for i, r in enumerate(ranges):
+        if r.fi != fi:
+            line, fi = 1, r.fi
+        out[i] = line
+        line += line_counts[i]
+
+
+def _pass1(
+    ctx: tasks.TaskContext, engine: engines.Engine, ranges: Sequence[ByteRange], state: List[_RangeState],
+    given_first: Sequence[int], sink: RejectSink, counters: Dict[str, Optional[KeyCounter]], hashed: Dict[str, str],
+    window: int, total_bytes: int,
+) -> List[int]:
+    """Validate and count; merge in input order exactly as the single-process pass 1 does."""
+    cap = int(ctx.cfg.count_memory_mb * (1 << 20))
+    rows_per_file = [0] * (max(r.fi for r in ranges) + 1)
+    progress = Progress(ctx.cfg.progress, total_bytes, f"1/{3 if ctx.policy.needs_tail_pass else 2} count")
+
+    def live() -> List[str]:
+        return [n for n, c in counters.items() if c is not None]
+
+    jobs = [(_label(r), (lambda i=i, r=r: (ctx, r, given_first[i], live(), str(i)))) for i, r in enumerate(ranges)]
+    acc, line, fi = 0, 1, -1
+    for i, res in enumerate(engines.ordered(engine, tasks.count_range, jobs, window)):
+        r = ranges[i]
+        if r.fi != fi:
+            line, fi = 1, r.fi
+        shift = line - given_first[i]
+        name = Path(r.path).name
+        if res.first_reject is not None and ctx.cfg.strict:
+            first = res.first_reject
+            sink.add([Reject(first.line + shift, first.reason, first.raw, first.file)])  # raises
+        if res.rejects_file is not None:
+            for rel, kind, reason, raw in tasks.read_rejects(res.rejects_file):
+                sink.add_record(name, rel + given_first[i] + shift, reason, raw, kind)
+            os.remove(res.rejects_file)
+        state[i] = _RangeState(line, acc, rows_per_file[r.fi], res.accepted, res.split_rows)
+        for uniq in res.block_uniques:
+            for feature, counter in counters.items():
+                if counter is not None and feature in uniq:
+                    counter.add_unique(*uniq[feature])
+            _enforce_cap(counters, hashed, cap)
+        acc += res.accepted
+        rows_per_file[r.fi] += res.accepted
+        line += res.lines
+        progress.update(r.nbytes, res.accepted)
+    progress.close()
+    return rows_per_file
+
+
+def _tail(
+    ctx: tasks.TaskContext, engine: engines.Engine, ranges: Sequence[ByteRange], state: Sequence[_RangeState],
+    counters: Dict[str, Optional[KeyCounter]], train_end: int, window: int,
+) -> None:
+    """Subtract the counts of accepted rows from `train_end` on (Kaggle's val/test chunk)."""
+    live = [n for n, c in counters.items() if c is not None]
+    todo = [i for i, s in enumerate(state) if s.acc + s.accepted > train_end]
+    jobs = [(_label(ranges[i]), (lambda i=i: (ctx, ranges[i], max(train_end - state[i].acc, 0), live))) for i in todo]
+    for uniq in engines.ordered(engine, tasks.tail_range, jobs, window):
+        for feature in live:
+            counter = counters[feature]
+            if counter is not None:
+                counter.add_unique(*uniq[feature], sign=-1)
+
+
+def _pass2(
+    ctx: tasks.TaskContext, engine: engines.Engine, ranges: Sequence[ByteRange], state: Sequence[_RangeState],
+    tmp: Path, window: int, total_bytes: int,
+) -> Tuple[Dict[str, Any], Dict[str, List[int]], int]:
+    """Encode ranges into pieces, assemble part files as soon as their pieces exist."""
+    cfg, sparse = ctx.cfg, ctx.spec.sparse_features
+    per = cfg.rows_per_file
+    totals = [sum(s.split_rows[k] for s in state) for k in range(len(SPLITS))]  # type: ignore[index]
+    starts = np.zeros((len(ranges) + 1, len(SPLITS)), np.int64)
+    for i, s in enumerate(state):
+        starts[i + 1] = starts[i] + np.asarray(s.split_rows)
+    pieces: List[List[Optional[str]]] = []
+    users = np.zeros((len(ranges), len(SPLITS)), np.int64)  # part files still to read each piece
+    for k in range(len(SPLITS)):
+        for i in range(len(ranges)):
+            lo, hi = starts[i, k], starts[i + 1, k]
+            if hi > lo:
+                users[i, k] = (hi - 1) // per - lo // per + 1
+    next_part = [0] * len(SPLITS)
+    assembling: List[Tuple[Any, str, int, List[Tuple[int, int]]]] = []
+    done_parts: Dict[Tuple[int, int], Tuple[List[str], int]] = {}
+    zero_rows = {n: [0] * len(SPLITS) for n in sparse}
+    progress = Progress(cfg.progress, total_bytes, f"{3 if ctx.policy.needs_tail_pass else 2}/.. write")
+
+    def reap(block: bool) -> None:
+        keep = []
+        for future, label, k, used in assembling:
+            if block or future.done():
+                files, rows = engines.wait(label, future)
+                done_parts[(k, int(label.rsplit(":", 1)[1]))] = (files, rows)
+                for i, kk in used:
+                    users[i, kk] -= 1
+                    if users[i, kk] == 0 and pieces[i][kk]:
+                        os.remove(pieces[i][kk])  # type: ignore[arg-type]
+            else:
+                keep.append((future, label, k, used))
+        assembling[:] = keep
+
+    def submit_ready(ready_rows: np.ndarray, final: bool) -> None:
+        for k, split in enumerate(SPLITS):
+            while next_part[k] * per < totals[k]:
+                lo, hi = next_part[k] * per, min((next_part[k] + 1) * per, totals[k])
+                if hi > ready_rows[k] and not final:
+                    break
+                first = int(np.searchsorted(starts[1:, k], lo, side="right"))
+                spec_pieces, used = [], []
+                i = first
+                while i < len(ranges) and starts[i, k] < hi:
+                    a, b = max(lo, starts[i, k]), min(hi, starts[i + 1, k])
+                    if b > a:
+                        spec_pieces.append((pieces[i][k], int(a - starts[i, k]), int(b - starts[i, k])))
+                        used.append((i, k))
+                    i += 1
+                future = engine.submit(tasks.assemble_part, ctx, str(tmp), split, next_part[k], spec_pieces)
+                assembling.append((future, f"{split} part:{next_part[k]}", k, used))
+                next_part[k] += 1
+
+    jobs = [
+        (_label(r), (lambda i=i, r=r: (ctx, r, state[i].first_line, state[i].acc, state[i].acc_file, str(i))))
+        for i, r in enumerate(ranges)
+    ]
+    acc2 = 0
+    for i, res in enumerate(engines.ordered(engine, tasks.encode_range, jobs, window)):
+        if res.rows != state[i].split_rows:
+            raise RuntimeError(f"input changed during preparation: {_label(ranges[i])} split rows differ")
+        pieces.append(res.pieces)
+        for n in sparse:
+            for k in range(len(SPLITS)):
+                zero_rows[n][k] += res.zero_rows[n][k]
+        acc2 += res.accepted
+        submit_ready(starts[i + 1], final=False)
+        reap(block=False)
+        progress.update(ranges[i].nbytes, res.accepted)
+    submit_ready(starts[-1], final=True)
+    reap(block=True)
+    progress.close()
+    splits_meta: Dict[str, Any] = {}
+    for k, split in enumerate(SPLITS):
+        files: List[str] = []
+        rows = 0
+        for p in range(next_part[k]):
+            f, n = done_parts[(k, p)]
+            files += f
+            rows += n
+        assert files == [part_file(split, p) for p in range(next_part[k])] and rows == totals[k]
+        splits_meta[split] = {"rows": rows, "files": files}
+    return splits_meta, zero_rows, acc2
