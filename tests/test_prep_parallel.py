@@ -182,3 +182,30 @@ def test_cli_workers_flag(tmp_path: Path) -> None:
     assert main(["criteo-kaggle", str(CRITEO), str(tmp_path / "a"), "--workers", "1", "--no-progress"]) == 0
     assert main(["criteo-kaggle", str(CRITEO), str(tmp_path / "b"), "--workers", "2", "--no-progress"]) == 0
     assert_same(tmp_path / "a", tmp_path / "b")
+
+
+
+def _dask_or_skip() -> None:
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        pytest.skip("dask distributed is not installed (the optional 'dask' extra; requirements/common.txt installs it)")
+
+
+def test_dask_local_cluster_same_bytes_every_kind(tmp_path: Path, damaged_kaggle: Path, terabyte_days: Path) -> None:
+    """The engine path on a local cluster writes what one process writes: Kaggle, Terabyte days,
+    Avazu, all with malformed rows."""
+    _dask_or_skip()
+    kw = dict(SMALL, workers=2, engine="dask")
+    prepare_criteo_kaggle(damaged_kaggle, tmp_path / "k1", **SMALL)
+    prepare_criteo_kaggle(damaged_kaggle, tmp_path / "kd", **kw)
+    assert_same(tmp_path / "k1", tmp_path / "kd")
+    prepare_criteo_terabyte([terabyte_days], tmp_path / "t1", **SMALL)
+    prepare_criteo_terabyte([terabyte_days], tmp_path / "td", **kw)
+    assert_same(tmp_path / "t1", tmp_path / "td")
+    lines = AVAZU.read_bytes().split(b"\n")[:-1]
+    src = tmp_path / "train.csv"
+    src.write_bytes(b"\n".join(lines[:1] + damage(lines[1:], 4)) + b"\n")
+    prepare_avazu(src, tmp_path / "a1", **SMALL)
+    prepare_avazu(src, tmp_path / "ad", **kw)
+    assert_same(tmp_path / "a1", tmp_path / "ad")
