@@ -107,6 +107,11 @@ class FeatureVocabulary:
 
     def encode(self, values: Sequence[Union[str, bytes]]) -> Encoded:
         ok, keys = raw_to_keys(self.kind, values)
+        return self.encode_keys(ok, keys)
+
+    def encode_keys(self, ok: np.ndarray, keys: np.ndarray) -> Encoded:
+        """Ids of value keys already parsed by textio (``ok``: which were valid raw values), so a
+        caller that ran the preparation's own line parser (raw scoring) does not parse twice."""
         if self.hashed:
             ids = (textio.splitmix64(keys) % np.uint64(self.table_size)).astype(np.int64)
             found = ok

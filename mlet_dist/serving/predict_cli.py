@@ -2,18 +2,23 @@
 
     mlet-predict --serving RUN/serving --data DATA --split test --out preds.parquet
     mlet-predict --serving RUN/serving --data DATA --precision int8 --compare --out preds.parquet
+    mlet-predict --serving RUN/serving --raw requests.tsv --out preds.parquet   # raw Criteo/Avazu lines
 
 Writes one probability per row (and the label when the data has one) in split order, prints
 AUC / logloss when labels are present, rows/s, and the table memory. ``--precision fp16|int8``
 serves the tables through TorchRec's quantized inference EBC; ``--compare`` also scores in fp32
-and reports the metric change and the largest probability difference.
+and reports the metric change and the largest probability difference. ``--raw FILE`` scores raw
+Criteo (TSV) / Avazu (CSV) lines, with or without the label column, through the training
+dataset's saved vocabulary and the preparation's own parser (``raw_input.py``); the predictions
+then carry each row's input ``line``, and the report counts rejected lines (each with its line
+number) and values that got the out-of-vocabulary id.
 """
 
 import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -24,7 +29,10 @@ import torch
 from mlet_dist.serving.load import load_serving_model
 from mlet_dist.serving.manifest import ServingDir, ServingDirError, sha256_file
 from mlet_dist.serving.quantize import PRECISIONS, quantize_serving_model
-from mlet_dist.serving.scoring import ScoreResult, ScoringStream, rows_per_feature, score
+from data_prep.vocabulary import Vocabulary
+from mlet_dist.serving.contract import dataset_meta
+from mlet_dist.serving.raw_input import RawScoringStream
+from mlet_dist.serving.scoring import BatchSource, ScoreResult, ScoringStream, rows_per_feature, score
 from mlet_dist.errors import user_error_exit
 
 
@@ -35,7 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--serving", type=Path, required=True, help="serving directory")
-    p.add_argument("--data", type=Path, required=True, help="prepared dataset dir (mlet-prep output)")
+    p.add_argument("--data", type=Path, default=None,
+                   help="prepared dataset dir (mlet-prep output); with --raw: the training dataset, whose "
+                        "vocabulary encodes the raw values (default: the one the serving manifest names)")
+    p.add_argument("--raw", type=Path, default=None, metavar="FILE",
+                   help="score raw Criteo TSV / Avazu CSV lines (plain or gzip) instead of a prepared split")
     p.add_argument("--split", default="test")
     p.add_argument("--out", type=Path, required=True, help="predictions: .parquet, .csv or .tsv")
     p.add_argument("--batch-size", type=int, default=4096)
@@ -45,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batches", type=int, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the model runs")
-    p.add_argument("--metrics-out", type=Path, default=None, help="also write the report as JSON here")
+    p.add_argument("--metrics-out", type=Path, default=None,
+                   help="also write the report as JSON here (with --raw: every rejected line, up to 1000)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -74,10 +87,13 @@ def check_dataset(sd: ServingDir, data: Path) -> List[str]:
     return warnings
 
 
-def write_predictions(path: Path, result: ScoreResult) -> None:
+def write_predictions(path: Path, result: ScoreResult, lines: Optional[np.ndarray] = None) -> None:
+    """prob (and label) per row; ``lines``: the raw input line of each row (--raw skips rejected ones)."""
     columns: Dict[str, Any] = {"prob": pa.array(result.probs.numpy().astype(np.float32))}
     if result.labels is not None:
         columns["label"] = pa.array(result.labels.numpy().astype(np.int8))
+    if lines is not None:
+        columns["line"] = pa.array(np.asarray(lines, np.int64))
     table = pa.table(columns)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -102,23 +118,36 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         raise ValueError("--compare compares fp16/int8 with fp32: give --precision fp16 or int8")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda, but torch.cuda.is_available() is False here")
+    if args.raw is None and args.data is None:
+        raise ValueError("give --data DATA (a prepared dataset to score) or --raw FILE (raw lines)")
+    if args.raw is not None and args.max_batches is not None:
+        raise ValueError("--max-batches cuts a prepared split; with --raw every line is scored or reported")
     model, sd = load_serving_model(args.serving, device=args.device)
-    warnings = check_dataset(sd, args.data)
+    stream: BatchSource
+    if args.raw is not None:
+        stream, data = raw_stream(sd, args)
+        warnings: List[str] = []
+    else:
+        data = args.data
+        warnings = check_dataset(sd, data)
+        stream = ScoringStream(data, args.split, args.batch_size, rows_per_feature(sd.manifest["tables"]),
+                               args.max_batches)
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
-    stream = ScoringStream(args.data, args.split, args.batch_size, rows_per_feature(sd.manifest["tables"]),
-                           args.max_batches)
     progress = not args.no_progress
-    report: Dict[str, Any] = {"serving": str(args.serving), "data": str(args.data), "split": args.split,
+    report: Dict[str, Any] = {"serving": str(args.serving), "data": str(data),
+                              "split": "raw" if args.raw is not None else args.split,
                               "labels": stream.has_labels}
     device = torch.device(args.device)
     baseline: Optional[ScoreResult] = None
     if args.compare:
-        baseline = score(model, stream, progress, desc=f"{args.split} fp32", device=device)
+        baseline = score(model, stream, progress, desc=f"{report['split']} fp32", device=device)
         report["fp32"] = {**baseline.metrics(), "rows_per_s": baseline.rows_per_s}
     memory = quantize_serving_model(model, args.precision)
-    result = score(model, stream, progress, desc=f"{args.split} {args.precision}", device=device)
-    write_predictions(args.out, result)
+    result = score(model, stream, progress, desc=f"{report['split']} {args.precision}", device=device)
+    write_predictions(args.out, result, stream.lines if isinstance(stream, RawScoringStream) else None)
+    if isinstance(stream, RawScoringStream):
+        report["raw"] = stream.report.as_dict()
     report.update(
         precision=args.precision,
         out=str(args.out),
@@ -140,8 +169,48 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     return report
 
 
+def raw_stream(sd: ServingDir, args: argparse.Namespace) -> Tuple[RawScoringStream, Path]:
+    """The raw file's stream and the training dataset whose vocabulary encodes it: --data, or the
+    dataset the manifest names, refused unless its meta.json is the one the model was trained with."""
+    meta = dataset_meta(sd, args.data)
+    recorded = (sd.manifest.get("dataset") or {}).get("data_dir")
+    if meta is None:
+        raise ValueError(
+            f"--raw needs the training dataset's vocabulary, and the serving manifest's dataset "
+            f"{recorded or '(none recorded)'} is not there: pass --data TRAINING_DATASET_DIR"
+        )
+    data = Path(args.data) if args.data is not None else Path(recorded)
+    tables = rows_per_feature(sd.manifest["tables"])
+    wrong = {f: (int(meta["table_sizes"].get(f, -1)), n) for f, n in tables.items()
+             if int(meta["table_sizes"].get(f, -1)) != n}
+    if wrong:
+        raise ValueError(f"{data} is not the training dataset of this model (table sizes differ: {wrong})")
+    vocab = Vocabulary.load(data)
+    return RawScoringStream(args.raw, meta, vocab, tables, args.batch_size), data
+
+
+MAX_PRINTED_REJECTS = 10
+
+
+def print_raw(raw: Dict[str, Any]) -> None:
+    """The raw file's accounting: lines scored / rejected (each with its line), OOV values."""
+    print(f"raw {raw['file']}: {raw['rows_read']} lines, {raw['rows_scored']} scored, "
+          f"{raw['rows_rejected']} rejected ({'with' if raw['labeled'] else 'without'} labels)")
+    for r in raw["rejects"][:MAX_PRINTED_REJECTS]:
+        print(f"  rejected {raw['file']}:{r['line']}: {r['reason']}")
+    if raw["rows_rejected"] > MAX_PRINTED_REJECTS:
+        print(f"  ... and {raw['rows_rejected'] - MAX_PRINTED_REJECTS} more (--metrics-out lists up to "
+              f"{len(raw['rejects'])})")
+    unknown = {f: n for f, n in raw["unknown_values"].items() if n}
+    shown = ", ".join(f"{f} {n}" for f, n in sorted(unknown.items(), key=lambda kv: -kv[1])[:8])
+    more = ", ..." if len(unknown) > 8 else ""
+    print(f"unknown values -> OOV id {raw['oov_id']}: {raw['unknown_total']}" + (f" ({shown}{more})" if unknown else ""))
+
+
 def print_report(report: Dict[str, Any]) -> None:
     m = report["metrics"]
+    if "raw" in report:
+        print_raw(report["raw"])
     line = f"{report['split']}: {report['rows']} rows in {report['seconds']:.2f}s ({report['rows_per_s']:,.0f} rows/s)"
     if "auc" in m:
         line += f"  AUC {m['auc']:.4f}  logloss {m['logloss']:.4f}"

@@ -9,7 +9,7 @@ multi-hot columns become the same KeyedJaggedTensor as in training (``data/bags.
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Union
+from typing import Dict, Iterator, List, Optional, Protocol, Sequence, Union
 
 import numpy as np
 import pyarrow as pa
@@ -124,6 +124,19 @@ class ScoringStream:
         return ScoringBatch(torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32)), kjt, labels)
 
 
+class BatchSource(Protocol):
+    """What ``score`` reads: a prepared split (``ScoringStream``) or raw lines (``raw_input``)."""
+
+    has_labels: bool
+
+    @property
+    def rows_to_score(self) -> Optional[int]:  # None: unknown in advance (raw text)
+        ...
+
+    def __iter__(self) -> Iterator[ScoringBatch]:
+        ...
+
+
 @dataclass
 class ScoreResult:
     probs: torch.Tensor
@@ -146,7 +159,7 @@ class ScoreResult:
 
 @torch.no_grad()
 def score(
-    model: nn.Module, stream: ScoringStream, progress: bool = True, desc: str = "scoring",
+    model: nn.Module, stream: BatchSource, progress: bool = True, desc: str = "scoring",
     device: torch.device = torch.device("cpu"),
 ) -> ScoreResult:
     """Probabilities of every row (a DLRMTrain-wrapped model: ``model.model(dense, sparse)``)."""
