@@ -1,14 +1,23 @@
-"""Benchmark: mlet-prep (streaming, vectorised) vs a plain-Python line-by-line reference.
+"""Benchmark: mlet-prep at 1..N worker processes vs pyarrow's one pass (and a line-by-line reference).
 
-The input is synthetic Criteo Kaggle-format TSV (data_prep.synthetic, power-law ids
-over tables of --table-size values) at each of --sizes MB. Each preparation runs
-in a fresh child process so its peak RSS (ru_maxrss) is its own. The reference
-does what the reference DLRM's data_utils does: count lines, parse every line in
-Python into preallocated numpy arrays of the whole file, build per-feature dicts,
-map, log-transform, split 7 ways, and write parquet at the end.
+The input is synthetic Criteo Kaggle-format TSV (data_prep.synthetic, power-law ids over tables of
+--table-size values) at each of --sizes MB. Rows, side by side in one run:
 
-    python benchmarks/bench_prep.py                       # 50 MB and 200 MB (about 2-3 minutes)
-    python benchmarks/bench_prep.py --sizes 20 --reference-sizes 20
+* `mlet-prep wN`: prepare_criteo_kaggle with --workers N (two passes + the tail pass, validation,
+  rejects, splits, vocabularies; the same output bytes for every N);
+* `pyarrow`: pyarrow's multithreaded CSV reader (all cores) + dictionary encoding of the 26
+  categorical columns + one zstd parquet write: one pass, no validation, rejects, splits or
+  vocabulary ordering (the issue's reference point);
+* `reference` (only at --reference-sizes): what the reference DLRM's data_utils does, line by line
+  in Python, everything in memory.
+
+MB/cpu-s divides by the CPU seconds of the run and its workers: the per-core rate, which on a
+shared (loaded) box is steadier than MB/s and is what a many-core estimate scales. Each run is a fresh
+child process; peak RSS is the largest of the child and its own worker
+processes together (sampled), so it is what the machine needs. Ratios: each mlet-prep row / pyarrow, and wN / w1 (scaling).
+
+    nice -n 10 python benchmarks/bench_prep.py                 # 50 and 200 MB, workers 1 and 2
+    nice -n 10 python benchmarks/bench_prep.py --sizes 100 --workers 1 2 4
 
 MB/s is input megabytes (10**6 bytes) divided by the wall time of the whole preparation.
 """
@@ -31,13 +40,34 @@ sys.path.insert(0, str(REPO))
 
 
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the largest worker process
+    return max(own, children) / 1024.0  # Linux: KiB
 
 
-def run_ours(src: Path, out: Path) -> None:
+def run_ours(src: Path, out: Path, workers: int = 1) -> None:
     from data_prep import prepare_criteo_kaggle
 
-    prepare_criteo_kaggle(src, out, overwrite=True)
+    prepare_criteo_kaggle(src, out, overwrite=True, workers=workers)
+
+
+def run_pyarrow(src: Path, out: Path) -> None:
+    """One pass: multithreaded CSV read, dictionary-encoded categoricals, one parquet file."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    names = ["label"] + [f"I{k}" for k in range(1, 14)] + [f"C{k}" for k in range(1, 27)]
+    types = {"label": pa.int8(), **{f"I{k}": pa.float64() for k in range(1, 14)},
+             **{f"C{k}": pa.dictionary(pa.int32(), pa.string()) for k in range(1, 27)}}
+    table = pcsv.read_csv(
+        src,
+        read_options=pcsv.ReadOptions(column_names=names, use_threads=True, block_size=8 << 20),
+        parse_options=pcsv.ParseOptions(delimiter="\t", quote_char=False),
+        convert_options=pcsv.ConvertOptions(column_types=types, strings_can_be_null=False),
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, out / "data.parquet", compression="zstd")
 
 
 def run_reference(src: Path, out: Path) -> None:
@@ -84,27 +114,65 @@ def run_reference(src: Path, out: Path) -> None:
 
 def _child(kind: str, src: Path, out: Path) -> None:
     t0 = time.perf_counter()
-    (run_ours if kind == "ours" else run_reference)(src, out)
+    if kind.startswith("w"):
+        run_ours(src, out, int(kind[1:]))
+    else:
+        (run_pyarrow if kind == "pyarrow" else run_reference)(src, out)
     seconds = time.perf_counter() - t0
-    print(json.dumps({"seconds": seconds, "peak_rss_mb": _peak_rss_mb()}))
+    cpu = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+              for f in ("ru_utime", "ru_stime"))
+    print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb": _peak_rss_mb()}))
+
+
+def _watch(proc: subprocess.Popen) -> tuple:
+    """(CPU seconds, peak RSS MB) of the child and every process under it (the workers of a
+    forkserver are not its children, so rusage misses them), sampled every 0.1 s."""
+    import psutil
+
+    root = psutil.Process(proc.pid)
+    cpu: dict = {}
+    peak = 0.0
+    while proc.poll() is None:
+        try:
+            tree = [root] + root.children(recursive=True)
+        except psutil.Error:
+            break
+        rss = 0
+        for p in tree:
+            try:
+                t = p.cpu_times()
+                cpu[p.pid] = t.user + t.system
+                rss += p.memory_info().rss
+            except psutil.Error:
+                pass
+        peak = max(peak, rss / 2**20)
+        time.sleep(0.1)
+    return sum(cpu.values()), peak
 
 
 def measure(kind: str, src: Path, out: Path) -> dict:
-    proc = subprocess.run(
-        [sys.executable, __file__, "--_child", kind, str(src), str(out)], capture_output=True, text=True, cwd=REPO
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--_child", kind, str(src), str(out)], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, cwd=REPO,
     )
+    cpu, tree_rss = _watch(proc)
+    stdout, stderr = proc.communicate()
     if proc.returncode != 0:
-        raise RuntimeError(f"{kind} failed:\n{proc.stderr}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"{kind} failed:\n{stderr}")
+    result = json.loads(stdout.strip().splitlines()[-1])
+    result["cpu_seconds"] = max(result["cpu_seconds"], cpu)
+    result["peak_rss_mb"] = max(result["peak_rss_mb"], tree_rss)  # all processes at once
     result["mb_per_s"] = src.stat().st_size / 1e6 / result["seconds"]
+    result["mb_per_cpu_s"] = src.stat().st_size / 1e6 / max(result["cpu_seconds"], 1e-9)
     return result
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=float, nargs="+", default=[50.0, 200.0], help="input sizes in MB")
-    parser.add_argument("--reference-sizes", type=float, nargs="*", default=None,
-                        help="sizes at which to run the reference too (default: all --sizes)")
+    parser.add_argument("--reference-sizes", type=float, nargs="*", default=[],
+                        help="sizes at which to run the line-by-line reference too (default: none)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="mlet-prep worker counts")
     parser.add_argument("--table-size", type=int, default=100_000, help="values per categorical table")
     parser.add_argument("--workdir", default=None, help="where to put inputs/outputs (default: a temp dir)")
     parser.add_argument("--_child", nargs=3, help=argparse.SUPPRESS)
@@ -116,22 +184,23 @@ def main() -> int:
 
     from data_prep.synthetic import write_criteo_tsv
 
-    ref_sizes = args.sizes if args.reference_sizes is None else args.reference_sizes
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         work = Path(tmp)
-        print(f"{'MB':>7} {'impl':>9} {'seconds':>8} {'MB/s':>8} {'peak RSS MB':>12}")
+        print(f"{'MB':>7} {'impl':>12} {'seconds':>8} {'MB/s':>8} {'peak RSS MB':>12} {'vs pyarrow':>11} {'vs w1':>6} {'MB/cpu-s':>9}")
         for size in args.sizes:
             src = work / f"criteo_{size:g}mb.tsv"
             write_criteo_tsv(src, size_mb=size, table_sizes=[args.table_size] * 26, seed=1)
             mb = src.stat().st_size / 1e6
-            ours = measure("ours", src, work / f"ours_{size:g}")
-            print(f"{mb:7.1f} {'mlet-prep':>9} {ours['seconds']:8.2f} {ours['mb_per_s']:8.1f} {ours['peak_rss_mb']:12.0f}",
-                  flush=True)
-            if size in ref_sizes:
-                ref = measure("reference", src, work / f"ref_{size:g}")
-                print(f"{mb:7.1f} {'reference':>9} {ref['seconds']:8.2f} {ref['mb_per_s']:8.1f} "
-                      f"{ref['peak_rss_mb']:12.0f}")
-                print(f"{'':7} {'ratio':>9} {'':8} {ours['mb_per_s'] / ref['mb_per_s']:7.1f}x", flush=True)
+            rows = {"pyarrow": measure("pyarrow", src, work / "pa")}
+            for w in args.workers:
+                rows[f"mlet-prep w{w}"] = measure(f"w{w}", src, work / f"w{w}")
+            if size in args.reference_sizes:
+                rows["reference"] = measure("reference", src, work / "ref")
+            base, one = rows["pyarrow"]["mb_per_s"], rows.get("mlet-prep w1", {}).get("mb_per_s")
+            for name, r in rows.items():
+                vs_w1 = f"{r['mb_per_s'] / one:5.2f}x" if one and name.startswith("mlet") else ""
+                print(f"{mb:7.1f} {name:>12} {r['seconds']:8.2f} {r['mb_per_s']:8.1f} {r['peak_rss_mb']:12.0f} "
+                      f"{r['mb_per_s'] / base:10.2f}x {vs_w1:>6} {r['mb_per_cpu_s']:9.1f}", flush=True)
             os.remove(src)
     return 0
 
