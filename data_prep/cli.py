@@ -4,6 +4,7 @@ Usage:
   mlet-prep criteo-kaggle   SRC OUT            [common options]
   mlet-prep criteo-terabyte SRC [SRC ...] OUT  [common options]   (SRC: day files or a directory of day_N[.gz])
   mlet-prep torchrec-npy    DIR OUT [--table-sizes N,N,...]   (TorchRec's day_N_{dense,sparse,labels}.npy)
+  mlet-prep nvtabular       DIR OUT   (NVTabular parquet: train/ validation/ [test/] + schema.pbtxt)
   mlet-prep avazu           SRC OUT [--seed N] [--val-fraction F] [--test-fraction F] [common options]
   mlet-prep synthetic       OUT --rows N [--table-sizes criteo-terabyte|criteo-kaggle|N|N,N,...]
                             [--zipf A] [--seed N] [--format parquet|criteo-tsv] [--size-mb MB]
@@ -37,6 +38,7 @@ from data_prep.pipeline import PrepConfig, PrepResult
 from data_prep.planted import PlantedSpec, generate_planted
 from data_prep.synthetic import generate_dataset, parse_table_sizes, write_criteo_tsv
 from data_prep.torchrec_npy import prepare_torchrec_npy
+from data_prep.nvtabular import prepare_nvtabular
 
 PROG = "mlet-prep"
 # Errors a user can fix from the message alone: print it, no traceback.
@@ -144,6 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
     tn.add_argument("--table-sizes", default=None, help="26 comma-separated table sizes (default: max id + 1)")
     _add_common(tn, vocab=False)
 
+    nv = sub.add_parser("nvtabular", help="NVTabular parquet (label, int_*, cat_* + schema.pbtxt) -> parquet "
+                                          "(values copied, not transformed again)",
+                        description="Convert an NVTabular output directory: train/, validation/ (or valid/, val/), "
+                                    "optionally test/, with part_*.parquet and schema.pbtxt (cardinalities).")
+    nv.add_argument("src", metavar="DIR", help="NVTabular output directory (one subdirectory per split)")
+    nv.add_argument("out", metavar="OUT", help="output dataset directory")
+    _add_common(nv, vocab=False)
+
     d = PlantedSpec()
     pl = sub.add_parser("planted", help="planted benchmark: Zipf ids, labels from a known rank-R interaction model",
                         description="Write a prepared dataset whose labels come from a logistic model of pairwise "
@@ -248,6 +258,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         elif args.command == "torchrec-npy":
             sizes = None if args.table_sizes is None else parse_table_sizes(args.table_sizes)
             result = prepare_torchrec_npy(args.src, args.out, cfg, table_sizes=sizes)
+        elif args.command == "nvtabular":
+            result = prepare_nvtabular(args.src, args.out, cfg)
         elif args.command == "avazu":
             result = prepare_avazu(args.src, args.out, cfg, val_fraction=args.val_fraction,
                                    test_fraction=args.test_fraction)

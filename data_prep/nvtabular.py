@@ -1,0 +1,287 @@
+"""NVTabular parquet -> our format (`mlet-prep nvtabular DIR OUT`).
+
+NVTabular / Merlin workflows (torchrec's ``datasets/scripts/nvt``, HugeCTR's and Merlin's Criteo
+examples) leave one directory per split (``train/``, ``validation/`` or ``valid/`` or ``val/``,
+and optionally ``test/``), each with ``part_*.parquet`` files holding ``label``, ``int_0..``
+(dense, already transformed by the workflow: torchrec's is ``log(x + 3)``, missing -> 0) and
+``cat_0..`` (ids already contiguous from ``Categorify``), plus ``schema.pbtxt`` (TensorFlow
+metadata text format) whose ``int_domain { max: M }`` declares each categorical's cardinality
+M + 1. Without the schema the table sizes would be guessed from the data, which is how
+NVTabular parquet used to need a hand-written meta.json.
+
+Values are copied as they are: dense features are **not** transformed again (meta.json's
+``dense_transform`` says so), ids keep their values and ``table_sizes`` come from the schema.
+Nothing is published unless every file checks out: a missing column, a column the schema does
+not declare, a null, a label other than 0/1, a non-finite dense value, an id outside the
+schema's domain or split schemas that disagree stop the conversion with one line naming the
+file (and the row). No pickle: parquet and text only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from data_prep.dataset_format import FORMAT_VERSION, LABEL, SPLITS, bag_meta, parquet_schema, write_meta
+from data_prep.pipeline import PrepConfig, PrepResult, SplitWriter, check_output, publish, staging_dir
+
+PathLike = Union[str, Path]
+DATASET = "nvtabular"
+SCHEMA_FILE = "schema.pbtxt"
+BATCH_ROWS = 1 << 17
+SPLIT_DIRS = {"train": ("train",), "val": ("validation", "valid", "val"), "test": ("test",)}
+_DENSE = re.compile(r"int_(\d+)$")
+_SPARSE = re.compile(r"cat_(\d+)$")
+
+
+# -- schema.pbtxt ------------------------------------------------------------------------------
+
+_TOKEN = re.compile(r'\s*(?:(#[^\n]*)|("(?:[^"\\]|\\.)*")|([{}:])|([^\s{}:"#]+))')
+
+
+def parse_pbtxt(text: str, where: str) -> Dict[str, List[Any]]:
+    """Protobuf text format -> {field: [values]} (messages nested as dicts), enough for a
+    TensorFlow-metadata schema; no protobuf dependency. A syntax error names the file."""
+    tokens: List[str] = []
+    pos = 0
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if m is None or m.end() == pos:
+            if text[pos:].strip():
+                raise ValueError(f"{where}: cannot parse near {text[pos:pos + 40]!r}")
+            break
+        pos = m.end()
+        if m.group(1) is None and m.lastindex:
+            tokens.append(m.group(m.lastindex))
+
+    def message(i: int, closing: bool) -> Tuple[Dict[str, List[Any]], int]:
+        out: Dict[str, List[Any]] = {}
+        while i < len(tokens):
+            tok = tokens[i]
+            if tok == "}":
+                if not closing:
+                    raise ValueError(f"{where}: unbalanced '}}'")
+                return out, i + 1
+            if i + 1 >= len(tokens):
+                break
+            i += 1
+            if tokens[i] == ":":
+                i += 1
+            if i < len(tokens) and tokens[i] == "{":
+                value, i = message(i + 1, True)
+            elif i < len(tokens):
+                raw = tokens[i]
+                value = raw[1:-1].encode().decode("unicode_escape") if raw.startswith('"') else raw
+                i += 1
+            else:
+                break
+            out.setdefault(tok, []).append(value)
+        if closing:
+            raise ValueError(f"{where}: a '{{' is never closed")
+        return out, i
+
+    return message(0, False)[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class Schema:
+    """What the conversion needs from schema.pbtxt: column names and each categorical's domain."""
+
+    path: Path
+    columns: Tuple[str, ...]
+    domains: Dict[str, Tuple[int, int]]  # cat_* -> (min, max) of int_domain: cardinality max + 1
+
+
+def read_schema(path: Path) -> Schema:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing (NVTabular writes it next to the parquet files; it holds "
+                                "the cardinality of every cat_* column)")
+    parsed = parse_pbtxt(path.read_text(), str(path))
+    columns: List[str] = []
+    domains: Dict[str, Tuple[int, int]] = {}
+    for feature in parsed.get("feature", []):
+        name = (feature.get("name") or [None])[0]
+        if not isinstance(name, str):
+            raise ValueError(f"{path}: a feature without a name")
+        columns.append(name)
+        if _SPARSE.match(name):
+            domain = (feature.get("int_domain") or [None])[0]
+            try:
+                lo, hi = int(domain.get("min", ["0"])[0]), int(domain["max"][0])
+            except (AttributeError, KeyError, TypeError, ValueError):
+                raise ValueError(f"{path}: categorical {name!r} has no int_domain {{ min max }} "
+                                 "(its cardinality)") from None
+            if lo < 0 or hi < lo:
+                raise ValueError(f"{path}: categorical {name!r} has int_domain min {lo} max {hi}")
+            domains[name] = (lo, hi)
+    return Schema(path, tuple(columns), domains)
+
+
+# -- input layout ------------------------------------------------------------------------------
+
+
+def _natural(path: Path) -> List[Any]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
+
+
+def find_splits(src: Path) -> Dict[str, Optional[Path]]:
+    """Our split -> the NVTabular directory holding it (test may be absent: an empty split)."""
+    if not src.is_dir():
+        raise FileNotFoundError(f"not a directory of NVTabular output: {src}")
+    found: Dict[str, Optional[Path]] = {}
+    for split, names in SPLIT_DIRS.items():
+        dirs = [src / n for n in names if (src / n).is_dir()]
+        if len(dirs) > 1:
+            raise ValueError(f"{src}: {' and '.join(d.name for d in dirs)} both exist; keep one {split} directory")
+        found[split] = dirs[0] if dirs else None
+    for split in ("train", "val"):
+        if found[split] is None:
+            raise ValueError(f"{src}: no {'/'.join(SPLIT_DIRS[split])} directory (NVTabular writes one per split)")
+    return found
+
+
+def _parquet_files(d: Path) -> List[Path]:
+    files = sorted((p for p in d.iterdir() if p.suffix == ".parquet" and p.is_file()), key=_natural)
+    if not files:
+        raise ValueError(f"{d}: no .parquet files")
+    return files
+
+
+def _schema_for(split_dir: Path, src: Path) -> Schema:
+    path = split_dir / SCHEMA_FILE if (split_dir / SCHEMA_FILE).is_file() else src / SCHEMA_FILE
+    return read_schema(path)
+
+
+def _features(schema: Schema) -> Tuple[List[str], List[str]]:
+    dense = sorted((c for c in schema.columns if _DENSE.match(c)), key=lambda c: int(c.split("_")[1]))
+    sparse = sorted((c for c in schema.columns if _SPARSE.match(c)), key=lambda c: int(c.split("_")[1]))
+    if LABEL not in schema.columns or not sparse:
+        raise ValueError(f"{schema.path}: expected a {LABEL!r} feature and cat_* features, got {list(schema.columns)}")
+    return dense, sparse
+
+
+# -- checking and converting -------------------------------------------------------------------
+
+
+def _check_columns(path: Path, names: List[str], types: pa.Schema, dense: List[str], sparse: List[str]) -> None:
+    missing = [c for c in [LABEL, *dense, *sparse] if c not in names]
+    if missing:
+        raise ValueError(f"{path}: missing columns {missing} (declared in {SCHEMA_FILE})")
+    extra = [c for c in names if (_DENSE.match(c) or _SPARSE.match(c)) and c not in dense and c not in sparse]
+    if extra:
+        raise ValueError(f"{path}: columns {extra} are not in {SCHEMA_FILE}: the schema disagrees with the parquet")
+    for c in sparse:
+        if not pa.types.is_integer(types.field(c).type):
+            raise ValueError(f"{path}: {c} is {types.field(c).type}, expected integer ids (NVTabular Categorify)")
+    for c in [LABEL, *dense]:
+        t = types.field(c).type
+        if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)):
+            raise ValueError(f"{path}: {c} is {t}, expected a number")
+
+
+def _check_batch(path: Path, start: int, batch: pa.RecordBatch, dense: List[str], sparse: List[str],
+                 domains: Dict[str, Tuple[int, int]]) -> None:
+    """One batch of rows from ``start`` (0-based row of the file): one line at the first bad value."""
+    for c in batch.schema.names:
+        col = batch.column(c)
+        if col.null_count:
+            row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+            raise ValueError(f"{path}: row {start + row}: {c} is null")
+    label = batch.column(LABEL).to_numpy(zero_copy_only=False).astype(np.float64)
+    bad = (label != 0) & (label != 1)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{path}: row {start + row}: label {label[row]:g} is not 0 or 1")
+    for c in dense:
+        values = batch.column(c).to_numpy(zero_copy_only=False).astype(np.float64)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"{path}: row {start + row}: {c} is {values[row]} (not finite)")
+    for c in sparse:
+        lo, hi = domains[c]
+        mm = pc.min_max(batch.column(c))
+        if mm["min"].as_py() < lo or mm["max"].as_py() > hi:
+            ids = batch.column(c).to_numpy().astype(np.int64)
+            row = int(np.flatnonzero((ids < lo) | (ids > hi))[0])
+            raise ValueError(f"{path}: row {start + row}: {c} id {ids[row]} is outside its {SCHEMA_FILE} "
+                             f"domain [{lo}, {hi}] (cardinality {hi + 1})")
+
+
+def _convert(batch: pa.RecordBatch, schema: pa.Schema, dense: List[str], sparse: List[str]) -> pa.Table:
+    cols = [pa.array(batch.column(LABEL).to_numpy(zero_copy_only=False).astype(np.int8))]
+    cols += [pa.array(batch.column(c).to_numpy(zero_copy_only=False).astype(np.float32)) for c in dense]
+    cols += [pa.array(batch.column(c).to_numpy().astype(np.int64)) for c in sparse]
+    return pa.Table.from_arrays(cols, schema=schema)
+
+
+def prepare_nvtabular(src: PathLike, out: PathLike, config: Optional[PrepConfig] = None, **overrides: Any) -> PrepResult:
+    """Convert an NVTabular output directory (split dirs + schema.pbtxt) into a prepared dataset."""
+    cfg = dataclasses.replace(config or PrepConfig(), **overrides)
+    root, out_path = Path(src), Path(out)
+    dirs = find_splits(root)
+    check_output(out_path, cfg.overwrite)
+    schemas = {s: _schema_for(d, root) for s, d in dirs.items() if d is not None}
+    train_schema = schemas["train"]
+    dense, sparse = _features(train_schema)
+    for split, other in schemas.items():
+        if other.path != train_schema.path and (_features(other) != (dense, sparse) or other.domains != train_schema.domains):
+            raise ValueError(f"{other.path} disagrees with {train_schema.path} (columns or cardinalities): "
+                             "the splits must come from one NVTabular workflow")
+    files = {s: (_parquet_files(d) if d is not None else []) for s, d in dirs.items()}
+    rows: Dict[str, int] = {}
+    for split, paths in files.items():  # check everything before writing anything
+        for path in paths:
+            pf = pq.ParquetFile(path)
+            _check_columns(path, pf.schema_arrow.names, pf.schema_arrow, dense, sparse)
+            start = 0
+            for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=[LABEL, *dense, *sparse]):
+                _check_batch(path, start, batch, dense, sparse, train_schema.domains)
+                start += batch.num_rows
+            rows[str(path)] = start
+    schema = parquet_schema(dense, sparse)
+    with staging_dir(out_path) as tmp:
+        writers = {s: SplitWriter(tmp, s, schema, cfg) for s in SPLITS}
+        for split, paths in files.items():
+            for path in paths:
+                for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS, columns=[LABEL, *dense, *sparse]):
+                    writers[split].write(_convert(batch, schema, dense, sparse))
+        for w in writers.values():
+            w.close()
+        sources = [str(p.relative_to(root)) for s in SPLITS for p in files[s]]
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "dataset": DATASET,
+            "source": str(root.name),
+            "sources": sources,
+            "label": LABEL,
+            "dense_features": dense,
+            "sparse_features": sparse,
+            "table_sizes": {c: train_schema.domains[c][1] + 1 for c in sparse},
+            "min_count": 1,
+            "hash_size": None,
+            "hashed_features": {},
+            "splits": {s: {"rows": writers[s].rows, "files": writers[s].files} for s in SPLITS},
+            "split": {"method": "nvtabular split directories",
+                      "dirs": {s: (d.name if d is not None else None) for s, d in dirs.items()}},
+            "rows_read": int(sum(rows.values())),
+            "rows_rejected": 0,
+            "rows_rejected_by_kind": {},
+            "rows_per_source": {str(Path(p).relative_to(root)): n for p, n in rows.items()},
+            "rejects_file": None,
+            "dense_transform": "NVTabular workflow's, as in the parquet files (torchrec's: log(x + 3), missing -> 0); "
+                               "not transformed again",
+            "sparse_transform": f"ids as in the parquet files (Categorify); table_sizes = int_domain max + 1 "
+                                f"from {SCHEMA_FILE}",
+            **bag_meta(sparse),
+        }
+        write_meta(tmp, meta)
+        publish(tmp, out_path, cfg.overwrite)
+    return PrepResult(out_dir=out_path, meta=meta)
