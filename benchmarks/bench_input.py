@@ -31,12 +31,13 @@ CARDINALITIES = [1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 56
                  14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572]
 
 
-def dataset(work: Path, rows: int) -> Path:
+def dataset(work: Path, rows: int, row_group_rows: int) -> Path:
     from data_prep.synthetic import generate_dataset
 
-    out = work / f"synthetic-{rows}"
+    out = work / f"synthetic-{rows}-rg{row_group_rows}"
     if not (out / "meta.json").is_file():
-        generate_dataset(out, rows, [min(c, 100_000) for c in CARDINALITIES], seed=0, overwrite=True)
+        generate_dataset(out, rows, [min(c, 100_000) for c in CARDINALITIES], seed=0, overwrite=True,
+                         row_group_rows=row_group_rows)
     return out
 
 
@@ -72,11 +73,12 @@ def main(argv: List[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--train-batches", type=int, default=30, help="steps per end-to-end run (0: skip)")
     p.add_argument("--train-batch", type=int, default=512)
+    p.add_argument("--row-group-rows", type=int, default=8192, help="parquet row group size of the dataset")
     p.add_argument("--work", type=Path, default=REPO / "runs" / "bench_input")
     p.add_argument("--out", type=Path, default=None, help="JSON results (default WORK/result.json)")
     args = p.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
-    data = dataset(args.work, args.rows)
+    data = dataset(args.work, args.rows, args.row_group_rows)
     worlds = [int(w) for w in args.worlds.split(",")]
 
     reads: Dict[str, Dict[int, List[dict]]] = {o: {w: [] for w in worlds} for o in ("local", "exact")}
