@@ -385,7 +385,7 @@ def test_plan_that_does_not_fit_names_the_shortfall(capsys: pytest.CaptureFixtur
         plan_tables(PlanRequest(terabyte, cluster_spec("1x8", "cuda", hbm_gb=16), sharding="table_wise"))
     out = tmp_path / "x.json"
     code = main(["--spec", str(SPECS / "criteo_terabyte.json"), "--world", "1x2", "--hbm-gb", "80", "-o", str(out)])
-    assert code == 1 and not out.exists()
+    assert code == 2 and not out.exists()
     err = capsys.readouterr().err
     assert err.startswith("mlet-plan: error: the tables need at least") and "short by" in err
 
@@ -431,3 +431,22 @@ def test_mlet_plan_reproduces_the_committed_plans(path: Path, tmp_path: Path, sa
         load_table_spec(argv[spec]), cluster_spec("1x1", "cpu"), inner_dim=K, embedding_dim=D))
     check_plan_fits(plan, model, data["topology"]["world_size"], data["topology"]["compute_device"],
                     data["topology"], path.name)
+
+
+def test_plan_from_a_runs_config_equals_the_flags(tmp_path: Path) -> None:
+    """mlet-plan --config RUN/config.json plans the model that run trains (issue 14: CLIs build
+    their model from a saved config), and a model flag given beside it is a conflict."""
+    from mlet_dist.config_io import save_config
+    from mlet_dist.training.config import parse_args
+
+    spec = SPECS / "criteo_kaggle.json"
+    shape = ["-k", "32", "-d", "8", "--batch-size", "512", "--embedding-optimizer", "sgd"]
+    save_config(tmp_path / "config.json", parse_args(["--data", str(spec), *shape]))
+    common = ["--world", "2x8", "--hbm-gb", "80", "-q"]
+    assert main(["--config", str(tmp_path / "config.json"), *common, "-o", str(tmp_path / "a.json")]) == 0
+    assert main(["--spec", str(spec), *shape, *common, "-o", str(tmp_path / "b.json")]) == 0
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("a.json", "b.json"))
+    assert a["plan"] == b["plan"]
+    assert main(["--spec", str(spec), "-k", "64", *common, "-o", str(tmp_path / "c.json")]) == 0
+    assert json.loads((tmp_path / "c.json").read_text())["plan"] != a["plan"]  # k matters: the check can fail
+    assert main(["--config", str(tmp_path / "config.json"), "-k", "64", *common, "-o", str(tmp_path / "d.json")]) == 2

@@ -37,7 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
         "Writes a TorchRec plan as JSON (for mlet-train --plan) and a per-rank table of memory and cost.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--spec", type=Path, required=True,
+    p.add_argument("--config", type=Path, default=None,
+                   help="plan the model of a training run: its config.json (model shape, optimizers, batch size, "
+                   "sharding and --spec default to the run's); the model flags below must then be left out")
+    p.add_argument("--spec", type=Path, default=None,
                    help="table sizes: a data_prep meta.json (or its dataset dir), or a spec file "
                    '{"table_sizes": {...}, "dense_features": 13}')
     p.add_argument("--world", type=_world, required=True, help="NxM: N nodes x M ranks per node, e.g. 2x8")
@@ -68,6 +71,41 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_FROM_CONFIG = ("model", "embedding_dim", "inner_dim", "bottom_mlp", "top_mlp", "arch", "dcn_layers",
+                "dcn_low_rank", "embedding_optimizer", "dense_optimizer", "projection_after_comm", "batch_size",
+                "sharding")
+
+
+def _apply_run_config(args: argparse.Namespace, argv: Optional[Sequence[str]]) -> None:
+    """Fill the model part of ``args`` from a run's config.json: the plan then fits the model
+    that run trains, whatever its flags were called. A model flag given too is a conflict."""
+    from mlet_dist.config_io import load_config
+    from mlet_dist.training.config import TrainConfig
+
+    given = _given_dests(argv)
+    clash = sorted(given & set(_FROM_CONFIG))
+    if clash:
+        raise ValueError(f"--config sets the model; leave out {', '.join('--' + c.replace('_', '-') for c in clash)}")
+    cfg = load_config(TrainConfig, args.config)
+    args.model = "mlet" if cfg.embedding.mlet else "baseline"
+    args.embedding_dim, args.inner_dim = cfg.embedding.embedding_dim, cfg.embedding.inner_dim
+    args.bottom_mlp, args.top_mlp, args.arch = cfg.dlrm.bottom_mlp, cfg.dlrm.top_mlp, cfg.arch
+    args.dcn_layers, args.dcn_low_rank = cfg.dcn.cross_layers, cfg.dcn.low_rank
+    args.embedding_optimizer, args.dense_optimizer = cfg.optim.embedding_optimizer, cfg.optim.dense_optimizer
+    args.projection_after_comm = not cfg.sharding.owner_projection
+    args.batch_size, args.sharding = cfg.batch_size, cfg.sharding.sharding
+    if args.spec is None:
+        args.spec = cfg.data
+
+
+def _given_dests(argv: Optional[Sequence[str]]) -> set:
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+        action.required = False
+    return set(vars(parser.parse_args(argv)))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from mlet_dist.planning.plan_io import save_plan
@@ -75,6 +113,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from mlet_dist.planning.report import estimates, format_report
 
     try:
+        if args.config is not None:
+            _apply_run_config(args, argv)
+        if args.spec is None:
+            raise ValueError("--spec is required (or --config RUN/config.json, which names the run's dataset)")
         spec = load_table_spec(args.spec)
         cluster = cluster_spec(args.world, args.device, args.hbm_gb, args.ddr_gb)
         request = PlanRequest(
@@ -100,7 +142,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         result = plan_tables(request)
     except (SpecError, TopologyError, PlanDoesNotFitError, ValueError) as err:
         print(f"mlet-plan: error: {err}", file=sys.stderr)
-        return 1
+        return 2
 
     est = estimates(result)
     command = "mlet-plan " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
