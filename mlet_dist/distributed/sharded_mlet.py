@@ -40,6 +40,7 @@ from mlet_dist.distributed.projection_layout import (
     projected_sharding_info,
 )
 from mlet_dist.distributed.sharded_projection import ShardedProjection
+from mlet_dist.modules.projection_kernel import project_blocks
 from mlet_dist.modules.input_checks import check_feature_names, check_id_ranges, check_weights
 from mlet_dist.modules.mlet_config import MLETTableConfig, check_weighted_pooling
 from mlet_dist.modules.mlet_embedding_bag import MLETEmbeddingBagCollection
@@ -133,14 +134,7 @@ class ProjectingShardedEBC(ShardedEmbeddingBagCollection):
             return embs
         projections = self.__dict__["_projections"]
         weights = [projections[b.table].local_slice(b.col_offset, b.cols) for b in blocks]
-        f, (c, d) = len(blocks), weights[0].shape
-        if len({w.shape for w in weights}) == 1 and embs.shape[1] == f * c:
-            # Blocks tile the output evenly: one batched matmul [F, B, c] x [F, c, d] is much
-            # cheaper than F small ones.
-            x = embs.view(embs.shape[0], f, c).transpose(0, 1)
-            return torch.bmm(x, torch.stack(weights)).transpose(0, 1).reshape(embs.shape[0], f * d)
-        pieces = [embs[:, b.start : b.start + b.cols] @ w for b, w in zip(blocks, weights)]
-        return torch.cat(pieces, dim=1)
+        return project_blocks(embs, [b.start for b in blocks], weights)
 
     def compute(self, ctx: EmbeddingBagCollectionContext, dist_input: KJTList) -> List[torch.Tensor]:
         return [

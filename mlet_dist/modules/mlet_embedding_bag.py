@@ -13,6 +13,7 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
+from mlet_dist.modules.projection_kernel import project_blocks
 from mlet_dist.modules.input_checks import check_feature_names, check_id_ranges, check_weights
 from mlet_dist.modules.mlet_config import MLETTableConfig, check_weighted_pooling
 
@@ -101,21 +102,11 @@ class MLETEmbeddingBagCollection(nn.Module):
         Keys are taken from the KeyedTensor, not assumed, because sharding may reorder them.
         """
         keys = wide.keys()
-        values = wide.values()
         weights = [self.projections[self._feature_to_table[key]].weight for key in keys]
-        if len({w.shape for w in weights}) == 1:
-            # All tables share k and d: one batched matmul [F, B, k] x [F, k, d].
-            f, (k, d) = len(keys), weights[0].shape
-            x = values.view(values.shape[0], f, k).transpose(0, 1)
-            out = torch.bmm(x, torch.stack(weights)).transpose(0, 1).reshape(values.shape[0], f * d)
-            return KeyedTensor(keys=keys, length_per_key=[d] * f, values=out)
-        slices = values.split(wide.length_per_key(), dim=1)
-        projected = [piece @ w for piece, w in zip(slices, weights)]
-        return KeyedTensor(
-            keys=keys,
-            length_per_key=[p.shape[1] for p in projected],
-            values=torch.cat(projected, dim=1),
-        )
+        widths = wide.length_per_key()
+        starts = [sum(widths[:i]) for i in range(len(widths))]
+        out = project_blocks(wide.values(), starts, weights)
+        return KeyedTensor(keys=keys, length_per_key=[w.shape[1] for w in weights], values=out)
 
     def mlet_configs(self) -> List[MLETTableConfig]:
         return list(self._mlet_configs)
