@@ -2,7 +2,7 @@
 (a plan made with mlet-plan must fit the model mlet-train builds from the same flags)."""
 
 import argparse
-from typing import List
+from typing import Callable, List, Optional, Sequence, Set
 
 
 def int_list(text: str) -> List[int]:
@@ -10,6 +10,22 @@ def int_list(text: str) -> List[int]:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+
+
+def given_dests(build_parser: Callable[[], argparse.ArgumentParser], argv: Optional[Sequence[str]]) -> Set[str]:
+    """The dests ``argv`` sets explicitly, not left at their defaults (a fresh parser whose
+    defaults are SUPPRESS, argparse's way to leave an absent flag out of the namespace). How
+    flags given beside ``--config FILE`` override it (mlet-train) or clash with it (mlet-plan)."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+        action.required = False
+    return set(vars(parser.parse_args(argv)))
+
+
+def ranks_phrase(n: object) -> str:
+    """"1 rank" / "2 ranks": the messages that name a world size."""
+    return f"{n} rank" if n == 1 else f"{n} ranks"
 
 
 def add_model_shape_args(p: argparse.ArgumentParser) -> None:

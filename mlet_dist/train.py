@@ -41,6 +41,7 @@ from mlet_dist.training.diagnostics import (
     is_table_key,
     save_predictions,
 )
+from mlet_dist.cli_common import ranks_phrase
 from mlet_dist.config_io import save_config
 from mlet_dist.errors import UserError
 from mlet_dist.training.failure import exit_now, report_failure
@@ -242,16 +243,12 @@ def run(cfg: TrainConfig, env: DistEnv) -> Dict[str, object]:
     return summary
 
 
-def _ranks(n: object) -> str:
-    return f"{n} rank" if n == 1 else f"{n} ranks"
-
-
 def print_summary(summary: Dict[str, object], run_dir: Optional[Path] = None) -> None:
     """The console ending: which point was selected (its AUC, which may be an --eval-every point
     never printed during training), and where the run and its serving model are."""
     trained = summary["trained"]
     shape = f"d={summary['embedding_dim']}" + (f" k={summary['inner_dim']}" if summary["inner_dim"] else "")
-    print(f"\n{summary['model']} {shape} on {_ranks(summary['world_size'])}, selected by val AUC "
+    print(f"\n{summary['model']} {shape} on {ranks_phrase(summary['world_size'])}, selected by val AUC "
           f"among {summary['evaluations']} evaluation point(s): epoch {summary['selected_epoch']}, "
           f"step {summary['selected_step']}")
     print(f"  trained:   val AUC {trained['val']['auc']:.4f}  test AUC {trained['test']['auc']:.4f}")

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from mlet_dist.cli_common import add_model_shape_args
+from mlet_dist.cli_common import add_model_shape_args, given_dests
 from mlet_dist.models.dcn import DCNConfig
 from mlet_dist.distributed.sharding import SHARDING_CHOICES
 from mlet_dist.planning.estimators import DENSE_OPTIMIZER_STATES
@@ -82,7 +82,7 @@ def _apply_run_config(args: argparse.Namespace, argv: Optional[Sequence[str]]) -
     from mlet_dist.config_io import load_config
     from mlet_dist.training.config import TrainConfig
 
-    given = _given_dests(argv)
+    given = given_dests(build_parser, argv)
     clash = sorted(given & set(_FROM_CONFIG))
     if clash:
         raise ValueError(f"--config sets the model; leave out {', '.join('--' + c.replace('_', '-') for c in clash)}")
@@ -96,14 +96,6 @@ def _apply_run_config(args: argparse.Namespace, argv: Optional[Sequence[str]]) -
     args.batch_size, args.sharding = cfg.batch_size, cfg.sharding.sharding
     if args.spec is None:
         args.spec = cfg.data
-
-
-def _given_dests(argv: Optional[Sequence[str]]) -> set:
-    parser = build_parser()
-    for action in parser._actions:
-        action.default = argparse.SUPPRESS
-        action.required = False
-    return set(vars(parser.parse_args(argv)))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -34,6 +34,8 @@ from torchrec.distributed.types import (
     ShardingPlan,
 )
 
+from mlet_dist.cli_common import ranks_phrase
+
 PLAN_FORMAT_VERSION = 1
 PathLike = Union[str, Path]
 
@@ -228,10 +230,6 @@ def _shardable_tables(module: nn.Module) -> Dict[str, Tuple[int, int]]:
     raise PlanMismatchError(f"module of type {type(module).__name__} holds no shardable tables")
 
 
-def _ranks(n: int) -> str:
-    return f"{n} rank" if n == 1 else f"{n} ranks"
-
-
 def check_plan_fits(
     plan: ShardingPlan, model: nn.Module, world_size: int, device_type: str,
     topology: Optional[Dict[str, Any]] = None, source: str = "plan",
@@ -241,7 +239,7 @@ def check_plan_fits(
         raise PlanMismatchError(
             f"{source} was made for world size {topology['world_size']} "
             f"({topology.get('world_size', 0) // max(topology.get('local_world_size', 1), 1)}x"
-            f"{topology.get('local_world_size')}), but this job has {_ranks(world_size)}: launch with "
+            f"{topology.get('local_world_size')}), but this job has {ranks_phrase(world_size)}: launch with "
             f"that many ranks or re-plan with `mlet-plan --world NxM`"
         )
     for path, module_plan in plan.plan.items():
@@ -268,7 +266,7 @@ def _check_parameter_sharding(
     where = f"{source}: {path}.{table}"
     for rank in ps.ranks or []:
         if rank >= world_size:
-            raise PlanMismatchError(f"{where} is placed on rank {rank}, but the job has {_ranks(world_size)}")
+            raise PlanMismatchError(f"{where} is placed on rank {rank}, but the job has {ranks_phrase(world_size)}")
     spec = ps.sharding_spec
     if not isinstance(spec, EnumerableShardingSpec):
         return

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, NoReturn, Optional, Sequence, Tuple
 
-from mlet_dist.cli_common import add_model_shape_args
+from mlet_dist.cli_common import add_model_shape_args, given_dests
 from mlet_dist.config_io import from_jsonable, load_config, merged, to_jsonable
 from mlet_dist.data.parquet_batches import DEFAULT_SHUFFLE_WINDOW, ORDERS
 from mlet_dist.distributed.env import DEFAULT_COLLECTIVE_TIMEOUT_S, DistEnv
@@ -228,15 +228,6 @@ FLAG_FIELDS: Dict[str, Tuple[str, ...]] = {
 }
 
 
-def _given_flags(argv: Optional[Sequence[str]]) -> List[str]:
-    """The dests the command line sets explicitly (not left at their defaults)."""
-    parser = build_parser()
-    for action in parser._actions:  # argparse's documented way to ask "was it given": SUPPRESS
-        action.default = argparse.SUPPRESS
-        action.required = False
-    return sorted(vars(parser.parse_args(argv)))
-
-
 def parse_args(argv: Optional[Sequence[str]] = None) -> TrainConfig:
     """The run's TrainConfig: from the flags, or from ``--config FILE`` (a run's config.json)
     with the flags given on the command line overriding it."""
@@ -252,7 +243,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> TrainConfig:
         raise ValueError(f"--config: {err}") from None
     chosen = to_jsonable(from_flags)
     overrides: Dict[str, Any] = {"run_dir": chosen["run_dir"], "run_dir_given": chosen["run_dir_given"]}
-    for dest in _given_flags(argv):  # a config file says what to train; where is this command's choice
+    for dest in sorted(given_dests(build_parser, argv)):  # a config file says what to train; where is this command's choice
         for path in FLAG_FIELDS[dest]:
             node = chosen
             for key in path.split("."):
