@@ -140,8 +140,11 @@ class ParquetBatchStream:
         self.prefetch = prefetch
         self.pin_memory = pin_memory
         self.files = self.meta.split_files[split]
-        self.num_rows = _check_files(self.files, self.meta.columns, self.meta.split_rows[split])
-        self.row_groups = index_row_groups(self.files)
+        self.row_groups = index_row_groups(self.files, self.meta.columns)
+        self.num_rows = sum(g.rows for g in self.row_groups)
+        if self.num_rows != self.meta.split_rows[split]:
+            raise DatasetError(f"split has {self.num_rows} rows in its files but meta.json says "
+                               f"{self.meta.split_rows[split]}")
         self._first: Optional[pa.Table] = None
         self.decoded_rows = 0  # rows decoded by the latest pass (benchmarks, tests)
         self._ones: Optional[torch.Tensor] = None  # the lengths of single-id bags, shared read-only
@@ -294,22 +297,6 @@ def _check_args(local_batch_size: int, rank: int, world_size: int, max_batches: 
         raise ValueError(f"need 0 <= rank < world_size, got rank={rank} world_size={world_size}")
     if max_batches is not None and max_batches < 0:
         raise ValueError(f"max_batches must be >= 0 or None, got {max_batches}")
-
-
-def _check_files(files: Tuple[Path, ...], columns: List[str], expected_rows: int) -> int:
-    """Open every footer once: fail at construction, not mid-epoch, on missing files/columns."""
-    rows = 0
-    for path in files:
-        if not path.is_file():
-            raise DatasetError(f"dataset part file not found: {path} (listed in meta.json); re-run mlet-prep")
-        with pq.ParquetFile(path) as pf:
-            missing = [c for c in columns if c not in pf.schema_arrow.names]
-            if missing:
-                raise DatasetError(f"{path}: missing columns {missing}")
-            rows += pf.metadata.num_rows
-    if rows != expected_rows:
-        raise DatasetError(f"split has {rows} rows in its files but meta.json says {expected_rows}")
-    return rows
 
 
 def _check_ids(col: Any, name: str, size: int, where: str, max_bag: Optional[int] = None) -> None:

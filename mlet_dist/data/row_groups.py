@@ -30,12 +30,20 @@ class RowGroup:
     rows: int
 
 
-def index_row_groups(files: Sequence[Path]) -> List[RowGroup]:
-    """Every row group of the files, in file order (footers only)."""
+def index_row_groups(files: Sequence[Path], columns: Sequence[str] = ()) -> List[RowGroup]:
+    """Every row group of the files, in file order, from one read of each footer, which also
+    checks that each file exists and has ``columns``: a bad split fails at construction, not
+    mid-epoch."""
     groups: List[RowGroup] = []
     for path in files:
-        md = pq.ParquetFile(path).metadata
-        groups.extend(RowGroup(path, i, md.row_group(i).num_rows) for i in range(md.num_row_groups))
+        if not path.is_file():
+            raise DatasetError(f"dataset part file not found: {path} (listed in meta.json); re-run mlet-prep")
+        with pq.ParquetFile(path) as pf:
+            missing = [c for c in columns if c not in pf.schema_arrow.names]
+            if missing:
+                raise DatasetError(f"{path}: missing columns {missing}")
+            md = pf.metadata
+            groups.extend(RowGroup(path, i, md.row_group(i).num_rows) for i in range(md.num_row_groups))
     return [g for g in groups if g.rows]
 
 
