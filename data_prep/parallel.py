@@ -33,7 +33,7 @@ from data_prep import parallel_tasks as tasks
 from data_prep.dataset_format import REJECTS_FILE, SPLITS, part_file, write_meta
 from data_prep.pipeline import (
     ChunkSplit, DatasetSpec, FeatureVocab, KeyCounter, PathLike, PrepConfig, PrepResult, Progress, RejectSink,
-    Reject, SplitPolicy, _enforce_cap, _save_vocabularies, build_meta, check_input, check_output, finish_vocabs,
+    Reject, SplitPolicy, _enforce_cap, _save_vocabularies, build_meta, checked_paths, finish_vocabs,
     publish, staging_dir,
 )
 from data_prep.ranges import ByteRange, count_lines, plan_ranges
@@ -68,16 +68,7 @@ def run_prep_parallel(
     extra_meta: Optional[Dict[str, Any]] = None,
 ) -> PrepResult:
     """pipeline.run_prep with cfg.workers processes or a Dask cluster (same output bytes)."""
-    paths = [Path(s) for s in sources]
-    if not paths:
-        raise ValueError("no input files given")
-    for p in paths:
-        check_input(p)
-    names = [p.name for p in paths]
-    if len(set(names)) != len(names):
-        raise ValueError(f"input file names must be distinct (rejects name them): {names}")
-    out_path = Path(out)
-    check_output(out_path, cfg.overwrite)
+    paths, out_path = checked_paths(sources, out, cfg.overwrite)
     total_bytes = sum(p.stat().st_size for p in paths)
     sparse = spec.sparse_features
     window = 2 * cfg.workers
@@ -123,7 +114,7 @@ def run_prep_parallel(
         finally:
             sink.close()
         shutil.rmtree(work)
-        meta = build_meta(spec, names, cfg, policy, vocabs, histograms, hashed, zero_rows, splits_meta,
+        meta = build_meta(spec, [p.name for p in paths], cfg, policy, vocabs, histograms, hashed, zero_rows, splits_meta,
                           acc, sink, rows_per_file, vocab_entries)
         meta.update(extra_meta or {})
         write_meta(tmp, meta)

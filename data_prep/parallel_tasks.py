@@ -21,7 +21,8 @@ import pyarrow.parquet as pq
 from data_prep import textio
 from data_prep.dataset_format import SPLITS
 from data_prep.pipeline import (
-    DatasetSpec, FeatureVocab, Parsed, PrepConfig, Reject, SplitPolicy, SplitWriter, format_reject, parse_block,
+    DatasetSpec, FeatureVocab, Parsed, PrepConfig, Reject, SplitPolicy, SplitWriter, encoded_rows, format_reject,
+    parse_block,
     unique_counts,
 )
 from data_prep.ranges import ByteRange, iter_range_blocks
@@ -184,16 +185,11 @@ def encode_range(ctx: TaskContext, rng: ByteRange, first_line: int, acc: int, ac
                 sel = codes == code
                 if not sel.any():
                     continue
-                cols = [pa.array(parsed.label[sel], pa.int8())]
-                cols += [pa.array(parsed.dense[d][sel], pa.float32()) for d in spec.dense_features]
-                for name in sparse:
-                    col = ids[name][sel]
-                    res.zero_rows[name][code] += int(np.count_nonzero(col == 0))
-                    cols.append(pa.array(col, pa.int64()))
+                table = encoded_rows(spec, parsed, ids, sel, schema, res.zero_rows, code)
                 if writers[code] is None:
                     res.pieces[code] = os.path.join(ctx.work_dir, f"piece-{tag}-{SPLITS[code]}.arrow")
                     writers[code] = ipc.new_file(res.pieces[code], schema, options=options)
-                writers[code].write_table(pa.Table.from_arrays(cols, schema=schema))
+                writers[code].write_table(table)
                 res.rows[code] += int(sel.sum())
             res.accepted += n
     finally:

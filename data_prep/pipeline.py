@@ -633,6 +633,35 @@ def remove_stale_staging(out: Path) -> List[Path]:
     return removed
 
 
+def encoded_rows(spec: DatasetSpec, parsed: Parsed, ids: Dict[str, np.ndarray], sel: np.ndarray,
+                 schema: pa.Schema, zero_rows: Dict[str, List[int]], code: int) -> pa.Table:
+    """The selected rows of a parsed block as a table of the dataset schema (label, dense, ids),
+    counting id-0 rows per feature into ``zero_rows[feature][code]`` (meta.json's id0_rows)."""
+    cols = [pa.array(parsed.label[sel], pa.int8())]
+    cols += [pa.array(parsed.dense[d][sel], pa.float32()) for d in spec.dense_features]
+    for name in spec.sparse_features:
+        col = ids[name][sel]
+        zero_rows[name][code] += int(np.count_nonzero(col == 0))
+        cols.append(pa.array(col, pa.int64()))
+    return pa.Table.from_arrays(cols, schema=schema)
+
+
+def checked_paths(sources: Sequence[PathLike], out: PathLike, overwrite: bool) -> Tuple[List[Path], Path]:
+    """(input paths, output path) after the checks every preparation makes before any work:
+    inputs exist and are files with distinct names (rejects name them), the output may be written."""
+    paths = [Path(s) for s in sources]
+    if not paths:
+        raise ValueError("no input files given")
+    for p in paths:
+        check_input(p)
+    names = [p.name for p in paths]
+    if len(set(names)) != len(names):
+        raise ValueError(f"input file names must be distinct (rejects name them): {names}")
+    out_path = Path(out)
+    check_output(out_path, overwrite)
+    return paths, out_path
+
+
 @contextlib.contextmanager
 def staging_dir(out: Path) -> Iterator[Path]:
     """Temp dir next to `out` (same filesystem, so the final rename is atomic)."""
@@ -780,16 +809,7 @@ def run_prep(
         from data_prep.parallel import run_prep_parallel
 
         return run_prep_parallel(spec, sources, out, cfg, policy, extra_meta)
-    paths = [Path(s) for s in sources]
-    if not paths:
-        raise ValueError("no input files given")
-    for p in paths:
-        check_input(p)
-    names = [p.name for p in paths]
-    if len(set(names)) != len(names):
-        raise ValueError(f"input file names must be distinct (rejects name them): {names}")
-    out_path = Path(out)
-    check_output(out_path, cfg.overwrite)
+    paths, out_path = checked_paths(sources, out, cfg.overwrite)
     total_bytes = sum(p.stat().st_size for p in paths)
     sparse = spec.sparse_features
     passes = 3 if policy.needs_tail_pass else 2
@@ -867,13 +887,7 @@ def run_prep(
                         sel = codes == code
                         if not sel.any():
                             continue
-                        cols = [pa.array(parsed.label[sel], pa.int8())]
-                        cols += [pa.array(parsed.dense[d][sel], pa.float32()) for d in spec.dense_features]
-                        for name in sparse:
-                            col = ids[name][sel]
-                            zero_rows[name][code] += int(np.count_nonzero(col == 0))
-                            cols.append(pa.array(col, pa.int64()))
-                        writers[split].write(pa.Table.from_arrays(cols, schema=schema))
+                        writers[split].write(encoded_rows(spec, parsed, ids, sel, schema, zero_rows, code))
                     acc2 += n
                     acc_file += n
             progress.close()
@@ -885,7 +899,7 @@ def run_prep(
             sink.close()
 
         splits_meta = {s: {"rows": writers[s].rows, "files": writers[s].files} for s in SPLITS}
-        meta = build_meta(spec, names, cfg, policy, vocabs, histograms, hashed, zero_rows, splits_meta,
+        meta = build_meta(spec, [p.name for p in paths], cfg, policy, vocabs, histograms, hashed, zero_rows, splits_meta,
                           acc, sink, rows_per_file, vocab_entries)
         meta.update(extra_meta or {})
         write_meta(tmp, meta)
