@@ -114,7 +114,8 @@ def run_prep_parallel(
         finally:
             sink.close()
         shutil.rmtree(work)
-        meta = build_meta(spec, [p.name for p in paths], cfg, policy, vocabs, histograms, hashed, zero_rows, splits_meta,
+        meta = build_meta(spec, [p.name for p in paths], cfg, policy, vocabs, histograms, hashed, zero_rows,
+                          splits_meta,
                           acc, sink, rows_per_file, vocab_entries)
         meta.update(extra_meta or {})
         write_meta(tmp, meta)

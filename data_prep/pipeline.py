@@ -899,7 +899,8 @@ def run_prep(
             sink.close()
 
         splits_meta = {s: {"rows": writers[s].rows, "files": writers[s].files} for s in SPLITS}
-        meta = build_meta(spec, [p.name for p in paths], cfg, policy, vocabs, histograms, hashed, zero_rows, splits_meta,
+        meta = build_meta(spec, [p.name for p in paths], cfg, policy, vocabs, histograms, hashed, zero_rows,
+                          splits_meta,
                           acc, sink, rows_per_file, vocab_entries)
         meta.update(extra_meta or {})
         write_meta(tmp, meta)

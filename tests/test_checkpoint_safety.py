@@ -19,7 +19,8 @@ from dist_launch import torchrun
 from test_fault_tolerance import ARGS, TRAIN, _assert_identical, _final_state, data, uninterrupted  # noqa: F401
 
 from mlet_dist.distributed.safe_dcp import SafeFileSystemReader, SafeLoadPlanner, UnsafeCheckpointError, safe_load
-from mlet_dist.training.checkpoint_digest import CHECKSUMS, file_digest
+from mlet_dist.digests import file_entry
+from mlet_dist.training.checkpoint_digest import CHECKSUMS
 
 PAYLOAD_MARK = "mlet-payload-ran"
 
@@ -58,7 +59,7 @@ def _plant_pickle_with_matching_checksums(ckpt: Path) -> None:
     """The attacker rewrites checksums.json too: only the safe reader stands in the way."""
     (ckpt / ".metadata").write_bytes(pickle.dumps(_Payload(ckpt.parent.parent / "PWNED")))
     sums = json.loads((ckpt / CHECKSUMS).read_text())
-    sums[".metadata"] = file_digest(ckpt / ".metadata")
+    sums[".metadata"] = file_entry(ckpt / ".metadata")
     (ckpt / CHECKSUMS).write_text(json.dumps(sums))
 
 

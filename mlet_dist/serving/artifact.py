@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 
+from mlet_dist.digests import listed_file_problems
 from mlet_dist.serving.contract import build_contract, dataset_meta, example_request
 from mlet_dist.serving.load import load_serving_model
 from mlet_dist.serving.manifest import MANIFEST, ServingDirError, file_entries, sha256_file
@@ -124,17 +125,7 @@ def _problems(directory: Path, manifest: Dict[str, Any]) -> List[str]:
     files = manifest.get("files")
     if not isinstance(files, dict):
         return ["artifact.json lists no files"]
-    problems = []
-    for name, entry in sorted(files.items()):
-        path = directory / name
-        if Path(name).is_absolute() or ".." in Path(name).parts:
-            problems.append(f"{name}: not a path inside the artifact")
-        elif not path.is_file():
-            problems.append(f"{name}: missing")
-        elif path.stat().st_size != entry.get("bytes"):
-            problems.append(f"{name}: {path.stat().st_size} bytes, artifact.json says {entry.get('bytes')}")
-        elif sha256_file(path) != entry.get("sha256"):
-            problems.append(f"{name}: sha256 differs from artifact.json (corrupted or replaced)")
+    problems = listed_file_problems(directory, files, "artifact.json")
     for path in sorted(directory.iterdir()):
         if path.name != ARTIFACT and path.name not in files:
             problems.append(f"{path.name}: present but not listed in artifact.json")

@@ -14,12 +14,12 @@ the manifest's key list and the checkpoint's own metadata agree on every key, sh
 Nothing is unpickled on the way (JSON, an allow-listed metadata reader, ``weights_only`` tensors).
 """
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
+from mlet_dist.digests import file_entry, listed_file_problems, sha256_file  # noqa: F401 (sha256_file: re-exported)
 from mlet_dist.serving.model import ServingModelConfig, ServingTopology, expected_state_shapes
 from mlet_dist.distributed.safe_dcp import UnsafeCheckpointError, safe_read_metadata
 
@@ -30,26 +30,15 @@ PLAN_FILE = "serving_plan.json"
 FORMAT = "mlet-serving"
 FORMAT_VERSION = 1
 REQUIRED = ("format", "format_version", "model", "checkpoint", "files", "serving_topology", "dataset", "source")
-_HASH_CHUNK = 8 << 20
 
 
 class ServingDirError(ValueError):
     """A serving directory that must not be used; the message says what is wrong."""
 
 
-def sha256_file(path: PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(_HASH_CHUNK)
-            if not block:
-                return h.hexdigest()
-            h.update(block)
-
-
 def file_entries(root: Path, names: Iterable[str]) -> Dict[str, Dict[str, Any]]:
     """relative name -> {"sha256", "bytes"} for files under ``root``."""
-    return {n: {"sha256": sha256_file(root / n), "bytes": (root / n).stat().st_size} for n in sorted(names)}
+    return {n: file_entry(root / n) for n in sorted(names)}
 
 
 def dtype_name(dtype: Any) -> str:
@@ -120,20 +109,7 @@ def read_manifest(directory: PathLike) -> Dict[str, Any]:
 
 def check_files(directory: Path, manifest: Dict[str, Any], names: Optional[Sequence[str]] = None) -> List[str]:
     """Problems with the listed files (all, or ``names``): missing, size or sha256 different."""
-    problems = []
-    files = manifest["files"]
-    for name in sorted(files if names is None else names):
-        entry = files[name]
-        path = directory / name
-        if Path(name).is_absolute() or ".." in Path(name).parts:
-            problems.append(f"{name}: not a path inside the serving directory")
-        elif not path.is_file():
-            problems.append(f"{name}: missing")
-        elif path.stat().st_size != entry.get("bytes"):
-            problems.append(f"{name}: {path.stat().st_size} bytes, manifest says {entry.get('bytes')}")
-        elif sha256_file(path) != entry.get("sha256"):
-            problems.append(f"{name}: sha256 differs from the manifest (corrupted or replaced)")
-    return problems
+    return listed_file_problems(directory, manifest["files"], "the manifest", names)
 
 
 def check_layout(directory: Path, manifest: Dict[str, Any]) -> List[str]:

@@ -28,6 +28,7 @@ from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 
+from mlet_dist.digests import file_entry
 from mlet_dist.distributed.env import DistEnv
 from mlet_dist.distributed.safe_dcp import UnsafeCheckpointError, safe_load
 from mlet_dist.distributed.staging import HostCopyStager
@@ -36,7 +37,6 @@ from mlet_dist.training.checkpoint_digest import (
     CheckpointCorrupt,
     agreed_verdict,
     digest_share,
-    file_digest,
     gather_digests,
     verify_share,
     write_checksums,
@@ -187,7 +187,7 @@ class CheckpointManager:
         digests = gather_digests(digest_share(p.tmp, self.env.rank, self.env.world_size))
         if self.env.is_main:
             (p.tmp / TRAIN_STATE).write_text(json.dumps(asdict(p.position), indent=1, sort_keys=True))
-            digests[TRAIN_STATE] = file_digest(p.tmp / TRAIN_STATE)
+            digests[TRAIN_STATE] = file_entry(p.tmp / TRAIN_STATE)
             write_checksums(p.tmp, digests)
             shutil.rmtree(p.final, ignore_errors=True)
             p.tmp.rename(p.final)

@@ -7,28 +7,20 @@ resumed on another world size verifies everything too); each rank hashes its sha
 verdict is agreed by an all-gather, so every rank skips or loads the same checkpoint.
 """
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Dict, List, Optional
 
 import torch.distributed as dist
 
+from mlet_dist.digests import file_entry, listed_file_problems
+
 CHECKSUMS = "checksums.json"
-_CHUNK = 1 << 22
 Digests = Dict[str, Dict[str, object]]  # file name -> {"bytes": int, "sha256": str}
 
 
 class CheckpointCorrupt(RuntimeError):
     """A checkpoint whose files do not match their recorded checksums."""
-
-
-def file_digest(path: Path) -> Dict[str, object]:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            h.update(chunk)
-    return {"bytes": path.stat().st_size, "sha256": h.hexdigest()}
 
 
 def _share(names: List[str], rank: int, world_size: int) -> List[str]:
@@ -38,7 +30,7 @@ def _share(names: List[str], rank: int, world_size: int) -> List[str]:
 def digest_share(directory: Path, rank: int, world_size: int, exclude: tuple = ()) -> Digests:
     """This rank's share of the digests of every file in ``directory`` (collective-free)."""
     names = [p.name for p in directory.iterdir() if p.is_file() and p.name not in exclude]
-    return {name: file_digest(directory / name) for name in _share(names, rank, world_size)}
+    return {name: file_entry(directory / name) for name in _share(names, rank, world_size)}
 
 
 def gather_digests(share: Digests) -> Digests:
@@ -69,16 +61,8 @@ def verify_share(directory: Path, rank: int, world_size: int) -> Optional[str]:
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as err:
         return f"{CHECKSUMS} unreadable ({err})"
-    for name in _share(list(recorded), rank, world_size):
-        path = directory / name
-        if not path.is_file():
-            return f"{name} is missing"
-        want = recorded[name]
-        if path.stat().st_size != want.get("bytes"):
-            return f"{name} has {path.stat().st_size} bytes, expected {want.get('bytes')}"
-        if file_digest(path)["sha256"] != want.get("sha256"):
-            return f"{name} does not match its sha256 checksum"
-    return None
+    problems = listed_file_problems(directory, recorded, CHECKSUMS, _share(list(recorded), rank, world_size))
+    return problems[0] if problems else None
 
 
 def agreed_verdict(local: Optional[str]) -> Optional[str]:
