@@ -26,7 +26,6 @@ LAYERS: Dict[str, int] = {
 # deferred past argument parsing, or an optional path). Anything new here is a review decision.
 LAZY_ALLOWED = {
     ("mlet_dist.cli_common", "mlet_dist.models.dcn"),  # flags need ARCHS; keeps `--help` light
-    ("mlet_dist.distributed.sharding", "mlet_dist.distributed.mlet_sharder"),  # cycle: sharder uses EBCSharder
     ("mlet_dist.train", "mlet_dist.modules.collapse"),
     ("mlet_dist.train", "mlet_dist.modules.mlet_embedding_bag"),
     ("mlet_dist.planning.plan_io", "mlet_dist.modules.mlet_embedding_bag"),

@@ -11,12 +11,17 @@ import inspect
 
 import pytest
 from torch.distributed._shard.sharded_tensor import ShardedTensor
+from torchrec.distributed.embedding_lookup import GroupedPooledEmbeddingsLookup
 from torchrec.distributed.embeddingbag import ShardedEmbeddingBagCollection
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
 # (class, name, kind, who relies on it)
 CONTRACT = [
     (ShardedEmbeddingBagCollection, "_embedding_shardings", "attr", "distributed/sharded_mlet.py: d-wide output dists"),
+    (ShardedEmbeddingBagCollection, "_lookups", "attr",
+     "distributed/sharded_mlet.py: the MLET module runs the injected sharder's lookups, then projects"),
+    (GroupedPooledEmbeddingsLookup, "grouped_configs", "attr",
+     "distributed/sharded_mlet.py: where each table sits in a lookup's output"),
     (ShardedEmbeddingBagCollection, "_output_dists", "attr", "distributed/sharded_mlet.py"),
     (ShardedEmbeddingBagCollection, "_embedding_names", "attr", "distributed/sharded_mlet.py"),
     (ShardedEmbeddingBagCollection, "_embedding_dims", "attr", "distributed/sharded_mlet.py"),

@@ -1,10 +1,12 @@
-"""ShardedMLETEmbeddingBagCollection: project on the rank that owns a table, before the
-output all-to-all / reduce-scatter, so that only d-wide vectors cross the network.
+"""ShardedMLETEmbeddingBagCollection and its sharder: project on the rank that owns a table,
+before the output all-to-all / reduce-scatter, so that only d-wide vectors cross the network.
 
-The wide tables are sharded by TorchRec's own ShardedEmbeddingBagCollection (input dist, fused
-lookups and optimizers are unchanged); this subclass applies each table's projection to the
-lookup output and builds the output dists from a d-wide twin of the sharding plan. Column-wise
-shards each project their slice; the partial products are summed after the communication.
+As in TorchRec's fp_embeddingbag.py, the sharder is given the EBC sharder that shards the k-wide
+tables (input dist, fused lookups, optimizers and fused params unchanged); the MLET module then
+applies each table's projection to the lookup output and rebuilds that sharded EBC's output dists
+from a d-wide twin of the plan. Column-wise shards each project their slice; the partial products
+are summed after the communication. The TorchRec privates used here are listed in
+tests/test_torchrec_contract.py.
 """
 
 from typing import Any, Dict, List, Optional
@@ -15,9 +17,10 @@ from torch import nn
 from torch.distributed._shard.sharding_spec import EnumerableShardingSpec, ShardMetadata
 from torch.nn.parallel import DistributedDataParallel
 from torchrec.distributed.embedding_sharding import EmbeddingShardingInfo
-from torchrec.distributed.embedding_types import KJTList, ShardedEmbeddingModule
+from torchrec.distributed.embedding_types import BaseEmbeddingSharder, KJTList, ShardedEmbeddingModule
 from torchrec.distributed.embeddingbag import (
     EmbeddingBagCollectionContext,
+    EmbeddingBagCollectionSharder,
     ShardedEmbeddingBagCollection,
 )
 from torchrec.distributed.types import (
@@ -28,7 +31,6 @@ from torchrec.distributed.types import (
     ShardingEnv,
     ShardingType,
 )
-from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.optim.keyed import KeyedOptimizer
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
@@ -57,111 +59,41 @@ def _unwrap(module: nn.Module) -> nn.Module:
     return module.module if isinstance(module, DistributedDataParallel) else module
 
 
-class ProjectingShardedEBC(ShardedEmbeddingBagCollection):
-    """TorchRec's sharded EBC over the k-wide tables, with d-wide output dists."""
-
-    def __init__(
-        self,
-        module: EmbeddingBagCollection,
-        table_name_to_parameter_sharding: Dict[str, ParameterSharding],
-        env: ShardingEnv,
-        out_dims: Dict[str, int],
-        fused_params: Optional[Dict[str, Any]] = None,
-        device: Optional[torch.device] = None,
-        qcomm_codecs_registry: Optional[Dict[str, QuantizedCommCodecs]] = None,
-        module_fqn: Optional[str] = None,
-    ) -> None:
-        super().__init__(
-            module=module,
-            table_name_to_parameter_sharding=table_name_to_parameter_sharding,
-            env=env,
-            fused_params=fused_params,
-            device=device,
-            qcomm_codecs_registry=qcomm_codecs_registry,
-            module_fqn=module_fqn,
+def narrow_output_dists(
+    ebc: ShardedEmbeddingBagCollection,
+    out_dims: Dict[str, int],
+    env: ShardingEnv,
+    device: Optional[torch.device],
+) -> None:
+    """Rebuild ``ebc``'s output dists for d-wide vectors: swap in d-wide twins of its shardings
+    just long enough to build the output side (the lookups and input dist stay k-wide)."""
+    wide = ebc._embedding_shardings
+    narrow = [
+        ebc.create_embedding_bag_sharding(
+            [
+                projected_sharding_info(info, out_dims[info.embedding_config.name])
+                for info in ebc.sharding_type_to_sharding_infos[sharding_type]
+            ],
+            env,
+            device,
+            permute_embeddings=True,
+            qcomm_codecs_registry=ebc.qcomm_codecs_registry,
         )
-        fix_mean_pooling_divisor(self, table_name_to_parameter_sharding)
-        self._projections: Optional[nn.ModuleDict] = None  # set by the owner, not registered here
-        self.output_blocks: List[List[OutputBlock]] = [
-            lookup_output_blocks(_unwrap(lookup).grouped_configs) for lookup in self._lookups
-        ]
-        infos: List[EmbeddingShardingInfo] = [
-            info for st in self._sharding_types for info in self.sharding_type_to_sharding_infos[st]
-        ]
-        self._column_shards = column_shards_per_feature(infos)
-        self._rebuild_output_dists(out_dims, env, device)
-
-    def _rebuild_output_dists(
-        self, out_dims: Dict[str, int], env: ShardingEnv, device: Optional[torch.device]
-    ) -> None:
-        """Swap in d-wide twins of the shardings just long enough to build the output side."""
-        wide = self._embedding_shardings
-        narrow = [
-            self.create_embedding_bag_sharding(
-                [
-                    projected_sharding_info(info, out_dims[info.embedding_config.name])
-                    for info in self.sharding_type_to_sharding_infos[sharding_type]
-                ],
-                env,
-                device,
-                permute_embeddings=True,
-                qcomm_codecs_registry=self.qcomm_codecs_registry,
+        for sharding_type in ebc._sharding_types
+    ]
+    for w, n in zip(wide, narrow):
+        if w.embedding_names() != n.embedding_names():
+            raise RuntimeError(
+                "d-wide twin of the sharding plan orders features differently "
+                f"({w.embedding_names()} vs {n.embedding_names()}); tables in one sharding "
+                "group need a common inner width k"
             )
-            for sharding_type in self._sharding_types
-        ]
-        for w, n in zip(wide, narrow):
-            if w.embedding_names() != n.embedding_names():
-                raise RuntimeError(
-                    "d-wide twin of the sharding plan orders features differently "
-                    f"({w.embedding_names()} vs {n.embedding_names()}); tables in one sharding "
-                    "group need a common inner width k"
-                )
-        self._embedding_shardings = narrow
-        self._output_dists = []
-        self._embedding_names, self._embedding_dims = [], []
-        self._uncombined_embedding_names, self._uncombined_embedding_dims = [], []
-        self._create_output_dist()
-        self._embedding_shardings = wide
-
-    def attach_projections(self, projections: nn.ModuleDict) -> None:
-        # Held in a plain dict entry so the parameters are registered once, by the owner.
-        self.__dict__["_projections"] = projections
-
-    def project(self, index: int, embs: torch.Tensor) -> torch.Tensor:
-        """Multiply each table's k-wide (or column-shard) slice by its rows of W."""
-        blocks = self.output_blocks[index]
-        if not blocks:
-            return embs
-        projections = self.__dict__["_projections"]
-        weights = [projections[b.table].local_slice(b.col_offset, b.cols) for b in blocks]
-        return project_blocks(embs, [b.start for b in blocks], weights)
-
-    def compute(self, ctx: EmbeddingBagCollectionContext, dist_input: KJTList) -> List[torch.Tensor]:
-        return [
-            self.project(i, lookup(features))
-            for i, (lookup, features) in enumerate(zip(self._lookups, dist_input))
-        ]
-
-    def compute_and_output_dist(
-        self, ctx: EmbeddingBagCollectionContext, input: KJTList
-    ) -> LazyAwaitable[KeyedTensor]:
-        if ctx.variable_batch_per_feature:
-            raise NotImplementedError("MLET sharding does not support variable batch per feature yet")
-        awaitable = self.output_dist(ctx, self.compute(ctx, input))
-        if any(m > 1 for m in self._column_shards.values()):
-            awaitable.callbacks.append(self._sum_column_shards)
-        return awaitable
-
-    def _sum_column_shards(self, kt: KeyedTensor) -> KeyedTensor:
-        """A column-wise table arrives as m partial d-wide products side by side: add them."""
-        pieces, dims = [], []
-        for key, value in zip(kt.keys(), kt.values().split(kt.length_per_key(), dim=1)):
-            m = self._column_shards.get(key.split("@")[0], 1)
-            if m > 1:
-                value = value.reshape(value.shape[0], m, -1).sum(dim=1)
-            pieces.append(value)
-            dims.append(value.shape[1])
-        return KeyedTensor(keys=kt.keys(), length_per_key=dims, values=torch.cat(pieces, dim=1))
+    ebc._embedding_shardings = narrow
+    ebc._output_dists = []
+    ebc._embedding_names, ebc._embedding_dims = [], []
+    ebc._uncombined_embedding_names, ebc._uncombined_embedding_dims = [], []
+    ebc._create_output_dist()
+    ebc._embedding_shardings = wide
 
 
 def partitioned_projection_shards(sharding: ParameterSharding, out_dim: int) -> List[ShardMetadata]:
@@ -181,19 +113,19 @@ class ShardedMLETEmbeddingBagCollection(
     ShardedEmbeddingModule[KJTList, List[torch.Tensor], KeyedTensor, EmbeddingBagCollectionContext]
 ):
     """State dict keys match MLETEmbeddingBagCollection: ``wide.embedding_bags.<t>.weight``
-    (TorchRec ShardedTensors) and ``projections.<t>.weight``."""
+    (TorchRec ShardedTensors) and ``projections.<t>.weight``. ``wide`` is whatever sharded EBC
+    ``ebc_sharder`` builds; its own forward must not be called (its output dists are d-wide)."""
 
     def __init__(
         self,
         module: MLETEmbeddingBagCollection,
         table_name_to_parameter_sharding: Dict[str, ParameterSharding],
+        ebc_sharder: EmbeddingBagCollectionSharder,
         env: ShardingEnv,
-        fused_params: Optional[Dict[str, Any]] = None,
         device: Optional[torch.device] = None,
-        qcomm_codecs_registry: Optional[Dict[str, QuantizedCommCodecs]] = None,
         module_fqn: Optional[str] = None,
     ) -> None:
-        super().__init__(qcomm_codecs_registry=qcomm_codecs_registry)
+        super().__init__(qcomm_codecs_registry=ebc_sharder.qcomm_codecs_registry)
         configs = {c.name: c for c in module.mlet_configs()}
         for name, sharding in table_name_to_parameter_sharding.items():
             if sharding.sharding_type not in SUPPORTED:
@@ -208,16 +140,23 @@ class ShardedMLETEmbeddingBagCollection(
         self._validate_inputs = module.validate_inputs
         self._feature_to_table = {f: c.name for c in self._mlet_configs for f in c.feature_names}
         self._rows_per_feature = {f: c.num_embeddings for c in self._mlet_configs for f in c.feature_names}
-        self.wide = ProjectingShardedEBC(
+        self.wide: ShardedEmbeddingBagCollection = ebc_sharder.shard(
             module.wide,
             table_name_to_parameter_sharding,
             env,
-            out_dims={name: c.embedding_dim for name, c in configs.items()},
-            fused_params=fused_params,
-            device=device,
-            qcomm_codecs_registry=qcomm_codecs_registry,
-            module_fqn=f"{module_fqn}.wide" if module_fqn else "wide",
+            device,
+            f"{module_fqn}.wide" if module_fqn else "wide",
         )
+        # Whatever sharder built it: the projected outputs need the corrected divisor too.
+        fix_mean_pooling_divisor(self.wide, table_name_to_parameter_sharding)
+        self.output_blocks: List[List[OutputBlock]] = [
+            lookup_output_blocks(_unwrap(lookup).grouped_configs) for lookup in self.wide._lookups
+        ]
+        infos: List[EmbeddingShardingInfo] = [
+            info for st in self.wide._sharding_types for info in self.wide.sharding_type_to_sharding_infos[st]
+        ]
+        self._column_shards = column_shards_per_feature(infos)
+        narrow_output_dists(self.wide, {name: c.embedding_dim for name, c in configs.items()}, env, device)
         rank = dist.get_rank(env.process_group)
         self.projections = nn.ModuleDict()
         for name in sorted(configs):  # same order on every rank: the constructors communicate
@@ -248,9 +187,27 @@ class ShardedMLETEmbeddingBagCollection(
                 average_grads=average,
                 source=module.projections[name].weight,
             )
-        self.wide.attach_projections(self.projections)
 
-    # --- ShardedModule API, delegated to the wide part --------------------------------------
+    def project(self, index: int, embs: torch.Tensor) -> torch.Tensor:
+        """Multiply each table's k-wide (or column-shard) slice of lookup ``index`` by its rows of W."""
+        blocks = self.output_blocks[index]
+        if not blocks:
+            return embs
+        weights = [self.projections[b.table].local_slice(b.col_offset, b.cols) for b in blocks]
+        return project_blocks(embs, [b.start for b in blocks], weights)
+
+    def _sum_column_shards(self, kt: KeyedTensor) -> KeyedTensor:
+        """A column-wise table arrives as m partial d-wide products side by side: add them."""
+        pieces, dims = [], []
+        for key, value in zip(kt.keys(), kt.values().split(kt.length_per_key(), dim=1)):
+            m = self._column_shards.get(key.split("@")[0], 1)
+            if m > 1:
+                value = value.reshape(value.shape[0], m, -1).sum(dim=1)
+            pieces.append(value)
+            dims.append(value.shape[1])
+        return KeyedTensor(keys=kt.keys(), length_per_key=dims, values=torch.cat(pieces, dim=1))
+
+    # --- ShardedModule API: the wide part's input dist, lookups and (d-wide) output dists ------
     def create_context(self) -> EmbeddingBagCollectionContext:
         return self.wide.create_context()
 
@@ -264,17 +221,25 @@ class ShardedMLETEmbeddingBagCollection(
         return self.wide.input_dist(ctx, features)
 
     def compute(self, ctx: EmbeddingBagCollectionContext, dist_input: KJTList) -> List[torch.Tensor]:
-        return self.wide.compute(ctx, dist_input)
+        return [
+            self.project(i, lookup(features))
+            for i, (lookup, features) in enumerate(zip(self.wide._lookups, dist_input))
+        ]
 
     def output_dist(
         self, ctx: EmbeddingBagCollectionContext, output: List[torch.Tensor]
     ) -> LazyAwaitable[KeyedTensor]:
-        return self.wide.output_dist(ctx, output)
+        if ctx.variable_batch_per_feature:
+            raise NotImplementedError("MLET sharding does not support variable batch per feature")
+        awaitable = self.wide.output_dist(ctx, output)
+        if any(m > 1 for m in self._column_shards.values()):
+            awaitable.callbacks.append(self._sum_column_shards)
+        return awaitable
 
     def compute_and_output_dist(
         self, ctx: EmbeddingBagCollectionContext, input: KJTList
     ) -> LazyAwaitable[KeyedTensor]:
-        return self.wide.compute_and_output_dist(ctx, input)
+        return self.output_dist(ctx, self.compute(ctx, input))
 
     @property
     def fused_optimizer(self) -> KeyedOptimizer:
@@ -291,3 +256,53 @@ class ShardedMLETEmbeddingBagCollection(
 
     def mlet_configs(self) -> List[MLETTableConfig]:
         return list(self._mlet_configs)
+
+
+class MLETEmbeddingBagCollectionSharder(BaseEmbeddingSharder[MLETEmbeddingBagCollection]):
+    """Plans the k-wide tables as ``ebc_sharder`` plans EBC tables (sharding types, kernels,
+    fused params), less the types MLET does not support; the projection follows its table.
+    ``ebc_sharder`` defaults to TorchRec's (no row-wise types on CPU there; distributed/sharding.py
+    passes its own, with bounds checks)."""
+
+    def __init__(
+        self,
+        ebc_sharder: Optional[EmbeddingBagCollectionSharder] = None,
+        qcomm_codecs_registry: Optional[Dict[str, QuantizedCommCodecs]] = None,
+    ) -> None:
+        super().__init__(qcomm_codecs_registry=qcomm_codecs_registry)
+        self._ebc_sharder: EmbeddingBagCollectionSharder = ebc_sharder or EmbeddingBagCollectionSharder(
+            qcomm_codecs_registry=self.qcomm_codecs_registry
+        )
+
+    def shard(
+        self,
+        module: MLETEmbeddingBagCollection,
+        params: Dict[str, ParameterSharding],
+        env: ShardingEnv,
+        device: Optional[torch.device] = None,
+        module_fqn: Optional[str] = None,
+    ) -> ShardedMLETEmbeddingBagCollection:
+        return ShardedMLETEmbeddingBagCollection(
+            module, params, ebc_sharder=self._ebc_sharder, env=env, device=device, module_fqn=module_fqn
+        )
+
+    @property
+    def ebc_sharder(self) -> EmbeddingBagCollectionSharder:
+        return self._ebc_sharder
+
+    @property
+    def fused_params(self) -> Optional[Dict[str, Any]]:
+        return self._ebc_sharder.fused_params
+
+    def shardable_parameters(self, module: MLETEmbeddingBagCollection) -> Dict[str, nn.Parameter]:
+        return self._ebc_sharder.shardable_parameters(module.wide)
+
+    def sharding_types(self, compute_device_type: str) -> List[str]:
+        return [t for t in self._ebc_sharder.sharding_types(compute_device_type) if t in SUPPORTED]
+
+    def compute_kernels(self, sharding_type: str, compute_device_type: str) -> List[str]:
+        return self._ebc_sharder.compute_kernels(sharding_type, compute_device_type)
+
+    @property
+    def module_type(self) -> type:
+        return MLETEmbeddingBagCollection

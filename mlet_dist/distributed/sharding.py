@@ -1,7 +1,10 @@
 """Shard a model with TorchRec's planner and DistributedModelParallel.
 
-Here the k-wide tables of an MLET collection are ordinary EBC tables for TorchRec; the
-projections are dense, data-parallel parameters (owner-side projection is a later sharder).
+The EBC sharder here (row-wise types on CPU too, mean-pooling divisor fix, bounds-checked fused
+params) shards stock EBCs and, injected into the MLET sharder (distributed/sharded_mlet.py), the
+k-wide tables of MLET collections. With ``owner_projection`` the MLET sharder projects on the
+table's owner; without it, an MLET collection's k-wide tables are plain EBC tables for TorchRec
+and its projections dense, data-parallel parameters.
 """
 
 from dataclasses import dataclass
@@ -19,6 +22,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from mlet_dist.distributed.env import DistEnv
 from mlet_dist.distributed.mean_pooling import fix_mean_pooling_divisor
+from mlet_dist.distributed.sharded_mlet import MLETEmbeddingBagCollectionSharder
 
 SHARDING_CHOICES = ("auto", "table_wise", "row_wise", "table_row_wise", "column_wise", "data_parallel")
 
@@ -69,11 +73,11 @@ class ShardingConfig:
 
 
 def default_sharders(config: ShardingConfig) -> List[ModuleSharder[nn.Module]]:
-    from mlet_dist.distributed.mlet_sharder import MLETEmbeddingBagCollectionSharder
-
-    sharders: List[ModuleSharder[nn.Module]] = [EBCSharder(fused_params=bounds_checked())]  # type: ignore[list-item]
+    """One EBC sharder for stock EBCs and, injected, for the k-wide tables of MLET collections."""
+    ebc_sharder = EBCSharder(fused_params=bounds_checked())
+    sharders: List[ModuleSharder[nn.Module]] = [ebc_sharder]  # type: ignore[list-item]
     if config.owner_projection:
-        sharders.insert(0, MLETEmbeddingBagCollectionSharder(fused_params=bounds_checked()))  # type: ignore[arg-type]
+        sharders.insert(0, MLETEmbeddingBagCollectionSharder(ebc_sharder))  # type: ignore[arg-type]
     return sharders
 
 

@@ -31,7 +31,7 @@ from torchrec.models.dlrm import DLRMTrain  # noqa: E402
 
 from mlet_dist.data.parquet_batches import DatasetMeta, ParquetBatchStream  # noqa: E402
 from mlet_dist.distributed.env import init_distributed, shutdown_distributed  # noqa: E402
-from mlet_dist.distributed.mlet_sharder import MLETEmbeddingBagCollectionSharder  # noqa: E402
+from mlet_dist.distributed.sharded_mlet import MLETEmbeddingBagCollectionSharder  # noqa: E402
 from mlet_dist.distributed.sharding import ShardingConfig, shard_model  # noqa: E402
 from mlet_dist.log_setup import quiet_library_logs  # noqa: E402
 from mlet_dist.models import DLRMConfig, EmbeddingSpec, build_dlrm, build_embedding_collection  # noqa: E402
