@@ -5,6 +5,10 @@ Usage:
   mlet-prep criteo-terabyte SRC [SRC ...] OUT  [common options]   (SRC: day files or a directory of day_N[.gz])
   mlet-prep torchrec-npy    DIR OUT [--table-sizes N,N,...]   (TorchRec's day_N_{dense,sparse,labels}.npy)
   mlet-prep nvtabular       DIR OUT   (NVTabular parquet: train/ validation/ [test/] + schema.pbtxt)
+  mlet-prep from-mlperf-multihot DIR OUT [--dense-labels DIR] [--table-sizes ...] [--max-bag N]
+                            (MLPerf DLRM-DCNv2 day_N_sparse_multi_hot.npz + day_N_{dense,labels}.npy)
+  mlet-prep from-dlrm-npz   FILE OUT [--day-count FILE] [--max-ind-range N]   (reference DLRM *_processed.npz)
+  mlet-prep from-dlrm-bin   DIR OUT [--counts FILE] [--max-ind-range N]   (reference DLRM *_{train,val,test}.bin)
   mlet-prep avazu           SRC OUT [--seed N] [--val-fraction F] [--test-fraction F] [common options]
   mlet-prep synthetic       OUT --rows N [--table-sizes criteo-terabyte|criteo-kaggle|N|N,N,...]
                             [--zipf A] [--seed N] [--format parquet|criteo-tsv] [--size-mb MB]
@@ -39,6 +43,7 @@ from data_prep.planted import PlantedSpec, generate_planted
 from data_prep.synthetic import generate_dataset, parse_table_sizes, write_criteo_tsv
 from data_prep.torchrec_npy import prepare_torchrec_npy
 from data_prep.nvtabular import prepare_nvtabular
+from data_prep.foreign_cli import add_foreign_parsers, run_foreign
 
 PROG = "mlet-prep"
 # Errors a user can fix from the message alone: print it, no traceback.
@@ -153,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     nv.add_argument("src", metavar="DIR", help="NVTabular output directory (one subdirectory per split)")
     nv.add_argument("out", metavar="OUT", help="output dataset directory")
     _add_common(nv, vocab=False)
+    for p in add_foreign_parsers(sub):
+        _add_common(p, vocab=False)
 
     d = PlantedSpec()
     pl = sub.add_parser("planted", help="planted benchmark: Zipf ids, labels from a known rank-R interaction model",
@@ -260,6 +267,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             result = prepare_torchrec_npy(args.src, args.out, cfg, table_sizes=sizes)
         elif args.command == "nvtabular":
             result = prepare_nvtabular(args.src, args.out, cfg)
+        elif args.command.startswith("from-"):
+            result = run_foreign(args, cfg)
         elif args.command == "avazu":
             result = prepare_avazu(args.src, args.out, cfg, val_fraction=args.val_fraction,
                                    test_fraction=args.test_fraction)

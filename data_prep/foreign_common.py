@@ -1,0 +1,161 @@
+"""What the converters from other tools' files share (torchrec-npy, mlperf-multihot, dlrm-npz,
+dlrm-bin): safe array loading, the one dense transform, table sizes from the ids, and one place
+that stages, writes, describes (meta.json) and publishes the converted dataset.
+
+Each converter checks its whole input before it calls ``write_converted``, so a bad file stops
+the conversion before anything is written; ``write_converted`` itself publishes only at the end
+(staging directory + rename), so a crash while writing leaves no partial OUT either.
+"""
+
+from __future__ import annotations
+
+import struct
+import zipfile
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import pyarrow as pa
+
+from data_prep.dataset_format import FORMAT_VERSION, LABEL, SPLITS, bag_meta, write_meta
+from data_prep.pipeline import PrepConfig, PrepResult, SplitWriter, check_output, publish, staging_dir
+
+_LOCAL_HEADER = struct.Struct("<IHHHHHIIIHH")  # zip local file header: 30 bytes, then name and extra
+_LOCAL_MAGIC = 0x04034B50
+
+
+def load_npy(path: Path) -> np.ndarray:
+    """A plain numeric .npy array, memory-mapped; never unpickled."""
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as err:  # an object array, or not an .npy file
+        raise ValueError(f"{path}: not a plain numeric .npy array ({err})") from None
+    if not isinstance(arr, np.ndarray):
+        raise ValueError(f"{path}: an .npz archive where a single .npy array was expected")
+    return arr
+
+
+def npz_arrays(path: Path) -> Dict[str, np.ndarray]:
+    """Every member of an .npz archive by name (without ``.npy``). Stored (uncompressed) members,
+    as ``np.savez`` writes them, are memory-mapped in place, so a day of the 4 TB MLPerf set
+    need not fit in memory; compressed members (``np.savez_compressed``) are read whole."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+    except zipfile.BadZipFile as err:
+        raise ValueError(f"{path}: not an .npz archive ({err})") from None
+    out: Dict[str, np.ndarray] = {}
+    with open(path, "rb") as f:
+        for info in infos:
+            if not info.filename.endswith(".npy"):
+                raise ValueError(f"{path}: member {info.filename!r} is not an .npy array")
+            key = info.filename[: -len(".npy")]
+            if info.compress_type != zipfile.ZIP_STORED:
+                with np.load(path, allow_pickle=False) as npz:
+                    out[key] = _numeric(npz[key], path, key)
+                continue
+            f.seek(info.header_offset)
+            fields = _LOCAL_HEADER.unpack(f.read(_LOCAL_HEADER.size))
+            if fields[0] != _LOCAL_MAGIC:
+                raise ValueError(f"{path}: member {info.filename!r}: bad zip local header")
+            f.seek(info.header_offset + _LOCAL_HEADER.size + fields[9] + fields[10])
+            try:
+                version = np.lib.format.read_magic(f)
+                reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, fortran, dtype = reader(f)
+            except ValueError as err:
+                raise ValueError(f"{path}: member {info.filename!r}: not an .npy array ({err})") from None
+            _numeric(np.empty(0, dtype), path, key)
+            if int(np.prod(shape)) == 0:
+                out[key] = np.empty(shape, dtype)
+            else:
+                out[key] = np.memmap(path, dtype=dtype, mode="r", offset=f.tell(), shape=shape,
+                                     order="F" if fortran else "C")
+    return out
+
+
+def _numeric(arr: np.ndarray, path: Path, key: str) -> np.ndarray:
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise ValueError(f"{path}: member {key!r} has dtype {arr.dtype}, expected numbers")
+    return arr
+
+
+def first_bad(mask: np.ndarray) -> int:
+    return int(np.flatnonzero(mask)[0])
+
+
+def dense_log(raw: np.ndarray) -> np.ndarray:
+    """Our dense transform, ``log(max(x, 0) + 1)`` in float64 stored as float32 (FORMAT.md), for
+    sources that keep raw integer counts (the reference DLRM's .npz and .bin)."""
+    return np.log1p(np.maximum(np.asarray(raw, np.float64), 0.0)).astype(np.float32)
+
+
+def table_sizes_from(features: Sequence[str], max_ids: np.ndarray,
+                     given: Optional[Sequence[int]], source: str) -> List[int]:
+    """max id + 1 per feature (at least 1), or the given sizes after checking every id fits."""
+    sizes = [int(m) + 1 if m >= 0 else 1 for m in max_ids]
+    if given is None:
+        return sizes
+    if len(given) != len(sizes):
+        raise ValueError(f"need {len(sizes)} table sizes, got {len(given)}")
+    for f, m, n in zip(features, max_ids, given):
+        if m >= n:
+            raise ValueError(f"feature {f}: id {int(m)} in {source} is outside the given table size {int(n)}")
+    return [int(n) for n in given]
+
+
+def bag_column(ids: np.ndarray) -> pa.Array:
+    """Fixed-width bags [rows, k] -> a list<int64> column (every bag k ids)."""
+    rows, width = ids.shape
+    offsets = np.arange(0, rows * width + 1, width, dtype=np.int32)  # blocks are far below 2**31 ids
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.ascontiguousarray(ids, np.int64).reshape(-1)))
+
+
+def write_converted(
+    out: Path, cfg: PrepConfig, schema: pa.Schema, blocks: Iterable[Tuple[str, pa.Table]], *,
+    dataset: str, sources: Sequence[str], rows_per_source: Mapping[str, int],
+    dense: Sequence[str], sparse: Sequence[str], table_sizes: Sequence[int], split: Dict[str, Any],
+    dense_transform: str, sparse_transform: str, multi_hot: Optional[Mapping[str, int]] = None,
+    extra: Optional[Mapping[str, Any]] = None,
+) -> PrepResult:
+    """Write (split, table) blocks in order, then meta.json with the row accounting, then publish.
+    Nothing is rejected at this stage (the converters refuse bad input before calling this)."""
+    check_output(out, cfg.overwrite)
+    with staging_dir(out) as tmp:
+        writers = {s: SplitWriter(tmp, s, schema, cfg) for s in SPLITS}
+        for name, table in blocks:
+            if table.num_rows:
+                writers[name].write(table)
+        for w in writers.values():
+            w.close()
+        names = list(sources)
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "dataset": dataset,
+            "source": names[0] if len(names) == 1 else f"{names[0]} .. {names[-1]} ({len(names)} files)",
+            "sources": names,
+            "label": LABEL,
+            "dense_features": list(dense),
+            "sparse_features": list(sparse),
+            "table_sizes": dict(zip(sparse, map(int, table_sizes))),
+            "min_count": 1,
+            "hash_size": None,
+            "hashed_features": {},
+            "splits": {s: {"rows": writers[s].rows, "files": writers[s].files} for s in SPLITS},
+            "split": split,
+            "rows_read": int(sum(rows_per_source.values())),
+            "rows_rejected": 0,
+            "rows_rejected_by_kind": {},
+            "rows_per_source": {k: int(v) for k, v in rows_per_source.items()},
+            "rejects_file": None,
+            "dense_transform": dense_transform,
+            "sparse_transform": sparse_transform,
+            **bag_meta(sparse, multi_hot=multi_hot),
+            **dict(extra or {}),
+        }
+        written = sum(w.rows for w in writers.values())
+        if written != meta["rows_read"]:  # every row read is written: nothing dropped on the way
+            raise AssertionError(f"wrote {written} rows of {meta['rows_read']} read")
+        write_meta(tmp, meta)
+        publish(tmp, out, cfg.overwrite)
+    return PrepResult(out_dir=out, meta=meta)
