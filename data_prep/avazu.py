@@ -17,7 +17,9 @@ import dataclasses
 from typing import Any, Optional
 
 from data_prep.dataset_format import DATASET_AVAZU, LABEL
-from data_prep.pipeline import DatasetSpec, PathLike, PrepConfig, PrepResult, RandomSplit, RawColumn, run_prep
+from data_prep.pipeline import run_prep
+from data_prep.spec import DatasetSpec, PathLike, PrepConfig, PrepResult, RawColumn
+from data_prep.splits import RandomSplit
 
 AVAZU_HEX_COLUMNS = (
     "site_id", "site_domain", "site_category", "app_id", "app_domain", "app_category",

@@ -19,16 +19,9 @@ from data_prep.dataset_format import (
     DATASET_CRITEO_TERABYTE,
     LABEL,
 )
-from data_prep.pipeline import (
-    ChunkSplit,
-    DatasetSpec,
-    DaySplit,
-    PathLike,
-    PrepConfig,
-    PrepResult,
-    RawColumn,
-    run_prep,
-)
+from data_prep.pipeline import run_prep
+from data_prep.spec import DatasetSpec, PathLike, PrepConfig, PrepResult, RawColumn
+from data_prep.splits import ChunkSplit, DaySplit
 
 CRITEO_COLUMNS = (
     (RawColumn(LABEL, "label"),)

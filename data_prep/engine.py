@@ -17,7 +17,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Deque, Iterable, Iterator, Optional, Tuple
 
-from data_prep.pipeline import PrepConfig
+from data_prep.spec import PrepConfig
 
 
 class WorkerFailed(RuntimeError):

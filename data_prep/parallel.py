@@ -31,11 +31,13 @@ import numpy as np
 from data_prep import engine as engines
 from data_prep import parallel_tasks as tasks
 from data_prep.dataset_format import REJECTS_FILE, SPLITS, part_file, write_meta
-from data_prep.pipeline import (
-    ChunkSplit, DatasetSpec, FeatureVocab, KeyCounter, PathLike, PrepConfig, PrepResult, Progress, RejectSink,
-    Reject, SplitPolicy, _enforce_cap, _save_vocabularies, build_meta, checked_paths, finish_vocabs,
-    publish, staging_dir,
-)
+from data_prep.raw_meta import build_meta
+from data_prep.scan import Progress
+from data_prep.spec import DatasetSpec, PathLike, PrepConfig, PrepResult, Reject
+from data_prep.splits import ChunkSplit, SplitPolicy
+from data_prep.staging import checked_paths, publish, staging_dir
+from data_prep.vocab_build import FeatureVocab, KeyCounter, enforce_cap, finish_vocabs, save_vocabularies
+from data_prep.writers import RejectSink
 from data_prep.ranges import ByteRange, count_lines, plan_ranges
 
 MAX_RANGE_BYTES = 64 << 20
@@ -99,7 +101,7 @@ def run_prep_parallel(
                 _tail(ctx, engine, ranges, state, counters, policy.train_end, window)
 
             vocabs, histograms = finish_vocabs(sparse, counters, hashed, cfg)
-            vocab_entries = _save_vocabularies(tmp, spec, vocabs)
+            vocab_entries = save_vocabularies(tmp, spec, vocabs)
             ctx = dataclasses.replace(
                 ctx, vocab_dir=str(tmp), vocab_sizes={n: (int(v.size), v.hashed) for n, v in vocabs.items()}
             )
@@ -165,7 +167,7 @@ def _pass1(
             for feature, counter in counters.items():
                 if counter is not None and feature in uniq:
                     counter.add_unique(*uniq[feature])
-            _enforce_cap(counters, hashed, cap)
+            enforce_cap(counters, hashed, cap)
         acc += res.accepted
         rows_per_file[r.fi] += res.accepted
         line += res.lines

@@ -20,11 +20,10 @@ import pyarrow.parquet as pq
 
 from data_prep import textio
 from data_prep.dataset_format import SPLITS
-from data_prep.pipeline import (
-    DatasetSpec, FeatureVocab, Parsed, PrepConfig, Reject, SplitPolicy, SplitWriter, encoded_rows, format_reject,
-    parse_block,
-    unique_counts,
-)
+from data_prep.spec import DatasetSpec, Parsed, PrepConfig, Reject, parse_block
+from data_prep.splits import SplitPolicy
+from data_prep.vocab_build import FeatureVocab, unique_counts
+from data_prep.writers import SplitWriter, encoded_rows, format_reject
 from data_prep.ranges import ByteRange, iter_range_blocks
 
 Uniques = Dict[str, Tuple[np.ndarray, np.ndarray]]

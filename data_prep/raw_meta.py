@@ -1,0 +1,50 @@
+"""meta.json of a raw-data preparation, built the same way by the single-process run (pipeline.py)
+and the parallel one (parallel.py), so both write the same bytes."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Sequence
+
+from data_prep.dataset_format import FORMAT_VERSION, REJECTS_FILE, SPLITS, bag_meta
+from data_prep.spec import DatasetSpec, PrepConfig
+from data_prep.splits import SplitPolicy
+from data_prep.vocab_build import FeatureVocab
+from data_prep.vocabulary import vocabulary_meta
+from data_prep.writers import RejectSink
+
+
+def build_meta(
+    spec: DatasetSpec, names: Sequence[str], cfg: PrepConfig, policy: SplitPolicy,
+    vocabs: Dict[str, FeatureVocab], histograms: Dict[str, Dict[str, Any]], hashed: Dict[str, str],
+    zero_rows: Dict[str, List[int]], splits_meta: Dict[str, Any], acc: int, sink: RejectSink,
+    rows_per_file: Sequence[int], vocab_entries: Dict[str, Dict[str, Any]],
+) -> Dict[str, Any]:
+    """meta.json of a raw-data preparation (both the single-process and the parallel run)."""
+    sparse = spec.sparse_features
+    for name in sparse:
+        histograms[name]["id0_rows"] = dict(zip(SPLITS, zero_rows[name]))
+        histograms[name]["hashed"] = vocabs[name].hashed
+    return {
+        "format_version": FORMAT_VERSION,
+        "dataset": spec.name,
+        "source": names[0] if len(names) == 1 else f"{names[0]} .. {names[-1]} ({len(names)} files)",
+        "sources": names,
+        "label": spec.label,
+        "dense_features": list(spec.dense_features),
+        "sparse_features": list(sparse),
+        "table_sizes": {name: int(vocabs[name].size) for name in sparse},
+        "min_count": cfg.min_count,
+        "hash_size": cfg.hash_size,
+        "count_memory_mb": cfg.count_memory_mb,
+        "hashed_features": dict(sorted(hashed.items())),
+        "splits": splits_meta,
+        "split": policy.describe(),
+        "rows_read": int(acc + sink.count),
+        "rows_rejected": int(sink.count),
+        "rows_rejected_by_kind": dict(sorted(sink.by_reason.items())),
+        "rows_per_source": {n: int(r) for n, r in zip(names, rows_per_file)},
+        "rejects_file": REJECTS_FILE if sink.count else None,
+        "id_histograms": histograms,
+        **bag_meta(sparse),
+        "vocabulary": vocabulary_meta(vocab_entries),
+    }
