@@ -2,7 +2,7 @@
 of the file or inside a function. A TorchRec-style split (modules/ has no torch.distributed,
 models/ no sharding) only lasts if an upward import fails the build.
 
-    0  errors, config_io, log_setup, digests  shared by everything
+    0  errors, config_io, config_flags, log_setup, digests  shared by everything
     1  modules                                 the math: MLET collection, collapse
     2  models, data                            ranking models; parquet batches
     3  distributed, cli_common                 sharding, process groups; shared CLI pieces
@@ -18,14 +18,13 @@ from typing import Dict, List, Tuple
 
 ROOT = Path(__file__).resolve().parents[1] / "mlet_dist"
 LAYERS: Dict[str, int] = {
-    "errors": 0, "config_io": 0, "log_setup": 0, "digests": 0, "__init__": 1,
+    "errors": 0, "config_io": 0, "config_flags": 0, "log_setup": 0, "digests": 0, "__init__": 1,
     "modules": 1, "models": 2, "data": 2, "distributed": 3, "cli_common": 3,
     "training": 4, "planning": 5, "serving": 6, "sweep": 6, "train": 7,
 }
 # Function-local imports of our own modules that are lazy on purpose (a CLI's heavy imports
 # deferred past argument parsing, or an optional path). Anything new here is a review decision.
 LAZY_ALLOWED = {
-    ("mlet_dist.cli_common", "mlet_dist.models.dcn"),  # flags need ARCHS; keeps `--help` light
     ("mlet_dist.train", "mlet_dist.modules.collapse"),
     ("mlet_dist.train", "mlet_dist.modules.mlet_embedding_bag"),
     ("mlet_dist.planning.plan_io", "mlet_dist.modules.mlet_embedding_bag"),
