@@ -56,6 +56,34 @@ def test_sharded_input_dist_checks_weights(results: Dict[str, Any]) -> None:
         assert "carries no weights" in w["weighted=True"], w
 
 
+def test_the_injected_ebc_sharder_builds_the_wide_tables(results: Dict[str, Any]) -> None:
+    """The MLET sharder shards the k-wide tables with the EBC sharder it was given (TorchRec's
+    fp_embeddingbag pattern): that sharder is called, and its fused params (here IGNORE bounds
+    checks; ours would be FATAL, TorchRec's default WARNING) reach every fused kernel."""
+    for per_rank in results["per_rank"]:
+        r = per_rank["injected"]
+        assert r["sharded"] == ["EmbeddingBagCollection at wide"], r
+        assert r["modes"] == ["IGNORE"], r
+        assert r["out_dims"] == [8, 8], r  # d-wide outputs: the projection ran on the injected lookups
+        assert "IGNORE" in r["fused_params"], r  # the planner sees the injected sharder's params
+
+
+def test_the_mlet_sharder_offers_the_injected_sharders_types() -> None:
+    """Sharding types and kernels come from the injected EBC sharder, less what MLET lacks:
+    ours offers row-wise on CPU, TorchRec's default does not."""
+    from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+
+    from mlet_dist.distributed.sharded_mlet import SUPPORTED, MLETEmbeddingBagCollectionSharder
+    from mlet_dist.distributed.sharding import EBCSharder
+
+    ours = MLETEmbeddingBagCollectionSharder(EBCSharder()).sharding_types("cpu")
+    stock = MLETEmbeddingBagCollectionSharder().sharding_types("cpu")
+    assert "row_wise" in ours and "table_row_wise" in ours, ours
+    assert "row_wise" not in stock, stock
+    assert set(ours) <= SUPPORTED and "table_column_wise" not in ours, ours
+    assert set(EmbeddingBagCollectionSharder().sharding_types("cpu")) & SUPPORTED == set(stock)
+
+
 def test_feature_shared_by_a_row_wise_mean_table_and_another_is_refused() -> None:
     """The divisor is per KJT feature: one feature cannot be divided for one table and not for
     another, so that plan is refused with a message instead of giving a wrong output."""

@@ -287,10 +287,6 @@ class MLETEmbeddingBagCollectionSharder(BaseEmbeddingSharder[MLETEmbeddingBagCol
         )
 
     @property
-    def ebc_sharder(self) -> EmbeddingBagCollectionSharder:
-        return self._ebc_sharder
-
-    @property
     def fused_params(self) -> Optional[Dict[str, Any]]:
         return self._ebc_sharder.fused_params
 

@@ -1,7 +1,8 @@
 """Move weights between a full (single-process) state dict and a DMP-sharded model.
 
-Used to start a sharded model from the same weights as a reference model, and to gather the
-trained tables for collapse while the distributed collapse (owner-side) is not built yet.
+Used to start a sharded model from the same weights as a reference model (tests), and to gather
+small entries on every rank (the k×d projections: per-epoch spectra, end-of-run diagnostics).
+Collapse gathers nothing: distributed/sharded_collapse.py projects each table shard on its owner.
 """
 
 from typing import Callable, Dict, Optional

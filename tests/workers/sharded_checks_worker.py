@@ -7,6 +7,8 @@
   micro-batch backwards vs the expected accumulated gradient.
 - ``weights``: what the sharded MLET input_dist says to a KJT whose weights do not match the
   collection.
+- ``injected``: an MLET sharder given a recording EBC sharder with its own fused params: whether
+  that sharder built the k-wide tables and its bounds-check mode reached the fused kernels.
 
 Rank 0 writes a dict of results to --out (torch.save).
 """
@@ -21,13 +23,19 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
+from fbgemm_gpu.split_table_batched_embeddings_ops_common import BoundsCheckMode  # noqa: E402
 from torch import nn  # noqa: E402
+from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder  # noqa: E402
+from torchrec.distributed.model_parallel import DistributedModelParallel  # noqa: E402
 from torchrec.distributed.planner import ParameterConstraints  # noqa: E402
+from torchrec.distributed.sharding_plan import column_wise, construct_module_sharding_plan, table_wise  # noqa: E402
+from torchrec.distributed.types import ShardingPlan  # noqa: E402
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType  # noqa: E402
 from torchrec.modules.embedding_modules import EmbeddingBagCollection  # noqa: E402
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor  # noqa: E402
 
 from mlet_dist.distributed.env import init_distributed, shutdown_distributed  # noqa: E402
+from mlet_dist.distributed.sharded_mlet import MLETEmbeddingBagCollectionSharder  # noqa: E402
 from mlet_dist.distributed.sharded_projection import ShardedProjection  # noqa: E402
 from mlet_dist.distributed.sharding import ShardingConfig, shard_model  # noqa: E402
 from mlet_dist.distributed.state import load_full_state_dict  # noqa: E402
@@ -161,6 +169,44 @@ def check_weights(env: Any) -> Dict[str, str]:
     return out
 
 
+class RecordingEBCSharder(EmbeddingBagCollectionSharder):
+    """TorchRec's EBC sharder, recording what it shards; IGNORE bounds checks mark its fused
+    params (the project's own sharder uses FATAL, TorchRec's default is WARNING)."""
+
+    def __init__(self) -> None:
+        super().__init__(fused_params={"bounds_check_mode": BoundsCheckMode.IGNORE})
+        self.sharded: List[str] = []
+
+    def shard(self, module: Any, params: Any, env: Any, device: Any = None, module_fqn: Any = None) -> Any:
+        self.sharded.append(f"{type(module).__name__} at {module_fqn}")
+        return super().shard(module, params, env, device, module_fqn)
+
+
+def check_injected_sharder(env: Any) -> Dict[str, Any]:
+    tables = [MLETTableConfig(f"t{i}", 20, inner_dim=K, embedding_dim=D, feature_names=[f"f{i}"]) for i in range(2)]
+    model = MLETEmbeddingBagCollection(tables, device=torch.device("meta"))
+    attach_fused_embedding_optimizer(model, OptimConfig("sgd", 0.1, "sgd", 0.1))
+    ebc_sharder = RecordingEBCSharder()
+    sharder = MLETEmbeddingBagCollectionSharder(ebc_sharder)
+    module_plan = construct_module_sharding_plan(
+        model, {"t0": table_wise(rank=0), "t1": column_wise(ranks=[0, 1])}, sharder=sharder,
+        local_size=env.world_size, world_size=env.world_size, device_type="cpu",
+    )
+    sharded = DistributedModelParallel(module=model, device=env.device, plan=ShardingPlan({"": module_plan}),
+                                       sharders=[sharder])  # type: ignore[list-item]
+    wide = sharded.module.wide
+    modes = sorted({
+        BoundsCheckMode(emb.emb_module.bounds_check_mode_int).name
+        for lookup in wide._lookups for emb in lookup._emb_modules
+    })
+    kjt = KeyedJaggedTensor.from_lengths_sync(
+        keys=["f0", "f1"], values=torch.tensor([1, 2, 3]), lengths=torch.tensor([1, 2, 0, 0]))
+    out = sharded(kjt)
+    out = out.wait() if hasattr(out, "wait") else out
+    return {"sharded": ebc_sharder.sharded, "modes": modes, "out_dims": out.length_per_key(),
+            "fused_params": str(sharder.fused_params)}
+
+
 def check_table_grams(env: Any) -> Dict[str, float]:
     """End-of-run diagnostics from reduced Gram matrices vs from the gathered full tables, on the
     7-table mixed plan (row-, table-row-, table-, column- (2 shards) wise and data-parallel)."""
@@ -201,6 +247,7 @@ def main() -> None:
         "grad_accumulation": {"sum": check_grad_accumulation(env, False),
                               "average": check_grad_accumulation(env, True)},
         "weights": check_weights(env),
+        "injected": check_injected_sharder(env),
         "table_grams": check_table_grams(env),
     }
     gathered: List[Any] = [None] * env.world_size
