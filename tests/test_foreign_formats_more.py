@@ -15,6 +15,7 @@ import pytest
 
 from data_prep.cli import main as prep_main
 from data_prep.dataset_format import read_meta
+from data_prep.foreign_common import npz_arrays
 from mlet_dist.data.dataset_check import check_dataset
 from mlet_dist.data.parquet_batches import DatasetMeta, ParquetBatchStream
 
@@ -138,3 +139,150 @@ def test_bad_mlperf_input_is_one_line_and_publishes_nothing(tmp_path: Path, caps
         dense[3, 7] = np.nan
         np.save(src / "day_0_dense.npy", dense)
     _one_line_exit_2(argv, capsys, message, tmp_path / "ds")
+
+
+def test_npz_members_are_memory_mapped_when_stored(tmp_path: Path) -> None:
+    """np.savez members map in place (a 4 TB MLPerf day need not fit in memory); savez_compressed reads."""
+    a = np.arange(12, dtype=np.int32).reshape(4, 3)
+    np.savez(tmp_path / "s.npz", x=a, e=np.zeros((0, 2), np.int32))
+    np.savez_compressed(tmp_path / "c.npz", x=a)
+    stored, packed = npz_arrays(tmp_path / "s.npz"), npz_arrays(tmp_path / "c.npz")
+    assert isinstance(stored["x"], np.memmap) and stored["x"].tolist() == a.tolist() and stored["e"].shape == (0, 2)
+    assert not isinstance(packed["x"], np.memmap) and packed["x"].tolist() == a.tolist()
+
+
+# --- reference DLRM: processed .npz and .bin ------------------------------------------------------
+
+COUNTS = np.array([5, 40, 3, 17] + [11] * 22, np.int32)
+DAYS = [50, 40, 31]  # rows per day; the last is split test (first 16) / val (15)
+
+
+def _reference_arrays(seed: int = 0) -> Dict[str, np.ndarray]:
+    """What data_utils.py keeps: raw int32 counts (negatives already 0), ids < counts, int32 labels."""
+    rng = np.random.default_rng(seed)
+    n = sum(DAYS)
+    x_int = rng.integers(0, 3000, (n, 13)).astype(np.int32)
+    x_int[::7, 1] = 0
+    x_cat = (rng.integers(0, 1 << 30, (n, 26)) % COUNTS).astype(np.int32)
+    return {"X_int": x_int, "X_cat": x_cat, "y": rng.integers(0, 2, n).astype(np.int32), "counts": COUNTS}
+
+
+def _write_npz(root: Path, arrays: Dict[str, np.ndarray]) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(root / "kaggleAdDisplayChallenge_processed.npz", **arrays)
+    np.savez_compressed(root / "train_day_count.npz", total_per_file=np.array(DAYS, np.int64))
+    return root / "kaggleAdDisplayChallenge_processed.npz"
+
+
+def _write_bins(root: Path, arrays: Dict[str, np.ndarray], prefix: str = "terabyte_processed") -> None:
+    """numpy_to_binary's records: [y, X_int, X_cat] as int32 rows; test = first ceil half of the last day."""
+    root.mkdir(parents=True, exist_ok=True)
+    rows = np.concatenate([arrays["y"].reshape(-1, 1), arrays["X_int"], arrays["X_cat"]], axis=1).astype(np.int32)
+    train_end = sum(DAYS[:-1])
+    mid = train_end + (DAYS[-1] + 1) // 2
+    for split, part in (("train", rows[:train_end]), ("test", rows[train_end:mid]), ("val", rows[mid:])):
+        (root / f"{prefix}_{split}.bin").write_bytes(part.tobytes())
+    np.savez_compressed(root / "day_fea_count.npz", counts=arrays["counts"])
+
+
+def _check_reference_rows(out: Path, arrays: Dict[str, np.ndarray], modulo: int = 0) -> None:
+    meta = read_meta(out)
+    assert meta["rows_read"] == 121 and meta["rows_rejected"] == 0
+    assert {s: meta["splits"][s]["rows"] for s in ("train", "val", "test")} == {"train": 90, "val": 15, "test": 16}
+    sizes = np.minimum(COUNTS, modulo) if modulo else COUNTS
+    assert [meta["table_sizes"][f"C{j + 1}"] for j in range(26)] == sizes.tolist()  # counts, not max id + 1
+    assert "applied once here" in meta["dense_transform"]
+    table = _all_rows(out, ("train", "test", "val"))  # the reference's order: test before val in the last day
+    ids = arrays["X_cat"] % modulo if modulo else arrays["X_cat"]
+    for row in (0, 49, 50, 89, 90, 105, 106, 120):
+        assert table.column("label")[row].as_py() == arrays["y"][row]
+        got = np.array([table.column(f"I{j + 1}")[row].as_py() for j in range(13)], np.float32)
+        assert got.tolist() == np.log1p(arrays["X_int"][row].astype(np.float64)).astype(np.float32).tolist()
+        # what the reference feeds its model: torch.log(float32(x) + 1), at load time
+        np.testing.assert_allclose(got, np.log(arrays["X_int"][row].astype(np.float32) + 1), rtol=1e-6)
+        assert [table.column(f"C{j + 1}")[row].as_py() for j in range(26)] == ids[row].tolist()
+    check_dataset(DatasetMeta.load(out))
+
+
+def test_dlrm_processed_npz_converts(tmp_path: Path) -> None:
+    arrays = _reference_arrays()
+    src = _write_npz(tmp_path / "raw", arrays)
+    assert prep_main(["from-dlrm-npz", str(src), str(tmp_path / "ds"), "--row-group-rows", "32"]) == 0
+    _check_reference_rows(tmp_path / "ds", arrays)
+    assert read_meta(tmp_path / "ds")["dataset"] == "dlrm-npz"
+
+
+def test_dlrm_bin_converts(tmp_path: Path) -> None:
+    arrays = _reference_arrays(1)
+    _write_bins(tmp_path / "bin", arrays)
+    assert prep_main(["from-dlrm-bin", str(tmp_path / "bin"), str(tmp_path / "ds")]) == 0
+    _check_reference_rows(tmp_path / "ds", arrays)
+    meta = read_meta(tmp_path / "ds")
+    assert meta["rows_per_source"] == {"terabyte_processed_train.bin": 90, "terabyte_processed_val.bin": 15,
+                                       "terabyte_processed_test.bin": 16}
+
+
+def test_max_ind_range_hashes_as_the_reference(tmp_path: Path) -> None:
+    arrays = _reference_arrays(2)
+    _write_bins(tmp_path / "bin", arrays, prefix="p")
+    assert prep_main(["from-dlrm-bin", str(tmp_path / "bin"), str(tmp_path / "ds"), "--max-ind-range", "10"]) == 0
+    _check_reference_rows(tmp_path / "ds", arrays, modulo=10)
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("label", r"kaggleAdDisplayChallenge_processed.npz: row 17: label 3 is not 0 or 1"),
+    ("negative", r"kaggleAdDisplayChallenge_processed.npz: row 60: negative id -1 in C2"),
+    ("outside", r"kaggleAdDisplayChallenge_processed.npz: row 95: C4 id 17 is outside its table of 17 ids"),
+    ("float", r"X_int is float32: .* would be logged twice"),
+    ("days", r"train_day_count.npz: total_per_file adds up to 120 rows, kaggleAdDisplayChallenge_processed.npz has 121"),
+    ("no_days", r"no \*_day_count.npz beside it .* pass --day-count FILE"),
+    ("missing", r"missing arrays \['counts'\]"),
+])
+def test_bad_dlrm_npz_is_one_line_and_publishes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                        damage: str, message: str) -> None:
+    arrays = _reference_arrays()
+    if damage == "label":
+        arrays["y"][17] = 3
+    elif damage == "negative":
+        arrays["X_cat"][60, 1] = -1
+    elif damage == "outside":
+        arrays["X_cat"][95, 3] = 17
+    elif damage == "float":
+        arrays["X_int"] = np.log1p(arrays["X_int"]).astype(np.float32)
+    elif damage == "missing":
+        del arrays["counts"]
+    src = _write_npz(tmp_path / "raw", arrays)
+    if damage == "days":
+        np.savez_compressed(tmp_path / "raw" / "train_day_count.npz", total_per_file=np.array([50, 40, 30]))
+    elif damage == "no_days":
+        (tmp_path / "raw" / "train_day_count.npz").unlink()
+    _one_line_exit_2(["from-dlrm-npz", str(src), str(tmp_path / "ds")], capsys, message, tmp_path / "ds")
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("truncated", r"terabyte_processed_test.bin: row 15: the file ends 100 bytes into a record"),
+    ("label", r"terabyte_processed_train.bin: row 33: label -1 is not 0 or 1"),
+    ("negative", r"terabyte_processed_val.bin: row 4: negative id -7 in C26"),
+    ("outside", r"terabyte_processed_train.bin: row 2: C1 id 5 is outside its table of 5 ids"),
+    ("missing", r"terabyte_processed_val.bin is missing"),
+    ("two_sets", r"more than one set of .bin files"),
+])
+def test_bad_dlrm_bin_is_one_line_and_publishes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                        damage: str, message: str) -> None:
+    arrays = _reference_arrays()
+    if damage == "label":
+        arrays["y"][33] = -1
+    elif damage == "negative":
+        arrays["X_cat"][90 + 16 + 4, 25] = -7
+    elif damage == "outside":
+        arrays["X_cat"][2, 0] = 5
+    src = tmp_path / "bin"
+    _write_bins(src, arrays)
+    if damage == "truncated":
+        data = (src / "terabyte_processed_test.bin").read_bytes()
+        (src / "terabyte_processed_test.bin").write_bytes(data[:-60])
+    elif damage == "missing":
+        (src / "terabyte_processed_val.bin").unlink()
+    elif damage == "two_sets":
+        (src / "train_data.bin").write_bytes(b"")
+    _one_line_exit_2(["from-dlrm-bin", str(src), str(tmp_path / "ds")], capsys, message, tmp_path / "ds")
