@@ -25,7 +25,7 @@ from mlet_dist.sweep.headline import (
     headline_markdown,
     headline_rows_from_seed_aucs,
 )
-from mlet_dist.sweep.report import _write_csv
+from mlet_dist.sweep.records import _write_csv
 from mlet_dist.sweep.significance import DEFAULT_LEVEL, DEFAULT_MARGIN
 
 SECTION = "## Headline: MLET d vs baseline d'"
