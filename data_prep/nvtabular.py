@@ -7,7 +7,12 @@ and optionally ``test/``), each with ``part_*.parquet`` files holding ``label``,
 ``cat_0..`` (ids already contiguous from ``Categorify``), plus ``schema.pbtxt`` (TensorFlow
 metadata text format) whose ``int_domain { max: M }`` declares each categorical's cardinality
 M + 1. Without the schema the table sizes would be guessed from the data, which is how
-NVTabular parquet used to need a hand-written meta.json.
+NVTabular parquet used to need a hand-written meta.json. A multi-hot ``cat_*`` is a parquet list
+column (list<int>, one bag of ids per row) declared in the schema with ``value_count { min max }``
+and the ``list`` tag (as in NVIDIA-Merlin/Transformers4Rec's examples/getting-started-session-based/
+schema.pb); it becomes our list<int64> column with ``multi_hot`` = the stated max (or the longest
+bag when the schema states none); a longer bag, a null bag or id, or a column the schema declares
+a list but the parquet stores one id per row (or the reverse) stops the conversion.
 
 Values are copied as they are: dense features are **not** transformed again (meta.json's
 ``dense_transform`` says so), ids keep their values and ``table_sizes`` come from the schema.
@@ -97,6 +102,7 @@ class Schema:
     path: Path
     columns: Tuple[str, ...]
     domains: Dict[str, Tuple[int, int]]  # cat_* -> (min, max) of int_domain: cardinality max + 1
+    lists: Dict[str, Optional[int]] = dataclasses.field(default_factory=dict)  # declared list cat_* -> value_count max
 
 
 def read_schema(path: Path) -> Schema:
@@ -106,6 +112,7 @@ def read_schema(path: Path) -> Schema:
     parsed = parse_pbtxt(path.read_text(), str(path))
     columns: List[str] = []
     domains: Dict[str, Tuple[int, int]] = {}
+    lists: Dict[str, Optional[int]] = {}
     for feature in parsed.get("feature", []):
         name = (feature.get("name") or [None])[0]
         if not isinstance(name, str):
@@ -121,7 +128,23 @@ def read_schema(path: Path) -> Schema:
             if lo < 0 or hi < lo:
                 raise ValueError(f"{path}: categorical {name!r} has int_domain min {lo} max {hi}")
             domains[name] = (lo, hi)
-    return Schema(path, tuple(columns), domains)
+            declared = _declared_list(feature)
+            if declared is not False:
+                lists[name] = declared
+    return Schema(path, tuple(columns), domains, lists)
+
+
+def _declared_list(feature: Dict[str, List[Any]]) -> Union[bool, Optional[int]]:
+    """False for one id per row, else the stated max bag size (None: ragged, not stated). A
+    ``value_count { max: 1 }`` without the ``list`` tag is TF metadata's way to say 'one value'."""
+    tags = [t for a in feature.get("annotation", []) if isinstance(a, dict) for t in a.get("tag", [])]
+    count = (feature.get("value_count") or [None])[0]
+    top = None
+    if isinstance(count, dict) and count.get("max"):
+        top = int(count["max"][0])
+    if "list" not in tags and (top is None or top <= 1):
+        return False
+    return top if top is not None and top > 0 else None
 
 
 # -- input layout ------------------------------------------------------------------------------
@@ -170,7 +193,12 @@ def _features(schema: Schema) -> Tuple[List[str], List[str]]:
 # -- checking and converting -------------------------------------------------------------------
 
 
-def _check_columns(path: Path, names: List[str], types: pa.Schema, dense: List[str], sparse: List[str]) -> None:
+def _is_list(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t)
+
+
+def _check_columns(path: Path, names: List[str], types: pa.Schema, dense: List[str], sparse: List[str],
+                   lists: Dict[str, Optional[int]]) -> None:
     missing = [c for c in [LABEL, *dense, *sparse] if c not in names]
     if missing:
         raise ValueError(f"{path}: missing columns {missing} (declared in {SCHEMA_FILE})")
@@ -178,22 +206,45 @@ def _check_columns(path: Path, names: List[str], types: pa.Schema, dense: List[s
     if extra:
         raise ValueError(f"{path}: columns {extra} are not in {SCHEMA_FILE}: the schema disagrees with the parquet")
     for c in sparse:
-        if not pa.types.is_integer(types.field(c).type):
-            raise ValueError(f"{path}: {c} is {types.field(c).type}, expected integer ids (NVTabular Categorify)")
+        t = types.field(c).type
+        if _is_list(t) != (c in lists):
+            declared = "a list (value_count / tag list)" if c in lists else "one id per row"
+            raise ValueError(f"{path}: {c} is {t} but {SCHEMA_FILE} declares {declared}: the schema disagrees "
+                             "with the parquet")
+        if not pa.types.is_integer(t.value_type if _is_list(t) else t):
+            raise ValueError(f"{path}: {c} is {t}, expected integer ids (NVTabular Categorify)")
     for c in [LABEL, *dense]:
         t = types.field(c).type
         if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)):
             raise ValueError(f"{path}: {c} is {t}, expected a number")
 
 
+def _check_bags(path: Path, start: int, c: str, col: pa.Array, stated: Optional[int]) -> Tuple[pa.Array, np.ndarray, int]:
+    """A list column's ids (flattened), the row of each id, and its longest bag; no null id, no
+    bag longer than the schema's value_count max."""
+    ids, rows = col.flatten(), pc.list_parent_indices(col).to_numpy()
+    if ids.null_count:
+        row = int(rows[np.flatnonzero(ids.is_null().to_numpy(zero_copy_only=False))[0]])
+        raise ValueError(f"{path}: row {start + row}: {c} has a null id in its bag")
+    lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+    longest = int(lengths.max()) if len(lengths) else 0
+    if stated is not None and longest > stated:
+        row = int(np.flatnonzero(lengths > stated)[0])
+        raise ValueError(f"{path}: row {start + row}: {c} bag of {lengths[row]} ids is longer than its {SCHEMA_FILE} "
+                         f"value_count max {stated}")
+    return ids, rows, longest
+
+
 def _check_batch(path: Path, start: int, batch: pa.RecordBatch, dense: List[str], sparse: List[str],
-                 domains: Dict[str, Tuple[int, int]]) -> None:
-    """One batch of rows from ``start`` (0-based row of the file): one line at the first bad value."""
+                 schema: Schema) -> Dict[str, int]:
+    """One batch of rows from ``start`` (0-based row of the file): one line at the first bad value.
+    Returns the longest bag of each list column."""
+    domains, longest = schema.domains, {}
     for c in batch.schema.names:
         col = batch.column(c)
         if col.null_count:
             row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
-            raise ValueError(f"{path}: row {start + row}: {c} is null")
+            raise ValueError(f"{path}: row {start + row}: {c} is {'a null bag' if _is_list(col.type) else 'null'}")
     label = batch.column(LABEL).to_numpy(zero_copy_only=False).astype(np.float64)
     bad = (label != 0) & (label != 1)
     if bad.any():
@@ -207,18 +258,24 @@ def _check_batch(path: Path, start: int, batch: pa.RecordBatch, dense: List[str]
             raise ValueError(f"{path}: row {start + row}: {c} is {values[row]} (not finite)")
     for c in sparse:
         lo, hi = domains[c]
-        mm = pc.min_max(batch.column(c))
-        if mm["min"].as_py() < lo or mm["max"].as_py() > hi:
-            ids = batch.column(c).to_numpy().astype(np.int64)
-            row = int(np.flatnonzero((ids < lo) | (ids > hi))[0])
-            raise ValueError(f"{path}: row {start + row}: {c} id {ids[row]} is outside its {SCHEMA_FILE} "
+        ids, rows = batch.column(c), None
+        if c in schema.lists:
+            ids, rows, longest[c] = _check_bags(path, start, c, ids, schema.lists[c])
+        mm = pc.min_max(ids)
+        if len(ids) and (mm["min"].as_py() < lo or mm["max"].as_py() > hi):
+            values = ids.to_numpy().astype(np.int64)
+            i = int(np.flatnonzero((values < lo) | (values > hi))[0])
+            row = i if rows is None else int(rows[i])
+            raise ValueError(f"{path}: row {start + row}: {c} id {values[i]} is outside its {SCHEMA_FILE} "
                              f"domain [{lo}, {hi}] (cardinality {hi + 1})")
+    return longest
 
 
 def _convert(batch: pa.RecordBatch, schema: pa.Schema, dense: List[str], sparse: List[str]) -> pa.Table:
     cols = [pa.array(batch.column(LABEL).to_numpy(zero_copy_only=False).astype(np.int8))]
     cols += [pa.array(batch.column(c).to_numpy(zero_copy_only=False).astype(np.float32)) for c in dense]
-    cols += [pa.array(batch.column(c).to_numpy().astype(np.int64)) for c in sparse]
+    cols += [batch.column(c).cast(schema.field(c).type) if _is_list(batch.column(c).type)
+             else pa.array(batch.column(c).to_numpy().astype(np.int64)) for c in sparse]
     return pa.Table.from_arrays(cols, schema=schema)
 
 
@@ -232,21 +289,25 @@ def prepare_nvtabular(src: PathLike, out: PathLike, config: Optional[PrepConfig]
     train_schema = schemas["train"]
     dense, sparse = _features(train_schema)
     for split, other in schemas.items():
-        if other.path != train_schema.path and (_features(other) != (dense, sparse) or other.domains != train_schema.domains):
+        if other.path != train_schema.path and (_features(other) != (dense, sparse) or other.domains != train_schema.domains
+                                                   or other.lists != train_schema.lists):
             raise ValueError(f"{other.path} disagrees with {train_schema.path} (columns or cardinalities): "
                              "the splits must come from one NVTabular workflow")
     files = {s: (_parquet_files(d) if d is not None else []) for s, d in dirs.items()}
     rows: Dict[str, int] = {}
+    longest = {c: 0 for c in train_schema.lists}
     for split, paths in files.items():  # check everything before writing anything
         for path in paths:
             pf = pq.ParquetFile(path)
-            _check_columns(path, pf.schema_arrow.names, pf.schema_arrow, dense, sparse)
+            _check_columns(path, pf.schema_arrow.names, pf.schema_arrow, dense, sparse, train_schema.lists)
             start = 0
             for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=[LABEL, *dense, *sparse]):
-                _check_batch(path, start, batch, dense, sparse, train_schema.domains)
+                for c, n in _check_batch(path, start, batch, dense, sparse, train_schema).items():
+                    longest[c] = max(longest[c], n)
                 start += batch.num_rows
             rows[str(path)] = start
-    schema = parquet_schema(dense, sparse)
+    multi_hot = {c: stated or max(longest[c], 1) for c, stated in train_schema.lists.items()}
+    schema = parquet_schema(dense, sparse, multi_hot=tuple(multi_hot))
     with staging_dir(out_path) as tmp:
         writers = {s: SplitWriter(tmp, s, schema, cfg) for s in SPLITS}
         for split, paths in files.items():
@@ -280,7 +341,7 @@ def prepare_nvtabular(src: PathLike, out: PathLike, config: Optional[PrepConfig]
                                "not transformed again",
             "sparse_transform": f"ids as in the parquet files (Categorify); table_sizes = int_domain max + 1 "
                                 f"from {SCHEMA_FILE}",
-            **bag_meta(sparse),
+            **bag_meta(sparse, multi_hot=multi_hot),
         }
         write_meta(tmp, meta)
         publish(tmp, out_path, cfg.overwrite)

@@ -286,3 +286,108 @@ def test_bad_dlrm_bin_is_one_line_and_publishes_nothing(tmp_path: Path, capsys: 
     elif damage == "two_sets":
         (src / "train_data.bin").write_bytes(b"")
     _one_line_exit_2(["from-dlrm-bin", str(src), str(tmp_path / "ds")], capsys, message, tmp_path / "ds")
+
+
+# --- NVTabular multi-hot (list columns) -----------------------------------------------------------
+
+
+def _nvt_list_schema(list_max: int = 5, cat2_list: bool = True) -> str:
+    """schema.pbtxt with one single-hot cat_0, a list cat_1 with value_count max, a ragged list cat_2
+    without a stated max (Merlin writes list features with value_count and the 'list' tag)."""
+    def cat(i: int, card: int, extra: str) -> str:
+        tag = '    tag: "list"\n' if "value_count" in extra or (i == 2 and cat2_list) else ""
+        return (f'feature {{\n  name: "cat_{i}"\n{extra}  type: INT\n  int_domain {{\n    name: "cat_{i}"\n    min: 0\n'
+                f'    max: {card - 1}\n    is_categorical: true\n  }}\n  annotation {{\n{tag}'
+                f'    tag: "categorical"\n  }}\n}}\n')
+    return (cat(0, 7, "") + cat(1, 50, f"  value_count {{\n    min: 0\n    max: {list_max}\n  }}\n") + cat(2, 9, "")
+            + 'feature {\n  name: "int_0"\n  type: FLOAT\n  annotation {\n    tag: "continuous"\n  }\n}\n'
+            + 'feature {\n  name: "label"\n  type: FLOAT\n  annotation {\n    tag: "target"\n  }\n}\n')
+
+
+def _bags(rng: np.random.Generator, rows: int, longest: int, card: int) -> List[List[int]]:
+    return [rng.integers(0, card, int(n)).tolist() for n in rng.integers(0, longest + 1, rows)]
+
+
+def _write_nvt_lists(root: Path, rows: Dict[str, List[int]], seed: int = 0) -> Dict[str, pa.Table]:
+    rng = np.random.default_rng(seed)
+    tables = {}
+    for split, parts in rows.items():
+        (root / split).mkdir(parents=True)
+        (root / split / "schema.pbtxt").write_text(_nvt_list_schema())
+        pieces = []
+        for n, r in enumerate(parts):
+            t = pa.table({
+                "cat_0": pa.array(rng.integers(0, 7, r), pa.int64()),
+                "cat_1": pa.array(_bags(rng, r, 4, 50), pa.list_(pa.int64())),
+                "cat_2": pa.array(_bags(rng, r, 6, 9), pa.list_(pa.int32())),
+                "int_0": pa.array(rng.random(r).astype(np.float32)),
+                "label": pa.array(rng.integers(0, 2, r).astype(np.float32)),
+            })
+            pq.write_table(t, root / split / f"part_{n}.parquet")
+            pieces.append(t)
+        tables[split] = pa.concat_tables(pieces)
+    return tables
+
+
+def test_nvtabular_list_columns_convert_to_bags(tmp_path: Path) -> None:
+    tables = _write_nvt_lists(tmp_path / "nvt", {"train": [60, 50], "validation": [30], "test": [25]})
+    out = tmp_path / "ds"
+    assert prep_main(["nvtabular", str(tmp_path / "nvt"), str(out), "--row-group-rows", "32"]) == 0
+    meta = read_meta(out)
+    assert meta["rows_read"] == 165 and {s: meta["splits"][s]["rows"] for s in ("train", "val", "test")} == {
+        "train": 110, "val": 30, "test": 25}
+    want = pa.concat_tables([tables[s] for s in ("train", "validation", "test")])
+    longest_cat2 = max(len(b) for b in want.column("cat_2").to_pylist())
+    assert meta["multi_hot"] == {"cat_1": 5, "cat_2": longest_cat2}  # stated max (bags hold <= 4); longest when none stated
+    assert meta["table_sizes"] == {"cat_0": 7, "cat_1": 50, "cat_2": 9}
+    got = _all_rows(out)
+    assert got.schema.field("cat_2").type == pa.list_(pa.int64()) and got.schema.field("cat_0").type == pa.int64()
+    for row in (0, 59, 60, 109, 110, 139, 140, 164):
+        for c in ("label", "int_0", "cat_0", "cat_1", "cat_2"):
+            assert got.column(c)[row].as_py() == want.column(c)[row].as_py(), (row, c)
+    assert any(len(b) == 0 for b in got.column("cat_1").to_pylist())  # empty bags kept as empty bags
+    check_dataset(DatasetMeta.load(out))
+    kjt = next(iter(ParquetBatchStream(out, "train", 20))).batch.sparse_features
+    assert kjt["cat_1"].lengths().tolist() == [len(b) for b in want.column("cat_1").to_pylist()[:20]]
+    assert kjt["cat_2"].values().tolist() == [i for b in want.column("cat_2").to_pylist()[:20] for i in b]
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("too_long", r"train/part_1.parquet: row 6: cat_1 bag of 6 ids is longer than its schema.pbtxt value_count max 5"),
+    ("null_id", r"validation/part_0.parquet: row 3: cat_2 has a null id in its bag"),
+    ("null_bag", r"train/part_0.parquet: row 2: cat_1 is a null bag"),
+    ("out_of_domain", r"test/part_0.parquet: row 7: cat_1 id 50 is outside its schema.pbtxt domain \[0, 49\]"),
+    ("scalar_in_parquet", r"train/part_0.parquet: cat_1 is int64 but schema.pbtxt declares a list"),
+    ("list_not_declared", r"train/part_0.parquet: cat_2 is list<element: int32> but schema.pbtxt declares one id per row"),
+])
+def test_bad_nvtabular_lists_are_one_line_and_publish_nothing(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                              damage: str, message: str) -> None:
+    src = tmp_path / "nvt"
+    _write_nvt_lists(src, {"train": [20, 20], "validation": [20], "test": [20]})
+
+    def edit(rel: str, column: str, fn) -> None:  # type: ignore[no-untyped-def]
+        t = pq.read_table(src / rel)
+        i = t.schema.get_field_index(column)
+        pq.write_table(t.set_column(i, column, fn(t.column(column).combine_chunks())), src / rel)
+
+    def set_bag(rel: str, column: str, row: int, bag) -> None:  # type: ignore[no-untyped-def]
+        def fn(col: pa.Array) -> pa.Array:
+            bags = col.to_pylist()
+            bags[row] = bag
+            return pa.array(bags, col.type)
+        edit(rel, column, fn)
+
+    if damage == "too_long":
+        set_bag("train/part_1.parquet", "cat_1", 6, [1, 2, 3, 4, 5, 6])
+    elif damage == "null_id":
+        set_bag("validation/part_0.parquet", "cat_2", 3, [1, None])
+    elif damage == "null_bag":
+        set_bag("train/part_0.parquet", "cat_1", 2, None)
+    elif damage == "out_of_domain":
+        set_bag("test/part_0.parquet", "cat_1", 7, [3, 50])
+    elif damage == "scalar_in_parquet":
+        edit("train/part_0.parquet", "cat_1", lambda col: pa.array([(b or [0])[0] for b in col.to_pylist()], pa.int64()))
+    else:
+        for d in ("train", "validation", "test"):
+            (src / d / "schema.pbtxt").write_text(_nvt_list_schema(cat2_list=False))
+    _one_line_exit_2(["nvtabular", str(src), str(tmp_path / "ds")], capsys, message, tmp_path / "ds")
