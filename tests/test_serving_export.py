@@ -27,7 +27,7 @@ from mlet_dist.serving.model import ServingModelConfig
 from mlet_dist.serving.predict_module import build_predict_module, script_predict_module
 from mlet_dist.serving.safetensors_io import load_weights_model, read_weights
 from mlet_dist.serving.scoring import ScoringStream, rows_per_feature
-from mlet_dist.serving.sharded_quant import ranks_of_tables, shard_predict_module
+from mlet_dist.serving.sharded_quant import ranks_of_tables, shard_predict_module, table_bytes_per_rank
 from mlet_dist.training.evaluation import Predictions
 
 BATCH = 512
@@ -267,6 +267,27 @@ def test_tables_sharded_over_two_ranks_equal_unsharded(exported, precision: str)
     assert (_score(sharded, requests) - unsharded).abs().max() <= 1e-6
     scripted = script_predict_module(sharded, requests[0])
     assert (_score(scripted, requests) - unsharded).abs().max() <= 1e-6
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp16"])
+def test_each_rank_holds_only_its_tables(exported, precision: str) -> None:
+    """The memory split: rank r's lookup (cuda:r with GPUs) stores only the tables the plan gives r,
+    so a model larger than one device's memory can be served. Expected bytes per rank come from the
+    unsharded module's quantized tables (rows x row bytes, scale/bias included)."""
+    from torchrec.inference.modules import get_table_to_weights_from_tbe
+
+    served, _ = load_serving_model(exported.serving)
+    module = build_predict_module(served, precision)
+    table_bytes = {t: w.numel() * w.element_size() + (0 if q is None else q.numel() * q.element_size())
+                   for t, (w, q) in get_table_to_weights_from_tbe(module).items()}
+    sharded, plan = shard_predict_module(module, world_size=2)
+    expected = {r: sum(table_bytes[t] for t, ranks in ranks_of_tables(plan).items() if r in ranks) for r in (0, 1)}
+    held = table_bytes_per_rank(sharded)
+    total = sum(table_bytes.values())
+    assert set(held) == {0, 1} and sum(expected.values()) == total
+    for rank in (0, 1):
+        assert expected[rank] <= held[rank] <= expected[rank] * 1.02 + 4096, (rank, held, expected)
+        assert held[rank] < 0.9 * total, (held, total)
 
 
 def test_sharding_refuses_float_tables(exported) -> None:

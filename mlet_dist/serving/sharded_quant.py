@@ -67,6 +67,21 @@ def _one_row(num_features: int, dense_arch: torch.nn.Module, device: str) -> Dic
     }
 
 
+def table_bytes_per_rank(sharded: torch.nn.Module) -> Dict[int, int]:
+    """Bytes of table storage each rank's lookup holds (rank r's lives on cuda:r with GPUs): the
+    memory split that lets tables larger than one device be served. Reads TorchRec's per-rank
+    lookups (``_lookups[i]._embedding_lookups_per_rank``, empty ranks skipped, ``_is_empty_rank``)."""
+    held: Dict[int, int] = {}
+    for module in sharded.modules():
+        if type(module).__name__ != "ShardedQuantEmbeddingBagCollection":
+            continue
+        for lookup in module._lookups:
+            ranks = [r for r, empty in enumerate(lookup._is_empty_rank) if not empty]
+            for rank, per_rank in zip(ranks, lookup._embedding_lookups_per_rank, strict=True):
+                held[rank] = held.get(rank, 0) + sum(b.numel() * b.element_size() for b in per_rank.buffers())
+    return held
+
+
 def ranks_of_tables(plan: ShardingPlan) -> "dict[str, list[int]]":
     """table -> ranks holding it, from the plan."""
     return {
