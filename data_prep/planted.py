@@ -39,6 +39,7 @@ import numpy as np
 import pyarrow as pa
 
 from data_prep.dataset_format import FORMAT_VERSION, LABEL, SPLITS, bag_meta, parquet_schema, write_meta
+from data_prep.metrics import binary_auc, expected_auc, log_loss
 from data_prep.pipeline import (
     PrepConfig,
     PrepResult,
@@ -108,56 +109,6 @@ class PlantedSpec:
     @property
     def dense_features(self) -> List[str]:
         return [f"I{i}" for i in range(1, self.dense + 1)]
-
-
-# ----------------------------------------------------------------------------
-# Metrics (numpy only: data_prep stays free of torch)
-# ----------------------------------------------------------------------------
-
-
-def _tie_groups(sorted_scores: np.ndarray) -> tuple:
-    cuts = np.flatnonzero(np.diff(sorted_scores)) + 1
-    starts = np.concatenate([[0], cuts])
-    ends = np.concatenate([cuts, [len(sorted_scores)]])
-    return starts, ends
-
-
-def binary_auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """ROC AUC (Mann-Whitney, ties count one half); nan when one class is absent."""
-    scores = np.asarray(scores, np.float64)
-    labels = np.asarray(labels).astype(bool)
-    n_pos = int(labels.sum())
-    n_neg = len(labels) - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    starts, ends = _tie_groups(scores[order])
-    mid_rank = np.repeat((starts + ends + 1) / 2.0, ends - starts)  # 1-based average rank
-    rank_sum = float(mid_rank[labels[order]].sum())
-    return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
-
-
-def expected_auc(scores: np.ndarray, probs: np.ndarray) -> float:
-    """AUC expected when each row's label is Bernoulli(probs) independently (soft labels):
-    sum over pairs i != j of p_i (1 - p_j) [s_i > s_j] (ties 1/2), over sum of p_i (1 - p_j)."""
-    scores = np.asarray(scores, np.float64)
-    p = np.asarray(probs, np.float64)
-    order = np.argsort(scores, kind="mergesort")
-    ps, ns = p[order], 1.0 - p[order]
-    starts, ends = _tie_groups(scores[order])
-    pos_g = np.add.reduceat(ps, starts) if len(ps) else np.zeros(0)
-    neg_g = np.add.reduceat(ns, starts) if len(ps) else np.zeros(0)
-    neg_below = np.concatenate([[0.0], np.cumsum(neg_g)[:-1]])
-    self_pairs = float((ps * ns).sum())
-    num = float((pos_g * (neg_below + 0.5 * neg_g)).sum()) - 0.5 * self_pairs
-    den = float(ps.sum() * ns.sum()) - self_pairs
-    return num / den if den > 0 else float("nan")
-
-
-def log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
-    p = np.clip(np.asarray(probs, np.float64), 1e-12, 1 - 1e-12)
-    y = np.asarray(labels, np.float64)
-    return float(-(y * np.log(p) + (1 - y) * np.log1p(-p)).mean()) if len(p) else float("nan")
 
 
 # ----------------------------------------------------------------------------

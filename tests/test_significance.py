@@ -13,7 +13,8 @@ import pytest
 import torch
 from torchmetrics.functional.classification import binary_auroc
 
-from mlet_dist.sweep.significance import WeightedAUC, bootstrap_aucs, compare_seeds, t_cdf, t_ppf, welch_se_df
+from data_prep.metrics import WeightedAUC
+from mlet_dist.sweep.significance import bootstrap_aucs, compare_seeds, t_cdf, t_ppf, welch_se_df
 
 # R: t.test(extra ~ group, data = sleep) (Welch): t = -1.8608, df = 17.776, p-value = 0.07939,
 # 95 percent confidence interval: -3.3654832  0.2054832

@@ -29,31 +29,7 @@ from typing import Any, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-
-class WeightedAUC:
-    """AUC of fixed scores under varying row weights (ties count one half)."""
-
-    def __init__(self, scores: np.ndarray, labels: np.ndarray) -> None:
-        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-        labels = np.asarray(labels).reshape(-1)
-        if scores.shape != labels.shape:
-            raise ValueError(f"scores {scores.shape} and labels {labels.shape} differ in length")
-        self.order = np.argsort(scores, kind="stable")
-        ranked = scores[self.order]
-        self.group = np.concatenate([[0], np.cumsum(ranked[1:] != ranked[:-1])])  # tie groups, ascending
-        self.num_groups = int(self.group[-1]) + 1 if len(ranked) else 0
-        self.positive = labels[self.order] > 0
-
-    def __call__(self, weights: np.ndarray) -> float:
-        w = weights[self.order]
-        pos = np.bincount(self.group, weights=np.where(self.positive, w, 0.0), minlength=self.num_groups)
-        neg = np.bincount(self.group, weights=np.where(self.positive, 0.0, w), minlength=self.num_groups)
-        total_pos, total_neg = pos.sum(), neg.sum()
-        if total_pos == 0 or total_neg == 0:
-            return float("nan")
-        below = np.cumsum(neg) - neg  # negatives strictly below each tie group
-        return float((pos * (below + 0.5 * neg)).sum() / (total_pos * total_neg))
-
+from data_prep.metrics import WeightedAUC
 
 DEFAULT_LEVEL = 0.95
 DEFAULT_MARGIN = 0.003  # AUC: differences inside +-margin count as "the same" (when TOST shows it)

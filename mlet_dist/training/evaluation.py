@@ -1,17 +1,15 @@
 """Evaluation: predictions gathered from all ranks, then AUC / logloss / normalized entropy /
-calibration / accuracy (torchmetrics where it has them)."""
+calibration / accuracy from the project's one metrics module (data_prep.metrics)."""
 
-import math
 from dataclasses import dataclass
 from typing import Dict, Iterable
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
-from torchmetrics.functional.classification import binary_accuracy, binary_auroc
 from tqdm import tqdm
 
+from data_prep.metrics import binary_metrics
 from mlet_dist.data.parquet_batches import LoadedBatch
 
 
@@ -23,23 +21,8 @@ class Predictions:
     labels: torch.Tensor
 
     def metrics(self) -> Dict[str, float]:
-        if self.labels.numel() == 0:
-            raise ValueError("no rows to evaluate")
-        labels = self.labels.long()
-        auc = float(binary_auroc(self.probs, labels)) if labels.min() != labels.max() else float("nan")
-        logloss = float(F.binary_cross_entropy(self.probs.double(), self.labels.double()))
-        ctr = float(self.labels.double().mean())
-        # Normalized entropy (He et al., 2014): logloss over the entropy of always predicting the
-        # base rate; < 1 means better than the base rate. Calibration: predicted / observed clicks.
-        base = -(ctr * math.log(ctr) + (1 - ctr) * math.log(1 - ctr)) if 0 < ctr < 1 else float("nan")
-        return {
-            "auc": auc,
-            "logloss": logloss,
-            "ne": logloss / base if base > 0 else float("nan"),
-            "calibration": float(self.probs.double().mean()) / ctr if ctr > 0 else float("nan"),
-            "accuracy": float(binary_accuracy(self.probs, labels)),
-            "rows": int(labels.numel()),
-        }
+        """auc, logloss, ne, calibration, accuracy, rows (nan where a split has one class)."""
+        return binary_metrics(self.probs.detach().cpu().numpy(), self.labels.detach().cpu().numpy())
 
 
 def _gather_rows(local: torch.Tensor, world_size: int, rank_major: bool) -> torch.Tensor:
