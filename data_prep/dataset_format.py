@@ -132,6 +132,12 @@ def looks_raw(path: PathLike) -> bool:
     return not head.startswith(b"{")
 
 
+def meta_file(path: PathLike) -> Path:
+    """The meta.json of ``path``: the dataset directory's, or ``path`` itself when it is a file."""
+    p = Path(path)
+    return p / META_FILE if p.is_dir() else p
+
+
 def read_meta(path: PathLike) -> Dict[str, Any]:
     """Load and validate meta.json; `path` is the dataset directory or the file itself.
 
@@ -140,7 +146,7 @@ def read_meta(path: PathLike) -> Dict[str, Any]:
     bad dataset fails at start-up rather than deep inside training.
     """
     p = Path(path)
-    meta_path = p / META_FILE if p.is_dir() else p
+    meta_path = meta_file(p)
     if looks_raw(p):
         raise ValueError(raw_file_message(p, "--data"))
     if not meta_path.is_file():
@@ -149,11 +155,14 @@ def read_meta(path: PathLike) -> Dict[str, Any]:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ValueError(f"{meta_path}: invalid JSON: {e}") from e
-    _validate_meta(meta, meta_path)
+    validate_meta(meta, meta_path)
     return meta
 
 
-def _validate_meta(meta: Any, where: Path) -> None:
+def validate_meta(meta: Any, where: PathLike) -> None:
+    """Raise ValueError("<where>: <problem>") unless ``meta`` is a readable meta.json's content.
+    read_meta's check, also used on JSON that arrived by another route (mlet-plan --spec)."""
+
     def fail(msg: str) -> None:
         raise ValueError(f"{where}: {msg}")
 

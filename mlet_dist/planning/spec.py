@@ -5,6 +5,8 @@ small spec file
 
 ``dense_features`` is a count or a list of names (as in meta.json); ``sparse_features``, when
 given, fixes the table order (train.py orders tables by meta.json's ``sparse_features``).
+JSON with a ``format_version`` is a meta.json and must pass data_prep's meta.json check
+(``validate_meta``, the one read_meta uses): a dataset training would refuse is not planned for.
 """
 
 import json
@@ -33,13 +35,12 @@ class TableSpec:
 
 
 def load_table_spec(path: PathLike) -> TableSpec:
-    from data_prep.dataset_format import looks_raw, raw_file_message
+    from data_prep.dataset_format import looks_raw, meta_file, raw_file_message
 
     path = Path(path)
     if looks_raw(path):
         raise SpecError(raw_file_message(path, "--spec"))
-    if path.is_dir():
-        path = path / "meta.json"
+    path = meta_file(path)
     if not path.is_file():
         raise SpecError(f"table spec {path} does not exist (give a meta.json, its dataset dir, or a spec file)")
     try:
@@ -50,12 +51,15 @@ def load_table_spec(path: PathLike) -> TableSpec:
 
 
 def table_spec_from_dict(data: Any, source: str = "<dict>") -> TableSpec:
-    from data_prep.dataset_format import READABLE_VERSIONS
+    from data_prep.dataset_format import validate_meta
 
     if not isinstance(data, dict) or not isinstance(data.get("table_sizes"), dict) or not data["table_sizes"]:
         raise SpecError(f"{source}: needs a non-empty \"table_sizes\" object {{feature: rows}}")
-    if "format_version" in data and data["format_version"] not in READABLE_VERSIONS:
-        raise SpecError(f"{source}: meta.json format_version {data['format_version']!r} is not one of {READABLE_VERSIONS}")
+    if "format_version" in data:
+        try:
+            validate_meta(data, source)
+        except ValueError as err:
+            raise SpecError(str(err)) from None
     sizes = data["table_sizes"]
     order = data.get("sparse_features") or list(sizes)
     missing = [f for f in order if f not in sizes]

@@ -9,7 +9,6 @@ is computed within each bucket. The data and the buckets are the same for every 
 buckets of a baseline and an MLET run at the same d compare directly.
 """
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,13 +17,14 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import pyarrow.parquet as pq
 
-from data_prep.dataset_format import read_meta
-from data_prep.planted import binary_auc
+from data_prep.dataset_format import meta_file, read_meta
+from data_prep.metrics import binary_auc
+from mlet_dist.digests import sha256_file
 
 
 def _data_fingerprint(data_dir: Path) -> str:
-    meta = (Path(data_dir) / "meta.json").read_bytes()
-    return hashlib.sha256(meta).hexdigest()[:16]
+    """Which dataset a cached count file belongs to: the sha256 of its meta.json."""
+    return sha256_file(meta_file(data_dir))[:16]
 
 
 def train_id_counts(data_dir: Path, features: Optional[Sequence[str]] = None,
