@@ -96,3 +96,10 @@ def test_the_check_sees_an_upward_import(tmp_path: Path) -> None:
     found = _imports(tmp_path / "mlet_dist")
     assert found == [("mlet_dist.modules.bad", "mlet_dist.training.trainer", False)]
     assert _upward(found) == ["mlet_dist.modules.bad (layer 1) imports mlet_dist.training.trainer (layer 4)"]
+
+
+def test_data_prep_imports_nothing_of_mlet_dist() -> None:
+    """data_prep is below every layer: mlet_dist reads its format and metrics (dataset_format,
+    metrics), never the reverse, and importing mlet_dist would pull torch into data_prep."""
+    found = [(a, b) for a, b, _ in _imports(ROOT.parent / "data_prep")]
+    assert not found, f"data_prep imports mlet_dist: {found}"
