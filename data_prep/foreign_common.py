@@ -113,7 +113,7 @@ def bag_column(ids: np.ndarray) -> pa.Array:
 
 def write_converted(
     out: Path, cfg: PrepConfig, schema: pa.Schema, blocks: Iterable[Tuple[str, pa.Table]], *,
-    dataset: str, sources: Sequence[str], rows_per_source: Mapping[str, int],
+    dataset: str, sources: Sequence[str], rows_per_source: Mapping[str, int], source_unit: str = "files",
     dense: Sequence[str], sparse: Sequence[str], table_sizes: Sequence[int], split: Dict[str, Any],
     dense_transform: str, sparse_transform: str, multi_hot: Optional[Mapping[str, int]] = None,
     extra: Optional[Mapping[str, Any]] = None,
@@ -132,7 +132,7 @@ def write_converted(
         meta = {
             "format_version": FORMAT_VERSION,
             "dataset": dataset,
-            "source": names[0] if len(names) == 1 else f"{names[0]} .. {names[-1]} ({len(names)} files)",
+            "source": names[0] if len(names) == 1 else f"{names[0]} .. {names[-1]} ({len(names)} {source_unit})",
             "sources": names,
             "label": LABEL,
             "dense_features": list(dense),

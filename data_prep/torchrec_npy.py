@@ -19,15 +19,14 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pyarrow as pa
 
-from data_prep.dataset_format import (
-    CRITEO_DENSE_FEATURES, CRITEO_SPARSE_FEATURES, FORMAT_VERSION, LABEL, SPLITS, bag_meta, parquet_schema, write_meta,
-)
-from data_prep.pipeline import PrepConfig, PrepResult, SplitWriter, check_output, publish, staging_dir
+from data_prep.dataset_format import CRITEO_DENSE_FEATURES, CRITEO_SPARSE_FEATURES, parquet_schema
+from data_prep.foreign_common import first_bad, load_npy, table_sizes_from, write_converted
+from data_prep.pipeline import PrepConfig, PrepResult, check_output
 
 PathLike = Union[str, Path]
 DATASET = "torchrec-npy"
@@ -59,15 +58,8 @@ def find_days(src: Path) -> List[Day]:
     return days
 
 
-def _load(path: Path) -> np.ndarray:
-    try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as err:  # an object array, or not an .npy file
-        raise ValueError(f"{path}: not a plain numeric .npy array ({err})") from None
-
-
 def _open_day(day: Day) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    dense, sparse, labels = _load(day.dense), _load(day.sparse), _load(day.labels)
+    dense, sparse, labels = load_npy(day.dense), load_npy(day.sparse), load_npy(day.labels)
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
     checks = [
@@ -85,23 +77,19 @@ def _open_day(day: Day) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     return dense, sparse, labels
 
 
-def _first_bad(mask: np.ndarray) -> int:
-    return int(np.flatnonzero(mask)[0])
-
-
 def _scan(day: Day, start: int, dense: np.ndarray, sparse: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Validate one block (rows from ``start``); its per-feature max ids."""
     bad = (labels != 0) & (labels != 1)
     if bad.any():
-        row = _first_bad(bad)
+        row = first_bad(bad)
         raise ValueError(f"{day.labels}: row {start + row}: label {labels[row].item()} is not 0 or 1")
     bad = ~np.isfinite(dense).all(axis=1)
     if bad.any():
-        raise ValueError(f"{day.dense}: row {start + _first_bad(bad)}: non-finite dense value")
+        raise ValueError(f"{day.dense}: row {start + first_bad(bad)}: non-finite dense value")
     bad = (sparse < 0).any(axis=1)
     if bad.any():
-        row = _first_bad(bad)
-        col = _first_bad(sparse[row] < 0)
+        row = first_bad(bad)
+        col = first_bad(sparse[row] < 0)
         raise ValueError(f"{day.sparse}: row {start + row}: negative id {sparse[row, col]} in {CRITEO_SPARSE_FEATURES[col]}")
     return sparse.max(axis=0) if len(sparse) else np.full(sparse.shape[1], -1)
 
@@ -121,59 +109,32 @@ def prepare_torchrec_npy(
         for lo in range(0, len(labels), BLOCK_ROWS):
             hi = lo + BLOCK_ROWS
             max_ids = np.maximum(max_ids, _scan(day, lo, dense[lo:hi], sparse[lo:hi], labels[lo:hi]))
-    sizes = [int(m) + 1 if m >= 0 else 1 for m in max_ids]
-    if table_sizes is not None:
-        if len(table_sizes) != len(sizes):
-            raise ValueError(f"need {len(sizes)} table sizes, got {len(table_sizes)}")
-        too_big = [(f, int(m), int(n)) for f, m, n in zip(CRITEO_SPARSE_FEATURES, max_ids, table_sizes) if m >= n]
-        if too_big:
-            f, m, n = too_big[0]
-            raise ValueError(f"feature {f}: id {m} in the day files is outside the given table size {n}")
-        sizes = [int(n) for n in table_sizes]
+    sizes = table_sizes_from(CRITEO_SPARSE_FEATURES, max_ids, table_sizes, "the day files")
     rows_per_day = [len(labels) for _, _, labels in opened]
-    last_val = (rows_per_day[-1] + 1) // 2
     schema = parquet_schema()
-    with staging_dir(out_path) as tmp:
-        writers = {s: SplitWriter(tmp, s, schema, cfg) for s in SPLITS}
-        for i, (dense, sparse, labels) in enumerate(opened):
-            for lo in range(0, len(labels), BLOCK_ROWS):
-                hi = min(lo + BLOCK_ROWS, len(labels))
-                cols = [pa.array(np.asarray(labels[lo:hi]).astype(np.int8))]
-                cols += [pa.array(np.asarray(dense[lo:hi, j], np.float32)) for j in range(dense.shape[1])]
-                cols += [pa.array(np.asarray(sparse[lo:hi, j], np.int64)) for j in range(sparse.shape[1])]
-                table = pa.Table.from_arrays(cols, schema=schema)
-                if i < len(opened) - 1:
-                    writers["train"].write(table)
-                    continue
-                cut = min(max(last_val - lo, 0), hi - lo)
-                writers["val"].write(table.slice(0, cut))
-                writers["test"].write(table.slice(cut))
-        for w in writers.values():
-            w.close()
-        names = [d.labels.name.replace("_labels.npy", "") for d in days]
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "dataset": DATASET,
-            "source": names[0] if len(names) == 1 else f"{names[0]} .. {names[-1]} ({len(names)} days)",
-            "sources": names,
-            "label": LABEL,
-            "dense_features": list(CRITEO_DENSE_FEATURES),
-            "sparse_features": list(CRITEO_SPARSE_FEATURES),
-            "table_sizes": dict(zip(CRITEO_SPARSE_FEATURES, sizes)),
-            "min_count": 1,
-            "hash_size": None,
-            "hashed_features": {},
-            "splits": {s: {"rows": writers[s].rows, "files": writers[s].files} for s in SPLITS},
-            "split": {"method": "days", "train_files": len(days) - 1, "val_test": "last file halved"},
-            "rows_read": int(sum(rows_per_day)),
-            "rows_rejected": 0,
-            "rows_rejected_by_kind": {},
-            "rows_per_source": dict(zip(names, map(int, rows_per_day))),
-            "rejects_file": None,
-            "dense_transform": "TorchRec's, as in the .npy files (log of the shifted counts); not transformed again",
-            "sparse_transform": "ids as in the .npy files; table_sizes = max id + 1 unless given",
-            **bag_meta(CRITEO_SPARSE_FEATURES),
-        }
-        write_meta(tmp, meta)
-        publish(tmp, out_path, cfg.overwrite)
-    return PrepResult(out_dir=out_path, meta=meta)
+    names = [d.labels.name.replace("_labels.npy", "") for d in days]
+    return write_converted(
+        out_path, cfg, schema, _blocks(opened, schema), dataset=DATASET, sources=names, source_unit="days",
+        rows_per_source=dict(zip(names, rows_per_day)), dense=CRITEO_DENSE_FEATURES, sparse=CRITEO_SPARSE_FEATURES,
+        table_sizes=sizes, split={"method": "days", "train_files": len(days) - 1, "val_test": "last file halved"},
+        dense_transform="TorchRec's, as in the .npy files (log of the shifted counts); not transformed again",
+        sparse_transform="ids as in the .npy files; table_sizes = max id + 1 unless given",
+    )
+
+
+def _blocks(opened: List[Tuple[np.ndarray, np.ndarray, np.ndarray]], schema: pa.Schema) -> Iterator[Tuple[str, pa.Table]]:
+    """(split, table) blocks in day order: all days but the last are train, the last is halved."""
+    last_val = (len(opened[-1][2]) + 1) // 2
+    for i, (dense, sparse, labels) in enumerate(opened):
+        for lo in range(0, len(labels), BLOCK_ROWS):
+            hi = min(lo + BLOCK_ROWS, len(labels))
+            cols = [pa.array(np.asarray(labels[lo:hi]).astype(np.int8))]
+            cols += [pa.array(np.asarray(dense[lo:hi, j], np.float32)) for j in range(dense.shape[1])]
+            cols += [pa.array(np.asarray(sparse[lo:hi, j], np.int64)) for j in range(sparse.shape[1])]
+            table = pa.Table.from_arrays(cols, schema=schema)
+            if i < len(opened) - 1:
+                yield "train", table
+                continue
+            cut = min(max(last_val - lo, 0), hi - lo)
+            yield "val", table.slice(0, cut)
+            yield "test", table.slice(cut)
