@@ -229,6 +229,21 @@ def test_max_ind_range_hashes_as_the_reference(tmp_path: Path) -> None:
     _check_reference_rows(tmp_path / "ds", arrays, modulo=10)
 
 
+def test_counts_and_day_counts_found_or_given(tmp_path: Path) -> None:
+    """.bin without *_fea_count.npz: sizes max id + 1 (said in meta); .npz with --day-count elsewhere."""
+    arrays = _reference_arrays(3)
+    _write_bins(tmp_path / "bin", arrays)
+    (tmp_path / "bin" / "day_fea_count.npz").unlink()
+    assert prep_main(["from-dlrm-bin", str(tmp_path / "bin"), str(tmp_path / "b")]) == 0
+    meta = read_meta(tmp_path / "b")
+    assert [meta["table_sizes"][f"C{j + 1}"] for j in range(26)] == (arrays["X_cat"].max(axis=0) + 1).tolist()
+    assert "max id + 1" in meta["sparse_transform"]
+    src = _write_npz(tmp_path / "raw", arrays)
+    (tmp_path / "raw" / "train_day_count.npz").rename(tmp_path / "days.npz")
+    assert prep_main(["from-dlrm-npz", str(src), str(tmp_path / "n"), "--day-count", str(tmp_path / "days.npz")]) == 0
+    _check_reference_rows(tmp_path / "n", arrays)
+
+
 @pytest.mark.parametrize("damage, message", [
     ("label", r"kaggleAdDisplayChallenge_processed.npz: row 17: label 3 is not 0 or 1"),
     ("negative", r"kaggleAdDisplayChallenge_processed.npz: row 60: negative id -1 in C2"),
