@@ -6,7 +6,7 @@ The input is synthetic Criteo Kaggle-format TSV (data_prep.synthetic, power-law 
 * `mlet-prep wN`: prepare_criteo_kaggle with --workers N (two passes + the tail pass, validation,
   rejects, splits, vocabularies; the same output bytes for every N);
 * `pyarrow`: pyarrow's multithreaded CSV reader (all cores) + dictionary encoding of the 26
-  categorical columns + one zstd parquet write: one pass, no validation, rejects, splits or
+  categorical columns + one parquet write with our codec (LZ4_RAW): one pass, no validation, rejects, splits or
   vocabulary ordering (the issue's reference point);
 * `reference` (only at --reference-sizes): what the reference DLRM's data_utils does, line by line
   in Python, everything in memory.
@@ -38,6 +38,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from data_prep.writers import PARQUET_COMPRESSION  # noqa: E402  (the baselines write what we write)
+
 
 def _peak_rss_mb() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -67,7 +69,7 @@ def run_pyarrow(src: Path, out: Path) -> None:
         convert_options=pcsv.ConvertOptions(column_types=types, strings_can_be_null=False),
     )
     out.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, out / "data.parquet", compression="zstd")
+    pq.write_table(table, out / "data.parquet", compression=PARQUET_COMPRESSION)
 
 
 def run_reference(src: Path, out: Path) -> None:
@@ -109,7 +111,7 @@ def run_reference(src: Path, out: Path) -> None:
         cols = {"label": pa.array(y[lo:hi].astype(np.int8))}
         cols.update({f"I{k + 1}": pa.array(dense[lo:hi, k]) for k in range(13)})
         cols.update({f"C{k + 1}": pa.array(ids[lo:hi, k]) for k in range(26)})
-        pq.write_table(pa.table(cols), out / f"{name}.parquet", compression="zstd")
+        pq.write_table(pa.table(cols), out / f"{name}.parquet", compression=PARQUET_COMPRESSION)
 
 
 def _child(kind: str, src: Path, out: Path) -> None:

@@ -16,6 +16,11 @@ import pyarrow.parquet as pq
 from data_prep.dataset_format import part_file
 from data_prep.spec import DatasetSpec, Parsed, PrepConfig, Reject
 
+# Parquet LZ4_RAW, not zstd: zstd's ~25 us set-up per column chunk (~1 ms per 40-column row group)
+# halved the training reader's rows per CPU-second at 8,192-row groups, for files ~30% smaller
+# (FORMAT.md; benchmarks/bench_input.py). Readers need LZ4_RAW support (Arrow >= 9, Spark >= 3.4).
+PARQUET_COMPRESSION = "lz4"
+
 class SplitWriter:
     """Appends tables to part files of at most rows_per_file rows, in row groups
     of exactly row_group_rows rows (the last may be shorter), so the bytes do not
@@ -51,7 +56,7 @@ class SplitWriter:
         self._buffer, self._buffered = ([rest] if rest.num_rows else []), rest.num_rows
         if self._writer is None:
             rel = part_file(self.split, self.first_index + len(self.files))
-            self._writer = pq.ParquetWriter(self.root / rel, self.schema, compression="zstd")
+            self._writer = pq.ParquetWriter(self.root / rel, self.schema, compression=PARQUET_COMPRESSION)
             self.files.append(rel)
         self._writer.write_table(head, row_group_size=n)
         self._file_rows += n
