@@ -19,7 +19,8 @@ Usage:
                             meta.json records the Bayes-optimal AUC of each split)
 Common options: --min-count N, --hash-size N, --count-memory-mb N, --rows-per-file N,
   --row-group-rows N, --block-mb N, --strict, --overwrite, --progress/--no-progress,
-  --workers N (processes; default all cores), --engine local|dask, --scheduler tcp://HOST:8786
+  --workers N (processes; default all cores), --engine local|dask, --scheduler tcp://HOST:8786,
+  --vocab-from DIR (encode with an existing dataset's vocabulary: a later day gets the same ids)
   (raw-data kinds: criteo-kaggle, criteo-terabyte, avazu; the output is the same bytes in every mode).
 Also runnable as `python -m data_prep.cli ...`.
 """
@@ -92,6 +93,10 @@ def _add_common(p: argparse.ArgumentParser, vocab: bool = True) -> None:
                        help="dask scheduler address, e.g. tcp://host:8786 (implies --engine dask; "
                             "default: a local cluster of --workers processes). Inputs and OUT must be "
                             "on a filesystem every worker sees at the same paths")
+        p.add_argument("--vocab-from", default=None, metavar="DIR",
+                       help="encode with the vocabulary of the prepared dataset DIR (e.g. the previous day's) "
+                            "instead of counting: same ids for the same values, id 0 for new ones, same "
+                            "table sizes; the vocabulary is copied into OUT")
     p.add_argument("--rows-per-file", type=_positive_int, default=d.rows_per_file,
                    help=f"max rows per parquet part file (default {d.rows_per_file})")
     p.add_argument("--row-group-rows", type=_positive_int, default=d.row_group_rows,
@@ -208,6 +213,9 @@ def format_summary(result: PrepResult, seconds: Optional[float] = None) -> str:
     hashed = result.meta.get("hashed_features") or {}
     if hashed:
         text += f" Hashed features: {', '.join(f'{k} ({v})' for k, v in hashed.items())}."
+    origin = (result.meta.get("vocabulary") or {}).get("from")
+    if origin:
+        text += f" Ids from the vocabulary of {origin['dir']} (--vocab-from; unseen values -> id 0)."
     if seconds is not None:
         text += f" {seconds:.1f} s."
     return text + f" Wrote {result.out_dir}."
@@ -230,6 +238,7 @@ def _config(args: argparse.Namespace) -> PrepConfig:
             workers=args.workers,
             engine="dask" if args.scheduler else args.engine,
             scheduler=args.scheduler,
+            vocab_from=args.vocab_from,
         )
     if getattr(args, "seed", None) is not None:
         kw["seed"] = args.seed

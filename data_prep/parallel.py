@@ -36,7 +36,8 @@ from data_prep.scan import Progress
 from data_prep.spec import DatasetSpec, PathLike, PrepConfig, PrepResult, Reject
 from data_prep.splits import ChunkSplit, SplitPolicy
 from data_prep.staging import checked_paths, publish, staging_dir
-from data_prep.vocab_build import FeatureVocab, KeyCounter, enforce_cap, finish_vocabs, save_vocabularies
+from data_prep.vocab_build import FeatureVocab, KeyCounter, enforce_cap
+from data_prep.vocab_from import load_saved_vocab, staged_vocabularies
 from data_prep.writers import RejectSink
 from data_prep.ranges import ByteRange, count_lines, plan_ranges
 
@@ -71,6 +72,7 @@ def run_prep_parallel(
 ) -> PrepResult:
     """pipeline.run_prep with cfg.workers processes or a Dask cluster (same output bytes)."""
     paths, out_path = checked_paths(sources, out, cfg.overwrite)
+    saved = load_saved_vocab(cfg.vocab_from, spec) if cfg.vocab_from is not None else None
     total_bytes = sum(p.stat().st_size for p in paths)
     sparse = spec.sparse_features
     window = 2 * cfg.workers
@@ -90,18 +92,17 @@ def run_prep_parallel(
             _first_lines(ranges, line_counts, given_first)
 
         sink = RejectSink(tmp / REJECTS_FILE, cfg.strict, {p.name: p for p in paths})
-        counters: Dict[str, Optional[KeyCounter]] = {f: KeyCounter() for f in sparse}
+        counters: Dict[str, Optional[KeyCounter]] = {f: KeyCounter() for f in sparse} if saved is None else {}
         hashed: Dict[str, str] = {}
         try:
             rows_per_file = _pass1(ctx, engine, ranges, state, given_first, sink, counters, hashed, window,
                                    total_bytes)
             policy.finish_pass1(rows_per_file)
             acc = sum(rows_per_file)
-            if isinstance(policy, ChunkSplit) and acc > policy.train_end:
+            if saved is None and isinstance(policy, ChunkSplit) and acc > policy.train_end:
                 _tail(ctx, engine, ranges, state, counters, policy.train_end, window)
 
-            vocabs, histograms = finish_vocabs(sparse, counters, hashed, cfg)
-            vocab_entries = save_vocabularies(tmp, spec, vocabs)
+            vocabs, histograms, vocab_entries = staged_vocabularies(spec, cfg, counters, hashed, tmp, saved)
             ctx = dataclasses.replace(
                 ctx, vocab_dir=str(tmp), vocab_sizes={n: (int(v.size), v.hashed) for n, v in vocabs.items()}
             )
@@ -120,6 +121,8 @@ def run_prep_parallel(
                           splits_meta,
                           acc, sink, rows_per_file, vocab_entries)
         meta.update(extra_meta or {})
+        if saved is not None:
+            saved.annotate(meta)
         write_meta(tmp, meta)
         publish(tmp, out_path, cfg.overwrite)
     return PrepResult(out_dir=out_path, meta=meta)

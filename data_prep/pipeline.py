@@ -50,6 +50,7 @@ from data_prep.vocab_build import (  # noqa: F401
     DEFAULT_FALLBACK_HASH_SIZE, FeatureVocab, KeyCounter, build_vocab, count_histogram, enforce_cap, finish_vocabs,
     save_vocabularies, unique_counts,
 )
+from data_prep.vocab_from import load_saved_vocab, staged_vocabularies
 from data_prep.writers import (  # noqa: F401
     MAX_REJECT_RAW_BYTES, RejectSink, SplitWriter, clip_raw, encoded_rows, format_reject, reject_kind,
 )
@@ -84,17 +85,19 @@ def run_prep(
     if cfg.workers > 1 or cfg.engine == "dask":
         return run_prep_parallel(spec, sources, out, cfg, policy, extra_meta)
     paths, out_path = checked_paths(sources, out, cfg.overwrite)
+    saved = load_saved_vocab(cfg.vocab_from, spec) if cfg.vocab_from is not None else None
     total_bytes = sum(p.stat().st_size for p in paths)
-    passes = 3 if policy.needs_tail_pass else 2
+    passes = 3 if policy.needs_tail_pass and saved is None else 2
     with staging_dir(out_path) as tmp:
         sink = RejectSink(tmp / REJECTS_FILE, cfg.strict, {p.name: p for p in paths})
         try:
-            counted = _count_pass(spec, paths, cfg, policy, sink, Progress(cfg.progress, total_bytes, f"1/{passes} count"))
+            progress = Progress(cfg.progress, total_bytes, f"1/{passes} count")
+            counted = _count_pass(spec, paths, cfg, policy, sink, progress, count_values=saved is None)
             policy.finish_pass1(counted.rows_per_file)
-            if isinstance(policy, ChunkSplit) and counted.acc > policy.train_end:
+            if saved is None and isinstance(policy, ChunkSplit) and counted.acc > policy.train_end:
                 _tail_pass(spec, paths, cfg, policy, counted, total_bytes, passes)
-            vocabs, histograms = finish_vocabs(spec.sparse_features, counted.counters, counted.hashed, cfg)
-            vocab_entries = save_vocabularies(tmp, spec, vocabs)
+            vocabs, histograms, vocab_entries = staged_vocabularies(
+                spec, cfg, counted.counters, counted.hashed, tmp, saved)
             progress = Progress(cfg.progress, total_bytes, f"{passes}/{passes} write")
             splits_meta, zero_rows = _write_pass(spec, paths, cfg, policy, vocabs, tmp, counted.acc, progress)
         finally:
@@ -102,6 +105,8 @@ def run_prep(
         meta = build_meta(spec, [p.name for p in paths], cfg, policy, vocabs, histograms, counted.hashed, zero_rows,
                           splits_meta, counted.acc, sink, counted.rows_per_file, vocab_entries)
         meta.update(extra_meta or {})
+        if saved is not None:
+            saved.annotate(meta)
         write_meta(tmp, meta)
         publish(tmp, out_path, cfg.overwrite)
     return PrepResult(out_dir=out_path, meta=meta)
@@ -122,11 +127,12 @@ def _count_uniques(
 
 def _count_pass(
     spec: DatasetSpec, paths: Sequence[Path], cfg: PrepConfig, policy: SplitPolicy, sink: RejectSink,
-    progress: Progress,
+    progress: Progress, count_values: bool = True,
 ) -> _Counted:
-    """Pass 1: validate every line (rejects to `sink`), count accepted rows per file and the train
-    values of every feature, hashing the largest ones while the counts exceed count_memory_mb."""
-    counted = _Counted({f: KeyCounter() for f in spec.sparse_features})
+    """Pass 1: validate every line (rejects to `sink`), count accepted rows per file and (unless
+    encoding with a saved vocabulary) the train values of every feature, hashing the largest ones
+    while the counts exceed count_memory_mb."""
+    counted = _Counted({f: KeyCounter() for f in spec.sparse_features} if count_values else {})
     cap = int(cfg.count_memory_mb * (1 << 20))
     for fi, path in enumerate(paths):
         acc_file = 0

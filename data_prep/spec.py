@@ -41,6 +41,7 @@ class PrepConfig:
     workers: int = 1  # worker processes over files / byte ranges (1: this process; parallel.py)
     engine: str = "local"  # "local" (a process pool) or "dask" (a cluster; engine.py)
     scheduler: Optional[str] = None  # dask scheduler address (None: a local cluster of `workers`)
+    vocab_from: Optional[str] = None  # encode with this prepared dataset's vocabulary, no counting (vocab_from.py)
 
     def __post_init__(self) -> None:
         if not isinstance(self.count_memory_mb, (int, float)) or not self.count_memory_mb > 0:
@@ -53,6 +54,9 @@ class PrepConfig:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if self.hash_size is not None and (not isinstance(self.hash_size, int) or self.hash_size < 2):
             raise ValueError(f"hash_size must be an integer >= 2 or None, got {self.hash_size!r}")
+        if self.vocab_from is not None and (self.min_count != 1 or self.hash_size is not None):
+            raise ValueError("--vocab-from encodes with a saved vocabulary; --min-count and --hash-size build a new "
+                             "one and cannot be combined with it")
 
 
 @dataclass(frozen=True)
