@@ -4,6 +4,7 @@
     mlet-sweep --config CONFIG --report-only                     # report from the finished runs
 
 `config` reads the sweep file and expands the grid; `runner` launches each run as its own
-torchrun job (resumable: a run dir with summary.json is done); `rare_items` buckets test
+torchrun job (resumable: a run dir with summary.json is done), or `torchx_runner` submits it as a
+torchx app (launch.scheduler: local_cwd, slurm, kubernetes); `rare_items` buckets test
 examples by the train frequency of their ids; `report` writes the tables and plots.
 """

@@ -2,6 +2,7 @@
 
     mlet-sweep --config configs/sweep_tiny_planted.yaml             # run what is missing, report
     mlet-sweep --config CONFIG --dry-run                            # list the commands it would run
+    mlet-sweep --config CONFIG --scheduler slurm --dry-run          # the sbatch script of each run (torchx)
     mlet-sweep --config CONFIG --report-only                        # report from what has finished
     mlet-sweep --config CONFIG --data DIR --runs-dir DIR --report-dir DIR   # override paths
     mlet-sweep --config configs/sweep_tiny_planted.yaml --report-only --report-dir reports/tiny_planted
@@ -31,7 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-dir", type=Path, default=None, help="override where the report goes (configs: runs/sweeps/<name>/report; "
                    "reports/<name> refreshes a committed report)")
     p.add_argument("--cpu-budget", type=int, default=None, help="override launch.cpu_budget")
-    p.add_argument("--dry-run", action="store_true", help="print the runs that would be launched, run nothing")
+    p.add_argument("--scheduler", default=None, help="override launch.scheduler: torchrun (local subprocesses) or a "
+                   "torchx scheduler (local_cwd, slurm, kubernetes, ...)")
+    p.add_argument("--dry-run", action="store_true", help="print the runs that would be launched (with a torchx "
+                   "scheduler: each run's scheduler request), run nothing")
     p.add_argument("--report-only", action="store_true", help="write the report from finished runs, launch none")
     p.add_argument("--no-report", action="store_true", help="run, but do not write the report")
     return p
@@ -51,7 +55,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         cfg = load_config(args.config, overrides)
         if args.cpu_budget is not None:
             cfg.launch.cpu_budget = args.cpu_budget
-            cfg.launch.__post_init__()
+        if args.scheduler is not None:
+            cfg.launch.scheduler = args.scheduler
+        cfg.launch.__post_init__()
     except (OSError, ValueError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
@@ -59,7 +65,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not args.report_only:
         try:
             statuses = run_sweep(cfg, dry_run=args.dry_run)
-        except FileNotFoundError as err:
+        except (FileNotFoundError, ValueError) as err:  # no data; a bad torchx scheduler or component option
             print(f"{PROG}: error: {err}", file=sys.stderr)
             return 2
         if args.dry_run:

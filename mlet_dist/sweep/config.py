@@ -21,6 +21,14 @@ Example (all keys but ``data`` optional; relative paths are relative to the work
       timeout_s: null                     # per run
       keep_checkpoints: false             # finished runs lose checkpoints/ and best_model/
       tensorboard: false                  # TensorBoard event files in each run dir
+      scheduler: torchrun                 # or a torchx scheduler: local_cwd | slurm | kubernetes | ...
+      # with a torchx scheduler (one app per run from launch/components.py:train; launch/README.md):
+      # nodes: 2                          # world_size = nodes x processes per node
+      # component: {gpu: 8, cpu: 64, memMB: 480000, image: IMG, max_restarts: 2}   # components.py:train options
+      # scheduler_cfg: {partition: gpu, time: "8:00:00"}   # torchx run config (`torchx runopts SCHED`)
+      # max_concurrent: 16                # apps at once (default: cpu budget locally, all on a cluster)
+      # job_data: /data/criteo            # data / runs_dir as the job sees them (default: the same paths)
+      # job_runs_dir: /runs/criteo_sweep
     train_args: [--epochs, 2, --batch-size, 512]   # passed to every train.py run
     arch_args: {dcnv2: [--dcn-low-rank, 32]}        # passed to the runs of one arch
     model_args: {baseline: [--embedding-lr, 0.3]}   # passed to the runs of one model family (tuned lrs)
@@ -35,7 +43,7 @@ Each run is train.py with ``--arch A --model baseline -d D`` or ``--model mlet -
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
@@ -71,23 +79,77 @@ class RunSpec:
         return args
 
 
+TORCHRUN = "torchrun"  # launch.scheduler: each run a local torchrun subprocess (the default)
+# launch/components.py:train options the sweep sets per run (from world_size, nodes, threads_per_rank
+# and the run id); every other option of the component may be given in launch.component
+COMPONENT_RESERVED = ("j", "threads", "name", "script", "script_args")
+TORCHX_ONLY = ("nodes", "component", "scheduler_cfg", "max_concurrent", "poll_s", "job_data", "job_runs_dir")
+
+
 @dataclass
 class LaunchConfig:
-    world_size: int = 1
+    world_size: int = 1  # ranks per run (nodes x processes per node)
     threads_per_rank: int = 1
     cpu_budget: int = field(default_factory=lambda: os.cpu_count() or 1)
     timeout_s: Optional[float] = None
     tensorboard: bool = False
     keep_checkpoints: bool = False  # remove a finished run's checkpoints/ and best_model/
+    # torchrun: local subprocesses; any torchx scheduler (local_cwd, slurm, kubernetes, ...): one
+    # app per run built from launch/components.py:train (mlet_dist/sweep/torchx_runner.py)
+    scheduler: str = TORCHRUN
+    nodes: int = 1  # torchx: nodes per run (-j NODESx(world_size / NODES))
+    component: Dict[str, Any] = field(default_factory=dict)  # torchx: components.py:train options
+    scheduler_cfg: Dict[str, Any] = field(default_factory=dict)  # torchx: run config (partition, queue, ...)
+    max_concurrent: Optional[int] = None  # torchx: apps at once (default: cpu budget locally, all on a cluster)
+    poll_s: Optional[float] = None  # torchx: status polling interval (default 2 s locally, 30 s on a cluster)
+    job_data: Optional[str] = None  # torchx: `data` as the job sees it (default: data, absolute)
+    job_runs_dir: Optional[str] = None  # torchx: `runs_dir` as the job sees it (default: runs_dir, absolute)
 
     def __post_init__(self) -> None:
-        for name in ("world_size", "threads_per_rank", "cpu_budget"):
+        for name in ("world_size", "threads_per_rank", "cpu_budget", "nodes"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"launch.{name} must be >= 1, got {getattr(self, name)}")
+        if not isinstance(self.scheduler, str) or not self.scheduler:
+            raise ValueError(f"launch.scheduler must be {TORCHRUN} or a torchx scheduler name, got {self.scheduler!r}")
+        if self.scheduler == TORCHRUN:
+            given = [f.name for f in fields(self) if f.name in TORCHX_ONLY and getattr(self, f.name) != _default(f)]
+            if given:
+                raise ValueError(f"launch.{given[0]} needs a torchx scheduler (launch.scheduler: local_cwd, "
+                                 f"slurm, kubernetes, ...); with {TORCHRUN} each run is a local torchrun")
+            return
+        if self.world_size % self.nodes:
+            raise ValueError(f"launch.world_size {self.world_size} is not a multiple of launch.nodes {self.nodes}")
+        for name in ("component", "scheduler_cfg"):
+            if not isinstance(getattr(self, name), dict):
+                raise ValueError(f"launch.{name} must be a mapping, got {getattr(self, name)!r}")
+        reserved = sorted(set(self.component) & set(COMPONENT_RESERVED))
+        if reserved:
+            raise ValueError(f"launch.component may not set {reserved}: the sweep sets them per run "
+                             "(j from world_size and nodes, threads from threads_per_rank, name from the run id)")
+        if self.max_concurrent is not None and int(self.max_concurrent) < 1:
+            raise ValueError(f"launch.max_concurrent must be >= 1, got {self.max_concurrent}")
+        if self.poll_s is not None and not float(self.poll_s) > 0:
+            raise ValueError(f"launch.poll_s must be > 0, got {self.poll_s}")
 
     @property
     def parallel_runs(self) -> int:
         return max(1, self.cpu_budget // (self.world_size * self.threads_per_rank))
+
+    @property
+    def procs_per_node(self) -> int:
+        return self.world_size // self.nodes
+
+    def to_json(self) -> Dict[str, Any]:
+        """asdict, without the torchx settings when the sweep runs torchrun (as before they existed)."""
+        out = asdict(self)
+        if self.scheduler == TORCHRUN:
+            for key in ("scheduler", *TORCHX_ONLY):
+                out.pop(key)
+        return out
+
+
+def _default(f: Field) -> Any:
+    return f.default_factory() if f.default_factory is not MISSING else f.default  # type: ignore[misc]
 
 
 @dataclass
@@ -174,7 +236,9 @@ class SweepConfig:
         return self.runs_dir / run.run_id
 
     def to_json(self) -> Dict[str, Any]:
-        return json.loads(json.dumps(asdict(self), default=str))
+        out = asdict(self)
+        out["launch"] = self.launch.to_json()
+        return json.loads(json.dumps(out, default=str))
 
 
 def _ints(value: Any, where: str) -> List[int]:

@@ -10,55 +10,42 @@
   model is ~17 GB per copy) unless ``launch.keep_checkpoints`` is true.
 * Each job is started in its own session; on Ctrl-C (or an exception) the runner ends the
   process groups it started, and only those.
+* ``launch.scheduler: local_cwd | slurm | kubernetes | ...`` submits each run as a torchx app
+  instead (torchx_runner.py); the same rules hold, and the runs write the same files.
 """
 
-import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List
 
 from mlet_dist.sweep.config import RunSpec, SweepConfig
-
-ROOT = Path(__file__).resolve().parents[2]
-TRAIN_SCRIPT = ROOT / "mlet_dist" / "train.py"
-LAUNCH_LOG = "launch.log"
-CHECKPOINT_DIRS = ("checkpoints", "best_model")  # train.py's; only needed while a run is unfinished
-MANIFEST = "sweep.json"
-
-
-@dataclass
-class RunStatus:
-    run: RunSpec
-    run_dir: Path
-    status: str  # "done" (finished before), "ok" (finished now), "failed", "pending", "timeout"
-    seconds: float = 0.0
-    returncode: Optional[int] = None
-    error: str = ""
-
-    def to_json(self) -> Dict[str, object]:
-        return {"run_id": self.run.run_id, "run_dir": str(self.run_dir), "status": self.status,
-                "seconds": round(self.seconds, 3), "returncode": self.returncode, "error": self.error}
-
-
-def is_done(run_dir: Path) -> bool:
-    return (run_dir / "summary.json").is_file()
+from mlet_dist.sweep.run_state import (  # noqa: F401  (re-exported: the runner's public names)
+    CHECKPOINT_DIRS,
+    LAUNCH_LOG,
+    MANIFEST,
+    ROOT,
+    TRAIN_SCRIPT,
+    RunStatus,
+    ensure_data,
+    initial_statuses,
+    is_done,
+    prune_checkpoints,
+    tail,
+    train_flags,
+)
+from mlet_dist.sweep.run_state import write_manifest as _write_manifest
+from mlet_dist.sweep.torchx_runner import run_sweep_torchx
 
 
 def command_for(cfg: SweepConfig, run: RunSpec) -> List[str]:
-    extra = ["--save-predictions"] if cfg.save_predictions else []
-    extra += ["--diagnostics"] if cfg.diagnostics else []
     return [
         sys.executable, "-m", "torch.distributed.run", "--standalone",
         f"--nproc-per-node={cfg.launch.world_size}", str(TRAIN_SCRIPT),
-        "--data", str(cfg.data.resolve()), "--run-dir", str(cfg.run_dir(run).resolve()), "--no-progress",
-        *run.train_args(), *cfg.train_args, *cfg.arch_args.get(run.arch, []),
-        *cfg.model_args.get(run.model, []), *extra,
+        *train_flags(cfg, run, str(cfg.data.resolve()), str(cfg.run_dir(run).resolve())),
     ]
 
 
@@ -73,47 +60,18 @@ def _env(cfg: SweepConfig) -> Dict[str, str]:
     return env
 
 
-def ensure_data(cfg: SweepConfig, log: Callable[[str], None] = print) -> None:
-    """Generate the dataset described by ``prepare`` when ``data`` has none yet."""
-    if (cfg.data / "meta.json").is_file():
-        return
-    if not cfg.prepare:
-        raise FileNotFoundError(f"no prepared dataset at {cfg.data} (and no `prepare` section to make one)")
-    from data_prep.planted import PlantedSpec, generate_planted
-
-    spec_kw = dict(cfg.prepare["planted"] or {})
-    if "cardinality" in spec_kw:
-        c = spec_kw["cardinality"]
-        spec_kw["cardinality"] = tuple(c) if isinstance(c, (list, tuple)) else (int(c),)
-    spec = PlantedSpec(**spec_kw)
-    log(f"[sweep] preparing planted dataset at {cfg.data} ({spec.rows:,} rows)")
-    result = generate_planted(cfg.data, spec)
-    log(f"[sweep] Bayes-optimal AUC: {result.meta['bayes_auc']}")
-
-
 def write_manifest(cfg: SweepConfig, statuses: List[RunStatus]) -> Path:
-    assert cfg.runs_dir is not None
-    cfg.runs_dir.mkdir(parents=True, exist_ok=True)
-    path = cfg.runs_dir / MANIFEST
-    payload = {"config": cfg.to_json(), "runs": [s.to_json() for s in statuses],
-               "commands": {s.run.run_id: command_for(cfg, s.run) for s in statuses}}
-    tmp = path.with_name(f".{MANIFEST}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    tmp.replace(path)
-    return path
-
-
-def _tail(path: Path, chars: int = 1500) -> str:
-    try:
-        return path.read_text(errors="replace")[-chars:]
-    except OSError:
-        return ""
+    return _write_manifest(cfg, statuses, {s.run.run_id: command_for(cfg, s.run) for s in statuses})
 
 
 def run_sweep(cfg: SweepConfig, dry_run: bool = False, log: Callable[[str], None] = print,
               poll_s: float = 0.5) -> List[RunStatus]:
-    """Run every missing run of ``cfg``; returns the status of all runs of the grid."""
-    statuses = [RunStatus(r, cfg.run_dir(r), "done" if is_done(cfg.run_dir(r)) else "pending") for r in cfg.runs()]
+    """Run every missing run of ``cfg``; returns the status of all runs of the grid.
+
+    With ``launch.scheduler`` other than torchrun, each run is a torchx app (torchx_runner)."""
+    if cfg.launch.scheduler != "torchrun":
+        return run_sweep_torchx(cfg, dry_run=dry_run, log=log)
+    statuses = initial_statuses(cfg)
     pending = [s for s in statuses if s.status == "pending"]
     slots = cfg.launch.parallel_runs
     log(f"[sweep] {cfg.name}: {len(statuses)} runs, {len(statuses) - len(pending)} already done, "
@@ -155,10 +113,9 @@ def run_sweep(cfg: SweepConfig, dry_run: bool = False, log: Callable[[str], None
                 if st.status != "timeout":
                     st.status = "ok" if rc == 0 and is_done(st.run_dir) else "failed"
                 if st.status != "ok":
-                    st.error = _tail(st.run_dir / LAUNCH_LOG)
+                    st.error = tail(st.run_dir / LAUNCH_LOG)
                 elif not cfg.launch.keep_checkpoints:
-                    for name in CHECKPOINT_DIRS:
-                        shutil.rmtree(st.run_dir / name, ignore_errors=True)
+                    prune_checkpoints(st.run_dir)
                 log(f"[sweep] {st.status:7s} {st.run.run_id} ({elapsed:.0f} s)"
                     + (f": see {st.run_dir / LAUNCH_LOG}" if st.status != "ok" else ""))
                 write_manifest(cfg, statuses)
