@@ -23,6 +23,15 @@ per-feature counts (16 bytes per distinct train value). When the counts exceed
 hashing (id = splitmix64(value) % hash_size), its counts are dropped, and this is
 repeated until under the cap; meta.json records which features were hashed and
 why. Features that were not hashed are exact.
+
+With --vocab-from DIR (vocab_from.py) nothing is counted and there is no tail pass:
+pass 1 only validates and counts rows, pass 2 encodes with DIR's saved vocabulary.
+
+This module is the single-process run; its pieces live beside it: spec.py (config,
+columns, parse_block), splits.py, scan.py (threaded block reading), vocab_build.py
+(counts, cap, vocabularies), writers.py (part files, rejects), staging.py (OUT's
+checks and atomic publish), raw_meta.py (meta.json). parallel.py runs the same
+passes on worker processes. The old names stay importable from here.
 """
 
 from __future__ import annotations
