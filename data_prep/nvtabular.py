@@ -298,13 +298,16 @@ def prepare_nvtabular(src: PathLike, out: PathLike, config: Optional[PrepConfig]
     longest = {c: 0 for c in train_schema.lists}
     for split, paths in files.items():  # check everything before writing anything
         for path in paths:
-            pf = pq.ParquetFile(path)
-            _check_columns(path, pf.schema_arrow.names, pf.schema_arrow, dense, sparse, train_schema.lists)
-            start = 0
-            for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=[LABEL, *dense, *sparse]):
-                for c, n in _check_batch(path, start, batch, dense, sparse, train_schema).items():
-                    longest[c] = max(longest[c], n)
-                start += batch.num_rows
+            try:
+                pf = pq.ParquetFile(path)
+                _check_columns(path, pf.schema_arrow.names, pf.schema_arrow, dense, sparse, train_schema.lists)
+                start = 0
+                for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=[LABEL, *dense, *sparse]):
+                    for c, n in _check_batch(path, start, batch, dense, sparse, train_schema).items():
+                        longest[c] = max(longest[c], n)
+                    start += batch.num_rows
+            except pa.ArrowException as err:  # damaged file: pyarrow's message does not name it
+                raise ValueError(f"{path}: unreadable parquet ({str(err).splitlines()[0]})") from None
             rows[str(path)] = start
     multi_hot = {c: stated or max(longest[c], 1) for c, stated in train_schema.lists.items()}
     schema = parquet_schema(dense, sparse, multi_hot=tuple(multi_hot))

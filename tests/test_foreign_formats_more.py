@@ -374,6 +374,7 @@ def test_nvtabular_list_columns_convert_to_bags(tmp_path: Path) -> None:
     ("out_of_domain", r"test/part_0.parquet: row 7: cat_1 id 50 is outside its schema.pbtxt domain \[0, 49\]"),
     ("scalar_in_parquet", r"train/part_0.parquet: cat_1 is int64 but schema.pbtxt declares a list"),
     ("list_not_declared", r"train/part_0.parquet: cat_2 is list<element: int32> but schema.pbtxt declares one id per row"),
+    ("damaged", r"validation/part_0.parquet: unreadable parquet \("),
 ])
 def test_bad_nvtabular_lists_are_one_line_and_publish_nothing(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                               damage: str, message: str) -> None:
@@ -402,6 +403,9 @@ def test_bad_nvtabular_lists_are_one_line_and_publish_nothing(tmp_path: Path, ca
         set_bag("test/part_0.parquet", "cat_1", 7, [3, 50])
     elif damage == "scalar_in_parquet":
         edit("train/part_0.parquet", "cat_1", lambda col: pa.array([(b or [0])[0] for b in col.to_pylist()], pa.int64()))
+    elif damage == "damaged":  # a cut copy: pyarrow's own error would not say which file
+        data = (src / "validation/part_0.parquet").read_bytes()
+        (src / "validation/part_0.parquet").write_bytes(data[: len(data) // 2])
     else:
         for d in ("train", "validation", "test"):
             (src / d / "schema.pbtxt").write_text(_nvt_list_schema(cat2_list=False))
