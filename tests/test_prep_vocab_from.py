@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Union
 
 import numpy as np
 import pyarrow as pa
@@ -39,13 +39,13 @@ def _prep(src: Path, out: Path, *flags: str) -> Dict:
     return read_meta(out)
 
 
-def _decoded(src: Path, ds: Path) -> Dict[str, List]:
-    """(raw value, id) of every row and feature: Kaggle's split keeps input order, so the rows of
-    train, val, test concatenated are the input lines (the sample has no malformed line)."""
+def _decoded(src: Union[Path, List[Path]], ds: Path) -> Dict[str, List]:
+    """(raw value, id) of every row and feature: the Kaggle and Terabyte splits keep input order,
+    so the rows of train, val, test concatenated are the input lines (no malformed line here)."""
     meta = read_meta(ds)
     assert meta["rows_rejected"] == 0
     table = pa.concat_tables([pq.read_table(ds / f) for s in ("train", "val", "test") for f in meta["splits"][s]["files"]])
-    rows = [line.split("\t") for line in src.read_text().splitlines()]
+    rows = [line.split("\t") for p in (src if isinstance(src, list) else [src]) for line in p.read_text().splitlines()]
     return {
         name: list(zip((r[CRITEO_NAMES.index(name)] for r in rows), table.column(name).to_pylist()))
         for name in meta["sparse_features"]
@@ -93,6 +93,24 @@ def test_day1_with_day0_vocabulary_keeps_ids_and_gives_new_values_the_oov_id(tmp
     _prep(day1, tmp_path / "fresh", "--hash-size", "1000")
     fresh = _id_mismatches(ids0, _decoded(day1, tmp_path / "fresh"), hashed)
     assert all(fresh[n] > 0 for n in exact if len(known[n]) > 20), fresh
+
+
+def test_terabyte_days_with_a_kaggle_vocabulary(tmp_path: Path) -> None:
+    """criteo-terabyte with --vocab-from (its own split policy; the Criteo features match, so a
+    Kaggle-prepared vocabulary is accepted): the same id rule on two day files."""
+    day0, day1 = _days(tmp_path)
+    half = day1.read_bytes().splitlines(keepends=True)
+    days = [tmp_path / "day_0", tmp_path / "day_1"]
+    days[0].write_bytes(b"".join(half[:2000]))
+    days[1].write_bytes(b"".join(half[2000:]))
+    _prep(day0, tmp_path / "d0")
+    assert cli_main(["criteo-terabyte", *map(str, days), str(tmp_path / "tb"), "--no-progress", "--workers", "1",
+                     "--vocab-from", str(tmp_path / "d0")]) == 0
+    meta = read_meta(tmp_path / "tb")
+    assert meta["dataset"] == "criteo-terabyte" and meta["vocabulary"]["from"]["dataset"] == "criteo-kaggle"
+    assert meta["table_sizes"] == read_meta(tmp_path / "d0")["table_sizes"]
+    assert _id_mismatches(_decoded(day0, tmp_path / "d0"), _decoded(days, tmp_path / "tb")) == \
+        {name: 0 for name in meta["sparse_features"]}
 
 
 def test_the_new_dataset_is_self_contained(tmp_path: Path) -> None:
