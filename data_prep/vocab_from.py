@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data_prep.dataset_format import META_FILE, read_meta
+from data_prep.dataset_format import META_FILE, looks_raw, read_meta
 from data_prep.spec import DatasetSpec, PathLike, PrepConfig
 from data_prep.vocab_build import FeatureVocab, KeyCounter, finish_vocabs, save_vocabularies
 from data_prep.vocabulary import OOV_ID, VOCAB_DIR, vocab_file
@@ -84,6 +84,8 @@ def _fail(source: Path, problem: str) -> VocabFromError:
 def load_saved_vocab(source: PathLike, spec: DatasetSpec) -> SavedVocab:
     """The vocabulary of the prepared dataset at `source`, for encoding raw files of `spec`'s kind."""
     root = Path(source).resolve()
+    if looks_raw(root):
+        raise _fail(root, "a raw data file; give the dataset directory mlet-prep wrote from the earlier data")
     try:
         meta = read_meta(root)
     except (OSError, ValueError) as e:

@@ -194,11 +194,14 @@ def _break(kind: str, vocab_dir: Path) -> str:
     if kind == "not_a_dataset":
         (vocab_dir / "meta.json").unlink()
         return "not a prepared dataset"
+    if kind == "raw_file":  # the raw file instead of the dataset prepared from it
+        (vocab_dir / "raw.tsv").write_bytes((SAMPLES / "criteo_sample.tsv").read_bytes()[:5000])
+        return "a raw data file"
     raise AssertionError(kind)
 
 
 BROKEN = ["missing_file", "truncated_file", "unsorted_keys", "duplicate_ids", "id_past_table", "values_count",
-          "no_vocabulary", "escaping_path", "not_a_dataset"]
+          "no_vocabulary", "escaping_path", "not_a_dataset", "raw_file"]
 
 
 @pytest.fixture(scope="module")
@@ -224,8 +227,9 @@ def test_damaged_vocabulary_is_one_line_and_nothing_published(
     shutil.copytree(day0_dataset / "d0", broken)
     words = _break(kind, broken)
     out = tmp_path / "out"
+    given = broken / "raw.tsv" if kind == "raw_file" else broken
     err = _refused(["criteo-kaggle", str(day0_dataset / "day1.tsv"), str(out), "--no-progress", "--workers", "1",
-                    "--vocab-from", str(broken)], out, capsys)
+                    "--vocab-from", str(given)], out, capsys)
     assert "--vocab-from" in err and words in err, err
 
 
