@@ -45,6 +45,7 @@ def npz_arrays(path: Path) -> Dict[str, np.ndarray]:
     except zipfile.BadZipFile as err:
         raise ValueError(f"{path}: not an .npz archive ({err})") from None
     out: Dict[str, np.ndarray] = {}
+    size = path.stat().st_size
     with open(path, "rb") as f:
         for info in infos:
             if not info.filename.endswith(".npy"):
@@ -66,6 +67,8 @@ def npz_arrays(path: Path) -> Dict[str, np.ndarray]:
             except ValueError as err:
                 raise ValueError(f"{path}: member {info.filename!r}: not an .npy array ({err})") from None
             _numeric(np.empty(0, dtype), path, key)
+            if f.tell() + int(np.prod(shape)) * dtype.itemsize > size:
+                raise ValueError(f"{path}: member {info.filename!r} {shape} runs past the end of the file (truncated?)")
             if int(np.prod(shape)) == 0:
                 out[key] = np.empty(shape, dtype)
             else:

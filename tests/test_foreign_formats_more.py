@@ -102,6 +102,8 @@ def test_mlperf_table_sizes_given(tmp_path: Path, capsys: pytest.CaptureFixture)
     ("member", r"day_0_sparse_multi_hot.npz: members .* where 0..25 were expected"),
     ("dense", r"day_1_dense.npy is missing"),
     ("nan", r"day_0_dense.npy: row 3: non-finite dense value"),
+    ("cut", r"day_1_sparse_multi_hot.npz: not an .npz archive"),
+    ("header", r"day_0_sparse_multi_hot.npz: member '7.npy' \(4000, 1\) runs past the end of the file"),
 ])
 def test_bad_mlperf_input_is_one_line_and_publishes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                              damage: str, message: str) -> None:
@@ -134,6 +136,15 @@ def test_bad_mlperf_input_is_one_line_and_publishes_nothing(tmp_path: Path, caps
         np.savez(src / "day_0_sparse_multi_hot.npz", **b)
     elif damage == "dense":
         (src / "day_1_dense.npy").unlink()
+    elif damage == "cut":  # an interrupted copy
+        data = (src / "day_1_sparse_multi_hot.npz").read_bytes()
+        (src / "day_1_sparse_multi_hot.npz").write_bytes(data[: len(data) // 2])
+    elif damage == "header":  # a member whose .npy header claims more rows than the archive holds
+        data = (src / "day_0_sparse_multi_hot.npz").read_bytes()
+        i = data.index(b"(40, 1)", data.index(b"7.npy"))
+        j = data.index(b"\n", i)  # the header's space padding absorbs the two extra digits
+        assert data[j - 2:j] == b"  "
+        (src / "day_0_sparse_multi_hot.npz").write_bytes(data[:i] + b"(4000, 1)" + data[i + 7:j - 2] + data[j:])
     else:
         dense = days[0]["dense"].copy()
         dense[3, 7] = np.nan
