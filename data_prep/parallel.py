@@ -194,63 +194,96 @@ def _tail(
                 counter.add_unique(*uniq[feature], sign=-1)
 
 
-def _pass2(
-    ctx: tasks.TaskContext, engine: engines.Engine, ranges: Sequence[ByteRange], state: Sequence[_RangeState],
-    tmp: Path, window: int, total_bytes: int,
-) -> Tuple[Dict[str, Any], Dict[str, List[int]], int]:
-    """Encode ranges into pieces, assemble part files as soon as their pieces exist."""
-    cfg, sparse = ctx.cfg, ctx.spec.sparse_features
-    per = cfg.rows_per_file
-    totals = [sum(s.split_rows[k] for s in state) for k in range(len(SPLITS))]  # type: ignore[index]
-    starts = np.zeros((len(ranges) + 1, len(SPLITS)), np.int64)
-    for i, s in enumerate(state):
-        starts[i + 1] = starts[i] + np.asarray(s.split_rows)
-    pieces: List[List[Optional[str]]] = []
-    users = np.zeros((len(ranges), len(SPLITS)), np.int64)  # part files still to read each piece
-    for k in range(len(SPLITS)):
-        for i in range(len(ranges)):
-            lo, hi = starts[i, k], starts[i + 1, k]
-            if hi > lo:
-                users[i, k] = (hi - 1) // per - lo // per + 1
-    next_part = [0] * len(SPLITS)
-    assembling: List[Tuple[Any, str, int, List[Tuple[int, int]]]] = []
-    done_parts: Dict[Tuple[int, int], Tuple[List[str], int]] = {}
-    zero_rows = {n: [0] * len(SPLITS) for n in sparse}
-    progress = Progress(cfg.progress, total_bytes, f"{3 if ctx.policy.needs_tail_pass else 2}/.. write")
+class _PartAssembler:
+    """Pass 2's output side: which part file needs which ranges' pieces (rows_per_file rows of a
+    split each, in input order), submitting a part's assembly as soon as all its pieces exist and
+    deleting a piece once every part that reads it is written."""
 
-    def reap(block: bool) -> None:
+    def __init__(self, ctx: tasks.TaskContext, engine: engines.Engine, state: Sequence[_RangeState], tmp: Path) -> None:
+        self.ctx, self.engine, self.tmp = ctx, engine, tmp
+        self.per = ctx.cfg.rows_per_file
+        self.totals = [sum(s.split_rows[k] for s in state) for k in range(len(SPLITS))]  # type: ignore[index]
+        self.starts = np.zeros((len(state) + 1, len(SPLITS)), np.int64)  # rows of each split before each range
+        for i, s in enumerate(state):
+            self.starts[i + 1] = self.starts[i] + np.asarray(s.split_rows)
+        self.users = np.zeros((len(state), len(SPLITS)), np.int64)  # part files still to read each piece
+        for k in range(len(SPLITS)):
+            for i in range(len(state)):
+                lo, hi = self.starts[i, k], self.starts[i + 1, k]
+                if hi > lo:
+                    self.users[i, k] = (hi - 1) // self.per - lo // self.per + 1
+        self.pieces: List[List[Optional[str]]] = []  # per range, per split (appended as ranges finish)
+        self.next_part = [0] * len(SPLITS)
+        self.assembling: List[Tuple[Any, str, int, List[Tuple[int, int]]]] = []
+        self.done_parts: Dict[Tuple[int, int], Tuple[List[str], int]] = {}
+
+    def add_range(self, pieces: List[Optional[str]]) -> None:
+        """Range i's pieces arrived (ranges arrive in input order): submit the parts now complete."""
+        self.pieces.append(pieces)
+        self.submit_ready(self.starts[len(self.pieces)], final=False)
+        self.reap(block=False)
+
+    def finish(self) -> Dict[str, Any]:
+        """Submit the last parts, wait for all; meta.json's splits (files and rows)."""
+        self.submit_ready(self.starts[-1], final=True)
+        self.reap(block=True)
+        splits_meta: Dict[str, Any] = {}
+        for k, split in enumerate(SPLITS):
+            files: List[str] = []
+            rows = 0
+            for p in range(self.next_part[k]):
+                f, n = self.done_parts[(k, p)]
+                files += f
+                rows += n
+            assert files == [part_file(split, p) for p in range(self.next_part[k])] and rows == self.totals[k]
+            splits_meta[split] = {"rows": rows, "files": files}
+        return splits_meta
+
+    def reap(self, block: bool) -> None:
         keep = []
-        for future, label, k, used in assembling:
+        for future, label, k, used in self.assembling:
             if block or future.done():
                 files, rows = engines.wait(label, future)
-                done_parts[(k, int(label.rsplit(":", 1)[1]))] = (files, rows)
+                self.done_parts[(k, int(label.rsplit(":", 1)[1]))] = (files, rows)
                 for i, kk in used:
-                    users[i, kk] -= 1
-                    if users[i, kk] == 0 and pieces[i][kk]:
-                        os.remove(pieces[i][kk])  # type: ignore[arg-type]
+                    self.users[i, kk] -= 1
+                    if self.users[i, kk] == 0 and self.pieces[i][kk]:
+                        os.remove(self.pieces[i][kk])  # type: ignore[arg-type]
             else:
                 keep.append((future, label, k, used))
-        assembling[:] = keep
+        self.assembling[:] = keep
 
-    def submit_ready(ready_rows: np.ndarray, final: bool) -> None:
+    def submit_ready(self, ready_rows: np.ndarray, final: bool) -> None:
+        per, starts, n_ranges = self.per, self.starts, len(self.starts) - 1
         for k, split in enumerate(SPLITS):
-            while next_part[k] * per < totals[k]:
-                lo, hi = next_part[k] * per, min((next_part[k] + 1) * per, totals[k])
+            while self.next_part[k] * per < self.totals[k]:
+                lo, hi = self.next_part[k] * per, min((self.next_part[k] + 1) * per, self.totals[k])
                 if hi > ready_rows[k] and not final:
                     break
                 first = int(np.searchsorted(starts[1:, k], lo, side="right"))
                 spec_pieces, used = [], []
                 i = first
-                while i < len(ranges) and starts[i, k] < hi:
+                while i < n_ranges and starts[i, k] < hi:
                     a, b = max(lo, starts[i, k]), min(hi, starts[i + 1, k])
                     if b > a:
-                        spec_pieces.append((pieces[i][k], int(a - starts[i, k]), int(b - starts[i, k])))
+                        spec_pieces.append((self.pieces[i][k], int(a - starts[i, k]), int(b - starts[i, k])))
                         used.append((i, k))
                     i += 1
-                future = engine.submit(tasks.assemble_part, ctx, str(tmp), split, next_part[k], spec_pieces)
-                assembling.append((future, f"{split} part:{next_part[k]}", k, used))
-                next_part[k] += 1
+                future = self.engine.submit(tasks.assemble_part, self.ctx, str(self.tmp), split, self.next_part[k],
+                                            spec_pieces)
+                self.assembling.append((future, f"{split} part:{self.next_part[k]}", k, used))
+                self.next_part[k] += 1
 
+
+def _pass2(
+    ctx: tasks.TaskContext, engine: engines.Engine, ranges: Sequence[ByteRange], state: Sequence[_RangeState],
+    tmp: Path, window: int, total_bytes: int,
+) -> Tuple[Dict[str, Any], Dict[str, List[int]], int]:
+    """Encode ranges into pieces, assemble part files as soon as their pieces exist."""
+    sparse = ctx.spec.sparse_features
+    parts = _PartAssembler(ctx, engine, state, tmp)
+    zero_rows = {n: [0] * len(SPLITS) for n in sparse}
+    progress = Progress(ctx.cfg.progress, total_bytes, f"{3 if ctx.policy.needs_tail_pass else 2}/.. write")
     jobs = [
         (_label(r), (lambda i=i, r=r: (ctx, r, state[i].first_line, state[i].acc, state[i].acc_file, str(i))))
         for i, r in enumerate(ranges)
@@ -259,25 +292,12 @@ def _pass2(
     for i, res in enumerate(engines.ordered(engine, tasks.encode_range, jobs, window)):
         if res.rows != state[i].split_rows:
             raise RuntimeError(f"input changed during preparation: {_label(ranges[i])} split rows differ")
-        pieces.append(res.pieces)
         for n in sparse:
             for k in range(len(SPLITS)):
                 zero_rows[n][k] += res.zero_rows[n][k]
         acc2 += res.accepted
-        submit_ready(starts[i + 1], final=False)
-        reap(block=False)
+        parts.add_range(res.pieces)
         progress.update(ranges[i].nbytes, res.accepted)
-    submit_ready(starts[-1], final=True)
-    reap(block=True)
+    splits_meta = parts.finish()
     progress.close()
-    splits_meta: Dict[str, Any] = {}
-    for k, split in enumerate(SPLITS):
-        files: List[str] = []
-        rows = 0
-        for p in range(next_part[k]):
-            f, n = done_parts[(k, p)]
-            files += f
-            rows += n
-        assert files == [part_file(split, p) for p in range(next_part[k])] and rows == totals[k]
-        splits_meta[split] = {"rows": rows, "files": files}
     return splits_meta, zero_rows, acc2
