@@ -96,3 +96,46 @@ def merged(base: Dict[str, Any], overrides: Dict[str, Any]) -> Dict[str, Any]:
             node = node.setdefault(key, {})
         node[leaf] = to_jsonable(value)
     return out
+
+
+def leaf_paths(cls: type, prefix: str = "") -> Dict[str, str]:
+    """{leaf field name: dotted path} of a dataclass tree (a name used twice maps to "")."""
+    out: Dict[str, str] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        hint = hints[f.name]
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+            for name, path in leaf_paths(hint, f"{prefix}{f.name}.").items():
+                out[name] = "" if name in out else path
+        else:
+            out[f.name] = "" if f.name in out else f"{prefix}{f.name}"
+    return out
+
+
+def with_leaves(tree: T, leaves: Dict[str, Any]) -> T:
+    """``tree`` with leaf fields set by name wherever they sit ({"inner_dim": 64} sets
+    ``tree.embedding.inner_dim``), all at once (checks run on the result, not on each step).
+    Unknown or ambiguous names are refused."""
+    paths = leaf_paths(type(tree))
+    changes: Dict[str, Any] = {}
+    for name, value in leaves.items():
+        if not paths.get(name):
+            why = "is ambiguous" if name in paths else "is not a field"
+            known = sorted(n for n, p in paths.items() if p)
+            raise TypeError(f"{name!r} {why} of {type(tree).__name__}; known: {known}")
+        changes[paths[name]] = value
+    return _replaced(tree, changes) if changes else tree
+
+
+def _replaced(node: Any, changes: Dict[str, Any]) -> Any:
+    """``node`` with dotted-path ``changes`` applied, each dataclass rebuilt once."""
+    own: Dict[str, Any] = {}
+    below: Dict[str, Dict[str, Any]] = {}
+    for dotted, value in changes.items():
+        head, _, rest = dotted.partition(".")
+        if rest:
+            below.setdefault(head, {})[rest] = value
+        else:
+            own[head] = value
+    own.update({head: _replaced(getattr(node, head), sub) for head, sub in below.items()})
+    return dataclasses.replace(node, **own)

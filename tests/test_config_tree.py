@@ -1,13 +1,22 @@
 """The run configuration as one typed tree: saved as config.json, reloaded exactly, reusable with
---config (flags given on the command line win), and what mlet-collapse builds the model from."""
+--config (flags given on the command line win), and what mlet-collapse builds the model from.
+Its flags are derived from the tree's field declarations (config_flags.py)."""
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
-from mlet_dist.config_io import from_jsonable, load_config, save_config, to_jsonable
-from mlet_dist.training.config import FLAG_FIELDS, TrainConfig, build_parser, parse_args
+from mlet_dist.config_flags import SHAPE, Flag, NoFlag, declarations, written_paths
+from mlet_dist.config_io import from_jsonable, load_config, save_config, to_jsonable, with_leaves
+from mlet_dist.distributed.sharding import ShardingConfig
+from mlet_dist.models.dcn import DCNConfig
+from mlet_dist.models.dlrm import DLRMConfig
+from mlet_dist.models.embedding_tables import EmbeddingSpec
+from mlet_dist.models.ranking import ModelConfig
+from mlet_dist.training.config import InputConfig, TrainConfig, build_parser, parse_args
+from mlet_dist.training.optim import OptimConfig
 
 FLAGS = ["--data", "data/x", "--run-dir", "runs/a", "-k", "128", "-d", "8", "--epochs", "3",
          "--dense-lr", "0.002", "--no-shuffle", "--arch", "dcnv2", "--bottom-mlp", "32,16"]
@@ -31,16 +40,111 @@ def test_config_file_with_overriding_flags(tmp_path: Path) -> None:
     assert cfg.run_dir != Path("runs/a") and not cfg.run_dir_given  # where to run is this command's choice
 
 
-def test_every_flag_says_which_fields_it_sets() -> None:
-    dests = {a.dest for a in build_parser()._actions if a.dest != "help"}
-    assert dests == set(FLAG_FIELDS), f"unmapped {dests - set(FLAG_FIELDS)}, stale {set(FLAG_FIELDS) - dests}"
+def test_every_flag_comes_from_a_field_and_every_field_has_one() -> None:
+    """The parser holds exactly the declared flags (plus --config), every leaf field of the tree
+    declares a flag or why it has none, and each flag writes fields the tree has."""
+    declared = list(declarations(TrainConfig))
+    missing = [d.path for d in declared if not isinstance(d.flag, (Flag, NoFlag))]
+    assert not missing, f"fields with no flag and no no_flag(why): {missing}"
+    from_fields = {d.flag.dest for d in declared if isinstance(d.flag, Flag) and d.flag.names}
+    dests = {a.dest for a in build_parser()._actions} - {"help", "config"}
+    assert dests == from_fields, f"not from a field: {dests - from_fields}, declared but absent: {from_fields - dests}"
     tree = to_jsonable(parse_args(["--data", "x"]))
-    for dest, paths in FLAG_FIELDS.items():
+    for dest, paths in written_paths(TrainConfig).items():
+        assert dest in dests, f"a field reads --{dest}, which the parser does not have"
         for path in paths:
             node = tree
             for key in path.split("."):
                 assert key in node, f"--{dest} names {path}, which TrainConfig does not have"
                 node = node[key]
+    assert written_paths(TrainConfig)["model"] == ("embedding.mlet", "collapse")  # --model baseline: no collapse
+
+
+def test_a_flag_declared_for_a_missing_field_is_refused() -> None:
+    """nested(...) naming a field the class does not have (a typo, a removed field) fails loudly."""
+    from mlet_dist.config_flags import flag, nested
+
+    @dataclasses.dataclass
+    class Tree:
+        dcn: DCNConfig = dataclasses.field(default_factory=DCNConfig, metadata=nested(low_rnk=flag("--rank")))
+
+    with pytest.raises(TypeError, match=r"flags declared for dcn\.low_rnk, which DCNConfig does not have"):
+        list(declarations(Tree))
+
+
+def _by_hand(**kw: object) -> TrainConfig:
+    """The TrainConfig the hand-written parser (before the flags were derived) built for
+    ``--data x --run-dir r`` plus the changes in ``kw``; --check-inputs absent means no checks."""
+    kw.setdefault("embedding", EmbeddingSpec(validate_inputs=False))
+    return TrainConfig(data=Path("x"), run_dir=Path("r"), **kw)  # type: ignore[arg-type]
+
+
+BASE = ["--data", "x", "--run-dir", "r"]
+NEGATED = [*BASE, "--model", "baseline", "--no-shuffle", "--projection-after-comm", "--no-resume", "--no-progress",
+           "--check-inputs"]
+SHAPED = [*BASE, "-k", "128", "-d", "8", "--arch", "dcnv2", "--bottom-mlp", "32,16", "--dcn-low-rank", "0",
+          "--dense-lr", "0.002", "--no-collapse", "--epochs", "3", "--data-order", "exact", "--plan", "p.json",
+          "--max-train-batches", "7", "--mlet-init", "matched", "--sharding", "row_wise", "--seed", "5"]
+
+
+EXPECTED = {  # built by hand: what the hand-written parser (before the flags were derived) gave
+    "defaults": _by_hand(),
+    "negated": _by_hand(embedding=EmbeddingSpec(mlet=False, validate_inputs=True), collapse=False,
+                        input=InputConfig(shuffle=False), sharding=ShardingConfig(owner_projection=False),
+                        resume=False, progress=False),
+    "shaped": _by_hand(embedding=EmbeddingSpec(embedding_dim=8, inner_dim=128, mlet_init="matched",
+                                               validate_inputs=False),
+                       arch="dcnv2", dlrm=DLRMConfig(bottom_mlp=[32, 16]), dcn=DCNConfig(low_rank=0),
+                       optim=OptimConfig(dense_lr=0.002), collapse=False, epochs=3, input=InputConfig(order="exact"),
+                       plan=Path("p.json"), max_train_batches=7, sharding=ShardingConfig("row_wise"), seed=5),
+}
+
+
+@pytest.mark.parametrize("name,argv", [("defaults", BASE), ("negated", NEGATED), ("shaped", SHAPED)])
+def test_argv_gives_the_config_the_hand_written_parser_gave(name: str, argv: list) -> None:
+    assert parse_args(argv) == EXPECTED[name]
+
+
+@pytest.mark.parametrize("saved,argv,changes", [
+    # given flags win, negated ones included; --model writes collapse too (a baseline run had none)
+    ("negated", ["--model", "mlet", "-k", "32", "--epochs", "2"],
+     {"embedding": EmbeddingSpec(inner_dim=32, validate_inputs=True), "collapse": True, "epochs": 2}),
+    ("shaped", ["--no-shuffle", "--projection-after-comm", "--data", "y"],
+     {"input": InputConfig(order="exact", shuffle=False),
+      "sharding": ShardingConfig("row_wise", owner_projection=False),
+      "data": Path("y")}),
+    ("shaped", ["--model", "mlet"], {"collapse": True}),  # as before: --model mlet without --no-collapse collapses
+], ids=["negated-run", "negating-flags", "model-rewrites-collapse"])
+def test_config_override_gives_what_the_hand_written_rule_gave(tmp_path: Path, saved: str, argv: list,
+                                                                changes: dict) -> None:
+    save_config(tmp_path / "config.json", EXPECTED[saved])
+    got = parse_args(["--config", str(tmp_path / "config.json"), *argv])
+    assert not got.run_dir_given and got.run_dir != Path("r")  # where to run is this command's choice, not the file's
+    assert got == dataclasses.replace(EXPECTED[saved], run_dir=got.run_dir, run_dir_given=False, **changes)
+
+
+def test_mlet_plan_has_the_model_flags_of_mlet_train() -> None:
+    """mlet-plan derives its model flags from the same declarations (ModelConfig's fields)."""
+    from mlet_dist.planning.cli import build_parser as plan_parser
+
+    def described(parser: object) -> dict:
+        keys = ("option_strings", "default", "choices", "help", "type")
+        return {a.dest: [getattr(a, k) for k in keys] for a in parser._actions}  # type: ignore[attr-defined]
+
+    shape = set(written_paths(ModelConfig, groups=(SHAPE,)))
+    assert shape == {"model", "embedding_dim", "inner_dim", "bottom_mlp", "top_mlp", "arch", "dcn_layers",
+                     "dcn_low_rank"}
+    train, plan = described(build_parser()), described(plan_parser())
+    assert {d: plan[d] for d in shape} == {d: train[d] for d in shape}
+
+
+def test_model_leaves_are_set_by_name() -> None:
+    model = with_leaves(ModelConfig(), {"inner_dim": 32, "embedding_dim": 4, "mlet": False, "cross_layers": 2})
+    assert model == ModelConfig(embedding=EmbeddingSpec(4, 32, mlet=False), dcn=DCNConfig(cross_layers=2))
+    with pytest.raises(TypeError, match="'inner_dimm' is not a field of ModelConfig"):
+        with_leaves(ModelConfig(), {"inner_dimm": 32})
+    with pytest.raises(ValueError, match="--inner-dim k=8"):  # the tree's own checks run on the result
+        with_leaves(ModelConfig(), {"inner_dim": 8})
 
 
 def test_unknown_key_is_refused_with_its_name(tmp_path: Path) -> None:

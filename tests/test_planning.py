@@ -16,12 +16,12 @@ from mlet_dist.planning.plan_io import plan_to_dict
 from mlet_dist.planning.planner import (
     OrderedEnumerator,
     PlanDoesNotFitError,
-    PlanRequest,
     PlanResult,
     build_planning_model,
     plan_tables,
     table_constraints,
 )
+from mlet_dist.planning.planner import plan_request as PlanRequest  # model fields by name, e.g. inner_dim=K
 from mlet_dist.planning.report import estimates
 from mlet_dist.planning.spec import SpecError, load_table_spec, table_spec_from_dict
 from mlet_dist.planning.topology import GIB, TopologyError, cluster_spec, parse_world

@@ -13,9 +13,10 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from mlet_dist.cli_common import add_model_shape_args, given_dests
-from mlet_dist.models.dcn import DCNConfig
+from mlet_dist.cli_common import given_dests
+from mlet_dist.config_flags import SHAPE, add_flags, tree_from_flags, written_paths
 from mlet_dist.distributed.sharding import SHARDING_CHOICES
+from mlet_dist.models.ranking import ModelConfig
 from mlet_dist.planning.estimators import DENSE_OPTIMIZER_STATES
 from mlet_dist.planning.spec import SpecError, load_table_spec
 from mlet_dist.planning.topology import DEVICES, TopologyError, cluster_spec, parse_world
@@ -50,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="host memory per rank in GiB (the table memory for --device cpu; TorchRec's 128 if omitted)")
     p.add_argument("--out", "-o", type=Path, required=True, help="plan JSON to write")
     p.add_argument("--table", type=Path, default=None, help="per-rank text table (default: --out with .txt)")
-    add_model_shape_args(p)
+    add_flags(p, ModelConfig, groups=(SHAPE,))  # the model flags, as mlet-train declares them
     p.add_argument("--embedding-optimizer", choices=sorted(EMBEDDING_OPTIMIZERS), default="rowwise_adagrad",
                    help="fused table optimizer (sets the optimizer-state bytes)")
     p.add_argument("--dense-optimizer", choices=sorted(DENSE_OPTIMIZER_STATES), default="adam",
@@ -71,31 +72,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-_FROM_CONFIG = ("model", "embedding_dim", "inner_dim", "bottom_mlp", "top_mlp", "arch", "dcn_layers",
-                "dcn_low_rank", "embedding_optimizer", "dense_optimizer", "projection_after_comm", "batch_size",
-                "sharding")
+# Beside the model's flags, the training settings a run's config.json also decides.
+_FROM_CONFIG = ("embedding_optimizer", "dense_optimizer", "projection_after_comm", "batch_size", "sharding")
 
 
-def _apply_run_config(args: argparse.Namespace, argv: Optional[Sequence[str]]) -> None:
-    """Fill the model part of ``args`` from a run's config.json: the plan then fits the model
-    that run trains, whatever its flags were called. A model flag given too is a conflict."""
+def _model_and_config(args: argparse.Namespace, argv: Optional[Sequence[str]]) -> ModelConfig:
+    """The model to plan: from the model flags, or from a run's config.json (``--config``), which
+    then also sets the training settings in ``args``: the plan fits the model that run trains,
+    whatever its flags were called. A model flag given beside ``--config`` is a conflict."""
+    if args.config is None:
+        return tree_from_flags(ModelConfig, args, groups=(SHAPE,))
     from mlet_dist.config_io import load_config
     from mlet_dist.training.config import TrainConfig
 
     given = given_dests(build_parser, argv)
-    clash = sorted(given & set(_FROM_CONFIG))
+    clash = sorted(given & (set(written_paths(ModelConfig, groups=(SHAPE,))) | set(_FROM_CONFIG)))
     if clash:
         raise ValueError(f"--config sets the model; leave out {', '.join('--' + c.replace('_', '-') for c in clash)}")
     cfg = load_config(TrainConfig, args.config)
-    args.model = "mlet" if cfg.embedding.mlet else "baseline"
-    args.embedding_dim, args.inner_dim = cfg.embedding.embedding_dim, cfg.embedding.inner_dim
-    args.bottom_mlp, args.top_mlp, args.arch = cfg.dlrm.bottom_mlp, cfg.dlrm.top_mlp, cfg.arch
-    args.dcn_layers, args.dcn_low_rank = cfg.dcn.cross_layers, cfg.dcn.low_rank
     args.embedding_optimizer, args.dense_optimizer = cfg.optim.embedding_optimizer, cfg.optim.dense_optimizer
     args.projection_after_comm = not cfg.sharding.owner_projection
     args.batch_size, args.sharding = cfg.batch_size, cfg.sharding.sharding
     if args.spec is None:
         args.spec = cfg.data
+    return cfg.model
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -105,8 +105,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from mlet_dist.planning.report import estimates, format_report
 
     try:
-        if args.config is not None:
-            _apply_run_config(args, argv)
+        model = _model_and_config(args, argv)
         if args.spec is None:
             raise ValueError("--spec is required (or --config RUN/config.json, which names the run's dataset)")
         spec = load_table_spec(args.spec)
@@ -114,9 +113,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         request = PlanRequest(
             spec=spec,
             cluster=cluster,
-            embedding_dim=args.embedding_dim,
-            inner_dim=args.inner_dim,
-            mlet=args.model == "mlet",
+            model=model,
             owner_projection=not args.projection_after_comm,
             embedding_optimizer=args.embedding_optimizer,
             dense_optimizer=args.dense_optimizer,
@@ -126,10 +123,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             allow_uvm=args.allow_uvm,
             reserve_fraction=args.reserve_pct / 100.0,
             memory_balance=not args.no_memory_balance,
-            bottom_mlp=args.bottom_mlp,
-            top_mlp=args.top_mlp,
-            arch=args.arch,
-            dcn=DCNConfig(cross_layers=args.dcn_layers, low_rank=args.dcn_low_rank),
         )
         result = plan_tables(request)
     except (SpecError, TopologyError, PlanDoesNotFitError, ValueError) as err:

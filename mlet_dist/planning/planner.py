@@ -1,8 +1,8 @@
 """Offline, MLET-aware sharding plans: no GPUs and no process group needed.
 
-The model is built exactly as train.py builds it (``build_ranking_model``: DLRM or DCN-v2 over
-the collection, on the meta device, fused table optimizer attached), so module paths and table names in the plan are
-the ones ``check_plan_fits`` and DistributedModelParallel expect. TorchRec's
+The model is built exactly as train.py builds it (``model_factory`` over the request's ModelConfig:
+DLRM or DCN-v2 over the collection, on the meta device, fused table optimizer attached), so module
+paths and table names in the plan are the ones ``check_plan_fits`` and DistributedModelParallel expect. TorchRec's
 ``EmbeddingShardingPlanner`` does the search, with MLET-aware estimators (see estimators.py),
 a deterministic enumeration order, and a memory lower bound checked first so that a cluster
 that is too small fails with the shortfall named instead of a generic planner error.
@@ -10,12 +10,13 @@ that is too small fails with the shortfall named instead of a generic planner er
 
 import contextlib
 import copy
+import dataclasses
 import logging
 import math
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import torch
 from torch import nn
@@ -30,11 +31,9 @@ from torchrec.distributed.planner.types import PlannerError, ShardingOption, Sto
 from torchrec.distributed.planner.utils import reset_shard_rank
 from torchrec.distributed.types import ModuleSharder, ShardingPlan, ShardingType
 
+from mlet_dist.config_io import with_leaves
 from mlet_dist.distributed.sharding import SHARDING_CHOICES, ShardingConfig, default_sharders
-from mlet_dist.models.dcn import DCNConfig
-from mlet_dist.models.dlrm import DLRMConfig
-from mlet_dist.models.ranking import build_ranking_model
-from mlet_dist.models.embedding_tables import EmbeddingSpec, build_embedding_collection
+from mlet_dist.models.ranking import ModelConfig, model_factory
 from mlet_dist.planning.estimators import (
     DENSE_OPTIMIZER_STATES,
     DedupPerfEstimator,
@@ -54,11 +53,12 @@ class PlanDoesNotFitError(ValueError):
 
 @dataclass
 class PlanRequest:
+    """What to plan: the model (ModelConfig, as mlet-train builds it), the cluster, and the
+    training settings that change the shards' bytes and costs."""
+
     spec: TableSpec
     cluster: ClusterSpec
-    embedding_dim: int = 16
-    inner_dim: int = 64
-    mlet: bool = True
+    model: ModelConfig = field(default_factory=ModelConfig)
     owner_projection: bool = True
     embedding_optimizer: str = "rowwise_adagrad"
     dense_optimizer: str = "adam"
@@ -68,13 +68,8 @@ class PlanRequest:
     allow_uvm: bool = False
     reserve_fraction: float = 0.15  # TorchRec's default safety margin (HBM only)
     memory_balance: bool = True
-    bottom_mlp: List[int] = field(default_factory=lambda: [512, 256, 64])
-    top_mlp: List[int] = field(default_factory=lambda: [512, 256, 1])
-    arch: str = "dlrm"
-    dcn: DCNConfig = field(default_factory=DCNConfig)
 
     def __post_init__(self) -> None:
-        EmbeddingSpec(self.embedding_dim, self.inner_dim, self.mlet)  # validates k >= d
         if self.embedding_optimizer not in EMBEDDING_OPTIMIZERS:
             raise ValueError(f"--embedding-optimizer must be one of {sorted(EMBEDDING_OPTIMIZERS)}")
         if self.dense_optimizer not in DENSE_OPTIMIZER_STATES:
@@ -93,6 +88,19 @@ class PlanRequest:
                 "use row_wise or table_wise across nodes, or --projection-after-comm"
             )
 
+    # Shorthands for the messages and the report (the values live in ``model``).
+    @property
+    def mlet(self) -> bool:
+        return self.model.embedding.mlet
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.model.embedding.embedding_dim
+
+    @property
+    def inner_dim(self) -> int:
+        return self.model.embedding.inner_dim
+
     @property
     def sharding_config(self) -> ShardingConfig:
         return ShardingConfig(self.sharding, owner_projection=self.owner_projection and self.mlet)
@@ -105,6 +113,17 @@ class PlanRequest:
     @property
     def table_names(self) -> List[str]:
         return [f"t_{feature}" for feature in self.spec.table_sizes]
+
+
+def plan_request(spec: TableSpec, cluster: ClusterSpec, model: Optional[ModelConfig] = None,
+                 **settings: Any) -> PlanRequest:
+    """A PlanRequest where the model may also be given by its leaf fields' names
+    (``plan_request(spec, cluster, inner_dim=64, mlet=False, sharding="row_wise")``): what is not
+    a PlanRequest field is set in ``model`` (config_io.with_leaves refuses unknown names)."""
+    own = {f.name for f in dataclasses.fields(PlanRequest)}
+    leaves = {k: v for k, v in settings.items() if k not in own}
+    model = with_leaves(model or ModelConfig(), leaves)
+    return PlanRequest(spec, cluster, model, **{k: v for k, v in settings.items() if k in own})
 
 
 @dataclass
@@ -121,16 +140,8 @@ class PlanResult:
 
 
 def build_planning_model(request: PlanRequest, device: torch.device = torch.device("meta")) -> nn.Module:
-    """train.py's model (same builders, same names) with the fused table optimizer attached."""
-    collection = build_embedding_collection(
-        request.spec.table_sizes,
-        EmbeddingSpec(request.embedding_dim, request.inner_dim, request.mlet),
-        device=device,
-    )
-    config = DLRMConfig(
-        dense_in_features=request.spec.num_dense, bottom_mlp=list(request.bottom_mlp), top_mlp=list(request.top_mlp)
-    )
-    model = build_ranking_model(request.arch, collection, config, request.dcn, device)
+    """train.py's model (its builder, model_factory: same names) with the fused table optimizer attached."""
+    model = model_factory(request.model, request.spec.table_sizes, request.spec.num_dense)(device)
     attach_fused_embedding_optimizer(model, OptimConfig(embedding_optimizer=request.embedding_optimizer))
     return model
 

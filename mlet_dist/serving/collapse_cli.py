@@ -176,8 +176,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             "collapse_world_size": env.world_size,
         }
         export = export_serving(
-            model, args.out, ServingModelConfig.from_train_config(cfg, meta.table_sizes, len(meta.dense_features),
-                                                            meta.pooling),
+            model, args.out, ServingModelConfig.from_model(cfg.model, meta.table_sizes, len(meta.dense_features),
+                                                      meta.pooling),
             dataset=cfg.data, source=source, serving_topology=topology, serving_sharding=args.serve_sharding,
             chunk_rows=args.chunk_rows, overwrite=args.overwrite,
         )

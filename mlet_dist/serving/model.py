@@ -20,6 +20,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from mlet_dist.distributed.sharding import SHARDING_CHOICES, MeanSafeEBCSharder, constraints_for_tables
 from mlet_dist.models.dcn import ARCHS
+from mlet_dist.models.ranking import ModelConfig
 
 EBC_PATH = "model.sparse_arch.embedding_bag_collection"  # in DLRMTrain
 SERVING_SHARDING_CHOICES = SHARDING_CHOICES  # the same names as training's --sharding
@@ -86,30 +87,37 @@ class ServingModelConfig:
         return cls(**data)
 
     @classmethod
-    def from_train_config(cls, cfg: Any, table_sizes: Dict[str, int], num_dense: int,
-                          pooling: Optional[Dict[str, str]] = None) -> "ServingModelConfig":
-        """From a ``mlet_dist.training.config.TrainConfig`` and the dataset's table sizes and pooling."""
+    def from_model(cls, model: ModelConfig, table_sizes: Dict[str, int], num_dense: int,
+                   pooling: Optional[Dict[str, str]] = None) -> "ServingModelConfig":
+        """The collapsed form of ``model`` (a run's ModelConfig) for the dataset's table sizes and pooling."""
         from mlet_dist.models.embedding_tables import build_embedding_collection
 
-        collection = build_embedding_collection(table_sizes, cfg.embedding, device=torch.device("meta"), pooling=pooling)
+        collection = build_embedding_collection(table_sizes, model.embedding, device=torch.device("meta"),
+                                                pooling=pooling)
         inner = {c.name: c.inner_dim for c in getattr(collection, "mlet_configs", lambda: [])()}
         tables = [
             TableSpec(c.name, c.num_embeddings, c.embedding_dim, list(c.feature_names), c.pooling.name,
                       inner.get(c.name))
             for c in collection.embedding_bag_configs()
         ]
-        arch = getattr(cfg, "arch", "dlrm")
-        dcn = getattr(cfg, "dcn", None)
+        dcn = model.arch == "dcnv2"
         return cls(
-            arch=arch,
+            arch=model.arch,
             dense_in_features=num_dense,
-            dense_arch_layer_sizes=[*cfg.dlrm.bottom_mlp, cfg.embedding.embedding_dim],
-            over_arch_layer_sizes=list(cfg.dlrm.top_mlp),
+            dense_arch_layer_sizes=[*model.dlrm.bottom_mlp, model.embedding.embedding_dim],
+            over_arch_layer_sizes=list(model.dlrm.top_mlp),
             tables=tables,
-            dcn_num_layers=dcn.cross_layers if arch == "dcnv2" and dcn is not None else None,
-            dcn_low_rank=dcn.low_rank if arch == "dcnv2" and dcn is not None else None,
-            extra={"mlet": bool(inner), "inner_dim": cfg.embedding.inner_dim if inner else None},
+            dcn_num_layers=model.dcn.cross_layers if dcn else None,
+            dcn_low_rank=model.dcn.low_rank if dcn else None,
+            extra={"mlet": bool(inner), "inner_dim": model.embedding.inner_dim if inner else None},
         )
+
+    @classmethod
+    def from_train_config(cls, cfg: Any, table_sizes: Dict[str, int], num_dense: int,
+                          pooling: Optional[Dict[str, str]] = None) -> "ServingModelConfig":
+        """``from_model`` for a TrainConfig, or anything holding ModelConfig's fields (``embedding``,
+        ``dlrm``; ``arch`` and ``dcn`` default to ModelConfig's)."""
+        return cls.from_model(ModelConfig.of(cfg), table_sizes, num_dense, pooling)
 
 
 def build_serving_model(config: ServingModelConfig, device: torch.device = torch.device("cpu")) -> DLRMTrain:
