@@ -159,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     nv = sub.add_parser("nvtabular", help="NVTabular parquet (label, int_*, cat_* + schema.pbtxt) -> parquet "
                                           "(values copied, not transformed again)",
                         description="Convert an NVTabular output directory: train/, validation/ (or valid/, val/), "
-                                    "optionally test/, with part_*.parquet and schema.pbtxt (cardinalities).")
+                                    "optionally test/, with part_*.parquet and schema.pbtxt (cardinalities). List "
+                                    "cat_* columns (value_count / tag list in schema.pbtxt) become multi-hot bags.")
     nv.add_argument("src", metavar="DIR", help="NVTabular output directory (one subdirectory per split)")
     nv.add_argument("out", metavar="OUT", help="output dataset directory")
     _add_common(nv, vocab=False)
