@@ -54,8 +54,10 @@ def per_seed(runs: Runs, label: str) -> List[str]:
     return lines
 
 
-def paired(a: Dict[int, Tuple[float, Optional[bool]]], b: Dict[int, Tuple[float, Optional[bool]]]) -> str:
-    """Mean (a − b) over the seeds both have, its 95 % t interval, the per-seed values and a verdict."""
+def paired(a: Dict[int, Tuple[float, Optional[bool]]], b: Dict[int, Tuple[float, Optional[bool]]],
+           equivalence: bool = True) -> str:
+    """Mean (a − b) over the seeds both have, its 95 % t interval, the per-seed values and a verdict
+    (``equivalence=False``: better / worse / inconclusive only)."""
     seeds = sorted(set(a) & set(b))
     diffs = [a[s][0] - b[s][0] for s in seeds]
     n = len(diffs)
@@ -65,7 +67,7 @@ def paired(a: Dict[int, Tuple[float, Optional[bool]]], b: Dict[int, Tuple[float,
     se = math.sqrt(sum((x - mean) ** 2 for x in diffs) / (n - 1) / n)
     lo95, hi95 = mean - t_ppf(0.975, n - 1) * se, mean + t_ppf(0.975, n - 1) * se
     lo90, hi90 = mean - t_ppf(0.95, n - 1) * se, mean + t_ppf(0.95, n - 1) * se
-    if -MARGIN < lo90 and hi90 < MARGIN:
+    if equivalence and -MARGIN < lo90 and hi90 < MARGIN:
         verdict = f"equivalent within ±{MARGIN}"
     elif lo95 > 0:
         verdict = "better"
