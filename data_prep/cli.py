@@ -44,21 +44,11 @@ from data_prep.planted import PlantedSpec, generate_planted
 from data_prep.synthetic import generate_dataset, parse_table_sizes, write_criteo_tsv
 from data_prep.torchrec_npy import prepare_torchrec_npy
 from data_prep.nvtabular import prepare_nvtabular
-from data_prep.foreign_cli import add_foreign_parsers, run_foreign
+from data_prep.foreign_cli import add_foreign_parsers, positive_int, run_foreign
 
 PROG = "mlet-prep"
 # Errors a user can fix from the message alone: print it, no traceback.
 EXIT_USER_ERROR = 2
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def _fraction(text: str) -> float:
@@ -74,17 +64,17 @@ def _fraction(text: str) -> float:
 def _add_common(p: argparse.ArgumentParser, vocab: bool = True) -> None:
     d = PrepConfig()
     if vocab:
-        p.add_argument("--min-count", type=_positive_int, default=d.min_count,
+        p.add_argument("--min-count", type=positive_int, default=d.min_count,
                        help=f"train values seen fewer times map to the shared rare id 0 (default {d.min_count})")
-        p.add_argument("--hash-size", type=_positive_int, default=None,
+        p.add_argument("--hash-size", type=positive_int, default=None,
                        help="tables that would have more ids are hashed into this many ids instead (default: no cap)")
-        p.add_argument("--count-memory-mb", type=_positive_int, default=d.count_memory_mb,
+        p.add_argument("--count-memory-mb", type=positive_int, default=d.count_memory_mb,
                        help="memory cap for value counting; beyond it the largest features are hashed "
                             f"(default {d.count_memory_mb})")
         p.add_argument("--strict", action="store_true", help="fail on the first malformed line instead of rejecting it")
-        p.add_argument("--block-mb", type=_positive_int, default=d.block_bytes >> 20,
+        p.add_argument("--block-mb", type=positive_int, default=d.block_bytes >> 20,
                        help=f"input megabytes parsed at a time (default {d.block_bytes >> 20})")
-        p.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 1,
+        p.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1,
                        help="worker processes over files and byte ranges; 1 = this process only "
                             "(default: all cores). The output is the same bytes for any N")
         p.add_argument("--engine", choices=("local", "dask"), default="local",
@@ -97,9 +87,9 @@ def _add_common(p: argparse.ArgumentParser, vocab: bool = True) -> None:
                        help="encode with the vocabulary of the prepared dataset DIR (e.g. the previous day's) "
                             "instead of counting: same ids for the same values, id 0 for new ones, same "
                             "table sizes; the vocabulary is copied into OUT")
-    p.add_argument("--rows-per-file", type=_positive_int, default=d.rows_per_file,
+    p.add_argument("--rows-per-file", type=positive_int, default=d.rows_per_file,
                    help=f"max rows per parquet part file (default {d.rows_per_file})")
-    p.add_argument("--row-group-rows", type=_positive_int, default=d.row_group_rows,
+    p.add_argument("--row-group-rows", type=positive_int, default=d.row_group_rows,
                    help=f"parquet row group size (default {d.row_group_rows})")
     p.add_argument("--overwrite", action="store_true", help="replace an existing prepared dataset at OUT")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -175,10 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
                                     "(see data_prep/planted.py).")
     pl.add_argument("out", metavar="OUT", help="output dataset directory")
     pl.add_argument("--rows", type=int, default=d.rows, help=f"rows to generate (default {d.rows:,})")
-    pl.add_argument("--tables", type=_positive_int, default=d.tables, help=f"sparse features (default {d.tables})")
+    pl.add_argument("--tables", type=positive_int, default=d.tables, help=f"sparse features (default {d.tables})")
     pl.add_argument("--cardinality", default=",".join(map(str, d.cardinality)),
                     help=f"ids per table: one N for all, or T comma-separated (default {d.cardinality[0]:,})")
-    pl.add_argument("--rank", type=_positive_int, default=d.rank, help=f"rank R of the true embeddings (default {d.rank})")
+    pl.add_argument("--rank", type=positive_int, default=d.rank, help=f"rank R of the true embeddings (default {d.rank})")
     pl.add_argument("--zipf", type=float, default=d.zipf, help=f"Zipf exponent of id frequencies (default {d.zipf})")
     pl.add_argument("--noise", type=float, default=d.noise,
                     help=f"std of the unobserved logit noise (default {d.noise})")

@@ -12,7 +12,8 @@ from data_prep.pipeline import PrepConfig, PrepResult
 from data_prep.synthetic import parse_table_sizes
 
 
-def _positive(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type of every count-like flag of mlet-prep (cli.py and the from-* converters)."""
     try:
         value = int(text)
     except ValueError:
@@ -41,7 +42,7 @@ def add_foreign_parsers(sub: Any) -> List[argparse.ArgumentParser]:
     ml.add_argument("--table-sizes", default=None,
                     help="26 comma-separated table sizes, e.g. the MLPerf run's --num_embeddings_per_feature "
                          "(default: max id + 1)")
-    ml.add_argument("--max-bag", type=_positive, default=None, metavar="N",
+    ml.add_argument("--max-bag", type=positive_int, default=None, metavar="N",
                     help="refuse bags longer than N ids (default: no limit)")
 
     nz = sub.add_parser(
@@ -56,7 +57,7 @@ def add_foreign_parsers(sub: Any) -> List[argparse.ArgumentParser]:
     nz.add_argument("out", metavar="OUT", help="output dataset directory")
     nz.add_argument("--day-count", default=None, metavar="FILE",
                     help="<raw>_day_count.npz with total_per_file (default: the one *_day_count.npz beside FILE)")
-    nz.add_argument("--max-ind-range", type=_positive, default=None, metavar="N",
+    nz.add_argument("--max-ind-range", type=positive_int, default=None, metavar="N",
                     help="as the reference's flag: ids modulo N, tables capped at N (default: ids as they are)")
 
     bn = sub.add_parser(
@@ -72,7 +73,7 @@ def add_foreign_parsers(sub: Any) -> List[argparse.ArgumentParser]:
     bn.add_argument("--counts", default=None, metavar="FILE",
                     help="<raw>_fea_count.npz with the ids per feature (default: the one *_fea_count.npz in DIR, "
                          "else max id + 1)")
-    bn.add_argument("--max-ind-range", type=_positive, default=None, metavar="N",
+    bn.add_argument("--max-ind-range", type=positive_int, default=None, metavar="N",
                     help="as the reference's flag: ids modulo N, tables capped at N (default: ids as they are)")
     return [ml, nz, bn]
 
