@@ -180,6 +180,19 @@ def make_block(buf: bytes, cut: int, first_line: int, offset: int, src: int, fin
 def split_fields(block: LineBlock, sep: int, ncols: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(columns per line, shaped-line indices, field starts [n, ncols], field ends [n, ncols])."""
     arr, starts, ends = block.buf, block.starts, block.ends
+    n = len(starts)
+    if n and ncols > 1:
+        # Fast path (every line has ncols fields, all end in \n, no \r): the positions of the
+        # separators and newlines, in order, are the field ends row by row, and each field starts
+        # one byte after the previous boundary. Half the time of the general path below.
+        bounds = np.flatnonzero((arr == sep) | (arr == 10))
+        if len(bounds) == n * ncols and bounds[0] >= starts[0]:  # (a dropped header line is before starts[0])
+            fend = bounds.reshape(n, ncols)
+            if np.array_equal(fend[:, -1], ends):
+                fstart = np.empty(n * ncols, np.int64)
+                fstart[0] = starts[0]
+                np.add(bounds[:-1], 1, out=fstart[1:])
+                return np.full(n, ncols, np.int64), np.arange(n, dtype=np.int64), fstart.reshape(n, ncols), fend
     seppos = np.flatnonzero(arr == sep).astype(np.int64)
     lo = np.searchsorted(seppos, starts)
     hi = np.searchsorted(seppos, ends)
@@ -205,9 +218,18 @@ def _window8(arr: np.ndarray, s: np.ndarray) -> np.ndarray:
     return words[s].view(np.uint8).reshape(len(s), 8)
 
 
-_HEX = np.full(256, 255, dtype=np.uint8)
-_HEX[48:58] = np.arange(10)
-_HEX[97:103] = np.arange(10, 16)
+def _words(arr: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """The 8 bytes starting at each s as one little-endian uint64 (arr is zero-padded)."""
+    return np.ndarray(shape=(len(arr) - 7,), dtype=np.uint64, buffer=arr, strides=(1,))[s]
+
+
+def _ge(low7: np.ndarray, k: int) -> np.ndarray:
+    """Bit 7 of each byte set iff that byte (< 0x80) is >= k: no carry crosses a byte."""
+    return (low7 + _BYTES[0x80 - k]) & _HI
+
+
+_BYTES = {b: np.uint64(int.from_bytes(bytes([b]) * 8, "little")) for b in range(256)}  # b in every byte
+_HI = _BYTES[0x80]
 
 _DIGIT = np.full(256, 255, dtype=np.uint8)
 _DIGIT[48:58] = np.arange(10)
@@ -227,23 +249,28 @@ def parse_label01(arr: np.ndarray, s: np.ndarray, e: np.ndarray) -> Tuple[np.nda
 
 
 def parse_dense_log(arr: np.ndarray, s: np.ndarray, e: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Empty or -?[0-9]{1,30} -> float32 log(max(x, 0) + 1), computed in float64."""
+    """Empty or -?[0-9]{1,30} -> float32 log(max(x, 0) + 1), computed in float64.
+
+    Up to 8 digits (nearly all values): SWAR on one 8-byte load per value, the digits right-aligned
+    in the word and combined by three multiply-shift steps (exact integers, as a Horner loop over an
+    [n, 8] digit matrix gave, ~3x faster). Longer values take a wider per-digit gather."""
     n = len(s)
     length = e - s
     neg = (length > 0) & (arr[s] == 45)
     digits = length - neg
     ok = (digits <= MAX_DENSE_DIGITS) & (~neg | (digits >= 1))
-    value = np.zeros(n, dtype=np.float64)
     if not n:
-        return ok, value.astype(np.float32)
+        return ok, np.zeros(0, np.float32)
     short = digits <= 8
-    d = _DIGIT[_window8(arr, s + neg)]
-    mask = _POS8 < digits[:, None]
-    ok &= ~short | ((d < 10) | ~mask).all(axis=1)
-    acc = np.zeros(n, dtype=np.int64)
-    for k in range(8):  # Horner over at most 8 digits
-        acc = np.where(mask[:, k], acc * 10 + d[:, k], acc)
-    value = acc.astype(np.float64)
+    nd = np.clip(digits, 0, 8).astype(np.uint64)
+    x = _words(arr, s + neg) ^ _BYTES[0x30]  # digit bytes -> 0..9
+    x &= np.where(nd >= 8, np.uint64(2**64 - 1), (np.uint64(1) << (np.uint64(8) * nd)) - np.uint64(1))
+    ok &= ~short | (((x & _BYTES[0xF0]) == 0) & (((x + _BYTES[0x06]) & _BYTES[0xF0]) == 0))
+    x <<= np.minimum(np.uint64(8) * (np.uint64(8) - nd), np.uint64(56))  # last digit in the top byte
+    x = ((x & _BYTES[0x0F]) * np.uint64(10 * 2**8 + 1)) >> np.uint64(8)
+    x = ((x & np.uint64(0x00FF00FF00FF00FF)) * np.uint64(100 * 2**16 + 1)) >> np.uint64(16)
+    x = ((x & np.uint64(0x0000FFFF0000FFFF)) * np.uint64(10000 * 2**32 + 1)) >> np.uint64(32)
+    value = x.astype(np.float64)
     long_rows = np.flatnonzero(~short & ok)
     if len(long_rows):  # 9-30 digits: rare, wider gather
         ls, ld = s[long_rows] + neg[long_rows], digits[long_rows]
@@ -258,13 +285,24 @@ def parse_dense_log(arr: np.ndarray, s: np.ndarray, e: np.ndarray) -> Tuple[np.n
 
 def parse_hex8(arr: np.ndarray, s: np.ndarray, e: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """Empty or 8 lowercase hex digits -> int64 key: -1 for empty, else the 32-bit value.
-    Key order equals the byte order of the raw values."""
+    Key order equals the byte order of the raw values. The keys of values that are not ok are
+    unspecified (callers keep only ok rows).
+
+    SWAR on one 8-byte load per value (whole-word uint64 arithmetic, no per-byte [n, 8] arrays):
+    about 3x faster than a byte table lookup + row reductions, the same keys and ok mask."""
     length = e - s
-    nib = _HEX[_window8(arr, s)]
+    w = _words(arr, s)
     full = length == 8
-    ok = (length == 0) | (full & (nib < 16).all(axis=1))
-    packed = np.ascontiguousarray(nib[:, 0::2] * np.uint8(16) + nib[:, 1::2]).view(">u4").reshape(-1)
-    return ok, np.where(full, packed.astype(np.int64), -1)
+    low7 = w & ~_HI
+    ok_bytes = ((_ge(low7, 0x30) & ~_ge(low7, 0x3A)) | (_ge(low7, 0x61) & ~_ge(low7, 0x67))) == _HI
+    ok = (length == 0) | (full & ok_bytes & ((w & _HI) == 0))
+    # nibble per byte: '0'-'9' -> 0-9, 'a'-'f' (bit 6 set) -> 1-6 + 9
+    nib = (w & _BYTES[0x0F]) + ((w >> np.uint64(6)) & _BYTES[0x01]) * np.uint64(9)
+    lane = np.uint64(0x000F000F000F000F)
+    p = ((nib & lane) << np.uint64(4)) | ((nib >> np.uint64(8)) & lane)  # 16-bit lane j: digits 2j, 2j+1
+    p = (p | (p >> np.uint64(8))) & np.uint64(0x0000FFFF0000FFFF)
+    p = (p | (p >> np.uint64(16))) & np.uint64(0xFFFFFFFF)  # the value's bytes, most significant first
+    return ok, np.where(full, p.astype(np.uint32).byteswap().astype(np.int64), -1)
 
 
 def parse_token7(arr: np.ndarray, s: np.ndarray, e: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
