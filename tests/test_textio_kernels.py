@@ -5,6 +5,7 @@ Python reading of the same bytes, on random fields that mix valid values with ev
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import List, Tuple
 
 import numpy as np
@@ -98,3 +99,53 @@ def test_split_fields_matches_python(seed: int) -> None:
             assert got == [raw[i] for i in want_shaped]
             fast += len(want_shaped) == block.num_lines and b"\r" not in data and data.endswith(b"\n")
     assert fast > 100  # the fast path was exercised
+
+
+def _corrupt(lines: List[bytes], rng: np.random.Generator) -> bytes:
+    """Every 7th line damaged in a random way (a byte changed, a field dropped, emptied)."""
+    out = []
+    for i, line in enumerate(lines):
+        if i % 7 == 3:
+            kind = i % 3
+            if kind == 0:
+                pos = int(rng.integers(len(line)))
+                line = line[:pos] + b"Z" + line[pos + 1 :]
+            elif kind == 1:
+                line = line.rsplit(b"\t" if b"\t" in line else b",", 1)[0]
+            else:
+                line = b""
+        out.append(line)
+    return b"\n".join(out) + b"\n"
+
+
+@pytest.mark.parametrize("dataset", ["criteo", "avazu"])
+def test_parse_block_in_row_chunks_is_the_whole_block(dataset: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """parse_block parses a block PARSE_CHUNK_ROWS rows at a time; any chunking gives the same rows,
+    values, keys and rejects as one chunk."""
+    from data_prep import spec as spec_module
+    from data_prep.avazu import AVAZU_SPEC
+    from data_prep.criteo import criteo_spec
+
+    samples = Path(__file__).resolve().parents[1] / "data_prep" / "samples"
+    if dataset == "criteo":
+        spec, lines = criteo_spec("criteo_kaggle"), (samples / "criteo_sample.tsv").read_bytes().splitlines()[:500]
+    else:
+        spec, lines = AVAZU_SPEC, (samples / "avazu_sample.csv").read_bytes().splitlines()[1:501]
+    data = _corrupt(lines, np.random.default_rng(7))
+    block = textio.make_block(data, len(data), 1, 0, 0, final=True)
+
+    def parse(rows: int) -> spec_module.Parsed:
+        monkeypatch.setattr(spec_module, "PARSE_CHUNK_ROWS", rows)
+        return spec_module.parse_block(spec, block, "x")
+
+    whole = parse(1 << 20)
+    assert 50 < len(whole.rejects) < 100 and len(whole.lines) + len(whole.rejects) == 500
+    for rows in (1, 7, 64, 499):
+        got = parse(rows)
+        assert got.lines.tolist() == whole.lines.tolist() and got.label.tolist() == whole.label.tolist()
+        assert got.rejects == whole.rejects
+        assert got.dense.keys() == whole.dense.keys() and got.keys.keys() == whole.keys.keys()
+        for name in whole.dense:
+            assert got.dense[name].tobytes() == whole.dense[name].tobytes(), (rows, name)
+        for name in whole.keys:
+            assert got.keys[name].tolist() == whole.keys[name].tolist(), (rows, name)
