@@ -82,3 +82,19 @@ def test_flag_reaches_the_collection() -> None:
     assert table.init == "matched" and table.init_std == pytest.approx(math.sqrt(2) / 32)
     low, high = table.inner_config().weight_init_min, table.inner_config().weight_init_max
     assert high == pytest.approx(-low) and high == pytest.approx(math.sqrt(32 / (2 * 100)))
+
+
+def test_matched_init_with_a_given_projection_std_keeps_the_variance_and_scales_the_first_step() -> None:
+    """reports/small_d/sweep_fix_smallw_*.yaml: --mlet-init matched --projection-init-std s keeps var(T·W) at the
+    baseline table's 1/(3n) (T's range follows s) and the first step is lr·k·s/sqrt(d) per element, so the
+    table lr 0.15·128/k with s = sqrt(d)/128 moves T·W by 0.15 per element, as the baseline's lr 0.15 does."""
+    s = math.sqrt(D) / 128
+
+    def make(seed: int) -> MLETEmbeddingBagCollection:
+        torch.manual_seed(seed)
+        return MLETEmbeddingBagCollection([MLETTableConfig("t", N, K, D, init="matched", projection_init_std=s)])
+
+    std = sum(float(_product(make(seed)).std()) for seed in range(8)) / 8
+    assert std * math.sqrt(3 * N) == pytest.approx(1.0, abs=0.04)
+    step = sum(_first_step_rms(make(seed)) for seed in range(4)) / 4
+    assert step == pytest.approx(LR * K * s / math.sqrt(D), rel=0.1)  # 0.5·lr at k=64: lr 0.3 gives 0.15
