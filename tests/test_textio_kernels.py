@@ -149,3 +149,41 @@ def test_parse_block_in_row_chunks_is_the_whole_block(dataset: str, monkeypatch:
             assert got.dense[name].tobytes() == whole.dense[name].tobytes(), (rows, name)
         for name in whole.keys:
             assert got.keys[name].tolist() == whole.keys[name].tolist(), (rows, name)
+
+
+def _binary_search_ids(keys: np.ndarray, ids: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    if not len(keys):
+        return np.zeros(len(queries), np.int64)
+    pos = np.minimum(np.searchsorted(keys, queries), len(keys) - 1)
+    return np.where(keys[pos] == queries, ids[pos], 0)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 9, 1000, 70_000])
+def test_key_table_encodes_as_the_binary_search(n: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """FeatureVocab.encode through the hash table (KeyTable) gives the ids of a binary search over the
+    sorted keys, for present and absent keys, hex8 keys (dense 32-bit values and -1) and full-range
+    int64 keys including the table's free-slot marker (an empty token7 value's key)."""
+    from data_prep import vocab_build
+    from data_prep.vocab_build import FeatureVocab
+
+    rng = np.random.default_rng(n)
+    lo = np.iinfo(np.int64).min
+    for space in ("hex8", "int64"):
+        if space == "hex8":
+            pool = np.r_[-1, rng.integers(0, 2**32, 2 * n + 10)]
+        else:
+            pool = np.r_[lo, lo + 1, -1, 0, rng.integers(lo, 2**63 - 1, 2 * n + 10, dtype=np.int64)]
+        pool = np.unique(pool)
+        keys = np.sort(rng.choice(pool, min(n, len(pool)), replace=False))
+        if space == "int64" and n:
+            keys[0] = lo  # the smallest pool value: keys stay distinct and sorted
+        ids = rng.permutation(len(keys)).astype(np.int64) + 1
+        queries = np.r_[lo, -1, rng.choice(pool, 5000)]
+        want = _binary_search_ids(keys, ids, queries)
+        assert (want > 0).any() == (n > 0) and (want == 0).any()
+        vocab = FeatureVocab(size=len(keys) + 1, sorted_keys=keys, ids=ids)
+        assert vocab.encode(queries).tolist() == want.tolist()
+        assert (vocab._table is not None) == (n > 0)
+        monkeypatch.setattr(vocab_build, "TABLE_MAX_VALUES", 0)  # the binary-search path agrees too
+        assert FeatureVocab(size=len(keys) + 1, sorted_keys=keys, ids=ids).encode(queries).tolist() == want.tolist()
+        monkeypatch.undo()
