@@ -187,3 +187,25 @@ def test_key_table_encodes_as_the_binary_search(n: int, monkeypatch: pytest.Monk
         monkeypatch.setattr(vocab_build, "TABLE_MAX_VALUES", 0)  # the binary-search path agrees too
         assert FeatureVocab(size=len(keys) + 1, sorted_keys=keys, ids=ids).encode(queries).tolist() == want.tolist()
         monkeypatch.undo()
+
+
+def test_unique_counts_are_numpys_in_any_order() -> None:
+    """unique_counts (Arrow's hash-based value_counts) holds numpy unique's distinct keys and counts;
+    KeyCounter's merged counts are the same as when every block was counted by numpy."""
+    from data_prep.vocab_build import KeyCounter, unique_counts
+
+    rng = np.random.default_rng(5)
+    lo = np.iinfo(np.int64).min
+    blocks = [np.r_[lo, -1, rng.integers(0, 300, 2000)], np.zeros(0, np.int64), rng.integers(-5, 5, 100)]
+    counter, reference = KeyCounter(), KeyCounter()
+    for keys in blocks:
+        u, c = unique_counts(keys)
+        order = np.argsort(u)
+        want_u, want_c = np.unique(keys, return_counts=True)
+        assert u.dtype == c.dtype == np.int64
+        assert u[order].tolist() == want_u.tolist() and c[order].tolist() == want_c.tolist()
+        counter.add_unique(u, c)
+        reference.add_unique(want_u, want_c)
+    counter.consolidate()
+    reference.consolidate()
+    assert counter.keys.tolist() == reference.keys.tolist() and counter.counts.tolist() == reference.counts.tolist()
