@@ -15,8 +15,6 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from data_prep import textio
 from data_prep.spec import DatasetSpec, PrepConfig
@@ -27,11 +25,9 @@ from data_prep.vocabulary import write_feature_vocab
 DEFAULT_FALLBACK_HASH_SIZE = 40_000_000
 
 def unique_counts(keys: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Distinct keys (in no particular order: KeyCounter sorts when it merges) and their counts.
-    Arrow's hash-based value_counts, ~1.6x faster than numpy's sort-based unique."""
-    counted = pc.value_counts(pa.array(keys, pa.int64()))
-    return (counted.field(0).to_numpy(zero_copy_only=False).astype(np.int64, copy=False),
-            counted.field(1).to_numpy(zero_copy_only=False).astype(np.int64, copy=False))
+    """Distinct keys, ascending, and their counts. (Arrow's hash-based value_counts is ~1.6x faster
+    here, but its unsorted output made KeyCounter's merge sort ~3x slower: a net loss.)"""
+    return np.unique(keys, return_counts=True)
 
 
 _EMPTY = np.iinfo(np.int64).min  # a free slot (a key equal to it is kept aside)

@@ -190,7 +190,7 @@ def test_key_table_encodes_as_the_binary_search(n: int, monkeypatch: pytest.Monk
 
 
 def test_unique_counts_are_numpys_in_any_order() -> None:
-    """unique_counts (Arrow's hash-based value_counts) holds numpy unique's distinct keys and counts;
+    """unique_counts holds numpy unique's distinct keys and counts (checked in any order);
     KeyCounter's merged counts are the same as when every block was counted by numpy."""
     from data_prep.vocab_build import KeyCounter, unique_counts
 
