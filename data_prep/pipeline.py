@@ -14,11 +14,13 @@ pipeline makes two streaming passes over the input files, in bounded memory:
   appends to bounded parquet part files per split.
 
 Categorical values are parsed into exact int64 keys whose order equals the byte
-order of the raw values (see textio.parse_hex8 / parse_token7), so counting and
-lookup are numpy sorts and binary searches, never per-row Python.
+order of the raw values (see textio.parse_hex8 / parse_token7), so counting is numpy
+sorts and lookup a whole-array hash table (vocab_build.KeyTable), never per-row Python.
 
 Memory: one block (default 8 MB of text and a few times that in arrays) plus the
-per-feature counts (16 bytes per distinct train value). When the counts exceed
+per-feature counts (16 bytes per distinct train value); in pass 2 the vocabularies (16 bytes
+per kept value) and their lookup tables (32-64 bytes per value, for vocabularies of up to 2M
+values). When the counts exceed
 `count_memory_mb`, the feature with the most distinct values is switched to
 hashing (id = splitmix64(value) % hash_size), its counts are dropped, and this is
 repeated until under the cap; meta.json records which features were hashed and
