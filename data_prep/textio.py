@@ -223,11 +223,6 @@ def _words(arr: np.ndarray, s: np.ndarray) -> np.ndarray:
     return np.ndarray(shape=(len(arr) - 7,), dtype=np.uint64, buffer=arr, strides=(1,))[s]
 
 
-def _ge(low7: np.ndarray, k: int) -> np.ndarray:
-    """Bit 7 of each byte set iff that byte (< 0x80) is >= k: no carry crosses a byte."""
-    return (low7 + _BYTES[0x80 - k]) & _HI
-
-
 _BYTES = {b: np.uint64(int.from_bytes(bytes([b]) * 8, "little")) for b in range(256)}  # b in every byte
 _HI = _BYTES[0x80]
 
@@ -293,11 +288,11 @@ def parse_hex8(arr: np.ndarray, s: np.ndarray, e: np.ndarray) -> Tuple[np.ndarra
     length = e - s
     w = _words(arr, s)
     full = length == 8
-    low7 = w & ~_HI
-    ok_bytes = ((_ge(low7, 0x30) & ~_ge(low7, 0x3A)) | (_ge(low7, 0x61) & ~_ge(low7, 0x67))) == _HI
-    ok = (length == 0) | (full & ok_bytes & ((w & _HI) == 0))
-    # nibble per byte: '0'-'9' -> 0-9, 'a'-'f' (bit 6 set) -> 1-6 + 9
+    # nibble per byte: '0'-'9' -> 0-9, 'a'-'f' (bit 6 set) -> 1-6 + 9; any byte -> 0..24
     nib = (w & _BYTES[0x0F]) + ((w >> np.uint64(6)) & _BYTES[0x01]) * np.uint64(9)
+    # valid iff every byte is how its nibble (<= 15) is written: '0' + nib, or from 10 on 'a' + nib - 10
+    written = nib + _BYTES[0x30] + (((nib + _BYTES[0x76]) & _HI) >> np.uint64(7)) * np.uint64(0x27)
+    ok = (length == 0) | (full & (written == w) & (((nib + _BYTES[0x70]) & _HI) == 0))
     lane = np.uint64(0x000F000F000F000F)
     p = ((nib & lane) << np.uint64(4)) | ((nib >> np.uint64(8)) & lane)  # 16-bit lane j: digits 2j, 2j+1
     p = (p | (p >> np.uint64(8))) & np.uint64(0x0000FFFF0000FFFF)

@@ -209,3 +209,14 @@ def test_unique_counts_are_numpys_in_any_order() -> None:
     counter.consolidate()
     reference.consolidate()
     assert counter.keys.tolist() == reference.keys.tolist() and counter.counts.tolist() == reference.counts.tolist()
+
+
+def test_hex8_every_byte_in_every_position() -> None:
+    """Each of the 256 byte values at each of the 8 positions of a valid value: exactly the lowercase
+    hex digits keep it valid, with the right key."""
+    values = [b"0123abcd"[:pos] + bytes([b]) + b"0123abcd"[pos + 1 :] for b in range(256) for pos in range(8)]
+    arr, s, e = _buffer(values)
+    ok, keys = textio.parse_hex8(arr, s, e)
+    want_ok = [re.fullmatch(rb"[0-9a-f]{8}", v) is not None for v in values]
+    assert ok.tolist() == want_ok and sum(want_ok) == 16 * 8
+    assert keys[ok].tolist() == [int(v, 16) for v, good in zip(values, want_ok) if good]
