@@ -49,6 +49,8 @@ from data_prep.foreign_cli import add_foreign_parsers, positive_int, run_foreign
 PROG = "mlet-prep"
 # Errors a user can fix from the message alone: print it, no traceback.
 EXIT_USER_ERROR = 2
+# The first converters' names, and the from-* spelling every converter has (argparse reports the alias used)
+ALIASES = {"from-torchrec-npy": "torchrec-npy", "from-nvtabular": "nvtabular"}
 
 
 def _fraction(text: str) -> float:
@@ -138,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="pooling recorded in meta.json for the model: sum | mean | C1=mean,C2=sum,... (default sum)")
     _add_common(sy, vocab=False)
 
-    tn = sub.add_parser("torchrec-npy", help="TorchRec's Criteo day_N_{dense,sparse,labels}.npy -> parquet "
+    tn = sub.add_parser("torchrec-npy", aliases=["from-torchrec-npy"], help="TorchRec's Criteo day_N_{dense,sparse,labels}.npy -> parquet "
                                              "(last day = val/test; values copied, not transformed again)",
                         description="Convert the .npy day files of torchrec's Criteo preprocessing.")
     tn.add_argument("src", metavar="DIR", help="directory holding day_N_dense.npy, day_N_sparse.npy, day_N_labels.npy")
@@ -146,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     tn.add_argument("--table-sizes", default=None, help="26 comma-separated table sizes (default: max id + 1)")
     _add_common(tn, vocab=False)
 
-    nv = sub.add_parser("nvtabular", help="NVTabular parquet (label, int_*, cat_* + schema.pbtxt) -> parquet "
+    nv = sub.add_parser("nvtabular", aliases=["from-nvtabular"], help="NVTabular parquet (label, int_*, cat_* + schema.pbtxt) -> parquet "
                                           "(values copied, not transformed again)",
                         description="Convert an NVTabular output directory: train/, validation/ (or valid/, val/), "
                                     "optionally test/, with part_*.parquet and schema.pbtxt (cardinalities). List "
@@ -239,6 +241,7 @@ def _config(args: argparse.Namespace) -> PrepConfig:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.command = ALIASES.get(args.command, args.command)
     t0 = time.perf_counter()
     try:
         cfg = _config(args)

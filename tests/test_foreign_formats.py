@@ -216,3 +216,20 @@ def test_bad_nvtabular_input_is_one_line_and_publishes_nothing(
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and re.search(message, err), err
     assert not (tmp_path / "ds").exists()
+
+
+def test_from_spelling_of_the_first_converters_is_the_same_command(tmp_path: Path) -> None:
+    """Every converter answers to `from-*` (the first two also to their old names): same output."""
+    import hashlib
+
+    src = tmp_path / "nvt"
+    _write_nvt(src, {"train": [40, 40], "validation": [30], "test": [20]})
+    assert prep_main(["nvtabular", str(src), str(tmp_path / "a")]) == 0
+    assert prep_main(["from-nvtabular", str(src), str(tmp_path / "b")]) == 0
+
+    def digests(root: Path) -> dict:
+        return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(root.rglob("*")) if p.is_file()}
+
+    assert digests(tmp_path / "a") == digests(tmp_path / "b") and len(digests(tmp_path / "a")) > 3
+    assert prep_main(["from-torchrec-npy", str(tmp_path / "missing"), str(tmp_path / "c")]) == 2  # dispatched, one line
