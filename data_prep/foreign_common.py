@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -105,6 +105,25 @@ def table_sizes_from(features: Sequence[str], max_ids: np.ndarray,
         if m >= n:
             raise ValueError(f"feature {f}: id {int(m)} in {source} is outside the given table size {int(n)}")
     return [int(n) for n in given]
+
+
+def day_blocks(
+    day_rows: Sequence[int], block_rows: int, make_table: Callable[[int, int, int], pa.Table]
+) -> Iterator[Tuple[str, pa.Table]]:
+    """(split, table) in day order for day files split the TorchRec / MLPerf way: every day but the
+    last is train, the last is halved, val the first ceil(rows / 2). ``make_table(day, lo, hi)``
+    builds rows [lo, hi) of a day."""
+    last_val = (day_rows[-1] + 1) // 2
+    for day, rows in enumerate(day_rows):
+        for lo in range(0, rows, block_rows):
+            hi = min(lo + block_rows, rows)
+            table = make_table(day, lo, hi)
+            if day < len(day_rows) - 1:
+                yield "train", table
+                continue
+            cut = min(max(last_val - lo, 0), hi - lo)
+            yield "val", table.slice(0, cut)
+            yield "test", table.slice(cut)
 
 
 def bag_column(ids: np.ndarray) -> pa.Array:

@@ -28,7 +28,9 @@ import numpy as np
 import pyarrow as pa
 
 from data_prep.dataset_format import CRITEO_DENSE_FEATURES, CRITEO_SPARSE_FEATURES, parquet_schema
-from data_prep.foreign_common import bag_column, first_bad, load_npy, npz_arrays, table_sizes_from, write_converted
+from data_prep.foreign_common import (
+    bag_column, day_blocks, first_bad, load_npy, npz_arrays, table_sizes_from, write_converted,
+)
 from data_prep.pipeline import PrepConfig, PrepResult
 
 PathLike = Union[str, Path]
@@ -137,23 +139,17 @@ def _scan(day: Day, lo: int, hi: int) -> np.ndarray:
 
 
 def _blocks(days: List[Day], schema: pa.Schema, sizes: List[int]) -> Iterator[Tuple[str, pa.Table]]:
-    last_val = (days[-1].rows + 1) // 2
-    for i, day in enumerate(days):
-        for lo in range(0, day.rows, BLOCK_ROWS):
-            hi = min(lo + BLOCK_ROWS, day.rows)
-            cols = [pa.array(np.asarray(day.labels[lo:hi]).astype(np.int8))]
-            dense = np.asarray(day.dense[lo:hi], np.float32)
-            cols += [pa.array(dense[:, j]) for j in range(dense.shape[1])]
-            for bags, k in zip(day.bags, sizes):
-                ids = np.asarray(bags[lo:hi])
-                cols.append(pa.array(ids[:, 0].astype(np.int64)) if k == 1 else bag_column(ids))
-            table = pa.Table.from_arrays(cols, schema=schema)
-            if i < len(days) - 1:
-                yield "train", table
-                continue
-            cut = min(max(last_val - lo, 0), hi - lo)
-            yield "val", table.slice(0, cut)
-            yield "test", table.slice(cut)
+    def table(i: int, lo: int, hi: int) -> pa.Table:
+        day = days[i]
+        cols = [pa.array(np.asarray(day.labels[lo:hi]).astype(np.int8))]
+        dense = np.asarray(day.dense[lo:hi], np.float32)
+        cols += [pa.array(dense[:, j]) for j in range(dense.shape[1])]
+        for bags, k in zip(day.bags, sizes):
+            ids = np.asarray(bags[lo:hi])
+            cols.append(pa.array(ids[:, 0].astype(np.int64)) if k == 1 else bag_column(ids))
+        return pa.Table.from_arrays(cols, schema=schema)
+
+    return day_blocks([d.rows for d in days], BLOCK_ROWS, table)
 
 
 def prepare_mlperf_multihot(

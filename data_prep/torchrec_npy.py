@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from data_prep.dataset_format import CRITEO_DENSE_FEATURES, CRITEO_SPARSE_FEATURES, parquet_schema
-from data_prep.foreign_common import first_bad, load_npy, table_sizes_from, write_converted
+from data_prep.foreign_common import day_blocks, first_bad, load_npy, table_sizes_from, write_converted
 from data_prep.pipeline import PrepConfig, PrepResult, check_output
 
 PathLike = Union[str, Path]
@@ -124,17 +124,11 @@ def prepare_torchrec_npy(
 
 def _blocks(opened: List[Tuple[np.ndarray, np.ndarray, np.ndarray]], schema: pa.Schema) -> Iterator[Tuple[str, pa.Table]]:
     """(split, table) blocks in day order: all days but the last are train, the last is halved."""
-    last_val = (len(opened[-1][2]) + 1) // 2
-    for i, (dense, sparse, labels) in enumerate(opened):
-        for lo in range(0, len(labels), BLOCK_ROWS):
-            hi = min(lo + BLOCK_ROWS, len(labels))
-            cols = [pa.array(np.asarray(labels[lo:hi]).astype(np.int8))]
-            cols += [pa.array(np.asarray(dense[lo:hi, j], np.float32)) for j in range(dense.shape[1])]
-            cols += [pa.array(np.asarray(sparse[lo:hi, j], np.int64)) for j in range(sparse.shape[1])]
-            table = pa.Table.from_arrays(cols, schema=schema)
-            if i < len(opened) - 1:
-                yield "train", table
-                continue
-            cut = min(max(last_val - lo, 0), hi - lo)
-            yield "val", table.slice(0, cut)
-            yield "test", table.slice(cut)
+    def table(i: int, lo: int, hi: int) -> pa.Table:
+        dense, sparse, labels = opened[i]
+        cols = [pa.array(np.asarray(labels[lo:hi]).astype(np.int8))]
+        cols += [pa.array(np.asarray(dense[lo:hi, j], np.float32)) for j in range(dense.shape[1])]
+        cols += [pa.array(np.asarray(sparse[lo:hi, j], np.int64)) for j in range(sparse.shape[1])]
+        return pa.Table.from_arrays(cols, schema=schema)
+
+    return day_blocks([len(labels) for _, _, labels in opened], BLOCK_ROWS, table)

@@ -421,3 +421,21 @@ def test_bad_nvtabular_lists_are_one_line_and_publish_nothing(tmp_path: Path, ca
         for d in ("train", "validation", "test"):
             (src / d / "schema.pbtxt").write_text(_nvt_list_schema(cat2_list=False))
     _one_line_exit_2(["nvtabular", str(src), str(tmp_path / "ds")], capsys, message, tmp_path / "ds")
+
+
+def test_day_blocks_halve_the_last_day_across_block_boundaries() -> None:
+    """Every day but the last is train; the last day's first ceil(rows/2) rows are val, the rest
+    test, wherever the blocks cut it (blocks of 3 rows: the cut falls inside a block)."""
+    import pyarrow as pa
+
+    from data_prep.foreign_common import day_blocks
+
+    def table(day: int, lo: int, hi: int) -> pa.Table:
+        return pa.table({"day": [day] * (hi - lo), "row": list(range(lo, hi))})
+
+    got: dict = {}
+    for split, t in day_blocks([5, 7], 3, table):
+        got.setdefault(split, []).extend(zip(t.column("day").to_pylist(), t.column("row").to_pylist()))
+    assert got["train"] == [(0, r) for r in range(5)]
+    assert got["val"] == [(1, r) for r in range(4)]
+    assert got["test"] == [(1, r) for r in range(4, 7)]
