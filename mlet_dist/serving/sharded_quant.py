@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Tuple
 import torch
 from torchrec.distributed.global_settings import get_propogate_device, set_propogate_device
 from torchrec.distributed.fused_params import FUSED_PARAM_QUANT_STATE_DICT_SPLIT_SCALE_BIAS
-from torchrec.distributed.quant_embeddingbag import QuantEmbeddingBagCollectionSharder
+from torchrec.distributed.quant_embeddingbag import QuantEmbeddingBagCollectionSharder, ShardedQuantEmbeddingBagCollection
 from torchrec.distributed.types import ModuleSharder, ShardingPlan
 from torchrec.inference.modules import (
     DEFAULT_FUSED_PARAMS,
@@ -73,7 +73,7 @@ def table_bytes_per_rank(sharded: torch.nn.Module) -> Dict[int, int]:
     lookups (``_lookups[i]._embedding_lookups_per_rank``, empty ranks skipped, ``_is_empty_rank``)."""
     held: Dict[int, int] = {}
     for module in sharded.modules():
-        if type(module).__name__ != "ShardedQuantEmbeddingBagCollection":
+        if not isinstance(module, ShardedQuantEmbeddingBagCollection):
             continue
         for lookup in module._lookups:
             ranks = [r for r, empty in enumerate(lookup._is_empty_rank) if not empty]
