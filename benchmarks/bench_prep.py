@@ -3,8 +3,10 @@
 The input is synthetic Criteo Kaggle-format TSV (data_prep.synthetic, power-law ids over tables of
 --table-size values) at each of --sizes MB. Rows, side by side in one run:
 
-* `mlet-prep wN`: prepare_criteo_kaggle with --workers N (two passes + the tail pass, validation,
-  rejects, splits, vocabularies; the same output bytes for every N);
+* `mlet-prep wN`: prepare_criteo_kaggle with --workers N on N cores (the process and its workers
+  pinned with sched_setaffinity: `w1` is one core, not one process with threads on all cores), two
+  passes + the tail pass, validation, rejects, splits, vocabularies; the same output bytes for every
+  N. `vs w1` is therefore the scaling from 1 to N cores;
 * `pyarrow`: pyarrow's multithreaded CSV reader (all cores) + dictionary encoding of the 26
   categorical columns + one parquet write with our codec (LZ4_RAW): one pass, no validation, rejects, splits or
   vocabulary ordering (the issue's reference point);
@@ -18,6 +20,7 @@ processes together (sampled), so it is what the machine needs. Ratios: each mlet
 
     nice -n 10 python benchmarks/bench_prep.py                 # 50 and 200 MB, workers 1 and 2
     nice -n 10 python benchmarks/bench_prep.py --sizes 100 --workers 1 2 4
+    python benchmarks/bench_prep.py --sizes 200 --repeats 3    # medians of 3 interleaved runs
 
 MB/s is input megabytes (10**6 bytes) divided by the wall time of the whole preparation.
 """
@@ -29,6 +32,7 @@ import json
 import math
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -114,10 +118,19 @@ def run_reference(src: Path, out: Path) -> None:
         pq.write_table(pa.table(cols), out / f"{name}.parquet", compression=PARQUET_COMPRESSION)
 
 
+def _pin(cores: int) -> int:
+    """Run this process (and the workers it starts) on its first `cores` allowed CPUs; how many it got."""
+    allowed = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, allowed[:cores])
+    return min(cores, len(allowed))
+
+
 def _child(kind: str, src: Path, out: Path) -> None:
     t0 = time.perf_counter()
     if kind.startswith("w"):
-        run_ours(src, out, int(kind[1:]))
+        workers = int(kind[1:])
+        _pin(workers)
+        run_ours(src, out, workers)
     else:
         (run_pyarrow if kind == "pyarrow" else run_reference)(src, out)
     seconds = time.perf_counter() - t0
@@ -176,6 +189,7 @@ def main() -> int:
                         help="sizes at which to run the line-by-line reference too (default: none)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="mlet-prep worker counts")
     parser.add_argument("--table-size", type=int, default=100_000, help="values per categorical table")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each row, interleaved; medians are printed")
     parser.add_argument("--workdir", default=None, help="where to put inputs/outputs (default: a temp dir)")
     parser.add_argument("--_child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -188,16 +202,21 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         work = Path(tmp)
+        if args.repeats > 1:
+            print(f"medians of {args.repeats} interleaved runs; wN runs on N cores (this box allows {len(os.sched_getaffinity(0))})")
         print(f"{'MB':>7} {'impl':>12} {'seconds':>8} {'MB/s':>8} {'peak RSS MB':>12} {'vs pyarrow':>11} {'vs w1':>6} {'MB/cpu-s':>9}")
         for size in args.sizes:
             src = work / f"criteo_{size:g}mb.tsv"
             write_criteo_tsv(src, size_mb=size, table_sizes=[args.table_size] * 26, seed=1)
             mb = src.stat().st_size / 1e6
-            rows = {"pyarrow": measure("pyarrow", src, work / "pa")}
-            for w in args.workers:
-                rows[f"mlet-prep w{w}"] = measure(f"w{w}", src, work / f"w{w}")
+            kinds = {"pyarrow": "pyarrow", **{f"mlet-prep w{w}": f"w{w}" for w in args.workers}}
             if size in args.reference_sizes:
-                rows["reference"] = measure("reference", src, work / "ref")
+                kinds["reference"] = "reference"
+            runs: dict = {name: [] for name in kinds}
+            for _ in range(args.repeats):  # interleaved, so that a noisy minute hits every row alike
+                for name, kind in kinds.items():
+                    runs[name].append(measure(kind, src, work / kind))
+            rows = {name: {key: statistics.median(r[key] for r in rs) for key in rs[0]} for name, rs in runs.items()}
             base, one = rows["pyarrow"]["mb_per_s"], rows.get("mlet-prep w1", {}).get("mb_per_s")
             for name, r in rows.items():
                 vs_w1 = f"{r['mb_per_s'] / one:5.2f}x" if one and name.startswith("mlet") else ""

@@ -10,7 +10,8 @@ what makes the output identical to the single-process run:
   same `count_memory_mb` check as the single-process run (its blocks are the same blocks), so the
   same features are hashed; otherwise counts are exact whatever the order;
 * the Kaggle tail pass: one task per range past the train/val boundary, counts subtracted;
-* pass 2: each range encodes its rows with the vocabulary (read from the staged vocab/ files) into
+* pass 2: each range encodes its rows with the vocabulary (its lookup tables built once here and
+  memory-mapped by every worker; vocabularies too large for one: the staged vocab/ files) into
   Arrow pieces per split; each output part file is then assembled by a task from the pieces that
   hold its rows, with the single-process writer's row groups. Pieces are deleted once used.
 
@@ -36,9 +37,9 @@ from data_prep.scan import Progress
 from data_prep.spec import DatasetSpec, PathLike, PrepConfig, PrepResult, Reject
 from data_prep.splits import ChunkSplit, SplitPolicy
 from data_prep.staging import checked_paths, publish, staging_dir
-from data_prep.vocab_build import FeatureVocab, KeyCounter, enforce_cap
+from data_prep.vocab_build import FeatureVocab, KeyCounter, enforce_cap, save_tables, vocab_threads
 from data_prep.vocab_from import load_saved_vocab, staged_vocabularies
-from data_prep.writers import RejectSink
+from data_prep.writers import RejectSink, SplitWriter
 from data_prep.ranges import ByteRange, count_lines, plan_ranges
 
 MAX_RANGE_BYTES = 64 << 20
@@ -104,7 +105,8 @@ def run_prep_parallel(
 
             vocabs, histograms, vocab_entries = staged_vocabularies(spec, cfg, counters, hashed, tmp, saved)
             ctx = dataclasses.replace(
-                ctx, vocab_dir=str(tmp), vocab_sizes={n: (int(v.size), v.hashed) for n, v in vocabs.items()}
+                ctx, vocab_dir=str(tmp), vocab_sizes={n: (int(v.size), v.hashed) for n, v in vocabs.items()},
+                vocab_tables=save_tables(vocabs, work / "tables", vocab_threads(cfg)),
             )
             vocabs = {n: FeatureVocab(size=v.size, hashed=v.hashed) for n, v in vocabs.items()}  # free the keys
             for i, r in enumerate(ranges):
@@ -216,26 +218,55 @@ class _PartAssembler:
         self.next_part = [0] * len(SPLITS)
         self.assembling: List[Tuple[Any, str, int, List[Tuple[int, int]]]] = []
         self.done_parts: Dict[Tuple[int, int], Tuple[List[str], int]] = {}
+        # The last part of each split is written here, a piece at a time as ranges finish: it can
+        # only start once the last range is encoded, and a worker writing it then would be pass 2's
+        # serial tail (the whole output when a split fits one part file).
+        self.last_part = [max(-(-t // self.per) - 1, -1) for t in self.totals]
+        self.streams: List[Optional[SplitWriter]] = [
+            SplitWriter(tmp, split, ctx.spec.schema(), ctx.cfg, first_index=self.last_part[k]) if self.totals[k] else None
+            for k, split in enumerate(SPLITS)
+        ]
 
     def add_range(self, pieces: List[Optional[str]]) -> None:
         """Range i's pieces arrived (ranges arrive in input order): submit the parts now complete."""
         self.pieces.append(pieces)
         self.submit_ready(self.starts[len(self.pieces)], final=False)
+        self.stream(len(self.pieces) - 1)
         self.reap(block=False)
+
+    def stream(self, i: int) -> None:
+        """Write range i's rows that belong to a split's last part into that part."""
+        for k, writer in enumerate(self.streams):
+            lo = self.last_part[k] * self.per
+            a, b = max(lo, self.starts[i, k]), self.starts[i + 1, k]
+            if writer is None or b <= a:
+                continue
+            tasks.copy_rows(writer, self.pieces[i][k], int(a - self.starts[i, k]), int(b - self.starts[i, k]))
+            self._used(i, k)
+
+    def _used(self, i: int, k: int) -> None:
+        self.users[i, k] -= 1
+        if self.users[i, k] == 0 and self.pieces[i][k]:
+            os.remove(self.pieces[i][k])  # type: ignore[arg-type]
 
     def finish(self) -> Dict[str, Any]:
         """Submit the last parts, wait for all; meta.json's splits (files and rows)."""
         self.submit_ready(self.starts[-1], final=True)
         self.reap(block=True)
+        for k, writer in enumerate(self.streams):
+            if writer is not None:
+                writer.close()
+                self.done_parts[(k, self.last_part[k])] = (writer.files, writer.rows)
         splits_meta: Dict[str, Any] = {}
         for k, split in enumerate(SPLITS):
             files: List[str] = []
             rows = 0
-            for p in range(self.next_part[k]):
+            n_parts = self.last_part[k] + 1
+            for p in range(n_parts):
                 f, n = self.done_parts[(k, p)]
                 files += f
                 rows += n
-            assert files == [part_file(split, p) for p in range(self.next_part[k])] and rows == self.totals[k]
+            assert files == [part_file(split, p) for p in range(n_parts)] and rows == self.totals[k]
             splits_meta[split] = {"rows": rows, "files": files}
         return splits_meta
 
@@ -246,9 +277,7 @@ class _PartAssembler:
                 files, rows = engines.wait(label, future)
                 self.done_parts[(k, int(label.rsplit(":", 1)[1]))] = (files, rows)
                 for i, kk in used:
-                    self.users[i, kk] -= 1
-                    if self.users[i, kk] == 0 and self.pieces[i][kk]:
-                        os.remove(self.pieces[i][kk])  # type: ignore[arg-type]
+                    self._used(i, kk)
             else:
                 keep.append((future, label, k, used))
         self.assembling[:] = keep
@@ -256,7 +285,7 @@ class _PartAssembler:
     def submit_ready(self, ready_rows: np.ndarray, final: bool) -> None:
         per, starts, n_ranges = self.per, self.starts, len(self.starts) - 1
         for k, split in enumerate(SPLITS):
-            while self.next_part[k] * per < self.totals[k]:
+            while self.next_part[k] < self.last_part[k]:  # the last part is streamed (stream())
                 lo, hi = self.next_part[k] * per, min((self.next_part[k] + 1) * per, self.totals[k])
                 if hi > ready_rows[k] and not final:
                     break

@@ -22,7 +22,7 @@ from data_prep import textio
 from data_prep.dataset_format import SPLITS
 from data_prep.spec import DatasetSpec, Parsed, PrepConfig, Reject, parse_block
 from data_prep.splits import SplitPolicy
-from data_prep.vocab_build import FeatureVocab, unique_counts
+from data_prep.vocab_build import FeatureVocab, KeyTable, encoder_from_table, unique_counts
 from data_prep.writers import SplitWriter, encoded_rows, format_reject
 from data_prep.ranges import ByteRange, iter_range_blocks
 
@@ -39,6 +39,7 @@ class TaskContext:
     work_dir: str  # scratch inside the staging directory
     vocab_dir: str = ""  # the staging directory, whose vocab/ pass 2 reads
     vocab_sizes: Dict[str, Tuple[int, bool]] = field(default_factory=dict)  # feature -> (size, hashed)
+    vocab_tables: Dict[str, str] = field(default_factory=dict)  # feature -> its saved KeyTable (.npy)
 
 
 @dataclass
@@ -144,7 +145,7 @@ _VOCAB_CACHE: Dict[Tuple[str, str], FeatureVocab] = {}
 
 
 def _vocab(ctx: TaskContext, name: str) -> FeatureVocab:
-    """A feature's vocabulary, read once per worker process from the staged vocab/ file."""
+    """A feature's vocabulary, once per worker process: its memory-mapped KeyTable, or the staged vocab/ file."""
     size, hashed = ctx.vocab_sizes[name]
     if hashed:
         return FeatureVocab(size=size, hashed=True)
@@ -152,10 +153,13 @@ def _vocab(ctx: TaskContext, name: str) -> FeatureVocab:
     if key not in _VOCAB_CACHE:
         if len(_VOCAB_CACHE) > 4 * len(ctx.vocab_sizes):
             _VOCAB_CACHE.clear()  # a long-lived (dask) worker that saw earlier runs
-        t = pq.read_table(Path(ctx.vocab_dir) / "vocab" / f"{name}.parquet", columns=["key", "id"])
-        _VOCAB_CACHE[key] = FeatureVocab(
-            size=size, sorted_keys=t.column("key").to_numpy(), ids=t.column("id").to_numpy()
-        )
+        if name in ctx.vocab_tables:  # built once by the parent, memory-mapped (shared page cache)
+            _VOCAB_CACHE[key] = encoder_from_table(size, KeyTable.load(Path(ctx.vocab_tables[name])))
+        else:
+            t = pq.read_table(Path(ctx.vocab_dir) / "vocab" / f"{name}.parquet", columns=["key", "id"])
+            _VOCAB_CACHE[key] = FeatureVocab(
+                size=size, sorted_keys=t.column("key").to_numpy(), ids=t.column("id").to_numpy()
+            )
     return _VOCAB_CACHE[key]
 
 
@@ -174,7 +178,7 @@ def encode_range(ctx: TaskContext, rng: ByteRange, first_line: int, acc: int, ac
     vocabs = {name: _vocab(ctx, name) for name in sparse}
     res = EncodeResult(0, [0] * len(SPLITS), [None] * len(SPLITS), {n: [0] * len(SPLITS) for n in sparse})
     writers: List[Optional[ipc.RecordBatchFileWriter]] = [None] * len(SPLITS)
-    options = ipc.IpcWriteOptions(compression="lz4", use_threads=False)
+    options = ipc.IpcWriteOptions(compression=None, use_threads=False)  # read back memory-mapped, zero-copy
     try:
         for _block, parsed in _blocks(ctx, rng, first_line):
             n = len(parsed.lines)
@@ -205,16 +209,21 @@ def assemble_part(
     the single-process SplitWriter writes it (row groups cut at the same rows)."""
     writer = SplitWriter(Path(out_dir), split, ctx.spec.schema(), ctx.cfg, first_index=index)
     for path, lo, hi in pieces:
-        with pa.memory_map(path) as source:
-            reader = ipc.open_file(source)
-            seen = 0
-            for b in range(reader.num_record_batches):
-                batch = reader.get_batch(b)
-                a, z = max(lo - seen, 0), min(hi - seen, batch.num_rows)
-                if a < z:
-                    writer.write(pa.Table.from_batches([batch.slice(a, z - a)]))
-                seen += batch.num_rows
-                if seen >= hi:
-                    break
+        copy_rows(writer, path, lo, hi)
     writer.close()
     return writer.files, writer.rows
+
+
+def copy_rows(writer: SplitWriter, piece: str, lo: int, hi: int) -> None:
+    """Append rows [lo, hi) of an encode_range piece to a part file's writer."""
+    with pa.memory_map(piece) as source:
+        reader = ipc.open_file(source)
+        seen = 0
+        for b in range(reader.num_record_batches):
+            batch = reader.get_batch(b)
+            a, z = max(lo - seen, 0), min(hi - seen, batch.num_rows)
+            if a < z:
+                writer.write(pa.Table.from_batches([batch.slice(a, z - a)]))
+            seen += batch.num_rows
+            if seen >= hi:
+                break

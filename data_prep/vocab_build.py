@@ -9,7 +9,9 @@ data can be encoded with the same ids (vocabulary.py, --vocab-from).
 
 from __future__ import annotations
 
+import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -18,7 +20,7 @@ import numpy as np
 
 from data_prep import textio
 from data_prep.spec import DatasetSpec, PrepConfig
-from data_prep.vocabulary import write_feature_vocab
+from data_prep.vocabulary import VOCAB_DIR, write_feature_vocab
 
 # Buckets used when the memory cap forces hashing and no --hash-size was given
 # (the reference DLRM's usual --max-ind-range for Criteo Terabyte).
@@ -45,6 +47,27 @@ class KeyTable:
         self._shift, self._mask = np.uint64(64 - bits), (1 << bits) - 1
         self._keys = np.full(1 << bits, _EMPTY, np.int64)
         self._values = np.zeros(1 << bits, np.int64)
+        self._fill(np.asarray(keys, np.int64), np.asarray(values, np.int64))
+
+    def save(self, path: Path) -> None:
+        """The built table as one .npy (slot keys, slot values, the aside key's value), which
+        `load` memory-maps: worker processes share it instead of each rebuilding it."""
+        np.save(path, np.concatenate([self._keys, self._values, [self._empty_value]]))
+
+    @classmethod
+    def load(cls, path: Path) -> "KeyTable":
+        flat = np.load(path, mmap_mode="r")
+        slots = (len(flat) - 1) // 2
+        if len(flat) != 2 * slots + 1 or slots < 16 or slots & (slots - 1):
+            raise ValueError(f"{path}: not a KeyTable file ({len(flat)} values)")
+        table = cls.__new__(cls)
+        bits = slots.bit_length() - 1
+        table._shift, table._mask = np.uint64(64 - bits), slots - 1
+        table._keys, table._values = flat[:slots], flat[slots:2 * slots]
+        table._empty_value = int(flat[-1])
+        return table
+
+    def _fill(self, keys: np.ndarray, values: np.ndarray) -> None:
         aside = keys == _EMPTY
         self._empty_value = int(values[aside][0]) if aside.any() else 0
         keys, values = keys[~aside], values[~aside]
@@ -136,9 +159,9 @@ class FeatureVocab:
     def encode(self, keys: np.ndarray) -> np.ndarray:
         if self.hashed:
             return (textio.splitmix64(keys) % np.uint64(self.size)).astype(np.int64)
-        if not len(self.sorted_keys):
+        if not len(self.sorted_keys) and self._table is None:
             return np.zeros(len(keys), np.int64)
-        if len(self.sorted_keys) <= TABLE_MAX_VALUES:
+        if self._table is not None or len(self.sorted_keys) <= TABLE_MAX_VALUES:
             if self._table is None:
                 with _TABLE_LOCK:  # pass 2's scan threads encode blocks of the same feature at once
                     if self._table is None:
@@ -146,6 +169,28 @@ class FeatureVocab:
             return self._table.get(keys)
         pos = np.minimum(np.searchsorted(self.sorted_keys, keys), len(self.sorted_keys) - 1)
         return np.where(self.sorted_keys[pos] == keys, self.ids[pos], 0)
+
+
+def encoder_from_table(size: int, table: KeyTable) -> FeatureVocab:
+    """An exact vocabulary that encodes through an already built (memory-mapped) KeyTable."""
+    vocab = FeatureVocab(size=size)
+    vocab._table = table
+    return vocab
+
+
+def save_tables(vocabs: Dict[str, FeatureVocab], out: Path, threads: int) -> Dict[str, str]:
+    """Build the KeyTable of each exact vocabulary that encodes through one and save it under `out`
+    (parallel pass 2: built once here instead of once per worker); feature -> file."""
+    names = [n for n, v in vocabs.items() if not v.hashed and 0 < len(v.sorted_keys) <= TABLE_MAX_VALUES]
+    out.mkdir(parents=True, exist_ok=True)
+
+    def one(name: str) -> str:
+        path = out / f"{name}.npy"
+        KeyTable(vocabs[name].sorted_keys, vocabs[name].ids).save(path)
+        return str(path)
+
+    with ThreadPoolExecutor(threads) as pool:
+        return dict(zip(names, pool.map(one, names)))
 
 
 def build_vocab(counter: KeyCounter, min_count: int) -> FeatureVocab:
@@ -176,43 +221,66 @@ def count_histogram(counts: np.ndarray) -> Dict[str, Any]:
     }
 
 
+def _finish_one(counter: KeyCounter, cfg: PrepConfig) -> Tuple[FeatureVocab, Dict[str, Any], Optional[str]]:
+    """One feature's vocabulary, count histogram and, if its table is over --hash-size, why it is hashed."""
+    vocab = build_vocab(counter, cfg.min_count)
+    hist = count_histogram(counter.counts)
+    hist["distinct_train_values"] = int(len(counter.keys))
+    hist["rare_train_values"] = int(len(counter.keys) - (vocab.size - 1))
+    if cfg.hash_size is not None and vocab.size > cfg.hash_size:
+        return FeatureVocab(size=cfg.hash_size, hashed=True), hist, f"table of {vocab.size} ids exceeds hash_size"
+    return vocab, hist, None
+
+
+def vocab_threads(cfg: PrepConfig) -> int:
+    """Threads for the per-feature vocabulary work: it runs between the passes, when the parsing
+    threads (or worker processes) are idle, and numpy's sorts and parquet writes release the GIL."""
+    return max(1, min(max(cfg.threads, cfg.workers), os.cpu_count() or 1))
+
+
 def finish_vocabs(
     sparse: Sequence[str], counters: Dict[str, Optional[KeyCounter]], hashed: Dict[str, str], cfg: PrepConfig
 ) -> Tuple[Dict[str, FeatureVocab], Dict[str, Dict[str, Any]]]:
-    """Vocabularies and count histograms from the final train counts (frees the counts)."""
+    """Vocabularies and count histograms from the final train counts (frees the counts). Features
+    are finished on vocab_threads(cfg) threads; results are taken in feature order."""
+    fallback = cfg.hash_size or DEFAULT_FALLBACK_HASH_SIZE
+    live = [name for name in sparse if counters[name] is not None]
+    with ThreadPoolExecutor(vocab_threads(cfg)) as pool:
+        done = dict(zip(live, pool.map(lambda name: _finish_one(counters[name], cfg), live)))
     vocabs: Dict[str, FeatureVocab] = {}
     histograms: Dict[str, Dict[str, Any]] = {}
-    fallback = cfg.hash_size or DEFAULT_FALLBACK_HASH_SIZE
     for name in sparse:
-        counter = counters[name]
-        if counter is None:
+        if name not in done:
             vocabs[name] = FeatureVocab(size=fallback, hashed=True)
             histograms[name] = {"distinct_train_values": None}
             continue
-        vocab = build_vocab(counter, cfg.min_count)
-        hist = count_histogram(counter.counts)
-        hist["distinct_train_values"] = int(len(counter.keys))
-        hist["rare_train_values"] = int(len(counter.keys) - (vocab.size - 1))
-        if cfg.hash_size is not None and vocab.size > cfg.hash_size:
-            hashed[name] = f"table of {vocab.size} ids exceeds hash_size"
-            vocab = FeatureVocab(size=cfg.hash_size, hashed=True)
-        vocabs[name] = vocab
-        histograms[name] = hist
+        vocabs[name], histograms[name], why = done[name]
+        if why is not None:
+            hashed[name] = why
         counters[name] = None  # free the counts before pass 2
     return vocabs, histograms
 
 
-def save_vocabularies(out: Path, spec: DatasetSpec, vocabs: Dict[str, FeatureVocab]) -> Dict[str, Dict[str, Any]]:
+def save_vocabularies(
+    out: Path, spec: DatasetSpec, vocabs: Dict[str, FeatureVocab], threads: int = 1
+) -> Dict[str, Dict[str, Any]]:
     """Each exact feature's vocabulary as OUT/vocab/<feature>.parquet (data_prep/vocabulary.py), so
     later data can be encoded with it; hashed features need only their kind and table size."""
     kinds = {c.name: c.kind for c in spec.columns}
+    exact = [name for name, vocab in vocabs.items() if not vocab.hashed]
+    if exact:
+        (out / VOCAB_DIR).mkdir(exist_ok=True)
+    with ThreadPoolExecutor(threads) as pool:
+        files = dict(zip(exact, pool.map(
+            lambda name: write_feature_vocab(out, name, kinds[name], vocabs[name].sorted_keys, vocabs[name].ids),
+            exact)))
     entries: Dict[str, Dict[str, Any]] = {}
     for name, vocab in vocabs.items():
         if vocab.hashed:
             entries[name] = {"kind": kinds[name], "hashed": True}
         else:
-            rel = write_feature_vocab(out, name, kinds[name], vocab.sorted_keys, vocab.ids)
-            entries[name] = {"kind": kinds[name], "hashed": False, "file": rel, "values": int(len(vocab.sorted_keys))}
+            entries[name] = {"kind": kinds[name], "hashed": False, "file": files[name],
+                             "values": int(len(vocab.sorted_keys))}
     return entries
 
 

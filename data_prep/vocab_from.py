@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from data_prep.dataset_format import META_FILE, looks_raw, read_meta
 from data_prep.spec import DatasetSpec, PathLike, PrepConfig
-from data_prep.vocab_build import FeatureVocab, KeyCounter, finish_vocabs, save_vocabularies
+from data_prep.vocab_build import FeatureVocab, KeyCounter, finish_vocabs, save_vocabularies, vocab_threads
 from data_prep.vocabulary import OOV_ID, VOCAB_DIR, vocab_file
 
 FLAG = "--vocab-from"
@@ -150,6 +150,6 @@ def staged_vocabularies(
     `hashed`). Returns (vocabs, id histograms, meta.json vocabulary entries)."""
     if saved is None:
         vocabs, histograms = finish_vocabs(spec.sparse_features, counters, hashed, cfg)
-        return vocabs, histograms, save_vocabularies(tmp, spec, vocabs)
+        return vocabs, histograms, save_vocabularies(tmp, spec, vocabs, vocab_threads(cfg))
     hashed.update(saved.hashed_features())
     return saved.stage(tmp)

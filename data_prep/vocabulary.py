@@ -48,13 +48,19 @@ def raw_to_keys(kind: str, values: Sequence[Union[str, bytes]]) -> Tuple[np.ndar
     return (textio.parse_hex8 if kind == "hex8" else textio.parse_token7)(arr, starts, ends)
 
 
+_HEX_PAIRS = np.frombuffer(b"".join(b"%02x" % i for i in range(256)), np.uint16)  # byte -> its 2 digits
+
+
 def keys_to_raw(kind: str, keys: np.ndarray) -> pa.Array:
     """Raw values (strings) of keys: the inverse of ``raw_to_keys`` (vectorised)."""
     keys = np.asarray(keys, np.int64)
-    if kind == "hex8":
-        digits = (keys.astype(np.uint64)[:, None] >> (4 * (7 - np.arange(8))).astype(np.uint64)) & np.uint64(15)
-        chars = np.frombuffer(b"0123456789abcdef", np.uint8)[digits.astype(np.int64)]
+    if kind == "hex8":  # each byte of the 32-bit value (most significant first) -> its two hex digits
+        big_endian = keys.astype(np.uint32).astype(">u4").view(np.uint8)
+        chars = _HEX_PAIRS[big_endian].view(np.uint8).reshape(-1, 8)
         lengths = np.where(keys < 0, 0, 8)
+        if len(keys) and lengths.all():  # the usual case: no empty value, the digits are the data
+            offsets = np.arange(0, 8 * len(keys) + 1, 8, dtype=np.int32)
+            return pa.Array.from_buffers(pa.string(), len(keys), [None, pa.py_buffer(offsets), pa.py_buffer(chars)])
     elif kind == "token7":
         chars = (keys.view(np.uint64) ^ np.uint64(1 << 63)).astype(">u8").view(np.uint8).reshape(-1, 8)
         lengths = chars[:, 7].astype(np.int64)
@@ -77,7 +83,9 @@ def write_feature_vocab(out_dir: Path, feature: str, kind: str, sorted_keys: np.
         "key": pa.array(np.asarray(sorted_keys, np.int64)),
         "id": pa.array(np.asarray(ids, np.int64)),
     })
-    pq.write_table(table, out_dir / rel, compression="zstd")
+    # No dictionary pages: keys, ids and values are all distinct, so the writer's dictionary attempt
+    # only cost time (2.3x) and bytes (1.6x larger than plain + zstd).
+    pq.write_table(table, out_dir / rel, compression="zstd", use_dictionary=False)
     return rel
 
 

@@ -88,6 +88,16 @@ def test_keys_and_raw_values_invert(tmp_path: Path) -> None:
         assert ok.all() and keys_to_raw(kind, keys).to_pylist() == values
 
 
+def test_hex_values_come_back_digit_for_digit_with_and_without_empty_values() -> None:
+    """keys_to_raw's hex8 byte-pair table (and its no-empty-value fast path) against Python's own
+    formatting of random 32-bit values, including the extremes."""
+    rng = np.random.default_rng(0)
+    values = [f"{v:08x}" for v in rng.integers(0, 1 << 32, 5000, dtype=np.int64)] + ["00000000", "ffffffff"]
+    for raw in (values, values[:2500] + [""] + values[2500:]):
+        ok, keys = raw_to_keys("hex8", raw)
+        assert ok.all() and keys_to_raw("hex8", keys).to_pylist() == raw
+
+
 def test_dataset_without_vocabulary_is_one_line(tmp_path: Path) -> None:
     ds = tmp_path / "criteo"
     prepare_criteo_kaggle(SAMPLES / "criteo_sample.tsv", ds)
