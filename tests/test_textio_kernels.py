@@ -193,6 +193,28 @@ def test_key_table_encodes_as_the_binary_search(n: int, monkeypatch: pytest.Monk
         monkeypatch.undo()
 
 
+@pytest.mark.parametrize("with_empty", [False, True])
+@pytest.mark.parametrize("with_max", [False, True])
+def test_unique_counts_of_hex_keys_are_numpys(with_empty: bool, with_max: bool) -> None:
+    """The uint32 path of unique_counts (hex8 keys: -1 and 32-bit values) returns exactly numpy's
+    int64 unique and counts, with and without empty values (-1) and the value ffffffff, whose
+    uint32 forms collide."""
+    from data_prep.vocab_build import unique_counts
+
+    rng = np.random.default_rng(int(with_empty) * 2 + int(with_max))
+    keys = rng.integers(0, 2**32 - 1, 20_000)
+    keys[rng.random(len(keys)) < 0.3] = rng.integers(0, 50, 1)  # repeats
+    if with_empty:
+        keys[rng.random(len(keys)) < 0.2] = -1
+    if with_max:
+        keys[rng.random(len(keys)) < 0.05] = 2**32 - 1
+    for block in (keys, keys[:1], keys[keys < 0], keys[keys == 2**32 - 1]):
+        if len(block):
+            want_u, want_c = np.unique(block, return_counts=True)
+            got_u, got_c = unique_counts(block)
+            assert got_u.dtype == np.int64 and got_u.tolist() == want_u.tolist() and got_c.tolist() == want_c.tolist()
+
+
 def test_unique_counts_are_numpys_in_any_order() -> None:
     """unique_counts holds numpy unique's distinct keys and counts (checked in any order);
     KeyCounter's merged counts are the same as when every block was counted by numpy."""
