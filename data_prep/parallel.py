@@ -61,6 +61,8 @@ class _RangeState:
     acc_file: int = 0  # ... in its file
     accepted: int = 0
     split_rows: Optional[List[int]] = None
+    block_offsets: List[int] = dataclasses.field(default_factory=list)  # where each block starts
+    block_accepted: List[int] = dataclasses.field(default_factory=list)
 
 
 def run_prep_parallel(
@@ -167,7 +169,8 @@ def _pass1(
             for rel, kind, reason, raw in tasks.read_rejects(res.rejects_file):
                 sink.add_record(name, rel + given_first[i] + shift, reason, raw, kind)
             os.remove(res.rejects_file)
-        state[i] = _RangeState(line, acc, rows_per_file[r.fi], res.accepted, res.split_rows)
+        state[i] = _RangeState(line, acc, rows_per_file[r.fi], res.accepted, res.split_rows, res.block_offsets,
+                               res.block_accepted)
         for uniq in res.block_uniques:
             for feature, counter in counters.items():
                 if counter is not None and feature in uniq:
@@ -181,19 +184,51 @@ def _pass1(
     return rows_per_file
 
 
+def _tail_ranges(ranges: Sequence[ByteRange], state: Sequence[_RangeState], train_end: int,
+                 pieces: int) -> List[Tuple[ByteRange, int]]:
+    """The input past the train chunk as (range, accepted rows to skip) tasks of about equal size:
+    from the block that holds row `train_end` on, cut at block starts. (A gzip file cannot be
+    entered mid-stream: its range is read whole.)"""
+    spans: List[Tuple[int, int, int, int]] = []  # (range index, start, end, accepted rows before)
+    for i, s in enumerate(state):
+        acc = s.acc
+        for k, (offset, n) in enumerate(zip(s.block_offsets, s.block_accepted)):
+            if acc + n > train_end:
+                end = s.block_offsets[k + 1] if k + 1 < len(s.block_offsets) else ranges[i].end
+                spans.append((i, offset, end, acc))
+            acc += n
+    if any(ranges[i].gzip for i, _, _, _ in spans):
+        return [(ranges[i], max(train_end - state[i].acc, 0)) for i in sorted({sp[0] for sp in spans})]
+    target = sum(end - start for _, start, end, _ in spans) / max(pieces, 1)
+    out: List[Tuple[ByteRange, int]] = []
+    k = 0
+    while k < len(spans):
+        i0, start, end, acc = spans[k]
+        i = i0
+        k += 1
+        while k < len(spans) and ranges[spans[k][0]].fi == ranges[i0].fi and end - start < target:
+            i, _, end, _ = spans[k]
+            k += 1
+        last = ranges[i].last and end == ranges[i].end
+        out.append((ByteRange(ranges[i0].fi, ranges[i0].path, start, end, False, last), max(train_end - acc, 0)))
+    return out
+
+
 def _tail(
     ctx: tasks.TaskContext, engine: engines.Engine, ranges: Sequence[ByteRange], state: Sequence[_RangeState],
     counters: Dict[str, Optional[KeyCounter]], train_end: int, window: int,
 ) -> None:
-    """Subtract the counts of accepted rows from `train_end` on (Kaggle's val/test chunk)."""
+    """Subtract the counts of accepted rows from `train_end` on (Kaggle's val/test chunk), in tasks
+    of equal size from the block that holds row train_end (counts are exact in any order, so the
+    tail's blocks need not be the single-process blocks)."""
     live = [n for n, c in counters.items() if c is not None]
-    todo = [i for i, s in enumerate(state) if s.acc + s.accepted > train_end]
-    jobs = [(_label(ranges[i]), (lambda i=i: (ctx, ranges[i], max(train_end - state[i].acc, 0), live))) for i in todo]
+    todo = _tail_ranges(ranges, state, train_end, 2 * ctx.cfg.workers)
+    jobs = [(_label(r), (lambda r=r, skip=skip: (ctx, r, skip, live))) for r, skip in todo]
     for uniq in engines.ordered(engine, tasks.tail_range, jobs, window):
         for feature in live:
             counter = counters[feature]
             if counter is not None:
-                counter.add_unique(*uniq[feature], sign=-1)
+                counter.add_unique(*uniq[feature], sign=-1, merge=False)  # merged on the vocabulary threads
 
 
 class _PartAssembler:

@@ -50,6 +50,7 @@ class CountResult:
     accepted: int
     block_uniques: List[Uniques]  # train-value counts per block, in order (the cap is checked per block)
     block_accepted: List[int]
+    block_offsets: List[int]  # byte offset of each block in its file (where a tail task may start)
     rejects_file: Optional[str]  # records `line \t kind \t reason \t raw`, lines relative to first_line
     rejects: int
     first_reject: Optional[Reject]  # for --strict: the message names the first one
@@ -81,7 +82,7 @@ def _truncation(block: textio.LineBlock, name: str) -> List[Reject]:
 def count_range(ctx: TaskContext, rng: ByteRange, first_line: int, live: Sequence[str], tag: str) -> CountResult:
     """Validate a range, count its train values per block, spill its rejects."""
     name = Path(rng.path).name
-    out = CountResult(0, 0, [], [], None, 0, None)
+    out = CountResult(0, 0, [], [], [], None, 0, None)
     splits = np.zeros(len(SPLITS), np.int64) if ctx.policy.uses_line_numbers else None
     f = None
     try:
@@ -93,6 +94,7 @@ def count_range(ctx: TaskContext, rng: ByteRange, first_line: int, live: Sequenc
             )
             n = len(parsed.lines)
             out.block_accepted.append(n)
+            out.block_offsets.append(block.offset)
             out.accepted += n
             if splits is not None:
                 splits += np.bincount(ctx.policy.assign(rng.fi, parsed.lines, 0, 0), minlength=len(SPLITS))

@@ -142,13 +142,14 @@ class KeyCounter:
     def add(self, keys: np.ndarray, sign: int = 1) -> None:
         self.add_unique(*unique_counts(keys), sign=sign)
 
-    def add_unique(self, u: np.ndarray, c: np.ndarray, sign: int = 1) -> None:
-        """Add counts `c` of distinct keys `u` (as from unique_counts)."""
+    def add_unique(self, u: np.ndarray, c: np.ndarray, sign: int = 1, merge: bool = True) -> None:
+        """Add counts `c` of distinct keys `u` (as from unique_counts); with merge=False the merge
+        waits for the next consolidate() (finish_vocabs runs those on threads)."""
         if not len(u):
             return
         self._pending.append((u, c.astype(np.int64) * sign))
         self._pending_len += len(u)
-        if self._pending_len > max(len(self.keys), 1 << 18):
+        if merge and self._pending_len > max(len(self.keys), 1 << 18):
             self.consolidate()
 
     def consolidate(self) -> None:
