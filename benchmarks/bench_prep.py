@@ -136,7 +136,8 @@ def _child(kind: str, src: Path, out: Path) -> None:
     seconds = time.perf_counter() - t0
     cpu = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
               for f in ("ru_utime", "ru_stime"))
-    print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb": _peak_rss_mb()}))
+    print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb": _peak_rss_mb(),
+                      "cores": len(os.sched_getaffinity(0))}))
 
 
 def _watch(proc: subprocess.Popen) -> tuple:
@@ -204,7 +205,8 @@ def main() -> int:
         work = Path(tmp)
         if args.repeats > 1:
             print(f"medians of {args.repeats} interleaved runs; wN runs on N cores (this box allows {len(os.sched_getaffinity(0))})")
-        print(f"{'MB':>7} {'impl':>12} {'seconds':>8} {'MB/s':>8} {'peak RSS MB':>12} {'vs pyarrow':>11} {'vs w1':>6} {'MB/cpu-s':>9}")
+        print(f"{'MB':>7} {'impl':>12} {'cores':>5} {'seconds':>8} {'MB/s':>8} {'peak RSS MB':>12} {'vs pyarrow':>11} "
+              f"{'vs w1':>6} {'MB/cpu-s':>9}")
         for size in args.sizes:
             src = work / f"criteo_{size:g}mb.tsv"
             write_criteo_tsv(src, size_mb=size, table_sizes=[args.table_size] * 26, seed=1)
@@ -220,7 +222,7 @@ def main() -> int:
             base, one = rows["pyarrow"]["mb_per_s"], rows.get("mlet-prep w1", {}).get("mb_per_s")
             for name, r in rows.items():
                 vs_w1 = f"{r['mb_per_s'] / one:5.2f}x" if one and name.startswith("mlet") else ""
-                print(f"{mb:7.1f} {name:>12} {r['seconds']:8.2f} {r['mb_per_s']:8.1f} {r['peak_rss_mb']:12.0f} "
+                print(f"{mb:7.1f} {name:>12} {r['cores']:5.0f} {r['seconds']:8.2f} {r['mb_per_s']:8.1f} {r['peak_rss_mb']:12.0f} "
                       f"{r['mb_per_s'] / base:10.2f}x {vs_w1:>6} {r['mb_per_cpu_s']:9.1f}", flush=True)
             os.remove(src)
     return 0
