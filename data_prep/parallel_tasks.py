@@ -143,7 +143,14 @@ def tail_range(ctx: TaskContext, rng: ByteRange, skip: int, live: Sequence[str])
     return {name: unique_counts(np.concatenate(v) if v else np.zeros(0, np.int64)) for name, v in keys.items()}
 
 
-_VOCAB_CACHE: Dict[Tuple[str, str], FeatureVocab] = {}
+_VOCAB_CACHE: Dict[Tuple[str, int, int, int], FeatureVocab] = {}
+
+
+def _file_key(path: Path) -> Tuple[str, int, int, int]:
+    """A file's identity for the cache: a later run whose staging directory reuses a path (same
+    output, same pid) has new files, so a long-lived (dask) worker does not encode with stale ones."""
+    st = path.stat()
+    return str(path), st.st_ino, st.st_mtime_ns, st.st_size
 
 
 def _vocab(ctx: TaskContext, name: str) -> FeatureVocab:
@@ -151,14 +158,15 @@ def _vocab(ctx: TaskContext, name: str) -> FeatureVocab:
     size, hashed = ctx.vocab_sizes[name]
     if hashed:
         return FeatureVocab(size=size, hashed=True)
-    key = (ctx.vocab_dir, name)
+    path = Path(ctx.vocab_tables[name]) if name in ctx.vocab_tables else Path(ctx.vocab_dir) / "vocab" / f"{name}.parquet"
+    key = _file_key(path)
     if key not in _VOCAB_CACHE:
         if len(_VOCAB_CACHE) > 4 * len(ctx.vocab_sizes):
             _VOCAB_CACHE.clear()  # a long-lived (dask) worker that saw earlier runs
         if name in ctx.vocab_tables:  # built once by the parent, memory-mapped (shared page cache)
-            _VOCAB_CACHE[key] = encoder_from_table(size, KeyTable.load(Path(ctx.vocab_tables[name])))
+            _VOCAB_CACHE[key] = encoder_from_table(size, KeyTable.load(path))
         else:
-            t = pq.read_table(Path(ctx.vocab_dir) / "vocab" / f"{name}.parquet", columns=["key", "id"])
+            t = pq.read_table(path, columns=["key", "id"])
             _VOCAB_CACHE[key] = FeatureVocab(
                 size=size, sorted_keys=t.column("key").to_numpy(), ids=t.column("id").to_numpy()
             )

@@ -209,3 +209,25 @@ def test_dask_local_cluster_same_bytes_every_kind(tmp_path: Path, damaged_kaggle
     prepare_avazu(src, tmp_path / "a1", **SMALL)
     prepare_avazu(src, tmp_path / "ad", **kw)
     assert_same(tmp_path / "a1", tmp_path / "ad")
+
+
+def test_worker_vocab_cache_sees_a_new_run_at_the_same_path(tmp_path: Path) -> None:
+    """A long-lived (dask) worker caches each feature's lookup table; a later run whose staging
+    directory reuses the path (same output, same pid) must not be encoded with the old table."""
+    import numpy as np
+
+    from data_prep.criteo import criteo_spec
+    from data_prep.dataset_format import DATASET_CRITEO_KAGGLE
+    from data_prep.spec import PrepConfig
+    from data_prep.splits import ChunkSplit
+    from data_prep.vocab_build import KeyTable
+
+    keys = np.array([3, 5, 7], np.int64)
+    table = tmp_path / "C1.npy"
+    ctx = parallel_tasks.TaskContext(criteo_spec(DATASET_CRITEO_KAGGLE), PrepConfig(), ChunkSplit(), str(tmp_path),
+                                     str(tmp_path), {"C1": (4, False)}, {"C1": str(table)})
+    KeyTable(keys, np.array([1, 2, 3], np.int64)).save(table)
+    assert parallel_tasks._vocab(ctx, "C1").encode(keys).tolist() == [1, 2, 3]
+    table.unlink()
+    KeyTable(keys, np.array([3, 2, 1], np.int64)).save(table)  # the next run's vocabulary, same path
+    assert parallel_tasks._vocab(ctx, "C1").encode(keys).tolist() == [3, 2, 1]
