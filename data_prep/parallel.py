@@ -9,11 +9,14 @@ what makes the output identical to the single-process run:
 * value counts: a range returns its per-block counts and they are added block by block with the
   same `count_memory_mb` check as the single-process run (its blocks are the same blocks), so the
   same features are hashed; otherwise counts are exact whatever the order;
-* the Kaggle tail pass: one task per range past the train/val boundary, counts subtracted;
+* the Kaggle tail pass: equal tasks from the block that holds the train/val boundary on (each
+  count task reports where its blocks start), counts subtracted;
 * pass 2: each range encodes its rows with the vocabulary (its lookup tables built once here and
   memory-mapped by every worker; vocabularies too large for one: the staged vocab/ files) into
   Arrow pieces per split; each output part file is then assembled by a task from the pieces that
-  hold its rows, with the single-process writer's row groups. Pieces are deleted once used.
+  hold its rows, with the single-process writer's row groups, except the last part of each split,
+  which this process writes piece by piece as ranges finish (it could only start at the very
+  end). Pieces are deleted once used.
 
 Memory: a bounded window of tasks in flight (each holds a range: `range_mb`), the counts (capped),
 and one part file's row group per assembling worker.
