@@ -1,6 +1,7 @@
 """Markdown tables of reports/small_d/README.md from the reduced check's run directories.
 
     python reports/small_d/tables.py runs/sweeps/small_d_reduced runs/sweeps/small_d_reduced_matched
+    python reports/small_d/tables.py runs/sweeps/small_d      # one grid: MLET − baseline at each d
 
 Per configuration and seed: test AUC at the validation-selected point and the dead-run verdict;
 paired by seed: matched init − paper init, and MLET d=4 − baseline d=4. Seeds are the replicates:
@@ -95,5 +96,22 @@ def main(paper_root: Path, matched_root: Path) -> None:
                 print(f"| {_name(key)} ({label}) | {paired(runs[key], base)} |")
 
 
+def main_one(root: Path) -> None:
+    """One grid (configs/sweep_small_d.yaml): per-seed table, then MLET − baseline at the same d,
+    paired by seed, with how many seeds MLET is not below the baseline."""
+    runs = load(root)
+    print("\n".join(per_seed(runs, "model")), "\n")
+    print("| MLET − baseline at the same d | test AUC: mean [95 % t interval] | seeds not below |\n|---|---|---|")
+    for key in sorted((k for k in runs if k[0] == "mlet"), key=lambda k: (k[2], k[1] or 0)):
+        base = runs.get(("baseline", None, key[2]))
+        if base:
+            seeds = sorted(set(runs[key]) & set(base))
+            not_below = sum(runs[key][s][0] >= base[s][0] for s in seeds)
+            print(f"| {_name(key)} | {paired(runs[key], base, equivalence=False)} | {not_below}/{len(seeds)} |")
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    if len(sys.argv) == 2:
+        main_one(Path(sys.argv[1]))
+    else:
+        main(Path(sys.argv[1]), Path(sys.argv[2]))
