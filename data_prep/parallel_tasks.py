@@ -22,7 +22,7 @@ from data_prep import textio
 from data_prep.dataset_format import SPLITS
 from data_prep.spec import DatasetSpec, Parsed, PrepConfig, Reject, parse_block
 from data_prep.splits import SplitPolicy
-from data_prep.vocab_build import FeatureVocab, KeyTable, encoder_from_table, unique_counts
+from data_prep.vocab_build import FeatureVocab, KeyTable, unique_counts
 from data_prep.writers import SplitWriter, encoded_rows, format_reject
 from data_prep.ranges import ByteRange, iter_range_blocks
 
@@ -164,7 +164,7 @@ def _vocab(ctx: TaskContext, name: str) -> FeatureVocab:
         if len(_VOCAB_CACHE) > 4 * len(ctx.vocab_sizes):
             _VOCAB_CACHE.clear()  # a long-lived (dask) worker that saw earlier runs
         if name in ctx.vocab_tables:  # built once by the parent, memory-mapped (shared page cache)
-            _VOCAB_CACHE[key] = encoder_from_table(size, KeyTable.load(path))
+            _VOCAB_CACHE[key] = FeatureVocab.from_table(size, KeyTable.load(path))
         else:
             t = pq.read_table(path, columns=["key", "id"])
             _VOCAB_CACHE[key] = FeatureVocab(

@@ -189,38 +189,46 @@ class FeatureVocab:
     def encode(self, keys: np.ndarray) -> np.ndarray:
         if self.hashed:
             return (textio.splitmix64(keys) % np.uint64(self.size)).astype(np.int64)
-        if not len(self.sorted_keys) and self._table is None:
+        table = self.table()
+        if table is not None:
+            return table.get(keys)
+        if not len(self.sorted_keys):
             return np.zeros(len(keys), np.int64)
-        if self._table is not None or len(self.sorted_keys) <= TABLE_MAX_VALUES:
-            if self._table is None:
-                with _TABLE_LOCK:  # pass 2's scan threads encode blocks of the same feature at once
-                    if self._table is None:
-                        self._table = KeyTable(self.sorted_keys, self.ids)
-            return self._table.get(keys)
         pos = np.minimum(np.searchsorted(self.sorted_keys, keys), len(self.sorted_keys) - 1)
         return np.where(self.sorted_keys[pos] == keys, self.ids[pos], 0)
 
+    def table(self) -> Optional[KeyTable]:
+        """The lookup table an exact vocabulary of 1..TABLE_MAX_VALUES values encodes through, built
+        on first use (None: hashed, empty, or too large: binary search)."""
+        if self._table is None and not self.hashed and 0 < len(self.sorted_keys) <= TABLE_MAX_VALUES:
+            with _TABLE_LOCK:  # pass 2's scan threads encode blocks of the same feature at once
+                if self._table is None:
+                    self._table = KeyTable(self.sorted_keys, self.ids)
+        return self._table
 
-def encoder_from_table(size: int, table: KeyTable) -> FeatureVocab:
-    """An exact vocabulary that encodes through an already built (memory-mapped) KeyTable."""
-    vocab = FeatureVocab(size=size)
-    vocab._table = table
-    return vocab
+    @classmethod
+    def from_table(cls, size: int, table: KeyTable) -> "FeatureVocab":
+        """An exact vocabulary that encodes through an already built (memory-mapped) KeyTable."""
+        vocab = cls(size=size)
+        vocab._table = table
+        return vocab
 
 
 def save_tables(vocabs: Dict[str, FeatureVocab], out: Path, threads: int) -> Dict[str, str]:
     """Build the KeyTable of each exact vocabulary that encodes through one and save it under `out`
     (parallel pass 2: built once here instead of once per worker); feature -> file."""
-    names = [n for n, v in vocabs.items() if not v.hashed and 0 < len(v.sorted_keys) <= TABLE_MAX_VALUES]
     out.mkdir(parents=True, exist_ok=True)
 
-    def one(name: str) -> str:
-        path = out / f"{name}.npy"
-        KeyTable(vocabs[name].sorted_keys, vocabs[name].ids).save(path)
-        return str(path)
+    def one(name: str) -> Optional[str]:
+        table = vocabs[name].table()
+        if table is None:
+            return None
+        table.save(out / f"{name}.npy")
+        return str(out / f"{name}.npy")
 
     with ThreadPoolExecutor(threads) as pool:
-        return dict(zip(names, pool.map(one, names)))
+        saved = dict(zip(vocabs, pool.map(one, vocabs)))
+    return {name: path for name, path in saved.items() if path is not None}
 
 
 def build_vocab(counter: KeyCounter, min_count: int) -> FeatureVocab:

@@ -165,7 +165,7 @@ def test_key_table_encodes_as_the_binary_search(n: int, monkeypatch: pytest.Monk
     int64 keys including the table's free-slot marker (an empty token7 value's key); so does a table
     saved and memory-mapped back (what parallel workers encode with)."""
     from data_prep import vocab_build
-    from data_prep.vocab_build import FeatureVocab, KeyTable, encoder_from_table
+    from data_prep.vocab_build import FeatureVocab, KeyTable
 
     rng = np.random.default_rng(n)
     lo = np.iinfo(np.int64).min
@@ -186,7 +186,7 @@ def test_key_table_encodes_as_the_binary_search(n: int, monkeypatch: pytest.Monk
         assert vocab.encode(queries).tolist() == want.tolist()
         assert (vocab._table is not None) == (n > 0)
         KeyTable(keys, ids).save(tmp_path / f"{space}.npy")
-        loaded = encoder_from_table(len(keys) + 1, KeyTable.load(tmp_path / f"{space}.npy"))
+        loaded = FeatureVocab.from_table(len(keys) + 1, KeyTable.load(tmp_path / f"{space}.npy"))
         assert loaded.encode(queries).tolist() == want.tolist()
         monkeypatch.setattr(vocab_build, "TABLE_MAX_VALUES", 0)  # the binary-search path agrees too
         assert FeatureVocab(size=len(keys) + 1, sorted_keys=keys, ids=ids).encode(queries).tolist() == want.tolist()
