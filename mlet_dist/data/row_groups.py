@@ -91,7 +91,8 @@ class RowRangeReader:
             if pf is None:
                 if len(self._files) >= 8:  # keep a few files open, not thousands
                     self._files.pop(next(iter(self._files))).close()
-                pf = self._files[group.path] = pq.ParquetFile(group.path, metadata=group.footer)
+                pf = self._files[group.path] = pq.ParquetFile(
+                    group.path, metadata=group.footer, page_checksum_verification=True)
             table = pf.read_row_group(group.index, columns=self.columns).select(self.columns)
         except (OSError, pa.ArrowException) as err:
             raise DatasetError(f"cannot read {where}: {err}") from err
