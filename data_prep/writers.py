@@ -20,6 +20,9 @@ from data_prep.spec import DatasetSpec, Parsed, PrepConfig, Reject
 # halved the training reader's rows per CPU-second at 8,192-row groups, for files ~30% smaller
 # (FORMAT.md; benchmarks/bench_input.py). Readers need LZ4_RAW support (Arrow >= 9, Spark >= 3.4).
 PARQUET_COMPRESSION = "lz4"
+# Page checksums (CRC32 per data page): without them a flipped bit on disk can decode to another
+# valid id and train silently; the readers verify them (row_groups.py, dataset_check.py, scoring.py).
+PARQUET_PAGE_CHECKSUMS = True
 
 class SplitWriter:
     """Appends tables to part files of at most rows_per_file rows, in row groups
@@ -56,7 +59,8 @@ class SplitWriter:
         self._buffer, self._buffered = ([rest] if rest.num_rows else []), rest.num_rows
         if self._writer is None:
             rel = part_file(self.split, self.first_index + len(self.files))
-            self._writer = pq.ParquetWriter(self.root / rel, self.schema, compression=PARQUET_COMPRESSION)
+            self._writer = pq.ParquetWriter(self.root / rel, self.schema, compression=PARQUET_COMPRESSION,
+                                            write_page_checksum=PARQUET_PAGE_CHECKSUMS)
             self.files.append(rel)
         self._writer.write_table(head, row_group_size=n)
         self._file_rows += n

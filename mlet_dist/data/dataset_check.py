@@ -60,7 +60,10 @@ def _unrecorded(path: Path, column: str) -> Tuple[Any, Any]:
     """min/max of a column whose footer has no statistics: read that one column."""
     import pyarrow.compute as pc
 
-    values = pq.read_table(path, columns=[column]).column(column)
+    try:
+        values = pq.read_table(path, columns=[column], page_checksum_verification=True).column(column)
+    except (OSError, pa.ArrowException) as err:
+        raise DatasetError(f"cannot read {path}: {err}") from err
     if is_bag_column(values):
         values = pc.list_flatten(values)
     mm = pc.min_max(values)
