@@ -12,6 +12,8 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 import pyarrow as pa
 
+from data_prep.safe_json import read_json_file
+
 FORMAT_VERSION = 2  # what the writers write: version 1 plus multi-hot columns and per-feature pooling
 READABLE_VERSIONS: tuple = (1, 2)  # version-1 datasets are single-hot, sum-pooled version-2 datasets
 META_FILE = "meta.json"
@@ -151,10 +153,7 @@ def read_meta(path: PathLike) -> Dict[str, Any]:
         raise ValueError(raw_file_message(p, "--data"))
     if not meta_path.is_file():
         raise FileNotFoundError(f"dataset metadata not found: {meta_path}")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{meta_path}: invalid JSON: {e}") from e
+    meta = read_json_file(meta_path, "dataset metadata")  # bounded: size, nesting (safe_json)
     validate_meta(meta, meta_path)
     return meta
 

@@ -15,6 +15,8 @@ import typing
 from pathlib import Path
 from typing import Any, Dict, Type, TypeVar, Union
 
+from data_prep.safe_json import read_json_file
+
 T = TypeVar("T")
 
 
@@ -79,10 +81,7 @@ def save_config(path: Path, config: Any) -> None:
 
 
 def load_config(cls: Type[T], path: Path) -> T:
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"cannot read config {path}: {err}") from err
+    data = read_json_file(path, "config")  # bounded size and nesting; a ValueError naming the file
     return from_jsonable(cls, data, where=str(path))
 
 

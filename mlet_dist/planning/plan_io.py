@@ -34,6 +34,7 @@ from torchrec.distributed.types import (
     ShardingPlan,
 )
 
+from data_prep.safe_json import read_json_file
 from mlet_dist.cli_common import ranks_phrase
 
 PLAN_FORMAT_VERSION = 1
@@ -210,10 +211,7 @@ def load_plan(path: PathLike) -> Tuple[ShardingPlan, Dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise PlanMismatchError(f"plan file {path} does not exist")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise PlanMismatchError(f"plan file {path} is not valid JSON: {err}")
+    data = read_json_file(path, "plan file", error=PlanMismatchError)
     return plan_from_dict(data), data
 
 

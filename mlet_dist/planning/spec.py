@@ -9,10 +9,11 @@ JSON with a ``format_version`` is a meta.json and must pass data_prep's meta.jso
 (``validate_meta``, the one read_meta uses): a dataset training would refuse is not planned for.
 """
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Union
+
+from data_prep.safe_json import read_json_file
 
 PathLike = Union[str, Path]
 
@@ -43,10 +44,7 @@ def load_table_spec(path: PathLike) -> TableSpec:
     path = meta_file(path)
     if not path.is_file():
         raise SpecError(f"table spec {path} does not exist (give a meta.json, its dataset dir, or a spec file)")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise SpecError(f"table spec {path} is not valid JSON: {err}")
+    data = read_json_file(path, "table spec", error=SpecError)
     return table_spec_from_dict(data, str(path))
 
 

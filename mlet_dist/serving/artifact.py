@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 
+from data_prep.safe_json import read_json_file
 from mlet_dist.digests import listed_file_problems
 from mlet_dist.serving.contract import build_contract, dataset_meta, example_request
 from mlet_dist.serving.load import load_serving_model
@@ -51,7 +52,7 @@ class Artifact:
 
     @property
     def contract(self) -> Dict[str, Any]:
-        return json.loads((self.path / CONTRACT).read_text())
+        return read_json_file(self.path / CONTRACT, "artifact contract", error=ArtifactError)
 
     def module_path(self, precision: str) -> Path:
         if precision not in self.manifest["precisions"]:
@@ -140,10 +141,7 @@ def open_artifact(directory: PathLike) -> Artifact:
     path = directory / ARTIFACT
     if not path.is_file():
         raise ArtifactError(f"{directory} has no {ARTIFACT}: not an artifact directory (write one with mlet-export)")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ArtifactError(f"{path} is not valid JSON ({err})")
+    manifest = read_json_file(path, "artifact listing", error=ArtifactError)
     if not isinstance(manifest, dict) or manifest.get("format") != ARTIFACT_FORMAT \
             or manifest.get("format_version") != ARTIFACT_VERSION:
         raise ArtifactError(f"{path}: not format {ARTIFACT_FORMAT!r} version {ARTIFACT_VERSION}")

@@ -14,11 +14,11 @@ the manifest's key list and the checkpoint's own metadata agree on every key, sh
 Nothing is unpickled on the way (JSON, an allow-listed metadata reader, ``weights_only`` tensors).
 """
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
+from data_prep.safe_json import read_json_file
 from mlet_dist.digests import file_entry, listed_file_problems, sha256_file  # noqa: F401 (sha256_file: re-exported)
 from mlet_dist.serving.model import ServingModelConfig, ServingTopology, expected_state_shapes
 from mlet_dist.distributed.safe_dcp import UnsafeCheckpointError, safe_read_metadata
@@ -84,10 +84,7 @@ def read_manifest(directory: PathLike) -> Dict[str, Any]:
             f"{directory} has no {MANIFEST}: not a serving directory, or an incomplete one{hint}. "
             "Write one with `mlet-collapse` (or at the end of mlet-train)."
         )
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ServingDirError(f"{path} is not valid JSON ({err}); refusing the serving directory")
+    manifest = read_json_file(path, "serving manifest", error=ServingDirError)
     if not isinstance(manifest, dict):
         raise ServingDirError(f"{path} does not hold a JSON object")
     missing = [k for k in REQUIRED if k not in manifest]

@@ -12,6 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from data_prep.safe_json import parse_json_text
 from mlet_dist.serving.model import ServingModelConfig, build_serving_model
 
 WEIGHTS_FORMAT = "mlet-serving-weights"
@@ -32,7 +33,8 @@ def read_weights(path: PathLike) -> "tuple[Dict[str, torch.Tensor], ServingModel
         if metadata.get("format") != WEIGHTS_FORMAT or "model_config" not in metadata:
             raise ValueError(f"{path} is not an mlet serving weights file (metadata format {metadata.get('format')!r})")
         state = {k: f.get_tensor(k) for k in f.keys()}
-    return state, ServingModelConfig.from_dict(json.loads(metadata["model_config"]))
+    config = parse_json_text(metadata["model_config"], f"{path}: model_config metadata")  # bounded nesting
+    return state, ServingModelConfig.from_dict(config)
 
 
 def load_weights_model(path: PathLike) -> nn.Module:

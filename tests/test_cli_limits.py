@@ -1,0 +1,146 @@
+"""Limits at the CLIs' edges (issue 32): hostile or absurd input gets one ``error:`` line and a
+non-zero exit before any library sees it, never a traceback, a hang or a silent loss."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, List
+
+import pytest
+
+from data_prep.safe_json import MAX_JSON_DEPTH, JSONFileError, read_json_file
+
+BIN = Path(sys.executable).parent
+DEEP = "[" * 100_000 + "]" * 100_000  # json.loads: RecursionError
+
+
+def _one_error_line(stderr: str, *names: str) -> str:
+    """The single non-empty stderr line, checked to be an error naming ``names``."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert len(lines) == 1 and "error:" in lines[0], lines[-5:]
+    for name in names:
+        assert name in lines[0], (name, lines[0])
+    return lines[0]
+
+
+def _refused(capsys: pytest.CaptureFixture, main: Callable[[List[str]], object], argv: List[str],
+             *names: str) -> str:
+    """Run a CLI's main in this process: exit status 2 (returned or raised) and one error line."""
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    assert code == 2, code
+    return _one_error_line(capsys.readouterr().err, *names)
+
+
+def _run(argv: List[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / argv[0]), *argv[1:]], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+# --- 1. JSON from elsewhere: bounded size and nesting -------------------------------------------
+
+
+def _nest(levels: int) -> str:
+    return "[" * levels + "]" * levels
+
+
+def test_json_reader_bounds_depth_size_and_syntax(tmp_path: Path) -> None:
+    f = tmp_path / "x.json"
+    f.write_text(_nest(MAX_JSON_DEPTH))
+    assert read_json_file(f) is not None  # the limit itself is accepted
+    for text, why in [(_nest(MAX_JSON_DEPTH + 1), "nested deeper"), (DEEP, "nested deeper"),
+                      ("{\"a\": " * 5000 + "1" + "}" * 5000, "nested deeper"),
+                      ("1" * 5000, "not valid JSON"), ("{not json", "not valid JSON")]:
+        f.write_text(text)
+        with pytest.raises(JSONFileError, match=why) as err:
+            read_json_file(f, "thing")
+        assert str(err.value).startswith(f"thing {f} ") and "\n" not in str(err.value)
+    f.write_bytes(b"\xff\xfe\x00{")
+    with pytest.raises(JSONFileError, match="not valid JSON"):
+        read_json_file(f)
+    f.write_text(json.dumps({"a": "x" * 2000}))
+    with pytest.raises(JSONFileError, match="larger than"):
+        read_json_file(f, max_bytes=1000)
+    with pytest.raises(JSONFileError, match="cannot read"):
+        read_json_file(tmp_path / "missing.json")
+
+
+def test_deep_plan_spec_and_config_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from mlet_dist.planning.cli import main as plan_main
+
+    spec = tmp_path / "spec.json"
+    spec.write_text('{"table_sizes": ' + DEEP + "}")
+    out = tmp_path / "plan.json"
+    base = ["--world", "1x2", "--device", "cpu", "--out", str(out)]
+    _refused(capsys, plan_main, ["--spec", str(spec), *base], "table spec", str(spec), "nested deeper")
+    meta = tmp_path / "data" / "meta.json"
+    meta.parent.mkdir()
+    meta.write_text('{"format_version": 2, "x": ' + DEEP + "}")
+    _refused(capsys, plan_main, ["--spec", str(meta.parent), *base], str(meta), "nested deeper")
+    config = tmp_path / "config.json"
+    config.write_text('{"model": ' + DEEP + "}")
+    _refused(capsys, plan_main, ["--config", str(config), *base], "config", str(config), "nested deeper")
+    assert not out.exists()
+
+
+def test_deep_plan_file_is_refused(tmp_path: Path) -> None:
+    from mlet_dist.planning.plan_io import PlanMismatchError, load_plan
+
+    plan = tmp_path / "plan.json"
+    plan.write_text('{"plan": ' + DEEP + "}")
+    with pytest.raises(PlanMismatchError, match="plan file .* nested deeper"):
+        load_plan(plan)
+
+
+def _deep_serving_dir(root: Path) -> Path:
+    serving = root / "serving"
+    serving.mkdir()
+    (serving / "manifest.json").write_text('{"format": "mlet-serving", "model": ' + DEEP + "}")
+    return serving
+
+
+def test_deep_manifest_is_one_line_in_predict_and_export(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from mlet_dist.serving.export_cli import main as export_main
+    from mlet_dist.serving.predict_cli import predict_main
+
+    serving = _deep_serving_dir(tmp_path)
+    out = tmp_path / "preds.parquet"
+    _refused(capsys, predict_main, ["--serving", str(serving), "--data", str(tmp_path), "--out", str(out)],
+             "serving manifest", "nested deeper")
+    _refused(capsys, export_main, [str(serving), str(tmp_path / "artifact")], "serving manifest", "nested deeper")
+    assert not out.exists() and not (tmp_path / "artifact").exists()
+
+
+def test_deep_artifact_listing_and_contract_are_refused(tmp_path: Path) -> None:
+    from mlet_dist.serving.artifact import ARTIFACT, CONTRACT, Artifact, ArtifactError, open_artifact
+
+    (tmp_path / ARTIFACT).write_text(DEEP)
+    with pytest.raises(ArtifactError, match="artifact listing .* nested deeper"):
+        open_artifact(tmp_path)
+    (tmp_path / CONTRACT).write_text(DEEP)
+    with pytest.raises(ArtifactError, match="artifact contract .* nested deeper"):
+        Artifact(tmp_path, {}).contract
+
+
+def test_deep_meta_json_stops_mlet_train_in_one_line(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "meta.json").write_text('{"format_version": 2, "x": ' + DEEP + "}")
+    proc = _run(["mlet-train", "--data", str(data), "--run-dir", str(tmp_path / "run")], tmp_path)
+    assert proc.returncode != 0
+    _one_error_line(proc.stderr, "meta.json", "nested deeper")
+
+
+def test_deep_model_config_in_safetensors_weights_is_refused(tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    from mlet_dist.serving.safetensors_io import WEIGHTS_FORMAT, read_weights
+
+    path = tmp_path / "weights.safetensors"
+    save_file({"w": torch.zeros(1)}, str(path), metadata={"format": WEIGHTS_FORMAT, "model_config": DEEP})
+    with pytest.raises(JSONFileError, match="model_config metadata is nested deeper"):
+        read_weights(path)
