@@ -47,7 +47,7 @@ from mlet_dist.errors import UserError
 from mlet_dist.training.failure import exit_now, report_failure
 from mlet_dist.training.evaluation import Predictions, predict
 from mlet_dist.training.optim import attach_fused_embedding_optimizer, build_optimizer
-from mlet_dist.training.run_dir import RunDirectory
+from mlet_dist.training.run_dir import RunDirBusy, RunDirectory, claim_run_dir, starts_fresh
 from mlet_dist.training.resume_check import check_resume_matches
 from mlet_dist.training.run_name import agree_on_run_dir
 from mlet_dist.training.trainer import LoopConfig, Trainer
@@ -95,13 +95,14 @@ def load_checked_plan(cfg: TrainConfig, model: nn.Module, env: DistEnv) -> Optio
 
 def resume_position(
     cfg: TrainConfig, env: DistEnv, checkpoints: CheckpointManager, model: nn.Module,
-    optimizer: CombinedOptimizer, keeper: BestModelKeeper, out: RunDirectory,
+    optimizer: CombinedOptimizer, keeper: BestModelKeeper, out: RunDirectory, fresh: bool,
 ) -> TrainPosition:
-    """Start of training: the newest complete checkpoint in the run dir, unless --no-resume."""
+    """Start of training: the newest complete checkpoint in the run dir, unless ``fresh``
+    (--no-resume on a first attempt: the run dir was cleared, see run_dir.starts_fresh)."""
     torn = checkpoints.clean_torn()
     if torn and env.is_main:
         print(f"ignored and removed incomplete checkpoint(s) {torn}")
-    if not cfg.resume:
+    if fresh:
         return TrainPosition(world_size=env.world_size)
     try:
         latest, position, skipped = checkpoints.load_newest_intact(model, optimizer)
@@ -153,6 +154,8 @@ def evaluate_all(model: nn.Module, cfg: TrainConfig, env: DistEnv, label: str) -
 def run(cfg: TrainConfig, env: DistEnv) -> Dict[str, object]:
     if not cfg.run_dir_given:  # one default name for all ranks, whatever second each one started in
         cfg.run_dir = agree_on_run_dir(None)
+    fresh = starts_fresh(cfg.resume)
+    claim = claim_run_dir(cfg.run_dir, fresh, env.is_main)  # one job per run dir; --no-resume: a clean one
     check_resume_matches(cfg)  # another model's checkpoint in this run dir: one line, not a traceback
     out = RunDirectory(cfg.run_dir, enabled=env.is_main)
     if env.is_main:  # what this run is, for mlet-collapse/--config: no replay of an old command line
@@ -181,7 +184,7 @@ def run(cfg: TrainConfig, env: DistEnv) -> Dict[str, object]:
     keeper = BestModelKeeper(cfg.run_dir / "best_model", env)
     checkpoints = CheckpointManager(cfg.run_dir / "checkpoints", env, keep=cfg.keep_checkpoints,
                                     mode=cfg.checkpoint_mode)
-    position = resume_position(cfg, env, checkpoints, sharded, optimizer, keeper, out)
+    position = resume_position(cfg, env, checkpoints, sharded, optimizer, keeper, out, fresh)
     out.log("config", world_size=env.world_size, backend=env.backend, argv=sys.argv[1:],
             plan=str(sharded.plan))
     if "resumed_from" in position.extra:
@@ -240,6 +243,7 @@ def run(cfg: TrainConfig, env: DistEnv) -> Dict[str, object]:
     out.write_json("summary.json", summary)
     if env.is_main:
         print_summary(summary, cfg.run_dir)
+    claim.release()
     return summary
 
 
@@ -287,7 +291,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     try:
         run(cfg, env)
     except BaseException as err:  # no barrier here: a peer may be waiting in another collective
-        exit_now(report_failure(err, env.rank, env.world_size, cfg.run_dir))
+        busy = isinstance(err, RunDirBusy)  # the run dir is another job's: write nothing into it
+        code = report_failure(err, env.rank, env.world_size, None if busy else cfg.run_dir)
+        if busy and env.rank != 0:  # every rank stops; let rank 0 say it before torchrun ends the job
+            time.sleep(5)
+        exit_now(code)
     shutdown_distributed()
 
 

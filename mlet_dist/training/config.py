@@ -113,7 +113,8 @@ class TrainConfig(ModelConfig):
     keep_checkpoints: int = field(default=2, metadata=flag(
         "--keep-checkpoints", help="newest complete checkpoints kept"))
     resume: bool = field(default=True, metadata=negated(
-        "--no-resume", help="start fresh even if --run-dir holds a checkpoint (default: resume from the newest)"))
+        "--no-resume", help="start fresh even if --run-dir holds a checkpoint: an earlier run's files are moved to "
+        "RUN_DIR/previous-<time>/ (default: resume from the newest)"))
     save_predictions: bool = field(default=False, metadata=switch(
         "--save-predictions", help="RUN_DIR/predictions/test.npz (row, prob, label) of the selected model"))
     diagnostics: bool = field(default=False, metadata=switch(

@@ -76,5 +76,6 @@ def check_resume_matches(cfg: TrainConfig) -> None:
     raise SystemExit(
         f"error: run dir {cfg.run_dir} holds a checkpoint of another model ({_describe(before)}, from its "
         f"metrics.jsonl) than this command builds ({_describe(now)}; differs in {', '.join(changed)}). "
-        f"Pass --no-resume to train afresh there (replacing its checkpoints), or give another --run-dir"
+        f"Pass --no-resume to train afresh there (the earlier run is moved to {cfg.run_dir}/previous-<time>/), "
+        f"or give another --run-dir"
     )

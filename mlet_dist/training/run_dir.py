@@ -15,18 +15,31 @@ TensorBoard tags (see `tensorboard_scalars`):
 A restarted attempt (torchrun --max-restarts, a scheduler retry, a resubmission into the same
 --run-dir) appends to metrics.jsonl (its "config" record carries restart_count) and, in
 TensorBoard, replaces the curves of the failed attempt from its first step on (purge_step).
+
+One job at a time: rank 0 holds an exclusive flock on ``RUN_DIR/.lock`` for the job's life (the
+kernel drops it when the process dies, so a killed job never blocks the next one); a second job
+on the same run dir stops at start with one line naming the holder. ``--no-resume`` moves what
+an earlier run left into ``RUN_DIR/previous-<timestamp>/`` (under the lock), so the new run's
+checkpoints are the only ones a later resume can find.
 """
 
 import atexit
+import fcntl
 import json
 import math
 import os
+import socket
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+from mlet_dist.errors import UserError
 
 TENSORBOARD_SUBDIR = "tensorboard"
+LOCK_FILE = ".lock"
+PREVIOUS_PREFIX = "previous-"
 _NOT_SCALARS = {"step", "epoch", "time", "rows", "world_size", "restart_count"}
 _RENAMED = {
     ("train", "loss"): "train/loss",
@@ -140,3 +153,107 @@ class RunDirectory:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+class RunDirBusy(UserError):
+    """Another live job holds the run dir's lock."""
+
+
+def _holder(lock: Path) -> str:
+    """Who holds ``lock``, as its holder wrote it ("pid N on host H"), or "" when unreadable."""
+    try:
+        return lock.read_text().strip()
+    except OSError:
+        return ""
+
+
+def lock_run_dir(run_dir: Path) -> int:
+    """Take the run dir's exclusive lock for this process's life (returns its fd; closing it or
+    the process ending releases it). RunDirBusy when a live process holds it."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = run_dir / LOCK_FILE
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        holder = _holder(lock)
+        raise RunDirBusy(
+            f"run dir {run_dir} is in use by another training job ({holder or 'holder unknown'}, lock "
+            f"{lock}); wait for it to end, or give another --run-dir"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode())
+    return fd
+
+
+def _earlier_entries(run_dir: Path) -> List[Path]:
+    """What an earlier run left in ``run_dir``: all but the lock and earlier previous-* dirs."""
+    return sorted(p for p in run_dir.iterdir() if p.name != LOCK_FILE and not p.name.startswith(PREVIOUS_PREFIX))
+
+
+def move_previous_run(run_dir: Path, now: Optional[float] = None) -> Optional[Path]:
+    """Move an earlier run's files into ``run_dir/previous-<timestamp>/`` (None: nothing there).
+    Kept, not deleted: --no-resume on the wrong dir must not destroy a finished run."""
+    entries = _earlier_entries(Path(run_dir))
+    if not entries:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    dest = Path(run_dir) / f"{PREVIOUS_PREFIX}{stamp}"
+    n = 1
+    while dest.exists():  # two --no-resume starts in one second
+        n += 1
+        dest = Path(run_dir) / f"{PREVIOUS_PREFIX}{stamp}-{n}"
+    dest.mkdir()
+    for entry in entries:
+        os.replace(entry, dest / entry.name)
+    return dest
+
+
+@dataclass
+class RunDirClaim:
+    """Rank 0's hold on the run dir (lock fd) and where --no-resume moved an earlier run."""
+
+    lock_fd: Optional[int] = None
+    moved_to: Optional[Path] = None
+
+    def release(self) -> None:
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
+
+
+def _claim_on_main(run_dir: Path, fresh: bool) -> Tuple[RunDirClaim, Optional[str]]:
+    """Lock first, then move: a refused job must not touch the holder's files."""
+    try:
+        claim = RunDirClaim(lock_run_dir(run_dir))
+    except RunDirBusy as err:
+        return RunDirClaim(), str(err)
+    if fresh:
+        claim.moved_to = move_previous_run(run_dir)
+    return claim, None
+
+
+def claim_run_dir(run_dir: Path, fresh: bool, is_main: bool) -> RunDirClaim:
+    """Collective: rank 0 locks the run dir (and with ``fresh`` moves an earlier run aside),
+    then every rank learns the outcome, so that all stop together when it is busy."""
+    import torch.distributed as dist
+
+    claim, problem = _claim_on_main(run_dir, fresh) if is_main else (RunDirClaim(), None)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        shared = [problem]
+        dist.broadcast_object_list(shared, src=0)
+        problem = shared[0]
+    if problem is not None:
+        raise RunDirBusy(problem)
+    if claim.moved_to is not None:
+        print(f"warning: --no-resume: moved the earlier run's files in {run_dir} to {claim.moved_to}",
+              file=sys.stderr, flush=True)
+    return claim
+
+
+def starts_fresh(resume: bool, environ: Mapping[str, str] = os.environ) -> bool:
+    """--no-resume clears the run dir on a job's first attempt only: a torchrun/scheduler restart
+    of the same job resumes the checkpoints its own first attempt wrote."""
+    return not resume and environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"

@@ -1,0 +1,135 @@
+"""The run dir and the CLI's own inputs (issue 32): --no-resume starts a clean run dir, one job
+per run dir, and the per-attempt error record. 1-rank train.py runs without a launcher."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import List
+
+import pytest
+
+from data_prep.criteo_kaggle import prepare_criteo_kaggle
+from dist_launch import ROOT
+
+TRAIN = ROOT / "mlet_dist" / "train.py"
+SAMPLE = ROOT / "data_prep" / "samples" / "criteo_sample.tsv"
+QUICK = ["--batch-size", "64", "--max-eval-batches", "2", "--no-progress", "--bottom-mlp", "16,16",
+         "--top-mlp", "16,1", "--sharding", "table_wise", "--no-collapse"]
+LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                 "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("run_dir_faults") / "criteo"
+    prepare_criteo_kaggle(SAMPLE, out)
+    return out
+
+
+def _env() -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    return env
+
+
+def train(args: List[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    """train.py as one process, no launcher."""
+    return subprocess.run([sys.executable, str(TRAIN), *args], cwd=ROOT, env=_env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def lines_starting(proc: subprocess.CompletedProcess, prefix: str) -> List[str]:
+    return [l for l in (proc.stdout + proc.stderr).splitlines() if l.startswith(prefix)]
+
+
+def checkpoint_steps(run_dir: Path) -> List[int]:
+    return sorted(int(p.name.split("-")[1]) for p in (run_dir / "checkpoints").glob("step-*"))
+
+
+def test_no_resume_moves_the_earlier_run_aside_so_a_rerun_resumes_the_new_one(data: Path, tmp_path: Path) -> None:
+    """Before: --no-resume over a 20-step run kept its step-15/20 checkpoints beside the new run's
+    step-12, and the next plain rerun resumed the old step 20 and reported its AUC as its own."""
+    run = tmp_path / "run"
+    ckpt = ["--checkpoint-every", "5", "--keep-checkpoints", "3"]
+    first = train(["--data", str(data), "--run-dir", str(run), *QUICK, *ckpt, "--max-train-batches", "20"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert checkpoint_steps(run) == [10, 15, 20]
+
+    fresh = train(["--data", str(data), "--run-dir", str(run), *QUICK, *ckpt, "--max-train-batches", "12",
+                   "--no-resume"])
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    assert checkpoint_steps(run) == [5, 10, 12]  # the new run's own, nothing older
+    previous = sorted(run.glob("previous-*"))
+    assert len(previous) == 1 and checkpoint_steps(previous[0]) == [10, 15, 20]  # kept, not deleted
+    assert (previous[0] / "summary.json").is_file() and (previous[0] / "metrics.jsonl").is_file()
+    assert lines_starting(fresh, "warning: --no-resume") == [
+        f"warning: --no-resume: moved the earlier run's files in {run} to {previous[0]}"]
+    assert "resuming from" not in fresh.stdout
+
+    rerun = train(["--data", str(data), "--run-dir", str(run), *QUICK, *ckpt, "--max-train-batches", "12"])
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"resuming from {run / 'checkpoints' / 'step-00000012'}" in rerun.stdout
+    assert "step 12" in rerun.stdout and "step 20" not in rerun.stdout
+
+
+def test_starts_fresh_on_a_first_attempt_only() -> None:
+    """A torchrun restart of a --no-resume job resumes its own first attempt's checkpoints."""
+    from mlet_dist.training.run_dir import starts_fresh
+
+    assert starts_fresh(resume=False, environ={})
+    assert starts_fresh(resume=False, environ={"TORCHELASTIC_RESTART_COUNT": "0"})
+    assert not starts_fresh(resume=False, environ={"TORCHELASTIC_RESTART_COUNT": "1"})
+    assert not starts_fresh(resume=True, environ={})
+
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from mlet_dist.training.run_dir import lock_run_dir
+lock_run_dir(Path(sys.argv[1]))
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def _hold_lock(run_dir: Path) -> subprocess.Popen:
+    """Another process holding the run dir the way a training job's rank 0 does."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], cwd=ROOT, env=_env(),
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_second_job_on_a_held_run_dir_stops_at_start_naming_the_holder(data: Path, tmp_path: Path) -> None:
+    """Before: two jobs on one --run-dir interleaved metrics.jsonl and mixed config.json and
+    checkpoints. The second job now stops with one line; --no-resume does not touch the holder's files."""
+    run = tmp_path / "run"
+    holder = _hold_lock(run)
+    try:
+        (run / "metrics.jsonl").write_text("{}\n")  # the holder's files
+        for extra in ([], ["--no-resume"]):
+            proc = train(["--data", str(data), "--run-dir", str(run), *QUICK, "--max-train-batches", "2", *extra])
+            assert proc.returncode == 2, proc.stderr[-3000:]
+            errors = lines_starting(proc, "error:")
+            assert len(errors) == 1 and errors[0].startswith(f"error: run dir {run} is in use by another "
+                                                             f"training job (pid {holder.pid} on host "), errors
+            assert "Traceback" not in proc.stderr
+            assert sorted(p.name for p in run.iterdir()) == [".lock", "metrics.jsonl"]  # nothing written or moved
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_killed_jobs_lock_does_not_block_the_next_job(data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    holder = _hold_lock(run)
+    os.kill(holder.pid, signal.SIGKILL)  # no cleanup: the lock file stays, the kernel drops the lock
+    holder.wait()
+    assert (run / ".lock").is_file()
+    proc = train(["--data", str(data), "--run-dir", str(run), *QUICK, "--max-train-batches", "2"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.fullmatch(rf"pid \d+ on host .+", (run / ".lock").read_text().strip())
+    assert str(holder.pid) not in (run / ".lock").read_text()
