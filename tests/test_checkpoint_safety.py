@@ -55,6 +55,13 @@ def _break_train_state(ckpt: Path) -> None:
     (ckpt / "train_state.json").write_text('{"step": 8, "epoch":')
 
 
+def _delete_checksums_and_flip_a_byte(ckpt: Path) -> None:
+    """Without checksums.json the flipped byte could only be caught by verification refusing
+    the checkpoint as a whole: loaded, it would end with other weights."""
+    (ckpt / CHECKSUMS).unlink()
+    _flip_a_byte(ckpt)
+
+
 def _plant_pickle_with_matching_checksums(ckpt: Path) -> None:
     """The attacker rewrites checksums.json too: only the safe reader stands in the way."""
     (ckpt / ".metadata").write_bytes(pickle.dumps(_Payload(ckpt.parent.parent / "PWNED")))
@@ -66,6 +73,7 @@ def _plant_pickle_with_matching_checksums(ckpt: Path) -> None:
 DAMAGE: Dict[str, Callable[[Path], None]] = {
     "bit_flip_in_shard": _flip_a_byte,
     "deleted_shard": _delete_a_shard,
+    "deleted_checksums": _delete_checksums_and_flip_a_byte,
     "truncated_metadata": _truncate_metadata,
     "invalid_train_state": _break_train_state,
     "malicious_pickle": _plant_pickle_with_matching_checksums,
@@ -83,7 +91,9 @@ def test_damaged_newest_checkpoint_is_skipped_for_the_older_one(
 
     proc = torchrun(TRAIN, ["--data", str(data), "--run-dir", str(run), *ARGS])
     log = proc.stdout + proc.stderr
-    assert "skipped damaged checkpoint step-00000008" in log, log[-3000:]
+    assert "warning: skipped damaged checkpoint step-00000008" in log, log[-3000:]
+    if damage == "deleted_checksums":
+        assert f"{CHECKSUMS} missing" in log, log[-3000:]
     assert "resuming from" in log and "step-00000006" in log.split("resuming from", 1)[1].splitlines()[0]
     assert not (run / "PWNED").exists(), "code from the checkpoint ran"
     skipped = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]

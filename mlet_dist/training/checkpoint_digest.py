@@ -50,11 +50,11 @@ def write_checksums(directory: Path, digests: Digests) -> None:
 def verify_share(directory: Path, rank: int, world_size: int) -> Optional[str]:
     """This rank's verdict on its share: None when intact, else what is wrong (collective-free).
 
-    A checkpoint without ``checksums.json`` (written before checksums existed) passes: DCP's own
-    checks are all there is for it, and a failure to load it counts as corruption."""
+    Every checkpoint this version writes has ``checksums.json``, so a checkpoint without it is
+    damaged (or foreign): loading it unverified would let a flipped byte through silently."""
     listing = directory / CHECKSUMS
     if not listing.is_file():
-        return None
+        return f"{CHECKSUMS} missing: nothing to verify its files against (deleted, or not written by mlet_dist)"
     try:
         recorded: Digests = json.loads(listing.read_text())
         if not isinstance(recorded, dict):
