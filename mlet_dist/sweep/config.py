@@ -41,13 +41,16 @@ Each run is train.py with ``--arch A --model baseline -d D`` or ``--model mlet -
 ``--seed S`` (plus the args above), in ``runs_dir/<run_id>``; MLET pairs with k < d are skipped.
 """
 
+import argparse
 import json
 import os
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, NoReturn, Optional, Sequence
 
+from mlet_dist.cli_common import given_dests
 from mlet_dist.models.dcn import ARCHS
+from mlet_dist.training.config import build_parser
 
 MODELS = ("baseline", "mlet")
 
@@ -214,11 +217,11 @@ class SweepConfig:
         if not (isinstance(self.equivalence_margin, (int, float)) and 0 < self.equivalence_margin < 0.5):
             raise ValueError(f"report.equivalence_margin must be an AUC difference in (0, 0.5), "
                              f"got {self.equivalence_margin!r}")
-        reserved = {"--data", "--run-dir", "--model", "--arch", "--embedding-dim", "-d", "--inner-dim", "-k", "--seed"}
-        per_group = [a for v in (*self.arch_args.values(), *self.model_args.values()) for a in v]
-        clash = sorted(reserved.intersection(self.train_args + per_group))
-        if clash:
-            raise ValueError(f"train_args/arch_args/model_args may not set {clash}: the sweep sets them per run")
+        for args in (self.train_args, *self.arch_args.values(), *self.model_args.values()):
+            clash = reserved_flags_in(args)
+            if clash:
+                raise ValueError(f"train_args/arch_args/model_args may not set {clash} (in {args}): the sweep "
+                                 "sets them per run")
         if self.prepare is not None and set(self.prepare) - {"planted"}:
             raise ValueError(f"prepare supports only 'planted', got {sorted(self.prepare)}")
 
@@ -246,6 +249,30 @@ def _ints(value: Any, where: str) -> List[int]:
     if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
         raise ValueError(f"{where} must be integers >= 1, got {value!r}")
     return values
+
+
+RESERVED_TRAIN_DESTS = ("data", "run_dir", "model", "arch", "embedding_dim", "inner_dim", "seed")  # set per run
+
+
+def _refuse_train_args(message: str) -> NoReturn:
+    raise ValueError(f"train_args/arch_args/model_args: train.py would not accept them: {message}")
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    """train.py's own parser, raising ValueError instead of printing usage and exiting."""
+    parser = build_parser()
+    parser.error = _refuse_train_args  # type: ignore[method-assign]
+    return parser
+
+
+def reserved_flags_in(args: Sequence[str]) -> List[str]:
+    """The per-run flags that ``args`` sets, as train.py's parser reads them: ``--seed=5``, an
+    abbreviation (``--embedding-d 64``) and a short alias (``-d 4``) included. Comparing strings
+    missed all three, and every run silently trained with the one value its dir name denied."""
+    parser = _train_parser()
+    given = given_dests(_train_parser, list(args))
+    return [max(a.option_strings, key=len) for a in parser._actions
+            if a.dest in RESERVED_TRAIN_DESTS and a.dest in given]
 
 
 def _strs(value: Any, where: str) -> List[str]:
