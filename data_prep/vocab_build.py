@@ -20,7 +20,7 @@ import numpy as np
 
 from data_prep import textio
 from data_prep.spec import DatasetSpec, PrepConfig
-from data_prep.vocabulary import VOCAB_DIR, write_feature_vocab
+from data_prep.vocabulary import VOCAB_DIR, entry_sha256, write_feature_vocab
 
 # Buckets used when the memory cap forces hashing and no --hash-size was given
 # (the reference DLRM's usual --max-ind-range for Criteo Terabyte).
@@ -308,17 +308,20 @@ def save_vocabularies(
     exact = [name for name, vocab in vocabs.items() if not vocab.hashed]
     if exact:
         (out / VOCAB_DIR).mkdir(exist_ok=True)
+    def write(name: str) -> Dict[str, Any]:
+        rel = write_feature_vocab(out, name, kinds[name], vocabs[name].sorted_keys, vocabs[name].ids)
+        return {"file": rel, "values": int(len(vocabs[name].sorted_keys)),
+                "sha256": entry_sha256(name, kinds[name], False, vocabs[name].size, out / rel)}
+
     with ThreadPoolExecutor(threads) as pool:
-        files = dict(zip(exact, pool.map(
-            lambda name: write_feature_vocab(out, name, kinds[name], vocabs[name].sorted_keys, vocabs[name].ids),
-            exact)))
+        files = dict(zip(exact, pool.map(write, exact)))
     entries: Dict[str, Dict[str, Any]] = {}
     for name, vocab in vocabs.items():
         if vocab.hashed:
-            entries[name] = {"kind": kinds[name], "hashed": True}
+            entries[name] = {"kind": kinds[name], "hashed": True,
+                             "sha256": entry_sha256(name, kinds[name], True, vocab.size, None)}
         else:
-            entries[name] = {"kind": kinds[name], "hashed": False, "file": files[name],
-                             "values": int(len(vocab.sorted_keys))}
+            entries[name] = {"kind": kinds[name], "hashed": False, **files[name]}
     return entries
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
@@ -27,7 +28,7 @@ import pyarrow.parquet as pq
 from data_prep.dataset_format import META_FILE, looks_raw, read_meta
 from data_prep.spec import DatasetSpec, PathLike, PrepConfig
 from data_prep.vocab_build import FeatureVocab, KeyCounter, finish_vocabs, save_vocabularies, vocab_threads
-from data_prep.vocabulary import OOV_ID, VOCAB_DIR, vocab_file
+from data_prep.vocabulary import OOV_ID, VOCAB_DIR, arrays_problem, digest_problem, unsealed_warning, vocab_file
 
 FLAG = "--vocab-from"
 
@@ -102,6 +103,7 @@ def load_saved_vocab(source: PathLike, spec: DatasetSpec) -> SavedVocab:
         raise _fail(root, f"a vocabulary of {meta.get('dataset')!r} data (features {_summary(theirs)}), not of "
                           f"{spec.name!r} data (features {_summary(kinds)})")
     vocabs = {name: _feature(root, meta, name, info["features"][name]) for name in spec.sparse_features}
+    _check_digests(root, meta, info["features"])
     digest = hashlib.sha256((root / META_FILE).read_bytes()).hexdigest()
     return SavedVocab(root, meta, digest, vocabs, {n: info["features"][n] for n in spec.sparse_features})
 
@@ -110,6 +112,19 @@ def _summary(kinds: Dict[str, Any]) -> str:
     names = list(kinds)
     shown = ", ".join(f"{n}:{kinds[n]}" for n in names[:4])
     return shown + (f", ... {len(names)} in all" if len(names) > 4 else "")
+
+
+def _check_digests(root: Path, meta: Dict[str, Any], entries: Dict[str, Dict[str, Any]]) -> None:
+    """Each feature's vocabulary against the sha256 meta.json records (swapped files, permuted ids, an
+    edited hashed flag or table size); a dataset prepared before they were recorded is a warning."""
+    unsealed = unsealed_warning(root, entries)
+    if unsealed:
+        print(f"mlet-prep: warning: {FLAG} {unsealed}", file=sys.stderr)
+        return
+    for name, entry in entries.items():
+        problem = digest_problem(root, name, entry, meta["table_sizes"][name])
+        if problem:
+            raise _fail(root, problem)
 
 
 def _feature(root: Path, meta: Dict[str, Any], name: str, entry: Dict[str, Any]) -> FeatureVocab:
@@ -133,11 +148,9 @@ def _feature(root: Path, meta: Dict[str, Any], name: str, entry: Dict[str, Any])
         ids = table.column("id").to_numpy().astype(np.int64, copy=False)
     except (OSError, ValueError, KeyError, pa.ArrowException) as e:  # a damaged file: any of these
         raise _fail(root, f"cannot read {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    if len(keys) != entry.get("values"):
-        raise _fail(root, f"{path} holds {len(keys)} values, meta.json lists {entry.get('values')!r}")
-    if len(keys) and (np.any(np.diff(keys) <= 0) or ids.min() < 1 or ids.max() >= size
-                      or len(np.unique(ids)) != len(ids)):
-        raise _fail(root, f"{path} is damaged: keys must be strictly ascending and ids distinct in [1, {size})")
+    problem = arrays_problem(keys, ids, size, entry.get("values"))
+    if problem:
+        raise _fail(root, f"{path} {problem}")
     return FeatureVocab(size=size, sorted_keys=keys, ids=ids)
 
 

@@ -11,9 +11,11 @@ No pickle: parquet and JSON only.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pyarrow as pa
@@ -89,6 +91,53 @@ def write_feature_vocab(out_dir: Path, feature: str, kind: str, sorted_keys: np.
     return rel
 
 
+def entry_sha256(feature: str, kind: str, hashed: bool, table_size: int, path: Optional[Path]) -> str:
+    """meta.json's ``sha256`` of a feature's vocabulary: the feature, its kind, hashed flag and table
+    size (one line of sorted-key JSON), then the vocabulary file's bytes (none for a hashed feature).
+    Binding all of them catches two features' files swapped, permuted ids, and a flag or size edited
+    in meta.json, none of which the structural checks (``arrays_problem``) can see."""
+    head = json.dumps({"feature": feature, "hashed": bool(hashed), "kind": kind, "table_size": int(table_size)},
+                      sort_keys=True)
+    h = hashlib.sha256(head.encode() + b"\n")
+    if path is not None:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(8 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def digest_problem(root: Path, feature: str, entry: Mapping[str, Any], table_size: int) -> Optional[str]:
+    """Why a feature's vocabulary does not match the sha256 meta.json records for it (None: it does)."""
+    path = None if entry.get("hashed") else root / entry["file"]
+    if entry_sha256(feature, entry.get("kind", ""), bool(entry.get("hashed")), table_size, path) == entry.get("sha256"):
+        return None
+    what = "its hashed flag or table size" if path is None else f"{entry['file']}, its hashed flag or table size"
+    return (f"the vocabulary of {feature} does not match its sha256 in meta.json ({what} changed since "
+            "mlet-prep wrote it: a swapped, edited or damaged file); re-run mlet-prep")
+
+
+def unsealed_warning(root: Path, entries: Mapping[str, Mapping[str, Any]]) -> Optional[str]:
+    """The warning for a dataset prepared before meta.json recorded vocabulary digests (None when it
+    records them). Warned, not refused: re-preparing changes meta.json, and a serving directory
+    accepts only the meta.json its model was trained with, so refusing would strand those models."""
+    if any("sha256" in e for e in entries.values()):
+        return None
+    return (f"{root}/meta.json records no vocabulary sha256 (prepared before they were recorded): a swapped or "
+            "edited vocabulary file cannot be detected; re-run mlet-prep to record them")
+
+
+def arrays_problem(keys: np.ndarray, ids: np.ndarray, table_size: int, listed: Any) -> Optional[str]:
+    """Why a vocabulary file's (keys, ids) cannot encode (None: they can): another count of values than
+    meta.json lists, keys not strictly ascending, or ids not distinct in [1, table_size). One check
+    for --vocab-from and raw scoring, so neither accepts what the other refuses."""
+    if len(keys) != listed:
+        return f"holds {len(keys)} values, meta.json lists {listed!r}"
+    if len(keys) and (np.any(np.diff(keys) <= 0) or ids.min() < 1 or ids.max() >= table_size
+                      or len(np.unique(ids)) != len(ids)):
+        return f"is damaged: keys must be strictly ascending and ids distinct in [1, {table_size})"
+    return None
+
+
 def vocabulary_meta(entries: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
     """meta.json's ``vocabulary`` key: the OOV id and, per feature, its file or its hashing."""
     return {"oov_id": OOV_ID, "features": entries}
@@ -134,11 +183,12 @@ class FeatureVocabulary:
 
 
 class Vocabulary:
-    """All features' vocabularies of a prepared dataset."""
+    """All features' vocabularies of a prepared dataset (``warnings``: for the caller to print)."""
 
-    def __init__(self, features: Dict[str, FeatureVocabulary], source: Path) -> None:
+    def __init__(self, features: Dict[str, FeatureVocabulary], source: Path, warnings: Sequence[str] = ()) -> None:
         self.features = features
         self.source = source
+        self.warnings: List[str] = list(warnings)
 
     @classmethod
     def load(cls, data_dir: PathLike) -> "Vocabulary":
@@ -150,25 +200,34 @@ class Vocabulary:
                 f"{root}/meta.json has no vocabulary (prepared before vocabularies were saved, or generated "
                 "data without raw values); re-run mlet-prep on the raw files"
             )
+        unsealed = unsealed_warning(root, info["features"])
         features: Dict[str, FeatureVocabulary] = {}
         for name, entry in info["features"].items():
             size = int(meta["table_sizes"][name])
-            if entry.get("hashed"):
-                empty = np.zeros(0, np.int64)
-                features[name] = FeatureVocabulary(name, entry["kind"], size, True, empty, empty)
-                continue
-            path = root / entry["file"]
-            if not path.is_file():
-                raise FileNotFoundError(f"vocabulary file not found: {path} (listed in {root}/meta.json)")
-            table = pq.read_table(path, columns=["key", "id"])
-            keys = table.column("key").to_numpy()
-            ids = table.column("id").to_numpy()
-            if len(keys) and (np.any(np.diff(keys) <= 0) or ids.min() < 1 or ids.max() >= size):
-                raise ValueError(f"{path}: keys must be strictly ascending and ids in [1, {size})")
-            features[name] = FeatureVocabulary(name, entry["kind"], size, False, keys, ids)
-        return cls(features, root)
+            features[name] = _load_feature(root, name, entry, size)
+            problem = None if unsealed else digest_problem(root, name, entry, size)
+            if problem:
+                raise ValueError(f"{root}: {problem}")
+        return cls(features, root, [unsealed] if unsealed else [])
 
     def encode(self, feature: str, values: Iterable[Union[str, bytes]]) -> Encoded:
         if feature not in self.features:
             raise KeyError(f"{self.source} has no vocabulary for feature {feature!r}; it has {sorted(self.features)}")
         return self.features[feature].encode(list(values))
+
+
+def _load_feature(root: Path, name: str, entry: Mapping[str, Any], size: int) -> FeatureVocabulary:
+    """One feature's vocabulary as meta.json lists it, its arrays checked (``arrays_problem``)."""
+    if entry.get("hashed"):
+        empty = np.zeros(0, np.int64)
+        return FeatureVocabulary(name, entry["kind"], size, True, empty, empty)
+    path = root / entry["file"]
+    if not path.is_file():
+        raise FileNotFoundError(f"vocabulary file not found: {path} (listed in {root}/meta.json)")
+    table = pq.read_table(path, columns=["key", "id"])
+    keys = table.column("key").to_numpy()
+    ids = table.column("id").to_numpy()
+    problem = arrays_problem(keys, ids, size, entry.get("values"))
+    if problem:
+        raise ValueError(f"{path} {problem} (the vocabulary of {name})")
+    return FeatureVocabulary(name, entry["kind"], size, False, keys, ids)

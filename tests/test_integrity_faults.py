@@ -1,18 +1,24 @@
 """Issue 32: what prep writes carries enough to detect damage, and every reader checks it.
 
 * part files carry parquet page checksums (a flipped bit on disk used to train on another id);
+* meta.json records a sha256 of each feature's vocabulary (with its hashed flag and table size), which
+  --vocab-from and raw scoring verify; both refuse the same damaged arrays (duplicate ids);
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
-from typing import Dict, List
+from typing import Callable, Dict, List
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from data_prep.cli import main as prep_main
+from data_prep.vocabulary import Vocabulary
 from mlet_dist.data.parquet_batches import DatasetMeta, ParquetBatchStream
 from mlet_dist.errors import DatasetError
 from mlet_dist.serving.scoring import ScoringStream
@@ -113,3 +119,176 @@ def test_dataset_check_verifies_pages_it_reads(prepared: Dict[str, Path], tmp_pa
     flip_silent_bit(part)
     with pytest.raises(DatasetError, match=f"cannot read {part}.*CRC checksum"):
         check_dataset(DatasetMeta.load(tmp_path / "data"))
+
+
+# -- vocabulary digests ------------------------------------------------------------------------
+
+DAY0_LINES = 4500  # the sample's first half is "day 0" (its vocabulary), the second half "day 1"
+
+
+@pytest.fixture(scope="module")
+def vocab_days(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path]:
+    """Day 0 prepared with 13 hashed features (--hash-size 1000), day 1 as raw text. C6 and C22 are
+    exact with 8 values each (table 9): swapping their files passes every structural check."""
+    root = tmp_path_factory.mktemp("vocab")
+    lines = SAMPLE.read_bytes().splitlines(keepends=True)
+    (root / "day0.tsv").write_bytes(b"".join(lines[:DAY0_LINES]))
+    (root / "day1.tsv").write_bytes(b"".join(lines[DAY0_LINES:]))
+    assert prep_main(["criteo-kaggle", str(root / "day0.tsv"), str(root / "d0"), "--no-progress", "--workers", "1",
+                      "--hash-size", "1000"]) == 0
+    entries = json.loads((root / "d0" / "meta.json").read_text())["vocabulary"]["features"]
+    assert entries["C6"]["values"] == entries["C22"]["values"] and not entries["C6"]["hashed"]
+    return {"root": root, "day0": root / "d0", "day1": root / "day1.tsv"}
+
+
+def _edit_meta(data: Path, edit: Callable[[dict], None]) -> None:
+    meta = json.loads((data / "meta.json").read_text())
+    edit(meta)
+    (data / "meta.json").write_text(json.dumps(meta, sort_keys=True, indent=2) + "\n")
+
+
+def _rewrite_ids(path: Path, ids: np.ndarray) -> None:
+    table = pq.read_table(path)
+    pq.write_table(table.set_column(table.schema.get_field_index("id"), "id", pa.array(ids)), path)
+
+
+def _swap_files(data: Path) -> None:
+    a, b = data / "vocab/C6.parquet", data / "vocab/C22.parquet"
+    held = a.read_bytes()
+    a.write_bytes(b.read_bytes())
+    b.write_bytes(held)
+
+
+def _permute_ids(data: Path) -> None:
+    path = data / "vocab/C6.parquet"
+    _rewrite_ids(path, pq.read_table(path).column("id").to_numpy()[::-1].copy())
+
+
+def _flip_hashed(data: Path) -> None:
+    _edit_meta(data, lambda m: m["vocabulary"]["features"]["C6"].update(hashed=True))
+
+
+def _grow_table(data: Path) -> None:
+    _edit_meta(data, lambda m: m["table_sizes"].update(C6=m["table_sizes"]["C6"] + 1))
+
+
+# Damage that keys ascending, ids distinct in range and value counts all pass: only the digest sees it.
+UNSEEN_DAMAGE = {"swapped_files": _swap_files, "permuted_ids": _permute_ids, "flipped_hashed": _flip_hashed,
+                 "grown_table": _grow_table}
+
+
+def _damaged(vocab_days: Dict[str, Path], tmp_path: Path, damage: Callable[[Path], None]) -> Path:
+    data = tmp_path / "d0"
+    shutil.copytree(vocab_days["day0"], data)
+    damage(data)
+    return data
+
+
+def _vocab_from(vocab_days: Dict[str, Path], data: Path, out: Path, capsys: pytest.CaptureFixture) -> List[str]:
+    """mlet-prep --vocab-from's exit code check and its stderr lines."""
+    code = prep_main(["criteo-kaggle", str(vocab_days["day1"]), str(out), "--no-progress", "--workers", "1",
+                      "--vocab-from", str(data)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == (0 if out.exists() else 2), (code, err)
+    return err
+
+
+@pytest.mark.parametrize("kind", sorted(UNSEEN_DAMAGE))
+def test_vocab_from_refuses_a_vocabulary_that_does_not_match_its_digest(
+    vocab_days: Dict[str, Path], tmp_path: Path, kind: str, capsys: pytest.CaptureFixture
+) -> None:
+    data = _damaged(vocab_days, tmp_path, UNSEEN_DAMAGE[kind])
+    out = tmp_path / "out"
+    err = _vocab_from(vocab_days, data, out, capsys)
+    assert not out.exists() and len(err) == 1 and err[0].startswith("mlet-prep: error: --vocab-from"), err
+    assert "does not match its sha256 in meta.json" in err[0], err
+    assert ("the vocabulary of C22" if kind == "swapped_files" else "the vocabulary of C6") in err[0], err
+
+
+@pytest.mark.parametrize("kind", sorted(UNSEEN_DAMAGE))
+def test_raw_scoring_vocabulary_refuses_what_vocab_from_refuses(
+    vocab_days: Dict[str, Path], tmp_path: Path, kind: str
+) -> None:
+    """Vocabulary.load is what mlet-predict --raw encodes with (predict_cli.raw_stream)."""
+    data = _damaged(vocab_days, tmp_path, UNSEEN_DAMAGE[kind])
+    with pytest.raises(ValueError, match="the vocabulary of C(6|22) does not match its sha256"):
+        Vocabulary.load(data)
+
+
+def test_both_loaders_refuse_duplicate_ids_alike(vocab_days: Dict[str, Path], tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    """Raw scoring used to accept two values with one id (only keys and range were checked)."""
+    def duplicate(data: Path) -> None:
+        path = data / "vocab/C6.parquet"
+        ids = pq.read_table(path).column("id").to_numpy().copy()
+        ids[1] = ids[0]
+        _rewrite_ids(path, ids)
+        _edit_meta(data, lambda m: [e.pop("sha256", None) for e in m["vocabulary"]["features"].values()])
+
+    data = _damaged(vocab_days, tmp_path, duplicate)  # no digests: the arrays check alone must refuse
+    with pytest.raises(ValueError, match="ids distinct in") as raised:
+        Vocabulary.load(data)
+    err = _vocab_from(vocab_days, data, tmp_path / "out", capsys)
+    assert len(err) == 1 and err[0].startswith("mlet-prep: error: --vocab-from"), err
+    problem = str(raised.value).split("C6.parquet ")[1].split(" (the vocabulary")[0]  # the shared check's words
+    assert err[0].endswith(f"C6.parquet {problem}"), (problem, err)
+
+
+def test_a_dataset_without_digests_is_a_warning_and_still_encodes(
+    vocab_days: Dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Prepared before digests were recorded: warned, not refused (re-preparing would change meta.json,
+    which the serving manifest of a model trained on it would then refuse)."""
+    data = _damaged(vocab_days, tmp_path, lambda d: _edit_meta(
+        d, lambda m: [e.pop("sha256") for e in m["vocabulary"]["features"].values()]))
+    vocab = Vocabulary.load(data)
+    assert len(vocab.warnings) == 1 and "records no vocabulary sha256" in vocab.warnings[0]
+    out = tmp_path / "out"
+    err = _vocab_from(vocab_days, data, out, capsys)
+    assert out.exists(), err
+    assert len(err) == 1 and err[0].startswith("mlet-prep: warning: --vocab-from") and "re-run mlet-prep" in err[0]
+    assert not Vocabulary.load(vocab_days["day0"]).warnings
+
+
+def test_vocab_from_copies_the_digests_and_they_verify(vocab_days: Dict[str, Path], tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "out"
+    assert not _vocab_from(vocab_days, vocab_days["day0"], out, capsys)[:-1]
+    entries = json.loads((out / "meta.json").read_text())["vocabulary"]["features"]
+    assert all(len(e["sha256"]) == 64 for e in entries.values())
+    assert not Vocabulary.load(out).warnings  # the copied files match the copied digests
+
+
+def test_predict_raw_refuses_a_swapped_vocabulary(vocab_days: Dict[str, Path], tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    """The issue's case: meta.json untouched (the serving manifest accepts it), two features' vocabulary
+    files swapped; every prediction used to change silently."""
+    from test_predict_raw import _served
+    from mlet_dist.serving import predict_cli
+
+    serving = _served(tmp_path, vocab_days["day0"], 3)
+    argv = ["--serving", str(serving), "--raw", str(vocab_days["day1"]), "--no-progress"]
+    report = predict_cli.predict_main([*argv, "--out", str(tmp_path / "ok.parquet")])
+    assert report["rows"] == 9000 - DAY0_LINES and not report["warnings"]
+    data = _damaged(vocab_days, tmp_path, _swap_files)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        predict_cli.predict_main([*argv, "--data", str(data), "--out", str(tmp_path / "bad.parquet")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "the vocabulary of C22 does not match" in err[0], err
+
+
+def test_predict_raw_warns_for_a_dataset_without_digests(vocab_days: Dict[str, Path], tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    from test_predict_raw import _served
+    from mlet_dist.serving import predict_cli
+
+    legacy = _damaged(vocab_days, tmp_path, lambda d: _edit_meta(
+        d, lambda m: [e.pop("sha256") for e in m["vocabulary"]["features"].values()]))
+    serving = _served(tmp_path, legacy, 3)  # a model trained on it: its manifest records this meta.json
+    capsys.readouterr()
+    report = predict_cli.predict_main(["--serving", str(serving), "--raw", str(vocab_days["day1"]), "--no-progress",
+                                       "--out", str(tmp_path / "p.parquet")])
+    assert report["rows"] == 9000 - DAY0_LINES
+    warned = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
+    assert len(warned) == 1 and "records no vocabulary sha256" in warned[0], warned

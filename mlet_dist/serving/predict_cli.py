@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     stream: BatchSource
     if args.raw is not None:
         stream, data = raw_stream(sd, args)
-        warnings: List[str] = []
+        warnings: List[str] = list(stream.vocab.warnings)  # e.g. no vocabulary sha256 (data_prep/vocabulary.py)
     else:
         data = args.data
         warnings = check_dataset(sd, data)
