@@ -4,7 +4,9 @@ A run's configuration is saved as ``config.json`` in its run directory (and in t
 manifest) so that later tools rebuild the model from what the run *was*, not by replaying its
 command line through today's parser: renaming a flag must not orphan old runs. Loading is
 strict: an unknown key is an error that names it (a typo in a hand-edited file must not be
-silently ignored); a missing key takes the field's default (files written before it existed).
+silently ignored); a missing key takes the field's default (files written before it existed);
+a value of another JSON type than its field's is an error naming the field (``true`` is not an
+integer, ``"no"`` is not a boolean), never coerced.
 """
 
 import dataclasses
@@ -13,7 +15,7 @@ import json
 import types
 import typing
 from pathlib import Path
-from typing import Any, Dict, Type, TypeVar, Union
+from typing import Any, Dict, Tuple, Type, TypeVar, Union
 
 from data_prep.safe_json import read_json_file
 
@@ -35,6 +37,27 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
+# JSON scalar types a field of each Python type accepts: a bool is an int to Python, so
+# ``"batch_size": true`` became 1 and ``"shuffle": "no"`` (a truthy string) left shuffling on.
+_SCALARS: Dict[Any, Tuple[type, ...]] = {bool: (bool,), int: (int,), float: (int, float), str: (str,), Path: (str,)}
+_JSON_NAMES = {bool: "a boolean (true/false)", int: "an integer", float: "a number", str: "a string",
+               Path: "a path string"}
+
+
+def _wrong_type(where: str, value: Any, expected: str) -> ValueError:
+    """One line naming the field, the value as the file spells it, and what it should be."""
+    shown = json.dumps(value) if isinstance(value, (bool, int, float, str, type(None))) else type(value).__name__
+    return ValueError(f"{where}: expected {expected}, got {shown[:80]}")
+
+
+def _scalar(tp: Any, value: Any, where: str) -> Any:
+    """``value`` as field type ``tp`` (bool, int, float, str or Path), refusing any other JSON type."""
+    allowed = _SCALARS[tp]
+    if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+        raise _wrong_type(where, value, _JSON_NAMES[tp])
+    return tp(value)
+
+
 def _convert(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
@@ -48,15 +71,18 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
             raise ValueError(f"{where}: expected a list, got {value!r}")
         return [_convert(item, v, f"{where}[]") for v in value]
     if origin in (dict, typing.Dict):
+        if not isinstance(value, dict):
+            raise _wrong_type(where, value, "an object")
         return dict(value)
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return from_jsonable(tp, value, where)
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        return tp(value)
-    if tp is Path:
-        return Path(value)
-    if tp is float and isinstance(value, int):
-        return float(value)
+        try:
+            return tp(value)
+        except ValueError:
+            raise _wrong_type(where, value, f"one of {[m.value for m in tp]}") from None
+    if tp in _SCALARS:
+        return _scalar(tp, value, where)
     return value
 
 
