@@ -3,7 +3,8 @@
 Usage:
   mlet-prep criteo-kaggle   SRC OUT            [common options]
   mlet-prep criteo-terabyte SRC [SRC ...] OUT  [common options]   (SRC: day files or a directory of day_N[.gz])
-  mlet-prep torchrec-npy    DIR OUT [--table-sizes N,N,...]   (TorchRec's day_N_{dense,sparse,labels}.npy)
+  mlet-prep torchrec-npy    DIR OUT [--table-sizes N,N,... | --max-ind-range N | --num-embeddings-per-feature N,...]
+                            (TorchRec's day_N_{dense,sparse,labels}.npy or Kaggle train_*.npy)
   mlet-prep nvtabular       DIR OUT   (NVTabular parquet: train/ validation/ [test/] + schema.pbtxt)
   mlet-prep from-mlperf-multihot DIR OUT [--dense-labels DIR] [--table-sizes ...] [--max-bag N]
                             (MLPerf DLRM-DCNv2 day_N_sparse_multi_hot.npz + day_N_{dense,labels}.npy)
@@ -145,7 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Convert the .npy day files of torchrec's Criteo preprocessing.")
     tn.add_argument("src", metavar="DIR", help="directory holding day_N_dense.npy, day_N_sparse.npy, day_N_labels.npy")
     tn.add_argument("out", metavar="OUT", help="output dataset directory")
-    tn.add_argument("--table-sizes", default=None, help="26 comma-separated table sizes (default: max id + 1)")
+    tn.add_argument("--table-sizes", default=None,
+                    help="26 comma-separated table sizes; every id must fit (default: max id + 1)")
+    tn.add_argument("--max-ind-range", type=positive_int, default=None, metavar="N",
+                    help="hash raw ids as TorchRec's reader does with --num_embeddings N: ids modulo N, every "
+                         "table N rows")
+    tn.add_argument("--num-embeddings-per-feature", default=None, metavar="N,N,...",
+                    help="26 sizes, as TorchRec's --num_embeddings_per_feature: ids modulo each, the tables "
+                         "those sizes (TorchRec's reader hashes so at load time)")
     _add_common(tn, vocab=False)
 
     nv = sub.add_parser("nvtabular", aliases=["from-nvtabular"], help="NVTabular parquet (label, int_*, cat_* + schema.pbtxt) -> parquet "
@@ -267,7 +275,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 0
         elif args.command == "torchrec-npy":
             sizes = None if args.table_sizes is None else parse_table_sizes(args.table_sizes)
-            result = prepare_torchrec_npy(args.src, args.out, cfg, table_sizes=sizes)
+            per_feature = (None if args.num_embeddings_per_feature is None
+                           else parse_table_sizes(args.num_embeddings_per_feature))
+            result = prepare_torchrec_npy(args.src, args.out, cfg, table_sizes=sizes, max_ind_range=args.max_ind_range,
+                                          num_embeddings_per_feature=per_feature)
         elif args.command == "nvtabular":
             result = prepare_nvtabular(args.src, args.out, cfg)
         elif args.command.startswith("from-"):

@@ -5,9 +5,11 @@ Layouts as read in facebookresearch/dlrm at 090956ee:
 
 * ``data_utils.py`` (getCriteoAdData / concatCriteoAdData) writes ``<name>_processed.npz``
   (``kaggleAdDisplayChallenge_processed.npz``, ``terabyte_processed.npz``) with ``X_int``
-  (int32 [rows, 13], raw counts, negatives set to 0), ``X_cat`` (int32 [rows, 26], ids
-  contiguous per feature), ``y`` (int32 [rows]) and ``counts`` (int32 [26], ids per feature), and
-  ``<raw>_day_count.npz`` with ``total_per_file`` (rows per day). ``dlrm_data_pytorch.py``'s
+  (int32 [rows, 13], raw counts, negatives set to 0), ``X_cat`` (**float64** [rows, 26]: ids
+  contiguous per feature, written into ``np.zeros``' default dtype by processCriteoAdData; int
+  fixtures are taken too), ``y`` (int32 [rows]) and ``counts`` ([26], ids per feature), all
+  ``np.savez_compressed``, and ``<raw>_day_count.npz`` with ``total_per_file`` (rows per day).
+  A float id that is not a whole number, or is beyond MAX_TABLE_ROWS, is refused. ``dlrm_data_pytorch.py``'s
   CriteoDataset trains on all days but the last and splits the last with
   ``np.array_split(rows, 2)``: **test** the first ceil(rows/2), **val** the rest.
 * ``data_loader_terabyte.py`` (numpy_to_binary, CriteoBinDataset) writes fixed-width records of
@@ -35,7 +37,9 @@ import numpy as np
 import pyarrow as pa
 
 from data_prep.dataset_format import CRITEO_DENSE_FEATURES, CRITEO_SPARSE_FEATURES, SPLITS, parquet_schema
-from data_prep.foreign_common import dense_log, first_bad, npz_arrays, table_sizes_from, write_converted
+from data_prep.foreign_common import (
+    checked_ids, dense_log, first_bad, npz_arrays, regular_file, table_sizes_from, write_converted,
+)
 from data_prep.pipeline import PrepConfig, PrepResult, check_output
 
 PathLike = Union[str, Path]
@@ -68,11 +72,7 @@ def _scan(p: Piece, modulo: Optional[int], sizes: Optional[np.ndarray]) -> np.nd
         if bad.any():
             row = first_bad(bad)
             raise ValueError(f"{p.path}: row {lo + row}: label {labels[row].item()} is not 0 or 1")
-        ids = np.asarray(p.ids[lo:hi], np.int64)
-        if len(ids) and ids.min() < 0:
-            row = first_bad((ids < 0).any(axis=1))
-            col = first_bad(ids[row] < 0)
-            raise ValueError(f"{p.path}: row {lo + row}: negative id {ids[row, col]} in {CRITEO_SPARSE_FEATURES[col]}")
+        ids = _ids(p, lo, hi)
         if modulo:
             ids = ids % modulo
         if sizes is not None and (ids >= sizes).any():
@@ -85,12 +85,17 @@ def _scan(p: Piece, modulo: Optional[int], sizes: Optional[np.ndarray]) -> np.nd
     return max_ids
 
 
+def _ids(p: Piece, lo: int, hi: int) -> np.ndarray:
+    """Rows [lo, hi) of a piece's ids as int64, checked in the file's dtype (whole numbers when float)."""
+    return checked_ids(p.ids[lo:hi], p.path, lo, CRITEO_SPARSE_FEATURES.__getitem__)
+
+
 def _blocks(pieces: List[Piece], schema: pa.Schema, modulo: Optional[int]) -> Iterator[Tuple[str, pa.Table]]:
     for p in pieces:
         for lo in range(p.lo, p.hi, BLOCK_ROWS):
             hi = min(lo + BLOCK_ROWS, p.hi)
             dense = dense_log(p.dense[lo:hi])
-            ids = np.asarray(p.ids[lo:hi], np.int64)
+            ids = _ids(p, lo, hi)
             if modulo:
                 ids = ids % modulo
             cols = [pa.array(np.asarray(p.labels[lo:hi]).astype(np.int8))]
@@ -155,8 +160,8 @@ def prepare_dlrm_npz(src: PathLike, out: PathLike, config: Optional[PrepConfig] 
         raise ValueError(f"{path}: X_int is {x_int.dtype}: the reference's processed file holds raw integer counts "
                          "(a float X_int was transformed already and would be logged twice)")
     for name, arr, width in (("X_int", x_int, len(CRITEO_DENSE_FEATURES)), ("X_cat", x_cat, len(CRITEO_SPARSE_FEATURES))):
-        if arr.ndim != 2 or arr.shape[1] != width or not np.issubdtype(arr.dtype, np.integer):
-            raise ValueError(f"{path}: {name} has shape {arr.shape} dtype {arr.dtype}, expected integers [rows, {width}]")
+        if arr.ndim != 2 or arr.shape[1] != width or not np.issubdtype(arr.dtype, np.number):
+            raise ValueError(f"{path}: {name} has shape {arr.shape} dtype {arr.dtype}, expected numbers [rows, {width}]")
         if len(arr) != len(y):
             raise ValueError(f"{path}: rows differ: {name} {len(arr)}, y {len(y)}")
     counts = _counts_of(arrays["counts"], path)

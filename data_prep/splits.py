@@ -40,19 +40,19 @@ class SplitPolicy:
 
 
 def chunk_split_bounds(num_rows: int, chunks: int = 7) -> Dict[str, Tuple[int, int]]:
-    """[start, stop) of train/val/test over accepted rows (reference DLRM split):
-    `chunks` contiguous chunks as numpy.array_split; the last is halved, first half
-    (rounded up) val, second half test."""
+    """[start, stop) of train/val/test over accepted rows, the reference DLRM's Kaggle split:
+    `chunks` contiguous chunks as numpy.array_split (its data_utils.py cuts train.txt into 7
+    "days" so); the last is halved as its transformCriteoAdData does,
+    ``test, val = np.array_split(last, 2)``: **test** the first ceil(rows / 2), val the rest."""
     base, extra = divmod(num_rows, chunks)
     train = sum(base + (1 if k < extra else 0) for k in range(chunks - 1))
-    last = num_rows - train
-    val = (last + 1) // 2
-    return {"train": (0, train), "val": (train, train + val), "test": (train + val, num_rows)}
+    test_end = train + (num_rows - train + 1) // 2
+    return {"train": (0, train), "val": (test_end, num_rows), "test": (train, test_end)}
 
 
 class ChunkSplit(SplitPolicy):
-    """Criteo Kaggle: 7 contiguous chunks of all accepted rows; counts of the tail
-    (val/test) are subtracted in the tail pass."""
+    """Criteo Kaggle: 7 contiguous chunks of all accepted rows, the last halved test first (the
+    reference DLRM's split); counts of the tail (test/val) are subtracted in the tail pass."""
 
     needs_tail_pass = True
 
@@ -70,10 +70,15 @@ class ChunkSplit(SplitPolicy):
     def assign(self, fi: int, lines: np.ndarray, acc: int, acc_file: int) -> np.ndarray:
         assert self.bounds is not None
         idx = acc + np.arange(len(lines))
-        return (idx >= self.bounds["val"][0]).astype(np.int8) + (idx >= self.bounds["test"][0]).astype(np.int8)
+        codes = np.zeros(len(lines), np.int8)
+        for split in ("val", "test"):
+            lo, hi = self.bounds[split]
+            codes[(idx >= lo) & (idx < hi)] = SPLIT_CODES[split]
+        return codes
 
     def describe(self) -> Dict[str, Any]:
-        return {"method": "dlrm-7-chunks", "chunks": 7}
+        return {"method": "dlrm-7-chunks", "chunks": 7, "val_test": "last chunk halved as the reference: test the "
+                "first ceil(rows/2), val the rest"}
 
 
 class DaySplit(SplitPolicy):

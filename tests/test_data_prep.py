@@ -58,9 +58,9 @@ def test_sample_counts_and_split_sizes(prepared: Path) -> None:
     rows = {s: meta["splits"][s]["rows"] for s in ("train", "val", "test")}
     assert sum(rows.values()) + meta["rows_rejected"] == meta["rows_read"]
     chunks = np.array_split(np.arange(SAMPLE_ROWS), 7)
-    val, test = np.array_split(chunks[6], 2)
+    test, val = np.array_split(chunks[6], 2)  # the reference DLRM's order: test first
     assert rows == {"train": sum(len(c) for c in chunks[:6]), "val": len(val), "test": len(test)}
-    assert rows == {"train": 7715, "val": 643, "test": 642}
+    assert rows == {"train": 7715, "val": 642, "test": 643}
     for split, n in rows.items():
         assert split_table(prepared, split).num_rows == n
 
@@ -68,12 +68,12 @@ def test_sample_counts_and_split_sizes(prepared: Path) -> None:
 @pytest.mark.parametrize("n", [0, 1, 6, 7, 13, 14, 100, 9000, 9001])
 def test_split_bounds_matches_array_split(n: int) -> None:
     chunks = np.array_split(np.arange(n), 7)
-    val, test = np.array_split(chunks[6], 2)
+    test, val = np.array_split(chunks[6], 2)  # the reference DLRM's transformCriteoAdData: test first
     train = np.concatenate(chunks[:6])
     b = split_bounds(n)
     assert b["train"] == (0, len(train))
-    assert b["val"] == (len(train), len(train) + len(val))
-    assert b["test"] == (len(train) + len(val), n)
+    assert b["test"] == (len(train), len(train) + len(test))
+    assert b["val"] == (len(train) + len(test), n)
 
 
 def test_meta_json_shape(prepared: Path) -> None:

@@ -66,7 +66,7 @@ def test_torchrec_npy_days_convert(tmp_path: Path, capsys: pytest.CaptureFixture
 @pytest.mark.parametrize("damage, message", [
     ("label", r"day_1_labels.npy: row 7: label 3 is not 0 or 1"),
     ("id", r"day_0_sparse.npy: row 11: negative id -5 in C3"),
-    ("rows", r"day 1: rows differ: day_1_dense.npy 40, day_1_sparse.npy 39"),
+    ("rows", r"day_1: rows differ: day_1_dense.npy 40, day_1_sparse.npy 39"),
     ("missing", r"day_1_sparse.npy is missing"),
 ])
 def test_bad_day_files_are_one_line_and_publish_nothing(tmp_path: Path, capsys: pytest.CaptureFixture,

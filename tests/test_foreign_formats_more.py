@@ -215,8 +215,10 @@ def _check_reference_rows(out: Path, arrays: Dict[str, np.ndarray], modulo: int 
     check_dataset(DatasetMeta.load(out))
 
 
-def test_dlrm_processed_npz_converts(tmp_path: Path) -> None:
+@pytest.mark.parametrize("cat_dtype", [np.int32, np.float64])  # float64: what data_utils.py really writes
+def test_dlrm_processed_npz_converts(tmp_path: Path, cat_dtype: type) -> None:
     arrays = _reference_arrays()
+    arrays["X_cat"] = arrays["X_cat"].astype(cat_dtype)
     src = _write_npz(tmp_path / "raw", arrays)
     assert prep_main(["from-dlrm-npz", str(src), str(tmp_path / "ds"), "--row-group-rows", "32"]) == 0
     _check_reference_rows(tmp_path / "ds", arrays)
@@ -260,6 +262,9 @@ def test_counts_and_day_counts_found_or_given(tmp_path: Path) -> None:
     ("negative", r"kaggleAdDisplayChallenge_processed.npz: row 60: negative id -1 in C2"),
     ("outside", r"kaggleAdDisplayChallenge_processed.npz: row 95: C4 id 17 is outside its table of 17 ids"),
     ("float", r"X_int is float32: .* would be logged twice"),
+    ("fraction", r"kaggleAdDisplayChallenge_processed.npz: row 70: C5 id 3.5 is not a whole number"),
+    ("nan", r"kaggleAdDisplayChallenge_processed.npz: row 71: C1 id nan is not a whole number"),
+    ("huge", r"kaggleAdDisplayChallenge_processed.npz: row 72: C26 id 1e\+19 is beyond 2,147,483,648 ids"),
     ("days", r"train_day_count.npz: total_per_file adds up to 120 rows, kaggleAdDisplayChallenge_processed.npz has 121"),
     ("no_days", r"no \*_day_count.npz beside it .* pass --day-count FILE"),
     ("missing", r"missing arrays \['counts'\]"),
@@ -275,6 +280,10 @@ def test_bad_dlrm_npz_is_one_line_and_publishes_nothing(tmp_path: Path, capsys: 
         arrays["X_cat"][95, 3] = 17
     elif damage == "float":
         arrays["X_int"] = np.log1p(arrays["X_int"]).astype(np.float32)
+    elif damage in ("fraction", "nan", "huge"):
+        arrays["X_cat"] = arrays["X_cat"].astype(np.float64)
+        row, col, value = {"fraction": (70, 4, 3.5), "nan": (71, 0, np.nan), "huge": (72, 25, 1e19)}[damage]
+        arrays["X_cat"][row, col] = value
     elif damage == "missing":
         del arrays["counts"]
     src = _write_npz(tmp_path / "raw", arrays)
