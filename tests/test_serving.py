@@ -330,9 +330,10 @@ def test_predict_cli_refuses_other_vocabulary_and_bad_flags(criteo, tmp_path: Pa
 # --- mlet-collapse from a run directory --------------------------------------------------------
 
 
-def test_collapse_cli_from_training_checkpoint(criteo, tmp_path: Path) -> None:
+def _tiny_run(criteo, tmp_path: Path):  # type: ignore[no-untyped-def]
     """A run dir as train.py leaves it (metrics.jsonl config record, checkpoints/step-N holding
-    {"model": ..., "optim": ...}); the CLI runs as a subprocess (it forms its own process group)."""
+    {"model": ..., "optim": ...} and its checksums.json), without training: (run dir, model)."""
+    from mlet_dist.training.checkpoint_digest import digest_share, write_checksums
     from mlet_dist.training.config import parse_args
 
     run = tmp_path / "run"
@@ -344,14 +345,25 @@ def test_collapse_cli_from_training_checkpoint(criteo, tmp_path: Path) -> None:
     model = DLRMTrain(build_dlrm(build_embedding_collection(sizes, cfg.embedding), mlps)).eval()
     (run / "checkpoints").mkdir(parents=True)
     (run / "metrics.jsonl").write_text(json.dumps({"event": "config", "argv": argv}) + "\n")
+    checkpoint = run / "checkpoints" / "step-00000003"
     dcp.save({"model": model.state_dict(), "optim": {"step": torch.tensor(3.0), "groups": [{"lr": 0.1}]}},
-             checkpoint_id=str(run / "checkpoints" / "step-00000003"))
-    proc = subprocess.run(
-        [sys.executable, "-m", "mlet_dist.serving.collapse_cli", "--run-dir", str(run), "--out",
-         str(run / "serving"), "--serve-world-size", "2", "--serve-sharding", "table_wise"],
+             checkpoint_id=str(checkpoint))
+    write_checksums(checkpoint, digest_share(checkpoint, 0, 1))
+    return run, model
+
+
+def _collapse(run: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    """mlet-collapse as a subprocess (it forms its own process group)."""
+    return subprocess.run(
+        [sys.executable, "-m", "mlet_dist.serving.collapse_cli", "--run-dir", str(run), "--out", str(out), *extra],
         cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"), capture_output=True, text=True,
         timeout=300,
     )
+
+
+def test_collapse_cli_from_training_checkpoint(criteo, tmp_path: Path) -> None:
+    run, model = _tiny_run(criteo, tmp_path)
+    proc = _collapse(run, run / "serving", "--serve-world-size", "2", "--serve-sharding", "table_wise")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "newest training checkpoint" in proc.stdout
     served, sd = load_serving_model(run / "serving")
@@ -369,6 +381,28 @@ def test_collapse_cli_from_training_checkpoint(criteo, tmp_path: Path) -> None:
         collapse_cli.main(["--run-dir", str(run), "--out", str(tmp_path / "s2"), "--checkpoint", str(tmp_path)])
     with pytest.raises(ValueError, match="no checkpoint in"):
         collapse_cli.select_checkpoint(tmp_path, None)
+
+
+def _zero_bytes_in_a_shard(checkpoint: Path) -> None:
+    shard = checkpoint / "__0_0.distcp"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2: len(data) // 2 + 256] = bytes(256)
+    shard.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage, says", [
+    (_zero_bytes_in_a_shard, "__0_0.distcp: sha256 differs from checksums.json"),
+    (lambda ckpt: (ckpt / "checksums.json").unlink(), "checksums.json missing"),
+])
+def test_collapse_cli_refuses_a_checkpoint_resume_would_skip(criteo, tmp_path: Path, damage, says: str) -> None:
+    """Verified as resume verifies it: one error line, exit 2, no serving directory."""
+    run, _ = _tiny_run(criteo, tmp_path)
+    damage(run / "checkpoints" / "step-00000003")
+    proc = _collapse(run, run / "serving")
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "step-00000003 is damaged, nothing written" in errors[0] and says in errors[0], errors
+    assert not (run / "serving").exists()
 
 
 def logits_criteo(model: torch.nn.Module, criteo) -> torch.Tensor:  # type: ignore[no-untyped-def]

@@ -11,7 +11,8 @@ training job: DCP reshards the checkpoint), loaded from the checkpoint, collapse
 Checkpoint: ``--checkpoint DIR`` (a DCP checkpoint holding the model's state dict, at top level
 as best_model/step-N, or under "model." as the training checkpoints checkpoints/step-N), or by
 default the run's selected model: best_model/step-<selected_step> from summary.json when it
-exists, else the newest checkpoints/step-N.
+exists, else the newest checkpoints/step-N. It is verified against its ``checksums.json`` as
+resume verifies it; a damaged one (or one without the file) is refused and nothing is written.
 """
 
 import argparse
@@ -31,6 +32,7 @@ from mlet_dist.serving.manifest import ServingDirError
 from mlet_dist.serving.model import SERVING_SHARDING_CHOICES, ServingModelConfig, ServingTopology
 from mlet_dist.distributed.safe_dcp import SafeFileSystemReader, UnsafeCheckpointError, safe_read_metadata
 from mlet_dist.errors import user_error_exit
+from mlet_dist.training.checkpoint_digest import CheckpointCorrupt, agreed_verdict, verify_share
 
 _STEP = re.compile(r"^step-(\d+)$")
 
@@ -130,6 +132,15 @@ def checkpoint_prefix(checkpoint: Path, keys: Sequence[str]) -> str:
     )
 
 
+def verify_checkpoint(checkpoint: Path, rank: int, world_size: int) -> None:
+    """The check resume makes (collective): a checkpoint resume would skip as damaged must not
+    become a serving directory with a fresh, valid manifest."""
+    verdict = agreed_verdict(verify_share(checkpoint, rank, world_size))
+    if verdict:
+        raise CheckpointCorrupt(f"checkpoint {checkpoint} is damaged, nothing written: {verdict}; "
+                                "pass --checkpoint with an intact one")
+
+
 def load_checkpoint(model: nn.Module, checkpoint: Path) -> None:
     state = model.state_dict()
     prefix = checkpoint_prefix(checkpoint, list(state))
@@ -154,6 +165,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     checkpoint, why = select_checkpoint(args.run_dir, args.checkpoint)
     env = init_distributed(args.backend)
     try:
+        verify_checkpoint(checkpoint, env.rank, env.world_size)
         meta = DatasetMeta.load(cfg.data)
         build = model_factory(cfg.model, meta.table_sizes, len(meta.dense_features), meta.pooling)
         sharding = cfg.sharding if args.sharding is None else ShardingConfig(args.sharding, cfg.sharding.owner_projection)

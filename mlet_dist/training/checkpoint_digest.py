@@ -47,6 +47,14 @@ def write_checksums(directory: Path, digests: Digests) -> None:
     (directory / CHECKSUMS).write_text(json.dumps(digests, indent=1, sort_keys=True))
 
 
+def record_checksums(directory: Path, rank: int, world_size: int, is_main: bool) -> None:
+    """Hash a written checkpoint, each rank its share, and write ``checksums.json`` from the
+    first rank (collective): without it ``verify_share`` refuses the checkpoint."""
+    digests = gather_digests(digest_share(directory, rank, world_size, exclude=(CHECKSUMS,)))  # a re-save's old one
+    if is_main:
+        write_checksums(directory, digests)
+
+
 def verify_share(directory: Path, rank: int, world_size: int) -> Optional[str]:
     """This rank's verdict on its share: None when intact, else what is wrong (collective-free).
 
