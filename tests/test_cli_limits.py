@@ -144,3 +144,79 @@ def test_deep_model_config_in_safetensors_weights_is_refused(tmp_path: Path) -> 
     save_file({"w": torch.zeros(1)}, str(path), metadata={"format": WEIGHTS_FORMAT, "model_config": DEEP})
     with pytest.raises(JSONFileError, match="model_config metadata is nested deeper"):
         read_weights(path)
+
+
+# --- 2. sizes TorchRec would choke on: k, d, world, table rows --------------------------------
+
+
+@pytest.fixture
+def no_torchrec_planning(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refusal must come before TorchRec's planner (which grows without end on -k 1e9)."""
+    from mlet_dist.planning import planner
+
+    def reached(*_: object, **__: object) -> None:
+        raise AssertionError("TorchRec's planner was reached")
+
+    monkeypatch.setattr(planner, "plan_tables", reached)
+    monkeypatch.setattr(planner, "build_planning_model", reached)
+
+
+def _spec(tmp_path: Path, sizes: dict) -> Path:
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps({"table_sizes": sizes, "dense_features": 13}))
+    return path
+
+
+def _plan_argv(tmp_path: Path, *extra: str, sizes: dict = {"a": 1000, "b": 10}) -> List[str]:
+    return ["--spec", str(_spec(tmp_path, sizes)), "--device", "cpu", "--out", str(tmp_path / "p.json"), *extra]
+
+
+@pytest.mark.parametrize("extra, names", [
+    (["-k", "1000000000"], ["--inner-dim", "16384"]),
+    (["--model", "baseline", "-d", "100000"], ["--embedding-dim", "16384"]),
+    (["--ddr-gb", "1e30"], ["--ddr-gb", "1048576"]),
+])
+def test_plan_refuses_absurd_widths_and_memory(extra: List[str], names: List[str], tmp_path: Path,
+                                               capsys: pytest.CaptureFixture, no_torchrec_planning: None) -> None:
+    from mlet_dist.planning.cli import main as plan_main
+
+    _refused(capsys, plan_main, _plan_argv(tmp_path, "--world", "1x2", *extra), *names)
+
+
+def test_width_bound_holds_for_a_runs_config_and_mlet_train(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                             no_torchrec_planning: None) -> None:
+    from mlet_dist.planning.cli import main as plan_main
+    from mlet_dist.training.config import parse_args
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"embedding": {"inner_dim": 10**9}, "data": str(tmp_path)}))
+    _refused(capsys, plan_main, ["--config", str(config), "--world", "1x2", "--device", "cpu",
+                                 "--out", str(tmp_path / "p.json")], "--inner-dim", "16384")
+    with pytest.raises(ValueError, match="--inner-dim must be in"):
+        parse_args(["--data", str(tmp_path), "-k", "1000000000"])
+
+
+@pytest.mark.parametrize("world", ["100000x100000", "1x2000", "65537x1"])
+def test_plan_refuses_a_world_beyond_any_cluster(world: str, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                  no_torchrec_planning: None) -> None:
+    from mlet_dist.planning.cli import main as plan_main
+    from mlet_dist.planning.topology import parse_world
+
+    with pytest.raises(SystemExit) as exc:
+        plan_main(_plan_argv(tmp_path, "--world", world))
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "Traceback" not in err
+    assert [line for line in err.splitlines() if "error:" in line][-1].endswith("in all")  # argparse: usage + 1 line
+    assert parse_world("65536x1") == (65536, 1) and parse_world("64x1024") == (64, 1024)
+
+
+@pytest.mark.parametrize("rows, why", [(10**20, "<= 2\\*\\*63-1"), (2**62, "beyond int64")])
+def test_plan_refuses_tables_beyond_int64(rows: int, why: str, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture,
+                                                         no_torchrec_planning: None) -> None:
+    import re
+
+    from mlet_dist.planning.cli import main as plan_main
+
+    line = _refused(capsys, plan_main, _plan_argv(tmp_path, "--world", "1x2", sizes={"a": rows, "b": 10}))
+    assert re.search(why, line), line

@@ -12,6 +12,11 @@ from mlet_dist.modules.mlet_config import MLET_INITS, MLETTableConfig
 from mlet_dist.modules.mlet_embedding_bag import MLETEmbeddingBagCollection
 
 
+# Widest k or d accepted (k = 16 x d up to d = 1024). Wider is a typo, and TorchRec's planner
+# enumerates k / 128 column-wise shards per table: -k 1e9 grew its memory with no error.
+MAX_EMBEDDING_WIDTH = 16384
+
+
 @dataclass
 class EmbeddingSpec:
     """``mlet=False`` gives the baseline: a stock EBC at width d (``inner_dim`` unused)."""
@@ -28,8 +33,9 @@ class EmbeddingSpec:
     validate_inputs: bool = True
 
     def __post_init__(self) -> None:
-        if self.embedding_dim < 1:
-            raise ValueError(f"--embedding-dim must be >= 1, got {self.embedding_dim}")
+        for flag, width in (("--embedding-dim", self.embedding_dim), ("--inner-dim", self.inner_dim)):
+            if not 1 <= width <= MAX_EMBEDDING_WIDTH:
+                raise ValueError(f"{flag} must be in [1, {MAX_EMBEDDING_WIDTH}], got {width}")
         std = self.projection_init_std
         if std is not None and not (math.isfinite(std) and std > 0):
             raise ValueError(f"--projection-init-std must be a finite number > 0, got {std}")

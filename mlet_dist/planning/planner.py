@@ -39,11 +39,12 @@ from mlet_dist.planning.estimators import (
     DedupPerfEstimator,
     MLETProjectionEstimator,
 )
-from mlet_dist.planning.spec import TableSpec
+from mlet_dist.planning.spec import INT64_MAX, TableSpec
 from mlet_dist.planning.topology import GIB, ClusterSpec
 from mlet_dist.training.optim import EMBEDDING_OPTIMIZERS, OptimConfig, attach_fused_embedding_optimizer
 
 MIN_CW_DIM = 128  # TorchRec's default column-wise shard width (planner/constants.py)
+FP32_BYTES = 4
 _UVM_KERNELS = [EmbeddingComputeKernel.FUSED_UVM_CACHING.value, EmbeddingComputeKernel.FUSED_UVM.value]
 
 
@@ -86,6 +87,22 @@ class PlanRequest:
             raise ValueError(
                 "table_row_wise MLET tables must span all ranks (one node) with owner-side projection; "
                 "use row_wise or table_wise across nodes, or --projection-after-comm"
+            )
+        self._check_table_bytes()
+
+    def _check_table_bytes(self) -> None:
+        """Refuse tables whose fp32 weights overflow int64 byte offsets (torch's storage sizes,
+        fbgemm's weights_offsets over all tables of a batch) before TorchRec builds them: it
+        stops with a C++ frame dump. Tables that only do not fit the cluster are the planner's
+        lower bound's to refuse (``_lower_bound``: it names the shortfall)."""
+        width = self.table_width
+        biggest = max(self.spec.table_sizes, key=self.spec.table_sizes.__getitem__)
+        total = sum(self.spec.table_sizes.values()) * width * FP32_BYTES
+        if total > INT64_MAX:  # also covers each table alone
+            raise ValueError(
+                f"{self.spec.source or self.spec.name}: the tables at width {width} hold {total:,} bytes "
+                f"(table {biggest}: {self.spec.table_sizes[biggest]:,} rows), beyond int64 byte offsets "
+                "(2**63-1), which torch and fbgemm use"
             )
 
     # Shorthands for the messages and the report (the values live in ``model``).

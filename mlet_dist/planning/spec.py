@@ -16,6 +16,7 @@ from typing import Any, Dict, Union
 from data_prep.safe_json import read_json_file
 
 PathLike = Union[str, Path]
+INT64_MAX = (1 << 63) - 1  # ids, row counts and byte offsets are int64 in torch, TorchRec and fbgemm
 
 
 class SpecError(ValueError):
@@ -66,8 +67,9 @@ def table_spec_from_dict(data: Any, source: str = "<dict>") -> TableSpec:
     table_sizes: Dict[str, int] = {}
     for feature in order:
         rows = sizes[feature]
-        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
-            raise SpecError(f"{source}: table_sizes[{feature!r}] must be a positive integer, got {rows!r}")
+        if isinstance(rows, bool) or not isinstance(rows, int) or not 1 <= rows <= INT64_MAX:
+            raise SpecError(f"{source}: table_sizes[{feature!r}] must be a positive integer <= 2**63-1 "
+                            f"(ids are int64), got {rows!r}")
         table_sizes[feature] = rows
     dense = data.get("dense_features", 13)
     num_dense = len(dense) if isinstance(dense, list) else dense

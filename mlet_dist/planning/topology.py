@@ -11,6 +11,11 @@ if TYPE_CHECKING:
 
 GIB = 1 << 30
 DEVICES = ("cuda", "cpu")
+# Far above any cluster (the committed plans go to 64x8); TorchRec builds one device record per
+# rank, so 100000x100000 would grow until the machine runs out of memory instead of failing.
+MAX_WORLD_SIZE = 65536
+MAX_RANKS_PER_NODE = 1024
+MAX_MEMORY_GB = 1 << 20  # 1 PiB per device or rank: a typo, not a machine (and byte counts stay int64)
 _WORLD = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 
 
@@ -79,6 +84,9 @@ def parse_world(text: str) -> tuple:
     nodes, per_node = int(match.group(1)), int(match.group(2))
     if nodes < 1 or per_node < 1:
         raise TopologyError(f"--world {text!r}: nodes and ranks per node must both be >= 1")
+    if per_node > MAX_RANKS_PER_NODE or nodes * per_node > MAX_WORLD_SIZE:
+        raise TopologyError(f"--world {text!r}: at most {MAX_RANKS_PER_NODE} ranks per node and "
+                            f"{MAX_WORLD_SIZE} ranks in all, got {per_node} per node, {nodes * per_node} in all")
     return nodes, per_node
 
 
@@ -89,8 +97,8 @@ def cluster_spec(
     if device not in DEVICES:
         raise TopologyError(f"--device must be one of {', '.join(DEVICES)}; got {device!r}")
     for flag, value in (("--hbm-gb", hbm_gb), ("--ddr-gb", ddr_gb)):
-        if value is not None and not value > 0:
-            raise TopologyError(f"{flag} must be > 0, got {value}")
+        if value is not None and not 0 < value <= MAX_MEMORY_GB:
+            raise TopologyError(f"{flag} must be > 0 and <= {MAX_MEMORY_GB} (GiB per device), got {value}")
     from torchrec.distributed.planner.constants import DDR_CAP
 
     ddr = int(ddr_gb * GIB) if ddr_gb is not None else DDR_CAP
