@@ -11,6 +11,9 @@ same value as torchmetrics' BinaryAUROC (tests/test_metrics.py checks it). With 
 every sum is exact in float64 (below 2**53), so the weighted form equals repeating each row by
 its weight, and the unweighted AUC is the exact U / (P N), bit for bit the rank-sum formula the
 planted generator used before.
+
+Scores and probabilities must be finite: a NaN or inf is refused with a ValueError that counts
+them (a NaN would rank above every score and pass as a number in every metric).
 """
 
 import math
@@ -19,6 +22,17 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 
 LOG_FLOOR = -100.0  # logloss caps each log at -100, as torch's binary_cross_entropy does
+
+
+def finite_scores(values: np.ndarray, name: str = "scores") -> np.ndarray:
+    """``values`` as float64, flat; ValueError naming how many are nan or inf. A NaN sorts above
+    every number, so an AUC over it would silently rank a broken prediction first."""
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    bad = int(np.count_nonzero(~np.isfinite(values)))
+    if bad:
+        raise ValueError(f"{bad} of {len(values)} {name} are not finite (nan or inf): the model's "
+                         "predictions are broken; no metric is computed from them")
+    return values
 
 
 def _tie_starts(sorted_scores: np.ndarray) -> np.ndarray:
@@ -40,7 +54,7 @@ class WeightedAUC:
     (the paired bootstrap scores every run on hundreds of weight vectors)."""
 
     def __init__(self, scores: np.ndarray, labels: np.ndarray) -> None:
-        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+        scores = finite_scores(scores)
         labels = np.asarray(labels).reshape(-1)
         if scores.shape != labels.shape:
             raise ValueError(f"scores {scores.shape} and labels {labels.shape} differ in length")
@@ -75,7 +89,7 @@ def binary_auc(scores: np.ndarray, labels: np.ndarray, weights: Optional[np.ndar
 def expected_auc(scores: np.ndarray, probs: np.ndarray) -> float:
     """AUC expected when each row's label is Bernoulli(probs) independently (soft labels):
     sum over pairs i != j of p_i (1 - p_j) [s_i > s_j] (ties 1/2), over sum of p_i (1 - p_j)."""
-    scores = np.asarray(scores, np.float64).reshape(-1)
+    scores = finite_scores(scores)
     p = np.asarray(probs, np.float64).reshape(-1)
     if len(p) == 0:
         return float("nan")
@@ -91,7 +105,7 @@ def expected_auc(scores: np.ndarray, probs: np.ndarray) -> float:
 def log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
     """Mean binary cross-entropy, each log floored at -100 (torch's binary_cross_entropy: a
     probability of exactly 0 or 1 on the wrong label costs 100, not inf); nan for no rows."""
-    p = np.asarray(probs, np.float64).reshape(-1)
+    p = finite_scores(probs, "probabilities")
     y = np.asarray(labels, np.float64).reshape(-1)
     if len(p) == 0:
         return float("nan")
@@ -102,7 +116,7 @@ def log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
 
 def accuracy(probs: np.ndarray, labels: np.ndarray, threshold: float = 0.5) -> float:
     """Share of rows whose prediction (prob > threshold) is the label; nan for no rows."""
-    p = np.asarray(probs).reshape(-1)
+    p = finite_scores(probs, "probabilities")
     if len(p) == 0:
         return float("nan")
     return float(np.mean((p > threshold) == (np.asarray(labels).reshape(-1) > 0)))
@@ -118,12 +132,12 @@ def normalized_entropy(logloss: float, ctr: float) -> float:
 def calibration(probs: np.ndarray, labels: np.ndarray) -> float:
     """Predicted over observed clicks (1 = calibrated on average); nan without positives."""
     ctr = float(np.asarray(labels, np.float64).mean())
-    return float(np.asarray(probs, np.float64).mean()) / ctr if ctr > 0 else float("nan")
+    return float(finite_scores(probs, "probabilities").mean()) / ctr if ctr > 0 else float("nan")
 
 
 def binary_metrics(probs: np.ndarray, labels: np.ndarray) -> Dict[str, float]:
     """What training reports per split: auc, logloss, ne, calibration, accuracy, rows."""
-    probs = np.asarray(probs).reshape(-1)
+    probs = finite_scores(probs, "probabilities")  # checked once, before any metric
     labels = np.asarray(labels).reshape(-1)
     if len(labels) == 0:
         raise ValueError("no rows to evaluate")

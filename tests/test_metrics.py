@@ -136,6 +136,30 @@ def test_training_metrics_match_the_torch_implementation_they_replaced() -> None
         Predictions(torch.empty(0), torch.empty(0)).metrics()
 
 
+_SCORERS = {
+    "binary_auc": lambda s, y: binary_auc(s, y),
+    "WeightedAUC": lambda s, y: WeightedAUC(s, y)(),
+    "expected_auc": lambda s, y: expected_auc(s, y.astype(np.float64)),
+    "log_loss": log_loss,
+    "accuracy": accuracy,
+    "calibration": calibration,
+    "binary_metrics": binary_metrics,
+    "Predictions.metrics": lambda s, y: Predictions(torch.from_numpy(s), torch.from_numpy(y)).metrics(),
+}
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("name", sorted(_SCORERS))
+def test_non_finite_scores_are_refused_with_their_count(name: str, bad: float) -> None:
+    """A NaN sorts above every score: AUC ranked it as the most confident prediction, without
+    an error. Every metric taking scores refuses them, naming how many."""
+    scores = np.array([0.1, bad, 0.4, bad, 0.2, 0.6])
+    labels = np.array([0, 1, 0, 0, 1, 1])
+    with pytest.raises(ValueError, match=r"^2 of 6 (scores|probabilities) are not finite \(nan or inf\)"):
+        _SCORERS[name](scores, labels)
+    _SCORERS[name](np.nan_to_num(scores, nan=0.5, posinf=0.5, neginf=0.5), labels)  # finite: scored
+
+
 def test_metrics_module_imports_only_numpy_and_the_standard_library() -> None:
     tree = ast.parse((ROOT / "data_prep" / "metrics.py").read_text())
     names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}

@@ -272,7 +272,7 @@ def criteo(tmp_path_factory: pytest.TempPathFactory):
     config = ServingModelConfig.from_train_config(SimpleNamespace(embedding=spec, dlrm=mlps), sizes,
                                                   len(meta["dense_features"]))
     export = export_serving(model, root / "serving", config, dataset=data)
-    return SimpleNamespace(root=root, data=data, serving=export.path, model=model, meta=meta)
+    return SimpleNamespace(root=root, data=data, serving=export.path, model=model, meta=meta, config=config)
 
 
 def _predict(args) -> Dict:  # type: ignore[no-untyped-def]
@@ -325,6 +325,22 @@ def test_predict_cli_refuses_other_vocabulary_and_bad_flags(criteo, tmp_path: Pa
         _predict(["--serving", criteo.serving, "--data", criteo.data, "--out", tmp_path / "x.parquet", "--compare"])
     with pytest.raises(SystemExit, match="no manifest.json"):
         _predict(["--serving", tmp_path, "--data", criteo.data, "--out", tmp_path / "x.parquet"])
+
+
+def test_predict_cli_refuses_nan_predictions_in_one_line(criteo, tmp_path: Path, capsys) -> None:
+    """A model whose predictions are NaN gets no AUC (NaN ranked above every score): one error
+    line counting them, exit 2."""
+    import copy
+
+    broken = copy.deepcopy(criteo.model)
+    with torch.no_grad():
+        next(p for name, p in broken.named_parameters() if name.endswith("bias")).fill_(float("nan"))
+    serving = export_serving(broken, tmp_path / "serving", criteo.config, dataset=criteo.data).path
+    with pytest.raises(SystemExit, match=r"^error: \d+ of \d+ probabilities are not finite") as stopped:
+        _predict(["--serving", serving, "--data", criteo.data, "--split", "test", "--out", tmp_path / "p.parquet",
+                  "--no-progress"])
+    assert stopped.value.code == 2
+    assert [line for line in capsys.readouterr().err.splitlines() if line] == [str(stopped.value)]
 
 
 # --- mlet-collapse from a run directory --------------------------------------------------------
