@@ -217,7 +217,7 @@ def find_bins(src: Path) -> Dict[str, Path]:
 
 
 def _records(path: Path) -> np.ndarray:
-    size = path.stat().st_size
+    size = regular_file(path).stat().st_size  # a FIFO or directory would read as an empty split
     record = RECORD_INTS * 4
     if size % record:
         raise ValueError(f"{path}: row {size // record}: the file ends {size % record} bytes into a record "

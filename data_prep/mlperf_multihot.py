@@ -29,7 +29,8 @@ import pyarrow as pa
 
 from data_prep.dataset_format import CRITEO_DENSE_FEATURES, CRITEO_SPARSE_FEATURES, parquet_schema
 from data_prep.foreign_common import (
-    bag_column, day_blocks, first_bad, load_npy, npz_arrays, table_sizes_from, write_converted,
+    bag_column, checked_dense, checked_ids, day_blocks, first_bad, load_npy, npz_arrays, table_sizes_from,
+    write_converted,
 )
 from data_prep.pipeline import PrepConfig, PrepResult
 
@@ -122,19 +123,12 @@ def _scan(day: Day, lo: int, hi: int) -> np.ndarray:
     if bad.any():
         row = first_bad(bad)
         raise ValueError(f"{day.labels_path}: row {lo + row}: label {labels[row].item()} is not 0 or 1")
-    bad = ~np.isfinite(np.asarray(day.dense[lo:hi])).all(axis=1)
-    if bad.any():
-        raise ValueError(f"{day.dense_path}: row {lo + first_bad(bad)}: non-finite dense value")
+    checked_dense(day.dense[lo:hi], day.dense_path, lo)
     max_ids = np.full(len(_FEATURES), -1, np.int64)
     for j, bags in enumerate(day.bags):
-        ids = np.asarray(bags[lo:hi])
-        if not ids.size:
-            continue
-        if ids.min() < 0:
-            row = first_bad((ids < 0).any(axis=1))
-            raise ValueError(f"{day.sparse_path}: row {lo + row}: negative id {ids[row].min()} in {_FEATURES[j]} "
-                             f"(member '{j}')")
-        max_ids[j] = ids.max()
+        ids = checked_ids(bags[lo:hi], day.sparse_path, lo, lambda _, j=j: f"{_FEATURES[j]} (member '{j}')")
+        if ids.size:
+            max_ids[j] = ids.max()
     return max_ids
 
 

@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from data_prep.dataset_format import FORMAT_VERSION, LABEL, SPLITS, bag_meta, parquet_schema, write_meta
+from data_prep.foreign_common import MAX_TABLE_ROWS, regular_file
 from data_prep.pipeline import PrepConfig, PrepResult, SplitWriter, check_output, publish, staging_dir
 
 PathLike = Union[str, Path]
@@ -49,6 +50,7 @@ _SPARSE = re.compile(r"cat_(\d+)$")
 # -- schema.pbtxt ------------------------------------------------------------------------------
 
 _TOKEN = re.compile(r'\s*(?:(#[^\n]*)|("(?:[^"\\]|\\.)*")|([{}:])|([^\s{}:"#]+))')
+MAX_DEPTH = 32  # TF-metadata schemas nest 3-4 deep; deeper text is refused, not recursed into
 
 
 def parse_pbtxt(text: str, where: str) -> Dict[str, List[Any]]:
@@ -66,7 +68,9 @@ def parse_pbtxt(text: str, where: str) -> Dict[str, List[Any]]:
         if m.group(1) is None and m.lastindex:
             tokens.append(m.group(m.lastindex))
 
-    def message(i: int, closing: bool) -> Tuple[Dict[str, List[Any]], int]:
+    def message(i: int, closing: bool, depth: int = 0) -> Tuple[Dict[str, List[Any]], int]:
+        if depth > MAX_DEPTH:
+            raise ValueError(f"{where}: messages nested more than {MAX_DEPTH} deep")
         out: Dict[str, List[Any]] = {}
         while i < len(tokens):
             tok = tokens[i]
@@ -80,10 +84,9 @@ def parse_pbtxt(text: str, where: str) -> Dict[str, List[Any]]:
             if tokens[i] == ":":
                 i += 1
             if i < len(tokens) and tokens[i] == "{":
-                value, i = message(i + 1, True)
+                value, i = message(i + 1, True, depth + 1)
             elif i < len(tokens):
-                raw = tokens[i]
-                value = raw[1:-1].encode().decode("unicode_escape") if raw.startswith('"') else raw
+                value = _scalar(tokens[i], where)
                 i += 1
             else:
                 break
@@ -93,6 +96,31 @@ def parse_pbtxt(text: str, where: str) -> Dict[str, List[Any]]:
         return out, i
 
     return message(0, False)[0]
+
+
+def _scalar(raw: str, where: str) -> str:
+    """A token's value: a quoted string unescaped (a bad escape names the file), else as written."""
+    if not raw.startswith('"'):
+        return raw
+    try:
+        return raw[1:-1].encode().decode("unicode_escape")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{where}: bad escape in {raw[:40]!r} ({err.reason})") from None
+
+
+def _number(message: Any, key: str, where: Path, what: str, default: Optional[int] = None) -> Optional[int]:
+    """``message[key]`` as an integer in [0, MAX_TABLE_ROWS]; a message, text or out-of-range
+    value where a number belongs is one error naming the field."""
+    values = message.get(key) if isinstance(message, dict) else None
+    if not values:
+        return default
+    try:
+        value = int(values[0])
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: {what} {key} is {values[0]!r}, expected an integer") from None
+    if not 0 <= value <= MAX_TABLE_ROWS:
+        raise ValueError(f"{where}: {what} {key} is {value}, expected 0..{MAX_TABLE_ROWS:,}")
+    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,34 +142,34 @@ def read_schema(path: Path) -> Schema:
     domains: Dict[str, Tuple[int, int]] = {}
     lists: Dict[str, Optional[int]] = {}
     for feature in parsed.get("feature", []):
+        if not isinstance(feature, dict):
+            raise ValueError(f"{path}: feature is {feature!r}, expected a message {{ name: ... }}")
         name = (feature.get("name") or [None])[0]
         if not isinstance(name, str):
             raise ValueError(f"{path}: a feature without a name")
         columns.append(name)
         if _SPARSE.match(name):
             domain = (feature.get("int_domain") or [None])[0]
-            try:
-                lo, hi = int(domain.get("min", ["0"])[0]), int(domain["max"][0])
-            except (AttributeError, KeyError, TypeError, ValueError):
-                raise ValueError(f"{path}: categorical {name!r} has no int_domain {{ min max }} "
-                                 "(its cardinality)") from None
-            if lo < 0 or hi < lo:
-                raise ValueError(f"{path}: categorical {name!r} has int_domain min {lo} max {hi}")
+            hi = _number(domain, "max", path, f"{name!r} int_domain")
+            if hi is None:
+                raise ValueError(f"{path}: categorical {name!r} has no int_domain {{ min max }} (its cardinality)")
+            lo = _number(domain, "min", path, f"{name!r} int_domain", default=0)
+            if hi < lo or hi >= MAX_TABLE_ROWS:
+                raise ValueError(f"{path}: categorical {name!r} has int_domain min {lo} max {hi} (cardinality "
+                                 f"max + 1 must be 1..{MAX_TABLE_ROWS:,})")
             domains[name] = (lo, hi)
-            declared = _declared_list(feature)
+            declared = _declared_list(feature, path, name)
             if declared is not False:
                 lists[name] = declared
     return Schema(path, tuple(columns), domains, lists)
 
 
-def _declared_list(feature: Dict[str, List[Any]]) -> Union[bool, Optional[int]]:
+def _declared_list(feature: Dict[str, List[Any]], path: Path, name: str) -> Union[bool, Optional[int]]:
     """False for one id per row, else the stated max bag size (None: ragged, not stated). A
     ``value_count { max: 1 }`` without the ``list`` tag is TF metadata's way to say 'one value'."""
     tags = [t for a in feature.get("annotation", []) if isinstance(a, dict) for t in a.get("tag", [])]
     count = (feature.get("value_count") or [None])[0]
-    top = None
-    if isinstance(count, dict) and count.get("max"):
-        top = int(count["max"][0])
+    top = _number(count, "max", path, f"{name!r} value_count")
     if "list" not in tags and (top is None or top <= 1):
         return False
     return top if top is not None and top > 0 else None
@@ -171,7 +199,9 @@ def find_splits(src: Path) -> Dict[str, Optional[Path]]:
 
 
 def _parquet_files(d: Path) -> List[Path]:
-    files = sorted((p for p in d.iterdir() if p.suffix == ".parquet" and p.is_file()), key=_natural)
+    """Every ``*.parquet`` entry of a split directory; one that is not a regular file (a dangling
+    symlink, a symlink loop, a directory) is an error, not a part silently left out."""
+    files = sorted((regular_file(p) for p in d.iterdir() if p.suffix == ".parquet"), key=_natural)
     if not files:
         raise ValueError(f"{d}: no .parquet files")
     return files
@@ -252,10 +282,12 @@ def _check_batch(path: Path, start: int, batch: pa.RecordBatch, dense: List[str]
         raise ValueError(f"{path}: row {start + row}: label {label[row]:g} is not 0 or 1")
     for c in dense:
         values = batch.column(c).to_numpy(zero_copy_only=False).astype(np.float64)
-        bad = ~np.isfinite(values)
+        with np.errstate(over="ignore"):
+            bad = ~np.isfinite(values.astype(np.float32))  # as stored: 1e300 would become inf
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"{path}: row {start + row}: {c} is {values[row]} (not finite)")
+            why = "not finite" if not np.isfinite(values[row]) else "does not fit float32"
+            raise ValueError(f"{path}: row {start + row}: {c} is {values[row]} ({why})")
     for c in sparse:
         lo, hi = domains[c]
         ids, rows = batch.column(c), None

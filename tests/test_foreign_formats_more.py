@@ -101,7 +101,7 @@ def test_mlperf_table_sizes_given(tmp_path: Path, capsys: pytest.CaptureFixture)
     ("max_bag", r"day_0_sparse_multi_hot.npz: row 0: C5 bag of 6 ids is longer than --max-bag 5"),
     ("member", r"day_0_sparse_multi_hot.npz: members .* where 0..25 were expected"),
     ("dense", r"day_1_dense.npy is missing"),
-    ("nan", r"day_0_dense.npy: row 3: non-finite dense value"),
+    ("nan", r"day_0_dense.npy: row 3: dense value nan is not finite"),
     ("cut", r"day_1_sparse_multi_hot.npz: not an .npz archive"),
     ("header", r"day_0_sparse_multi_hot.npz: member '7.npy' \(4000, 1\) runs past the end of the file"),
 ])
