@@ -106,14 +106,19 @@ def iter_range_blocks(rng: ByteRange, block_bytes: int, first_line: int = 1) -> 
             cut = buf.rfind(b"\n") + 1
             if cut == 0:
                 carry = buf
+                textio.check_partial_line(rng.path, len(carry), line, offset, numbered=False)
                 continue
             block = textio.make_block(buf, cut, line, offset, src, final=False)
+            textio.check_line_lengths(rng.path, block, numbered=False)  # lines count from the range
             carry = buf[cut:]
             line += block.num_lines
             offset += cut
+            textio.check_partial_line(rng.path, len(carry), line, offset, numbered=False)
             yield block
         if carry:
-            yield textio.make_block(carry, len(carry), line, offset, 0, final=True)
+            block = textio.make_block(carry, len(carry), line, offset, 0, final=True)
+            textio.check_line_lengths(rng.path, block, numbered=False)
+            yield block
 
 
 def count_lines(rng: ByteRange) -> int:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, Optional, Tuple, Union
 
 import numpy as np
 
@@ -24,6 +24,39 @@ _READ_BYTES = 1 << 20  # compressed bytes per read from a gzip file
 MAX_DENSE_DIGITS = 30  # longer integers are rejected (keeps the digit matrix small)
 MAX_TOKEN_BYTES = 7  # short categorical tokens are packed exactly into an int64 key
 _PAD = 64  # zero bytes after each block's data
+# The longest line read (Criteo and Avazu rows are a few hundred bytes). Without it a file holding
+# one huge line (a gzip of 6.5 MB held a 1.5 GB line) was buffered whole: memory grew with the line,
+# not the block. Longer lines are refused with one line naming the file and line number.
+MAX_LINE_BYTES = 1 << 20
+_INFLATE_BYTES = 8 << 20  # decompressed bytes per zlib call: a 1 MB read of a gzip can inflate 1000x
+
+
+def check_line_lengths(path: Union[str, Path], block: "LineBlock", numbered: bool = True) -> None:
+    """Refuse a block that holds a line longer than MAX_LINE_BYTES (``numbered``: the block's line
+    numbers are the file's, else the line is named by its byte offset)."""
+    if block.num_lines:
+        lengths = block.ends - block.starts
+        i = int(np.argmax(lengths))
+        if lengths[i] > MAX_LINE_BYTES:
+            where = _where(path, block.first_line + i, block.offset + int(block.starts[i]), numbered)
+            raise _too_long(where, f"{int(lengths[i]):,} bytes")
+
+
+def check_partial_line(path: Union[str, Path], unterminated: int, line: int, offset: int,
+                       numbered: bool = True) -> None:
+    """Refuse as soon as the line being read (no newline yet, starting at byte ``offset``) passes
+    MAX_LINE_BYTES, so it is never buffered whole."""
+    if unterminated > MAX_LINE_BYTES:
+        raise _too_long(_where(path, line, offset, numbered), f"more than {unterminated:,} bytes without a newline")
+
+
+def _where(path: Union[str, Path], line: int, offset: int, numbered: bool) -> str:
+    return f"{path}:{line}" if numbered else f"{path} (the line at byte {offset:,})"
+
+
+def _too_long(where: str, what: str) -> ValueError:
+    return ValueError(f"{where}: line of {what}, longer than the limit of {MAX_LINE_BYTES:,} bytes "
+                      "(rows are a few hundred bytes): not a Criteo/Avazu text file, or a damaged one")
 
 
 def is_gzip(path: Path) -> bool:
@@ -97,18 +130,24 @@ def _gzip_chunks(path: Path, start: int) -> Iterator[Tuple[bytes, int, Optional[
                 if not raw.strip(b"\x00"):
                     continue
                 d = zlib.decompressobj(wbits=47)
-            try:
-                out = d.decompress(raw)
-            except zlib.error as e:
-                yield b"", len(raw), f"corrupt gzip stream ({e})"
-                return
+            data = raw
+            while True:  # at most _INFLATE_BYTES out per call: memory bounded whatever the ratio
+                try:
+                    out = d.decompress(data, _INFLATE_BYTES)
+                except zlib.error as e:
+                    yield b"", len(data), f"corrupt gzip stream ({e})"
+                    return
+                rest = d.unused_data if d.eof else d.unconsumed_tail
+                consumed, data = len(data) - len(rest), (b"" if d.eof else rest)
+                full = len(out) == _INFLATE_BYTES  # zlib may hold more output for this input
+                if skip:
+                    cut = min(skip, len(out))
+                    out, skip = out[cut:], skip - cut
+                yield out, consumed, None
+                if d.eof or not (data or full):
+                    break
             if d.eof and d.unused_data:
                 pending = d.unused_data
-            consumed = len(raw) - len(pending)
-            if skip:
-                cut = min(skip, len(out))
-                out, skip = out[cut:], skip - cut
-            yield out, consumed, None
 
 
 def iter_line_blocks(
@@ -140,16 +179,21 @@ def iter_line_blocks(
         cut = buf.rfind(b"\n") + 1
         if cut == 0:
             carry = buf
+            check_partial_line(path, len(carry), line, offset)
             continue
         block = make_block(buf, cut, line, offset, src, final=False)
+        check_line_lengths(path, block)
         src = 0
         carry = buf[cut:]
         line += block.num_lines
         offset += cut
+        check_partial_line(path, len(carry), line, offset)
         yield block
     buf = carry + b"".join(parts)
     if buf or src:
-        yield make_block(buf, len(buf), line, offset, src, final=True)
+        block = make_block(buf, len(buf), line, offset, src, final=True)
+        check_line_lengths(path, block)
+        yield block
 
 
 def make_block(buf: bytes, cut: int, first_line: int, offset: int, src: int, final: bool) -> LineBlock:

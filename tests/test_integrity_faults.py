@@ -3,6 +3,7 @@
 * part files carry parquet page checksums (a flipped bit on disk used to train on another id);
 * meta.json records a sha256 of each feature's vocabulary (with its hashed flag and table size), which
   --vocab-from and raw scoring verify; both refuse the same damaged arrays (duplicate ids);
+* a line longer than textio.MAX_LINE_BYTES is refused with one line, never buffered whole.
 """
 
 from __future__ import annotations
@@ -292,3 +293,68 @@ def test_predict_raw_warns_for_a_dataset_without_digests(vocab_days: Dict[str, P
     assert report["rows"] == 9000 - DAY0_LINES
     warned = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
     assert len(warned) == 1 and "records no vocabulary sha256" in warned[0], warned
+
+
+# -- line length ---------------------------------------------------------------------------------
+
+LONG_LINE_MB = 64
+
+_RSS_PROBE = r'''
+import json, sys
+from data_prep import textio
+from data_prep.cli import main
+mode, path = sys.argv[1], sys.argv[2]
+def status_kb(key):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # reset the peak (VmHWM): the imports peaked ~400 MB above what stays resident
+base = status_kb("VmRSS")
+if mode == "read":  # the reader mlet-predict --raw scores through (raw_input.RawScoringStream)
+    try:
+        for _ in textio.iter_line_blocks(textio.Path(path)):
+            pass
+        code = 0
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        code = 2
+else:
+    code = main(["criteo-kaggle", path, sys.argv[3], "--no-progress", "--workers", mode])
+peak = status_kb("VmHWM")
+print(json.dumps({"code": code, "growth_mb": (peak - base) / 1024}))
+'''
+
+
+def _long_line_input(tmp_path: Path, gz: bool) -> Path:
+    """300 good rows, one line of LONG_LINE_MB MB (no tabs: a damaged or wrong file), 300 more."""
+    import gzip
+
+    rows = SAMPLE.read_bytes().splitlines(keepends=True)
+    data = b"".join(rows[:300]) + b"7" * (LONG_LINE_MB << 20) + b"\n" + b"".join(rows[300:600])
+    path = tmp_path / ("in.tsv.gz" if gz else "in.tsv")
+    path.write_bytes(gzip.compress(data, compresslevel=1) if gz else data)
+    return path
+
+
+def _probe(mode: str, src: Path, out: Path) -> tuple:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _RSS_PROBE, mode, str(src), str(out)], capture_output=True,
+                          text=True, timeout=300, cwd=ROOT)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return result, [line for line in done.stderr.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("mode, gz", [("1", True), ("2", False), ("2", True), ("read", True)])
+def test_a_huge_line_is_refused_in_bounded_memory(tmp_path: Path, mode: str, gz: bool) -> None:
+    """The issue: one 1.5 GB line in a 6.5 MB gzip drove prep to 4.5 GB and raw scoring to 6.3 GB."""
+    src = _long_line_input(tmp_path, gz)
+    result, err = _probe(mode, src, tmp_path / "out")
+    assert result["code"] == 2 and len(err) == 1, (result, err)
+    head = len(b"".join(SAMPLE.read_bytes().splitlines(keepends=True)[:300]))
+    where = f"{src}:301: line of" if gz else f"{src} (the line at byte {head:,}): line of"  # plain: ranges
+    assert where in err[0] and "longer than the limit of 1,048,576 bytes" in err[0], err
+    assert err[0].startswith("mlet-prep: error:" if mode != "read" else "error:"), err
+    assert result["growth_mb"] < LONG_LINE_MB / 2, result  # the line is never held whole
+    assert not (tmp_path / "out").exists()
