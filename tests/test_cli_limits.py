@@ -220,3 +220,40 @@ def test_plan_refuses_tables_beyond_int64(rows: int, why: str, tmp_path: Path,
 
     line = _refused(capsys, plan_main, _plan_argv(tmp_path, "--world", "1x2", sizes={"a": rows, "b": 10}))
     assert re.search(why, line), line
+
+
+# --- 3. sweep YAML: safe tags, one-line syntax errors, no alias bombs -------------------------
+
+def _alias_bomb(levels: int = 9) -> str:
+    """train_args whose last entry expands to 9**levels strings (a few hundred bytes of YAML)."""
+    names = [chr(97 + i) for i in range(levels)]
+    lists = ["&a [" + ", ".join(["x"] * 9) + "]"]
+    lists += [f"&{n} [" + ", ".join([f"*{p}"] * 9) + "]" for p, n in zip(names, names[1:])]
+    return "name: bomb\ndata: nowhere\ntrain_args: [" + ", ".join(lists) + "]\n"
+
+
+ALIAS_BOMB = _alias_bomb()
+
+
+@pytest.mark.parametrize("text, why", [
+    ("name: x\ndata: d\ngrid: !!python/object/apply:os.system [echo pwned]\n", "could not determine a constructor"),
+    ("name: x\ndata: d\ngrid: {mlet: [1, 2\n", "line "),
+    ("name: x\n\tdata: d\n", "line 2"),
+    (ALIAS_BOMB, "aliases"),
+])
+def test_sweep_yaml_mistakes_are_one_line(text: str, why: str, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture) -> None:
+    from mlet_dist.sweep.cli import main as sweep_main
+
+    config = tmp_path / "sweep.yaml"
+    config.write_text(text)
+    line = _refused(capsys, sweep_main, ["--config", str(config), "--dry-run"], str(config), why)
+    assert "pwned" not in line or "python/object" in line
+
+
+def test_sweep_json_is_bounded(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from mlet_dist.sweep.cli import main as sweep_main
+
+    config = tmp_path / "sweep.json"
+    config.write_text('{"grid": ' + DEEP + "}")
+    _refused(capsys, sweep_main, ["--config", str(config), "--dry-run"], str(config), "nested deeper")

@@ -48,6 +48,7 @@ from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, NoReturn, Optional, Sequence
 
+from data_prep.safe_json import read_json_file
 from mlet_dist.cli_common import given_dests
 from mlet_dist.models.dcn import ARCHS
 from mlet_dist.training.config import build_parser
@@ -333,16 +334,36 @@ def from_dict(raw: Mapping[str, Any]) -> SweepConfig:
     return SweepConfig(**kw)
 
 
+def _load_yaml(path: Path) -> Any:
+    """``yaml.safe_load`` (no Python tags) that also refuses aliases: a few lines of nested
+    ``*alias`` lists expand exponentially once the config is copied (a MemoryError after 38 s).
+    Sweep files need no aliases; a YAML error is said in one line, with its position."""
+    import yaml
+
+    class NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                raise yaml.composer.ComposerError(
+                    None, None, "aliases (*name) are not accepted in a sweep config", self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+
+    try:
+        return yaml.load(path.read_text(), Loader=NoAliasLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ValueError(f"{path}: not a usable sweep YAML: {err.problem or err.context}{where}") from None
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not a usable sweep YAML: {' '.join(str(err).split())}") from None
+
+
 def load_config(path: Path, overrides: Optional[Mapping[str, Any]] = None) -> SweepConfig:
     """Read a .yaml/.yml or .json sweep file; ``overrides`` replace top-level keys."""
     path = Path(path)
-    text = path.read_text()
     if path.suffix in (".yaml", ".yml"):
-        import yaml
-
-        raw = yaml.safe_load(text)
+        raw = _load_yaml(path)
     elif path.suffix == ".json":
-        raw = json.loads(text)
+        raw = read_json_file(path, "sweep config")  # bounded size and nesting (safe_json)
     else:
         raise ValueError(f"{path}: the sweep config must be .yaml, .yml or .json")
     if not isinstance(raw, dict):
