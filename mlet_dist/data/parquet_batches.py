@@ -14,7 +14,8 @@ early would hang the others in the next collective):
 
 ``shuffle=True`` permutes the row groups per epoch and the rows inside windows of
 ``shuffle_window`` rows, seeded by (seed, epoch): reproducible, and a resumed run lands on the
-exact next batch. Batches are made ``prefetch`` ahead in a background thread.
+exact next batch. A run resumed on another world size, batch or order trains the rows the
+interrupted epoch had left (``iter_from(..., plan=)``, epoch_plan.py). Batches are made ``prefetch`` ahead in a background thread.
 
 Every row group is validated as it is decoded (nulls, ids within their table, finite dense
 values, labels 0/1), and errors name the file and row group.
@@ -36,12 +37,15 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from data_prep.dataset_format import feature_pooling, multi_hot_features, read_meta
 from mlet_dist.data.bags import build_kjt, check_bags, check_column_type
+from mlet_dist.data.epoch_plan import (
+    ORDERS,
+    Layout, Piece, Plan, data_record, fresh_plan, num_batches, plan_rows, rank_pieces, take,
+)
 from mlet_dist.data.prefetch import prefetch
 from mlet_dist.data.row_groups import RowRangeReader, epoch_order, index_row_groups
 from mlet_dist.errors import DatasetError
 
 PathLike = Union[str, Path]
-ORDERS = ("local", "exact")
 DEFAULT_SHUFFLE_WINDOW = 65_536
 
 
@@ -100,7 +104,8 @@ class ParquetBatchStream:
 
     drop_last=True (training) drops the rows that do not fill a batch on every rank.
     drop_last=False (evaluation) pads the last batches to full size by repeating the split's
-    first row; use ``num_valid`` to mask padding out of metrics. ``max_batches`` caps the count.
+    first row; use ``num_valid`` to mask padding out of metrics. ``max_batches`` caps a training
+    epoch's batches, and an evaluation to the split's first ``max_batches`` x local batch size rows.
     """
 
     def __init__(
@@ -177,48 +182,75 @@ class ParquetBatchStream:
         return self.order == "local"
 
     def __len__(self) -> int:
-        full, rest = divmod(self.num_rows, self.global_batch_size)
-        n = full + (1 if rest and not self.drop_last else 0)  # local: ceil(ceil(N/W)/B) is the same
-        return n if self.max_batches is None else min(n, self.max_batches)
+        """Batches of a fresh epoch (training) or of the evaluated rows (evaluation)."""
+        if self.drop_last:
+            return num_batches(self.fresh_plan(), self.layout)
+        return -(-self.eval_rows // self.global_batch_size)  # = ceil(ceil(N / W) / B) per rank
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.order, self.world_size, self.local_batch_size)
+
+    @property
+    def eval_rows(self) -> int:
+        """Rows an evaluation pass scores: the split, or with ``max_batches`` its first
+        ``max_batches`` x local batch size rows: one global prefix, the same at every world size."""
+        if self.max_batches is None:
+            return self.num_rows
+        return min(self.num_rows, self.max_batches * self.local_batch_size)
+
+    def fresh_plan(self) -> Plan:
+        return fresh_plan(self.num_rows, self.layout, self.max_batches)
+
+    def num_batches(self, plan: Optional[Plan] = None) -> int:
+        """Batches of ``plan`` (a resumed epoch's rows, epoch_plan.py), or of a fresh epoch."""
+        return len(self) if plan is None else num_batches(plan, self.layout)
+
+    def data_record(self, plan: Optional[Plan]) -> Dict[str, Any]:
+        """What a checkpoint keeps to find the rows an epoch running ``plan`` has left."""
+        return data_record(self.layout, self.num_rows, self.shuffle, self.seed, self.shuffle_window,
+                           self.max_batches, plan)
 
     def __iter__(self) -> Iterator[LoadedBatch]:
         return self.iter_from(0)
 
     def rows_of_rank(self) -> Tuple[int, int]:
-        """[lo, hi) of the (epoch-ordered) row sequence this rank reads."""
-        total, B = len(self), self.local_batch_size
+        """[lo, hi) of the split this rank evaluates (drop_last=False: file order, padded)."""
+        rows = self.eval_rows
         if self.order == "exact":
-            return 0, min(self.num_rows, total * self.global_batch_size)
-        if self.drop_last:
-            return self.rank * total * B, (self.rank + 1) * total * B
-        share = -(-self.num_rows // self.world_size)
-        lo = min(self.rank * share, self.num_rows)
-        return lo, min(lo + total * B, lo + share, self.num_rows)
+            return 0, rows
+        share = -(-rows // self.world_size)
+        lo = min(self.rank * share, rows)
+        return lo, min(lo + share, rows)
 
-    def iter_from(self, start_batch: int, epoch: int = 0) -> Iterator[LoadedBatch]:
-        """Batches ``start_batch``, ``start_batch + 1``, ... of ``epoch``: resuming mid-epoch
-        reads nothing before the shuffle window that holds the start."""
-        total = len(self)
+    def iter_from(self, start_batch: int, epoch: int = 0, plan: Optional[Plan] = None) -> Iterator[LoadedBatch]:
+        """Batches ``start_batch``, ``start_batch + 1``, ... of ``epoch`` (of ``plan``, the rows a
+        resumed epoch has left, when given): reads nothing before the window that holds the start."""
+        total = self.num_batches(plan)
         if not 0 <= start_batch <= total:
             raise ValueError(f"start_batch {start_batch} outside [0, {total}]")
         if total == start_batch:
             return iter(())
         transform = (lambda lb: LoadedBatch(lb.batch.pin_memory(), lb.num_valid)) if self.pin_memory else (lambda lb: lb)
-        return prefetch(lambda: self._batches(start_batch, epoch, total), self.prefetch, transform)
+        return prefetch(lambda: self._batches(start_batch, epoch, total, plan), self.prefetch, transform)
 
     # -- internals -----------------------------------------------------------
 
-    def _batches(self, start: int, epoch: int, total: int) -> Iterator[LoadedBatch]:
+    def _batches(self, start: int, epoch: int, total: int, plan: Optional[Plan]) -> Iterator[LoadedBatch]:
         order = epoch_order(self.row_groups, self.seed, epoch, self.shuffle)
         reader = RowRangeReader(order, self.meta.columns, self._validate)
         unit = self.global_batch_size if self.order == "exact" else self.local_batch_size
-        lo, hi = self.rows_of_rank()
-        seed = (self.seed, epoch, lo) if self.shuffle else None
+        if self.drop_last:
+            mine = rank_pieces(self.fresh_plan() if plan is None else plan, self.layout, self.rank)
+        else:
+            lo, hi = self.rows_of_rank()
+            mine = [Piece(lo, hi, 0, hi - lo)]
+        seed = (self.seed, epoch) if self.shuffle else None
         produced = start
         pending: List[pa.Table] = []
         pending_rows = 0
         try:
-            for window in reader.windows(lo, hi, self.shuffle_window, start * unit, seed):
+            for window in reader.pieces(take(mine, start * unit, plan_rows(mine)), self.shuffle_window, seed):
                 pending.append(window)
                 pending_rows += window.num_rows
                 while pending_rows >= unit and produced < total:

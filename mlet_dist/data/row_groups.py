@@ -4,9 +4,10 @@ The unit of reading is the row group (parquet decodes whole row groups), so a ra
 [lo, hi) of a split reads only the row groups that overlap them: its share plus at most the
 partial row groups at the two ends. Shuffling permutes the row groups per epoch (every rank
 computes the same permutation from (seed, epoch)) and then permutes rows inside windows of
-``window`` rows of a rank's range (a bounded shuffle buffer, seeded by (seed, epoch, window)).
-Everything is a pure function of (seed, epoch, range), so a resumed run reads the same rows in
-the same order and can skip straight to the window that holds its next batch.
+``window`` rows of a segment (a bounded shuffle buffer, seeded by (seed, epoch, segment, window);
+segments and pieces: epoch_plan.py). Everything is a pure function of (seed, epoch, segment), so a
+resumed run reads the same rows in the same order and can skip straight to the window that holds
+its next batch.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mlet_dist.data.epoch_plan import Piece
 from mlet_dist.errors import DatasetError
 
 
@@ -75,6 +77,7 @@ class RowRangeReader:
         self.starts = np.concatenate([[0], np.cumsum([g.rows for g in self.order])]).astype(np.int64)
         self._files: Dict[Path, pq.ParquetFile] = {}
         self._cached: Optional[Tuple[int, pa.Table]] = None
+        self._window_cache: Optional[Tuple[Tuple[int, int, int, int], pa.Table]] = None
         self.decoded_rows = 0  # rows of the row groups decoded so far (the cost of reading)
 
     @property
@@ -121,25 +124,31 @@ class RowRangeReader:
     def _empty(self) -> pa.Table:
         return self._group_table(0).slice(0, 0) if self.order else pa.table({})
 
-    def windows(
-        self, lo: int, hi: int, window: int, skip_rows: int, shuffle_seed: Optional[Sequence[int]]
-    ) -> Iterator[pa.Table]:
-        """Rows [lo, hi) in windows of ``window`` rows (each permuted when ``shuffle_seed`` is
-        given), without the first ``skip_rows`` rows of the range: whole windows before them are
-        never read."""
-        first_window = skip_rows // window
-        for w in range(first_window, -(-(hi - lo) // window)):
-            a, b = lo + w * window, min(hi, lo + (w + 1) * window)
-            table = self.read(a, b)
-            if shuffle_seed is not None:
-                perm = np.random.default_rng([*shuffle_seed, w]).permutation(table.num_rows)
-                table = table.take(pa.array(perm))
-            if w == first_window and skip_rows % window:
-                table = table.slice(skip_rows % window)
-            yield table
+    def pieces(self, pieces: Sequence[Piece], window: int, shuffle_seed: Optional[Sequence[int]]) -> Iterator[pa.Table]:
+        """The rows of ``pieces`` in order (epoch_plan.py): each segment's windows of ``window``
+        rows are anchored at its start and, with ``shuffle_seed``, permuted by (*seed, seg_lo,
+        window number). Only the windows that hold a piece's rows are read."""
+        for p in pieces:
+            for w in range(p.start // window, -(-p.stop // window)):
+                table = self._window(p.seg_lo, p.seg_hi, w, window, shuffle_seed)
+                a = max(p.start - w * window, 0)
+                yield table.slice(a, min(p.stop - w * window, table.num_rows) - a)
+
+    def _window(self, seg_lo: int, seg_hi: int, w: int, window: int, shuffle_seed: Optional[Sequence[int]]) -> pa.Table:
+        key = (seg_lo, seg_hi, w, window)
+        if self._window_cache is not None and self._window_cache[0] == key:
+            return self._window_cache[1]
+        a = seg_lo + w * window
+        table = self.read(a, min(seg_hi, a + window))
+        if shuffle_seed is not None:
+            perm = np.random.default_rng([*shuffle_seed, seg_lo, w]).permutation(table.num_rows)
+            table = table.take(pa.array(perm))
+        self._window_cache = (key, table)
+        return table
 
     def close(self) -> None:
         for pf in self._files.values():
             pf.close()
         self._files.clear()
         self._cached = None
+        self._window_cache = None

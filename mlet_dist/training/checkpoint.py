@@ -28,12 +28,12 @@ from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 
+from mlet_dist.data.epoch_plan import Layout, check_record, num_batches, plan_in
 from mlet_dist.digests import file_entry
 from mlet_dist.distributed.env import DistEnv
-from mlet_dist.distributed.safe_dcp import UnsafeCheckpointError, safe_load
+from mlet_dist.distributed.safe_dcp import SafeFileSystemReader, UnsafeCheckpointError, safe_load
 from mlet_dist.distributed.staging import HostCopyStager
 from mlet_dist.training.checkpoint_digest import (
-    CHECKSUMS,
     CheckpointCorrupt,
     agreed_verdict,
     digest_share,
@@ -49,7 +49,11 @@ TRAIN_STATE = "train_state.json"
 
 @dataclass
 class TrainPosition:
-    """Where training stands: the next batch to run is ``batch_in_epoch`` of ``epoch``."""
+    """Where training stands: the next batch to run is ``batch_in_epoch`` of ``epoch``'s plan.
+
+    ``data`` (epoch_plan.data_record) says which rows that plan holds and how the job that wrote
+    it cut them (order, shuffle, seed, ranks, batch), so a job of another shape can find the rows
+    the epoch has left; None in checkpoints of older versions."""
 
     step: int = 0
     epoch: int = 0
@@ -57,20 +61,7 @@ class TrainPosition:
     world_size: int = 1
     extra: Dict[str, Any] = field(default_factory=dict)
     global_batch_size: int = 0
-
-    def start_batch_for(self, global_batch_size: int) -> int:
-        """The data position in batches of this job's global batch size (rows are what count:
-        a job resumed on another world size must cut the epoch at the same row)."""
-        if not self.global_batch_size or global_batch_size == self.global_batch_size:
-            return self.batch_in_epoch
-        rows = self.batch_in_epoch * self.global_batch_size
-        if rows % global_batch_size:
-            raise CheckpointError(
-                f"the checkpoint stopped after {rows} rows of epoch {self.epoch}, which is not a "
-                f"multiple of this job's global batch ({global_batch_size} rows): choose --batch-size "
-                f"so that batch-size x ranks divides {rows} (it was {self.global_batch_size})"
-            )
-        return rows // global_batch_size
+    data: Optional[Dict[str, Any]] = None
 
 
 class CheckpointError(RuntimeError):
@@ -91,11 +82,44 @@ def first_line(err: BaseException) -> str:
 
 
 def read_position(path: Path) -> TrainPosition:
-    """train_state.json as a TrainPosition; CheckpointCorrupt when it is not one."""
+    """train_state.json as a TrainPosition; CheckpointCorrupt when it is not one (wrong types,
+    a batch outside its epoch): a tampered position falls back like any other damage."""
     try:
-        return TrainPosition(**json.loads((path / TRAIN_STATE).read_text()))
-    except (OSError, ValueError, TypeError) as err:
+        position = TrainPosition(**json.loads((path / TRAIN_STATE).read_text()))
+        _check_position(position)
+    except (OSError, ValueError, TypeError, RecursionError) as err:
         raise CheckpointCorrupt(f"{TRAIN_STATE} is not a valid train state ({err})") from err
+    return position
+
+
+def _check_position(p: TrainPosition) -> None:
+    for name in ("step", "epoch", "batch_in_epoch", "world_size", "global_batch_size"):
+        value = getattr(p, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < (name == "world_size"):
+            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    if not isinstance(p.extra, dict):
+        raise ValueError(f"extra must be an object, got {type(p.extra).__name__}")
+    if p.data is not None:
+        check_record(p.data)
+        batches = num_batches(plan_in(p.data), Layout(p.data["order"], p.data["world_size"],
+                                                      p.data["local_batch_size"]))
+        if p.batch_in_epoch > batches:
+            raise ValueError(f"batch_in_epoch {p.batch_in_epoch} lies past its epoch's {batches} batches")
+
+
+def read_rng(path: Path) -> Optional[torch.Tensor]:
+    """A rank's saved CPU RNG state (rng-rankN.json), or None where it is missing; CheckpointCorrupt
+    where it is not one (torch.set_rng_state would raise deep inside)."""
+    if not path.is_file():
+        return None
+    try:
+        values = json.loads(path.read_text())
+        if not (isinstance(values, list) and len(values) == len(torch.get_rng_state())
+                and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 256 for v in values)):
+            raise ValueError("not a CPU RNG state")
+    except (OSError, ValueError, RecursionError) as err:
+        raise CheckpointCorrupt(f"{path.name} is not an RNG state ({err})") from err
+    return torch.tensor(values, dtype=torch.uint8)
 
 
 def _init_lazy_optimizer_state(optimizer: CombinedOptimizer) -> None:
@@ -198,10 +222,19 @@ class CheckpointManager:
     def load(self, path: Path, model: nn.Module, optimizer: CombinedOptimizer) -> TrainPosition:
         """Verify and load one checkpoint (collective). CheckpointCorrupt: the checkpoint is
         damaged (skip it); CheckpointError: it is intact but does not fit this job."""
-        verdict = agreed_verdict(verify_share(path, self.env.rank, self.env.world_size))
+        local = verify_share(path, self.env.rank, self.env.world_size)
+        position, rng = TrainPosition(), None
+        if local is None:  # intact files whose content is not a position or an RNG state: damage too
+            try:
+                position, rng = read_position(path), read_rng(path / f"rng-rank{self.env.rank}.json")
+                SafeFileSystemReader(path).read_metadata()  # DCP would re-raise its refusal as plain text
+            except CheckpointCorrupt as err:
+                local = str(err)
+            except UnsafeCheckpointError as err:
+                local = f"refused: {err}"
+        verdict = agreed_verdict(local)  # every rank skips or loads the same checkpoint
         if verdict:
             raise CheckpointCorrupt(verdict)
-        position = read_position(path)
         _init_lazy_optimizer_state(optimizer)
         state = {"model": model.state_dict(), "optim": optimizer.state_dict()}
         try:
@@ -210,8 +243,6 @@ class CheckpointManager:
             causes = failure_causes(err)
             if any(isinstance(c, UnsafeCheckpointError) for c in causes):
                 raise CheckpointCorrupt(f"refused: {first_line(err)}") from err
-            if not (path / CHECKSUMS).is_file():  # unverifiable: damage and misfit look alike
-                raise CheckpointCorrupt(f"cannot be loaded: {first_line(err)}") from err
             raise CheckpointError(
                 f"cannot load checkpoint {path} (written by {position.world_size} ranks) into this job "
                 f"({self.env.world_size} ranks): {first_line(err)}. DCP reshards tables "
@@ -222,9 +253,8 @@ class CheckpointManager:
             ) from err
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optim"])
-        rng = path / f"rng-rank{self.env.rank}.json"
-        if rng.is_file() and position.world_size == self.env.world_size:
-            torch.set_rng_state(torch.tensor(json.loads(rng.read_text()), dtype=torch.uint8))
+        if rng is not None and position.world_size == self.env.world_size:
+            torch.set_rng_state(rng)
         return position
 
     def load_newest_intact(

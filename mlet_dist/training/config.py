@@ -90,8 +90,11 @@ class TrainConfig(ModelConfig):
         "ranks, chosen by rank 0"))
     epochs: int = field(default=1, metadata=flag("--epochs"))
     batch_size: int = field(default=256, metadata=flag("--batch-size", help="per-rank batch size"))
-    max_train_batches: Optional[int] = field(default=None, metadata=flag("--max-train-batches"))
-    max_eval_batches: Optional[int] = field(default=None, metadata=flag("--max-eval-batches"))
+    max_train_batches: Optional[int] = field(default=None, metadata=flag(
+        "--max-train-batches", help="steps per epoch at most (default: the whole train split)"))
+    max_eval_batches: Optional[int] = field(default=None, metadata=flag(
+        "--max-eval-batches", help="evaluate on the first N x --batch-size rows of val and test, the same rows at "
+        "every world size (default: the whole splits)"))
     seed: int = field(default=0, metadata=flag("--seed"))
     backend: str = field(default="auto", metadata=flag("--backend", choices=["auto", "gloo", "nccl"]))
     log_every: int = field(default=10, metadata=flag("--log-every", help="steps between train-loss records"))

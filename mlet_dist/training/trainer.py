@@ -15,12 +15,14 @@ from torch import nn
 from torchrec.optim.keyed import CombinedOptimizer
 from tqdm import tqdm
 
+from mlet_dist.data.epoch_plan import Plan, plan_rows
 from mlet_dist.data.parquet_batches import ParquetBatchStream
 from mlet_dist.distributed.env import DistEnv
 from mlet_dist.distributed.state import gather_full_state_dict
 from mlet_dist.errors import UserError
 from mlet_dist.training.best_model import BestModelKeeper
 from mlet_dist.training.checkpoint import CheckpointError, CheckpointManager, TrainPosition
+from mlet_dist.training.data_position import resumed_epoch
 from mlet_dist.training.dead_run import DeadRunDetector
 from mlet_dist.training.diagnostics import is_projection_key, projection_spectra
 from mlet_dist.training.faults import maybe_fail
@@ -113,13 +115,19 @@ class Trainer:
         self.global_step = position.step
         self.train_seconds = float(position.extra.get("train_seconds", 0.0))
         try:
-            resume_batch = position.start_batch_for(self.train_stream.global_batch_size)
+            plan, resume_batch, note = resumed_epoch(position, self.train_stream)
         except CheckpointError as err:
             raise SystemExit(f"error: {err}")
+        if plan is not None and resume_batch == 0 and position.epoch < self.cfg.epochs:  # another shape
+            self.out.log("resume_rows", epoch=position.epoch, rows_left=plan_rows(plan),
+                         batches=self.train_stream.num_batches(plan), note=note)
+            if note and self.env.is_main:
+                print(f"warning: resuming epoch {position.epoch} in another shape: {note}")
         self._points_since_best = int(position.extra.get("points_since_best", 0))
         self.dead_run.load_state(position.extra.get("dead_run", {}))
         for epoch in range(position.epoch, self.cfg.epochs):
-            self._run_epoch(epoch, resume_batch if epoch == position.epoch else 0)
+            resumed = epoch == position.epoch
+            self._run_epoch(epoch, resume_batch if resumed else 0, plan if resumed else None)
             if self.stopped_early_at is not None:
                 break
         self.checkpoints.finish_pending()
@@ -130,10 +138,10 @@ class Trainer:
         patience = self.cfg.early_stop_patience
         return bool(patience) and self._points_since_best >= patience
 
-    def _run_epoch(self, epoch: int, start: int) -> None:
-        """Segments of steps (one pipeline each) from batch ``start``; an evaluation point ends a
-        segment, and the next one starts at the exact next batch."""
-        batches_in_epoch = len(self.train_stream)
+    def _run_epoch(self, epoch: int, start: int, plan: Optional[Plan]) -> None:
+        """Segments of steps (one pipeline each) from batch ``start`` of ``plan`` (None: a whole
+        epoch); an evaluation point ends a segment, and the next one starts at the exact next batch."""
+        batches_in_epoch = self.train_stream.num_batches(plan)
         self._eval_seconds = 0.0
         losses = LossTally(self.env.rank)
         started = time.perf_counter()
@@ -142,7 +150,7 @@ class Trainer:
                    disable=not (self.cfg.progress and self.env.is_main))
         stopped = False
         while next_batch < batches_in_epoch and not stopped:
-            segment = StepSegment(self.model, self.optimizer, self.train_stream.iter_from(next_batch, epoch),
+            segment = StepSegment(self.model, self.optimizer, self.train_stream.iter_from(next_batch, epoch, plan),
                                   self.env.device, self.cfg.pipeline)
             restart = False
             for loss in segment:
@@ -167,11 +175,11 @@ class Trainer:
                     stopped = self._patience_exhausted()
                     restart = not stopped
                     if restart and self._checkpoint_due():
-                        self._save_checkpoint(epoch, next_batch)
+                        self._save_checkpoint(epoch, next_batch, plan)
                     break
                 if self._checkpoint_due():
                     losses.flush()  # a non-finite loss stops the run before its state is saved
-                    self._save_checkpoint(epoch, next_batch)
+                    self._save_checkpoint(epoch, next_batch, plan)
             segment.close()
             if not restart:
                 break
@@ -186,7 +194,7 @@ class Trainer:
         metrics = self._evaluation_point(
             epoch, is_last=epoch == self.cfg.epochs - 1, event="epoch", train_loss=mean_loss,
             samples_per_s=steps * self.train_stream.global_batch_size / max(seconds - self._eval_seconds, 1e-9))
-        self._save_checkpoint(epoch + 1, 0)
+        self._save_checkpoint(epoch + 1, 0, None)
         if self.env.is_main:
             print(f"epoch {epoch}: train loss {mean_loss:.4f}  "
                   f"val AUC {metrics['val']['auc']:.4f}  test AUC {metrics['test']['auc']:.4f}")
@@ -238,9 +246,9 @@ class Trainer:
         if spectra:
             self.out.log("spectra", epoch=epoch, step=self.global_step, **spectra)
 
-    def _save_checkpoint(self, epoch: int, batch_in_epoch: int) -> None:
+    def _save_checkpoint(self, epoch: int, batch_in_epoch: int, plan: Optional[Plan]) -> None:
         extra = {"best": self.keeper.state(), "train_seconds": self.train_seconds,
                  "points_since_best": self._points_since_best, "dead_run": self.dead_run.state()}
         self.checkpoints.save(self.model, self.optimizer, TrainPosition(
             self.global_step, epoch, batch_in_epoch, self.env.world_size, extra,
-            self.train_stream.global_batch_size))
+            self.train_stream.global_batch_size, self.train_stream.data_record(plan)))
