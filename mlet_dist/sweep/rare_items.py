@@ -43,7 +43,7 @@ def train_id_counts(data_dir: Path, features: Optional[Sequence[str]] = None,
                 return {c: f[f"count_{c}"] for c in features}
     counts = {c: np.zeros(int(meta["table_sizes"][c]), np.int64) for c in features}
     for rel in meta["splits"]["train"]["files"]:
-        pf = pq.ParquetFile(data_dir / rel)
+        pf = pq.ParquetFile(data_dir / rel, page_checksum_verification=True)
         for batch in pf.iter_batches(columns=features, batch_size=1 << 18):
             for c in features:
                 counts[c] += np.bincount(batch.column(c).to_numpy(), minlength=len(counts[c]))
@@ -65,7 +65,7 @@ def example_frequency(data_dir: Path, split: str, counts: Dict[str, np.ndarray],
     for rel in meta["splits"][split]["files"]:
         if seen >= rows:
             break
-        pf = pq.ParquetFile(Path(data_dir) / rel)
+        pf = pq.ParquetFile(Path(data_dir) / rel, page_checksum_verification=True)
         for batch in pf.iter_batches(columns=features, batch_size=1 << 18):
             take = min(batch.num_rows, rows - seen)
             per_feature = np.stack([counts[c][batch.column(c).to_numpy()[:take]] for c in features], axis=1)
