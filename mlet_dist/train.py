@@ -44,7 +44,7 @@ from mlet_dist.training.diagnostics import (
 from mlet_dist.cli_common import ranks_phrase
 from mlet_dist.config_io import save_config
 from mlet_dist.errors import UserError
-from mlet_dist.training.failure import exit_now, report_failure
+from mlet_dist.training.failure import agree_on_attempt_id, exit_now, report_failure
 from mlet_dist.training.evaluation import Predictions, predict
 from mlet_dist.training.optim import attach_fused_embedding_optimizer, build_optimizer
 from mlet_dist.training.run_dir import RunDirBusy, RunDirectory, claim_run_dir, starts_fresh
@@ -152,6 +152,7 @@ def evaluate_all(model: nn.Module, cfg: TrainConfig, env: DistEnv, label: str) -
 
 
 def run(cfg: TrainConfig, env: DistEnv) -> Dict[str, object]:
+    agree_on_attempt_id()  # names this launch's errors/first-* record, even under plain torchrun
     if not cfg.run_dir_given:  # one default name for all ranks, whatever second each one started in
         cfg.run_dir = agree_on_run_dir(None)
     fresh = starts_fresh(cfg.resume)

@@ -133,3 +133,28 @@ def test_a_killed_jobs_lock_does_not_block_the_next_job(data: Path, tmp_path: Pa
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert re.fullmatch(rf"pid \d+ on host .+", (run / ".lock").read_text().strip())
     assert str(holder.pid) not in (run / ".lock").read_text()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_every_failing_plain_torchrun_launch_prints_its_error_line(data: Path, tmp_path: Path) -> None:
+    """Plain torchrun (no --standalone, no --rdzv-id) names every launch "none": before, the second
+    failing launch into the same run dir found errors/first-none-0 and printed no error line."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-addr=127.0.0.1",
+           str(TRAIN), "--data", str(data), "--run-dir", str(run), *QUICK, "--max-train-batches", "6"]
+    for launch in range(2):
+        env = dict(_env(), MLET_FAULT="step:3:1:raise")
+        proc = subprocess.run([*cmd[:3], f"--master-port={_free_port()}", *cmd[3:]], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=180)
+        assert proc.returncode != 0
+        errors = lines_starting(proc, "error:")
+        assert len(errors) == 1 and errors[0].startswith("error: InjectedFault: injected fault on rank 1 at step 3"), (
+            launch, proc.stderr[-3000:])
+    assert len(list((run / "errors").glob("first-none-0-*"))) == 2

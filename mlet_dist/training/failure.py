@@ -5,12 +5,16 @@ failure path): it writes its traceback to ``RUN_DIR/errors/rank<r>.log``, prints
 exits at once, which closes its connections, so the peers' collectives fail within seconds and
 torchrun stops the rest. The rank that fails first claims ``errors/first-<attempt>`` (an
 exclusive create on the shared run dir) and is the only one to print; the peers' "connection closed" errors
-are logged to their files but not printed again.
+are logged to their files but not printed again. An attempt is named by torchelastic's run id
+and restart count and by a fresh id that rank 0 gives every rank at start (plain torchrun's run
+id is "none" on every launch: a second failing launch found the first one's record and printed
+nothing).
 """
 
 import os
 import sys
 import traceback
+import uuid
 from pathlib import Path
 from typing import Optional
 
@@ -19,6 +23,7 @@ from mlet_dist.errors import UserError
 USER_ERROR_EXIT = 2  # a mistake the user can fix, said in one line (argparse uses 2 too)
 FAILURE_EXIT = 1
 ERRORS_DIR = "errors"
+ATTEMPT_ENV = "MLET_ATTEMPT_ID"  # this launch's fresh id, set by agree_on_attempt_id
 
 
 def user_message(err: BaseException) -> Optional[str]:
@@ -30,11 +35,23 @@ def user_message(err: BaseException) -> Optional[str]:
     return None
 
 
+def agree_on_attempt_id() -> None:
+    """Collective at start: rank 0's fresh id for this launch, the same on every rank (a failing
+    rank cannot ask its peers then: the group may be broken)."""
+    import torch.distributed as dist
+
+    choice = [uuid.uuid4().hex[:12]]
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast_object_list(choice, src=0)
+    os.environ[ATTEMPT_ENV] = choice[0]
+
+
 def _attempt() -> str:
-    """This launch attempt (torchrun names each run and counts restarts), so that a resumed
-    run's failure is printed even though an earlier attempt claimed first place."""
+    """This launch attempt (torchrun's run id and restart count, and the fresh id), so that a
+    resumed or relaunched run's failure is printed even though an earlier attempt claimed first place."""
     run_id = "".join(c for c in os.environ.get("TORCHELASTIC_RUN_ID", "none") if c.isalnum() or c in "-_")
-    return f"{run_id[:64]}-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    fresh = "".join(c for c in os.environ.get(ATTEMPT_ENV, "") if c.isalnum())
+    return f"{run_id[:64]}-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}" + (f"-{fresh}" if fresh else "")
 
 
 def _claim_first(errors: Path) -> bool:
