@@ -10,10 +10,25 @@ and class attributes with hasattr.
 import inspect
 
 import pytest
+import torch
 from torch.distributed._shard.sharded_tensor import ShardedTensor
-from torchrec.distributed.embedding_lookup import GroupedPooledEmbeddingsLookup
+from torch.distributed._shard.sharding_spec import EnumerableShardingSpec, ShardMetadata
+from torch.distributed.checkpoint import _traverse, state_dict_saver
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.staging import AsyncStager
+from torch.distributed.remote_device import _remote_device
+from torchrec.distributed.embedding_lookup import GroupedPooledEmbeddingsLookup, InferGroupedPooledEmbeddingsLookup
+from torchrec.distributed.embedding_types import EmbeddingComputeKernel, GroupedEmbeddingConfig, ShardedEmbeddingTable
 from torchrec.distributed.embeddingbag import ShardedEmbeddingBagCollection
+from torchrec.distributed.planner import EmbeddingShardingPlanner
+from torchrec.distributed.planner.types import Topology
+from torchrec.distributed.quant_embeddingbag import ShardedQuantEmbeddingBagCollection
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+from torchrec.distributed.types import EmbeddingModuleShardingPlan, ParameterSharding
+from torchrec.modules.embedding_configs import DataType, PoolingType
+
+from mlet_dist.distributed.safe_dcp import SafeLoadPlanner
+from mlet_dist.distributed.staging import HostCopyStager
 
 # (class, name, kind, who relies on it)
 CONTRACT = [
@@ -39,6 +54,15 @@ CONTRACT = [
     (ShardedTensor, "_process_group", "attr", "distributed/staging.py"),
     (TrainPipelineSparseDist, "_pipelined_modules", "attr", "training/loop.py: reports what the pipeline overlaps"),
     (TrainPipelineSparseDist, "detach", "method", "training/loop.py: ends a segment before evaluation"),
+    (_remote_device, "_device", "attr", "distributed/staging.py: host copies re-placed on cpu"),
+    (AsyncStager, "_synchronize_after_execute", "attr", "distributed/staging.py: HostCopyStager sets it False"),
+    (ShardedQuantEmbeddingBagCollection, "_lookups", "attr", "serving/sharded_quant.py: table bytes per rank"),
+    (InferGroupedPooledEmbeddingsLookup, "_is_empty_rank", "attr", "serving/sharded_quant.py: ranks with tables"),
+    (InferGroupedPooledEmbeddingsLookup, "_embedding_lookups_per_rank", "attr", "serving/sharded_quant.py"),
+    (EmbeddingShardingPlanner, "_num_proposals", "attr", "planning/planner.py: proposals in the plan report"),
+    (EmbeddingModuleShardingPlan, "_serialize", "method", "planning/plan_io.py: plan files in its layout"),
+    (_traverse, "set_element", "method", "distributed/safe_dcp.py: SafeLoadPlanner.load_bytes"),
+    (DefaultLoadPlanner, "load_bytes", "method", "distributed/safe_dcp.py: SafeLoadPlanner overrides it"),
 ]
 
 
@@ -63,3 +87,72 @@ def test_private_api_we_rely_on_still_exists(cls: type, name: str, kind: str, us
 
 def test_the_contract_check_sees_a_missing_name() -> None:
     assert "self._no_such_attribute_anywhere" not in _source(ShardedEmbeddingBagCollection)
+
+
+# -- the behaviour each private name is relied on for (what existence alone does not show) -----
+
+
+def test_remote_device_placement_moves_to_cpu_by_its_device_field() -> None:
+    """staging.host_copy assigns ``placement._device``: device() and str() must follow it."""
+    placement = _remote_device("rank:1/cuda:0")
+    placement._device = torch.device("cpu")
+    assert placement.device() == torch.device("cpu") and placement.rank() == 1 and str(placement) == "rank:1/cpu"
+
+
+def test_async_save_honours_the_stagers_synchronize_flag() -> None:
+    """HostCopyStager copies synchronously in stage(); async_save must not wait on it again."""
+    assert HostCopyStager().should_synchronize_after_execute is False
+    assert type("Waits", (HostCopyStager,), {"_synchronize_after_execute": True})().should_synchronize_after_execute
+    assert "should_synchronize_after_execute" in inspect.getsource(state_dict_saver.async_save)
+
+
+def _one_table_group() -> GroupedEmbeddingConfig:
+    table = ShardedEmbeddingTable(num_embeddings=10, embedding_dim=4, name="t", feature_names=["f"],
+                                  pooling=PoolingType.SUM, local_rows=10, local_cols=4, data_type=DataType.FP32)
+    return GroupedEmbeddingConfig(data_type=DataType.FP32, pooling=PoolingType.SUM, is_weighted=False,
+                                  has_feature_processor=False, compute_kernel=EmbeddingComputeKernel.QUANT,
+                                  embedding_tables=[table])
+
+
+def test_infer_lookup_holds_one_lookup_per_non_empty_rank_in_rank_order() -> None:
+    """sharded_quant zips the non-empty ranks with ``_embedding_lookups_per_rank`` (strict)."""
+    lookup = InferGroupedPooledEmbeddingsLookup([[], [_one_table_group()], []], 3, device=torch.device("meta"))
+    assert lookup._is_empty_rank == [True, False, True]
+    (only,) = lookup._embedding_lookups_per_rank
+    assert sum(b.numel() * b.element_size() for b in only.buffers()) >= 10 * 4 * 4  # the table's rows live here
+
+
+def test_planner_counts_its_proposals() -> None:
+    """planner.py reports ``_num_proposals`` after plan(): an int the search increments."""
+    from test_planning import plan_small
+
+    assert EmbeddingShardingPlanner(topology=Topology(world_size=1, compute_device="cpu"))._num_proposals == 0
+    proposals = plan_small().proposals
+    assert isinstance(proposals, int) and proposals >= 1
+
+
+def test_module_plan_serializes_in_the_layout_plan_files_use() -> None:
+    spec = EnumerableShardingSpec([ShardMetadata([0, 0], [10, 4], "rank:0/cpu"), ShardMetadata([0, 4], [10, 4], "rank:1/cpu")])
+    plan = EmbeddingModuleShardingPlan({"t": ParameterSharding(sharding_type="column_wise", compute_kernel="dense",
+                                                               ranks=[0, 1], sharding_spec=spec)})
+    assert plan._serialize() == {"t": {
+        "sharding_type": "column_wise", "compute_kernel": "dense", "ranks": [0, 1],
+        "shards": [{"shard_offsets": [0, 0], "shard_sizes": [10, 4], "placement": "rank:0/cpu"},
+                   {"shard_offsets": [0, 4], "shard_sizes": [10, 4], "placement": "rank:1/cpu"}]}}
+
+
+def test_set_element_builds_the_nested_path() -> None:
+    root: dict = {"optim": {"lr": 1.0}}
+    _traverse.set_element(root, ("optim", "groups", 1, "lr"), 0.5)
+    assert root == {"optim": {"lr": 1.0, "groups": [None, {"lr": 0.5}]}}
+
+
+def test_default_load_bytes_is_what_the_safe_planner_mirrors() -> None:
+    """SafeLoadPlanner.load_bytes copies DCP's (only the unpickling differs): same signature,
+    same placement of the loaded value."""
+    params = list(inspect.signature(DefaultLoadPlanner.load_bytes).parameters)
+    assert params == list(inspect.signature(SafeLoadPlanner.load_bytes).parameters) == ["self", "read_item", "value"]
+    source = "".join(inspect.getsource(DefaultLoadPlanner.load_bytes).split())
+    assert "ifself.flatten_state_dict:set_element(self.original_state_dict,self.mappings[read_item.dest_index.fqn]," in source
+    assert "self.state_dict[read_item.dest_index.fqn]=torch.load(" in source
+    assert SafeLoadPlanner.load_bytes is not DefaultLoadPlanner.load_bytes
