@@ -111,3 +111,14 @@ def test_diagnostics_from_reduced_grams_equal_the_gathered_tables(results: Dict[
         g = per_rank["table_grams"]
         assert g["tables_mlet"] == g["tables_baseline"] == 7
         assert g["mlet"] < 1e-6 and g["baseline"] < 1e-6, g
+
+
+def test_chunked_grams_equal_unchunked_products_of_the_gathered_tables(results: Dict[str, Any]) -> None:
+    """The multi-chunk paths (tables are far below CHUNK_ROWS, so the run above has one chunk a
+    table): with 5-row chunks the column-wise table is assembled in 6 chunks, the last partial,
+    and every Gram equals TᵀT of the gathered table in one float64 product."""
+    for per_rank in results["per_rank"]:
+        g = per_rank["table_grams"]
+        for kind in ("mlet", "baseline"):
+            assert g[f"column_chunks_{kind}"] > 1, "the column-wise table fits one chunk: the path did not run"
+            assert g[f"chunked_{kind}"] < 1e-12, g

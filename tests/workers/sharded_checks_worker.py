@@ -207,9 +207,33 @@ def check_injected_sharder(env: Any) -> Dict[str, Any]:
             "fused_params": str(sharder.fused_params)}
 
 
+SMALL_CHUNK_ROWS = 5  # below every table's rows (15-40) and no divisor of the column-wise one's (28)
+
+
+def chunked_gram_check(sharded: nn.Module, full_state: Dict[str, torch.Tensor]) -> Dict[str, float]:
+    """table_grams with chunks of SMALL_CHUNK_ROWS rows (the column-wise path assembles several
+    chunks, the last one partial) vs TᵀT of each gathered table in one product, no chunking."""
+    from torch.distributed._shard.sharded_tensor import ShardedTensor
+
+    from mlet_dist.distributed.table_grams import _column_split, table_grams
+    from mlet_dist.training.diagnostics import is_table_key
+
+    chunked = table_grams(sharded, keep=is_table_key, chunk_rows=SMALL_CHUNK_ROWS)
+    worst = 0.0
+    for key, (gram, rows) in chunked.items():
+        table = full_state[key].double()
+        reference = table.T @ table
+        assert rows == table.shape[0], (key, rows, table.shape)
+        worst = max(worst, float((gram - reference).abs().max() / reference.abs().max()))
+    column_rows = [t.size(0) for k, t in sharded.state_dict().items()
+                   if k in chunked and isinstance(t, ShardedTensor) and _column_split(t)]
+    return {"worst": worst, "column_chunks": min(column_rows, default=0) / SMALL_CHUNK_ROWS}
+
+
 def check_table_grams(env: Any) -> Dict[str, float]:
     """End-of-run diagnostics from reduced Gram matrices vs from the gathered full tables, on the
-    7-table mixed plan (row-, table-row-, table-, column- (2 shards) wise and data-parallel)."""
+    7-table mixed plan (row-, table-row-, table-, column- (2 shards) wise and data-parallel); and
+    the Grams themselves with small chunks vs unchunked products of the gathered tables."""
     from mlet_dist.distributed.state import gather_full_state_dict
     from mlet_dist.distributed.table_grams import table_grams
     from mlet_dist.training.diagnostics import (
@@ -221,7 +245,8 @@ def check_table_grams(env: Any) -> Dict[str, float]:
         model = mean_mix_model(torch.device("meta"), mlet)
         attach_fused_embedding_optimizer(model, OptimConfig("sgd", 0.1, "sgd", 0.1))
         sharded = shard_model(model, env, ShardingConfig("auto"), mean_mix_constraints(mlet))
-        full = diagnostics_from_state_dict(gather_full_state_dict(sharded))
+        full_state = gather_full_state_dict(sharded)
+        full = diagnostics_from_state_dict(full_state)
         grams = diagnostics_from_grams(table_grams(sharded, keep=is_table_key),
                                        gather_full_state_dict(sharded, keep=is_projection_key))
         worst = 0.0
@@ -233,6 +258,9 @@ def check_table_grams(env: Any) -> Dict[str, float]:
                     worst = max(worst, float(((a - b).abs() / a.abs().max()).max()))
         out["mlet" if mlet else "baseline"] = worst
         out[f"tables_{'mlet' if mlet else 'baseline'}"] = float(len(grams["tables"]))
+        chunked = chunked_gram_check(sharded, full_state)
+        out[f"chunked_{'mlet' if mlet else 'baseline'}"] = chunked["worst"]
+        out[f"column_chunks_{'mlet' if mlet else 'baseline'}"] = chunked["column_chunks"]
     return out
 
 
