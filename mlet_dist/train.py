@@ -115,6 +115,8 @@ def resume_position(
     if latest is None:
         return TrainPosition(world_size=env.world_size)
     keeper.load_state(position.extra.get("best", {}))
+    if position.epoch < cfg.epochs:  # extended past its old last point: keep that point's weights
+        keeper.keep_resumed_best(model, position.step)
     out.purge_step = position.step + 1
     position.extra["resumed_from"] = latest.name
     if env.is_main:
@@ -198,7 +200,8 @@ def run(cfg: TrainConfig, env: DistEnv) -> Dict[str, object]:
                       evaluate=lambda: {s: p.metrics() for s, p in evaluate_all(sharded, cfg, env, "eval").items()})
     fit = trainer.fit(position)
 
-    keeper.restore_best(sharded)
+    if not keeper.restore_best(sharded):  # the best snapshot is gone: the live model is the selected one
+        keeper.best_metrics = {s: p.metrics() for s, p in evaluate_all(sharded, cfg, env, "selected").items()}
     summary: Dict[str, object] = {
         "model": "mlet" if cfg.embedding.mlet else "baseline",
         "embedding_dim": cfg.embedding.embedding_dim,

@@ -135,6 +135,47 @@ def test_a_killed_jobs_lock_does_not_block_the_next_job(data: Path, tmp_path: Pa
     assert str(holder.pid) not in (run / ".lock").read_text()
 
 
+def _epoch_val_aucs(run_dir: Path) -> dict:
+    import json
+
+    events = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {e["step"]: e["val"]["auc"] for e in events if e["event"] == "epoch"}
+
+
+def test_extending_a_finished_run_keeps_its_best_point(data: Path, tmp_path: Path) -> None:
+    """Before: --epochs 2 after a finished 1-epoch run failed with FileNotFoundError on
+    best_model/step-10 (the old last point, never snapshotted) on every rerun."""
+    import json
+
+    run = tmp_path / "run"
+    # Learning rates high enough that the second epoch is worse on this seed: the best point is then
+    # the old last one, the case that had no snapshot (asserted below, so a change that makes the
+    # case vanish fails loudly instead of passing vacuously).
+    args = ["--data", str(data), "--run-dir", str(run), *QUICK, "--max-train-batches", "10", "--seed", "1",
+            "--dense-lr", "0.02", "--embedding-lr", "1"]
+    assert train(args).returncode == 0
+    for attempt in range(2):  # the extension, then a rerun of the extended, finished run
+        proc = train([*args, "--epochs", "2"])
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        summary = json.loads((run / "summary.json").read_text())
+        aucs = _epoch_val_aucs(run)
+        assert sorted(aucs) == [10, 20]
+        assert aucs[10] > aucs[20], aucs  # the precondition: step 10 must be restored
+        assert summary["selected_step"] == 10 and summary["trained"]["val"]["auc"] == aucs[10]
+        assert (run / "best_model" / "step-10" / ".metadata").is_file()
+
+    import shutil
+
+    shutil.rmtree(run / "best_model")  # e.g. a sweep pruned it
+    proc = train([*args, "--epochs", "2"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    warnings = lines_starting(proc, "warning: the best point's snapshot")
+    assert len(warnings) == 1 and "the selected model is the last point (step 20)" in warnings[0], proc.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["selected_step"] == 20 and summary["selected_epoch"] == 1
+    assert summary["trained"]["val"]["auc"] == pytest.approx(_epoch_val_aucs(run)[20], abs=1e-9)
+
+
 def _free_port() -> int:
     import socket
 

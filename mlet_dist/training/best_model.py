@@ -6,11 +6,15 @@ overfits), selecting inside the epoch is the only selection there is.
 
 The sharded state is written with torch.distributed.checkpoint (DCP), each rank its own shards,
 to ``best_model/step-<global step>``, only when a point improves and is not the last one (the
-live model already is the last).
+live model already is the last). A run extended past its last point (more ``--epochs``) snapshots
+that point when it resumes, while the live weights still are it; a best point whose snapshot is
+gone anyway (deleted, or a checkpoint from before that rule) leaves the last point selected, with
+a warning, instead of failing every rerun.
 """
 
 import math
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -20,6 +24,7 @@ from torch import nn
 
 from mlet_dist.distributed.env import DistEnv
 from mlet_dist.distributed.safe_dcp import safe_load
+from mlet_dist.training.checkpoint_digest import record_checksums
 
 
 def best_model_path(directory: Path, step: int) -> Path:
@@ -36,11 +41,12 @@ class BestModelKeeper:
         self._best_auc = -math.inf
         self._saved_step: Optional[int] = None
         self._last_step: Optional[int] = None
+        self._last_epoch: Optional[int] = None
 
     def offer(self, model: nn.Module, epoch: int, step: int, metrics: Dict[str, Dict[str, float]],
               is_last: bool) -> bool:
         """Record an evaluation point; True when it is the new best."""
-        self._last_step = step
+        self._last_step, self._last_epoch = step, epoch
         auc = metrics["val"]["auc"]
         if self.best_step is not None and not auc > self._best_auc:
             return False
@@ -53,7 +59,7 @@ class BestModelKeeper:
         """JSON-able, for training checkpoints."""
         return {"best_epoch": self.best_epoch, "best_step": self.best_step, "best_metrics": self.best_metrics,
                 "best_auc": self._best_auc if math.isfinite(self._best_auc) else None,
-                "saved_step": self._saved_step, "last_step": self._last_step}
+                "saved_step": self._saved_step, "last_step": self._last_step, "last_epoch": self._last_epoch}
 
     def load_state(self, state: Dict[str, Any]) -> None:
         if not state:
@@ -62,18 +68,40 @@ class BestModelKeeper:
         self.best_metrics = state["best_metrics"]
         self._best_auc = state["best_auc"] if state["best_auc"] is not None else -math.inf
         self._saved_step, self._last_step = state.get("saved_step"), state.get("last_step")
+        self._last_epoch = state.get("last_epoch")
+
+    def _has_snapshot(self, step: int) -> bool:
+        return (best_model_path(self.directory, step) / ".metadata").is_file()
+
+    def keep_resumed_best(self, model: nn.Module, step: int) -> None:
+        """Resumed at ``step`` with training to come (collective): a best point that was the last
+        one had no snapshot (the live model was it); save it now, before training moves on."""
+        if self.best_step == step and not self._has_snapshot(step):
+            self._save(model, step)
 
     def _save(self, model: nn.Module, step: int) -> None:
-        dcp.save(model.state_dict(), checkpoint_id=str(best_model_path(self.directory, step)))
+        path = best_model_path(self.directory, step)
+        dcp.save(model.state_dict(), checkpoint_id=str(path))
         dist.barrier()
+        record_checksums(path, self.env.rank, self.env.world_size, self.env.is_main)  # mlet-collapse verifies
         if self.env.is_main and self._saved_step is not None and self._saved_step != step:
             shutil.rmtree(best_model_path(self.directory, self._saved_step), ignore_errors=True)
         self._saved_step = step
 
-    def restore_best(self, model: nn.Module) -> None:
-        """Load the best point's weights back into the live model if a later point was worse."""
+    def restore_best(self, model: nn.Module) -> bool:
+        """Load the best point's weights back into the live model if a later point was worse.
+        False: its snapshot is gone, so the live (last) point is selected instead and its
+        metrics are unknown here (``best_metrics`` is emptied: the caller evaluates it)."""
         if self.best_step is None or self.best_step == self._last_step:
-            return
+            return True
+        if not self._has_snapshot(self.best_step):
+            if self.env.is_main:
+                print(f"warning: the best point's snapshot {best_model_path(self.directory, self.best_step)} is "
+                      f"gone; the selected model is the last point (step {self._last_step}) instead",
+                      file=sys.stderr, flush=True)
+            self.best_epoch, self.best_step, self.best_metrics = self._last_epoch, self._last_step, {}
+            return False
         state = model.state_dict()
         safe_load(state, best_model_path(self.directory, self.best_step))  # data, never code
         model.load_state_dict(state)
+        return True
