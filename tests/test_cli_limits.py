@@ -257,3 +257,82 @@ def test_sweep_json_is_bounded(tmp_path: Path, capsys: pytest.CaptureFixture) ->
     config = tmp_path / "sweep.json"
     config.write_text('{"grid": ' + DEEP + "}")
     _refused(capsys, sweep_main, ["--config", str(config), "--dry-run"], str(config), "nested deeper")
+
+
+# --- 4. full or read-only output locations: one line, nothing published -----------------------
+
+
+@pytest.fixture(scope="module")
+def serving(tmp_path_factory: pytest.TempPathFactory) -> "tuple[Path, Path]":
+    """(dataset, serving dir) of a small untrained MLET DLRM: enough to reach the writes."""
+    import torch
+    from torchrec.models.dlrm import DLRMTrain
+
+    from data_prep.criteo_kaggle import prepare_criteo_kaggle
+    from mlet_dist.models import DLRMConfig, EmbeddingSpec, build_dlrm, build_embedding_collection
+    from mlet_dist.serving import export_serving
+    from mlet_dist.serving.model import ServingModelConfig
+    from types import SimpleNamespace
+
+    root = tmp_path_factory.mktemp("serving")
+    data = root / "data"
+    prepare_criteo_kaggle(str(Path(__file__).resolve().parents[1] / "data_prep/samples/criteo_sample.tsv"), data)
+    meta = json.loads((data / "meta.json").read_text())
+    sizes = {f: int(meta["table_sizes"][f]) for f in meta["sparse_features"]}
+    spec = EmbeddingSpec(embedding_dim=4, inner_dim=8, mlet=True)
+    mlps = DLRMConfig(dense_in_features=len(meta["dense_features"]), bottom_mlp=[8], top_mlp=[8, 1])
+    torch.manual_seed(0)
+    model = DLRMTrain(build_dlrm(build_embedding_collection(sizes, spec), mlps)).eval()
+    config = ServingModelConfig.from_train_config(SimpleNamespace(embedding=spec, dlrm=mlps), sizes,
+                                                  len(meta["dense_features"]))
+    return data, export_serving(model, root / "serving", config, dataset=data).path
+
+
+def _unwritable_dir(tmp_path: Path) -> Path:
+    """A folder nobody can create: below a regular file (ENOTDIR even for root, who ignores chmod)."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    return blocker / "out"
+
+
+def test_predict_to_an_unwritable_or_full_location_is_one_line(serving: "tuple[Path, Path]", tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    from mlet_dist.serving.predict_cli import predict_main
+
+    data, serving_dir = serving
+    base = ["--serving", str(serving_dir), "--data", str(data), "--split", "val", "--no-progress"]
+    out = _unwritable_dir(tmp_path) / "preds.parquet"
+    _refused(capsys, predict_main, [*base, "--out", str(out)], "--out", str(out), "cannot write there")
+    good = tmp_path / "preds.parquet"
+    _refused(capsys, predict_main, [*base, "--out", str(good), "--metrics-out", str(out.with_suffix(".json"))],
+             "--metrics-out")
+    assert not good.exists()
+    (tmp_path / "full").mkdir()
+    for name in ("preds.parquet", "preds.csv"):
+        full = tmp_path / "full" / name
+        (full.parent / f".{name}.tmp").symlink_to("/dev/full")  # the predictions' temporary file: ENOSPC
+        _refused(capsys, predict_main, [*base, "--out", str(full)], "--out", "No space left on device")
+        assert list(full.parent.iterdir()) == []  # no partial file, nothing published
+    predict_main([*base, "--out", str(good)])  # the same command to a good place works
+    assert good.is_file()
+
+
+def test_export_to_an_unwritable_or_full_location_is_one_line(serving: "tuple[Path, Path]", tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from mlet_dist.serving import artifact
+    from mlet_dist.serving.export_cli import main as export_main
+
+    _, serving_dir = serving
+    out = _unwritable_dir(tmp_path) / "artifact"
+    _refused(capsys, export_main, [str(serving_dir), str(out), "--precision", "fp32"], str(out), "nothing was published")
+
+    def disk_full(*_: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", "weights.safetensors")
+
+    monkeypatch.setattr(artifact, "save_weights", disk_full)  # a disk that fills up during the export
+    out = tmp_path / "artifact"
+    _refused(capsys, export_main, [str(serving_dir), str(out), "--precision", "fp32"], "No space left on device")
+    assert list(tmp_path.iterdir()) == [tmp_path / "a_file"]  # neither the artifact nor its .partial staging

@@ -74,12 +74,28 @@ def export_artifact(
         raise ValueError(f"output {out} already exists; pass --overwrite to replace it")
     if out.exists() and not (out / ARTIFACT).is_file() and any(out.iterdir()):
         raise ValueError(f"refusing to overwrite {out}: it is not an artifact directory (no {ARTIFACT})")
+    staging = out.with_name(out.name + ".partial")
+    try:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)  # first: a read-only or misspelt location fails before the work
+        manifest = _write_staging(Path(serving_dir), staging, precisions, data)
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException as err:
+        shutil.rmtree(staging, ignore_errors=True)  # a failed export leaves nothing half-written
+        if isinstance(err, OSError) and not isinstance(err, FileNotFoundError):  # full or read-only disk
+            raise ArtifactError(f"cannot write the artifact {out}: {err.strerror or err}"
+                                f"{f' ({err.filename})' if err.filename else ''}; nothing was published") from None
+        raise
+    return Artifact(out, manifest)
+
+
+def _write_staging(serving_dir: Path, staging: Path, precisions: Sequence[str], data: Optional[PathLike]) -> Dict[str, Any]:
+    """Every file of the artifact in ``staging``, artifact.json last; returns its content."""
     model, sd = load_serving_model(serving_dir)  # refuses a directory whose checksums disagree
     contract = build_contract(sd.model_config, dataset_meta(sd, data))
     sample = example_request(contract, batch_size=8)
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
     (staging / CONTRACT).write_text(json.dumps(contract, indent=1) + "\n")
     save_weights(model, sd.model_config, staging / WEIGHTS)
 
@@ -116,10 +132,7 @@ def export_artifact(
         "files": file_entries(staging, names),
     }
     (staging / ARTIFACT).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
-    return Artifact(out, manifest)
+    return manifest
 
 
 def _problems(directory: Path, manifest: Dict[str, Any]) -> List[str]:

@@ -15,10 +15,11 @@ number) and values that got the out-of-vocabulary id.
 """
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -87,6 +88,36 @@ def check_dataset(sd: ServingDir, data: Path) -> List[str]:
     return warnings
 
 
+def _cannot_write(flag: str, path: Path, err: OSError) -> ValueError:
+    return ValueError(f"{flag} {path}: cannot write there ({err.strerror or err}); nothing was written")
+
+
+def check_writable(path: Path, flag: str) -> None:
+    """Create ``path``'s folder and a scratch file in it: a read-only or misspelt location fails
+    before minutes of scoring, not after them."""
+    probe = path.with_name(f".{path.name}.probe")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        raise _cannot_write(flag, path, err) from None
+
+
+def write_atomically(path: Path, flag: str, write: Callable[[Path], None]) -> None:
+    """``write(tmp)``, then rename it to ``path`` (readers never see a partial file); a full or
+    read-only disk is one ValueError naming ``flag``, and the partial file is removed."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(tmp)
+        tmp.replace(path)
+    except OSError as err:  # pyarrow's write errors are OSErrors too
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise _cannot_write(flag, path, err) from None
+
+
 def write_predictions(path: Path, result: ScoreResult, lines: Optional[np.ndarray] = None) -> None:
     """prob (and label) per row; ``lines``: the raw input line of each row (--raw skips rejected ones)."""
     columns: Dict[str, Any] = {"prob": pa.array(result.probs.numpy().astype(np.float32))}
@@ -95,14 +126,12 @@ def write_predictions(path: Path, result: ScoreResult, lines: Optional[np.ndarra
     if lines is not None:
         columns["line"] = pa.array(np.asarray(lines, np.int64))
     table = pa.table(columns)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
-        pacsv.write_csv(table, tmp, pacsv.WriteOptions(delimiter="\t" if suffix == ".tsv" else ","))
+        options = pacsv.WriteOptions(delimiter="\t" if suffix == ".tsv" else ",")
+        write_atomically(path, "--out", lambda tmp: pacsv.write_csv(table, tmp, options))
     else:
-        pq.write_table(table, tmp)
-    tmp.replace(path)
+        write_atomically(path, "--out", lambda tmp: pq.write_table(table, tmp))
 
 
 OUT_SUFFIXES = (".parquet", ".csv", ".tsv")
@@ -122,6 +151,9 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         raise ValueError("give --data DATA (a prepared dataset to score) or --raw FILE (raw lines)")
     if args.raw is not None and args.max_batches is not None:
         raise ValueError("--max-batches cuts a prepared split; with --raw every line is scored or reported")
+    check_writable(args.out, "--out")
+    if args.metrics_out is not None:
+        check_writable(args.metrics_out, "--metrics-out")
     model, sd = load_serving_model(args.serving, device=args.device)
     stream: BatchSource
     if args.raw is not None:
@@ -232,12 +264,12 @@ def predict_main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args = build_parser().parse_args(argv)
     try:
         report = run(args)
+        print_report(report)
+        if args.metrics_out is not None:
+            text = json.dumps(report, indent=1, sort_keys=True) + "\n"
+            write_atomically(args.metrics_out, "--metrics-out", lambda tmp: tmp.write_text(text))
     except (ServingDirError, ValueError, FileNotFoundError) as err:
         user_error_exit(err)
-    print_report(report)
-    if args.metrics_out is not None:
-        args.metrics_out.parent.mkdir(parents=True, exist_ok=True)
-        args.metrics_out.write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
     return report
 
 
