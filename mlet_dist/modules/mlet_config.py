@@ -7,11 +7,15 @@ from typing import Iterable, List, Optional, Tuple
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 
 # How T and W start (issue 20, reports/small_d/README.md):
-#   paper:   T ~ U(±sqrt(1/n)) (TorchRec's default, as in the paper), W ~ N(0, 2/(k+d)).
+#   paper:   T ~ U(±sqrt(1/n)) (TorchRec's default, as in the paper), W ~ N(0, 2/(k+d)): Glorot's
+#            normal, which the authors' code (benghaem/dlrm_mlet, dlrm_s_pytorch.py create_linp) offers
+#            as `--linp-init xavier`, not its default.
+#   authors: T as in paper, W ~ N(0, 0.25²): the authors' default (`--linp-init normal`, std 0.25).
 #   matched: W ~ N(0, d/k²) and T ~ U(±1/(σ_W·sqrt(k·n))): T·W starts with exactly the variance of a
 #            baseline n×d table (1/(3n)), and the first rowwise-Adagrad step moves T·W by lr per element,
 #            as it moves a baseline table. Under `paper` that step is lr·k·σ_W/sqrt(d) ≈ lr·sqrt(2k/d).
-MLET_INITS = ("paper", "matched")
+MLET_INITS = ("paper", "matched", "authors")
+AUTHORS_PROJECTION_STD = 0.25  # dlrm_mlet's `--linp-init normal`: nn.init.normal_(W, 0, 0.25)
 
 
 @dataclass
@@ -55,12 +59,15 @@ class MLETTableConfig:
 
     @property
     def init_std(self) -> float:
-        """Projection init std; default sqrt(2/(k+d)) is DLRM's Linear init, which the authors'
-        DLRM-based MLET code uses for the projection layer."""
+        """Projection init std. ``paper`` (the default): sqrt(2/(k+d)), Glorot's normal (the
+        authors' code has it as ``--linp-init xavier``); ``authors``: 0.25, the authors' default
+        (``--linp-init normal``), independent of k and d."""
         if self.projection_init_std is not None:
             return self.projection_init_std
         if self.init == "matched":  # W^T W ≈ (d/k) I: a row step of lr per element in T is lr in T·W
             return sqrt(self.embedding_dim) / self.inner_dim
+        if self.init == "authors":
+            return AUTHORS_PROJECTION_STD
         return sqrt(2.0 / (self.inner_dim + self.embedding_dim))
 
     @property
