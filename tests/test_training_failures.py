@@ -3,6 +3,7 @@ one rank failing alone, impossible flags, bad values in the data, a diverging lo
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -140,7 +141,7 @@ def test_bad_val_id_fails_before_the_first_step(data: Path, tmp_path: Path) -> N
     run = tmp_path / "run"
     proc, _ = launch(["--data", str(bad), "--run-dir", str(run), *SMALL, "--log-every", "1"], timeout=120)
     lines = error_lines(proc)
-    assert len(lines) == 1 and "feature 'C5' has ids in [0, 1000000], outside its table" in lines[0], lines
+    assert len(lines) == 1 and re.search(r"feature 'C5' has ids in \[\d+, 1000000\], outside its table", lines[0]), lines
     assert "val/part-00000.parquet" in lines[0]
     events = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()] if (run / "metrics.jsonl").exists() else []
     assert not [e for e in events if e["event"] == "train"]
