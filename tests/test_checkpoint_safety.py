@@ -7,20 +7,23 @@ step-6 replays steps 7-8 exactly: the data order and every RNG are restored).
 """
 
 import json
+import os
 import pickle
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Callable, Dict
 
 import pytest
 import torch
 
-from dist_launch import torchrun
+from dist_launch import ROOT, torchrun
 from test_fault_tolerance import ARGS, TRAIN, _assert_identical, _final_state, data, uninterrupted  # noqa: F401
 
 from mlet_dist.distributed.safe_dcp import SafeFileSystemReader, SafeLoadPlanner, UnsafeCheckpointError, safe_load
 from mlet_dist.digests import file_entry
-from mlet_dist.training.checkpoint_digest import CHECKSUMS
+from mlet_dist.training.checkpoint_digest import CHECKSUMS, verify_share
 
 PAYLOAD_MARK = "mlet-payload-ran"
 
@@ -109,6 +112,32 @@ def test_every_checkpoint_damaged_stops_with_one_line(data: Path, uninterrupted:
     with pytest.raises(AssertionError) as failed:
         torchrun(TRAIN, ["--data", str(data), "--run-dir", str(run), *ARGS])
     assert "error: no intact checkpoint in" in str(failed.value) and "--no-resume" in str(failed.value)
+
+
+_SAVE_BEST_TWICE = """
+import sys
+from pathlib import Path
+import torch
+from mlet_dist.distributed.env import init_distributed, shutdown_distributed
+from mlet_dist.training.best_model import BestModelKeeper
+keeper = BestModelKeeper(Path(sys.argv[1]), init_distributed("gloo"))
+for auc in (0.6, 0.7):  # the same step saved again, as after a restart, over its old checksums.json
+    keeper.offer(torch.nn.Linear(3, 2), epoch=0, step=4, metrics={"val": {"auc": auc}}, is_last=False)
+shutdown_distributed()
+"""
+
+
+def test_best_model_snapshot_carries_checksums_that_verify(tmp_path: Path) -> None:
+    """mlet-collapse verifies a best_model/step-N snapshot as resume verifies a checkpoint, so the
+    keeper writes its checksums.json; a byte flipped afterwards is caught."""
+    subprocess.run([sys.executable, "-c", _SAVE_BEST_TWICE, str(tmp_path / "best")], check=True, timeout=300,
+                   cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"))
+    snapshot = tmp_path / "best" / "step-4"
+    assert verify_share(snapshot, 0, 1) is None
+    assert set(json.loads((snapshot / CHECKSUMS).read_text())) == {".metadata", "__0_0.distcp"}
+    shard = snapshot / "__0_0.distcp"
+    shard.write_bytes(bytes(b ^ 0xFF for b in shard.read_bytes()[:1]) + shard.read_bytes()[1:])
+    assert verify_share(snapshot, 0, 1) == "__0_0.distcp: sha256 differs from checksums.json (corrupted or replaced)"
 
 
 # -- the safe reader on its own (one process, no process group) ------------------------------
