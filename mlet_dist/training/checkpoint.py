@@ -222,17 +222,20 @@ class CheckpointManager:
     def load(self, path: Path, model: nn.Module, optimizer: CombinedOptimizer) -> TrainPosition:
         """Verify and load one checkpoint (collective). CheckpointCorrupt: the checkpoint is
         damaged (skip it); CheckpointError: it is intact but does not fit this job."""
-        local = verify_share(path, self.env.rank, self.env.world_size)
-        position, rng = TrainPosition(), None
-        if local is None:  # intact files whose content is not a position or an RNG state: damage too
-            try:
-                position, rng = read_position(path), read_rng(path / f"rng-rank{self.env.rank}.json")
-                SafeFileSystemReader(path).read_metadata()  # DCP would re-raise its refusal as plain text
-            except CheckpointCorrupt as err:
-                local = str(err)
-            except UnsafeCheckpointError as err:
-                local = f"refused: {err}"
-        verdict = agreed_verdict(local)  # every rank skips or loads the same checkpoint
+        verdict = agreed_verdict(verify_share(path, self.env.rank, self.env.world_size))
+        if verdict:  # every rank skips or loads the same checkpoint
+            raise CheckpointCorrupt(verdict)
+        position, rng, local = TrainPosition(), None, None
+        try:  # files that verify but are not a position, an RNG state or safe metadata: damage too
+            position, rng = read_position(path), read_rng(path / f"rng-rank{self.env.rank}.json")
+            SafeFileSystemReader(path).read_metadata()  # DCP would re-raise its refusal as plain text
+        except CheckpointCorrupt as err:
+            local = str(err)
+        except UnsafeCheckpointError as err:
+            local = f"refused: {err}"
+        except Exception as err:  # noqa: BLE001 - a .metadata that does not unpickle at all
+            local = f".metadata unreadable ({type(err).__name__}: {first_line(err)})"
+        verdict = agreed_verdict(local)
         if verdict:
             raise CheckpointCorrupt(verdict)
         _init_lazy_optimizer_state(optimizer)
