@@ -2,6 +2,7 @@
 non-zero exit before any library sees it, never a traceback, a hang or a silent loss."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -336,3 +337,24 @@ def test_export_to_an_unwritable_or_full_location_is_one_line(serving: "tuple[Pa
     out = tmp_path / "artifact"
     _refused(capsys, export_main, [str(serving_dir), str(out), "--precision", "fp32"], "No space left on device")
     assert list(tmp_path.iterdir()) == [tmp_path / "a_file"]  # neither the artifact nor its .partial staging
+
+
+# --- 5. a clean console: no library warnings on a plain CPU export / predict --------------------
+
+
+def test_export_and_predict_print_no_warnings(serving: "tuple[Path, Path]", tmp_path: Path) -> None:
+    """Each warning silenced is known-harmless and named by its message (log_setup.NOISE)."""
+    data, serving_dir = serving
+    runs = [
+        ["mlet-export", str(serving_dir), str(tmp_path / "artifact"), "--precision", "int8"],
+        ["mlet-predict", "--serving", str(serving_dir), "--data", str(data), "--split", "val", "--no-progress",
+         "--precision", "int8", "--compare", "--out", str(tmp_path / "p.parquet")],
+    ]
+    noisy = {}
+    for argv in runs:
+        proc = subprocess.run([str(BIN / argv[0]), *argv[1:]], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=600, env={**os.environ, "MLET_VERBOSE": ""})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        if proc.stderr.strip():  # no UserWarning, nothing at all
+            noisy[argv[0]] = proc.stderr[-2000:]
+    assert not noisy, noisy
