@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable, List
+from typing import Callable, Dict, List
 
 import pytest
 
@@ -358,3 +358,29 @@ def test_export_and_predict_print_no_warnings(serving: "tuple[Path, Path]", tmp_
         if proc.stderr.strip():  # no UserWarning, nothing at all
             noisy[argv[0]] = proc.stderr[-2000:]
     assert not noisy, noisy
+
+
+# --- 6. what the artifact's sha256 does not do (README: integrity, not authenticity) ------------
+
+
+def test_a_swapped_module_with_a_rewritten_digest_loads(serving: "tuple[Path, Path]", tmp_path: Path) -> None:
+    """The documented limit, kept true: if signing is ever added, this test and the README change."""
+    import torch
+
+    from mlet_dist.digests import file_entry
+    from mlet_dist.serving.artifact import ARTIFACT, export_artifact, load_predict_module, module_file
+
+    _, serving_dir = serving
+    out = export_artifact(serving_dir, tmp_path / "artifact", ["fp32"]).path
+
+    class Constant(torch.nn.Module):
+        def forward(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+            return {"default": torch.full_like(batch["float_features"][:, 0], 0.5)}
+
+    name = module_file("fp32")
+    torch.jit.script(Constant()).save(str(out / name))
+    listing = json.loads((out / ARTIFACT).read_text())
+    listing["files"][name] = file_entry(out / name)  # the digest rewritten to match the swap
+    (out / ARTIFACT).write_text(json.dumps(listing))
+    swapped = load_predict_module(out, "fp32")
+    assert swapped({"float_features": torch.zeros(3, 13)})["default"].tolist() == [0.5, 0.5, 0.5]
