@@ -20,6 +20,7 @@ def build_meta(
     rows_per_file: Sequence[int], vocab_entries: Dict[str, Dict[str, Any]],
 ) -> Dict[str, Any]:
     """meta.json of a raw-data preparation (both the single-process and the parallel run)."""
+    refuse_empty(spec, names, acc, sink)
     sparse = spec.sparse_features
     for name in sparse:
         histograms[name]["id0_rows"] = dict(zip(SPLITS, zero_rows[name]))
@@ -48,3 +49,16 @@ def build_meta(
         **bag_meta(sparse),
         "vocabulary": vocabulary_meta(vocab_entries),
     }
+
+
+def refuse_empty(spec: DatasetSpec, names: Sequence[str], acc: int, sink: RejectSink) -> None:
+    """Every row rejected means the wrong input (another dataset's file), not a dataset: refuse it
+    before publishing, instead of letting training fail later on an empty train split. (An empty
+    input, nothing read and nothing rejected, stays an empty dataset, as before.)"""
+    if acc or not sink.count:
+        return
+    source = names[0] if len(names) == 1 else f"{len(names)} files"
+    kinds = ", ".join(f"{kind}: {n:,}" for kind, n in sorted(sink.by_reason.items()))
+    raise ValueError(f"kept 0 of the {sink.count:,} rows of {source} as {spec.name} rows ({kinds}; first: "
+                     f"{sink.first}): is it another dataset's file (mlet-prep --help lists the formats)? "
+                     "nothing was published")

@@ -95,6 +95,7 @@ class RejectSink:
         self.path, self.strict, self.sources = path, strict, sources
         self.count = 0
         self.by_reason: Dict[str, int] = {}
+        self.first: Optional[str] = None  # "file:line: reason" of the first reject, for a refusal's one line
         self._f: Optional[Any] = None
 
     def add(self, rejects: Sequence[Reject]) -> None:
@@ -110,6 +111,8 @@ class RejectSink:
             self._f.write(b"file\tline\treason\traw\n")
         self._f.write(f"{file}\t{line}\t{reason}\t".encode("utf-8") + raw + b"\n")
         self.count += 1
+        if self.first is None:
+            self.first = f"{file}:{line}: {reason}"
         self.by_reason[kind] = self.by_reason.get(kind, 0) + 1
 
     def close(self) -> None:

@@ -125,6 +125,27 @@ def resume_position(
     return position
 
 
+def finished_summary(cfg: TrainConfig, position: TrainPosition, env: DistEnv) -> Optional[Dict[str, object]]:
+    """A rerun of a run that finished (its checkpoint past the last epoch, its summary.json
+    written): that summary, printed again, instead of an empty re-selection ("among 0
+    evaluation point(s)") that re-evaluates and rewrites it. Every rank decides alike from
+    the resumed position and the shared run dir; an unreadable summary is one error line."""
+    summary_path = cfg.run_dir / "summary.json"
+    if position.step == 0 or position.epoch < cfg.epochs or not summary_path.is_file():
+        return None
+    from data_prep.safe_json import JSONFileError, read_json_file
+
+    try:
+        summary = read_json_file(summary_path, "summary")
+    except JSONFileError as err:
+        raise SystemExit(f"error: run already complete, but {err}; rerun with --no-resume to train afresh")
+    if env.is_main:
+        print(f"run already complete: {cfg.run_dir} trained {position.epoch} epoch(s), {position.step} steps "
+              f"(--epochs {cfg.epochs}); its summary:")
+        print_summary(summary, cfg.run_dir)
+    return summary
+
+
 def count_params(model_factory, serving: bool) -> int:
     """Parameters at training (k-wide tables + projections) or serving (collapsed n×d tables)."""
     from mlet_dist.modules.collapse import collapse_model
@@ -148,7 +169,7 @@ def eval_streams(cfg: TrainConfig, env: DistEnv) -> Dict[str, ParquetBatchStream
 def evaluate_all(model: nn.Module, cfg: TrainConfig, env: DistEnv, label: str) -> Dict[str, Predictions]:
     return {
         split: predict(model, stream, env.device, env.world_size, desc=f"{label} {split}",
-                       show_progress=cfg.progress and env.is_main)
+                       show_progress=cfg.show_progress and env.is_main)
         for split, stream in eval_streams(cfg, env).items()
     }
 
@@ -188,13 +209,17 @@ def run(cfg: TrainConfig, env: DistEnv) -> Dict[str, object]:
     checkpoints = CheckpointManager(cfg.run_dir / "checkpoints", env, keep=cfg.keep_checkpoints,
                                     mode=cfg.checkpoint_mode)
     position = resume_position(cfg, env, checkpoints, sharded, optimizer, keeper, out, fresh)
+    finished = finished_summary(cfg, position, env)
+    if finished is not None:
+        claim.release()
+        return finished
     out.log("config", world_size=env.world_size, backend=env.backend, argv=sys.argv[1:],
             plan=str(sharded.plan))
     if "resumed_from" in position.extra:
         out.log("resume", checkpoint=position.extra.pop("resumed_from"), step=position.step,
                 epoch=position.epoch, batch_in_epoch=position.batch_in_epoch)
     loop = LoopConfig(epochs=cfg.epochs, eval_every=cfg.eval_every, early_stop_patience=cfg.early_stop_patience,
-                      checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every, progress=cfg.progress,
+                      checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every, progress=cfg.show_progress,
                       spectra=cfg.diagnostics, pipeline=cfg.pipeline)
     trainer = Trainer(loop, env, sharded, optimizer, train_stream, out=out, keeper=keeper, checkpoints=checkpoints,
                       evaluate=lambda: {s: p.metrics() for s, p in evaluate_all(sharded, cfg, env, "eval").items()})

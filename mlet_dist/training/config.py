@@ -9,6 +9,7 @@ config.json keeps its flat keys (``embedding``, ``dlrm``, ``arch``, ``dcn``).
 import argparse
 import math
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, NoReturn, Optional, Sequence
@@ -102,7 +103,9 @@ class TrainConfig(ModelConfig):
     collapse: bool = field(default=True, metadata=switch(
         "--no-collapse", reads=("model",), parse=lambda no_collapse, model: not no_collapse and model == "mlet",
         help="skip the collapse at the end"))
-    progress: bool = field(default=True, metadata=negated("--no-progress", help="no progress bars"))
+    # wanted; shown only when stderr is a terminal (show_progress), as mlet-prep's
+    progress: bool = field(default=True, metadata=negated(
+        "--no-progress", help="no progress bars (default: shown when stderr is a terminal, never in a log file)"))
     plan: Optional[Path] = field(default=None, metadata=flag(
         "--plan", help="sharding plan JSON (mlet-plan); checked against the model and world size"))
     checkpoint_every: int = field(default=0, metadata=flag(
@@ -141,6 +144,12 @@ class TrainConfig(ModelConfig):
     # False: run_dir is this process's provisional default; train.run() replaces it with rank 0's
     # choice once the process group exists (training/run_name.py)
     run_dir_given: bool = field(default=True, metadata=derived("run_dir", parse=lambda run_dir: run_dir is not None))
+
+    @property
+    def show_progress(self) -> bool:
+        """Progress bars on stderr: wanted and a terminal to draw on (under torchx or in a log file
+        each redraw would be a line of its own, mixing the summary into "collapsed val" bars)."""
+        return self.progress and sys.stderr.isatty()
 
     @property
     def model(self) -> ModelConfig:

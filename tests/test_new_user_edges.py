@@ -1,0 +1,66 @@
+"""The rough edges a new user hits first (issue 31): a wrong file given to mlet-prep, progress
+bars in a log file, --help without defaults, MLPerf/TorchRec flag names, a finished run rerun."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+AVAZU_SAMPLE = ROOT / "data_prep" / "samples" / "avazu_sample.csv"
+
+
+def run_cli(argv: list, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / argv[0]), *map(str, argv[1:])], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def one_error_line(proc: subprocess.CompletedProcess) -> str:
+    """The refusal's single stderr line (asserting exit 2 and no traceback)."""
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr and len(lines) == 1, lines
+    assert "error:" in lines[0], lines
+    return lines[0]
+
+
+def test_prep_of_another_datasets_file_is_refused_and_publishes_nothing(tmp_path: Path) -> None:
+    """Avazu's CSV given to criteo-kaggle: every row rejected (was: exit 0, an empty dataset)."""
+    for workers in ("1", "2"):
+        out = tmp_path / f"out{workers}"
+        line = one_error_line(run_cli(["mlet-prep", "criteo-kaggle", AVAZU_SAMPLE, out, "--workers", workers],
+                                      tmp_path))
+        assert "kept 0 of the 9,000 rows of avazu_sample.csv" in line and "column_count: 9,000" in line, line
+        assert "avazu_sample.csv:1: expected 40" in line and "nothing was published" in line, line
+        assert sorted(p.name for p in tmp_path.iterdir()) == [], list(tmp_path.iterdir())  # no staging left
+
+
+# ----------------------------------------------------------------------------
+# mlet-train: no progress bars in a log, a finished run rerun
+# ----------------------------------------------------------------------------
+
+TINY = ["--batch-size", "64", "--max-train-batches", "4", "--max-eval-batches", "2", "--bottom-mlp", "16",
+        "--top-mlp", "16,1", "--no-collapse", "--sharding", "table_wise"]
+
+
+def test_train_log_has_no_progress_bars_and_a_finished_rerun_reprints_its_summary(tmp_path: Path) -> None:
+    """stderr a pipe (torchx, a log file): no bars without --no-progress (was: a bar line per redraw).
+    Rerun of the finished run: "run already complete" and its summary, nothing retrained or
+    rewritten (was: "selected among 0 evaluation point(s)")."""
+    from data_prep.criteo_kaggle import prepare_criteo_kaggle
+    from dist_launch import torchrun
+
+    data, run_dir = tmp_path / "data", tmp_path / "run"
+    prepare_criteo_kaggle(ROOT / "data_prep" / "samples" / "criteo_sample.tsv", data)
+    train = ROOT / "mlet_dist" / "train.py"
+    args = ["--data", str(data), "--run-dir", str(run_dir), *TINY]
+    first = torchrun(train, args, nproc=1)
+    assert "among 1 evaluation point(s)" in first.stdout, first.stdout
+    assert "batch/s" not in first.stderr and "it/s" not in first.stderr and "\r" not in first.stderr, first.stderr
+    summary = (run_dir / "summary.json").read_bytes()
+
+    again = torchrun(train, args, nproc=1)
+    assert "run already complete" in again.stdout and "among 1 evaluation point(s)" in again.stdout, again.stdout
+    assert (run_dir / "summary.json").read_bytes() == summary
+    reprinted = again.stdout.split("run already complete")[1].split("\n", 1)[1]
+    assert reprinted.strip() == first.stdout.split("\n\n", 1)[1].strip()  # the first run's summary lines
