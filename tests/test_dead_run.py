@@ -64,6 +64,73 @@ def test_state_round_trip_keeps_the_history_across_a_resume() -> None:
     assert resumed.observe(300, 0.52) is not None and resumed.verdict()["points"] == 3
 
 
+H = 0.56  # label entropy of the points below: val logloss / val NE
+
+
+def _feed_losses(det: DeadRunDetector, points) -> list:
+    """points: (val AUC, val logloss, train loss since the previous point)."""
+    return [det.observe(100 * (i + 1), auc, val_logloss=val, val_ne=val / H, train_loss=train)
+            for i, (auc, val, train) in enumerate(points)]
+
+
+def test_a_stuck_run_is_told_by_its_train_loss_at_the_label_entropy() -> None:
+    """Issue 20's kind: nothing learnt, on the training rows either; the old hint (init, lr)."""
+    det = DeadRunDetector(band=0.05, points=3)
+    warnings = _feed_losses(det, [(0.51, 0.561, 0.563), (0.52, 0.560, 0.561), (0.53, 0.561, 0.560)])
+    assert warnings[2] is not None and "dead run?" in warnings[2] and "at the label entropy 0.5600" in warnings[2]
+    assert "--mlet-init" in warnings[2] and "memoris" not in warnings[2]
+    v = det.verdict()
+    assert v["dead"] and v["kind"] == "stuck" and not v["memorising"] and v["label_entropy"] == pytest.approx(H)
+    learning = DeadRunDetector(band=0.05, points=3)  # train loss well below H: not stuck, not memorising yet
+    warnings = _feed_losses(learning, [(0.51, 0.555, 0.550), (0.52, 0.554, 0.530), (0.53, 0.556, 0.520)])
+    assert "below the label entropy" in warnings[2] and learning.verdict()["kind"] == "dead"
+
+
+def test_a_memorising_run_is_told_by_train_loss_falling_while_val_loss_rises() -> None:
+    """Issue 28's kind: train loss 0.62 -> 0.52 while val logloss 0.609 -> 0.650, above the constant
+    predictor's; the warning names memorisation and a capacity/passes hint, not the init."""
+    det = DeadRunDetector(band=0.05, points=3)
+    warnings = _feed_losses(det, [(0.53, 0.609, 0.62), (0.54, 0.615, 0.58), (0.53, 0.650, 0.52)])
+    assert warnings[:2] == [None, None]
+    assert "memorising?" in warnings[2] and "0.6500" in warnings[2] and "--top-mlp" in warnings[2]
+    assert "--mlet-init" not in warnings[2]
+    v = det.verdict()
+    assert v["dead"] and v["kind"] == "memorising" and v["memorising"] and v["first_memorising_step"] == 300
+    assert v["first_flagged_step"] == 300  # the dead verdict is not announced a second time
+    assert _feed_losses(det, [(0.53, 0.66, 0.50)]) == [None]
+
+
+def test_memorisation_after_a_good_best_point_is_flagged_and_the_run_stays_alive() -> None:
+    """The second pass of a run that peaked in the first: val logloss from 0.545 to 0.617 (> H)
+    while the train loss falls; the run is not dead (best 0.61), but it memorises."""
+    det = DeadRunDetector(band=0.05, points=3)
+    warnings = _feed_losses(det, [(0.59, 0.550, 0.556), (0.61, 0.545, 0.543), (0.57, 0.617, 0.500)])
+    assert warnings[2] is not None and "memorising?" in warnings[2] and "best 0.6100 at step 200" in warnings[2]
+    v = det.verdict()
+    assert not v["dead"] and v["kind"] == "memorising" and v["memorising"]
+
+
+def test_ordinary_overfitting_below_the_constant_predictors_loss_is_not_memorisation() -> None:
+    """Val loss up a little but still under H, or up while the train loss is flat: no flag."""
+    below = DeadRunDetector(band=0.05, points=3)
+    assert _feed_losses(below, [(0.60, 0.540, 0.55), (0.61, 0.545, 0.53), (0.60, 0.555, 0.50)]) == [None] * 3
+    flat = DeadRunDetector(band=0.05, points=3)
+    assert _feed_losses(flat, [(0.60, 0.550, 0.55), (0.59, 0.600, 0.545)]) == [None] * 2
+    for det in (below, flat):
+        assert det.verdict()["kind"] is None and not det.verdict()["memorising"]
+
+
+def test_losses_survive_a_resume_and_an_old_state_reads_as_unknown() -> None:
+    det = DeadRunDetector(points=3)
+    _feed_losses(det, [(0.53, 0.609, 0.62), (0.54, 0.615, 0.58)])
+    resumed = DeadRunDetector(points=3)
+    resumed.load_state(json.loads(json.dumps(det.state())))
+    assert "memorising?" in resumed.observe(300, 0.53, val_logloss=0.65, val_ne=0.65 / H, train_loss=0.52)
+    old = DeadRunDetector(points=3)
+    old.load_state({"aucs": [0.51, 0.52], "steps": [100, 200], "fired_at": None})  # before issue 28
+    assert "dead run?" in old.observe(300, 0.52) and old.verdict()["kind"] == "dead"
+
+
 def test_dead_run_of_reads_summaries() -> None:
     assert dead_run_of({"dead_run": {"dead": True}}) is True
     assert dead_run_of({"dead_run": {"dead": False}}) is False
