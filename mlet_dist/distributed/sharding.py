@@ -15,7 +15,7 @@ from fbgemm_gpu.split_table_batched_embeddings_ops_common import BoundsCheckMode
 from torch import nn
 from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder, ShardedEmbeddingBagCollection
-from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.model_parallel import DefaultDataParallelWrapper, DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
 from torchrec.distributed.types import ModuleSharder, ParameterSharding, ShardingEnv, ShardingPlan, ShardingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
@@ -112,6 +112,19 @@ def constraints_for(model: nn.Module, sharding: str) -> Optional[Dict[str, Param
     )
 
 
+def fixed_bucket_ddp() -> DefaultDataParallelWrapper:
+    """TorchRec's DDP wrapper with one gradient-bucket layout for the job's life.
+
+    By default (static_graph=True) DDP rebuilds its buckets after a process's first step, in
+    gradient-ready order. A job resumed from a checkpoint runs its first step with the initial
+    layout where the uninterrupted job had the rebuilt one, and with 3+ ranks gloo's ring
+    all-reduce then adds the ranks' gradients in another order for elements whose bucket offset
+    moved: the resume differed at ~6e-8 (seen at 4 and 16 ranks; a sum of two is commutative, so 2
+    ranks never showed it). find_unused_parameters=True without a static graph is the one DDP
+    setting that never rebuilds; its cost is a walk of the small dense graph per step."""
+    return DefaultDataParallelWrapper(static_graph=False, find_unused_parameters=True)
+
+
 def shard_model(
     model: nn.Module,
     env: DistEnv,
@@ -126,7 +139,8 @@ def shard_model(
 
     sharders = default_sharders(config)
     if plan is not None:
-        return DistributedModelParallel(module=model, device=env.device, plan=plan, sharders=sharders)
+        return DistributedModelParallel(module=model, device=env.device, plan=plan, sharders=sharders,
+                                    data_parallel_wrapper=fixed_bucket_ddp())
 
     topology = Topology(
         world_size=env.world_size,
@@ -139,7 +153,8 @@ def shard_model(
     pg = dist.GroupMember.WORLD
     assert pg is not None, "init_distributed() first"
     plan = planner.collective_plan(model, sharders, pg)
-    return DistributedModelParallel(module=model, device=env.device, plan=plan, sharders=sharders)
+    return DistributedModelParallel(module=model, device=env.device, plan=plan, sharders=sharders,
+                                    data_parallel_wrapper=fixed_bucket_ddp())
 
 
 def unwrap(model: nn.Module) -> nn.Module:
