@@ -68,8 +68,9 @@ def _prepared_probs(serving: Path, data: Path, splits: List[str]) -> np.ndarray:
 
 
 def test_raw_criteo_sample_scores_like_the_prepared_data(criteo, tmp_path: Path) -> None:
-    # the 7-chunk split keeps input order: train + val + test are the sample's lines 1..9000
-    expected = _prepared_probs(criteo.serving, criteo.data, ["train", "val", "test"])
+    # the 7-chunk split keeps input order: train + test + val are the sample's lines 1..9000 (the
+    # reference DLRM split: the last chunk's first, ceil half is test)
+    expected = _prepared_probs(criteo.serving, criteo.data, ["train", "test", "val"])
     out = tmp_path / "raw.parquet"
     report = _predict(["--serving", criteo.serving, "--raw", CRITEO_SAMPLE, "--out", out, "--batch-size", 1000,
                        "--metrics-out", tmp_path / "m.json"])  # --data: from the serving manifest
