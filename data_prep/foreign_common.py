@@ -86,12 +86,7 @@ def npz_arrays(path: Path) -> Dict[str, np.ndarray]:
             if fields[0] != _LOCAL_MAGIC:
                 raise ValueError(f"{path}: member {info.filename!r}: bad zip local header")
             f.seek(info.header_offset + _LOCAL_HEADER.size + fields[9] + fields[10])
-            try:
-                version = np.lib.format.read_magic(f)
-                reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-                shape, fortran, dtype = reader(f)
-            except ValueError as err:
-                raise ValueError(f"{path}: member {info.filename!r}: not an .npy array ({err})") from None
+            shape, fortran, dtype = _npy_header(f, path, info)
             _numeric(np.empty(0, dtype), path, key)
             if f.tell() + int(np.prod(shape)) * dtype.itemsize > size:
                 raise ValueError(f"{path}: member {info.filename!r} {shape} runs past the end of the file (truncated?)")
@@ -103,16 +98,21 @@ def npz_arrays(path: Path) -> Dict[str, np.ndarray]:
     return out
 
 
+def _npy_header(f: Any, path: Path, info: zipfile.ZipInfo) -> Tuple[Tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran order, dtype) of the .npy member ``f`` is positioned at; one ValueError line."""
+    try:
+        version = np.lib.format.read_magic(f)
+        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        return reader(f)
+    except ValueError as err:
+        raise ValueError(f"{path}: member {info.filename!r}: not an .npy array ({err})") from None
+
+
 def _check_packed_member(path: Path, info: zipfile.ZipInfo) -> None:
     """A compressed member's .npy header against the bytes the member holds, before numpy
     allocates the declared shape: a member that declares 1e12 elements is refused here."""
     with zipfile.ZipFile(path) as zf, zf.open(info) as f:
-        try:
-            version = np.lib.format.read_magic(f)
-            reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, _, dtype = reader(f)
-        except ValueError as err:
-            raise ValueError(f"{path}: member {info.filename!r}: not an .npy array ({err})") from None
+        shape, _, dtype = _npy_header(f, path, info)
     declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
     held = min(info.file_size, info.compress_size * _DEFLATE_MAX_RATIO)
     if declared > held:
