@@ -14,7 +14,9 @@ other flags (``collapse`` on ``--no-collapse`` and ``--model``; ``run_dir_given`
 """
 
 import argparse
+import copy
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -34,6 +36,36 @@ def int_list(text: str) -> List[int]:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+
+
+SAYS_DEFAULT = re.compile(r"(^|[(;] ?)default[: ]", re.IGNORECASE)  # a help text naming its own default
+INT_LIST_METAVAR = "N,N,..."  # what --help shows for a list flag: the syntax it takes, e.g. 512,256,64
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """--help with every option's default, once, in the syntax the flag takes (``512,256,64``,
+    not ``[512, 256, 64]``; a switch "off"), also where the flag has no help text; a help text
+    that already speaks of its default keeps its own wording (argparse's
+    ArgumentDefaultsHelpFormatter skips flags without help and adds a second default)."""
+
+    def _format_action(self, action: argparse.Action) -> str:
+        shown = shown_default(action)
+        if shown is not None and not SAYS_DEFAULT.search(action.help or ""):
+            action = copy.copy(action)
+            action.help = f"{action.help or ''} (default: {shown.replace('%', '%%')})".strip()
+        return super()._format_action(action)
+
+
+def shown_default(action: argparse.Action) -> Optional[str]:
+    """An option's default as a user would type it; None where there is none to show (positionals,
+    required options, --help)."""
+    if not action.option_strings or action.required or action.default is argparse.SUPPRESS:
+        return None
+    if action.nargs == 0:  # store_true / store_false switches
+        return "on" if action.default else "off"
+    if isinstance(action.default, (list, tuple)):
+        return ",".join(str(v) for v in action.default)
+    return "none" if action.default is None else str(action.default)
 
 
 def _same(value: Any) -> Any:
@@ -177,6 +209,8 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, groups: Sequence[str] 
         arg_type = fl.type or (None if fl.choices is not None else _arg_type(d.hint))
         if arg_type is not None:
             kw["type"] = arg_type
+        if arg_type is int_list:
+            kw["metavar"] = INT_LIST_METAVAR
         if fl.choices is not None:
             kw["choices"] = fl.choices
         parser.add_argument(*fl.names, **kw)

@@ -1,6 +1,7 @@
 """The rough edges a new user hits first (issue 31): a wrong file given to mlet-prep, progress
 bars in a log file, --help without defaults, MLPerf/TorchRec flag names, a finished run rerun."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -64,3 +65,62 @@ def test_train_log_has_no_progress_bars_and_a_finished_rerun_reprints_its_summar
     assert (run_dir / "summary.json").read_bytes() == summary
     reprinted = again.stdout.split("run already complete")[1].split("\n", 1)[1]
     assert reprinted.strip() == first.stdout.split("\n\n", 1)[1].strip()  # the first run's summary lines
+
+
+# ----------------------------------------------------------------------------
+# --help and foreign flag names
+# ----------------------------------------------------------------------------
+
+
+def _option_helps(parser) -> dict:
+    """{first option string: its --help entry on one line} of every option but --help."""
+    out = {}
+    for action in parser._actions:
+        if action.option_strings and action.dest != "help":
+            out[action.option_strings[0]] = " ".join(parser._get_formatter()._format_action(action).split())
+    return out
+
+
+def _defaults_said(entry: str, invocation: str) -> int:
+    """How often a --help entry states a default: "(default: X)", "; default X", or a help text
+    that opens with "default" (--run-dir); "the default of the authors' code" is not one."""
+    text = entry[len(invocation):].strip()
+    return len(re.findall(r"\(default: |; default ", text)) + bool(re.match(r"default[: ]", text))
+
+
+def test_every_flag_shows_its_default_once_and_list_flags_their_syntax() -> None:
+    """mlet-train and mlet-plan (was: --epochs, --seed, --embedding-lr, --dense-lr, --top-mlp,
+    --backend, mlet-plan's --device without a default; --no-resume with two; [512, 256, 64])."""
+    from mlet_dist.planning.cli import build_parser as plan_parser
+    from mlet_dist.training.config import build_parser as train_parser
+
+    for parser in (train_parser(), plan_parser()):
+        for name, text in _option_helps(parser).items():
+            action = parser._option_string_actions[name]
+            if action.required:
+                continue
+            invocation = " ".join(parser._get_formatter()._format_action_invocation(action).split())
+            assert _defaults_said(text, invocation) == 1, (parser.prog, text)
+        helps = _option_helps(parser)
+        assert "--bottom-mlp N,N,..." in helps["--bottom-mlp"] and "(default: 512,256,64)" in helps["--bottom-mlp"]
+        assert "(default: 512,256,1)" in helps["--top-mlp"]
+    train = _option_helps(train_parser())
+    for name, default in (("--epochs", "1"), ("--seed", "0"), ("--backend", "auto"), ("--no-collapse", "off")):
+        assert f"(default: {default})" in train[name], train[name]
+    assert "(default: cuda)" in _option_helps(plan_parser())["--device"] and "tables" in _option_helps(plan_parser())["--device"]
+
+
+def test_torchrec_and_mlperf_flag_names_are_answered_with_ours(tmp_path: Path) -> None:
+    """The seven names of issue 31 in one command: one line naming our flag for each (was:
+    "unrecognized arguments" and, under torchrun, a traceback)."""
+    ours = {"--embedding_dim": "--embedding-dim", "--learning_rate": "--embedding-lr",
+            "--limit_train_batches": "--max-train-batches", "--validation_freq_within_epoch": "--eval-every",
+            "--over_arch_layer_sizes": "--top-mlp", "--dense_arch_layer_sizes": "--bottom-mlp",
+            "--interaction_type": "--arch"}
+    argv = ["mlet-train", "--data", tmp_path]
+    for theirs in ours:
+        argv += [f"{theirs}=1"] if theirs == "--embedding_dim" else [theirs, "1"]
+    line = one_error_line(run_cli(argv, tmp_path, timeout=120))
+    for theirs, flag in ours.items():
+        assert re.search(f"{theirs} is TorchRec's/MLPerf's name; here: {flag}[ ,]", line), (theirs, line)
+    assert "unrecognized" not in line

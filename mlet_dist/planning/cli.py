@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from mlet_dist.cli_common import given_dests
-from mlet_dist.config_flags import SHAPE, add_flags, tree_from_flags, written_paths
+from mlet_dist.config_flags import SHAPE, DefaultsHelpFormatter, add_flags, tree_from_flags, written_paths
 from mlet_dist.distributed.sharding import SHARDING_CHOICES
 from mlet_dist.models.ranking import ModelConfig
 from mlet_dist.planning.estimators import DENSE_OPTIMIZER_STATES
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mlet-plan",
         description="Plan how to shard MLET (or baseline) DLRM embedding tables over a cluster, offline. "
         "Writes a TorchRec plan as JSON (for mlet-train --plan) and a per-rank table of memory and cost.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--config", type=Path, default=None,
                    help="plan the model of a training run: its config.json (model shape, optimizers, batch size, "
@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="table sizes: a data_prep meta.json (or its dataset dir), or a spec file "
                    '{"table_sizes": {...}, "dense_features": 13}')
     p.add_argument("--world", type=_world, required=True, help="NxM: N nodes x M ranks per node, e.g. 2x8")
-    p.add_argument("--device", choices=DEVICES, default="cuda")
+    p.add_argument("--device", choices=DEVICES, default="cuda", help="the devices the tables are placed on")
     p.add_argument("--hbm-gb", type=float, default=None, help="GPU memory per device in GiB (cuda; e.g. 80)")
     p.add_argument("--ddr-gb", type=float, default=None,
                    help="host memory per rank in GiB (the table memory for --device cpu; TorchRec's 128 if omitted)")

@@ -16,7 +16,7 @@ from typing import Any, Dict, NoReturn, Optional, Sequence
 
 from mlet_dist.cli_common import given_dests
 from mlet_dist.config_flags import (
-    add_flags, command_choices, derived, flag, flag_values, negated, nested, no_flag, switch, tree_from_flags,
+    DefaultsHelpFormatter, add_flags, command_choices, derived, flag, flag_values, negated, nested, no_flag, switch, tree_from_flags,
     written_paths,
 )
 from mlet_dist.config_io import from_jsonable, load_config, merged, to_jsonable
@@ -63,9 +63,9 @@ class InputConfig:
 
 _OPTIM_FLAGS = nested(
     embedding_optimizer=flag("--embedding-optimizer", choices=sorted(EMBEDDING_OPTIMIZERS), help="fused, in-backward"),
-    embedding_lr=flag("--embedding-lr"),
+    embedding_lr=flag("--embedding-lr", help="learning rate of the tables' fused optimizer"),
     dense_optimizer=flag("--dense-optimizer", choices=sorted(DENSE_OPTIMIZERS), help="MLPs and MLET projections"),
-    dense_lr=flag("--dense-lr"),
+    dense_lr=flag("--dense-lr", help="learning rate of the MLPs and MLET projections"),
     eps=no_flag("the optimizers' epsilon: fixed (OptimConfig)"),
 )
 _SHARDING_FLAGS = nested(
@@ -89,15 +89,17 @@ class TrainConfig(ModelConfig):
         parse=lambda run_dir: RUNS_ROOT / default_run_name() if run_dir is None else run_dir,
         help="default: runs/<torchelastic run id> under torchrun/torchx, else runs/<timestamp>; one name for all "
         "ranks, chosen by rank 0"))
-    epochs: int = field(default=1, metadata=flag("--epochs"))
+    epochs: int = field(default=1, metadata=flag("--epochs", help="passes over the train split"))
     batch_size: int = field(default=256, metadata=flag("--batch-size", help="per-rank batch size"))
     max_train_batches: Optional[int] = field(default=None, metadata=flag(
         "--max-train-batches", help="steps per epoch at most (default: the whole train split)"))
     max_eval_batches: Optional[int] = field(default=None, metadata=flag(
         "--max-eval-batches", help="evaluate on the first N x --batch-size rows of val and test, the same rows at "
         "every world size (default: the whole splits)"))
-    seed: int = field(default=0, metadata=flag("--seed"))
-    backend: str = field(default="auto", metadata=flag("--backend", choices=["auto", "gloo", "nccl"]))
+    seed: int = field(default=0, metadata=flag(
+        "--seed", help="initial weights (seed + rank per table shard) and the per-epoch shuffle"))
+    backend: str = field(default="auto", metadata=flag(
+        "--backend", choices=["auto", "gloo", "nccl"], help="torch.distributed backend; auto: nccl with CUDA, else gloo"))
     log_every: int = field(default=10, metadata=flag("--log-every", help="steps between train-loss records"))
     # a baseline run has nothing to collapse
     collapse: bool = field(default=True, metadata=switch(
@@ -183,11 +185,52 @@ class TrainConfig(ModelConfig):
             raise ValueError(f"--collective-timeout-s must be a positive number, got {self.collective_timeout_s}")
 
 
+# Flags of TorchRec's dlrm_main.py and MLPerf's dlrm_s_pytorch.py a user of those brings along:
+# {their name: ours, and what differs}. Answered in the one usage line, never guessed silently.
+FOREIGN_FLAGS = {
+    "--embedding_dim": "--embedding-dim (-d), the output width d (MLET's tables are --inner-dim k wide)",
+    "--arch-sparse-feature-size": "--embedding-dim (-d), the output width d (MLET's tables are --inner-dim k wide)",
+    "--learning_rate": "--embedding-lr (the tables' fused optimizer) and --dense-lr (MLPs, projections)",
+    "--learning-rate": "--embedding-lr (the tables' fused optimizer) and --dense-lr (MLPs, projections)",
+    "--limit_train_batches": "--max-train-batches (steps per epoch)",
+    "--limit_val_batches": "--max-eval-batches (N x --batch-size rows of val and of test)",
+    "--limit_test_batches": "--max-eval-batches (N x --batch-size rows of val and of test)",
+    "--validation_freq_within_epoch": "--eval-every (global steps between evaluations inside an epoch)",
+    "--test-freq": "--eval-every (global steps between evaluations inside an epoch)",
+    "--over_arch_layer_sizes": "--top-mlp, comma-separated (e.g. 512,256,1)",
+    "--arch-mlp-top": "--top-mlp, comma-separated (e.g. 512,256,1), not dash-separated",
+    "--dense_arch_layer_sizes": "--bottom-mlp, comma-separated (e.g. 512,256; d is appended)",
+    "--arch-mlp-bot": "--bottom-mlp, comma-separated without the dense input width (e.g. 512,256; d is appended)",
+    "--interaction_type": "--arch (dlrm: dot interaction; dcnv2: cross network, --dcn-layers, --dcn-low-rank)",
+    "--arch-interaction-op": "--arch (dlrm: dot interaction; dcnv2: cross network, --dcn-layers, --dcn-low-rank)",
+    "--batch_size": "--batch-size (per rank)",
+    "--mini-batch-size": "--batch-size (per rank; MLPerf's is the global batch)",
+    "--nepochs": "--epochs",
+    "--num_embeddings_per_feature": "none: table sizes come from the dataset (mlet-prep torchrec-npy "
+                                    "--num-embeddings-per-feature)",
+    "--in_memory_binary_criteo_path": "--data, a dataset prepared by mlet-prep (e.g. mlet-prep torchrec-npy)",
+}
+
+
+def foreign_flag_hints(message: str) -> Optional[str]:
+    """For argparse's "unrecognized arguments: ..." naming TorchRec/MLPerf flags: which of ours
+    each one is (``--name=value`` and ``--name value`` alike); None when none of them is one."""
+    prefix = "unrecognized arguments: "
+    if not message.startswith(prefix):
+        return None
+    names = dict.fromkeys(token.split("=", 1)[0] for token in message[len(prefix):].split())
+    hints = [f"{name} is TorchRec's/MLPerf's name; here: {FOREIGN_FLAGS[name]}" for name in names
+             if name in FOREIGN_FLAGS]
+    return "; ".join(hints) or None
+
+
 class _RankZeroParser(argparse.ArgumentParser):
     """Under torchrun every rank parses the same argv: a usage mistake (a forgotten --data) is
-    printed once, by rank 0, as one line with a pointer to --help instead of the full usage text."""
+    printed once, by rank 0, as one line with a pointer to --help instead of the full usage text;
+    a TorchRec/MLPerf flag name is answered with the matching flag of ours."""
 
     def error(self, message: str) -> NoReturn:
+        message = foreign_flag_hints(message) or message
         if os.environ.get("RANK", "0") == "0":
             self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists every flag)\n")
         self.exit(2)
@@ -198,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mlet-train",
         description="Train DLRM with MLET (or baseline) embeddings, sharded with TorchRec. "
         "Run under torchrun / torchx for several ranks.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--config", type=Path, default=None,
                    help="start from a saved config (a run's config.json); flags given here override it")
