@@ -22,6 +22,7 @@ from torch import nn
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torch.distributed.checkpoint import FileSystemWriter
 
+from mlet_dist.distributed.exact_save import ExactStorageSavePlanner
 from mlet_dist.distributed.sharded_collapse import CollapseStats, collapse_state_dict
 from mlet_dist.modules.collapse import DEFAULT_CHUNK_ROWS
 from mlet_dist.planning.plan_io import save_plan
@@ -165,7 +166,8 @@ def export_serving(
         shutil.rmtree(staging, ignore_errors=True)
         (staging / CHECKPOINT_DIR).mkdir(parents=True)
     _barrier()
-    dcp.save(state, storage_writer=FileSystemWriter(str(staging / CHECKPOINT_DIR)))
+    dcp.save(state, storage_writer=FileSystemWriter(str(staging / CHECKPOINT_DIR)),
+             planner=ExactStorageSavePlanner())
     _barrier()
     mine = file_entries(staging / CHECKPOINT_DIR, _local_files(staging / CHECKPOINT_DIR, rank))
     gathered: List[Optional[Dict[str, Any]]] = [mine]

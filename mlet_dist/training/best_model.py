@@ -23,6 +23,7 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 
 from mlet_dist.distributed.env import DistEnv
+from mlet_dist.distributed.exact_save import ExactStorageSavePlanner
 from mlet_dist.distributed.safe_dcp import safe_load
 from mlet_dist.training.checkpoint_digest import record_checksums
 
@@ -81,7 +82,7 @@ class BestModelKeeper:
 
     def _save(self, model: nn.Module, step: int) -> None:
         path = best_model_path(self.directory, step)
-        dcp.save(model.state_dict(), checkpoint_id=str(path))
+        dcp.save(model.state_dict(), checkpoint_id=str(path), planner=ExactStorageSavePlanner())
         dist.barrier()
         record_checksums(path, self.env.rank, self.env.world_size, self.env.is_main)  # mlet-collapse verifies
         if self.env.is_main and self._saved_step is not None and self._saved_step != step:

@@ -31,6 +31,7 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from mlet_dist.data.epoch_plan import Layout, check_record, num_batches, plan_in
 from mlet_dist.digests import file_entry
 from mlet_dist.distributed.env import DistEnv
+from mlet_dist.distributed.exact_save import ExactStorageSavePlanner
 from mlet_dist.distributed.safe_dcp import SafeFileSystemReader, UnsafeCheckpointError, safe_load
 from mlet_dist.distributed.staging import HostCopyStager
 from mlet_dist.training.checkpoint_digest import (
@@ -190,7 +191,7 @@ class CheckpointManager:
                                             async_stager=HostCopyStager())
             self._pending = pending
         else:
-            dcp.save(state, checkpoint_id=str(tmp))
+            dcp.save(state, checkpoint_id=str(tmp), planner=ExactStorageSavePlanner())  # no 2nd copy in RAM
             self._publish(pending)
         return final
 
