@@ -5,6 +5,7 @@ Pure math, no torch.distributed: the wide tables live in a stock TorchRec Embedd
 projections are small dense modules. Sharders in ``mlet_dist.distributed`` wrap this module.
 """
 
+import warnings
 from typing import Dict, List, Optional
 
 import torch
@@ -16,6 +17,10 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 from mlet_dist.modules.projection_kernel import project_blocks
 from mlet_dist.modules.input_checks import check_feature_names, check_id_ranges, check_weights
 from mlet_dist.modules.mlet_config import MLETTableConfig, check_weighted_pooling
+
+
+class MLETShardingWarning(UserWarning):
+    """An MLET collection sharded as a plain EBC: correct, but k-wide traffic (see ``forward``)."""
 
 
 class MLETProjection(nn.Module):
@@ -69,6 +74,10 @@ class MLETEmbeddingBagCollection(nn.Module):
         self.projections = nn.ModuleDict(
             {t.name: MLETProjection(t.inner_dim, t.embedding_dim, t.init_std, device) for t in tables}
         )
+        # True: sharded by TorchRec's EBC sharder on purpose (projections as dense DDP parameters
+        # after the all-to-all, k-wide traffic); False warns when that happens without our sharder.
+        self.projection_after_comm = False
+        self._wide_checked = False
         self._feature_to_table: Dict[str, str] = {}
         self._rows_per_feature: Dict[str, int] = {}
         for t in tables:
@@ -79,6 +88,9 @@ class MLETEmbeddingBagCollection(nn.Module):
                 self._rows_per_feature[f] = t.num_embeddings
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
+        if not self._wide_checked:
+            self._wide_checked = True
+            self._warn_if_sharded_as_plain_ebc()
         if self.validate_inputs:
             check_feature_names(features, self._feature_to_table)
             check_weights(features, self._is_weighted)
@@ -87,6 +99,19 @@ class MLETEmbeddingBagCollection(nn.Module):
             return self._empty_output(features)
         wide: KeyedTensor = self.wide(features)
         return self.project(wide)
+
+    def _warn_if_sharded_as_plain_ebc(self) -> None:
+        """DistributedModelParallel without our sharder shards only ``wide`` (TorchRec's EBC sharder
+        matches it) and wraps the projections in DDP: the model trains the same, but the all-to-all
+        carries k-wide vectors, k/d times the traffic, which nothing else would tell the user."""
+        if isinstance(self.wide, EmbeddingBagCollection) or self.projection_after_comm:
+            return
+        warnings.warn(
+            "this MLETEmbeddingBagCollection was sharded as a plain EmbeddingBagCollection (its k-wide tables "
+            "only; projections replicated, k-wide all-to-all): pass sharders=mlet_dist.sharders() to "
+            "DistributedModelParallel to project on the owning rank (d-wide), or set "
+            ".projection_after_comm = True before sharding to keep this on purpose",
+            MLETShardingWarning, stacklevel=3)
 
     def _empty_output(self, features: KeyedJaggedTensor) -> KeyedTensor:
         """A batch with no rows gives a (0, sum d) result; the fused kernels reject it."""
