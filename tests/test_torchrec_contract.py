@@ -8,6 +8,7 @@ and class attributes with hasattr.
 """
 
 import inspect
+from pathlib import Path
 
 import pytest
 import torch
@@ -156,3 +157,28 @@ def test_default_load_bytes_is_what_the_safe_planner_mirrors() -> None:
     assert "ifself.flatten_state_dict:set_element(self.original_state_dict,self.mappings[read_item.dest_index.fqn]," in source
     assert "self.state_dict[read_item.dest_index.fqn]=torch.load(" in source
     assert SafeLoadPlanner.load_bytes is not DefaultLoadPlanner.load_bytes
+
+
+def test_ddp_rebuilds_its_buckets_once_and_we_can_do_it_at_construction(tmp_path: Path) -> None:
+    """distributed/sharding.py's FixedBucketDataParallelWrapper relies on DDP's reducer taking its
+    one rebuild at construction (every parameter pushed as ready, then rebuilt) and then never
+    rebuilding again: the bucket layout that bit-identical resume at 3+ ranks needs."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from mlet_dist.distributed.sharding import FixedBucketDataParallelWrapper  # noqa: F401 (it exists)
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 1))
+        ddp = DistributedDataParallel(model, static_graph=True, bucket_cap_mb=25)
+        ddp.reducer._push_all_rebuilt_params()
+        assert ddp.reducer._rebuild_buckets() is True  # the one rebuild, taken now
+        for _ in range(2):
+            ddp(torch.randn(3, 4)).sum().backward()
+            assert ddp.reducer._rebuild_buckets() is False  # and never again
+        logged = ddp._get_ddp_logging_data()
+        assert logged["has_rebuilt_buckets"] == 1
+        assert logged["rebuilt_per_bucket_param_indices"] == "0 1 2 3"  # parameter order, not ready order
+    finally:
+        dist.destroy_process_group()

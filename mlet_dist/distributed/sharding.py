@@ -13,6 +13,7 @@ from typing import Dict, Iterable, List, Optional
 import torch
 from fbgemm_gpu.split_table_batched_embeddings_ops_common import BoundsCheckMode
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder, ShardedEmbeddingBagCollection
 from torchrec.distributed.model_parallel import DefaultDataParallelWrapper, DistributedModelParallel
@@ -23,6 +24,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from mlet_dist.distributed.env import DistEnv
 from mlet_dist.distributed.mean_pooling import fix_mean_pooling_divisor
 from mlet_dist.distributed.sharded_mlet import MLETEmbeddingBagCollectionSharder
+from mlet_dist.modules.mlet_embedding_bag import MLETEmbeddingBagCollection
 
 SHARDING_CHOICES = ("auto", "table_wise", "row_wise", "table_row_wise", "column_wise", "data_parallel")
 
@@ -81,6 +83,13 @@ def default_sharders(config: ShardingConfig) -> List[ModuleSharder[nn.Module]]:
     return sharders
 
 
+def mark_projection_after_comm(model: nn.Module, config: ShardingConfig) -> None:
+    """--projection-after-comm shards MLET collections as plain EBCs on purpose: no warning."""
+    for module in model.modules():
+        if isinstance(module, MLETEmbeddingBagCollection):
+            module.projection_after_comm = not config.owner_projection
+
+
 def bounds_checked() -> Dict[str, object]:
     """fbgemm's TBE checks every id against its table on the device and, in FATAL mode, raises
     (its default, WARNING, silently maps a bad id to row 0). No host sync: the per-step Python
@@ -112,17 +121,26 @@ def constraints_for(model: nn.Module, sharding: str) -> Optional[Dict[str, Param
     )
 
 
-def fixed_bucket_ddp() -> DefaultDataParallelWrapper:
+class FixedBucketDataParallelWrapper(DefaultDataParallelWrapper):
     """TorchRec's DDP wrapper with one gradient-bucket layout for the job's life.
 
-    By default (static_graph=True) DDP rebuilds its buckets after a process's first step, in
-    gradient-ready order. A job resumed from a checkpoint runs its first step with the initial
-    layout where the uninterrupted job had the rebuilt one, and with 3+ ranks gloo's ring
+    DDP builds its buckets in reverse parameter order and rebuilds them after a process's first
+    backward in gradient-ready order. A job resumed from a checkpoint runs its first step with the
+    initial layout where the uninterrupted job had the rebuilt one, and with 3+ ranks gloo's ring
     all-reduce then adds the ranks' gradients in another order for elements whose bucket offset
     moved: the resume differed at ~6e-8 (seen at 4 and 16 ranks; a sum of two is commutative, so 2
-    ranks never showed it). find_unused_parameters=True without a static graph is the one DDP
-    setting that never rebuilds; its cost is a walk of the small dense graph per step."""
-    return DefaultDataParallelWrapper(static_graph=False, find_unused_parameters=True)
+    ranks never showed it). Here the one rebuild DDP allows happens at construction, in parameter
+    order (the reducer's own join path: push every parameter as "ready", rebuild), so every
+    process of every attempt uses the same layout from its first step on."""
+
+    def wrap(self, dmp: DistributedModelParallel, env: ShardingEnv, device: torch.device) -> None:
+        super().wrap(dmp, env, device)
+        ddp = dmp._dmp_wrapped_module
+        if isinstance(ddp, DistributedDataParallel):
+            ddp.reducer._push_all_rebuilt_params()
+            if not ddp.reducer._rebuild_buckets():
+                raise RuntimeError("DDP refused the bucket rebuild at construction (torch changed?): "
+                                   "resumes would no longer be bit-identical")
 
 
 def shard_model(
@@ -138,9 +156,10 @@ def shard_model(
     import torch.distributed as dist
 
     sharders = default_sharders(config)
+    mark_projection_after_comm(model, config)
     if plan is not None:
         return DistributedModelParallel(module=model, device=env.device, plan=plan, sharders=sharders,
-                                    data_parallel_wrapper=fixed_bucket_ddp())
+                                    data_parallel_wrapper=FixedBucketDataParallelWrapper())
 
     topology = Topology(
         world_size=env.world_size,
@@ -154,7 +173,7 @@ def shard_model(
     assert pg is not None, "init_distributed() first"
     plan = planner.collective_plan(model, sharders, pg)
     return DistributedModelParallel(module=model, device=env.device, plan=plan, sharders=sharders,
-                                    data_parallel_wrapper=fixed_bucket_ddp())
+                                    data_parallel_wrapper=FixedBucketDataParallelWrapper())
 
 
 def unwrap(model: nn.Module) -> nn.Module:
