@@ -6,12 +6,18 @@
       contract.json          the input contract (mlet_dist.serving.contract)
       weights.safetensors    the collapsed fp32 weights, consolidated (no pickle)
       predict_<p>.pt         TorchScript predict module per table precision p (fp32 / fp16 / int8)
+      raw_vocab/             the training dataset's meta.json and vocab/: raw value -> id, so raw
+                             requests can be encoded from the artifact alone (a dataset-shaped dir:
+                             data_prep.vocabulary.Vocabulary.load, mlet-predict --raw --data); only
+                             when the dataset (with vocabularies) is found
 
-Written in ``OUT.partial`` and renamed, artifact.json last. ``open_artifact`` refuses a directory
+Written in ``OUT.partial`` and renamed, artifact.json last, every file with the mode ``open()``
+gives (0644 under umask 022; safetensors alone wrote 0600). ``open_artifact`` refuses a directory
 whose files disagree with artifact.json (missing, resized, other sha256, or unlisted).
 """
 
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -20,9 +26,10 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 
+from data_prep.dataset_format import META_FILE, read_meta
 from data_prep.safe_json import read_json_file
 from mlet_dist.digests import listed_file_problems
-from mlet_dist.serving.contract import build_contract, dataset_meta, example_request
+from mlet_dist.serving.contract import build_contract, dataset_root, example_request
 from mlet_dist.serving.load import load_serving_model
 from mlet_dist.serving.manifest import MANIFEST, ServingDirError, file_entries, sha256_file
 from mlet_dist.serving.predict_module import TABLE_PRECISIONS, build_predict_module, script_predict_module
@@ -31,6 +38,7 @@ from mlet_dist.serving.safetensors_io import save_weights
 ARTIFACT = "artifact.json"
 CONTRACT = "contract.json"
 WEIGHTS = "weights.safetensors"
+RAW_VOCAB = "raw_vocab"
 ARTIFACT_FORMAT = "mlet-serving-artifact"
 ARTIFACT_VERSION = 1
 FP32_SCRIPT_TOLERANCE = 1e-6  # scripted fp32 must reproduce the eager model
@@ -94,7 +102,10 @@ def export_artifact(
 def _write_staging(serving_dir: Path, staging: Path, precisions: Sequence[str], data: Optional[PathLike]) -> Dict[str, Any]:
     """Every file of the artifact in ``staging``, artifact.json last; returns its content."""
     model, sd = load_serving_model(serving_dir)  # refuses a directory whose checksums disagree
-    contract = build_contract(sd.model_config, dataset_meta(sd, data))
+    root = dataset_root(sd, data)
+    meta = None if root is None else read_meta(root)
+    contract = build_contract(sd.model_config, meta)
+    vocab_files = _copy_raw_vocab(root, meta, staging / RAW_VOCAB) if root is not None else []
     sample = example_request(contract, batch_size=8)
     (staging / CONTRACT).write_text(json.dumps(contract, indent=1) + "\n")
     save_weights(model, sd.model_config, staging / WEIGHTS)
@@ -113,7 +124,8 @@ def _write_staging(serving_dir: Path, staging: Path, precisions: Sequence[str], 
             raise ArtifactError(f"the scripted fp32 module differs from the eager model by {diff:.2e}")
         checks[precision] = {"max_abs_prob_diff_vs_eager_fp32": diff, "sample_rows": int(sample["float_features"].shape[0])}
 
-    names = [CONTRACT, WEIGHTS, *(module_file(p) for p in precisions)]
+    names = [CONTRACT, WEIGHTS, *(module_file(p) for p in precisions), *vocab_files]
+    _give_files_the_open_mode(staging)
     import fbgemm_gpu
     import torchrec
 
@@ -128,6 +140,7 @@ def _write_staging(serving_dir: Path, staging: Path, precisions: Sequence[str], 
         "precisions": list(precisions),
         "modules": {p: module_file(p) for p in precisions},
         "interface": {"inputs": list(contract["inputs"]), "output": "default"},
+        "raw_vocabulary": RAW_VOCAB if vocab_files else None,
         "checks": checks,
         "files": file_entries(staging, names),
     }
@@ -135,14 +148,39 @@ def _write_staging(serving_dir: Path, staging: Path, precisions: Sequence[str], 
     return manifest
 
 
+def _copy_raw_vocab(root: Path, meta: Dict[str, Any], out: Path) -> List[str]:
+    """The dataset's meta.json and vocabulary files, byte for byte (their sha256 stay the ones
+    meta.json and the serving manifest record), as names relative to the artifact; none for a
+    dataset without raw values (synthetic, planted, foreign formats)."""
+    features = (meta.get("vocabulary") or {}).get("features") or {}
+    files = sorted({entry["file"] for entry in features.values() if isinstance(entry, dict) and entry.get("file")})
+    if not files:
+        return []
+    for name in [META_FILE, *files]:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(root / name, out / name)
+    return [f"{RAW_VOCAB}/{name}" for name in [META_FILE, *files]]
+
+
+def _give_files_the_open_mode(staging: Path) -> None:
+    """Every file 0666 less the umask, as ``open()`` creates them: safetensors writes 0600, which
+    a deployment copying the artifact to a serving user could not read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in staging.rglob("*"):
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
+
+
 def _problems(directory: Path, manifest: Dict[str, Any]) -> List[str]:
     files = manifest.get("files")
     if not isinstance(files, dict):
         return ["artifact.json lists no files"]
     problems = listed_file_problems(directory, files, "artifact.json")
-    for path in sorted(directory.iterdir()):
-        if path.name != ARTIFACT and path.name not in files:
-            problems.append(f"{path.name}: present but not listed in artifact.json")
+    for path in sorted(p for p in directory.rglob("*") if not p.is_dir()):
+        name = path.relative_to(directory).as_posix()
+        if name != ARTIFACT and name not in files:
+            problems.append(f"{name}: present but not listed in artifact.json")
     needed = [CONTRACT, WEIGHTS, *(module_file(p) for p in manifest.get("precisions", []))]
     problems += [f"artifact.json does not list {n}" for n in needed if n not in files]
     return problems

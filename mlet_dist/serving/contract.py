@@ -21,10 +21,10 @@ OOV_ID = 0  # data_prep: id 0 = rare / unseen in train (exact vocabularies; hash
 PathLike = Union[str, Path]
 
 
-def dataset_meta(sd: ServingDir, data: Optional[PathLike]) -> Optional[Dict[str, Any]]:
-    """The training dataset's meta.json (``data`` or the manifest's data_dir), only if its sha256 is
-    the one the serving directory recorded; None when it cannot be found (the contract says so)."""
-    from data_prep.dataset_format import META_FILE, read_meta
+def dataset_root(sd: ServingDir, data: Optional[PathLike]) -> Optional[Path]:
+    """The training dataset's directory (``data`` or the manifest's data_dir), only if its meta.json
+    has the sha256 the serving directory recorded; None when it cannot be found (the contract says so)."""
+    from data_prep.dataset_format import META_FILE
 
     recorded = sd.manifest.get("dataset") or {}
     root = Path(data) if data is not None else (Path(recorded["data_dir"]) if recorded.get("data_dir") else None)
@@ -37,7 +37,15 @@ def dataset_meta(sd: ServingDir, data: Optional[PathLike]) -> Optional[Dict[str,
             f"{root / META_FILE} is not the meta.json the model was trained with (sha256 differs from the "
             "serving manifest): its vocabulary and dense transform may not match; pass the training dataset"
         )
-    return read_meta(root)
+    return root
+
+
+def dataset_meta(sd: ServingDir, data: Optional[PathLike]) -> Optional[Dict[str, Any]]:
+    """The checked training dataset's meta.json (``dataset_root``); None when it cannot be found."""
+    from data_prep.dataset_format import read_meta
+
+    root = dataset_root(sd, data)
+    return None if root is None else read_meta(root)
 
 
 def build_contract(config: ServingModelConfig, meta: Optional[Dict[str, Any]]) -> Dict[str, Any]:
