@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 DEMO_DIR ?= runs/demo
 NPROC ?= 2
 
-.PHONY: setup demo test clean gpu-check
+.PHONY: setup demo test clean gpu-check scale-rehearsal
 
 setup: $(VENV)/.setup-done
 
@@ -33,6 +33,12 @@ test: setup
 GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
 gpu-check:
 	PATH=$(abspath $(BIN)):$$PATH $(GPU_PYTHON) scripts/gpu_check.py $(GPU_CHECK_ARGS)
+
+# Criteo-Kaggle scale, stage by stage (prep, plan, train, checkpoint, collapse, export) ->
+# reports/scale/kaggle.json + README.md. Full size needs ~35 GB of disk under /tmp/scale and ~13 GB of
+# memory; SCALE_ARGS="--fraction 0.1" runs a tenth of the rows and table sizes.
+scale-rehearsal: setup
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python benchmarks/scale_rehearsal.py $(SCALE_ARGS)
 
 # Only what `make demo` made; your own runs under runs/ are kept.
 clean:

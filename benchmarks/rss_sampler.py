@@ -54,7 +54,7 @@ class RssSampler:
             self.peak = max(self.peak, sum(sizes.values()))
             for pid, rss in sizes.items():
                 self.per_process[pid] = max(self.per_process.get(pid, 0), rss)
-                if self.label_env and pid not in self.labels:
+                if self.label_env and self.labels.get(pid) is None:  # a fresh fork: not exec'd yet
                     self.labels[pid] = self._label(pid)
             time.sleep(self.interval_s)
 

@@ -1,0 +1,453 @@
+"""Criteo-Kaggle scale rehearsal (issue 26): the whole path, stage by stage, at Kaggle's row count and
+per-feature cardinalities (Zipf ids), each stage timed with its peak RSS, into a JSON and a README.
+
+    python benchmarks/scale_rehearsal.py                       # full size: 45.8M rows, 33.76M table rows
+    python benchmarks/scale_rehearsal.py --fraction 0.01       # rows and table sizes x 0.01
+    make scale-rehearsal SCALE_ARGS="--fraction 0.1"
+
+Stages (every command is the one a user runs, a fresh process tree sampled for RSS every 20 ms):
+
+* prep: raw TSV (``mlet-prep synthetic --format criteo-tsv``), then ``mlet-prep criteo-kaggle`` on
+  all cores: wall, MB/s, peak RSS, the vocabulary sizes it found;
+* plan: ``mlet-plan`` for --world ranks (``--device cpu --ddr-gb``) per model; ``ranks`` puts each
+  rank's planned bytes (its ``training_total``) beside the measured peak RSS of that rank training;
+* train: MLET 64->16, baseline d=16 and d=64, --steps steps at --batch-size per rank, on the
+  Kaggle-size tables and on tables capped at --small-table-rows: samples/s and peak RSS per rank;
+* checkpoint: sync save, async save (staging and total) and a load of the MLET model on the plan
+  (a torchrun job of this script): seconds, GB, GB/s;
+* collapse: ``mlet-collapse`` of the MLET run: seconds, GB/s of k-wide tables read, beside this
+  machine's copy bandwidth measured in the same run;
+* export: ``mlet-export`` fp32/fp16/int8: size, load seconds, predict latency p50/p99 per batch.
+
+Not done here (said in the report): one epoch over all rows, and a kill -9 during a save.
+Timings on a shared machine are upper bounds; peak RSS figures hold regardless.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
+
+from rss_sampler import RssSampler  # noqa: E402
+
+KAGGLE_ROWS = 45_840_617
+STAGES = ("prep", "plan", "train", "checkpoint", "collapse", "export")
+MODELS = {  # name -> mlet-train / mlet-plan flags
+    "mlet_k64_d16": ["--model", "mlet", "--inner-dim", "64", "--embedding-dim", "16"],
+    "baseline_d16": ["--model", "baseline", "--embedding-dim", "16"],
+    "baseline_d64": ["--model", "baseline", "--embedding-dim", "64"],
+}
+HEADLINE = "mlet_k64_d16"
+GB = 1e9
+TSV_BYTES_PER_ROW = 260  # measured on mlet-prep's synthetic criteo-tsv: disk estimate only
+
+
+class StageFailed(RuntimeError):
+    pass
+
+
+def kaggle_table_sizes(fraction: float) -> List[int]:
+    from data_prep.synthetic import TABLE_SIZE_PRESETS
+
+    return [max(1, round(n * fraction)) for n in TABLE_SIZE_PRESETS["criteo-kaggle"]]
+
+
+def tool(name: str) -> str:
+    """A console script of this venv (the PATH a user gets from `make setup`)."""
+    return str(Path(sys.executable).parent / name)
+
+
+def run_measured(cmd: Sequence[str], log: Path) -> Dict[str, Any]:
+    """Run ``cmd`` as a fresh process tree: wall seconds, peak RSS of the tree, peak per rank
+    (a torchrun worker's RANK). A failure raises StageFailed with the tail of its output."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), PATH=f"{Path(sys.executable).parent}:"
+               f"{os.environ.get('PATH', '')}")
+    with open(log, "w") as out:
+        started = time.perf_counter()
+        proc = subprocess.Popen(list(cmd), cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        with RssSampler(proc.pid, children=True, interval_s=0.02, label_env="RANK") as rss:
+            code = proc.wait()
+        seconds = time.perf_counter() - started
+    if code != 0:
+        raise StageFailed(f"{' '.join(map(str, cmd[:3]))} ... exit {code}: {log.read_text()[-2000:]}")
+    return {"seconds": round(seconds, 3), "peak_rss_bytes": rss.peak, "rank_peaks": rss.peak_by_label()}
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def table_bytes(sizes: Sequence[int], width: int) -> int:
+    return sum(sizes) * width * 4
+
+
+def check_room(args: argparse.Namespace, sizes: Sequence[int], rows: int) -> Dict[str, Any]:
+    """Disk and memory the run needs, against what is free now: one error line if it cannot fit."""
+    import psutil
+
+    k64 = table_bytes(sizes, 64)
+    disk_needed = rows * TSV_BYTES_PER_ROW * 2 + 3 * k64 + 2 * GB  # TSV + parquet, checkpoints, serving
+    per_rank = k64 / args.world * 1.3 + 1.0 * GB  # largest rank's share (skewed), process overhead
+    mem_needed = per_rank * args.world + 3 * GB
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    free_disk = shutil.disk_usage(args.workdir).free
+    available = psutil.virtual_memory().available
+    room = {"disk_needed_bytes": int(disk_needed), "disk_free_bytes": free_disk,
+            "memory_needed_bytes": int(mem_needed), "memory_available_bytes": available}
+    if disk_needed > free_disk:
+        raise SystemExit(f"error: about {disk_needed / GB:.1f} GB of disk needed under {args.workdir}, "
+                         f"{free_disk / GB:.1f} GB free: lower --fraction or pick another --workdir")
+    if mem_needed > available:
+        raise SystemExit(f"error: about {mem_needed / GB:.1f} GB of memory needed (peak + 3 GB), "
+                         f"{available / GB:.1f} GB available now: lower --fraction")
+    return room
+
+
+def stage_prep(args: argparse.Namespace, sizes: List[int], rows: int) -> Dict[str, Any]:
+    tsv, out = args.workdir / "kaggle.tsv", args.workdir / "prepared"
+    gen = run_measured([tool("mlet-prep"), "synthetic", str(tsv), "--format", "criteo-tsv", "--rows", str(rows),
+                        "--table-sizes", ",".join(map(str, sizes)), "--no-progress", "--overwrite"],
+                       args.workdir / "prep_tsv.log")
+    prep = run_measured([tool("mlet-prep"), "criteo-kaggle", str(tsv), str(out), "--overwrite", "--no-progress"],
+                        args.workdir / "prep.log")
+    meta = json.loads((out / "meta.json").read_text())
+    size = tsv.stat().st_size
+    result = {"tsv": {"rows": rows, "bytes": size, **_plain(gen)},
+              "criteo_kaggle": {**_plain(prep), "mb_per_s": round(size / 1e6 / prep["seconds"], 2),
+                                "workers": os.cpu_count(), "vocabulary_sizes": meta["table_sizes"],
+                                "vocabulary_total": sum(meta["table_sizes"].values()),
+                                "parquet_bytes": dir_bytes(out)}}
+    if not args.keep:
+        tsv.unlink()
+        shutil.rmtree(out)
+    return result
+
+
+def _plain(measured: Dict[str, Any]) -> Dict[str, Any]:
+    return {"seconds": measured["seconds"], "peak_rss_bytes": measured["peak_rss_bytes"]}
+
+
+def training_data(args: argparse.Namespace, sizes: List[int], name: str) -> Path:
+    """A parquet dataset with the given tables and rows enough for --steps global batches
+    (train is 6/7 of the rows) and a few eval batches."""
+    data = args.workdir / name
+    rows = int(args.steps * args.batch_size * args.world * 7 / 6) + 7 * args.batch_size * args.world
+    run_measured([tool("mlet-prep"), "synthetic", str(data), "--rows", str(rows), "--table-sizes",
+                  ",".join(map(str, sizes)), "--no-progress", "--overwrite"], args.workdir / f"{name}.log")
+    return data
+
+
+def stage_plan(args: argparse.Namespace, data: Path) -> Dict[str, Any]:
+    result = {}
+    for model in args.models:
+        flags = MODELS[model]
+        out = args.workdir / f"plan_{model}.json"
+        measured = run_measured([tool("mlet-plan"), "--spec", str(data), "--world", f"1x{args.world}", "--device",
+                                 "cpu", "--ddr-gb", str(args.ddr_gb), "--batch-size", str(args.batch_size),
+                                 "--sharding", args.sharding, "--out", str(out), "--quiet", *flags],
+                                args.workdir / f"plan_{model}.log")
+        per_rank = json.loads(out.read_text())["estimates"]["per_rank"]
+        result[model] = {**_plain(measured), "file": str(out),
+                         "planned_bytes": {r["rank"]: r["training_total"] for r in per_rank}}
+    return result
+
+
+def train_once(args: argparse.Namespace, data: Path, model: str, plan: Optional[Path], tag: str) -> Dict[str, Any]:
+    run_dir = args.workdir / f"run_{model}_{tag}"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.world}",
+           str(REPO / "mlet_dist" / "train.py"), "--data", str(data), "--run-dir", str(run_dir), "--no-resume",
+           "--epochs", "1", "--batch-size", str(args.batch_size), "--max-train-batches", str(args.steps),
+           "--max-eval-batches", "2", "--no-collapse", "--no-progress", *MODELS[model]]
+    cmd += ["--plan", str(plan)] if plan is not None else ["--sharding", args.sharding]
+    measured = run_measured(cmd, args.workdir / f"train_{model}_{tag}.log")
+    epoch = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+             if '"event": "epoch"' in line][-1]
+    return {**_plain(measured), "samples_per_s": round(epoch["samples_per_s"], 1),
+            "rank_peak_rss_bytes": measured["rank_peaks"], "run_dir": str(run_dir)}
+
+
+def stage_train(args: argparse.Namespace, full: Path, small: Path, plans: Dict[str, Any]) -> Dict[str, Any]:
+    result: Dict[str, Any] = {"steps": args.steps, "batch_size_per_rank": args.batch_size, "world": args.world}
+    for model in args.models:
+        result[model] = {"full_tables": train_once(args, full, model, Path(plans[model]["file"]), "full"),
+                         "small_tables": train_once(args, small, model, None, "small")}
+    if HEADLINE in result and "baseline_d16" in result:  # the MLET/stock throughput ratio per table size
+        result["mlet_over_d16"] = {tag: round(result[HEADLINE][tag]["samples_per_s"]
+                                              / result["baseline_d16"][tag]["samples_per_s"], 3)
+                                   for tag in ("full_tables", "small_tables")}
+    return result
+
+
+def rank_rows(plans: Dict[str, Any], train: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Per rank of the headline model: the plan's bytes beside the measured peak RSS in training."""
+    planned = plans[HEADLINE]["planned_bytes"]
+    measured = train[HEADLINE]["full_tables"]["rank_peak_rss_bytes"]
+    rows = []
+    for rank in sorted(planned, key=int):
+        peak = measured.get(str(rank))
+        rows.append({"rank": int(rank), "planned_bytes": planned[rank], "peak_rss_bytes": peak,
+                     "measured_over_planned": round(peak / planned[rank], 3) if peak else None})
+    return rows
+
+
+def stage_checkpoint(args: argparse.Namespace, data: Path, plan: Path) -> Dict[str, Any]:
+    out = args.workdir / "checkpoint_bench.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.world}",
+           str(Path(__file__).resolve()), "--_checkpoint-worker", str(data), str(plan),
+           str(args.workdir / "ckpt"), str(out)]
+    measured = run_measured(cmd, args.workdir / "checkpoint.log")
+    result = json.loads(out.read_text())
+    for mode in ("sync_save", "async_save"):
+        result[mode]["gb_per_s"] = round(result["bytes"] / GB / result[mode]["seconds"], 3)
+    result["gb"] = round(result["bytes"] / GB, 3)
+    return {**result, **_plain(measured), "rank_peak_rss_bytes": measured["rank_peaks"]}
+
+
+def checkpoint_worker(data: Path, plan_file: Path, root: Path, out: Path) -> None:
+    """Under torchrun: the MLET model on the plan, saved sync, async, then loaded; rank 0 writes times."""
+    import torch
+    import torch.distributed as dist
+
+    from mlet_dist.data.parquet_batches import DatasetMeta
+    from mlet_dist.distributed.env import init_distributed, shutdown_distributed
+    from mlet_dist.distributed.sharding import ShardingConfig, shard_model
+    from mlet_dist.log_setup import quiet_library_logs
+    from mlet_dist.models.ranking import ModelConfig, model_factory
+    from mlet_dist.planning.plan_io import load_plan
+    from mlet_dist.training.checkpoint import CheckpointManager, TrainPosition, _init_lazy_optimizer_state
+    from mlet_dist.training.optim import OptimConfig, attach_fused_embedding_optimizer, build_optimizer
+
+    quiet_library_logs()
+    env = init_distributed("gloo")
+    meta = DatasetMeta.load(data)
+    model = model_factory(ModelConfig(), meta.table_sizes, len(meta.dense_features), meta.pooling)(
+        torch.device("meta"))
+    attach_fused_embedding_optimizer(model, OptimConfig())
+    sharded = shard_model(model, env, ShardingConfig(), plan=load_plan(plan_file)[0])
+    optimizer = build_optimizer(sharded, OptimConfig())
+    _init_lazy_optimizer_state(optimizer)  # as after a first step
+    times: Dict[str, Any] = {}
+
+    def timed(label: str, fn: Any) -> Any:
+        dist.barrier()
+        started = time.perf_counter()
+        value = fn()
+        dist.barrier()
+        times[label] = {"seconds": round(time.perf_counter() - started, 3)}
+        return value
+
+    sync = CheckpointManager(root / "sync", env, mode="sync")
+    path = timed("sync_save", lambda: sync.save(sharded, optimizer, TrainPosition(step=1, world_size=env.world_size)))
+    asyncm = CheckpointManager(root / "async", env, mode="async")
+    timed("async_staging", lambda: asyncm.save(sharded, optimizer, TrainPosition(step=1, world_size=env.world_size)))
+    timed("async_finish", asyncm.finish_pending)
+    times["async_save"] = {"seconds": round(times["async_staging"]["seconds"] + times["async_finish"]["seconds"], 3)}
+    timed("resume_load", lambda: sync.load(path, sharded, optimizer))
+    if env.is_main:
+        out.write_text(json.dumps({**times, "bytes": dir_bytes(path)}))
+        shutil.rmtree(root, ignore_errors=True)
+    shutdown_distributed()
+
+
+def copy_bandwidth(nbytes: int) -> float:
+    """This machine's copy rate (bytes read per second, best of 3) on a buffer of ``nbytes``."""
+    import torch
+
+    src = torch.ones(nbytes // 4)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - started)
+    return nbytes / best
+
+
+def stage_collapse(args: argparse.Namespace, run_dir: Path, sizes: List[int]) -> Dict[str, Any]:
+    serving = args.workdir / "serving"
+    measured = run_measured([tool("mlet-collapse"), "--run-dir", str(run_dir), "--out", str(serving), "--overwrite"],
+                            args.workdir / "collapse.log")
+    read = table_bytes(sizes, 64)
+    copy = copy_bandwidth(min(read, int(GB)))
+    return {**_plain(measured), "k_wide_bytes": read, "gb_per_s": round(read / GB / measured["seconds"], 3),
+            "copy_gb_per_s": round(copy / GB, 3), "serving_bytes": dir_bytes(serving), "serving_dir": str(serving)}
+
+
+def latency_ms(module: Any, request: Dict[str, Any], calls: int) -> Dict[str, float]:
+    import torch
+
+    samples = []
+    with torch.inference_mode():
+        for _ in range(3):  # warm-up: TorchScript's profiling executor optimises over the first calls
+            module(request)
+        for _ in range(calls):
+            started = time.perf_counter()
+            module(request)
+            samples.append((time.perf_counter() - started) * 1e3)
+    samples.sort()
+    return {"p50": round(statistics.median(samples), 3), "p99": round(samples[min(len(samples) - 1,
+                                                                                  int(0.99 * len(samples)))], 3)}
+
+
+def stage_export(args: argparse.Namespace, serving: Path) -> Dict[str, Any]:
+    from bench_serving import requests_for
+    from mlet_dist.serving.artifact import load_predict_module, module_file
+
+    artifact = args.workdir / "artifact"
+    measured = run_measured([tool("mlet-export"), str(serving), str(artifact), "--overwrite", "--precision",
+                             *args.precisions],
+                            args.workdir / "export.log")
+    result: Dict[str, Any] = {**_plain(measured), "bytes": dir_bytes(artifact), "precisions": {}}
+    requests = {batch: requests_for(serving, batch) for batch in args.latency_batches}
+    for precision in args.precisions:
+        started = time.perf_counter()
+        module = load_predict_module(artifact, precision)
+        loaded = time.perf_counter() - started
+        result["precisions"][precision] = {
+            "module_bytes": (artifact / module_file(precision)).stat().st_size,
+            "load_seconds": round(loaded, 3),
+            "latency_ms": {str(b): latency_ms(module, r, args.latency_calls) for b, r in requests.items()},
+        }
+        del module
+    return result
+
+
+def readme(report: Dict[str, Any]) -> str:
+    """The report as a short Markdown table, one row per stage."""
+    def gb(n: Optional[float]) -> str:
+        return "-" if n is None else f"{n / GB:.2f}"
+
+    prep, train, ck, col, exp = (report.get(s, {}) for s in ("prep", "train", "checkpoint", "collapse", "export"))
+    lines = [f"# Criteo-Kaggle scale rehearsal (fraction {report['fraction']})", "",
+             f"{report['rows']:,} rows, {report['table_rows_total']:,} table rows, {report['world']} ranks, "
+             f"{report['machine']}. Written by `benchmarks/scale_rehearsal.py`; figures in `kaggle.json`. "
+             f"Not run: {', '.join(report['not_run'])}.", "",
+             "| stage | seconds | peak RSS GB | figure |", "|---|---|---|---|"]
+    if prep:
+        ck_ = prep["criteo_kaggle"]
+        lines.append(f"| prep (criteo-kaggle, {ck_['workers']} workers) | {ck_['seconds']:.1f} | "
+                     f"{gb(ck_['peak_rss_bytes'])} | {ck_['mb_per_s']} MB/s, vocabularies {ck_['vocabulary_total']:,} |")
+    for model in MODELS:
+        if model in train:
+            for tag in ("full_tables", "small_tables"):
+                t = train[model][tag]
+                lines.append(f"| train {model} ({tag.replace('_', ' ')}) | {t['seconds']:.1f} | "
+                             f"{gb(t['peak_rss_bytes'])} | {t['samples_per_s']:,} samples/s |")
+    if ck:
+        lines.append(f"| checkpoint (sync / async save, load) | {ck['sync_save']['seconds']} / "
+                     f"{ck['async_save']['seconds']} / {ck['resume_load']['seconds']} | {gb(ck['peak_rss_bytes'])} | "
+                     f"{ck['gb']} GB, sync {ck['sync_save']['gb_per_s']} GB/s |")
+    if col:
+        lines.append(f"| collapse | {col['seconds']:.1f} | {gb(col['peak_rss_bytes'])} | {col['gb_per_s']} GB/s "
+                     f"(copy {col['copy_gb_per_s']} GB/s) |")
+    if exp:
+        first = next(iter(exp["precisions"]))
+        lat = exp["precisions"][first]["latency_ms"]
+        lines.append(f"| export {'/'.join(exp['precisions'])} | {exp['seconds']:.1f} | {gb(exp['peak_rss_bytes'])} | "
+                     f"{gb(exp['bytes'])} GB; {first} p50 ms " + ", ".join(f"b{b}: {v['p50']}" for b, v in lat.items())
+                     + " |")
+    if report.get("ranks"):
+        lines += ["", "| rank | planned GB | measured peak RSS GB | measured / planned |", "|---|---|---|---|"]
+        lines += [f"| {r['rank']} | {gb(r['planned_bytes'])} | {gb(r['peak_rss_bytes'])} | {r['measured_over_planned']} |"
+                  for r in report["ranks"]]
+    return "\n".join(lines) + "\n"
+
+
+def run(args: argparse.Namespace) -> Dict[str, Any]:
+    sizes = kaggle_table_sizes(args.fraction)
+    rows = max(1000, round(KAGGLE_ROWS * args.fraction))
+    report: Dict[str, Any] = {"fraction": args.fraction, "rows": rows, "table_rows_total": sum(sizes),
+                              "table_sizes": sizes, "world": args.world, "machine": machine_line(),
+                              "not_run": ["one epoch over all rows", "kill -9 during a save"]}
+    report["room"] = check_room(args, sizes, rows)
+    progress(f"prep: {rows:,} rows of raw TSV, then mlet-prep criteo-kaggle")
+    report["prep"] = stage_prep(args, sizes, rows)
+    progress("training datasets: Kaggle-size tables and tables capped at "
+             f"{args.small_table_rows:,} rows")
+    full = training_data(args, sizes, "train_full")
+    small = training_data(args, [min(n, args.small_table_rows) for n in sizes], "train_small")
+    progress(f"plan: mlet-plan 1x{args.world} cpu for {', '.join(args.models)}")
+    report["plan"] = stage_plan(args, full)
+    progress(f"train: {len(args.models)} models x 2 table sizes, {args.steps} steps each")
+    report["train"] = stage_train(args, full, small, report["plan"])
+    report["ranks"] = rank_rows(report["plan"], report["train"])
+    progress("checkpoint: sync, async save and load")
+    report["checkpoint"] = stage_checkpoint(args, full, Path(report["plan"][HEADLINE]["file"]))
+    progress("collapse: mlet-collapse of the MLET run")
+    report["collapse"] = stage_collapse(args, Path(report["train"][HEADLINE]["full_tables"]["run_dir"]), sizes)
+    progress("export: mlet-export and predict latency")
+    report["export"] = stage_export(args, Path(report["collapse"]["serving_dir"]))
+    return report
+
+
+def machine_line() -> str:
+    import psutil
+
+    load = os.getloadavg()[0]
+    return (f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, "
+            f"load {load:.1f} at start")
+
+
+def progress(line: str) -> None:
+    print(f"[scale] {line}", file=sys.stderr, flush=True)
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--fraction", type=float, default=1.0, help="scale of rows and table sizes (1 = Kaggle)")
+    p.add_argument("--workdir", type=Path, default=Path("/tmp/scale/rehearsal"), help="data, runs, artifacts")
+    p.add_argument("--out", type=Path, default=REPO / "reports" / "scale", help="kaggle.json and README.md here")
+    p.add_argument("--world", type=int, default=2, help="training ranks")
+    p.add_argument("--steps", type=int, default=30, help="training steps per model and table size")
+    p.add_argument("--batch-size", type=int, default=2048, help="per rank")
+    p.add_argument("--small-table-rows", type=int, default=100_000, help="the capped tables' size")
+    p.add_argument("--sharding", default="table_wise")
+    p.add_argument("--ddr-gb", type=float, default=10.0, help="mlet-plan's per-rank memory budget")
+    p.add_argument("--latency-batches", type=int, nargs="+", default=[1, 64, 1024])
+    p.add_argument("--latency-calls", type=int, default=200)
+    p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS),
+                   help=f"models to plan and train ({HEADLINE} is needed for ranks, checkpoint, collapse)")
+    p.add_argument("--precisions", nargs="+", choices=["fp32", "fp16", "int8"], default=["fp32", "fp16", "int8"])
+    p.add_argument("--keep", action="store_true", help="keep the workdir (default: removed at the end)")
+    p.add_argument("--_checkpoint-worker", nargs=4, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if not 0 < args.fraction <= 1:
+        p.error(f"--fraction must be in (0, 1], got {args.fraction}")
+    if HEADLINE not in args.models:
+        p.error(f"--models must include {HEADLINE} (the checkpoint, collapse and export stages use it)")
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    if args._checkpoint_worker:
+        checkpoint_worker(*map(Path, args._checkpoint_worker))
+        return 0
+    try:
+        report = run(args)
+    except StageFailed as err:
+        print(f"error: stage failed: {err}", file=sys.stderr)
+        return 1
+    finally:
+        if not args.keep:
+            shutil.rmtree(args.workdir, ignore_errors=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "kaggle.json").write_text(json.dumps(report, indent=1) + "\n")
+    (args.out / "README.md").write_text(readme(report))
+    print(readme(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
