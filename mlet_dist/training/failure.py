@@ -26,6 +26,27 @@ ERRORS_DIR = "errors"
 ATTEMPT_ENV = "MLET_ATTEMPT_ID"  # this launch's fresh id, set by agree_on_attempt_id
 
 
+def checkpoint_write_message(err: BaseException) -> Optional[str]:
+    """DCP's CheckpointException as its first cause in one line (its own str() is a
+    "CheckpointException ranks:dict_keys([0])" repr and the causes' tracebacks): a full disk
+    says "No space left on device" and where, instead of a repr."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    from mlet_dist.training.checkpoint import failure_causes, first_line
+
+    if not isinstance(err, CheckpointException):
+        return None
+    causes = failure_causes(err)
+    what = type(causes[0]).__name__ if causes else type(err).__name__
+    return f"error: a checkpoint write failed on rank(s) {sorted(err.failures)}: {what}: {first_line(err)}"
+
+
+def _os_errors_only(err: BaseException) -> bool:
+    from mlet_dist.training.checkpoint import failure_causes
+
+    return all(isinstance(cause, OSError) for cause in failure_causes(err))
+
+
 def user_message(err: BaseException) -> Optional[str]:
     """The one-line message of a user error (UserError, or SystemExit carrying 'error: ...')."""
     if isinstance(err, UserError):
@@ -72,6 +93,7 @@ def report_failure(err: BaseException, rank: int, world_size: int, run_dir: Opti
     where = f" (rank {rank} of {world_size})" if world_size > 1 else ""
     full = "".join(traceback.format_exception(type(err), err, err.__traceback__))
     log: Optional[Path] = None
+    log_problem = ""
     first = rank == 0
     if run_dir is not None:
         try:
@@ -80,9 +102,14 @@ def report_failure(err: BaseException, rank: int, world_size: int, run_dir: Opti
             log = errors / f"rank{rank}.log"
             log.write_text(full)
             first = _claim_first(errors) or world_size == 1
-        except OSError:
-            log = None
+        except OSError as log_err:  # the disk that failed the checkpoint fails the log too
+            log, log_problem = None, log_err.strerror or str(log_err)
     if not first:
+        return code
+    disk = checkpoint_write_message(err) if message is None else None
+    if disk is not None and (log is not None or _os_errors_only(err)):  # an OSError needs no traceback
+        where += f"; full traceback in {log}" if log else f"; no traceback log ({log_problem})" if log_problem else ""
+        print(disk + where, file=sys.stderr, flush=True)
         return code
     if message is None:
         lines = str(err).strip().splitlines()
