@@ -171,7 +171,7 @@ def test_ddp_rebuilds_its_buckets_once_and_we_can_do_it_at_construction(tmp_path
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
         model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 1))
-        ddp = DistributedDataParallel(model, static_graph=True, bucket_cap_mb=25)
+        ddp = DistributedDataParallel(model, static_graph=False, bucket_cap_mb=25)
         ddp.reducer._push_all_rebuilt_params()
         assert ddp.reducer._rebuild_buckets() is True  # the one rebuild, taken now
         for _ in range(2):
