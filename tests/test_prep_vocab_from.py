@@ -39,12 +39,17 @@ def _prep(src: Path, out: Path, *flags: str) -> Dict:
     return read_meta(out)
 
 
+_INPUT_ORDER = {"criteo-kaggle": ("train", "test", "val"), "criteo-terabyte": ("train", "val", "test")}
+
+
 def _decoded(src: Union[Path, List[Path]], ds: Path) -> Dict[str, List]:
     """(raw value, id) of every row and feature: the Kaggle and Terabyte splits keep input order,
-    so the rows of train, val, test concatenated are the input lines (no malformed line here)."""
+    so the rows of the splits concatenated are the input lines (no malformed line here): train,
+    test, val for Kaggle (the reference DLRM split holds test first in the last chunk), train, val,
+    test for Terabyte (the last day's first half is val, as MLPerf and TorchRec cut it)."""
     meta = read_meta(ds)
     assert meta["rows_rejected"] == 0
-    table = pa.concat_tables([pq.read_table(ds / f) for s in ("train", "val", "test") for f in meta["splits"][s]["files"]])
+    table = pa.concat_tables([pq.read_table(ds / f) for s in _INPUT_ORDER[meta["dataset"]] for f in meta["splits"][s]["files"]])
     rows = [line.split("\t") for p in (src if isinstance(src, list) else [src]) for line in p.read_text().splitlines()]
     return {
         name: list(zip((r[CRITEO_NAMES.index(name)] for r in rows), table.column(name).to_pylist()))
