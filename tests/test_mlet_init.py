@@ -27,12 +27,12 @@ def _product(m: MLETEmbeddingBagCollection) -> torch.Tensor:
     return m.wide.embedding_bags["t"].weight.detach() @ m.projections["t"].weight.detach()
 
 
-def test_paper_init_is_the_default_and_unchanged() -> None:
+def test_paper_init_is_the_modules_default_and_unchanged() -> None:
     cfg = MLETTableConfig("t", N, K, D)
     assert cfg.init == "paper" and cfg.init_std == pytest.approx(math.sqrt(2 / (K + D)))
     inner = cfg.inner_config()
     assert inner.weight_init_min is None and inner.weight_init_max is None  # TorchRec's ±sqrt(1/n)
-    assert EmbeddingSpec().mlet_init == "paper"
+    assert EmbeddingSpec(mlet_init="paper").mlet_init == "paper"
     with pytest.raises(ValueError):
         MLETTableConfig("t", N, K, D, init="xavier")
 
@@ -54,7 +54,8 @@ def _first_step_rms(m: MLETEmbeddingBagCollection) -> float:
     """RMS per element of the change of T·W rows after one rowwise-Adagrad step on T
     (torchrec's RowWiseAdagrad = fbgemm's fused EXACT_ROWWISE_ADAGRAD, see training/optim.py)."""
     ids = torch.arange(0, 4000, 4)
-    kjt = KeyedJaggedTensor.from_lengths_sync(keys=["t"], values=ids, lengths=torch.ones(len(ids), dtype=torch.int64))
+    keys = m.mlet_configs()[0].feature_names
+    kjt = KeyedJaggedTensor.from_lengths_sync(keys=keys, values=ids, lengths=torch.ones(len(ids), dtype=torch.int64))
     before = m(kjt).values().detach()
     opt = RowWiseAdagrad(m.wide.parameters(), lr=LR, eps=1e-8)
     out = m(kjt).values()
@@ -73,8 +74,25 @@ def test_first_rowwise_adagrad_step_is_lr_under_matched_and_lr_sqrt_2k_over_d_un
     assert paper == pytest.approx(LR * K * math.sqrt(2 / (K + D)) / math.sqrt(D), rel=0.1)  # 0.274 = 5.5 lr
 
 
+def test_the_cli_default_is_matched_and_its_first_step_is_the_table_lr() -> None:
+    """Issue 28: mlet-train's default init is matched (MLET 64->4 fell below baseline d=4 under the paper
+    init at the default table lr; reports/small_d/README.md section 8); --mlet-init paper is the old one."""
+    default = parse_args(["--data", "x", "-k", str(K), "-d", str(D)]).embedding
+    assert EmbeddingSpec().mlet_init == "matched" and default.mlet_init == "matched"
+    torch.manual_seed(0)
+    (table,) = build_embedding_collection({"t": N}, default).mlet_configs()
+    assert table.init == "matched" and table.init_std == pytest.approx(math.sqrt(D) / K)
+    steps = []
+    for seed in range(4):
+        torch.manual_seed(seed)
+        steps.append(_first_step_rms(build_embedding_collection({"t": N}, default)))
+    assert sum(steps) / 4 == pytest.approx(LR, rel=0.1)  # the paper init's would be 5.5 lr
+    old = parse_args(["--data", "x", "--mlet-init", "paper"]).embedding
+    assert old.mlet_init == "paper"
+
+
 def test_flag_reaches_the_collection() -> None:
-    assert parse_args(["--data", "x"]).embedding.mlet_init == "paper"
+    assert parse_args(["--data", "x"]).embedding.mlet_init == "matched"
     cfg = parse_args(["--data", "x", "--mlet-init", "matched", "-k", "32", "-d", "2"])
     assert cfg.embedding.mlet_init == "matched"
     coll = build_embedding_collection({"C1": 100}, cfg.embedding, device=torch.device("meta"))
@@ -114,4 +132,4 @@ def test_authors_init_draws_w_with_std_one_quarter_and_keeps_t() -> None:
     assert w.numel() == 256 * 64
     assert float(w.std()) == pytest.approx(0.25, rel=0.03)
     assert abs(float(w.mean())) < 3 * 0.25 / math.sqrt(w.numel())
-    assert parse_args(["--data", "x"]).embedding.mlet_init == "paper"  # the default stays
+    assert parse_args(["--data", "x"]).embedding.mlet_init == "matched"  # the default (issue 28)

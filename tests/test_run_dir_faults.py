@@ -152,7 +152,7 @@ def test_extending_a_finished_run_keeps_its_best_point(data: Path, tmp_path: Pat
     # the old last one, the case that had no snapshot (asserted below, so a change that makes the
     # case vanish fails loudly instead of passing vacuously).
     args = ["--data", str(data), "--run-dir", str(run), *QUICK, "--max-train-batches", "10", "--seed", "1",
-            "--dense-lr", "0.02", "--embedding-lr", "1"]
+            "--dense-lr", "0.02", "--embedding-lr", "1", "--mlet-init", "paper"]  # the init the case was found with
     assert train(args).returncode == 0
     for attempt in range(2):  # the extension, then a rerun of the extended, finished run
         proc = train([*args, "--epochs", "2"])

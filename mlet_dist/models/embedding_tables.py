@@ -25,7 +25,10 @@ class EmbeddingSpec:
     inner_dim: int = 64
     mlet: bool = True
     projection_init_std: Optional[float] = None
-    mlet_init: str = "paper"  # --mlet-init: how T and W start (modules/mlet_config.py, issue 20)
+    # --mlet-init: how T and W start (modules/mlet_config.py). matched since issue 28: under paper the
+    # first rowwise-Adagrad steps move T·W by ~lr·sqrt(2k/d) per element, and MLET 64->4 at the default
+    # table lr fell below baseline d=4 on 3/3 seeds (reports/small_d/README.md section 8); paper is the old default
+    mlet_init: str = "matched"
     pooling: PoolingType = PoolingType.SUM
     # Per-call Python checks of ids and feature names in the MLET module (host syncs every step).
     # Training turns them off: the reader validated every id and the sharded kernels bound-check

@@ -39,11 +39,12 @@ _EMBEDDING_FLAGS = nested(
     embedding_dim=flag("--embedding-dim", "-d", group=SHAPE, help="output width d"),
     inner_dim=flag("--inner-dim", "-k", group=SHAPE, help="MLET inner width k (>= d)"),
     projection_init_std=flag("--projection-init-std",
-                             help="default sqrt(2/(k+d)) (--mlet-init paper), sqrt(d)/k (matched) or 0.25 (authors)"),
+                             help="default sqrt(d)/k (--mlet-init matched), sqrt(2/(k+d)) (paper) or 0.25 (authors)"),
     mlet_init=flag("--mlet-init", choices=MLET_INITS,
-                   help="paper: T ~ U(±sqrt(1/n)), W ~ N(0, 2/(k+d)); matched: T·W starts with the baseline "
+                   help="matched (default): T·W starts with the baseline "
                    "table's variance and its first rowwise-Adagrad step is lr per element, as a baseline table's "
-                   "(the paper init's is ~lr·sqrt(2k/d): large at small d; reports/small_d/README.md); authors: "
+                   "(the paper init's is ~lr·sqrt(2k/d): large at small d; reports/small_d/README.md); paper (the default "
+                   "before issue 28): T ~ U(±sqrt(1/n)), W ~ N(0, 2/(k+d)); authors: "
                    "T as paper, W ~ N(0, 0.25²), the default of the authors' code (--linp-init normal)"),
     # off unless asked: the reader validated every id and the sharded kernels bound-check on the device
     validate_inputs=switch("--check-inputs",
