@@ -63,8 +63,8 @@ def shown_default(action: argparse.Action) -> Optional[str]:
         return None
     if action.nargs == 0:  # store_true / store_false switches
         return "on" if action.default else "off"
-    if isinstance(action.default, (list, tuple)):
-        return ",".join(str(v) for v in action.default)
+    if isinstance(action.default, (list, tuple)):  # nargs lists take spaces, our int_list flags commas
+        return (" " if action.nargs in ("+", "*") else ",").join(str(v) for v in action.default)
     return "none" if action.default is None else str(action.default)
 
 

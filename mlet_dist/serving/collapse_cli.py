@@ -27,6 +27,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 from torch import nn
 
+from mlet_dist.config_flags import DefaultsHelpFormatter
 from mlet_dist.modules.collapse import DEFAULT_CHUNK_ROWS
 from mlet_dist.serving.manifest import ServingDirError
 from mlet_dist.serving.model import SERVING_SHARDING_CHOICES, ServingModelConfig, ServingTopology
@@ -44,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mlet-collapse",
         description="Collapse a trained MLET model (T·W per table, on the ranks that hold the shards) "
         "into a serving directory: DCP checkpoint of a stock d-wide TorchRec model, serving plan, manifest.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--run-dir", type=Path, required=True, help="training run directory (metrics.jsonl)")
     p.add_argument("--out", type=Path, required=True, help="serving directory to write")

@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 from typing import Optional, Sequence
 
+from mlet_dist.config_flags import DefaultsHelpFormatter
 from mlet_dist.serving.manifest import ServingDirError
 from mlet_dist.serving.predict_module import TABLE_PRECISIONS
 from mlet_dist.errors import user_error_exit
@@ -23,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mlet-export",
         description="Export a serving directory (mlet-collapse output) as TorchScript predict modules with "
         "dict inputs, their input contract (contract.json) and the weights as safetensors.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("serving_dir", type=Path, help="serving directory (manifest.json, checkpoint/)")
     p.add_argument("out", type=Path, help="artifact directory to write")

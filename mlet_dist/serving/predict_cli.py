@@ -27,6 +27,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import torch
 
+from mlet_dist.config_flags import DefaultsHelpFormatter
 from mlet_dist.serving.load import load_serving_model
 from mlet_dist.serving.manifest import ServingDir, ServingDirError, sha256_file
 from mlet_dist.serving.quantize import PRECISIONS, quantize_serving_model
@@ -41,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mlet-predict",
         description="Score a split of a prepared dataset with a serving directory (mlet-collapse output).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--serving", type=Path, required=True, help="serving directory")
     p.add_argument("--data", type=Path, default=None,

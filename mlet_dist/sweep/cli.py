@@ -21,11 +21,14 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from mlet_dist.config_flags import DefaultsHelpFormatter
+
 PROG = "mlet-sweep"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="Baseline vs MLET accuracy sweep (DLRM / DCN-v2) and report.")
+    p = argparse.ArgumentParser(prog=PROG, description="Baseline vs MLET accuracy sweep (DLRM / DCN-v2) and report.",
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("--config", type=Path, required=True, help="sweep file (.yaml/.yml/.json), see configs/")
     p.add_argument("--data", type=Path, default=None, help="override the config's prepared dataset")
     p.add_argument("--runs-dir", type=Path, default=None, help="override where run dirs go")
