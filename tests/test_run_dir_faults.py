@@ -166,14 +166,16 @@ def test_extending_a_finished_run_keeps_its_best_point(data: Path, tmp_path: Pat
 
     import shutil
 
-    shutil.rmtree(run / "best_model")  # e.g. a sweep pruned it
-    proc = train([*args, "--epochs", "2"])
+    shutil.rmtree(run / "best_model")  # e.g. a sweep pruned it; then the run is extended again
+    proc = train([*args, "--epochs", "3"])
     assert proc.returncode == 0, proc.stderr[-3000:]
+    aucs = _epoch_val_aucs(run)
+    assert max(aucs, key=aucs.__getitem__) == 10, aucs  # the precondition: step 10 is still the best
     warnings = lines_starting(proc, "warning: the best point's snapshot")
-    assert len(warnings) == 1 and "the selected model is the last point (step 20)" in warnings[0], proc.stderr
+    assert len(warnings) == 1 and "the selected model is the last point (step 30)" in warnings[0], proc.stderr
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["selected_step"] == 20 and summary["selected_epoch"] == 1
-    assert summary["trained"]["val"]["auc"] == pytest.approx(_epoch_val_aucs(run)[20], abs=1e-9)
+    assert summary["selected_step"] == 30 and summary["selected_epoch"] == 2
+    assert summary["trained"]["val"]["auc"] == pytest.approx(aucs[30], abs=1e-9)
 
 
 def _free_port() -> int:
