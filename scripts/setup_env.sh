@@ -18,13 +18,12 @@ echo "[setup] venv $VENV, $flavour build of torch/fbgemm-gpu/torchrec"
 [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
 "${PIP[@]}" -r "requirements/$flavour.txt"
-# torchrec without its declared deps (fbgemm-gpu is already there in the right flavour).
-"${PIP[@]}" --no-deps "$(grep '^torchrec==' requirements/common.txt)"
 grep -v '^torchrec==' requirements/common.txt | "${PIP[@]}" -r /dev/stdin
-if [[ "$flavour" == cpu ]]; then
-  echo "[setup] expected above: pip's \"ERROR: ... torchrec ... requires fbgemm-gpu, which is not installed\"." \
-       "fbgemm-gpu-cpu provides the same module (torchrec went in with --no-deps); the import check below decides."
-fi
+# torchrec last and without its declared deps (fbgemm-gpu is already there in the right flavour):
+# installed before the others, pip's conflict check printed "ERROR: ... torchrec 1.8.0 requires
+# fbgemm-gpu, which is not installed" on CPU (fbgemm-gpu-cpu is another name to pip); --no-deps
+# installs run no such check. The import check below decides.
+"${PIP[@]}" --no-deps "$(grep '^torchrec==' requirements/common.txt)"
 "${PIP[@]}" --no-deps -e .
 
 "$VENV/bin/python" - <<'PY'

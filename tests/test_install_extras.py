@@ -35,3 +35,15 @@ def test_extras_pin_the_verified_triplets() -> None:
     cpu = _pins(extras["cpu"])
     assert "torchrec" not in cpu and "fbgemm-gpu" not in cpu  # pip would add CUDA fbgemm-gpu
     assert all(base[name] == common[name] for name in base if name in common)
+
+
+def test_setup_installs_torchrec_after_every_resolving_pip_install() -> None:
+    """scripts/setup_env.sh: pip's conflict check, which runs on every install that resolves
+    dependencies, printed "ERROR: ... torchrec 1.8.0 requires fbgemm-gpu" on CPU whenever torchrec
+    was already there; torchrec goes in last, with --no-deps (no check), and no ERROR is printed."""
+    lines = [line.strip() for line in (ROOT / "scripts" / "setup_env.sh").read_text().splitlines()]
+    pip = [i for i, line in enumerate(lines) if '"${PIP[@]}"' in line and not line.startswith("PIP=")]
+    torchrec = [i for i in pip if "^torchrec==" in lines[i] and "--no-deps" in lines[i]]
+    resolving = [i for i in pip if "--no-deps" not in lines[i]]
+    assert len(torchrec) == 1 and resolving and max(resolving) < torchrec[0], [lines[i] for i in pip]
+    assert not any("expected above" in line for line in lines)
