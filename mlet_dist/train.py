@@ -6,6 +6,8 @@
 Thin on purpose: each step lives in a component (data, models, distributed, training).
 """
 
+import contextlib
+import io
 import os
 import sys
 import time
@@ -135,14 +137,18 @@ def finished_summary(cfg: TrainConfig, position: TrainPosition, env: DistEnv) ->
         return None
     from data_prep.safe_json import JSONFileError, read_json_file
 
-    try:
+    text = io.StringIO()
+    try:  # rendered on every rank first: a summary that cannot be printed stops every rank alike
         summary = read_json_file(summary_path, "summary")
-    except JSONFileError as err:
-        raise SystemExit(f"error: run already complete, but {err}; rerun with --no-resume to train afresh")
+        with contextlib.redirect_stdout(text):
+            print_summary(summary, cfg.run_dir)
+    except (JSONFileError, KeyError, TypeError, ValueError) as err:  # not the summary this code writes
+        what = err if isinstance(err, JSONFileError) else \
+            f"{summary_path} is not a run summary ({type(err).__name__}: {err})"
+        raise SystemExit(f"error: run already complete, but {what}; rerun with --no-resume to train afresh")
     if env.is_main:
         print(f"run already complete: {cfg.run_dir} trained {position.epoch} epoch(s), {position.step} steps "
-              f"(--epochs {cfg.epochs}); its summary:")
-        print_summary(summary, cfg.run_dir)
+              f"(--epochs {cfg.epochs}); its summary:{text.getvalue()}", end="")
     return summary
 
 

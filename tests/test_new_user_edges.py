@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 AVAZU_SAMPLE = ROOT / "data_prep" / "samples" / "avazu_sample.csv"
@@ -130,3 +132,25 @@ def test_torchrec_and_mlperf_flag_names_are_answered_with_ours(tmp_path: Path) -
     for theirs, flag in ours.items():
         assert re.search(f"{theirs} is TorchRec's/MLPerf's name; here: {flag}[ ,]", line), (theirs, line)
     assert "unrecognized" not in line
+
+
+@pytest.mark.parametrize("content", ['{"model": "mlet"}', "[1, 2]", "{not json"])
+def test_a_finished_runs_unusable_summary_is_one_error_line(content: str, tmp_path: Path) -> None:
+    """summary.json edited or truncated: one error line naming the file and --no-resume (a KeyError
+    or TypeError traceback from the reprint otherwise)."""
+    import torch
+
+    from mlet_dist.distributed.env import DistEnv
+    from mlet_dist.train import finished_summary
+    from mlet_dist.training.checkpoint import TrainPosition
+    from mlet_dist.training.config import parse_args
+
+    cfg = parse_args(["--data", str(tmp_path), "--run-dir", str(tmp_path / "run")])
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "summary.json").write_text(content)
+    env = DistEnv(rank=0, world_size=1, local_rank=0, local_world_size=1, device=torch.device("cpu"), backend="gloo")
+    with pytest.raises(SystemExit) as stop:
+        finished_summary(cfg, TrainPosition(step=4, epoch=1), env)
+    message = str(stop.value.code)
+    assert message.startswith("error: run already complete, but ") and "summary.json" in message, message
+    assert message.endswith("rerun with --no-resume to train afresh") and "\n" not in message
