@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import collections
 import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import BrokenExecutor, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Deque, Iterable, Iterator, Optional, Tuple
 
@@ -115,7 +115,7 @@ def ordered(
                 except StopIteration:
                     exhausted = True
                     break
-                pending.append((label, engine.submit(fn, *args())))
+                pending.append((label, _submit(engine, fn, label, args, pending)))
             if not pending:
                 return
             label, future = pending.popleft()
@@ -123,6 +123,19 @@ def ordered(
     finally:
         for _, f in pending:
             f.cancel()
+
+
+def _submit(engine: Engine, fn: Callable[..., Any], label: str, args: Callable[[], tuple],
+            pending: Iterable[Tuple[str, Any]]) -> Any:
+    """engine.submit, where a pool already broken by a worker that died under an earlier task
+    (a race under load: the death lands before the next submission) names that task, as ``wait``
+    would have a moment later, instead of raising BrokenProcessPool from here."""
+    try:
+        return engine.submit(fn, *args())
+    except BrokenExecutor as err:
+        for earlier, future in list(pending):
+            wait(earlier, future)  # raises WorkerFailed for the task whose worker died
+        raise WorkerFailed(f"worker failed on {label}: {type(err).__name__}: {err}") from err
 
 
 def wait(label: str, future: Any) -> Any:

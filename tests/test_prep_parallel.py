@@ -231,3 +231,32 @@ def test_worker_vocab_cache_sees_a_new_run_at_the_same_path(tmp_path: Path) -> N
     table.unlink()
     KeyTable(keys, np.array([3, 2, 1], np.int64)).save(table)  # the next run's vocabulary, same path
     assert parallel_tasks._vocab(ctx, "C1").encode(keys).tolist() == [3, 2, 1]
+
+
+def test_a_pool_broken_before_the_next_submission_names_the_task_whose_worker_died() -> None:
+    """Under load a worker's death can break the pool before the merge submits its next task;
+    that submission raised BrokenProcessPool past the merge (CI saw it) instead of WorkerFailed."""
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
+
+    from data_prep import engine as engines
+
+    class BrokenAfterTwo(engines.Engine):
+        def __init__(self) -> None:
+            self.submitted = 0
+
+        def submit(self, fn, *args):
+            self.submitted += 1
+            if self.submitted > 2:
+                raise BrokenProcessPool("A child process terminated abruptly")
+            future: Future = Future()
+            if self.submitted == 2:
+                future.set_exception(BrokenProcessPool("A child process terminated abruptly"))
+            else:
+                future.set_result(self.submitted)
+            return future
+
+    tasks = [(f"day_0.tsv (bytes {i}-{i + 1})", lambda: ()) for i in range(4)]
+    results = engines.ordered(BrokenAfterTwo(), lambda: None, tasks, window=4)
+    with pytest.raises(WorkerFailed, match=r"day_0\.tsv \(bytes 1-2\)"):
+        list(results)
