@@ -37,7 +37,10 @@ UPDATE_REL_TOL = 1e-3
 
 
 def build_model(device: torch.device, mlet: bool = True) -> nn.Module:
-    spec = EmbeddingSpec(embedding_dim=8, inner_dim=64, mlet=mlet)
+    # paper init, pinned: these tests compare sharded with single-process training, and their "every
+    # weight moved far beyond the tolerance" checks were sized with its larger first updates (the
+    # matched default moves T less in 20 SGD steps, below the pipeline test's 1e-4 floor).
+    spec = EmbeddingSpec(embedding_dim=8, inner_dim=64, mlet=mlet, mlet_init="paper")
     collection = build_embedding_collection(TABLE_SIZES, spec, device=device)
     config = DLRMConfig(dense_in_features=NUM_DENSE, bottom_mlp=[16], top_mlp=[16, 1])
     return DLRMTrain(build_dlrm(collection, config, dense_device=device))
