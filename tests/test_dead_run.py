@@ -183,5 +183,7 @@ def test_train_reports_a_deliberately_dead_run(random_labels: Path, tmp_path: Pa
     assert "warning: dead run?" in proc.stdout
     verdict = json.loads((run_dir / "summary.json").read_text())["dead_run"]
     assert verdict["dead"] is True and verdict["points"] == 3 and verdict["best_val_auc"] <= 0.55
+    # the trainer feeds the losses: the train loss stayed at the label entropy, so the kind is "stuck"
+    assert verdict["kind"] == "stuck" and verdict["label_entropy"] > 0 and verdict["last_train_loss"] is not None
     events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [e["step"] for e in events if e["event"] == "dead_run"] == [6]

@@ -43,6 +43,7 @@ class LossTally:
         self.rank = rank
         self._pending: List[Tuple[int, int, int, torch.Tensor]] = []  # (global step, epoch, batch, loss)
         self._sum, self._count, self._last = 0.0, 0, float("nan")
+        self._window_sum, self._window_count = 0.0, 0  # since the last evaluation point (dead-run detector)
 
     def add(self, step: int, epoch: int, batch: int, loss: torch.Tensor) -> None:
         self._pending.append((step, epoch, batch, loss))
@@ -62,9 +63,18 @@ class LossTally:
             )
         self._sum += float(values.double().sum())
         self._count += len(values)
+        self._window_sum += float(values.double().sum())
+        self._window_count += len(values)
         self._last = float(values[-1])
         self._pending.clear()
         return self._last
+
+    def take_window_mean(self) -> Optional[float]:
+        """This rank's mean loss since the previous call (None: no step since), then reset."""
+        self.flush()
+        mean = self._window_sum / self._window_count if self._window_count else None
+        self._window_sum, self._window_count = 0.0, 0
+        return mean
 
     def epoch_mean(self) -> float:
         self.flush()
@@ -124,6 +134,7 @@ class Trainer:
             if note and self.env.is_main:
                 print(f"warning: resuming epoch {position.epoch} in another shape: {note}")
         self._points_since_best = int(position.extra.get("points_since_best", 0))
+        self.evaluations = int(position.extra.get("evaluations", 0))  # the summary counts the whole run's points
         self.dead_run.load_state(position.extra.get("dead_run", {}))
         for epoch in range(position.epoch, self.cfg.epochs):
             resumed = epoch == position.epoch
@@ -170,8 +181,7 @@ class Trainer:
                     break  # the end of the epoch evaluates and checkpoints below
                 if self.cfg.eval_every and self.global_step % self.cfg.eval_every == 0:
                     segment.close()  # the model's own forwards back before evaluation
-                    losses.flush()
-                    self._evaluation_point(epoch, is_last=False, event="eval")
+                    self._evaluation_point(epoch, is_last=False, event="eval", window_loss=losses.take_window_mean())
                     stopped = self._patience_exhausted()
                     restart = not stopped
                     if restart and self._checkpoint_due():
@@ -192,7 +202,8 @@ class Trainer:
             self._stop(epoch)
             return
         metrics = self._evaluation_point(
-            epoch, is_last=epoch == self.cfg.epochs - 1, event="epoch", train_loss=mean_loss,
+            epoch, is_last=epoch == self.cfg.epochs - 1, event="epoch", window_loss=losses.take_window_mean(),
+            train_loss=mean_loss,
             samples_per_s=steps * self.train_stream.global_batch_size / max(seconds - self._eval_seconds, 1e-9))
         self._save_checkpoint(epoch + 1, 0, None)
         if self.env.is_main:
@@ -222,7 +233,8 @@ class Trainer:
             print(f"early stop at step {self.global_step}: no better val AUC in "
                   f"{self.cfg.early_stop_patience} evaluations (best: step {self.keeper.best_step})")
 
-    def _evaluation_point(self, epoch: int, is_last: bool, event: str, **fields: float) -> Metrics:
+    def _evaluation_point(self, epoch: int, is_last: bool, event: str, window_loss: Optional[float] = None,
+                          **fields: float) -> Metrics:
         started = time.perf_counter()
         self.checkpoints.finish_pending()
         metrics = self.evaluate()
@@ -230,7 +242,9 @@ class Trainer:
         best = self.keeper.offer(self.model, epoch, self.global_step, metrics, is_last=is_last)
         self._points_since_best = 0 if best else self._points_since_best + 1
         self.out.log(event, epoch=epoch, step=self.global_step, best=best, **fields, **metrics)
-        warning = self.dead_run.observe(self.global_step, metrics["val"]["auc"])
+        val = metrics["val"]
+        warning = self.dead_run.observe(self.global_step, val["auc"], val_logloss=val.get("logloss"),
+                                        val_ne=val.get("ne"), train_loss=window_loss)
         if warning:
             self.out.log("dead_run", epoch=epoch, step=self.global_step, **self.dead_run.verdict())
             if self.env.is_main:
@@ -248,7 +262,8 @@ class Trainer:
 
     def _save_checkpoint(self, epoch: int, batch_in_epoch: int, plan: Optional[Plan]) -> None:
         extra = {"best": self.keeper.state(), "train_seconds": self.train_seconds,
-                 "points_since_best": self._points_since_best, "dead_run": self.dead_run.state()}
+                 "points_since_best": self._points_since_best, "dead_run": self.dead_run.state(),
+                 "evaluations": self.evaluations}
         self.checkpoints.save(self.model, self.optimizer, TrainPosition(
             self.global_step, epoch, batch_in_epoch, self.env.world_size, extra,
             self.train_stream.global_batch_size, self.train_stream.data_record(plan)))
