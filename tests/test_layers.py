@@ -5,11 +5,12 @@ models/ no sharding) only lasts if an upward import fails the build.
     0  errors, config_io, config_flags, log_setup, digests  shared by everything
     1  modules                                 the math: MLET collection, collapse
     2  models, data                            ranking models; parquet batches
-    3  distributed, cli_common                 sharding, process groups; shared CLI pieces
+    3  distributed, cli_common, api            sharding, process groups; shared CLI pieces; the
+                                               public API for TorchRec users (collection, sharders)
     4  training                                config, trainer, checkpoints
     5  planning                                offline shard plans (uses training's optimizer specs)
     6  serving, sweep                          export, scoring; accuracy studies
-    7  train (the entry script)
+    7  train (the entry script), __init__ (the package's public names, re-exported from below)
 """
 
 import ast
@@ -18,9 +19,9 @@ from typing import Dict, List, Tuple
 
 ROOT = Path(__file__).resolve().parents[1] / "mlet_dist"
 LAYERS: Dict[str, int] = {
-    "errors": 0, "config_io": 0, "config_flags": 0, "log_setup": 0, "digests": 0, "__init__": 1,
-    "modules": 1, "models": 2, "data": 2, "distributed": 3, "cli_common": 3,
-    "training": 4, "planning": 5, "serving": 6, "sweep": 6, "train": 7,
+    "errors": 0, "config_io": 0, "config_flags": 0, "log_setup": 0, "digests": 0,
+    "modules": 1, "models": 2, "data": 2, "distributed": 3, "cli_common": 3, "api": 3,
+    "training": 4, "planning": 5, "serving": 6, "sweep": 6, "train": 7, "__init__": 7,
 }
 # Function-local imports of our own modules that are lazy on purpose (a CLI's heavy imports
 # deferred past argument parsing, or an optional path). Anything new here is a review decision.

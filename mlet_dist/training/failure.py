@@ -18,7 +18,10 @@ import uuid
 from pathlib import Path
 from typing import Optional
 
+from torch.distributed.checkpoint.api import CheckpointException
+
 from mlet_dist.errors import UserError
+from mlet_dist.training.checkpoint import failure_causes, first_line
 
 USER_ERROR_EXIT = 2  # a mistake the user can fix, said in one line (argparse uses 2 too)
 FAILURE_EXIT = 1
@@ -30,10 +33,6 @@ def checkpoint_write_message(err: BaseException) -> Optional[str]:
     """DCP's CheckpointException as its first cause in one line (its own str() is a
     "CheckpointException ranks:dict_keys([0])" repr and the causes' tracebacks): a full disk
     says "No space left on device" and where, instead of a repr."""
-    from torch.distributed.checkpoint.api import CheckpointException
-
-    from mlet_dist.training.checkpoint import failure_causes, first_line
-
     if not isinstance(err, CheckpointException):
         return None
     causes = failure_causes(err)
@@ -42,8 +41,6 @@ def checkpoint_write_message(err: BaseException) -> Optional[str]:
 
 
 def _os_errors_only(err: BaseException) -> bool:
-    from mlet_dist.training.checkpoint import failure_causes
-
     return all(isinstance(cause, OSError) for cause in failure_causes(err))
 
 
