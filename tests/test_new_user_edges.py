@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import List, Tuple
 
 import pytest
 
@@ -46,17 +47,23 @@ TINY = ["--batch-size", "64", "--max-train-batches", "4", "--max-eval-batches", 
         "--top-mlp", "16,1", "--no-collapse", "--sharding", "table_wise"]
 
 
+def tiny_run(tmp_path: Path, run_dir: Path) -> Tuple[Path, List[str]]:
+    """(train.py, its args): the Criteo sample prepared under tmp_path, TINY training into run_dir."""
+    from data_prep.criteo_kaggle import prepare_criteo_kaggle
+
+    data = tmp_path / "data"
+    prepare_criteo_kaggle(ROOT / "data_prep" / "samples" / "criteo_sample.tsv", data)
+    return ROOT / "mlet_dist" / "train.py", ["--data", str(data), "--run-dir", str(run_dir), *TINY]
+
+
 def test_train_log_has_no_progress_bars_and_a_finished_rerun_reprints_its_summary(tmp_path: Path) -> None:
     """stderr a pipe (torchx, a log file): no bars without --no-progress (was: a bar line per redraw).
     Rerun of the finished run: "run already complete" and its summary, nothing retrained or
     rewritten (was: "selected among 0 evaluation point(s)")."""
-    from data_prep.criteo_kaggle import prepare_criteo_kaggle
     from dist_launch import torchrun
 
-    data, run_dir = tmp_path / "data", tmp_path / "run"
-    prepare_criteo_kaggle(ROOT / "data_prep" / "samples" / "criteo_sample.tsv", data)
-    train = ROOT / "mlet_dist" / "train.py"
-    args = ["--data", str(data), "--run-dir", str(run_dir), *TINY]
+    run_dir = tmp_path / "run"
+    train, args = tiny_run(tmp_path, run_dir)
     first = torchrun(train, args, nproc=1)
     assert "among 1 evaluation point(s)" in first.stdout, first.stdout
     assert "batch/s" not in first.stderr and "it/s" not in first.stderr and "\r" not in first.stderr, first.stderr
