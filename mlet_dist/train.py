@@ -48,7 +48,7 @@ from mlet_dist.config_io import save_config
 from mlet_dist.errors import UserError
 from mlet_dist.training.failure import agree_on_attempt_id, exit_now, report_failure
 from mlet_dist.training.evaluation import Predictions, predict
-from mlet_dist.training.optim import attach_fused_embedding_optimizer, build_optimizer
+from mlet_dist.training.optim import attach_fused_embedding_optimizer, build_optimizer, lr_schedule
 from mlet_dist.training.run_dir import RunDirBusy, RunDirectory, claim_run_dir, starts_fresh
 from mlet_dist.training.resume_check import check_resume_matches
 from mlet_dist.training.run_name import agree_on_run_dir
@@ -228,6 +228,7 @@ def run(cfg: TrainConfig, env: DistEnv) -> Dict[str, object]:
                       checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every, progress=cfg.show_progress,
                       spectra=cfg.diagnostics, pipeline=cfg.pipeline)
     trainer = Trainer(loop, env, sharded, optimizer, train_stream, out=out, keeper=keeper, checkpoints=checkpoints,
+                      lr_schedule=lr_schedule(optimizer, cfg.optim),
                       evaluate=lambda: {s: p.metrics() for s, p in evaluate_all(sharded, cfg, env, "eval").items()})
     fit = trainer.fit(position)
 

@@ -185,6 +185,12 @@ class TrainConfig(ModelConfig):
             raise ValueError(f"--collective-timeout-s must be a positive number, got {self.collective_timeout_s}")
 
 
+# The lr schedule counts steps as theirs do (the first step is 1) but is not aliased: it holds the
+# full lr between warm-up and decay, where theirs holds (W-1)/W of it (training/lr_schedule.py).
+_SCHEDULE_NOTE = "and --lr-schedule-applies-to (all, dense, embedding); full lr between warm-up and decay"
+_WARMUP = f"--lr-warmup-steps (steps counted from 1, as theirs), {_SCHEDULE_NOTE}"
+_DECAY_START = f"--lr-decay-start, with --lr-decay-steps, {_SCHEDULE_NOTE}"
+_DECAY_STEPS = f"--lr-decay-steps (power-2 decay from --lr-decay-start), {_SCHEDULE_NOTE}"
 # Flags of TorchRec's dlrm_main.py and MLPerf's dlrm_s_pytorch.py a user of those brings along:
 # {their name: ours, and what differs}. Answered in the one usage line, never guessed silently.
 FOREIGN_FLAGS = {
@@ -209,6 +215,9 @@ FOREIGN_FLAGS = {
     "--num_embeddings_per_feature": "none: table sizes come from the dataset (mlet-prep torchrec-npy "
                                     "--num-embeddings-per-feature)",
     "--in_memory_binary_criteo_path": "--data, a dataset prepared by mlet-prep (e.g. mlet-prep torchrec-npy)",
+    **dict.fromkeys(("--lr_warmup_steps", "--lr-num-warmup-steps"), _WARMUP),
+    **dict.fromkeys(("--lr_decay_start", "--lr-decay-start-step"), _DECAY_START),
+    **dict.fromkeys(("--lr_decay_steps", "--lr-num-decay-steps"), _DECAY_STEPS),
 }
 
 

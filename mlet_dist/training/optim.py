@@ -14,8 +14,8 @@ with the rest of the CombinedOptimizer.
 """
 
 import math
-from dataclasses import dataclass
-from typing import Any, Dict, Type
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Tuple, Type
 
 import torch
 from torch import nn
@@ -27,6 +27,7 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from mlet_dist.distributed.sharding import embedding_collections
+from mlet_dist.training.lr_schedule import LRSchedule, LRScheduleConfig, ParamGroup
 
 EMBEDDING_OPTIMIZERS: Dict[str, Type[torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,
@@ -50,6 +51,7 @@ class OptimConfig:
     dense_optimizer: str = "adam"
     dense_lr: float = 1e-3
     eps: float = 1e-8
+    schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)  # warm-up/decay of both lrs
 
     def __post_init__(self) -> None:
         if self.embedding_optimizer not in EMBEDDING_OPTIMIZERS:
@@ -92,7 +94,8 @@ def data_parallel_table_parameters(sharded_model: nn.Module) -> Dict[str, nn.Par
 
 def build_optimizer(sharded_model: nn.Module, config: OptimConfig) -> CombinedOptimizer:
     """The DMP's fused table optimizers, the embedding optimizer over data-parallel tables
-    (which DMP does not fuse, see the module docstring) and a dense optimizer over the rest."""
+    (which DMP does not fuse, see the module docstring) and a dense optimizer over the rest, in
+    that order: ``lr_schedule`` finds the dense part as the last one."""
     not_fused = dict(in_backward_optimizer_filter(sharded_model.named_parameters()))
     replicated_tables = {  # only those TorchRec left unfused
         name: p for name, p in data_parallel_table_parameters(sharded_model).items() if name in not_fused
@@ -109,3 +112,15 @@ def build_optimizer(sharded_model: nn.Module, config: OptimConfig) -> CombinedOp
     kwargs = config._kwargs(config.dense_optimizer, config.dense_lr)
     optimizers.append(KeyedOptimizerWrapper(dense_params, lambda params: cls(params, **kwargs)))
     return CombinedOptimizer(optimizers)
+
+
+def lr_schedule(optimizer: CombinedOptimizer, config: OptimConfig) -> LRSchedule:
+    """The schedule over ``build_optimizer``'s optimizer: its last part is the dense optimizer
+    (base lr --dense-lr), every part before it holds tables (--embedding-lr), fused or not."""
+    *table_parts, (_, dense) = optimizer.optimizers
+    groups: List[Tuple[ParamGroup, float]] = []
+    if config.schedule.schedules("embedding"):
+        groups += [(group, config.embedding_lr) for _, part in table_parts for group in part.param_groups]
+    if config.schedule.schedules("dense"):
+        groups += [(group, config.dense_lr) for group in dense.param_groups]
+    return LRSchedule(groups, config.schedule)

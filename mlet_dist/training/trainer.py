@@ -27,6 +27,7 @@ from mlet_dist.training.dead_run import DeadRunDetector
 from mlet_dist.training.diagnostics import is_projection_key, projection_spectra
 from mlet_dist.training.faults import maybe_fail
 from mlet_dist.training.loop import StepSegment
+from mlet_dist.training.lr_schedule import LRSchedule, LRScheduleConfig
 from mlet_dist.training.run_dir import RunDirectory
 
 Metrics = Dict[str, Dict[str, float]]  # split -> metric -> value
@@ -106,9 +107,10 @@ class Trainer:
     def __init__(
         self, cfg: LoopConfig, env: DistEnv, model: nn.Module, optimizer: CombinedOptimizer,
         train_stream: ParquetBatchStream, evaluate: Callable[[], Metrics], out: RunDirectory,
-        keeper: BestModelKeeper, checkpoints: CheckpointManager,
+        keeper: BestModelKeeper, checkpoints: CheckpointManager, lr_schedule: Optional[LRSchedule] = None,
     ) -> None:
         self.cfg, self.env, self.model, self.optimizer = cfg, env, model, optimizer
+        self.lr_schedule = lr_schedule or LRSchedule([], LRScheduleConfig())  # default: constant lrs
         self.train_stream, self.evaluate, self.out = train_stream, evaluate, out
         self.keeper, self.checkpoints = keeper, checkpoints
         self.global_step = 0
@@ -161,12 +163,14 @@ class Trainer:
                    disable=not (self.cfg.progress and self.env.is_main))
         stopped = False
         while next_batch < batches_in_epoch and not stopped:
+            self.lr_schedule.apply(self.global_step + 1)  # the coming step's lr, before its zero_grad
             segment = StepSegment(self.model, self.optimizer, self.train_stream.iter_from(next_batch, epoch, plan),
                                   self.env.device, self.cfg.pipeline)
             restart = False
             for loss in segment:
                 next_batch += 1
                 self.global_step += 1
+                self.lr_schedule.apply(self.global_step + 1)  # the segment's next step runs on it
                 bar.update()
                 losses.add(self.global_step, epoch, next_batch - 1, loss)
                 if not self._pipeline_reported:
