@@ -1,0 +1,34 @@
+"""Small rough edges a new user hits (issue 31 item 11): Python run in the clone's parent folder,
+the torchx component's -j suggestion, mlet-collapse on a baseline run, the tiny sweep's report."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _python_in(cwd: Path, code: str) -> subprocess.CompletedProcess:
+    """Python as a user runs it there: the editable install only, no PYTHONPATH to the checkout."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_clone_named_like_the_package_imports_the_package_from_its_parent(tmp_path: Path) -> None:
+    """``git clone .../mlet_dist`` makes a folder mlet_dist; Python in its parent imported that folder
+    as an empty namespace package ("cannot import name 'mlet_collection' ... (unknown location)")."""
+    (tmp_path / "mlet_dist").symlink_to(ROOT, target_is_directory=True)
+    proc = _python_in(tmp_path, "import mlet_dist.api\nfrom mlet_dist import mlet_collection, sharders\n"
+                                "print(mlet_dist.__file__, mlet_dist.api.__file__)")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    clone = tmp_path / "mlet_dist" / "mlet_dist"
+    assert proc.stdout.split() == [str(clone / "__init__.py"), str(clone / "api.py")], proc.stdout
+
+
+def test_clone_under_another_name_imports_as_nothing(tmp_path: Path) -> None:
+    """The checkout's __init__.py acts only under the package's name (pytest imports it as a package)."""
+    (tmp_path / "checkout").symlink_to(ROOT, target_is_directory=True)
+    proc = _python_in(tmp_path, "import sys, checkout\nprint(hasattr(checkout, 'mlet_collection'), 'mlet_dist' in sys.modules)")
+    assert proc.returncode == 0 and proc.stdout.split() == ["False", "False"], (proc.stdout, proc.stderr[-2000:])
