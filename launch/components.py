@@ -86,21 +86,33 @@ def plan_world_size(plan: str) -> Optional[int]:
     return None
 
 
-def check_plan_world(plan: str, j: str) -> None:
+def job_spec_for(world: int, nproc: int, gpus_per_node: int = 0) -> str:
+    """The -j to suggest for ``world`` ranks: with GPUs, one process per GPU, so NODES x GPUS (a
+    suggestion built from -j's PROCS instead told a 2x4 --gpu 8 job with a 16-rank plan -j 4x4:
+    four nodes each using half its GPUs); without, the PROCS the user gave."""
+    per_node = gpus_per_node if gpus_per_node > 0 else nproc
+    if world % per_node == 0:
+        return f"-j {world // per_node}x{per_node}"
+    if world < per_node:
+        return f"-j 1x{world}"
+    return f"a -j whose NODESxPROCS = {world}"
+
+
+def check_plan_world(plan: str, j: str, gpus_per_node: int = 0) -> None:
     """A plan is made for one world size: the job must run exactly that many ranks."""
     min_nodes, max_nodes, nproc = world_size_of(j)
     planned = plan_world_size(plan)
     if planned is None:
         warnings.warn(f"--plan {plan}: no world_size in it; cannot check it against -j {j}")
         return
+    hint = job_spec_for(planned, nproc, gpus_per_node)
     if min_nodes != max_nodes:
         raise LaunchError(
             f"--plan {plan} is for world size {planned}, but -j {j} is elastic "
             f"({min_nodes * nproc}..{max_nodes * nproc} ranks): a sharding plan fixes the world size; "
-            f"use -j {planned // nproc}x{nproc} or drop --plan"
+            f"use {hint} or drop --plan"
         )
     if planned != max_nodes * nproc:
-        hint = f"-j {planned // nproc}x{nproc}" if planned % nproc == 0 else f"a -j whose NODESxPROCS = {planned}"
         raise LaunchError(
             f"plan/world mismatch: --plan {plan} was made for world size {planned}, but -j {j} "
             f"launches {max_nodes} x {nproc} = {max_nodes * nproc} ranks. Use {hint}, or make a plan "
@@ -237,7 +249,7 @@ def train(
     plan = plan if plan is not None else script_arg(script_args, "--plan")
     if plan is not None:
         if os.path.isfile(plan):  # visible from here: check it now, not after the queue
-            check_plan_world(plan, j)
+            check_plan_world(plan, j, gpu)
         if script_arg(script_args, "--plan") is None:
             script_args += ["--plan", plan]
 

@@ -1,12 +1,20 @@
 """Small rough edges a new user hits (issue 31 item 11): Python run in the clone's parent folder,
 the torchx component's -j suggestion, mlet-collapse on a baseline run, the tiny sweep's report."""
 
+import json
 import os
+import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from launch.components import LaunchError, train  # noqa: E402
 
 
 def _python_in(cwd: Path, code: str) -> subprocess.CompletedProcess:
@@ -32,3 +40,20 @@ def test_clone_under_another_name_imports_as_nothing(tmp_path: Path) -> None:
     (tmp_path / "checkout").symlink_to(ROOT, target_is_directory=True)
     proc = _python_in(tmp_path, "import sys, checkout\nprint(hasattr(checkout, 'mlet_collection'), 'mlet_dist' in sys.modules)")
     assert proc.returncode == 0 and proc.stdout.split() == ["False", "False"], (proc.stdout, proc.stderr[-2000:])
+
+
+@pytest.mark.parametrize("j, gpu, suggested", [
+    ("2x4", 8, "-j 2x8"),  # the issue: 16 ranks on nodes of 8 GPUs (was -j 4x4)
+    ("1:2x4", 8, "-j 2x8"),  # elastic
+    ("4x2", 4, "-j 4x4"),
+    ("1x8", 0, "-j 2x8"),  # no GPUs: the PROCS given
+    ("1x8", 32, "-j 1x16"),  # fewer ranks than one node's GPUs: one node
+])
+def test_plan_world_suggestion_is_nodes_x_gpus(tmp_path: Path, j: str, gpu: int, suggested: str) -> None:
+    """A 16-rank plan refused with a -j that launches 16 ranks, one process per GPU."""
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"world_size": 16}))
+    with warnings.catch_warnings(), pytest.raises(LaunchError) as refused:
+        warnings.simplefilter("ignore")  # "-j uses 4 of the 8 GPUs requested per node"
+        train("--data", "/d", j=j, gpu=gpu, plan=str(plan))
+    assert re.search(rf"[Uu]se {suggested}\b", str(refused.value)), str(refused.value)
