@@ -49,6 +49,7 @@ from mlet_dist.errors import UserError
 from mlet_dist.training.failure import agree_on_attempt_id, exit_now, report_failure
 from mlet_dist.training.evaluation import Predictions, predict
 from mlet_dist.training.optim import attach_fused_embedding_optimizer, build_optimizer, lr_schedule
+from mlet_dist.training.precision import autocast_dense
 from mlet_dist.training.run_dir import RunDirBusy, RunDirectory, claim_run_dir, starts_fresh
 from mlet_dist.training.resume_check import check_resume_matches
 from mlet_dist.training.run_name import agree_on_run_dir
@@ -199,6 +200,7 @@ def run(cfg: TrainConfig, env: DistEnv) -> Dict[str, object]:
     attach_fused_embedding_optimizer(model, cfg.optim)
     sharded = shard_model(model, env, cfg.sharding, plan=load_checked_plan(cfg, model, env))
     optimizer = build_optimizer(sharded, cfg.optim)
+    autocast_dense(sharded, cfg.optim.dense_precision, env.device)  # fp32 (default): nothing changes
     if env.is_main:  # the plan in use, reusable as --plan
         save_plan(cfg.run_dir / "plan.json", sharded.plan, {"world_size": env.world_size,
                   "local_world_size": env.local_world_size, "compute_device": env.device.type})

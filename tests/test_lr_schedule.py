@@ -109,7 +109,7 @@ def env() -> Iterator[DistEnv]:
         dist.destroy_process_group()
 
 
-def _sharded(env: DistEnv, optim: OptimConfig) -> SimpleNamespace:
+def sharded_run(env: DistEnv, optim: OptimConfig) -> SimpleNamespace:
     model = setup.build_model(torch.device("meta"), mlet=True)
     attach_fused_embedding_optimizer(model, optim)
     sharded = shard_model(model, env, ShardingConfig("table_wise"))
@@ -140,9 +140,9 @@ def _one_step(run: SimpleNamespace, multiplier: float) -> Dict[str, torch.Tensor
 def test_a_scheduled_lr_reaches_the_fused_table_kernel(env: DistEnv) -> None:
     """TorchRec copies param_groups[0]["lr"] into fbgemm (set_learning_rate) in the fused
     optimizer's zero_grad()/step(); an upgrade that stops doing so fails here."""
-    frozen = _one_step(_sharded(env, _sgd()), 0.0)
-    single = _one_step(_sharded(env, _sgd()), 1.0)
-    double = _one_step(_sharded(env, _sgd()), 2.0)
+    frozen = _one_step(sharded_run(env, _sgd()), 0.0)
+    single = _one_step(sharded_run(env, _sgd()), 1.0)
+    double = _one_step(sharded_run(env, _sgd()), 2.0)
     tables = [k for k in single if setup.is_table(k)]
     assert len(tables) == 4 and all(single[k].abs().max() > 1e-4 for k in tables)
     for name in single:
@@ -152,7 +152,7 @@ def test_a_scheduled_lr_reaches_the_fused_table_kernel(env: DistEnv) -> None:
 
 @pytest.mark.parametrize("applies_to, moved", [("embedding", "dense"), ("dense", "tables")])
 def test_applies_to_schedules_one_side_only(env: DistEnv, applies_to: str, moved: str) -> None:
-    run = _sharded(env, _sgd())
+    run = sharded_run(env, _sgd())
     lr_schedule(run.optimizer, _sgd(warmup_steps=1, applies_to=applies_to)).set_multiplier(0.0)
     before = _state(run.model)
     run.optimizer.zero_grad()
@@ -222,13 +222,13 @@ def _fit(env: DistEnv, run: SimpleNamespace, optim: Optional[OptimConfig], steps
 def test_each_step_trains_on_its_own_lr(env: DistEnv, pipeline: str) -> None:
     """Step t (from 1) runs on t/4 of the lr: set before its zero_grad, not one step late."""
     optim = _sgd(warmup_steps=4)
-    seen = _fit(env, _sharded(env, optim), optim, 5, pipeline, TrainPosition())
+    seen = _fit(env, sharded_run(env, optim), optim, 5, pipeline, TrainPosition())
     assert seen == [pytest.approx([BASE_LR * m] * 2, rel=1e-6) for m in (0.25, 0.5, 0.75, 1.0, 1.0)], seen
 
 
 def test_a_resumed_run_continues_the_schedule_at_its_restored_step(env: DistEnv) -> None:
     optim = _sgd(warmup_steps=2, decay_start=2, decay_steps=10)
-    seen = _fit(env, _sharded(env, optim), optim, 3, "none", TrainPosition(step=6, epoch=1))
+    seen = _fit(env, sharded_run(env, optim), optim, 3, "none", TrainPosition(step=6, epoch=1))
     # steps 7, 8, 9 of a decay over steps 2-11
     assert seen == [pytest.approx([BASE_LR * m] * 2, rel=1e-6) for m in (0.5 ** 2, 0.4 ** 2, 0.3 ** 2)], seen
 
@@ -238,7 +238,7 @@ def test_the_defaults_train_bit_for_bit_as_before(env: DistEnv) -> None:
     run (lrs re-set to base x 1.0 every step) give the same weights, bit for bit."""
     states = []
     for optim in (None, OptimConfig(), OptimConfig(schedule=LRScheduleConfig(decay_start=1000, decay_steps=10))):
-        run = _sharded(env, OptimConfig())
+        run = sharded_run(env, OptimConfig())
         _fit(env, run, optim, 4, "sparse-dist", TrainPosition())
         states.append(_state(run.model))
     for state in states[1:]:

@@ -27,6 +27,7 @@ from mlet_dist.models.ranking import ModelConfig
 from mlet_dist.training.checkpoint import CHECKPOINT_MODES
 from mlet_dist.training.loop import PIPELINES
 from mlet_dist.training.optim import DENSE_OPTIMIZERS, EMBEDDING_OPTIMIZERS, OptimConfig
+from mlet_dist.training.precision import DENSE_PRECISIONS
 from mlet_dist.training.run_name import RUNS_ROOT, default_run_name
 
 
@@ -67,6 +68,10 @@ _OPTIM_FLAGS = nested(
     dense_optimizer=flag("--dense-optimizer", choices=sorted(DENSE_OPTIMIZERS), help="MLPs and MLET projections"),
     dense_lr=flag("--dense-lr", help="learning rate of the MLPs and MLET projections"),
     eps=no_flag("the optimizers' epsilon: fixed (OptimConfig)"),
+    dense_precision=flag("--dense-precision", choices=list(DENSE_PRECISIONS),
+                         help="autocast of the MLPs and the interaction (bf16: fp32 master weights, checkpoints and "
+                         "exports; the embedding lookups stay fp32); fp16 is refused (it needs loss scaling, which "
+                         "the tables' in-backward optimizer cannot take)"),
 )
 _SHARDING_FLAGS = nested(
     sharding=flag("--sharding", choices=SHARDING_CHOICES,

@@ -28,6 +28,7 @@ from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from mlet_dist.distributed.sharding import embedding_collections
 from mlet_dist.training.lr_schedule import LRSchedule, LRScheduleConfig, ParamGroup
+from mlet_dist.training.precision import DENSE_PRECISIONS, FP16_REFUSAL
 
 EMBEDDING_OPTIMIZERS: Dict[str, Type[torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,
@@ -52,6 +53,7 @@ class OptimConfig:
     dense_lr: float = 1e-3
     eps: float = 1e-8
     schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)  # warm-up/decay of both lrs
+    dense_precision: str = "fp32"  # autocast of the MLPs and the interaction (training/precision.py)
 
     def __post_init__(self) -> None:
         if self.embedding_optimizer not in EMBEDDING_OPTIMIZERS:
@@ -59,6 +61,10 @@ class OptimConfig:
                 f"--embedding-optimizer must be one of {sorted(EMBEDDING_OPTIMIZERS)} "
                 f"(the fused CPU/GPU kernels); got {self.embedding_optimizer!r}"
             )
+        if self.dense_precision not in DENSE_PRECISIONS:
+            raise ValueError(f"--dense-precision must be one of {', '.join(DENSE_PRECISIONS)}; got {self.dense_precision!r}")
+        if self.dense_precision == "fp16":
+            raise ValueError(FP16_REFUSAL)
         if self.dense_optimizer not in DENSE_OPTIMIZERS:
             raise ValueError(f"--dense-optimizer must be one of {sorted(DENSE_OPTIMIZERS)}; got {self.dense_optimizer!r}")
         for flag, value in (("--embedding-lr", self.embedding_lr), ("--dense-lr", self.dense_lr), ("eps", self.eps)):
