@@ -57,3 +57,34 @@ def test_plan_world_suggestion_is_nodes_x_gpus(tmp_path: Path, j: str, gpu: int,
         warnings.simplefilter("ignore")  # "-j uses 4 of the 8 GPUs requested per node"
         train("--data", "/d", j=j, gpu=gpu, plan=str(plan))
     assert re.search(rf"[Uu]se {suggested}\b", str(refused.value)), str(refused.value)
+
+
+def _headline_note(seeds: int) -> str:
+    from mlet_dist.sweep.headline import SeedAUCs, headline_markdown, headline_rows_from_seed_aucs
+
+    spread = [0.004 * i for i in range(seeds)]
+    groups = {("dlrm", "baseline", 4, None): SeedAUCs([0.70 + s for s in spread], [0.7] * seeds),
+              ("dlrm", "mlet", 4, 32): SeedAUCs([0.701 - s for s in spread], [0.7] * seeds)}
+    return headline_markdown(headline_rows_from_seed_aucs(groups))[0]
+
+
+@pytest.mark.parametrize("seeds, said", [(1, "(none, 1 seed a side: no interval)"), (2, "here, with 2 seeds a side)"),
+                                         (3, "here, with 3 seeds a side)")])
+def test_headline_says_the_seeds_it_has(seeds: int, said: str) -> None:
+    """The note under the headline said "about 2–4 with 3 seeds a side" whatever the sweep had."""
+    note = _headline_note(seeds)
+    assert "degrees of freedom" in note and said in note, note
+
+
+def test_committed_tiny_report_and_its_time_claims() -> None:
+    """reports/tiny_planted has 2 seeds (its report said 3); the sweep's run time, 5m22s in issue 31
+    (the config and reports/README.md said ~3 minutes), said the same in both places."""
+    import csv
+
+    report = ROOT / "reports" / "tiny_planted"
+    with open(report / "results.csv") as f:
+        seeds = {row["seed"] for row in csv.DictReader(f)}
+    assert len(seeds) == 2 and "with 2 seeds a side)" in (report / "report.md").read_text()
+    for doc in (ROOT / "configs" / "sweep_tiny_planted.yaml", ROOT / "reports" / "README.md"):
+        text = " ".join(doc.read_text().split())
+        assert "about 5-6 minutes" in text and "5m22s" in text and "3 minutes" not in text, doc

@@ -17,6 +17,7 @@ for a committed report whose runs are gone, from its ``results.csv`` per-seed AU
 (``headline_rows_from_seed_aucs``; ``sweep/refresh.py``).
 """
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -144,6 +145,20 @@ def _cell(v: Dict[str, Any]) -> str:
     return f"{v['delta']:+.4f} [{v['low']:+.4f}, {v['high']:+.4f}]{_MARK[v['verdict']]}"
 
 
+def _span(low: float, high: float, fmt: str = "{:g}") -> str:
+    return fmt.format(low) if low == high else f"{fmt.format(low)}–{fmt.format(high)}"
+
+
+def _df_note(rows: Sequence[Dict[str, Any]]) -> str:
+    """The degrees of freedom and seeds a side this report has: a fixed "about 2–4 with 3 seeds
+    a side" was printed under 2-seed sweeps too."""
+    seeds = [r["seeds"] for r in rows] + [n for r in rows for n in (r.get("baseline_seeds") or {}).values()]
+    sides = f"{_span(min(seeds), max(seeds))} seed{'' if max(seeds) == 1 else 's'} a side"
+    dfs = [v["df"] for r in rows for v in r["versus"].values()
+           if v.get("low") is not None and v.get("df") is not None and math.isfinite(v["df"])]
+    return f"{_span(min(dfs), max(dfs), '{:.1f}')} here, with {sides}" if dfs else f"none, {sides}: no interval"
+
+
 def headline_markdown(rows: Sequence[Dict[str, Any]]) -> List[str]:
     if not rows:
         return ["No arch has both baseline and MLET runs with saved test predictions.", ""]
@@ -154,7 +169,7 @@ def headline_markdown(rows: Sequence[Dict[str, Any]]) -> List[str]:
     lines = [f"MLET at width d (k chosen by validation AUC) against the baseline at every width d': test AUC "
              f"difference (mean over seeds, MLET − baseline) with a {level:.0%} Welch t interval. Seeds are the "
              f"replicates: the interval's error is each side's seed-to-seed standard error, {rows_note}, "
-             "with Welch–Satterthwaite degrees of freedom (about 2–4 with 3 seeds a side). "
+             f"with Welch–Satterthwaite degrees of freedom ({_df_note(rows)}). "
              f"▲/▼: the interval excludes 0 (better/worse). ≈: **equivalent** within ±{margin:g} AUC by an "
              f"equivalence test (TOST at {1 - level:.0%}: the {1 - 2 * (1 - level):.0%} interval lies inside "
              f"±{margin:g}). Unmarked: **inconclusive** (neither a difference nor an equivalence is shown). "
