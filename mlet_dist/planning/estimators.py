@@ -44,6 +44,20 @@ from torchrec.distributed.types import ShardingType
 from mlet_dist.modules.mlet_embedding_bag import MLETEmbeddingBagCollection
 
 FP32 = 4
+# Resident memory of a training rank process beyond its tables and TorchRec's reservation: the
+# torch/TorchRec/fbgemm libraries, gloo, the input pipeline's read-ahead (fixed), and the MLPs'
+# activations and gradients (per sample). Measured (issue 26): peak RSS of each of 2 gloo ranks of
+# mlet-train (default MLPs) on 26 tables of 100 rows, 30 steps, minus the plan's training total:
+# batch 2048: MLET 64->16 588/583 MB, baseline d=16 560/560 MB; batch 256: 471/463, 465/459 MB.
+# Counted per rank on CPU plans, where the tables share that process memory; on GPUs it is host
+# memory, not HBM, so it is not added to an HBM total.
+PROCESS_BASE_BYTES = 450 * 1000 * 1000
+PROCESS_BYTES_PER_SAMPLE = 65 * 1000
+
+
+def process_overhead_bytes(batch_size: int) -> int:
+    """A CPU training rank's own resident memory at this per-rank batch (see above)."""
+    return PROCESS_BASE_BYTES + PROCESS_BYTES_PER_SAMPLE * batch_size
 # Dense optimizer state copies per parameter (train.py's --dense-optimizer; SGD has no momentum).
 DENSE_OPTIMIZER_STATES: Dict[str, int] = {"sgd": 0, "adagrad": 1, "adam": 2}
 

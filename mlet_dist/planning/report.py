@@ -11,7 +11,10 @@ Per shard (bytes, on the memory the tables live in: HBM for cuda, DDR for cpu):
   shard carries its share, so serving bytes over a table's shards sum to n × d × 4.
 
 Per rank, TorchRec's storage reservation adds the dense part (MLP parameters ×6 heuristic, which
-also covers ``--projection-after-comm`` projections) and input (KJT) buffers.
+also covers ``--projection-after-comm`` projections) and input (KJT) buffers; on CPU (tables in the
+rank's own memory) the training total also counts the process's own overhead
+(``process_overhead_bytes``: libraries, input pipeline, activations; measured), which a measured peak
+RSS includes and TorchRec does not count.
 """
 
 import math
@@ -25,6 +28,7 @@ from mlet_dist.planning.estimators import (
     DENSE_OPTIMIZER_STATES,
     FP32,
     mlet_dims,
+    process_overhead_bytes,
     projection_bytes,
     projection_rows,
 )
@@ -123,6 +127,9 @@ def estimates(result: PlanResult) -> Dict[str, Any]:
     for rank, usable in zip(ranks, result.usable_bytes):
         rank["reserved_dense_and_inputs"] = reserved
         rank["training_total"] = rank["tables_total"] + reserved
+        if kind == "ddr":  # the tables share the process's memory; on a GPU it is host RAM, not HBM
+            rank["process_overhead"] = process_overhead_bytes(request.batch_size)
+            rank["training_total"] += rank["process_overhead"]
         rank["usable_for_tables"] = usable
         rank["capacity"] = request.cluster.mem_bytes
         rank["perf_ms"] = round(rank["perf_ms"], 6)
@@ -195,6 +202,7 @@ def format_report(result: PlanResult, est: Dict[str, Any], title: str = "") -> s
         if request.mlet else f"baseline (stock tables at d={request.embedding_dim})"
     )
     offload = any(r["host_offload"] for r in est["per_rank"])
+    overhead = est["per_rank"][0].get("process_overhead", 0) if est["per_rank"] else 0
     lines = [
         title or f"Sharding plan for {spec.name}",
         f"tables:    {totals['tables']} ({totals['rows']:,} rows) from {spec.source}",
@@ -207,7 +215,8 @@ def format_report(result: PlanResult, est: Dict[str, Any], title: str = "") -> s
         f"{f', {request.reserve_fraction:.0%} margin' if est['memory'] == 'hbm' else ''})",
         f"chosen:    {', '.join(f'{k} x{v}' for k, v in est['sharding_types'].items())}",
         "",
-        f"per rank ({mem}; train = weights + optimizer + projections + buffers + reserved dense/inputs; "
+        f"per rank ({mem}; train = weights + optimizer + projections + buffers + reserved dense/inputs"
+        f"{f' + process overhead {_size(overhead)}' if overhead else ''}; "
         "serve = collapsed n x d x 4; perf = TorchRec estimate, ms/iter)",
         f"{'rank':>5} {'node':>4} {'shards':>6} {'weights':>9} {'optim':>9} {'proj':>9} {'buffers':>9} "
         f"{'train':>9} {'%cap':>5} {'serve':>9} {'perf':>8}{'       host' if offload else ''}  tables",
