@@ -19,7 +19,7 @@ import torch
 from fbgemm_gpu.split_table_batched_embeddings_ops_common import PoolingMode
 from fbgemm_gpu.split_table_batched_embeddings_ops_training import DenseTableBatchedEmbeddingBagsCodegen
 
-from dist_launch import torchrun
+from dist_launch import ROOT, torchrun
 from mlet_dist.log_setup import DENSE_LOOKUP_NO_AUTOGRAD_KEY, NOISE
 from test_new_user_edges import tiny_run
 
@@ -78,3 +78,27 @@ def test_data_parallel_training_does_not_print_the_warning(tmp_path: Path) -> No
     proc = torchrun(train, args, nproc=2)
     assert "selected by val AUC" in proc.stdout, proc.stdout
     assert NOT_REGISTERED not in proc.stderr, proc.stderr[-3000:]
+
+
+def test_export_and_predict_print_no_library_warning(tmp_path: Path) -> None:
+    """Issue 31 item 7: mlet-export and mlet-predict on a trained MLET run print no Python warning
+    (the TorchScript ones are filtered by text in log_setup.NOISE, with why)."""
+    from test_new_user_edges import run_cli
+
+    run_dir = tmp_path / "run"
+    train, args = tiny_run(tmp_path, run_dir)
+    args.remove("--no-collapse")  # the run writes run/serving
+    torchrun(train, args, nproc=1)
+    serving, data = run_dir / "serving", tmp_path / "data"
+    raw = ROOT / "data_prep" / "samples" / "criteo_sample.tsv"
+    commands = [
+        ["mlet-export", serving, tmp_path / "artifact"],
+        ["mlet-predict", "--serving", serving, "--data", data, "--out", tmp_path / "p.parquet"],
+        ["mlet-predict", "--serving", serving, "--data", data, "--out", tmp_path / "p8.csv", "--precision", "int8",
+         "--compare"],
+        ["mlet-predict", "--serving", serving, "--raw", raw, "--out", tmp_path / "raw.parquet"],
+    ]
+    for argv in commands:
+        proc = run_cli(argv, tmp_path)
+        assert proc.returncode == 0, (argv, proc.stderr[-2000:])
+        assert "Warning" not in proc.stdout + proc.stderr, (argv[0], proc.stderr[-3000:])
