@@ -4,7 +4,8 @@ A run's configuration is saved as ``config.json`` in its run directory (and in t
 manifest) so that later tools rebuild the model from what the run *was*, not by replaying its
 command line through today's parser: renaming a flag must not orphan old runs. Loading is
 strict: an unknown key is an error that names it (a typo in a hand-edited file must not be
-silently ignored); a missing key takes the field's default (files written before it existed);
+silently ignored); a missing key takes the field's default (files written before it existed),
+or the class's ``LEGACY_DEFAULTS`` value where today's default differs from what those files meant;
 a value of another JSON type than its field's is an error naming the field (``true`` is not an
 integer, ``"no"`` is not a boolean), never coerced.
 """
@@ -97,6 +98,8 @@ def from_jsonable(cls: Type[T], data: Any, where: str = "config") -> T:
         raise ValueError(f"{where}: unknown key(s) {unknown} for {cls.__name__}; known: {sorted(fields)}")
     kwargs = {name: _convert(hints[name], value, f"{where}.{name}") for name, value in data.items()
               if fields[name].init}
+    legacy = getattr(cls, "LEGACY_DEFAULTS", {})  # what files written before a field existed meant
+    kwargs.update({name: value for name, value in legacy.items() if name not in data})
     return cls(**kwargs)
 
 

@@ -46,6 +46,7 @@ def small_config(d: int = 8, k: int = 64) -> ServingModelConfig:
     return ServingModelConfig(
         arch="dlrm", dense_in_features=setup.NUM_DENSE, dense_arch_layer_sizes=[16, d], over_arch_layer_sizes=[16, 1],
         tables=[TableSpec(f"t_{f}", n, d, [f], "SUM", k) for f, n in setup.TABLE_SIZES.items()],
+        bottom_mlp_output="linear",  # setup.build_model's DLRMConfig default
     )
 
 
@@ -136,6 +137,10 @@ def test_export_refuses_existing_output_and_mismatched_config(small_export, tmp_
         export_serving(model, tmp_path / "wrong_d", small_config(d=8, k=64).__class__(
             **{**small_config().__dict__, "dense_in_features": setup.NUM_DENSE + 1}))
     assert not (tmp_path / "wrong_d").exists() and not (tmp_path / "wrong_d.partial").exists()
+    relu = ServingModelConfig(**{**small_config().__dict__, "bottom_mlp_output": "relu"})
+    with pytest.raises(ServingDirError, match="bottom MLP ends linear.*would serve another function"):
+        export_serving(model, tmp_path / "relu", relu)  # stock DLRM's ReLU would silently change every score
+    assert not (tmp_path / "relu").exists()
 
 
 def _copy(export_path: Path, tmp_path: Path) -> Path:
@@ -357,7 +362,9 @@ def _tiny_run(criteo, tmp_path: Path):  # type: ignore[no-untyped-def]
     cfg = parse_args(argv)
     sizes = {f: int(criteo.meta["table_sizes"][f]) for f in criteo.meta["sparse_features"]}
     torch.manual_seed(2)
-    mlps = DLRMConfig(dense_in_features=13, bottom_mlp=cfg.dlrm.bottom_mlp, top_mlp=cfg.dlrm.top_mlp)
+    # a run dir without config.json is older than --bottom-mlp-output: its bottom MLP ended in a ReLU
+    mlps = DLRMConfig(dense_in_features=13, bottom_mlp=cfg.dlrm.bottom_mlp, top_mlp=cfg.dlrm.top_mlp,
+                      bottom_mlp_output="relu")
     model = DLRMTrain(build_dlrm(build_embedding_collection(sizes, cfg.embedding), mlps)).eval()
     (run / "checkpoints").mkdir(parents=True)
     (run / "metrics.jsonl").write_text(json.dumps({"event": "config", "argv": argv}) + "\n")

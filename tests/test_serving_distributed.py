@@ -89,6 +89,8 @@ def test_stock_torchrec_loads_it_in_one_process(exported) -> None:
     model = DLRMTrain(DLRM(embedding_bag_collection=EmbeddingBagCollection(tables=tables),
                            dense_in_features=m["dense_in_features"], dense_arch_layer_sizes=m["dense_arch_layer_sizes"],
                            over_arch_layer_sizes=m["over_arch_layer_sizes"]))
+    assert m["bottom_mlp_output"] == "linear"  # the default: the manifest says to drop the last bottom ReLU
+    model.model.dense_arch.model._mlp[-1]._activation_fn = torch.nn.Identity()
     state = model.state_dict()
     dcp.load(state, checkpoint_id=str(exported.serving / "checkpoint"), no_dist=True)
     model.load_state_dict(state)

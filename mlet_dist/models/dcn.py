@@ -26,7 +26,7 @@ from torchrec.modules.crossnet import CrossNet, LowRankCrossNet
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from mlet_dist.models.dlrm import DLRMConfig
+from mlet_dist.models.dlrm import DLRMConfig, set_bottom_mlp_output
 from mlet_dist.modules.mlet_embedding_bag import MLETEmbeddingBagCollection
 
 ARCHS = ("dlrm", "dcnv2")
@@ -67,6 +67,7 @@ class DCNv2(nn.Module):
         over_arch_layer_sizes: list,
         dcn: DCNConfig = DCNConfig(),
         dense_device: Optional[torch.device] = None,
+        bottom_mlp_output: str = "linear",
     ) -> None:
         super().__init__()
         dims = {c.embedding_dim for c in embedding_bag_collection.embedding_bag_configs()}
@@ -78,6 +79,7 @@ class DCNv2(nn.Module):
         self.sparse_arch = SparseArch(embedding_bag_collection)  # type: ignore[arg-type]
         num_sparse = len(self.sparse_arch.sparse_feature_names)
         self.dense_arch = DenseArch(dense_in_features, list(dense_arch_layer_sizes), device=dense_device)
+        set_bottom_mlp_output(self.dense_arch, bottom_mlp_output)
         width = (num_sparse + 1) * d
         self.inter_arch = InteractionDCNArch(num_sparse, build_crossnet(width, dcn, dense_device))
         self.over_arch = OverArch(width, list(over_arch_layer_sizes), device=dense_device)
@@ -108,4 +110,5 @@ def build_dcnv2(
         over_arch_layer_sizes=list(mlps.top_mlp),
         dcn=dcn,
         dense_device=dense_device,
+        bottom_mlp_output=mlps.bottom_mlp_output,
     )

@@ -12,7 +12,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from mlet_dist.config_flags import SHAPE, choice, flag, nested, no_flag, switch
 from mlet_dist.models.dcn import ARCHS, DCNConfig, build_dcnv2
-from mlet_dist.models.dlrm import DLRMConfig, build_dlrm
+from mlet_dist.models.dlrm import BOTTOM_MLP_OUTPUTS, DLRMConfig, build_dlrm
 from mlet_dist.models.embedding_tables import EmbeddingSpec, build_embedding_collection
 from mlet_dist.modules.mlet_config import MLET_INITS
 from mlet_dist.modules.mlet_embedding_bag import MLETEmbeddingBagCollection
@@ -56,6 +56,10 @@ _DLRM_FLAGS = nested(
     dense_in_features=no_flag("the dataset's dense feature count (model_factory's num_dense)"),
     bottom_mlp=flag("--bottom-mlp", group=SHAPE, help="d is appended"),
     top_mlp=flag("--top-mlp", group=SHAPE),
+    bottom_mlp_output=flag("--bottom-mlp-output", choices=BOTTOM_MLP_OUTPUTS,
+                           help="linear (default): no ReLU after the bottom MLP's d-wide last layer, so the "
+                           "dense features cannot be cut off by d dead units at small d (issue 28); relu: as "
+                           "TorchRec's DenseArch and the reference DLRM (the default before issue 28)"),
 )
 _DCN_FLAGS = nested(
     cross_layers=flag("--dcn-layers", group=SHAPE, help="dcnv2: cross layers"),

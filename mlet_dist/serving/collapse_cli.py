@@ -86,7 +86,11 @@ def training_config(run_dir: Path, data: Optional[Path]) -> Any:
     from mlet_dist.training.config import TrainConfig, parse_args
 
     saved = run_dir / "config.json"
-    cfg = load_config(TrainConfig, saved) if saved.is_file() else parse_args(training_argv(run_dir))
+    if saved.is_file():
+        cfg = load_config(TrainConfig, saved)
+    else:
+        cfg = parse_args(training_argv(run_dir))
+        cfg.dlrm.bottom_mlp_output = "relu"  # every run older than config.json ended its bottom MLP in a ReLU
     if data is not None:
         cfg.data = data
     if not (Path(cfg.data) / "meta.json").is_file():

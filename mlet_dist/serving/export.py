@@ -24,6 +24,7 @@ from torch.distributed.checkpoint import FileSystemWriter
 
 from mlet_dist.distributed.exact_save import ExactStorageSavePlanner
 from mlet_dist.distributed.sharded_collapse import CollapseStats, collapse_state_dict
+from mlet_dist.models.dlrm import bottom_mlp_output_of
 from mlet_dist.modules.collapse import DEFAULT_CHUNK_ROWS
 from mlet_dist.planning.plan_io import save_plan
 from mlet_dist.serving.manifest import (
@@ -158,6 +159,10 @@ def export_serving(
         raise ServingDirError(problem)
     topology = serving_topology or ServingTopology(world_size=world, compute_device=_device_type(model))
     plan = plan_serving(model_config, topology, serving_sharding)  # every rank: fails together
+    ends = bottom_mlp_output_of(model)
+    if ends is not None and ends != model_config.bottom_mlp_output:  # same on every rank: fails together
+        raise ServingDirError(f"the model's bottom MLP ends {ends}, the serving model config says "
+                              f"bottom_mlp_output={model_config.bottom_mlp_output!r}: it would serve another function")
 
     state, stats = collapse_state_dict(model.state_dict(), chunk_rows=chunk_rows)
     keys = _check_state(state, model_config)

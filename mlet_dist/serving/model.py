@@ -2,7 +2,10 @@
 
 ``build_serving_model`` uses TorchRec classes only (``EmbeddingBagCollection``, ``DLRM`` /
 ``DLRM_DCN``, ``DLRMTrain``), so a serving directory can be loaded by anyone with TorchRec
-(tests/test_serving_distributed.py does it with TorchRec and torch alone).
+(tests/test_serving_distributed.py does it with TorchRec and torch alone). One setting is not
+TorchRec's default: ``bottom_mlp_output: "linear"`` in the manifest (the default since issue 28)
+means the bottom MLP's last layer has no ReLU: on a stock model, set
+``dense_arch.model._mlp[-1]._activation_fn = torch.nn.Identity()``.
 """
 
 from dataclasses import asdict, dataclass, field
@@ -20,6 +23,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from mlet_dist.distributed.sharding import SHARDING_CHOICES, MeanSafeEBCSharder, constraints_for_tables
 from mlet_dist.models.dcn import ARCHS
+from mlet_dist.models.dlrm import BOTTOM_MLP_OUTPUTS, set_bottom_mlp_output
 from mlet_dist.models.ranking import ModelConfig
 
 EBC_PATH = "model.sparse_arch.embedding_bag_collection"  # in DLRMTrain
@@ -57,10 +61,14 @@ class ServingModelConfig:
     dcn_num_layers: Optional[int] = None
     dcn_low_rank: Optional[int] = None  # 0: full-rank CrossNet
     extra: Dict[str, Any] = field(default_factory=dict)
+    # "relu": TorchRec's DenseArch, and what a manifest written before the key existed was trained with
+    bottom_mlp_output: str = "relu"
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
             raise ValueError(f"unknown arch {self.arch!r}; expected one of {ARCHS}")
+        if self.bottom_mlp_output not in BOTTOM_MLP_OUTPUTS:
+            raise ValueError(f"bottom_mlp_output must be one of {BOTTOM_MLP_OUTPUTS}, got {self.bottom_mlp_output!r}")
         if not self.tables:
             raise ValueError("a serving model needs at least one table")
         dims = {t.embedding_dim for t in self.tables}
@@ -110,6 +118,7 @@ class ServingModelConfig:
             dcn_num_layers=model.dcn.cross_layers if dcn else None,
             dcn_low_rank=model.dcn.low_rank if dcn else None,
             extra={"mlet": bool(inner), "inner_dim": model.embedding.inner_dim if inner else None},
+            bottom_mlp_output=model.dlrm.bottom_mlp_output,
         )
 
     @classmethod
@@ -150,6 +159,7 @@ def build_serving_model(config: ServingModelConfig, device: torch.device = torch
             if config.dcn_low_rank == 0:
                 width = (len(config.feature_names) + 1) * config.embedding_dim
                 model.inter_arch.crossnet = CrossNet(in_features=width, num_layers=config.dcn_num_layers)
+    set_bottom_mlp_output(model.dense_arch, config.bottom_mlp_output)
     return DLRMTrain(model)
 
 

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from mlet_dist.config_io import load_config
 from mlet_dist.training.config import TrainConfig
 
 
@@ -23,6 +24,7 @@ def model_shape(cfg: TrainConfig) -> Dict[str, Any]:
     shape["--arch"] = cfg.arch
     shape["--bottom-mlp"] = ",".join(map(str, cfg.dlrm.bottom_mlp))
     shape["--top-mlp"] = ",".join(map(str, cfg.dlrm.top_mlp))
+    shape["--bottom-mlp-output"] = cfg.dlrm.bottom_mlp_output
     if cfg.arch == "dcnv2":
         shape["--dcn-layers"] = cfg.dcn.cross_layers
         shape["--dcn-low-rank"] = cfg.dcn.low_rank
@@ -43,6 +45,20 @@ def recorded_argv(run_dir: Path) -> Optional[List[str]]:
         if isinstance(record, dict) and record.get("event") == "config" and isinstance(record.get("argv"), list):
             argv = [str(a) for a in record["argv"]]
     return argv
+
+
+def recorded_bottom_mlp_output(run_dir: Path) -> Optional[str]:
+    """How the run in ``run_dir`` ended its bottom MLP. Its argv replayed through today's parser
+    would say today's default; its config.json says what it was (a file written before the flag
+    existed loads as "relu", config_io's LEGACY_DEFAULTS), and a run dir without one is older
+    still: relu. None: the file is unreadable (the checkpoint load reports it)."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        return "relu"
+    try:
+        return load_config(TrainConfig, path).dlrm.bottom_mlp_output
+    except ValueError:
+        return None
 
 
 def _describe(shape: Dict[str, Any]) -> str:
@@ -69,6 +85,7 @@ def check_resume_matches(cfg: TrainConfig) -> None:
         before = model_shape(parse_args(argv))
     except (SystemExit, ValueError):
         return  # a command line this version cannot parse: let the checkpoint load decide
+    before["--bottom-mlp-output"] = recorded_bottom_mlp_output(cfg.run_dir) or before["--bottom-mlp-output"]
     now = model_shape(cfg)
     if before == now:
         return

@@ -3,7 +3,8 @@
 Builds the model exactly as mlet-train does (same flags, fused rowwise Adagrad on the sharded
 tables, 1 gloo rank), trains with the plain loop and records, every ``--every`` steps:
 the pooled embedding norm, the gradient norm that reaches the embeddings, the dot-interaction
-size, the share of top-MLP units alive in the last hidden layer, the logit spread, the loss.
+size, the share of top-MLP units alive in the last hidden layer, the share of bottom-MLP output units
+alive (issue 28: all d dead cuts the dense features off), the logit spread, the loss.
 
     python reports/small_d/probe.py --out probe.jsonl --steps 200 -- --data DIR --model mlet -k 64 -d 4 ...
 
@@ -97,6 +98,8 @@ def main() -> None:
                         "dot_rms": _rms(inter[:, d:]),
                         "e_grad_rms": _rms(e.grad) if e.grad is not None else float("nan"),
                         "alive_units": float((h.detach() > 0).any(dim=0).float().mean()),
+                        # share of the d bottom-MLP output units nonzero for some row (0: dense features cut off)
+                        "dense_alive": float((x.detach() != 0).any(dim=0).float().mean()),
                         "logit_std": float(seen["logit"].detach().std()),
                     }
                     rows.append(row)

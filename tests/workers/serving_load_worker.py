@@ -43,11 +43,14 @@ def stock_model(manifest: dict) -> DLRMTrain:
         for t in m["tables"]
     ]
     meta = torch.device("meta")
-    return DLRMTrain(DLRM(
+    model = DLRM(
         embedding_bag_collection=EmbeddingBagCollection(tables=tables, device=meta),
         dense_in_features=m["dense_in_features"], dense_arch_layer_sizes=m["dense_arch_layer_sizes"],
         over_arch_layer_sizes=m["over_arch_layer_sizes"], dense_device=meta,
-    ))
+    )
+    if m["bottom_mlp_output"] == "linear":  # the manifest's one non-TorchRec-default setting
+        model.dense_arch.model._mlp[-1]._activation_fn = torch.nn.Identity()
+    return DLRMTrain(model)
 
 
 def stock_plan(path: Path) -> ShardingPlan:
