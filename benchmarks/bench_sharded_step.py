@@ -2,7 +2,8 @@
 
     python benchmarks/bench_sharded_step.py            # launches itself under torchrun (2 ranks)
 
-Variants (same tables, batches, DLRM dense part, fused rowwise Adagrad, table-wise sharding):
+Variants (same tables, batches, DLRM dense part, fused rowwise Adagrad, table-wise sharding; MLET
+without the per-step Python input checks, as mlet-train runs it, unless --check-inputs):
   mlet_owner   MLET k=64 -> d=16, projection on the owning rank (d-wide all-to-all)
   mlet_after   MLET k=64 -> d=16, projection as a dense DDP layer after the all-to-all (k-wide)
   ebc_d16      stock EmbeddingBagCollection, d=16
@@ -18,10 +19,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Any, Dict, List, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+
+VARIANTS = ("mlet_owner", "mlet_after", "ebc_d16", "ebc_d64")
 
 
 def parse() -> argparse.Namespace:
@@ -34,64 +38,107 @@ def parse() -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--sharding", default="table_wise")
+    p.add_argument("--check-inputs", action="store_true",
+                   help="MLET variants also run the per-step Python id checks (mlet-train's --check-inputs)")
+    p.add_argument("--variants", default=",".join(VARIANTS),
+                   help=f"comma-separated subset of {', '.join(VARIANTS)} (ebc_d16 always runs: the ratios' base)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args()
 
 
-def launch(args: argparse.Namespace) -> None:
+def launch(args: argparse.Namespace, script: str = __file__) -> None:
+    """Re-run ``script`` with --worker under torchrun, one process per rank."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.ranks}",
-           __file__, "--worker", *sys.argv[1:]]
+           script, "--worker", *sys.argv[1:]]
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), PYTHONPATH=str(ROOT))
     raise SystemExit(subprocess.call(cmd, env=env))
 
 
-def worker(args: argparse.Namespace) -> None:
-    import torch
-    import torch.distributed as dist
-    from torchrec.datasets.utils import Batch
-    from torchrec.models.dlrm import DLRMTrain
-    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+def table_sizes(args: argparse.Namespace) -> Dict[str, int]:
+    return {f"C{i}": args.rows for i in range(args.tables)}
 
-    from mlet_dist.distributed.env import init_distributed, shutdown_distributed
+
+def build_variant(name: str, args: argparse.Namespace, env: Any) -> Tuple[Any, Any]:
+    """One sharded DLRMTrain and its dense optimizer, built as mlet-train builds them (fused
+    rowwise Adagrad, bounds-checked kernels, no per-step Python input checks: training's default)."""
+    import torch
+    from torchrec.models.dlrm import DLRMTrain
+
     from mlet_dist.distributed.sharding import ShardingConfig, shard_model
-    from mlet_dist.log_setup import quiet_library_logs
     from mlet_dist.models import DLRMConfig, EmbeddingSpec, build_dlrm, build_embedding_collection
     from mlet_dist.training.optim import OptimConfig, attach_fused_embedding_optimizer, build_optimizer
 
-    quiet_library_logs()
-    env = init_distributed("gloo")
-    tables = {f"C{i}": args.rows for i in range(args.tables)}
-    variants = {
-        "mlet_owner": (EmbeddingSpec(16, 64, mlet=True), True),
-        "mlet_after": (EmbeddingSpec(16, 64, mlet=True), False),
-        "ebc_d16": (EmbeddingSpec(16, 64, mlet=False), True),
-        "ebc_d64": (EmbeddingSpec(64, 64, mlet=False), True),
-    }
-    models = {}
-    for name, (spec, owner) in variants.items():
-        torch.manual_seed(env.rank)
-        collection = build_embedding_collection(tables, spec, device=torch.device("meta"))
-        model = DLRMTrain(build_dlrm(collection, DLRMConfig(), dense_device=torch.device("meta")))
-        optim = OptimConfig()
-        attach_fused_embedding_optimizer(model, optim)
-        sharded = shard_model(model, env, ShardingConfig(args.sharding, owner_projection=owner))
-        models[name] = (sharded, build_optimizer(sharded, optim))
+    d, k, mlet, owner = {
+        "mlet_owner": (16, 64, True, True),
+        "mlet_after": (16, 64, True, False),
+        "ebc_d16": (16, 64, False, True),
+        "ebc_d64": (64, 64, False, True),
+    }[name]
+    spec = EmbeddingSpec(d, k, mlet=mlet, validate_inputs=args.check_inputs)
+    torch.manual_seed(env.rank)
+    collection = build_embedding_collection(table_sizes(args), spec, device=torch.device("meta"))
+    model = DLRMTrain(build_dlrm(collection, DLRMConfig(), dense_device=torch.device("meta")))
+    optim = OptimConfig()
+    attach_fused_embedding_optimizer(model, optim)
+    sharded = shard_model(model, env, ShardingConfig(args.sharding, owner_projection=owner))
+    return sharded, build_optimizer(sharded, optim)
 
-    g = torch.Generator().manual_seed(100 + env.rank)
+
+def make_batches(args: argparse.Namespace, rank: int, count: int = 4) -> List[Any]:
+    """``count`` one-hot batches per rank (ids uniform over each table), cycled by the steps."""
+    import torch
+    from torchrec.datasets.utils import Batch
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    g = torch.Generator().manual_seed(100 + rank)
     batches = []
-    for _ in range(4):
+    for _ in range(count):
         ids = torch.randint(0, args.rows, (args.tables * args.batch_size,), generator=g)
         kjt = KeyedJaggedTensor.from_lengths_sync(
-            keys=list(tables), values=ids, lengths=torch.ones(args.tables * args.batch_size, dtype=torch.int32))
+            keys=list(table_sizes(args)), values=ids,
+            lengths=torch.ones(args.tables * args.batch_size, dtype=torch.int32))
         batches.append(Batch(torch.rand(args.batch_size, 13, generator=g), kjt,
                              torch.randint(0, 2, (args.batch_size,), generator=g).float()))
+    return batches
+
+
+def chosen_variants(args: argparse.Namespace) -> List[str]:
+    """--variants in the canonical order, ebc_d16 added (every ratio is to it)."""
+    asked = set(args.variants.split(",")) | {"ebc_d16"}
+    unknown = sorted(asked - set(VARIANTS))
+    if unknown:
+        raise SystemExit(f"error: unknown --variants {unknown}; choose from {', '.join(VARIANTS)}")
+    return [name for name in VARIANTS if name in asked]
+
+
+def train_step(model: Any, opt: Any, batch: Any) -> None:
+    """One plain training step (no pipeline): what both the bench and the profile time; the
+    labelled phases let profile_step.py put Python time between ops somewhere."""
+    from torch.profiler import record_function
+
+    with record_function("step.zero_grad"):
+        opt.zero_grad()
+    with record_function("step.forward"):
+        loss, _ = model(batch)
+    with record_function("step.backward"):
+        loss.backward()
+    with record_function("step.optimizer"):
+        opt.step()
+
+
+def worker(args: argparse.Namespace) -> None:
+    import torch.distributed as dist
+
+    from mlet_dist.distributed.env import init_distributed, shutdown_distributed
+    from mlet_dist.log_setup import quiet_library_logs
+
+    quiet_library_logs()
+    env = init_distributed("gloo")
+    models = {name: build_variant(name, args, env) for name in chosen_variants(args)}
+    batches = make_batches(args, env.rank)
 
     def step(name: str, i: int) -> None:
-        model, opt = models[name]
-        opt.zero_grad()
-        loss, _ = model(batches[i % len(batches)])
-        loss.backward()
-        opt.step()
+        train_step(*models[name], batches[i % len(batches)])
 
     for name in models:
         for i in range(args.warmup):
@@ -107,14 +154,16 @@ def worker(args: argparse.Namespace) -> None:
     if env.is_main:
         med = {name: statistics.median(t) * 1e3 for name, t in times.items()}
         print(f"\n{args.ranks} gloo ranks, {args.tables} tables x {args.rows} rows, batch {args.batch_size}/rank, "
-              f"{args.sharding}, median of {args.rounds}x{args.steps} steps")
-        print(f"{'variant':<12} {'ms/step':>9} {'vs ebc_d16':>11} {'vs ebc_d64':>11}")
+              f"{args.sharding}, median of {args.rounds}x{args.steps} steps, load average {os.getloadavg()[0]:.1f}")
+        print(f"{'variant':<12} {'ms/step':>9} {'vs ebc_d16':>11}")
         for name, ms in med.items():
-            print(f"{name:<12} {ms:9.2f} {ms / med['ebc_d16']:10.2f}x {ms / med['ebc_d64']:10.2f}x")
-        print(f"mlet_owner / mlet_after = {med['mlet_owner'] / med['mlet_after']:.2f}x")
+            print(f"{name:<12} {ms:9.2f} {ms / med['ebc_d16']:10.2f}x")
+        if {"mlet_owner", "mlet_after"} <= set(med):
+            print(f"mlet_owner / mlet_after = {med['mlet_owner'] / med['mlet_after']:.2f}x")
     shutdown_distributed()
 
 
 if __name__ == "__main__":
     arguments = parse()
+    chosen_variants(arguments)
     worker(arguments) if arguments.worker else launch(arguments)

@@ -16,6 +16,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed._shard.sharding_spec import EnumerableShardingSpec, ShardMetadata
 from torch.nn.parallel import DistributedDataParallel
+from torch.profiler import record_function
 from torchrec.distributed.embedding_sharding import EmbeddingShardingInfo
 from torchrec.distributed.embedding_types import BaseEmbeddingSharder, KJTList, ShardedEmbeddingModule
 from torchrec.distributed.embeddingbag import (
@@ -221,10 +222,14 @@ class ShardedMLETEmbeddingBagCollection(
         return self.wide.input_dist(ctx, features)
 
     def compute(self, ctx: EmbeddingBagCollectionContext, dist_input: KJTList) -> List[torch.Tensor]:
-        return [
-            self.project(i, lookup(features))
-            for i, (lookup, features) in enumerate(zip(self.wide._lookups, dist_input))
-        ]
+        # Labelled for benchmarks/profile_step.py: the k-wide lookup and the projection apart.
+        outputs = []
+        for i, (lookup, features) in enumerate(zip(self.wide._lookups, dist_input)):
+            with record_function("mlet.lookup"):
+                embs = lookup(features)
+            with record_function("mlet.project"):
+                outputs.append(self.project(i, embs))
+        return outputs
 
     def output_dist(
         self, ctx: EmbeddingBagCollectionContext, output: List[torch.Tensor]
