@@ -59,6 +59,20 @@ def test_plan_world_suggestion_is_nodes_x_gpus(tmp_path: Path, j: str, gpu: int,
     assert re.search(rf"[Uu]se {suggested}\b", str(refused.value)), str(refused.value)
 
 
+def test_collapse_of_a_baseline_run_gives_no_rate(tmp_path: Path) -> None:
+    """A baseline run has no k-wide table: mlet-collapse said "collapse read 0.0 MB of k-wide tables
+    in 0.00s (0.00 GB/s)"."""
+    from dist_launch import torchrun
+    from test_new_user_edges import run_cli, tiny_run
+
+    run_dir = tmp_path / "run"
+    train, args = tiny_run(tmp_path, run_dir)
+    torchrun(train, [*args, "--model", "baseline", "--max-eval-batches", "1"], nproc=1)
+    proc = run_cli(["mlet-collapse", "--run-dir", run_dir, "--out", tmp_path / "serving"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "GB/s" not in proc.stdout and "nothing to collapse (no MLET tables)" in proc.stdout, proc.stdout
+
+
 def _headline_note(seeds: int) -> str:
     from mlet_dist.sweep.headline import SeedAUCs, headline_markdown, headline_rows_from_seed_aucs
 

@@ -157,6 +157,15 @@ def load_checkpoint(model: nn.Module, checkpoint: Path) -> None:
     model.load_state_dict(state)
 
 
+def collapse_summary(collapse: Dict[str, Any]) -> str:
+    """What the collapse did, for the closing line. A baseline run reads no k-wide table: a rate
+    of 0 bytes in ~0 s ("0.00 GB/s") would read as a very slow collapse, so none is given."""
+    if not collapse["k_bytes_read"]:
+        return "nothing to collapse (no MLET tables)"
+    return (f"collapse read {collapse['k_bytes_read'] / 1e6:.1f} MB of k-wide tables in {collapse['seconds']:.2f}s "
+            f"({collapse['gb_per_s']:.2f} GB/s)")
+
+
 def run(args: argparse.Namespace) -> Dict[str, Any]:
     from mlet_dist.data.parquet_batches import DatasetMeta
     from mlet_dist.distributed.env import init_distributed, shutdown_distributed
@@ -199,10 +208,9 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             chunk_rows=args.chunk_rows, overwrite=args.overwrite,
         )
         if env.is_main:
-            c = export.manifest["collapse"]
             print(f"wrote {export.path}: {len(export.manifest['tables'])} tables at d={cfg.embedding.embedding_dim}, "
-                  f"serving plan for {topology.world_size} {topology.compute_device} rank(s); collapse read "
-                  f"{c['k_bytes_read'] / 1e6:.1f} MB of k-wide tables in {c['seconds']:.2f}s ({c['gb_per_s']:.2f} GB/s)")
+                  f"serving plan for {topology.world_size} {topology.compute_device} rank(s); "
+                  f"{collapse_summary(export.manifest['collapse'])}")
         return export.manifest
     finally:
         shutdown_distributed()
