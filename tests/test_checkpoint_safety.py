@@ -140,6 +140,48 @@ def test_best_model_snapshot_carries_checksums_that_verify(tmp_path: Path) -> No
     assert verify_share(snapshot, 0, 1) == "__0_0.distcp: sha256 differs from checksums.json (corrupted or replaced)"
 
 
+_RESTORE_BEST = """
+import json, sys
+from pathlib import Path
+import torch
+from mlet_dist.distributed.env import init_distributed, shutdown_distributed
+from mlet_dist.training.best_model import BestModelKeeper, best_model_path
+keeper = BestModelKeeper(Path(sys.argv[1]), init_distributed("gloo"))
+model = torch.nn.Linear(3, 2)
+with torch.no_grad():
+    model.weight.fill_(1.0)
+keeper.offer(model, epoch=0, step=4, metrics={"val": {"auc": 0.7}}, is_last=False)  # the best: snapshot
+with torch.no_grad():
+    model.weight.fill_(2.0)
+keeper.offer(model, epoch=0, step=8, metrics={"val": {"auc": 0.6}}, is_last=True)  # the live, last point
+if sys.argv[2] == "flip":
+    shard = best_model_path(Path(sys.argv[1]), 4) / "__0_0.distcp"
+    raw = shard.read_bytes()
+    shard.write_bytes(raw[:-5] + bytes([raw[-5] ^ 0xFF]) + raw[-4:])
+restored = keeper.restore_best(model)
+print(json.dumps({"restored": restored, "weight": float(model.weight[0, 0]), "best_step": keeper.best_step}))
+shutdown_distributed()
+"""
+
+
+@pytest.mark.parametrize("damage", ["none", "flip"])
+def test_a_damaged_best_snapshot_is_not_restored(tmp_path: Path, damage: str) -> None:
+    """A flipped byte in best_model/step-N would become the selected, collapsed and exported
+    model; the keeper verifies the snapshot's checksums and keeps the live (last) point instead."""
+    proc = subprocess.run([sys.executable, "-c", _RESTORE_BEST, str(tmp_path / "best"), damage], timeout=300,
+                          cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"),
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    if damage == "none":
+        assert got == {"restored": True, "weight": 1.0, "best_step": 4}
+        assert "warning" not in proc.stderr
+    else:
+        assert got == {"restored": False, "weight": 2.0, "best_step": 8}
+        assert "warning: the best point's snapshot" in proc.stderr and "is damaged" in proc.stderr
+        assert "the selected model is the last point (step 8) instead" in proc.stderr
+
+
 # -- the safe reader on its own (one process, no process group) ------------------------------
 
 

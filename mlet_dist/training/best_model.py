@@ -8,8 +8,9 @@ The sharded state is written with torch.distributed.checkpoint (DCP), each rank 
 to ``best_model/step-<global step>``, only when a point improves and is not the last one (the
 live model already is the last). A run extended past its last point (more ``--epochs``) snapshots
 that point when it resumes, while the live weights still are it; a best point whose snapshot is
-gone anyway (deleted, or a checkpoint from before that rule) leaves the last point selected, with
-a warning, instead of failing every rerun.
+gone anyway (deleted, or a checkpoint from before that rule) or fails its checksums (a flipped
+byte would otherwise become the selected, collapsed and exported model) leaves the last point
+selected, with a warning naming why, instead of failing every rerun.
 """
 
 import math
@@ -25,7 +26,7 @@ from torch import nn
 from mlet_dist.distributed.env import DistEnv
 from mlet_dist.distributed.exact_save import ExactStorageSavePlanner
 from mlet_dist.distributed.safe_dcp import safe_load
-from mlet_dist.training.checkpoint_digest import record_checksums
+from mlet_dist.training.checkpoint_digest import agreed_verdict, record_checksums, verify_share
 
 
 def best_model_path(directory: Path, step: int) -> Path:
@@ -90,19 +91,26 @@ class BestModelKeeper:
         self._saved_step = step
 
     def restore_best(self, model: nn.Module) -> bool:
-        """Load the best point's weights back into the live model if a later point was worse.
-        False: its snapshot is gone, so the live (last) point is selected instead and its
-        metrics are unknown here (``best_metrics`` is emptied: the caller evaluates it)."""
+        """Load the best point's weights back into the live model if a later point was worse
+        (collective). False: its snapshot is gone or damaged, so the live (last) point is selected
+        instead and its metrics are unknown here (``best_metrics`` is emptied: the caller
+        evaluates it)."""
         if self.best_step is None or self.best_step == self._last_step:
             return True
+        path = best_model_path(self.directory, self.best_step)
         if not self._has_snapshot(self.best_step):
-            if self.env.is_main:
-                print(f"warning: the best point's snapshot {best_model_path(self.directory, self.best_step)} is "
-                      f"gone; the selected model is the last point (step {self._last_step}) instead",
-                      file=sys.stderr, flush=True)
-            self.best_epoch, self.best_step, self.best_metrics = self._last_epoch, self._last_step, {}
-            return False
+            return self._select_last(f"the best point's snapshot {path} is gone")
+        damage = agreed_verdict(verify_share(path, self.env.rank, self.env.world_size))
+        if damage:
+            return self._select_last(f"the best point's snapshot {path} is damaged ({damage})")
         state = model.state_dict()
-        safe_load(state, best_model_path(self.directory, self.best_step))  # data, never code
+        safe_load(state, path)  # data, never code
         model.load_state_dict(state)
         return True
+
+    def _select_last(self, why: str) -> bool:
+        if self.env.is_main:
+            print(f"warning: {why}; the selected model is the last point (step {self._last_step}) instead",
+                  file=sys.stderr, flush=True)
+        self.best_epoch, self.best_step, self.best_metrics = self._last_epoch, self._last_step, {}
+        return False
