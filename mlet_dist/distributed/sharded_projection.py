@@ -94,8 +94,12 @@ class ShardedProjection(nn.Module):
         param.register_hook(reduce_grad)
 
     def local_slice(self, row_offset: int, rows: int) -> torch.Tensor:
-        """W rows [row_offset, row_offset + rows) as held on this rank."""
+        """W rows [row_offset, row_offset + rows) as held on this rank: the parameter itself when
+        that is the whole shard (the table-wise case), so autograd adds no slice-backward
+        (a zero-filled k×d buffer per table per step) in front of its gradient."""
         for offset, param in zip(self.local_row_offsets, self.shards.values()):
+            if offset == row_offset and rows == param.shape[0]:
+                return param
             if offset <= row_offset and row_offset + rows <= offset + param.shape[0]:
                 return param[row_offset - offset : row_offset - offset + rows]
         raise KeyError(f"projection rows [{row_offset}, {row_offset + rows}) are not held on this rank")
