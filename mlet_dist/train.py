@@ -3,11 +3,10 @@
     torchrun --nproc-per-node 2 mlet_dist/train.py --data DIR
     torchx run -s local_cwd dist.ddp -j 1x2 --script mlet_dist/train.py -- --data DIR
 
-Thin on purpose: each step lives in a component (data, models, distributed, training).
+Thin on purpose: each step lives in a component (data, models, distributed, training; what
+follows the last step in training/finish.py).
 """
 
-import contextlib
-import io
 import os
 import sys
 import time
@@ -31,23 +30,13 @@ from mlet_dist.log_setup import quiet_library_logs
 from mlet_dist.models.ranking import model_factory
 from mlet_dist.serving import export_after_training, load_serving_sharded
 from mlet_dist.planning.plan_io import PlanMismatchError, check_plan_fits, load_plan, save_plan
-from mlet_dist.distributed.state import gather_full_state_dict
 from mlet_dist.training.best_model import BestModelKeeper
 from mlet_dist.training.checkpoint import CheckpointError, CheckpointManager, TrainPosition
 from mlet_dist.training.config import TrainConfig, parse_args
-from mlet_dist.distributed.table_grams import table_grams
-from mlet_dist.training.diagnostics import (
-    PREDICTIONS_DIR,
-    diagnostics_from_grams,
-    is_projection_key,
-    is_table_key,
-    save_predictions,
-)
-from mlet_dist.cli_common import ranks_phrase
 from mlet_dist.config_io import save_config
 from mlet_dist.errors import UserError
 from mlet_dist.training.failure import agree_on_attempt_id, exit_now, report_failure
-from mlet_dist.training.evaluation import Predictions, predict
+from mlet_dist.training.finish import Collapse, ServingCopy, evaluate_all, finish_run, finished_summary
 from mlet_dist.training.optim import attach_fused_embedding_optimizer, build_optimizer, lr_schedule
 from mlet_dist.training.precision import autocast_dense
 from mlet_dist.training.run_dir import RunDirBusy, RunDirectory, claim_run_dir, starts_fresh
@@ -55,7 +44,6 @@ from mlet_dist.training.resume_check import check_resume_matches
 from mlet_dist.training.run_name import agree_on_run_dir
 from mlet_dist.training.trainer import LoopConfig, Trainer
 
-EVAL_SPLITS = ("val", "test")
 CONFIG_FILE = "config.json"
 
 
@@ -128,57 +116,14 @@ def resume_position(
     return position
 
 
-def finished_summary(cfg: TrainConfig, position: TrainPosition, env: DistEnv) -> Optional[Dict[str, object]]:
-    """A rerun of a run that finished (its checkpoint past the last epoch, its summary.json
-    written): that summary, printed again, instead of an empty re-selection ("among 0
-    evaluation point(s)") that re-evaluates and rewrites it. Every rank decides alike from
-    the resumed position and the shared run dir; an unreadable summary is one error line."""
-    summary_path = cfg.run_dir / "summary.json"
-    if position.step == 0 or position.epoch < cfg.epochs or not summary_path.is_file():
-        return None
-    from data_prep.safe_json import JSONFileError, read_json_file
-
-    text = io.StringIO()
-    try:  # rendered on every rank first: a summary that cannot be printed stops every rank alike
-        summary = read_json_file(summary_path, "summary")
-        with contextlib.redirect_stdout(text):
-            print_summary(summary, cfg.run_dir)
-    except (JSONFileError, KeyError, TypeError, ValueError) as err:  # not the summary this code writes
-        what = err if isinstance(err, JSONFileError) else \
-            f"{summary_path} is not a run summary ({type(err).__name__}: {err})"
-        raise SystemExit(f"error: run already complete, but {what}; rerun with --no-resume to train afresh")
-    if env.is_main:
-        print(f"run already complete: {cfg.run_dir} trained {position.epoch} epoch(s), {position.step} steps "
-              f"(--epochs {cfg.epochs}); its summary:{text.getvalue()}", end="")
-    return summary
-
-
-def count_params(model_factory, serving: bool) -> int:
-    """Parameters at training (k-wide tables + projections) or serving (collapsed n×d tables)."""
-    from mlet_dist.modules.collapse import collapse_model
-    from mlet_dist.modules.mlet_embedding_bag import MLETEmbeddingBagCollection
-
-    model = model_factory(torch.device("meta"))
-    if serving and any(isinstance(m, MLETEmbeddingBagCollection) for m in model.modules()):
-        model = collapse_model(model, inplace=True)
-    return sum(p.numel() for p in model.parameters())
-
-
-def eval_streams(cfg: TrainConfig, env: DistEnv) -> Dict[str, ParquetBatchStream]:
-    return {
-        split: ParquetBatchStream(cfg.data, split, cfg.batch_size, env.rank, env.world_size,
-                                  drop_last=False, max_batches=cfg.max_eval_batches, **cfg.input.stream_kwargs(env),
-                                  shuffle=False)
-        for split in EVAL_SPLITS
-    }
-
-
-def evaluate_all(model: nn.Module, cfg: TrainConfig, env: DistEnv, label: str) -> Dict[str, Predictions]:
-    return {
-        split: predict(model, stream, env.device, env.world_size, desc=f"{label} {split}",
-                       show_progress=cfg.show_progress and env.is_main)
-        for split, stream in eval_streams(cfg, env).items()
-    }
+def collapse_to_serving(cfg: TrainConfig, env: DistEnv) -> Collapse:
+    """Owner-side collapse into the run's serving dir, loaded back as a stock TorchRec model.
+    Wired here because serving/ sits above training/, where the post-training phase lives."""
+    def collapse(model: nn.Module, source: Dict[str, object]) -> ServingCopy:
+        export = export_after_training(model, cfg, source=source)
+        collapsed, _ = load_serving_sharded(export.path, env.device, sharding=cfg.sharding.sharding)
+        return ServingCopy(export.path, export.manifest["collapse"], collapsed)
+    return collapse
 
 
 def run(cfg: TrainConfig, env: DistEnv) -> Dict[str, object]:
@@ -233,82 +178,9 @@ def run(cfg: TrainConfig, env: DistEnv) -> Dict[str, object]:
                       lr_schedule=lr_schedule(optimizer, cfg.optim),
                       evaluate=lambda: {s: p.metrics() for s, p in evaluate_all(sharded, cfg, env, "eval").items()})
     fit = trainer.fit(position)
-
-    if not keeper.restore_best(sharded):  # the best snapshot is gone: the live model is the selected one
-        keeper.best_metrics = {s: p.metrics() for s, p in evaluate_all(sharded, cfg, env, "selected").items()}
-    summary: Dict[str, object] = {
-        "model": "mlet" if cfg.embedding.mlet else "baseline",
-        "embedding_dim": cfg.embedding.embedding_dim,
-        "inner_dim": cfg.embedding.inner_dim if cfg.embedding.mlet else None,
-        "world_size": env.world_size,
-        "backend": env.backend,
-        "epochs": cfg.epochs,
-        "steps": fit.steps,
-        "train_seconds": fit.train_seconds,
-        "evaluations": fit.evaluations,
-        "stopped_early_at_step": fit.stopped_early_at,
-        "dead_run": fit.dead_run,  # val AUC stuck near 0.5 (training/dead_run.py)
-        "selected_epoch": keeper.best_epoch,
-        "selected_step": keeper.best_step,
-        "selected_by": "val auc",
-        "params_training": count_params(build, serving=False),
-        "params_serving": count_params(build, serving=True),
-        "trained": keeper.best_metrics,
-    }
-    if cfg.collapse:
-        trained_preds = evaluate_all(sharded, cfg, env, "trained")
-        # Owner-side collapse into a serving directory, then loaded back as a stock TorchRec model.
-        source = {"selected_epoch": keeper.best_epoch, "selected_step": keeper.best_step, "steps": fit.steps}
-        export = export_after_training(sharded, cfg, source=source)
-        collapsed, _ = load_serving_sharded(export.path, env.device, sharding=cfg.sharding.sharding)
-        collapsed_preds = evaluate_all(collapsed, cfg, env, "collapsed")
-        summary["serving_dir"] = str(export.path)
-        summary["collapse"] = export.manifest["collapse"]
-        summary["collapsed"] = {split: p.metrics() for split, p in collapsed_preds.items()}
-        summary["collapsed_max_abs_prediction_diff"] = max(
-            float((trained_preds[s].probs - collapsed_preds[s].probs).abs().max()) for s in EVAL_SPLITS
-        )
-    summary["arch"] = cfg.arch
-    if cfg.save_predictions:
-        test = trained_preds["test"] if cfg.collapse else evaluate_all(sharded, cfg, env, "predictions")["test"]
-        if env.is_main:
-            save_predictions(cfg.run_dir / PREDICTIONS_DIR, {"test": test})
-    if cfg.diagnostics:  # collectives: every rank takes part; no rank holds a whole table
-        grams = table_grams(sharded, keep=is_table_key, device=env.device)
-        projections = gather_full_state_dict(sharded, keep=is_projection_key)  # k×d each: small
-        if env.is_main:
-            summary["diagnostics"] = diagnostics_from_grams(grams, projections)
-    out.write_json("summary.json", summary)
-    if env.is_main:
-        print_summary(summary, cfg.run_dir)
+    summary = finish_run(sharded, cfg, env, fit, keeper, build, collapse_to_serving(cfg, env), out.write_json)
     claim.release()
     return summary
-
-
-def print_summary(summary: Dict[str, object], run_dir: Optional[Path] = None) -> None:
-    """The console ending: which point was selected (its AUC, which may be an --eval-every point
-    never printed during training), and where the run and its serving model are."""
-    trained = summary["trained"]
-    shape = f"d={summary['embedding_dim']}" + (f" k={summary['inner_dim']}" if summary["inner_dim"] else "")
-    print(f"\n{summary['model']} {shape} on {ranks_phrase(summary['world_size'])}, selected by val AUC "
-          f"among {summary['evaluations']} evaluation point(s): epoch {summary['selected_epoch']}, "
-          f"step {summary['selected_step']}")
-    print(f"  trained:   val AUC {trained['val']['auc']:.4f}  test AUC {trained['test']['auc']:.4f}")
-    if "collapsed" in summary:
-        c = summary["collapsed"]
-        print(f"  collapsed: val AUC {c['val']['auc']:.4f}  test AUC {c['test']['auc']:.4f}  "
-              f"(max |p_trained - p_collapsed| = {summary['collapsed_max_abs_prediction_diff']:.2e})")
-    if run_dir is not None:
-        print(f"  run dir: {run_dir}  (summary.json, metrics.jsonl, tensorboard/)")
-    if "serving_dir" in summary:
-        print(f"  serving dir: {summary['serving_dir']}  (score it with mlet-predict --serving DIR --data DATA "
-              f"--out FILE.parquet)")
-    elif summary["model"] == "mlet":
-        print(f"  not collapsed (--no-collapse): mlet-collapse --run-dir {run_dir} --out {run_dir}/serving "
-              "makes the serving dir")
-    else:
-        print(f"  serving: mlet-collapse --run-dir {run_dir} --out {run_dir}/serving exports this baseline "
-              "for mlet-predict")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -148,7 +148,7 @@ def test_a_finished_runs_unusable_summary_is_one_error_line(content: str, tmp_pa
     import torch
 
     from mlet_dist.distributed.env import DistEnv
-    from mlet_dist.train import finished_summary
+    from mlet_dist.training.finish import finished_summary
     from mlet_dist.training.checkpoint import TrainPosition
     from mlet_dist.training.config import parse_args
 
