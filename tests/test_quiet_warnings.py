@@ -102,3 +102,5 @@ def test_export_and_predict_print_no_library_warning(tmp_path: Path) -> None:
         proc = run_cli(argv, tmp_path)
         assert proc.returncode == 0, (argv, proc.stderr[-2000:])
         assert "Warning" not in proc.stdout + proc.stderr, (argv[0], proc.stderr[-3000:])
+        if argv[0] == "mlet-predict":  # stderr a pipe: no progress bar redraws (as mlet-train, issue 31 item 4)
+            assert "rows/s" not in proc.stderr and "\r" not in proc.stderr, proc.stderr[-2000:]

@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the model runs")
     p.add_argument("--metrics-out", type=Path, default=None,
                    help="also write the report as JSON here (with --raw: every rejected line, up to 1000)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (default: shown when stderr is a terminal, as mlet-train)")
     return p
 
 
@@ -167,7 +168,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                                args.max_batches)
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
-    progress = not args.no_progress
+    progress = not args.no_progress and sys.stderr.isatty()  # a log file or pipe gets no bar lines
     report: Dict[str, Any] = {"serving": str(args.serving), "data": str(data),
                               "split": "raw" if args.raw is not None else args.split,
                               "labels": stream.has_labels}
