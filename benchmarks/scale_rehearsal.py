@@ -17,9 +17,17 @@ Stages (every command is the one a user runs, a fresh process tree sampled for R
   (a torchrun job of this script): seconds, GB, GB/s;
 * collapse: ``mlet-collapse`` of the MLET run: seconds, GB/s of k-wide tables read, beside this
   machine's copy bandwidth measured in the same run;
-* export: ``mlet-export`` fp32/fp16/int8: size, load seconds, predict latency p50/p99 per batch.
+* export: ``mlet-export`` fp32/fp16/int8: size, load seconds, predict latency p50/p99 per batch;
+* checkpoint.kill9: MLET trained 3x--kill-every steps with a checkpoint every --kill-every, the
+  whole torchrun tree SIGKILLed while step 2x--kill-every is being written, resumed, and every
+  step's loss and the end val/test metrics compared with an uninterrupted run (exact equality);
+* epoch: MLET 64->16 at Kaggle table sizes on the plan: --epoch-steps, val/test AUC and NE on
+  --epoch-eval-batches batches, and a whole Kaggle epoch's time extrapolated from samples/s.
+  --prep-fraction runs the prep stage on fewer rows (its whole time extrapolated from its rate):
+  on a shared 2-core box raw TSV is written at ~3 MB/s, an hour for Kaggle's 11 GB.
 
-Not done here (said in the report): one epoch over all rows, and a kill -9 during a save.
+The synthetic labels are independent of the features: AUC ~0.5 and NE ~1 are the expected values
+(the epoch stage measures time and memory, not model quality).
 Timings on a shared machine are upper bounds; peak RSS figures hold regardless.
 """
 
@@ -42,7 +50,7 @@ sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 from rss_sampler import RssSampler  # noqa: E402
 
 KAGGLE_ROWS = 45_840_617
-STAGES = ("prep", "plan", "train", "checkpoint", "collapse", "export")
+STAGES = ("prep", "plan", "train", "checkpoint", "collapse", "export", "epoch")
 MODELS = {  # name -> mlet-train / mlet-plan flags
     "mlet_k64_d16": ["--model", "mlet", "--inner-dim", "64", "--embedding-dim", "16"],
     "baseline_d16": ["--model", "baseline", "--embedding-dim", "16"],
@@ -128,6 +136,8 @@ def stage_prep(args: argparse.Namespace, sizes: List[int], rows: int) -> Dict[st
                                 "workers": os.cpu_count(), "vocabulary_sizes": meta["table_sizes"],
                                 "vocabulary_total": sum(meta["table_sizes"].values()),
                                 "parquet_bytes": dir_bytes(out)}}
+    result["criteo_kaggle"]["all_rows_seconds_extrapolated"] = round(
+        prep["seconds"] * KAGGLE_ROWS * args.fraction / rows, 1)
     if not args.keep:
         tsv.unlink()
         shutil.rmtree(out)
@@ -138,11 +148,11 @@ def _plain(measured: Dict[str, Any]) -> Dict[str, Any]:
     return {"seconds": measured["seconds"], "peak_rss_bytes": measured["peak_rss_bytes"]}
 
 
-def training_data(args: argparse.Namespace, sizes: List[int], name: str) -> Path:
+def training_data(args: argparse.Namespace, sizes: List[int], name: str, steps: int) -> Path:
     """A parquet dataset with the given tables and rows enough for --steps global batches
     (train is 6/7 of the rows) and a few eval batches."""
     data = args.workdir / name
-    rows = int(args.steps * args.batch_size * args.world * 7 / 6) + 7 * args.batch_size * args.world
+    rows = int(steps * args.batch_size * args.world * 7 / 6) + 7 * args.batch_size * args.world
     run_measured([tool("mlet-prep"), "synthetic", str(data), "--rows", str(rows), "--table-sizes",
                   ",".join(map(str, sizes)), "--no-progress", "--overwrite"], args.workdir / f"{name}.log")
     return data
@@ -163,25 +173,41 @@ def stage_plan(args: argparse.Namespace, data: Path) -> Dict[str, Any]:
     return result
 
 
+def train_command(args: argparse.Namespace, data: Path, model: str, run_dir: Path, plan: Optional[Path],
+                  steps: int, eval_batches: int, *extra: str) -> List[str]:
+    """mlet-train under torchrun, one epoch capped at ``steps`` (0: all), as a user runs it."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.world}",
+           str(REPO / "mlet_dist" / "train.py"), "--data", str(data), "--run-dir", str(run_dir), "--epochs", "1",
+           "--batch-size", str(args.batch_size), "--no-collapse", "--no-progress", *MODELS[model], *extra]
+    cmd += ["--max-train-batches", str(steps)] if steps else []
+    cmd += ["--max-eval-batches", str(eval_batches)] if eval_batches else []
+    return cmd + (["--plan", str(plan)] if plan is not None else ["--sharding", args.sharding])
+
+
+def metrics_events(run_dir: Path, event: str) -> List[Dict[str, Any]]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+            if f'"event": "{event}"' in line]
+
+
 def train_once(args: argparse.Namespace, data: Path, model: str, plan: Optional[Path], tag: str) -> Dict[str, Any]:
     run_dir = args.workdir / f"run_{model}_{tag}"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.world}",
-           str(REPO / "mlet_dist" / "train.py"), "--data", str(data), "--run-dir", str(run_dir), "--no-resume",
-           "--epochs", "1", "--batch-size", str(args.batch_size), "--max-train-batches", str(args.steps),
-           "--max-eval-batches", "2", "--no-collapse", "--no-progress", *MODELS[model]]
-    cmd += ["--plan", str(plan)] if plan is not None else ["--sharding", args.sharding]
+    cmd = train_command(args, data, model, run_dir, plan, args.steps, 2, "--no-resume")
     measured = run_measured(cmd, args.workdir / f"train_{model}_{tag}.log")
-    epoch = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-             if '"event": "epoch"' in line][-1]
+    epoch = metrics_events(run_dir, "epoch")[-1]
     return {**_plain(measured), "samples_per_s": round(epoch["samples_per_s"], 1),
             "rank_peak_rss_bytes": measured["rank_peaks"], "run_dir": str(run_dir)}
 
 
-def stage_train(args: argparse.Namespace, full: Path, small: Path, plans: Dict[str, Any]) -> Dict[str, Any]:
-    result: Dict[str, Any] = {"steps": args.steps, "batch_size_per_rank": args.batch_size, "world": args.world}
+def stage_train(args: argparse.Namespace, full: Path, small: Path, plans: Dict[str, Any],
+                report: Dict[str, Any]) -> Dict[str, Any]:
+    result = report["train"] = {"steps": args.steps, "batch_size_per_rank": args.batch_size, "world": args.world}
     for model in args.models:
         result[model] = {"full_tables": train_once(args, full, model, Path(plans[model]["file"]), "full"),
                          "small_tables": train_once(args, small, model, None, "small")}
+        for tag, run in result[model].items():  # disk: only the headline's full run is collapsed later
+            if (model, tag) != (HEADLINE, "full_tables"):
+                shutil.rmtree(run["run_dir"], ignore_errors=True)
+        write_report(args, report)  # a model at a time: minutes each at Kaggle size
     if HEADLINE in result and "baseline_d16" in result:  # the MLET/stock throughput ratio per table size
         result["mlet_over_d16"] = {tag: round(result[HEADLINE][tag]["samples_per_s"]
                                               / result["baseline_d16"][tag]["samples_per_s"], 3)
@@ -260,6 +286,107 @@ def checkpoint_worker(data: Path, plan_file: Path, root: Path, out: Path) -> Non
     shutdown_distributed()
 
 
+def step_losses(run_dir: Path) -> Dict[int, float]:
+    """The loss logged at every step; a resumed run's own value wins over the killed attempt's."""
+    return {e["step"]: e["loss"] for e in metrics_events(run_dir, "train")}
+
+
+def end_metrics(run_dir: Path) -> Dict[str, Any]:
+    epoch = metrics_events(run_dir, "epoch")[-1]
+    return {split: {m: epoch[split][m] for m in ("auc", "logloss", "ne")} for split in ("val", "test")}
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and every descendant at once: torchrun starts its workers in sessions of
+    their own, so killing its process group leaves them training."""
+    import psutil
+
+    root = psutil.Process(pid)
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+def kill_during_save(cmd: Sequence[str], tmp_dir: Path, log: Path, timeout_s: float,
+                     after_bytes: int) -> Dict[str, Any]:
+    """Start ``cmd`` in its own session and SIGKILL the whole tree once ``tmp_dir`` (the checkpoint
+    being written) holds ``after_bytes`` (0: as soon as it exists; a CI-size save lasts a few ms): a
+    crash mid-save, launcher included. Reports how much of the checkpoint was on disk."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    with open(log, "w") as out:
+        proc = subprocess.Popen(list(cmd), cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        while proc.poll() is None and time.monotonic() < deadline and not tmp_dir.is_dir():
+            time.sleep(0.001)
+        while after_bytes and proc.poll() is None and tmp_dir.is_dir() and dir_bytes(tmp_dir) < after_bytes:
+            time.sleep(0.01)  # a large save: kill it in the middle of its writes
+        during = proc.poll() is None and tmp_dir.is_dir()
+        kill_tree(proc.pid)
+        proc.wait()
+        written = dir_bytes(tmp_dir) if tmp_dir.is_dir() else 0
+    return {"killed_during_save": during, "bytes_written_at_kill": written, "torn_dir_left": tmp_dir.is_dir()}
+
+
+def resumed_step(log: str) -> Optional[int]:
+    """The step of the checkpoint mlet-train says it resumed from ('resuming from .../step-N')."""
+    import re
+
+    found = re.search(r"resuming from \S*step-(\d+)", log)
+    return int(found.group(1)) if found else None
+
+
+def stage_kill_resume(args: argparse.Namespace, data: Path, plan: Path) -> Dict[str, Any]:
+    """kill -9 during the second checkpoint save, resume, and compare every later step's loss and
+    the end metrics with an uninterrupted run of the same steps (exact equality)."""
+    every = args.kill_every
+    steps, flags = 3 * every, ["--checkpoint-every", str(every), "--keep-checkpoints", "1", "--log-every", "1",
+                               "--checkpoint-mode", "sync"]
+    clean_dir, killed_dir = args.workdir / "run_uninterrupted", args.workdir / "run_killed"
+    clean = run_measured(train_command(args, data, HEADLINE, clean_dir, plan, steps, 2, "--no-resume", *flags),
+                         args.workdir / "kill_uninterrupted.log")
+    shutil.rmtree(clean_dir / "checkpoints", ignore_errors=True)  # only its losses and metrics are compared
+    cmd = train_command(args, data, HEADLINE, killed_dir, plan, steps, 2, *flags)
+    tmp = killed_dir / "checkpoints" / f".step-{2 * every:08d}.tmp"
+    kill = kill_during_save([*cmd, "--no-resume"], tmp, args.workdir / "kill_killed.log", args.kill_timeout,
+                            int(args.kill_after_gb * GB))
+    resumed = run_measured(cmd, args.workdir / "kill_resumed.log")
+    log = (args.workdir / "kill_resumed.log").read_text()
+    expected, got = step_losses(clean_dir), step_losses(killed_dir)
+    differing = [s for s in expected if got.get(s) != expected[s]]
+    result = {**kill, "torn_dir_removed_by_resume": not tmp.is_dir(), "steps": steps, "checkpoint_every": every,
+              "resumed_from_step": resumed_step(log),
+              "resume_seconds": resumed["seconds"], "uninterrupted_seconds": clean["seconds"],
+              "steps_compared": len(expected), "steps_differing": differing,
+              "end_metrics_equal": end_metrics(clean_dir) == end_metrics(killed_dir)}
+    result["matches_uninterrupted"] = not differing and result["end_metrics_equal"] and len(got) == len(expected)
+    shutil.rmtree(killed_dir, ignore_errors=True)
+    shutil.rmtree(clean_dir, ignore_errors=True)
+    return result
+
+
+def stage_epoch(args: argparse.Namespace, data: Path, plan: Path, rows: int) -> Dict[str, Any]:
+    """MLET 64->16 at Kaggle table sizes on the plan for --epoch-steps, val/test AUC and NE on the
+    first --epoch-eval-batches batches, and the time of a whole Kaggle epoch (6/7 of the rows,
+    the reference split's train part) extrapolated from samples/s."""
+    train_rows = rows * 6 // 7
+    run_dir = args.workdir / "run_epoch"
+    cmd = train_command(args, data, HEADLINE, run_dir, plan, args.epoch_steps, args.epoch_eval_batches,
+                        "--no-resume")
+    measured = run_measured(cmd, args.workdir / "epoch.log")
+    epoch = metrics_events(run_dir, "epoch")[-1]
+    trained = epoch["step"] * args.batch_size * args.world
+    result = {**_plain(measured), "rank_peak_rss_bytes": measured["rank_peaks"], "steps": epoch["step"],
+              "rows_trained": trained, "epoch_train_rows": train_rows,
+              "fraction_of_epoch": round(min(1.0, trained / train_rows), 4),
+              "samples_per_s": round(epoch["samples_per_s"], 1),
+              "epoch_seconds_extrapolated": round(train_rows / epoch["samples_per_s"], 1),
+              "eval_rows": {s: epoch[s]["rows"] for s in ("val", "test")}, **end_metrics(run_dir)}
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return result
+
+
 def copy_bandwidth(nbytes: int) -> float:
     """This machine's copy rate (bytes read per second, best of 3) on a buffer of ``nbytes``."""
     import torch
@@ -331,8 +458,8 @@ def readme(report: Dict[str, Any]) -> str:
     prep, train, ck, col, exp = (report.get(s, {}) for s in ("prep", "train", "checkpoint", "collapse", "export"))
     lines = [f"# Criteo-Kaggle scale rehearsal (fraction {report['fraction']})", "",
              f"{report['rows']:,} rows, {report['table_rows_total']:,} table rows, {report['world']} ranks, "
-             f"{report['machine']}. Written by `benchmarks/scale_rehearsal.py`; figures in `kaggle.json`. "
-             f"Not run: {', '.join(report['not_run'])}.", "",
+             f"{report['machine']}. Written by `benchmarks/scale_rehearsal.py`; figures in `kaggle.json`."
+             + (f" Not run: {', '.join(report['not_run'])}." if report["not_run"] else ""), "",
              "| stage | seconds | peak RSS GB | figure |", "|---|---|---|---|"]
     if prep:
         ck_ = prep["criteo_kaggle"]
@@ -348,6 +475,12 @@ def readme(report: Dict[str, Any]) -> str:
         lines.append(f"| checkpoint (sync / async save, load) | {ck['sync_save']['seconds']} / "
                      f"{ck['async_save']['seconds']} / {ck['resume_load']['seconds']} | {gb(ck['peak_rss_bytes'])} | "
                      f"{ck['gb']} GB, sync {ck['sync_save']['gb_per_s']} GB/s |")
+    kill = ck.get("kill9")
+    if kill:
+        lines.append(f"| kill -9 during save of step {2 * kill['checkpoint_every']}, resume | "
+                     f"{kill['resume_seconds']:.1f} | - | killed mid-save: {kill['killed_during_save']}, "
+                     f"resumed from step {kill['resumed_from_step']}, matches uninterrupted "
+                     f"({kill['steps_compared']} step losses, val/test): {kill['matches_uninterrupted']} |")
     if col:
         lines.append(f"| collapse | {col['seconds']:.1f} | {gb(col['peak_rss_bytes'])} | {col['gb_per_s']} GB/s "
                      f"(copy {col['copy_gb_per_s']} GB/s) |")
@@ -357,6 +490,13 @@ def readme(report: Dict[str, Any]) -> str:
         lines.append(f"| export {'/'.join(exp['precisions'])} | {exp['seconds']:.1f} | {gb(exp['peak_rss_bytes'])} | "
                      f"{gb(exp['bytes'])} GB; {first} p50 ms " + ", ".join(f"b{b}: {v['p50']}" for b, v in lat.items())
                      + " |")
+    ep = report.get("epoch")
+    if ep:
+        lines.append(f"| epoch MLET 64->16 ({ep['fraction_of_epoch']:.1%}: {ep['rows_trained']:,} of "
+                     f"{ep['epoch_train_rows']:,} rows) | {ep['seconds']:.1f} | {gb(ep['peak_rss_bytes'])} | "
+                     f"{ep['samples_per_s']:,} samples/s, whole epoch {ep['epoch_seconds_extrapolated'] / 3600:.2f} h; "
+                     f"val AUC {ep['val']['auc']:.4f} NE {ep['val']['ne']:.4f}, test AUC {ep['test']['auc']:.4f} "
+                     f"NE {ep['test']['ne']:.4f} |")
     if report.get("ranks"):
         lines += ["", "| rank | planned GB | measured peak RSS GB | measured / planned |", "|---|---|---|---|"]
         lines += [f"| {r['rank']} | {gb(r['planned_bytes'])} | {gb(r['peak_rss_bytes'])} | {r['measured_over_planned']} |"
@@ -364,31 +504,55 @@ def readme(report: Dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(args: argparse.Namespace) -> Dict[str, Any]:
+def write_report(args: argparse.Namespace, report: Dict[str, Any]) -> None:
+    """kaggle.json and README.md as they stand: written after every stage, so an hours-long run that
+    fails or is stopped keeps the stages it finished."""
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "kaggle.json").write_text(json.dumps(report, indent=1) + "\n")
+    (args.out / "README.md").write_text(readme(report))
+
+
+def run(args: argparse.Namespace, report: Dict[str, Any]) -> None:
     sizes = kaggle_table_sizes(args.fraction)
     rows = max(1000, round(KAGGLE_ROWS * args.fraction))
-    report: Dict[str, Any] = {"fraction": args.fraction, "rows": rows, "table_rows_total": sum(sizes),
-                              "table_sizes": sizes, "world": args.world, "machine": machine_line(),
-                              "not_run": ["one epoch over all rows", "kill -9 during a save"]}
-    report["room"] = check_room(args, sizes, rows)
-    progress(f"prep: {rows:,} rows of raw TSV, then mlet-prep criteo-kaggle")
-    report["prep"] = stage_prep(args, sizes, rows)
+    prep_rows = max(1000, round(KAGGLE_ROWS * args.prep_fraction))
+    report.update({"fraction": args.fraction, "rows": rows, "table_rows_total": sum(sizes), "table_sizes": sizes,
+                   "world": args.world, "machine": machine_line(), "not_run": []})
+    report["room"] = check_room(args, sizes, prep_rows)
+    progress(f"prep: {prep_rows:,} rows of raw TSV, then mlet-prep criteo-kaggle")
+    report["prep"] = stage_prep(args, sizes, prep_rows)
+    if prep_rows < rows:
+        report["not_run"].append(f"prep of all {rows:,} rows ({prep_rows:,} ran; the whole is extrapolated from MB/s)")
+    write_report(args, report)
     progress("training datasets: Kaggle-size tables and tables capped at "
              f"{args.small_table_rows:,} rows")
-    full = training_data(args, sizes, "train_full")
-    small = training_data(args, [min(n, args.small_table_rows) for n in sizes], "train_small")
+    full = training_data(args, sizes, "train_full", max(args.steps, 3 * args.kill_every, args.epoch_steps))
+    small = training_data(args, [min(n, args.small_table_rows) for n in sizes], "train_small", args.steps)
     progress(f"plan: mlet-plan 1x{args.world} cpu for {', '.join(args.models)}")
     report["plan"] = stage_plan(args, full)
+    plan = Path(report["plan"][HEADLINE]["file"])
     progress(f"train: {len(args.models)} models x 2 table sizes, {args.steps} steps each")
-    report["train"] = stage_train(args, full, small, report["plan"])
+    report["train"] = stage_train(args, full, small, report["plan"], report)
     report["ranks"] = rank_rows(report["plan"], report["train"])
+    write_report(args, report)
     progress("checkpoint: sync, async save and load")
-    report["checkpoint"] = stage_checkpoint(args, full, Path(report["plan"][HEADLINE]["file"]))
+    report["checkpoint"] = stage_checkpoint(args, full, plan)
+    write_report(args, report)
+    progress(f"checkpoint: kill -9 during the save of step {2 * args.kill_every}, resume, compare")
+    report["checkpoint"]["kill9"] = stage_kill_resume(args, full, plan)
+    write_report(args, report)
     progress("collapse: mlet-collapse of the MLET run")
     report["collapse"] = stage_collapse(args, Path(report["train"][HEADLINE]["full_tables"]["run_dir"]), sizes)
+    shutil.rmtree(report["train"][HEADLINE]["full_tables"]["run_dir"], ignore_errors=True)
     progress("export: mlet-export and predict latency")
     report["export"] = stage_export(args, Path(report["collapse"]["serving_dir"]))
-    return report
+    shutil.rmtree(report["collapse"]["serving_dir"], ignore_errors=True)
+    write_report(args, report)
+    progress(f"epoch: MLET on the Kaggle-size tables, {args.epoch_steps} steps")
+    report["epoch"] = stage_epoch(args, full, plan, rows)
+    if report["epoch"]["fraction_of_epoch"] < 1:
+        report["not_run"].append(f"the whole epoch ({report['epoch']['fraction_of_epoch']:.1%} of it ran; "
+                                 "its time is extrapolated from samples/s)")
 
 
 def machine_line() -> str:
@@ -419,11 +583,26 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS),
                    help=f"models to plan and train ({HEADLINE} is needed for ranks, checkpoint, collapse)")
     p.add_argument("--precisions", nargs="+", choices=["fp32", "fp16", "int8"], default=["fp32", "fp16", "int8"])
+    p.add_argument("--kill-every", type=int, default=3,
+                   help="checkpoint interval of the kill -9 stage (killed saving step 2x this, 3x trained)")
+    p.add_argument("--kill-after-gb", type=float, default=1.0,
+                   help="kill once this much of that checkpoint is written (0: as soon as its dir exists)")
+    p.add_argument("--kill-timeout", type=float, default=1800, help="seconds to wait for that save to start")
+    p.add_argument("--epoch-steps", type=int, default=300,
+                   help="steps of the epoch stage; a whole epoch's time is extrapolated from its samples/s")
+    p.add_argument("--prep-fraction", type=float, default=None,
+                   help="rows of the prep stage (raw TSV + mlet-prep) as a fraction of Kaggle's (default: "
+                        "--fraction); the whole prep's time is extrapolated from its rate")
+    p.add_argument("--epoch-eval-batches", type=int, default=0,
+                   help="the epoch stage evaluates the first N x --batch-size rows of val and test (0: all)")
     p.add_argument("--keep", action="store_true", help="keep the workdir (default: removed at the end)")
     p.add_argument("--_checkpoint-worker", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if not 0 < args.fraction <= 1:
         p.error(f"--fraction must be in (0, 1], got {args.fraction}")
+    args.prep_fraction = args.fraction if args.prep_fraction is None else args.prep_fraction
+    if not 0 < args.prep_fraction <= args.fraction:
+        p.error(f"--prep-fraction must be in (0, --fraction], got {args.prep_fraction}")
     if HEADLINE not in args.models:
         p.error(f"--models must include {HEADLINE} (the checkpoint, collapse and export stages use it)")
     return args
@@ -434,17 +613,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args._checkpoint_worker:
         checkpoint_worker(*map(Path, args._checkpoint_worker))
         return 0
+    report: Dict[str, Any] = {}
     try:
-        report = run(args)
+        run(args, report)
     except StageFailed as err:
+        from mlet_dist.training.checkpoint import first_line
+
+        report["not_run"].append(f"everything after a failed stage ({first_line(err)})")
+        write_report(args, report)
         print(f"error: stage failed: {err}", file=sys.stderr)
         return 1
     finally:
         if not args.keep:
             shutil.rmtree(args.workdir, ignore_errors=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "kaggle.json").write_text(json.dumps(report, indent=1) + "\n")
-    (args.out / "README.md").write_text(readme(report))
+    write_report(args, report)
     print(readme(report))
     return 0
 

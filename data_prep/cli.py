@@ -99,6 +99,18 @@ def _add_common(p: argparse.ArgumentParser, vocab: bool = True) -> None:
                    help="progress bar on stderr (default: when stderr is a terminal)")
 
 
+DEFAULT_SYNTHETIC_TABLES = "criteo-kaggle"
+
+
+def default_tables_warning(sizes: List[int]) -> str:
+    """What the default tables cost a model, said before any work: a user who asked for a few
+    thousand rows otherwise trains 8.6 GB of tables without knowing why it is slow."""
+    k64_gb = sum(sizes) * 64 * 4 / 1e9
+    return (f"--table-sizes not given: {DEFAULT_SYNTHETIC_TABLES} tables, {sum(sizes):,} rows in all (largest "
+            f"{max(sizes):,}); a model of them holds {k64_gb:.1f} GB of fp32 tables at width 64 "
+            f"({k64_gb / 4:.1f} GB at 16) however few --rows you generate; --table-sizes N for small tables")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Prepare training datasets (parquet + meta.json).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -129,8 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("out", metavar="OUT", help="output dataset directory (or TSV file with --format criteo-tsv)")
     sy.add_argument("--rows", type=int, default=None, help="rows to generate")
     sy.add_argument("--size-mb", type=float, default=None, help="criteo-tsv only: stop at this many MB of text")
-    sy.add_argument("--table-sizes", default="criteo-kaggle",
-                    help="criteo-kaggle | criteo-terabyte | N (all tables) | 26 comma-separated N (default criteo-kaggle)")
+    sy.add_argument("--table-sizes", default=None,
+                    help="criteo-kaggle | criteo-terabyte | N (all tables) | 26 comma-separated N (default "
+                         f"{DEFAULT_SYNTHETIC_TABLES}, with a warning line saying how big a model of them is)")
     sy.add_argument("--zipf", type=float, default=1.05, help="power-law exponent of id frequencies (default 1.05)")
     sy.add_argument("--seed", type=int, default=0)
     sy.add_argument("--format", choices=("parquet", "criteo-tsv"), default="parquet")
@@ -287,7 +300,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             result = prepare_avazu(args.src, args.out, cfg, val_fraction=args.val_fraction,
                                    test_fraction=args.test_fraction)
         else:
-            sizes = parse_table_sizes(args.table_sizes)
+            sizes = parse_table_sizes(args.table_sizes or DEFAULT_SYNTHETIC_TABLES)
+            if args.table_sizes is None:
+                print(f"{PROG}: warning: {default_tables_warning(sizes)}", file=sys.stderr)
             if args.format == "criteo-tsv":
                 if args.rows is None and args.size_mb is None:
                     raise ValueError("criteo-tsv needs --rows or --size-mb")

@@ -14,9 +14,10 @@ def test_tiny_fraction_reports_every_stage(tmp_path: Path) -> None:
     out = tmp_path / "report"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "scale_rehearsal.py"), "--fraction", "0.0002", "--steps", "2",
            "--batch-size", "32", "--models", "mlet_k64_d16", "--precisions", "fp32", "--latency-calls", "5",
-           "--latency-batches", "1", "64", "--workdir", str(tmp_path / "work"), "--out", str(out)]
+           "--latency-batches", "1", "64", "--kill-every", "2", "--kill-after-gb", "0", "--epoch-steps", "3",
+           "--epoch-eval-batches", "2", "--workdir", str(tmp_path / "work"), "--out", str(out)]
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)  # shared boxes: 10x
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads((out / "kaggle.json").read_text())
     assert report["rows"] == round(45_840_617 * 0.0002) and len(report["table_sizes"]) == 26
@@ -30,12 +31,32 @@ def test_tiny_fraction_reports_every_stage(tmp_path: Path) -> None:
     assert train["full_tables"]["samples_per_s"] > 0 and train["small_tables"]["samples_per_s"] > 0
     assert [r["rank"] for r in report["ranks"]] == [0, 1]
     for row in report["ranks"]:  # every rank: the plan's bytes beside its measured peak
-        assert row["planned_bytes"] > 0 and row["peak_rss_bytes"] > row["planned_bytes"], row
+        assert abs(row["measured_over_planned"] - 1) < 0.15, row  # the issue's bound; here mostly process overhead
     ck = report["checkpoint"]
     assert ck["bytes"] > 0 and all(ck[m]["seconds"] > 0 for m in ("sync_save", "async_save", "resume_load"))
+    kill = ck["kill9"]  # the resume after a kill -9 mid-save equals the uninterrupted run
+    assert kill["killed_during_save"] and kill["torn_dir_left"] and kill["torn_dir_removed_by_resume"], kill
+    assert kill["resumed_from_step"] == 2 and kill["steps_compared"] == 6 and kill["matches_uninterrupted"], kill
     assert report["collapse"]["copy_gb_per_s"] > 0
+    epoch = report["epoch"]
+    assert epoch["steps"] == 3 and 0 < epoch["fraction_of_epoch"] < 1 and epoch["epoch_seconds_extrapolated"] > 0
+    assert 0 < epoch["val"]["auc"] < 1 and epoch["test"]["ne"] > 0 and epoch["eval_rows"]["val"] == 2 * 32
     fp32 = report["export"]["precisions"]["fp32"]
     assert fp32["module_bytes"] > 0 and set(fp32["latency_ms"]) == {"1", "64"}
     readme = (out / "README.md").read_text()
-    assert "| rank | planned GB" in readme and "| checkpoint" in readme
+    assert "| rank | planned GB" in readme and "| checkpoint" in readme and "| kill -9" in readme
+    assert "| epoch MLET" in readme
     assert not (tmp_path / "work").exists()  # the work dir is removed unless --keep
+
+
+def test_synthetic_default_tables_say_what_they_cost(tmp_path: Path, capsys) -> None:
+    """Issue 26 item 2: `mlet-prep synthetic` without --table-sizes builds Kaggle-size tables; it says
+    so, with the model size, in one warning line (a few --rows otherwise hide 8.6 GB of tables)."""
+    from data_prep.cli import main as prep_main
+
+    assert prep_main(["synthetic", str(tmp_path / "a.tsv"), "--format", "criteo-tsv", "--rows", "10"]) == 0
+    warnings = [l for l in capsys.readouterr().err.splitlines() if l.startswith("mlet-prep: warning:")]
+    assert len(warnings) == 1 and "33,762,577 rows" in warnings[0] and "8.6 GB" in warnings[0], warnings
+    assert prep_main(["synthetic", str(tmp_path / "b.tsv"), "--format", "criteo-tsv", "--rows", "10",
+                      "--table-sizes", "100"]) == 0
+    assert "warning" not in capsys.readouterr().err
