@@ -2,10 +2,12 @@
 
     python reports/small_d/plot.py curves OUT.png TITLE::RUN_DIR[,RUN_DIR...] ...
     python reports/small_d/plot.py probe OUT.png LABEL::PROBE.jsonl ...
+    python reports/small_d/plot.py dense OUT.png LABEL::PROBE.jsonl ...
 
 curves: validation AUC at every evaluation point, one line per run (seed), one panel per TITLE;
 a dead run (summary.json dead_run) is drawn dashed. probe: embedding norm, dot-interaction size,
-alive top-MLP units and loss over the first steps, one line per LABEL.
+alive top-MLP units and loss over the first steps, one line per LABEL. dense: the share of
+bottom-MLP output units alive and the bottom-MLP output's norm (issue 28), one line per LABEL.
 """
 
 import json
@@ -70,6 +72,24 @@ def probe(out: Path, probes: Dict[str, Path]) -> None:
     plt.close(fig)
 
 
+def dense(out: Path, probes: Dict[str, Path]) -> None:
+    plt = pyplot()
+    keys = [("dense_alive", "bottom-MLP output units alive (share of d)"), ("x_norm", "mean |bottom-MLP output|")]
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.0 * len(keys), 3.6))
+    for label, path in probes.items():
+        rows = [r for r in map(json.loads, path.read_text().splitlines()) if "loss" in r]
+        for ax, (key, title) in zip(axes, keys):
+            ax.plot([r["step"] for r in rows], [r[key] for r in rows], marker=".", label=label,
+                    linestyle="--" if label.startswith("slow") else "-")
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel("step")
+            ax.grid(True, alpha=0.3)
+    axes[0].legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: List[str]) -> None:
     kind, out, specs = argv[0], Path(argv[1]), argv[2:]
     pairs = [s.split("::", 1) for s in specs]
@@ -77,8 +97,10 @@ def main(argv: List[str]) -> None:
         curves(out, {title: [Path(p) for p in paths.split(",")] for title, paths in pairs})
     elif kind == "probe":
         probe(out, {label: Path(p) for label, p in pairs})
+    elif kind == "dense":
+        dense(out, {label: Path(p) for label, p in pairs})
     else:
-        raise SystemExit(f"unknown figure {kind!r}: curves or probe")
+        raise SystemExit(f"unknown figure {kind!r}: curves, probe or dense")
 
 
 if __name__ == "__main__":
