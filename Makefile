@@ -25,6 +25,7 @@ demo: setup
 		$(DEMO_ARGS)
 
 test: setup
+	$(BIN)/ruff check
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q
 
 # On one CUDA GPU: versions + device, the `cuda` tests, GPU benchmarks -> reports/gpu/<device>.{json,md}

@@ -165,7 +165,6 @@ def main() -> None:
         "chunked": lambda: collapse_table(table, local_proj, args.chunk_rows, out=out),
         "owner": lambda: collapse_state_dict(state, chunk_rows=args.chunk_rows),  # type: ignore[arg-type]
     }, device, args.repeats)
-    del dst, out, a, b
     flops = total(2 * m ** 3) / results.pop("gemm")
     bandwidth = 2 * read_bytes / results["copy"]  # read + write
     bound = bandwidth * k / (k + d)

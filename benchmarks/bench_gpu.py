@@ -26,7 +26,6 @@ is recorded as skipped with the reason):
 import argparse
 import gc
 import json
-import re
 import statistics
 import sys
 import time

@@ -6,7 +6,12 @@ import json
 from pathlib import Path
 
 from dist_launch import torchrun
-from test_fault_tolerance import ARGS, TRAIN, _assert_identical, _final_state, data, uninterrupted  # noqa: F401
+import test_fault_tolerance
+from test_fault_tolerance import ARGS, TRAIN, _assert_identical, _final_state
+
+# The fault-tolerance run's module-scoped fixtures, bound by assignment: pytest finds them by name in
+# this module, and an import of them would read to a linter as redefined by each test's parameter.
+data, uninterrupted = test_fault_tolerance.data, test_fault_tolerance.uninterrupted
 
 ASYNC = ["--checkpoint-mode", "async", "--log-every", "1"]
 

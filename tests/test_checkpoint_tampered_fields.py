@@ -15,11 +15,16 @@ from typing import Callable, Dict
 import pytest
 
 from dist_launch import torchrun
-from test_fault_tolerance import ARGS, TRAIN, _assert_identical, _final_state, data, uninterrupted  # noqa: F401
+import test_fault_tolerance
+from test_fault_tolerance import ARGS, TRAIN, _assert_identical, _final_state
 
 from mlet_dist.digests import file_entry
 from mlet_dist.distributed.safe_dcp import safe_read_metadata
 from mlet_dist.training.checkpoint_digest import CHECKSUMS
+
+# The fault-tolerance run's module-scoped fixtures, bound by assignment: pytest finds them by name in
+# this module, and an import of them would read to a linter as redefined by each test's parameter.
+data, uninterrupted = test_fault_tolerance.data, test_fault_tolerance.uninterrupted
 
 
 def _rewrite(ckpt: Path, name: str, text: str) -> None:

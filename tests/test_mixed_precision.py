@@ -9,16 +9,20 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable, Dict, List
 
-import pytest
 import torch
 from torch import nn
 
 import equivalence_setup as setup
-from test_lr_schedule import _state, _train_cli, env, sharded_run  # noqa: F401 (env: the fixture)
+import test_lr_schedule
+from test_lr_schedule import _state, _train_cli, sharded_run
 from mlet_dist.distributed.env import DistEnv
 from mlet_dist.training.loop import StepSegment
 from mlet_dist.training.optim import OptimConfig
 from mlet_dist.training.precision import autocast_dense
+
+# test_lr_schedule's in-process gloo group of 1, bound by assignment: pytest finds the fixture by name
+# in this module, and an import of it would read to a linter as redefined by each test's parameter.
+env = test_lr_schedule.env
 
 STEPS = 6
 

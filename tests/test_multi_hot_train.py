@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import pytest
 
 from data_prep.synthetic import generate_dataset
 from dist_launch import ROOT, torchrun

@@ -4,7 +4,7 @@ import json
 import shlex
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import TYPE_CHECKING, Dict, List
 
 import pytest
 import torch
@@ -25,6 +25,9 @@ from mlet_dist.planning.planner import plan_request as PlanRequest  # model fiel
 from mlet_dist.planning.report import estimates
 from mlet_dist.planning.spec import SpecError, load_table_spec, table_spec_from_dict
 from mlet_dist.planning.topology import GIB, TopologyError, cluster_spec, parse_world
+
+if TYPE_CHECKING:  # the annotation only; the tests import TorchRec's plan types where they use them
+    from torchrec.distributed.types import ParameterSharding
 
 ROOT = Path(__file__).resolve().parent.parent
 PLANS = ROOT / "sharding_plans"

@@ -131,7 +131,7 @@ def test_a_killed_jobs_lock_does_not_block_the_next_job(data: Path, tmp_path: Pa
     assert (run / ".lock").is_file()
     proc = train(["--data", str(data), "--run-dir", str(run), *QUICK, "--max-train-batches", "2"])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert re.fullmatch(rf"pid \d+ on host .+", (run / ".lock").read_text().strip())
+    assert re.fullmatch(r"pid \d+ on host .+", (run / ".lock").read_text().strip())
     assert str(holder.pid) not in (run / ".lock").read_text()
 
 

@@ -8,7 +8,6 @@ The single-process 2-rank path (mlet_dist.serving.sharded_quant) is in test_serv
 """
 
 import json
-from pathlib import Path
 
 import pytest
 

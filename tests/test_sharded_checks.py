@@ -6,7 +6,6 @@ each test guards against is O(|output|) (an output divided by a bag length of 2-
 gradients within 1e-5 of the expected sum, where reducing twice changes them by O(1).
 """
 
-from pathlib import Path
 from typing import Any, Dict
 
 import pytest

@@ -10,7 +10,6 @@ alone divides the wrong outputs by the bag length (distributed/mean_pooling.py).
 One launch (tests/workers/sharded_multi_hot_worker.py) runs every case; references run here.
 """
 
-from pathlib import Path
 from typing import Any, Dict, Tuple
 
 import pytest

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 
 from dist_launch import ROOT, torchrun

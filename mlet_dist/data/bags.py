@@ -4,7 +4,7 @@ build the same KeyedJaggedTensor from the same column and reject the same bad ba
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa

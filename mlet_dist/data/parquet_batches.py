@@ -30,10 +30,8 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 from torchrec.datasets.utils import Batch
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from data_prep.dataset_format import feature_pooling, multi_hot_features, read_meta
 from mlet_dist.data.bags import build_kjt, check_bags, check_column_type

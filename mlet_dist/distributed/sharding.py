@@ -180,14 +180,3 @@ def shard_model(
     plan = planner.collective_plan(model, sharders, pg)
     return DistributedModelParallel(module=model, device=env.device, plan=plan, sharders=sharders,
                                     data_parallel_wrapper=FixedBucketDataParallelWrapper())
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module inside DMP/DDP wrappers."""
-    if isinstance(model, DistributedModelParallel):
-        return model.module
-    return model
-
-
-def device_of(model: nn.Module) -> torch.device:
-    return next(iter(unwrap(model).parameters())).device

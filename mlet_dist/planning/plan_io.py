@@ -289,12 +289,3 @@ def _check_parameter_sharding(
             "the plan was made for other table sizes: re-plan from this dataset's meta.json"
         )
 
-
-def plan_summary_rows(plan: ShardingPlan) -> List[Tuple[str, str, str, str]]:
-    """(table, sharding type, kernel, ranks) rows for logs."""
-    rows = []
-    for path, module_plan in plan.plan.items():
-        for table, ps in module_plan.items():  # type: ignore[attr-defined]
-            rows.append((f"{path}.{table}", ps.sharding_type, ps.compute_kernel, str(ps.ranks)))
-    return rows
-

@@ -261,7 +261,7 @@ def _lower_bound(
     cluster = request.cluster
     per_device = max(usable)
     reservation = (
-        f"TorchRec's reservation for dense params and input buffers"
+        "TorchRec's reservation for dense params and input buffers"
         + (f" and a {request.reserve_fraction:.0%} margin" if kind == "hbm" else "")
     )
     what = (

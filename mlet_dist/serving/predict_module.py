@@ -24,7 +24,6 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 TABLE_PRECISIONS: Dict[str, Optional[torch.dtype]] = {"fp32": None, "fp16": torch.float16, "int8": torch.int8}
 CPU_ROW_ALIGNMENT = 4  # as mlet_dist.serving.quantize: TorchRec's 16 is for GPUs
-INPUT_KEYS = ("float_features", "id_list_features.lengths", "id_list_features.values")
 
 
 class ServingPredictModule(PredictModule):

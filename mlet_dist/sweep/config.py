@@ -373,10 +373,3 @@ def load_config(path: Path, overrides: Optional[Mapping[str, Any]] = None) -> Sw
         return from_dict(raw)
     except (TypeError, ValueError) as err:
         raise ValueError(f"{path}: {err}") from None
-
-
-def expand(runs: Sequence[RunSpec]) -> Dict[tuple, List[RunSpec]]:
-    groups: Dict[tuple, List[RunSpec]] = {}
-    for r in runs:
-        groups.setdefault(r.group, []).append(r)
-    return groups

@@ -9,7 +9,6 @@ is computed within each bucket. The data and the buckets are the same for every 
 buckets of a baseline and an MLET run at the same d compare directly.
 """
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -102,10 +101,6 @@ class Bucket:
     positives: int
     auc: float  # nan when too few rows or one class only
 
-    def to_json(self) -> Dict[str, object]:
-        return {"index": self.index, "bucket": self.name, "rows": self.rows, "positives": self.positives,
-                "auc": None if not np.isfinite(self.auc) else self.auc}
-
 
 def bucket_aucs(frequency: np.ndarray, probs: np.ndarray, labels: np.ndarray, edges: Sequence[int],
                 min_rows: int = 100) -> List[Bucket]:
@@ -150,7 +145,3 @@ class RareItemScorer:
     def describe(self) -> Dict[str, object]:
         return {"features": list(self.counts), "aggregate": self.aggregate, "edges": self.edges,
                 "min_rows": self.min_rows, "split": self.split}
-
-
-def dump(buckets: Sequence[Bucket]) -> str:
-    return json.dumps([b.to_json() for b in buckets])

@@ -176,10 +176,10 @@ class TrainConfig(ModelConfig):
             raise ValueError(f"--batch-size (per rank) must be >= 1, got {self.batch_size}")
         if self.log_every < 1:
             raise ValueError(f"--log-every must be >= 1 (steps between train-loss records), got {self.log_every}")
-        for flag, value in (("--max-train-batches", self.max_train_batches),
-                            ("--max-eval-batches", self.max_eval_batches)):
+        for option, value in (("--max-train-batches", self.max_train_batches),
+                              ("--max-eval-batches", self.max_eval_batches)):
             if value is not None and value < 1:
-                raise ValueError(f"{flag} must be >= 1 (leave it out for the whole split), got {value}")
+                raise ValueError(f"{option} must be >= 1 (leave it out for the whole split), got {value}")
         if self.checkpoint_mode not in CHECKPOINT_MODES:
             raise ValueError(f"--checkpoint-mode must be one of {', '.join(CHECKPOINT_MODES)}, got {self.checkpoint_mode!r}")
         if self.pipeline not in PIPELINES:

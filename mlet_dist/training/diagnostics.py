@@ -233,11 +233,6 @@ def projection_spectra(state: Mapping[str, torch.Tensor], rel_tol: float = DEFAU
     }
 
 
-def diagnostics_of_model(model: torch.nn.Module, **kwargs: object) -> Dict[str, object]:
-    """Same as ``diagnostics_from_state_dict`` for an unsharded model."""
-    return diagnostics_from_state_dict(model.state_dict(), **kwargs)  # type: ignore[arg-type]
-
-
 # ----------------------------------------------------------------------------
 # Per-example predictions
 # ----------------------------------------------------------------------------

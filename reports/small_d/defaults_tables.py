@@ -8,7 +8,7 @@ baseline d=4 seed by seed, from the sweep's run dirs (finished runs only: a part
 import json
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
