@@ -137,6 +137,8 @@ def _plan_blocks(wide: StateValue, key: str, world: int) -> List[_OutBlock]:
     blocks: List[_OutBlock] = []
     covered = 0
     for (row, rows), pieces in sorted(by_rows.items()):
+        if rows == 0:  # row-wise over more ranks than rows: the extra ranks hold empty shards
+            continue
         pieces.sort(key=lambda p: (p.col, p.rank))
         if sum(p.cols for p in pieces) != k or row != covered:
             raise ValueError(
@@ -145,8 +147,6 @@ def _plan_blocks(wide: StateValue, key: str, world: int) -> List[_OutBlock]:
             )
         covered = row + rows
         owners = sorted({p.rank for p in pieces})
-        if rows == 0:
-            continue
         if len(owners) == 1:
             blocks.append(_OutBlock(row, rows, owners[0], tuple(pieces)))
         else:
