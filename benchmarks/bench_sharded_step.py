@@ -28,16 +28,21 @@ sys.path.insert(0, str(ROOT))
 VARIANTS = ("mlet_owner", "mlet_after", "ebc_d16", "ebc_d64")
 
 
-def parse() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_setup_args(p: argparse.ArgumentParser, steps: int, steps_help: str) -> None:
+    """The model, batch and round flags this benchmark shares with profile_step.py."""
     p.add_argument("--ranks", type=int, default=2)
     p.add_argument("--tables", type=int, default=26)
     p.add_argument("--rows", type=int, default=100_000)
     p.add_argument("--batch-size", type=int, default=1024, help="per rank")
-    p.add_argument("--steps", type=int, default=20, help="timed steps per variant per round")
+    p.add_argument("--steps", type=int, default=steps, help=steps_help)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--sharding", default="table_wise")
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_setup_args(p, steps=20, steps_help="timed steps per variant per round")
     p.add_argument("--check-inputs", action="store_true",
                    help="MLET variants also run the per-step Python id checks (mlet-train's --check-inputs)")
     p.add_argument("--variants", default=",".join(VARIANTS),
