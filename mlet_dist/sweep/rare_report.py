@@ -6,7 +6,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 from mlet_dist.sweep.config import SweepConfig
 from mlet_dist.sweep.plotting import arch_key
 from mlet_dist.sweep.rare_items import RareItemScorer, bucket_labels
-from mlet_dist.sweep.records import RunRecord, _fmt, _label, _mean_std, _order
+from mlet_dist.sweep.records import RunRecord, format_mean_std, config_label, mean_std, group_order
 from mlet_dist.training.diagnostics import load_predictions
 
 
@@ -32,18 +32,18 @@ def rare_item_rows(cfg: SweepConfig, records: Sequence[RunRecord]) -> Tuple[List
         buckets = scorer.score(load_predictions(r.predictions))  # type: ignore[arg-type]
         per_config.setdefault(r.run.group, []).append(buckets)
     rows = []
-    for group in sorted(per_config, key=_order):
+    for group in sorted(per_config, key=group_order):
         arch, model, d, k = group
         runs = per_config[group]
         for i, name in enumerate(bucket_labels(ri.edges)):
-            m, s, n = _mean_std([b[i].auc for b in runs])
-            rows.append({"arch": arch, "d": d, "model": model, "k": k, "config": _label(model, d, k),
+            m, s, n = mean_std([b[i].auc for b in runs])
+            rows.append({"arch": arch, "d": d, "model": model, "k": k, "config": config_label(model, d, k),
                          "bucket_index": i, "bucket": name, "rows": runs[0][i].rows,
                          "positives": runs[0][i].positives, "auc_mean": m, "auc_std": s, "seeds": n})
     return rows, info
 
 
-def _rare_markdown(rare_rows: Sequence[Dict[str, Any]], names: Sequence[str]) -> List[str]:
+def rare_markdown(rare_rows: Sequence[Dict[str, Any]], names: Sequence[str]) -> List[str]:
     lines: List[str] = []
     for arch, d in sorted({(r["arch"], r["d"]) for r in rare_rows}, key=lambda p: (arch_key(p[0]), p)):
         sub = [r for r in rare_rows if r["arch"] == arch and r["d"] == d]
@@ -64,7 +64,7 @@ def _rare_markdown(rare_rows: Sequence[Dict[str, Any]], names: Sequence[str]) ->
             if base and cells[base]["auc_mean"] is not None and mlet_means:
                 delta = f"{max(mlet_means) - cells[base]['auc_mean']:+.4f}"
             lines.append(f"| {name} | {any_row['rows']:,} | {any_row['positives']:,} | "
-                         + " | ".join(_fmt(cells[c]["auc_mean"], cells[c]["auc_std"]) if c in cells else "–"
+                         + " | ".join(format_mean_std(cells[c]["auc_mean"], cells[c]["auc_std"]) if c in cells else "–"
                                       for c in configs)
                          + f" | {delta} |")
         lines.append("")

@@ -61,24 +61,24 @@ def collect(cfg: SweepConfig) -> List[RunRecord]:
     return records
 
 
-def _mean_std(values: Sequence[Optional[float]]) -> Tuple[Optional[float], Optional[float], int]:
+def mean_std(values: Sequence[Optional[float]]) -> Tuple[Optional[float], Optional[float], int]:
     xs = [v for v in values if v is not None and not math.isnan(v)]
     if not xs:
         return None, None, 0
     return float(np.mean(xs)), (float(np.std(xs, ddof=1)) if len(xs) > 1 else None), len(xs)
 
 
-def _fmt(mean: Optional[float], std: Optional[float], digits: int = 4) -> str:
+def format_mean_std(mean: Optional[float], std: Optional[float], digits: int = 4) -> str:
     if mean is None:
         return "–"
     return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
 
 
-def _fmt_int(x: Optional[float]) -> str:
+def format_int(x: Optional[float]) -> str:
     return "–" if x is None else f"{int(round(x)):,}"
 
 
-def _order(group: tuple) -> tuple:
+def group_order(group: tuple) -> tuple:
     arch, model, d, k = group
     return (*arch_key(arch), model != "baseline", k or 0, d)
 
@@ -88,7 +88,7 @@ def aggregate(records: Sequence[RunRecord], bayes_test: Optional[float] = None) 
     for r in records:
         groups.setdefault(r.run.group, []).append(r)
     rows = []
-    for group in sorted(groups, key=_order):
+    for group in sorted(groups, key=group_order):
         recs = [r for r in groups[group] if r.finished]
         arch, model, d, k = group
         row: Dict[str, Any] = {"arch": arch, "model": model, "d": d, "k": k,
@@ -101,14 +101,14 @@ def aggregate(records: Sequence[RunRecord], bayes_test: Optional[float] = None) 
         row["params_training"] = (first or {}).get("params_training")
         for split in ("val", "test"):
             for name in ("auc", "logloss"):
-                m, s, _ = _mean_std([r.metric(split, name) for r in recs])
+                m, s, _ = mean_std([r.metric(split, name) for r in recs])
                 row[f"{split}_{name}_mean"], row[f"{split}_{name}_std"] = m, s
-        m, s, _ = _mean_std([(r.summary or {}).get("train_seconds") for r in recs])
+        m, s, _ = mean_std([(r.summary or {}).get("train_seconds") for r in recs])
         row["train_seconds_mean"], row["train_seconds_std"] = m, s
         if bayes_test is not None and row["test_auc_mean"] is not None:
             row["test_gap_closed"] = attainable_gap_closed(row["test_auc_mean"], bayes_test)
         for part in ("table", "projection", "wide"):
-            m, s, n = _mean_std([((r.diagnostics or {}).get("mean") or {}).get(f"{part}_effective_rank")
+            m, s, n = mean_std([((r.diagnostics or {}).get("mean") or {}).get(f"{part}_effective_rank")
                                  for r in recs])
             if n:
                 row[f"{part}_effective_rank_mean"], row[f"{part}_effective_rank_std"] = m, s
@@ -116,7 +116,7 @@ def aggregate(records: Sequence[RunRecord], bayes_test: Optional[float] = None) 
     return rows
 
 
-def _write_csv(path: Path, rows: Sequence[Dict[str, Any]]) -> None:
+def write_csv(path: Path, rows: Sequence[Dict[str, Any]]) -> None:
     keys: List[str] = []
     for r in rows:
         keys += [k for k in r if k not in keys]
@@ -127,5 +127,5 @@ def _write_csv(path: Path, rows: Sequence[Dict[str, Any]]) -> None:
             w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in keys})
 
 
-def _label(model: str, d: int, k: Optional[int]) -> str:
+def config_label(model: str, d: int, k: Optional[int]) -> str:
     return f"baseline d={d}" if model == "baseline" else f"MLET k={k} d={d}"

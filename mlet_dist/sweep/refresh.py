@@ -25,7 +25,7 @@ from mlet_dist.sweep.headline import (
     headline_markdown,
     headline_rows_from_seed_aucs,
 )
-from mlet_dist.sweep.records import _write_csv
+from mlet_dist.sweep.records import write_csv
 from mlet_dist.sweep.significance import DEFAULT_LEVEL, DEFAULT_MARGIN
 
 SECTION = "## Headline: MLET d vs baseline d'"
@@ -91,7 +91,7 @@ def refresh(report_dir: Path, margin: float = DEFAULT_MARGIN, level: float = DEF
     note = (f"_Headline recomputed from `results.csv` by `python -m mlet_dist.sweep.refresh {report_dir}"
             f"{'' if margin == DEFAULT_MARGIN else f' --margin {margin:g}'}` (seeds as replicates, Welch t, "
             f"TOST margin ±{margin:g}); {rows_note}. The rest of the report is unchanged._")
-    _write_csv(report_dir / "headline.csv", headline_csv_rows(rows) or [{"note": "no baseline/MLET pair"}])
+    write_csv(report_dir / "headline.csv", headline_csv_rows(rows) or [{"note": "no baseline/MLET pair"}])
     report["headline"] = rows
     report["headline_statistic"] = {"method": "welch_t_over_seeds+tost", "level": level, "margin": margin,
                                     "row_term": rows_note, "refreshed_from": "results.csv"}

@@ -25,8 +25,8 @@ from data_prep.dataset_format import read_meta
 from mlet_dist.sweep.config import SweepConfig
 from mlet_dist.sweep.headline import headline_csv_rows, headline_markdown, headline_rows
 from mlet_dist.sweep.rare_items import bucket_labels
-from mlet_dist.sweep.rare_report import _rare_markdown, rare_item_rows
-from mlet_dist.sweep.records import RunRecord, _fmt, _fmt_int, _write_csv, aggregate, collect
+from mlet_dist.sweep.rare_report import rare_markdown, rare_item_rows
+from mlet_dist.sweep.records import RunRecord, format_mean_std, format_int, write_csv, aggregate, collect
 from mlet_dist.sweep.report_figures import pareto_plot, rare_items_plot
 from mlet_dist.sweep.spectra_plot import spectra_plot, spectra_rows
 from mlet_dist.training.dead_run import dead_run_of
@@ -87,19 +87,19 @@ def write_report(cfg: SweepConfig, statuses: Optional[Sequence[Any]] = None,
         row["predictions"] = r.predictions is not None
         row["dead_run"] = dead_run_of(s)  # None: the run predates the detector
         per_run.append(row)
-    _write_csv(out / "results.csv", per_run)
+    write_csv(out / "results.csv", per_run)
     rows = aggregate(records, bayes_test)
-    _write_csv(out / "table.csv", rows)
+    write_csv(out / "table.csv", rows)
     pareto_plot(rows, out / "pareto.png", bayes_test, "test AUC vs serving parameters")
     rare_rows, rare_info = rare_item_rows(cfg, records)
-    _write_csv(out / "rare_items.csv", rare_rows or [{"note": "no baseline/MLET pair at the same d has predictions"}])
+    write_csv(out / "rare_items.csv", rare_rows or [{"note": "no baseline/MLET pair at the same d has predictions"}])
     names = bucket_labels(cfg.rare_items.edges)
     rare_items_plot(rare_rows, names, out / "rare_items.png")
     spectra = spectra_rows(records)
     spectra_plot(spectra, out / "spectra.png")
     headline = (headline_rows(records, cfg.bootstrap_resamples, margin=cfg.equivalence_margin)
                 if cfg.bootstrap_resamples else [])
-    _write_csv(out / "headline.csv", headline_csv_rows(headline) or [
+    write_csv(out / "headline.csv", headline_csv_rows(headline) or [
         {"note": "no baseline/MLET pair with saved test predictions (or bootstrap_resamples: 0)"}])
 
     has_gap = bayes_test is not None
@@ -123,11 +123,11 @@ def write_report(cfg: SweepConfig, statuses: Optional[Sequence[Any]] = None,
               "|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if has_gap else "") + "---:|---:|"]
     for r in rows:
         lines.append(
-            f"| {r['arch']} | {r['model']} | {r['d']} | {r['k'] or '–'} | {_fmt_int(r['params_serving'])} | "
-            f"{_fmt_int(r['params_training'])} | {_fmt(r['val_auc_mean'], r['val_auc_std'])} | "
-            f"{_fmt(r['test_auc_mean'], r['test_auc_std'])} | "
-            + (f"{_fmt(r.get('test_gap_closed'), None, 3)} | " if has_gap else "")
-            + f"{_fmt(r['train_seconds_mean'], r['train_seconds_std'], 1)} | "
+            f"| {r['arch']} | {r['model']} | {r['d']} | {r['k'] or '–'} | {format_int(r['params_serving'])} | "
+            f"{format_int(r['params_training'])} | {format_mean_std(r['val_auc_mean'], r['val_auc_std'])} | "
+            f"{format_mean_std(r['test_auc_mean'], r['test_auc_std'])} | "
+            + (f"{format_mean_std(r.get('test_gap_closed'), None, 3)} | " if has_gap else "")
+            + f"{format_mean_std(r['train_seconds_mean'], r['train_seconds_std'], 1)} | "
             f"{r['seeds_finished']}/{r['seeds_planned']}"
             + (f" ({r['seeds_dead']} dead)" if r["seeds_dead"] else "") + " |")
     lines += ["", "![test AUC vs serving parameters](pareto.png)", "", "## Headline: MLET d vs baseline d'", ""]
@@ -136,7 +136,7 @@ def write_report(cfg: SweepConfig, statuses: Optional[Sequence[Any]] = None,
               f"Test examples bucketed by the train count of their ids ({rare_info['aggregate']} over "
               f"{'all sparse features' if not cfg.rare_items.features else ', '.join(cfg.rare_items.features)}); "
               f"AUC within each bucket (buckets under {cfg.rare_items.min_rows} rows or with one class get none).", ""]
-    lines += _rare_markdown(rare_rows, names) if rare_rows else [
+    lines += rare_markdown(rare_rows, names) if rare_rows else [
         "No baseline/MLET pair at the same d has saved test predictions (`predictions/test.npz`).", ""]
     lines += ["![AUC by item frequency](rare_items.png)", ""]
     diag_rows = [r for r in rows if "table_effective_rank_mean" in r]
@@ -149,9 +149,9 @@ def write_report(cfg: SweepConfig, statuses: Optional[Sequence[Any]] = None,
                   "| arch | model | d | k | serving table | W | T |", "|---|---|---:|---:|---:|---:|---:|"]
         for r in diag_rows:
             lines.append(f"| {r['arch']} | {r['model']} | {r['d']} | {r['k'] or '–'} | "
-                         f"{_fmt(r.get('table_effective_rank_mean'), r.get('table_effective_rank_std'), 2)} | "
-                         f"{_fmt(r.get('projection_effective_rank_mean'), r.get('projection_effective_rank_std'), 2)} | "
-                         f"{_fmt(r.get('wide_effective_rank_mean'), r.get('wide_effective_rank_std'), 2)} |")
+                         f"{format_mean_std(r.get('table_effective_rank_mean'), r.get('table_effective_rank_std'), 2)} | "
+                         f"{format_mean_std(r.get('projection_effective_rank_mean'), r.get('projection_effective_rank_std'), 2)} | "
+                         f"{format_mean_std(r.get('wide_effective_rank_mean'), r.get('wide_effective_rank_std'), 2)} |")
         lines.append("")
     if spectra:
         lines += ["During training (every evaluation point), the effective rank of W, mean over tables and seeds:",
