@@ -469,3 +469,12 @@ def test_plan_from_a_runs_config_equals_the_flags(tmp_path: Path) -> None:
     assert main(["--spec", str(spec), "-k", "64", *common, "-o", str(tmp_path / "c.json")]) == 0
     assert json.loads((tmp_path / "c.json").read_text())["plan"] != a["plan"]  # k matters: the check can fail
     assert main(["--config", str(tmp_path / "config.json"), "-k", "64", *common, "-o", str(tmp_path / "d.json")]) == 2
+
+
+def test_a_cpu_plan_leaves_the_rank_process_its_own_memory() -> None:
+    """A CPU rank's ~0.43 GiB of libraries, input and activations (process_overhead_bytes at batch 256)
+    is not memory the tables may take: at 0.44 GiB per rank the small tables (~7 MB with their
+    optimizer state) fit the cap but not what the process leaves, and the error says so."""
+    with pytest.raises(PlanDoesNotFitError, match=r"the rank process's own 0\.4\d GiB"):
+        plan_small(cluster=cluster_spec("1x2", "cpu", ddr_gb=0.44))
+    plan_small(cluster=cluster_spec("1x2", "cpu", ddr_gb=0.6))  # room for both: plans

@@ -38,6 +38,7 @@ from mlet_dist.planning.estimators import (
     DENSE_OPTIMIZER_STATES,
     DedupPerfEstimator,
     MLETProjectionEstimator,
+    process_overhead_bytes,
 )
 from mlet_dist.planning.spec import INT64_MAX, TableSpec
 from mlet_dist.planning.topology import GIB, ClusterSpec
@@ -225,6 +226,12 @@ def _memory(storage: Optional[Storage], kind: str) -> int:
     return 0 if storage is None else int(getattr(storage, kind))
 
 
+def _process_bytes(request: PlanRequest) -> int:
+    """The memory a CPU rank's process holds besides the model (estimators.process_overhead_bytes),
+    which the tables cannot use; 0 on GPU, where the tables live in device memory."""
+    return process_overhead_bytes(request.batch_size) if request.cluster.device == "cpu" else 0
+
+
 def _fmt_gib(n: float) -> str:
     return f"{n / GIB:,.2f} GiB"
 
@@ -260,9 +267,11 @@ def _lower_bound(
         by_table.setdefault(option.name, []).append(option)
     cluster = request.cluster
     per_device = max(usable)
+    process = _process_bytes(request)
     reservation = (
         "TorchRec's reservation for dense params and input buffers"
         + (f" and a {request.reserve_fraction:.0%} margin" if kind == "hbm" else "")
+        + (f" and the rank process's own {_fmt_gib(process)} (libraries, input, activations)" if process else "")
     )
     what = (
         f"k={request.inner_dim} tables + {request.embedding_optimizer} state"
@@ -324,7 +333,7 @@ def plan_tables(request: PlanRequest) -> PlanResult:
     start = time.perf_counter()
     model = build_planning_model(request)
     sharders: List[ModuleSharder[nn.Module]] = default_sharders(request.sharding_config)
-    topology = request.cluster.topology()
+    topology = request.cluster.topology(_process_bytes(request))  # a CPU rank's own memory is not the tables'
     constraints = table_constraints(request)
     kind = request.cluster.memory_kind
     estimators = [

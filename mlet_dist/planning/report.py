@@ -212,7 +212,8 @@ def format_report(result: PlanResult, est: Dict[str, Any], title: str = "") -> s
         f"cluster:   {cluster.shape} = {cluster.world_size} {cluster.device} ranks, {_size(cluster.mem_bytes)} "
         f"{mem} each; usable for tables after TorchRec's reservation {_size(min(result.usable_bytes))} "
         f"(dense params x6 {_size(result.dense_reserved_bytes)}, input buffers {_size(result.kjt_reserved_bytes)}"
-        f"{f', {request.reserve_fraction:.0%} margin' if est['memory'] == 'hbm' else ''})",
+        f"{f', {request.reserve_fraction:.0%} margin' if est['memory'] == 'hbm' else ''}"
+        f"{f', the rank process {_size(overhead)}' if overhead else ''})",
         f"chosen:    {', '.join(f'{k} x{v}' for k, v in est['sharding_types'].items())}",
         "",
         f"per rank ({mem}; train = weights + optimizer + projections + buffers + reserved dense/inputs"

@@ -43,7 +43,9 @@ class ClusterSpec:
     def memory_kind(self) -> str:
         return "hbm" if self.device == "cuda" else "ddr"
 
-    def topology(self) -> "Topology":
+    def topology(self, process_bytes: int = 0) -> "Topology":
+        """TorchRec's Topology; ``process_bytes``: what each CPU rank's own process holds besides
+        the model (not in the memory the tables may use; GPUs keep tables off the host)."""
         from torchrec.distributed.planner import Topology
 
         # TorchRec logs a warning for every Topology not made by its TopologyFactory; the
@@ -57,7 +59,7 @@ class ClusterSpec:
                 local_world_size=self.ranks_per_node,
                 compute_device=self.device,
                 hbm_cap=self.mem_bytes if self.device == "cuda" else None,
-                ddr_cap=self.ddr_bytes,
+                ddr_cap=self.ddr_bytes - (process_bytes if self.device == "cpu" else 0),
             )
         finally:
             log.setLevel(level)
