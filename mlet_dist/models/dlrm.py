@@ -1,7 +1,8 @@
 """DLRM over either collection, in the paper's Criteo shape by default.
 
-TorchRec's DLRM is reused as is: it only needs ``embedding_bag_configs()`` to report the d-wide
-view, which MLETEmbeddingBagCollection does.
+TorchRec's DLRM is reused: it only needs ``embedding_bag_configs()`` to report the d-wide view,
+which MLETEmbeddingBagCollection does. One change by default: no ReLU after the bottom MLP's last
+layer (``bottom_mlp_output``, below).
 """
 
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from mlet_dist.modules.mlet_embedding_bag import MLETEmbeddingBagCollection
 # How the bottom MLP's last (d-wide) layer ends. TorchRec's DenseArch and the reference DLRM put a
 # ReLU there; at small d all d units can die (negative for every input), and then the dense
 # features reach neither the interaction nor the loss for the rest of the run (issue 28: the
-# slow MLET runs at d <= 4 had x = 0 from step 10 on; reports/small_d section 10). "linear" keeps
+# slow MLET runs at d <= 4 had x = 0 from step 1-10 on; reports/small_d section 10). "linear" keeps
 # the layer and drops its ReLU: same parameters, an output of either sign.
 BOTTOM_MLP_OUTPUTS = ("linear", "relu")
 
