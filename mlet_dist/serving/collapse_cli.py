@@ -84,13 +84,13 @@ def training_config(run_dir: Path, data: Optional[Path]) -> Any:
     called); runs older than config.json replay their command line through today's parser."""
     from mlet_dist.config_io import load_config
     from mlet_dist.training.config import TrainConfig, parse_args
+    from mlet_dist.training.resume_check import predating_config_json
 
     saved = run_dir / "config.json"
     if saved.is_file():
         cfg = load_config(TrainConfig, saved)
     else:
-        cfg = parse_args(training_argv(run_dir))
-        cfg.dlrm.bottom_mlp_output = "relu"  # every run older than config.json ended its bottom MLP in a ReLU
+        cfg = predating_config_json(parse_args(training_argv(run_dir)))
     if data is not None:
         cfg.data = data
     if not (Path(cfg.data) / "meta.json").is_file():

@@ -1,14 +1,14 @@
 """Before resuming: does the run dir hold the model this command builds?
 
 Reusing a --run-dir with another -d (or -k, --model, MLP sizes, arch) used to resume anyway and
-die in the checkpoint load with a long size-mismatch traceback. The run dir's metrics.jsonl keeps
-each attempt's command line (its "config" records), so the shapes can be compared first and the
-answer be one line naming both models and the ways out.
+die in the checkpoint load with a long size-mismatch traceback. The run dir's config.json (or, in
+runs older than it, the command lines metrics.jsonl keeps) says what it trained, so the shapes can
+be compared first and the answer be one line naming both models and the ways out.
 """
 
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from mlet_dist.config_io import load_config
 from mlet_dist.training.config import TrainConfig
@@ -47,18 +47,34 @@ def recorded_argv(run_dir: Path) -> Optional[List[str]]:
     return argv
 
 
-def recorded_bottom_mlp_output(run_dir: Path) -> Optional[str]:
-    """How the run in ``run_dir`` ended its bottom MLP. Its argv replayed through today's parser
-    would say today's default; its config.json says what it was (a file written before the flag
-    existed loads as "relu", config_io's LEGACY_DEFAULTS), and a run dir without one is older
-    still: relu. None: the file is unreadable (the checkpoint load reports it)."""
-    path = run_dir / "config.json"
-    if not path.is_file():
-        return "relu"
-    try:
-        return load_config(TrainConfig, path).dlrm.bottom_mlp_output
-    except ValueError:
+def predating_config_json(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` replayed from the argv of a run dir that has no config.json: such a run is older
+    than config.json and than --bottom-mlp-output, so it trained with the ReLU that today's parser
+    does not default to."""
+    cfg.dlrm.bottom_mlp_output = "relu"
+    return cfg
+
+
+def recorded_config(run_dir: Path) -> Optional[Tuple[TrainConfig, str]]:
+    """The config the run in ``run_dir`` trained with, and where it was read: its config.json
+    (files older than a field load it as those runs had it, config_io's LEGACY_DEFAULTS), else
+    its newest command line replayed. None: neither is readable (the checkpoint load decides)."""
+    from mlet_dist.training.config import parse_args
+
+    saved = run_dir / "config.json"
+    if saved.is_file():
+        try:
+            return load_config(TrainConfig, saved), "config.json"
+        except ValueError:
+            pass  # damaged: the command line still tells the shape
+    argv = recorded_argv(run_dir)
+    if argv is None:
         return None
+    try:
+        cfg = parse_args(argv)
+    except (SystemExit, ValueError):
+        return None  # a command line this version cannot parse
+    return (cfg if saved.is_file() else predating_config_json(cfg)), "metrics.jsonl"
 
 
 def _describe(shape: Dict[str, Any]) -> str:
@@ -74,25 +90,19 @@ def _describe(shape: Dict[str, Any]) -> str:
 
 def check_resume_matches(cfg: TrainConfig) -> None:
     """Raise SystemExit("error: ...") when cfg would resume a checkpoint of another model shape."""
-    from mlet_dist.training.config import parse_args
-
     if not cfg.resume or not any((cfg.run_dir / "checkpoints").glob("step-*")):
         return  # nothing will be loaded
-    argv = recorded_argv(cfg.run_dir)
-    if argv is None:
+    recorded = recorded_config(cfg.run_dir)
+    if recorded is None:
         return
-    try:
-        before = model_shape(parse_args(argv))
-    except (SystemExit, ValueError):
-        return  # a command line this version cannot parse: let the checkpoint load decide
-    before["--bottom-mlp-output"] = recorded_bottom_mlp_output(cfg.run_dir) or before["--bottom-mlp-output"]
+    before, source = model_shape(recorded[0]), recorded[1]
     now = model_shape(cfg)
     if before == now:
         return
     changed = [flag for flag in {**before, **now} if before.get(flag) != now.get(flag)]
     raise SystemExit(
         f"error: run dir {cfg.run_dir} holds a checkpoint of another model ({_describe(before)}, from its "
-        f"metrics.jsonl) than this command builds ({_describe(now)}; differs in {', '.join(changed)}). "
+        f"{source}) than this command builds ({_describe(now)}; differs in {', '.join(changed)}). "
         f"Pass --no-resume to train afresh there (the earlier run is moved to {cfg.run_dir}/previous-<time>/), "
         f"or give another --run-dir"
     )
