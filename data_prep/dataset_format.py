@@ -7,8 +7,9 @@ This module is shared by the writer (data_prep) and the torch-side reader
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import pyarrow as pa
 
@@ -103,6 +104,80 @@ def multi_hot_features(meta: Mapping[str, Any]) -> Dict[str, int]:
 def part_file(split: str, index: int) -> str:
     """Relative path (as stored in meta.json) of the index-th part file of a split."""
     return f"{split}/part-{index:05d}.parquet"
+
+
+def source_label(names: Sequence[str], unit: str = "files") -> str:
+    """meta.json's one-line ``source``: the input's name, or the first and last of several."""
+    return names[0] if len(names) == 1 else f"{names[0]} .. {names[-1]} ({len(names)} {unit})"
+
+
+@dataclass
+class PreparedMeta:
+    """What every writer (raw preparation, converters, synthetic, planted) records in meta.json,
+    typed in one place so that the writers cannot drift apart in the keys they share. Defaults are
+    those of a dataset whose ids were given, not counted (nothing hashed, nothing rejected).
+    The optional keys are left out of meta.json when None; ``extra`` holds a writer's own sections."""
+
+    dataset: str
+    source: str
+    sources: List[str]
+    dense_features: Sequence[str]
+    sparse_features: Sequence[str]
+    table_sizes: Mapping[str, int]
+    splits: Mapping[str, Mapping[str, Any]]  # split -> {"rows": n, "files": [...]}
+    split: Mapping[str, Any]  # how rows were assigned to splits
+    rows_read: int
+    label: str = LABEL
+    min_count: Optional[int] = 1
+    hash_size: Optional[int] = None
+    hashed_features: Mapping[str, str] = field(default_factory=dict)  # feature -> why it is hashed
+    rows_rejected: int = 0
+    rows_rejected_by_kind: Mapping[str, int] = field(default_factory=dict)
+    rejects_file: Optional[str] = None
+    pooling: Optional[Mapping[str, str]] = None  # feature -> sum|mean (default sum)
+    multi_hot: Optional[Mapping[str, int]] = None  # list column -> max bag size
+    rows_per_source: Optional[Mapping[str, int]] = None
+    count_memory_mb: Optional[float] = None
+    id_histograms: Optional[Mapping[str, Any]] = None
+    dense_transform: Optional[str] = None
+    sparse_transform: Optional[str] = None
+    vocabulary: Optional[Mapping[str, Any]] = None
+    extra: Mapping[str, Any] = field(default_factory=dict)  # a writer's own sections (planted, synthetic, ...)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """meta.json's content (write_meta sorts the keys, so their order here does not matter)."""
+        meta: Dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "dataset": self.dataset,
+            "source": self.source,
+            "sources": list(self.sources),
+            "label": self.label,
+            "dense_features": list(self.dense_features),
+            "sparse_features": list(self.sparse_features),
+            "table_sizes": {name: int(size) for name, size in self.table_sizes.items()},
+            "min_count": self.min_count,
+            "hash_size": self.hash_size,
+            "hashed_features": dict(sorted(self.hashed_features.items())),
+            "splits": dict(self.splits),
+            "split": dict(self.split),
+            "rows_read": int(self.rows_read),
+            "rows_rejected": int(self.rows_rejected),
+            "rows_rejected_by_kind": dict(sorted(self.rows_rejected_by_kind.items())),
+            "rejects_file": self.rejects_file,
+            **bag_meta(self.sparse_features, self.pooling, self.multi_hot),
+        }
+        optional = {
+            "rows_per_source": None if self.rows_per_source is None
+            else {name: int(n) for name, n in self.rows_per_source.items()},
+            "count_memory_mb": self.count_memory_mb,
+            "id_histograms": self.id_histograms,
+            "dense_transform": self.dense_transform,
+            "sparse_transform": self.sparse_transform,
+            "vocabulary": self.vocabulary,
+        }
+        meta.update({key: value for key, value in optional.items() if value is not None})
+        meta.update(self.extra)
+        return meta
 
 
 def write_meta(out_dir: PathLike, meta: Mapping[str, Any]) -> Path:

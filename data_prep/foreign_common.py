@@ -18,8 +18,10 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optio
 import numpy as np
 import pyarrow as pa
 
-from data_prep.dataset_format import FORMAT_VERSION, LABEL, SPLITS, bag_meta, write_meta
-from data_prep.pipeline import PrepConfig, PrepResult, SplitWriter, check_output, publish, staging_dir
+from data_prep.dataset_format import SPLITS, PreparedMeta, source_label, write_meta
+from data_prep.spec import PrepConfig, PrepResult
+from data_prep.staging import check_output, publish, staging_dir
+from data_prep.writers import SplitWriter, written_splits
 
 _LOCAL_HEADER = struct.Struct("<IHHHHHIIIHH")  # zip local file header: 30 bytes, then name and extra
 _LOCAL_MAGIC = 0x04034B50
@@ -250,30 +252,22 @@ def write_converted(
         for w in writers.values():
             w.close()
         names = list(sources)
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "dataset": dataset,
-            "source": names[0] if len(names) == 1 else f"{names[0]} .. {names[-1]} ({len(names)} {source_unit})",
-            "sources": names,
-            "label": LABEL,
-            "dense_features": list(dense),
-            "sparse_features": list(sparse),
-            "table_sizes": dict(zip(sparse, map(int, table_sizes))),
-            "min_count": 1,
-            "hash_size": None,
-            "hashed_features": {},
-            "splits": {s: {"rows": writers[s].rows, "files": writers[s].files} for s in SPLITS},
-            "split": split,
-            "rows_read": int(sum(rows_per_source.values())),
-            "rows_rejected": 0,
-            "rows_rejected_by_kind": {},
-            "rows_per_source": {k: int(v) for k, v in rows_per_source.items()},
-            "rejects_file": None,
-            "dense_transform": dense_transform,
-            "sparse_transform": sparse_transform,
-            **bag_meta(sparse, multi_hot=multi_hot),
-            **dict(extra or {}),
-        }
+        meta = PreparedMeta(
+            dataset=dataset,
+            source=source_label(names, source_unit),
+            sources=names,
+            dense_features=dense,
+            sparse_features=sparse,
+            table_sizes=dict(zip(sparse, table_sizes)),
+            splits=written_splits(writers),
+            split=split,
+            rows_read=sum(rows_per_source.values()),
+            rows_per_source=rows_per_source,
+            dense_transform=dense_transform,
+            sparse_transform=sparse_transform,
+            multi_hot=multi_hot,
+            extra=dict(extra or {}),
+        ).to_dict()
         written = sum(w.rows for w in writers.values())
         if written != meta["rows_read"]:  # every row read is written: nothing dropped on the way
             raise AssertionError(f"wrote {written} rows of {meta['rows_read']} read")

@@ -34,9 +34,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from data_prep.dataset_format import FORMAT_VERSION, LABEL, SPLITS, bag_meta, parquet_schema, write_meta
+from data_prep.dataset_format import LABEL, SPLITS, PreparedMeta, parquet_schema, write_meta
 from data_prep.foreign_common import MAX_TABLE_ROWS, regular_file
-from data_prep.pipeline import PrepConfig, PrepResult, SplitWriter, check_output, publish, staging_dir
+from data_prep.spec import PrepConfig, PrepResult
+from data_prep.staging import check_output, publish, staging_dir
+from data_prep.writers import SplitWriter, written_splits
 
 PathLike = Union[str, Path]
 DATASET = "nvtabular"
@@ -352,32 +354,24 @@ def prepare_nvtabular(src: PathLike, out: PathLike, config: Optional[PrepConfig]
         for w in writers.values():
             w.close()
         sources = [str(p.relative_to(root)) for s in SPLITS for p in files[s]]
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "dataset": DATASET,
-            "source": str(root.name),
-            "sources": sources,
-            "label": LABEL,
-            "dense_features": dense,
-            "sparse_features": sparse,
-            "table_sizes": {c: train_schema.domains[c][1] + 1 for c in sparse},
-            "min_count": 1,
-            "hash_size": None,
-            "hashed_features": {},
-            "splits": {s: {"rows": writers[s].rows, "files": writers[s].files} for s in SPLITS},
-            "split": {"method": "nvtabular split directories",
-                      "dirs": {s: (d.name if d is not None else None) for s, d in dirs.items()}},
-            "rows_read": int(sum(rows.values())),
-            "rows_rejected": 0,
-            "rows_rejected_by_kind": {},
-            "rows_per_source": {str(Path(p).relative_to(root)): n for p, n in rows.items()},
-            "rejects_file": None,
-            "dense_transform": "NVTabular workflow's, as in the parquet files (torchrec's: log(x + 3), missing -> 0); "
-                               "not transformed again",
-            "sparse_transform": f"ids as in the parquet files (Categorify); table_sizes = int_domain max + 1 "
-                                f"from {SCHEMA_FILE}",
-            **bag_meta(sparse, multi_hot=multi_hot),
-        }
+        meta = PreparedMeta(
+            dataset=DATASET,
+            source=str(root.name),
+            sources=sources,
+            dense_features=dense,
+            sparse_features=sparse,
+            table_sizes={c: train_schema.domains[c][1] + 1 for c in sparse},
+            splits=written_splits(writers),
+            split={"method": "nvtabular split directories",
+                   "dirs": {s: (d.name if d is not None else None) for s, d in dirs.items()}},
+            rows_read=sum(rows.values()),
+            rows_per_source={str(Path(p).relative_to(root)): n for p, n in rows.items()},
+            dense_transform="NVTabular workflow's, as in the parquet files (torchrec's: log(x + 3), missing -> 0); "
+                            "not transformed again",
+            sparse_transform=f"ids as in the parquet files (Categorify); table_sizes = int_domain max + 1 "
+                             f"from {SCHEMA_FILE}",
+            multi_hot=multi_hot,
+        ).to_dict()
         write_meta(tmp, meta)
         publish(tmp, out_path, cfg.overwrite)
     return PrepResult(out_dir=out_path, meta=meta)

@@ -126,8 +126,7 @@ def run_prep_parallel(
         shutil.rmtree(work)
         meta = build_meta(spec, [p.name for p in paths], cfg, policy, vocabs, histograms, hashed, zero_rows,
                           splits_meta,
-                          acc, sink, rows_per_file, vocab_entries)
-        meta.update(extra_meta or {})
+                          acc, sink, rows_per_file, vocab_entries, extra_meta)
         if saved is not None:
             saved.annotate(meta)
         write_meta(tmp, meta)

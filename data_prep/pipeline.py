@@ -114,8 +114,7 @@ def run_prep(
         finally:
             sink.close()
         meta = build_meta(spec, [p.name for p in paths], cfg, policy, vocabs, histograms, counted.hashed, zero_rows,
-                          splits_meta, counted.acc, sink, counted.rows_per_file, vocab_entries)
-        meta.update(extra_meta or {})
+                          splits_meta, counted.acc, sink, counted.rows_per_file, vocab_entries, extra_meta)
         if saved is not None:
             saved.annotate(meta)
         write_meta(tmp, meta)

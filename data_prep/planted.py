@@ -38,19 +38,14 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import numpy as np
 import pyarrow as pa
 
-from data_prep.dataset_format import FORMAT_VERSION, LABEL, SPLITS, bag_meta, parquet_schema, write_meta
+from data_prep.dataset_format import SPLITS, PreparedMeta, parquet_schema, write_meta
 from data_prep.metrics import binary_auc, expected_auc, log_loss
-from data_prep.pipeline import (
-    PrepConfig,
-    PrepResult,
-    Progress,
-    SplitWriter,
-    check_output,
-    chunk_split_bounds,
-    count_histogram,
-    publish,
-    staging_dir,
-)
+from data_prep.scan import Progress
+from data_prep.spec import PrepConfig, PrepResult
+from data_prep.splits import chunk_split_bounds
+from data_prep.staging import check_output, publish, staging_dir
+from data_prep.vocab_build import count_histogram
+from data_prep.writers import SplitWriter, written_splits
 from data_prep.synthetic import zipf_ids
 
 PathLike = Union[str, Path]
@@ -254,49 +249,42 @@ def generate_planted(
             f: {**count_histogram(c), "distinct_train_values": int((c > 0).sum()), "hashed": False}
             for f, c in zip(features, counts)
         }
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "dataset": DATASET_PLANTED,
-            "source": "planted",
-            "sources": [],
-            "label": LABEL,
-            "dense_features": spec.dense_features,
-            "sparse_features": features,
-            "table_sizes": dict(zip(features, sizes)),
-            "min_count": 1,
-            "hash_size": None,
-            "hashed_features": {},
-            "splits": {s: {"rows": writers[s].rows, "files": writers[s].files} for s in SPLITS},
-            "split": {"method": "dlrm-7-chunks", "chunks": 7},
-            "rows_read": spec.rows,
-            "rows_rejected": 0,
-            "rows_rejected_by_kind": {},
-            "rejects_file": None,
-            "id_histograms": histograms,
-            **bag_meta(features),
-            "dense_transform": "none: N(0, 1) draws",
-            "sparse_transform": "none: Zipf ids drawn directly (id 0 most frequent, no reserved rare id)",
-            "bayes_auc": {s: bayes[s]["auc"] for s in SPLITS},
-            "planted": {
-                "rows": spec.rows,
-                "tables": spec.tables,
-                "cardinality": sizes,
-                "rank": spec.rank,
-                "zipf_exponent": spec.zipf,
-                "noise": spec.noise,
-                "seed": spec.seed,
-                "dense": spec.dense,
-                "signal": spec.signal,
-                "dense_signal": spec.dense_signal,
-                "positive_rate_target": spec.positive_rate,
-                "positive_rate": rates,
-                "bias": truth.bias,
-                "embedding_std": truth.embedding_std,
-                "bayes": bayes,
-                "model": "z = b + sum_{s<t} <E_s[x_s], E_t[x_t]> + w.dense + eps; y ~ Bernoulli(sigmoid(z)); "
-                         "eps ~ N(0, noise^2) unobserved; Bayes p = E_eps sigmoid(z + eps)",
+        meta = PreparedMeta(
+            dataset=DATASET_PLANTED,
+            source="planted",
+            sources=[],
+            dense_features=spec.dense_features,
+            sparse_features=features,
+            table_sizes=dict(zip(features, sizes)),
+            splits=written_splits(writers),
+            split={"method": "dlrm-7-chunks", "chunks": 7},
+            rows_read=spec.rows,
+            id_histograms=histograms,
+            dense_transform="none: N(0, 1) draws",
+            sparse_transform="none: Zipf ids drawn directly (id 0 most frequent, no reserved rare id)",
+            extra={
+                "bayes_auc": {s: bayes[s]["auc"] for s in SPLITS},
+                "planted": {
+                    "rows": spec.rows,
+                    "tables": spec.tables,
+                    "cardinality": sizes,
+                    "rank": spec.rank,
+                    "zipf_exponent": spec.zipf,
+                    "noise": spec.noise,
+                    "seed": spec.seed,
+                    "dense": spec.dense,
+                    "signal": spec.signal,
+                    "dense_signal": spec.dense_signal,
+                    "positive_rate_target": spec.positive_rate,
+                    "positive_rate": rates,
+                    "bias": truth.bias,
+                    "embedding_std": truth.embedding_std,
+                    "bayes": bayes,
+                    "model": "z = b + sum_{s<t} <E_s[x_s], E_t[x_t]> + w.dense + eps; y ~ Bernoulli(sigmoid(z)); "
+                             "eps ~ N(0, noise^2) unobserved; Bayes p = E_eps sigmoid(z + eps)",
+                },
             },
-        }
+        ).to_dict()
         if save_truth:
             np.savez_compressed(
                 tmp / TRUTH_FILE, bias=truth.bias, dense_weights=truth.dense_weights,

@@ -28,27 +28,19 @@ from data_prep.dataset_format import (
     CRITEO_DENSE_FEATURES,
     CRITEO_SPARSE_FEATURES,
     DATASET_SYNTHETIC,
-    FORMAT_VERSION,
-    LABEL,
     SPLITS,
+    PreparedMeta,
     bag_meta,
     parquet_schema,
     write_meta,
 )
 from data_prep.multi_hot import draw_bags
-from data_prep.pipeline import (
-    KeyCounter,
-    PrepConfig,
-    PrepResult,
-    SplitWriter,
-    _enforce_cap,
-    check_output,
-    chunk_split_bounds,
-    count_histogram,
-    publish,
-    staging_dir,
-    Progress,
-)
+from data_prep.scan import Progress
+from data_prep.spec import PrepConfig, PrepResult
+from data_prep.splits import chunk_split_bounds
+from data_prep.staging import check_output, publish, staging_dir
+from data_prep.vocab_build import KeyCounter, count_histogram, enforce_cap
+from data_prep.writers import SplitWriter, written_splits
 
 PathLike = Union[str, Path]
 
@@ -139,7 +131,7 @@ def generate_dataset(
     if not isinstance(multi_hot, int) or multi_hot < 0:
         raise ValueError(f"multi_hot (max bag size) must be an integer >= 0, got {multi_hot!r}")
     bags = {f: multi_hot for f in CRITEO_SPARSE_FEATURES} if multi_hot else {}
-    bag_keys = bag_meta(CRITEO_SPARSE_FEATURES, pooling, bags)
+    bag_meta(CRITEO_SPARSE_FEATURES, pooling, bags)  # refuses a bad pooling before any work
     sizes = [int(s) for s in table_sizes]
     if len(sizes) != len(CRITEO_SPARSE_FEATURES) or min(sizes) < 1:
         raise ValueError(f"need {len(CRITEO_SPARSE_FEATURES)} table sizes >= 1")
@@ -172,7 +164,7 @@ def generate_dataset(
             for name, col in zip(CRITEO_SPARSE_FEATURES, train_ids):
                 if counters[name] is not None:
                     counters[name].add(col)
-            _enforce_cap(counters, over_cap, int(cfg.count_memory_mb * (1 << 20)))
+            enforce_cap(counters, over_cap, int(cfg.count_memory_mb * (1 << 20)))
             for split in SPLITS:
                 lo, hi = (max(b - pos, 0) for b in bounds[split])
                 if min(hi, n) > lo:
@@ -190,30 +182,25 @@ def generate_dataset(
                 continue
             c.consolidate()
             histograms[name] = {**count_histogram(c.counts), "distinct_train_values": int(len(c.keys)), "hashed": False}
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "dataset": DATASET_SYNTHETIC,
-            "source": "synthetic",
-            "sources": [],
-            "label": LABEL,
-            "dense_features": list(CRITEO_DENSE_FEATURES),
-            "sparse_features": list(CRITEO_SPARSE_FEATURES),
-            "table_sizes": dict(zip(CRITEO_SPARSE_FEATURES, sizes)),
-            "min_count": 1,
-            "hash_size": None,
-            "hashed_features": {},
-            "splits": {s: {"rows": writers[s].rows, "files": writers[s].files} for s in SPLITS},
-            "split": {"method": "dlrm-7-chunks", "chunks": 7},
-            "rows_read": rows,
-            "rows_rejected": 0,
-            "rows_rejected_by_kind": {},
-            "rejects_file": None,
-            "id_histograms": histograms,
-            "histograms_skipped": dict(sorted(over_cap.items())),
-            "synthetic": {"rows": rows, "zipf_exponent": exponent, "seed": seed, "positive_rate": POSITIVE_RATE,
-                          "multi_hot": multi_hot},
-            **bag_keys,
-        }
+        meta = PreparedMeta(
+            dataset=DATASET_SYNTHETIC,
+            source="synthetic",
+            sources=[],
+            dense_features=CRITEO_DENSE_FEATURES,
+            sparse_features=CRITEO_SPARSE_FEATURES,
+            table_sizes=dict(zip(CRITEO_SPARSE_FEATURES, sizes)),
+            splits=written_splits(writers),
+            split={"method": "dlrm-7-chunks", "chunks": 7},
+            rows_read=rows,
+            id_histograms=histograms,
+            pooling=pooling,
+            multi_hot=bags,
+            extra={
+                "histograms_skipped": dict(sorted(over_cap.items())),
+                "synthetic": {"rows": rows, "zipf_exponent": exponent, "seed": seed, "positive_rate": POSITIVE_RATE,
+                              "multi_hot": multi_hot},
+            },
+        ).to_dict()
         write_meta(tmp, meta)
         publish(tmp, out_path, cfg.overwrite)
     return PrepResult(out_dir=out_path, meta=meta)

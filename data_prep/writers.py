@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data_prep.dataset_format import part_file
+from data_prep.dataset_format import SPLITS, part_file
 from data_prep.spec import DatasetSpec, Parsed, PrepConfig, Reject
 
 # Parquet LZ4_RAW, not zstd: zstd's ~25 us set-up per column chunk (~1 ms per 40-column row group)
@@ -75,6 +75,11 @@ class SplitWriter:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def written_splits(writers: Mapping[str, SplitWriter]) -> Dict[str, Dict[str, Any]]:
+    """meta.json's ``splits`` of closed writers: rows and part files of each split."""
+    return {split: {"rows": writers[split].rows, "files": writers[split].files} for split in SPLITS}
 
 
 MAX_REJECT_RAW_BYTES = 4096
