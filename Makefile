@@ -26,6 +26,7 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check
+	$(BIN)/mypy
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q
 
 # On one CUDA GPU: versions + device, the `cuda` tests, GPU benchmarks -> reports/gpu/<device>.{json,md}

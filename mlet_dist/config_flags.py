@@ -143,7 +143,7 @@ def nested(**by_field: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
 @dataclass(frozen=True)
 class Declared:
     path: str  # dotted, from the tree's root: "input.shuffle"
-    field: dataclasses.Field  # type: ignore[type-arg]
+    field: dataclasses.Field
     hint: Any  # the field's resolved type
     flag: Any  # Flag, NoFlag, or None (nothing declared)
 
@@ -175,7 +175,7 @@ def _arg_type(hint: Any) -> Optional[Callable[[str], Any]]:
     if typing.get_origin(hint) in (list, typing.List) and typing.get_args(hint) == (int,):
         return int_list
     if hint in (int, float, Path):
-        return hint  # type: ignore[no-any-return]
+        return hint
     if hint is str:
         return None
     raise TypeError(f"no command-line type for {hint!r}: declare Flag(type=...)")
@@ -184,8 +184,8 @@ def _arg_type(hint: Any) -> Optional[Callable[[str], Any]]:
 def _field_default(d: Declared) -> Any:
     if d.field.default is not dataclasses.MISSING:
         return d.field.default
-    if d.field.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        return d.field.default_factory()  # type: ignore[misc]
+    if d.field.default_factory is not dataclasses.MISSING:
+        return d.field.default_factory()
     raise TypeError(f"{d.path} has no default: declare Flag(default=...)")
 
 

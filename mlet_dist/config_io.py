@@ -130,7 +130,7 @@ def leaf_paths(cls: type, prefix: str = "") -> Dict[str, str]:
     """{leaf field name: dotted path} of a dataclass tree (a name used twice maps to "")."""
     out: Dict[str, str] = {}
     hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+    for f in dataclasses.fields(cls):
         hint = hints[f.name]
         if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             for name, path in leaf_paths(hint, f"{prefix}{f.name}.").items():

@@ -1,6 +1,7 @@
-"""The linter is part of the build (issue 30): `make test` runs `ruff check` (pyproject's [tool.ruff])
-before pytest, so an unused import or an undefined name fails CI like a failing test. ruff is pinned
-in requirements/common.txt; a venv without it fails the build, it is never skipped."""
+"""The linter and the type checker are part of the build (issue 30): `make test` runs `ruff check`
+and `mypy` (pyproject's [tool.ruff], [tool.mypy]) before pytest, so an unused import, an undefined
+name or a type error fails CI like a failing test. Both are pinned in requirements/common.txt; a venv
+without them fails the build, they are never skipped."""
 
 import os
 import subprocess
@@ -12,6 +13,7 @@ from dist_launch import ROOT
 
 VENV = Path(sys.executable).parent.parent  # the venv running the tests (not resolved: keep its bin/)
 RUFF = VENV / "bin" / "ruff"
+MYPY = VENV / "bin" / "mypy"
 
 
 def _recipe(target: str) -> List[str]:
@@ -23,11 +25,34 @@ def _recipe(target: str) -> List[str]:
     return proc.stdout.splitlines()
 
 
-def test_make_test_lints_before_pytest() -> None:
+def test_make_test_lints_and_type_checks_before_pytest() -> None:
     recipe = _recipe("test")
     lint = [i for i, line in enumerate(recipe) if line.split()[:2] == [str(RUFF), "check"]]
+    types = [i for i, line in enumerate(recipe) if line.split() == [str(MYPY)]]
     tests = [i for i, line in enumerate(recipe) if "-m pytest" in line]
-    assert lint and tests and lint[0] < tests[0], "\n".join(recipe)
+    assert lint and types and tests and max(lint[0], types[0]) < tests[0], "\n".join(recipe)
+
+
+def test_the_type_checker_settings_catch_a_type_error_and_a_stale_ignore(tmp_path: Path) -> None:
+    """The project's own [tool.mypy] settings, on a planted module: a wrong return type and a
+    `# type: ignore` that hides nothing are both errors."""
+    assert MYPY.is_file(), f"{MYPY} missing: mypy is pinned in requirements/common.txt (run `make setup`)"
+    planted = tmp_path / "planted.py"
+    planted.write_text("def f() -> int:\n    return 'text'\n\n\nx: int = 1  # type: ignore\n")
+    proc = subprocess.run([str(MYPY), "--config-file", str(ROOT / "pyproject.toml"), "--no-incremental",
+                           str(planted)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "[return-value]" in proc.stdout and "[unused-ignore]" in proc.stdout, proc.stdout
+
+
+def test_the_not_yet_clean_list_only_shrinks() -> None:
+    """Modules mypy skips (pyproject's ignore_errors override) are a debt with a ceiling: adding one
+    needs this number raised on purpose, in review."""
+    import tomllib
+
+    overrides = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]["overrides"]
+    skipped = [m for o in overrides if o.get("ignore_errors") for m in o["module"]]
+    assert len(skipped) <= 11, skipped
 
 
 def test_the_lint_settings_catch_unused_and_undefined_names(tmp_path: Path) -> None:

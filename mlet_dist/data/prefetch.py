@@ -8,7 +8,7 @@ early (early stopping, max batches) stops the thread too.
 
 import queue
 import threading
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, Iterator, TypeVar, cast
 
 T = TypeVar("T")
 _DONE = object()
@@ -52,12 +52,12 @@ def prefetch(make: Callable[[], Iterator[T]], depth: int, transform: Callable[[T
     thread.start()
     try:
         while True:
-            item = items.get()
-            if item is _DONE:
+            queued = items.get()
+            if queued is _DONE:
                 return
-            if isinstance(item, _Failure):
-                raise item.err
-            yield item  # type: ignore[misc]
+            if isinstance(queued, _Failure):
+                raise queued.err
+            yield cast(T, queued)
     finally:
         stop.set()
         thread.join(timeout=10)

@@ -9,7 +9,7 @@ are summed after the communication. The TorchRec privates used here are listed i
 tests/test_torchrec_contract.py.
 """
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, cast
 
 import torch
 import torch.distributed as dist
@@ -151,7 +151,7 @@ class ShardedMLETEmbeddingBagCollection(
         # Whatever sharder built it: the projected outputs need the corrected divisor too.
         fix_mean_pooling_divisor(self.wide, table_name_to_parameter_sharding)
         self.output_blocks: List[List[OutputBlock]] = [
-            lookup_output_blocks(_unwrap(lookup).grouped_configs) for lookup in self.wide._lookups
+            lookup_output_blocks(cast(List[Any], _unwrap(lookup).grouped_configs)) for lookup in self.wide._lookups
         ]
         infos: List[EmbeddingShardingInfo] = [
             info for st in self.wide._sharding_types for info in self.wide.sharding_type_to_sharding_infos[st]
@@ -186,7 +186,7 @@ class ShardedMLETEmbeddingBagCollection(
                 global_shards,
                 group=group,
                 average_grads=average,
-                source=module.projections[name].weight,
+                source=module.projection_weight(name),
             )
 
     def project(self, index: int, embs: torch.Tensor) -> torch.Tensor:
@@ -194,7 +194,7 @@ class ShardedMLETEmbeddingBagCollection(
         blocks = self.output_blocks[index]
         if not blocks:
             return embs
-        weights = [self.projections[b.table].local_slice(b.col_offset, b.cols) for b in blocks]
+        weights = [cast(ShardedProjection, self.projections[b.table]).local_slice(b.col_offset, b.cols) for b in blocks]
         return project_blocks(embs, [b.start for b in blocks], weights)
 
     def _sum_column_shards(self, kt: KeyedTensor) -> KeyedTensor:

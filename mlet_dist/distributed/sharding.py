@@ -77,9 +77,9 @@ class ShardingConfig:
 def default_sharders(config: ShardingConfig) -> List[ModuleSharder[nn.Module]]:
     """One EBC sharder for stock EBCs and, injected, for the k-wide tables of MLET collections."""
     ebc_sharder = EBCSharder(fused_params=bounds_checked())
-    sharders: List[ModuleSharder[nn.Module]] = [ebc_sharder]  # type: ignore[list-item]
+    sharders: List[ModuleSharder[nn.Module]] = [ebc_sharder]
     if config.owner_projection:
-        sharders.insert(0, MLETEmbeddingBagCollectionSharder(ebc_sharder))  # type: ignore[arg-type]
+        sharders.insert(0, MLETEmbeddingBagCollectionSharder(ebc_sharder))
     return sharders
 
 
@@ -137,7 +137,7 @@ class FixedBucketDataParallelWrapper(DefaultDataParallelWrapper):
     after 3 steps), while static_graph=False resumed bit-identical at 4 and 16 ranks."""
 
     def __init__(self, **kwargs: object) -> None:
-        super().__init__(**{"static_graph": False, **kwargs})  # type: ignore[arg-type]
+        super().__init__(**{"static_graph": False, **kwargs})
 
     def wrap(self, dmp: DistributedModelParallel, env: ShardingEnv, device: torch.device) -> None:
         super().wrap(dmp, env, device)

@@ -76,7 +76,7 @@ class DCNv2(nn.Module):
         (d,) = dims
         if dense_arch_layer_sizes[-1] != d:
             raise ValueError(f"the bottom MLP must end in d={d}, got {dense_arch_layer_sizes}")
-        self.sparse_arch = SparseArch(embedding_bag_collection)  # type: ignore[arg-type]
+        self.sparse_arch = SparseArch(embedding_bag_collection)
         num_sparse = len(self.sparse_arch.sparse_feature_names)
         self.dense_arch = DenseArch(dense_in_features, list(dense_arch_layer_sizes), device=dense_device)
         set_bottom_mlp_output(self.dense_arch, bottom_mlp_output)

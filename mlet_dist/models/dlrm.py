@@ -57,7 +57,7 @@ def build_dlrm(
         raise ValueError(f"DLRM's dot interaction needs one output width for all tables, got {dims}")
     (d,) = dims
     model = DLRM(
-        embedding_bag_collection=collection,  # type: ignore[arg-type]
+        embedding_bag_collection=collection,
         dense_in_features=config.dense_in_features,
         dense_arch_layer_sizes=[*config.bottom_mlp, d],
         over_arch_layer_sizes=list(config.top_mlp),

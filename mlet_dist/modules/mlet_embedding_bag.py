@@ -6,7 +6,7 @@ projections are small dense modules. Sharders in ``mlet_dist.distributed`` wrap 
 """
 
 import warnings
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, cast
 
 import torch
 from torch import nn
@@ -117,7 +117,7 @@ class MLETEmbeddingBagCollection(nn.Module):
         """A batch with no rows gives a (0, sum d) result; the fused kernels reject it."""
         keys = [f for t in self._mlet_configs for f in t.feature_names]
         dims = [t.embedding_dim for t in self._mlet_configs for _ in t.feature_names]
-        weight = next(iter(self.projections.values())).weight
+        weight = self._first_weight()
         values = torch.zeros(0, sum(dims), device=weight.device, dtype=weight.dtype)
         return KeyedTensor(keys=keys, length_per_key=dims, values=values)
 
@@ -127,7 +127,7 @@ class MLETEmbeddingBagCollection(nn.Module):
         Keys are taken from the KeyedTensor, not assumed, because sharding may reorder them.
         """
         keys = wide.keys()
-        weights = [self.projections[self._feature_to_table[key]].weight for key in keys]
+        weights = [self.projection_weight(self._feature_to_table[key]) for key in keys]
         widths = wide.length_per_key()
         starts = [sum(widths[:i]) for i in range(len(widths))]
         out = project_blocks(wide.values(), starts, weights)
@@ -143,6 +143,13 @@ class MLETEmbeddingBagCollection(nn.Module):
     def is_weighted(self) -> bool:
         return self._is_weighted
 
+    def projection_weight(self, table: str) -> torch.Tensor:
+        """W (k×d) of ``table``: typed, since ModuleDict items are plain Modules to a type checker."""
+        return cast(MLETProjection, self.projections[table]).weight
+
+    def _first_weight(self) -> torch.Tensor:
+        return self.projection_weight(next(iter(self.projections)))
+
     @property
     def device(self) -> torch.device:
-        return next(iter(self.projections.values())).weight.device
+        return self._first_weight().device

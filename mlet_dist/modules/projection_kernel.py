@@ -2,7 +2,7 @@
 collection (all of a row's features) and the sharded one (the blocks a rank owns, column-shard
 slices included), so both paths compute exactly the same products in the same way."""
 
-from typing import Any, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import torch
 
@@ -25,12 +25,13 @@ class TiledProjection(torch.autograd.Function):
         return strided_bmm(values.reshape(batch, blocks, inner), weights).view(batch, blocks * out)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def backward(ctx: Any, grad: torch.Tensor) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
         values, weights = ctx.saved_tensors
         batch = values.shape[0]
         blocks, inner, out = weights.shape
         grad3 = grad.reshape(batch, blocks, out)
-        grad_values = grad_weights = None
+        grad_values: Optional[torch.Tensor] = None
+        grad_weights: Optional[torch.Tensor] = None
         if ctx.needs_input_grad[0]:
             grad_values = strided_bmm(grad3, weights.transpose(1, 2)).view(batch, blocks * inner)
         if ctx.needs_input_grad[1]:

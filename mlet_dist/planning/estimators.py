@@ -90,7 +90,7 @@ class DedupPerfEstimator(ShardEstimator):
     def __init__(self, inner: ShardEstimator) -> None:
         self._inner = inner
 
-    def estimate(self, sharding_options: List[ShardingOption], sharder_data_map=None) -> None:  # type: ignore[override]
+    def estimate(self, sharding_options: List[ShardingOption], sharder_data_map=None) -> None:
         originals = []
         for option in sharding_options:
             unique: Dict[tuple, Shard] = {}
@@ -119,7 +119,7 @@ class MLETProjectionEstimator(ShardEstimator):
         self._memory = "hbm" if topology.compute_device in {"cuda", "mtia"} else "ddr"
         self._device_bw = topology.hbm_mem_bw if self._memory == "hbm" else topology.ddr_mem_bw
 
-    def estimate(self, sharding_options: List[ShardingOption], sharder_data_map=None) -> None:  # type: ignore[override]
+    def estimate(self, sharding_options: List[ShardingOption], sharder_data_map=None) -> None:
         for option in sharding_options:
             dims = mlet_dims(option)
             if dims is None:

@@ -90,14 +90,14 @@ def estimates(result: PlanResult) -> Dict[str, Any]:
             "embedding_dim": d,
             "sharding_type": option.sharding_type,
             "compute_kernel": option.compute_kernel,
-            "ranks": sorted({int(s.rank) for s in option.shards}),  # type: ignore[arg-type]
+            "ranks": sorted({int(s.rank) for s in option.shards}),
             "num_shards": len(option.shards),
             "training_bytes": 0,
             "serving_bytes": rows * d * FP32,
             "perf_ms": 0.0,
         }
         for index, shard in enumerate(option.shards):
-            rank = ranks[int(shard.rank)]  # type: ignore[arg-type]
+            rank = ranks[int(shard.rank)]
             r_rows, r_cols = (int(x) for x in shard.size)
             total = int(getattr(shard.storage, kind))
             proj = projection_bytes(projection_rows(option, shard, dims[0]), d, request.dense_optimizer) if dims else 0
@@ -106,7 +106,7 @@ def estimates(result: PlanResult) -> Dict[str, Any]:
                 optim = math.ceil(weights * multiplier)
             else:  # UVM: weights in host memory, a cache in HBM
                 weights = optim = 0
-                rank["host_offload"] += int(shard.storage.ddr)  # type: ignore[union-attr]
+                rank["host_offload"] += int(shard.storage.ddr)
             rank["weights"] += weights
             rank["optimizer"] += optim
             rank["projections"] += proj

@@ -79,8 +79,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         except FileNotFoundError as err:
             print(f"{PROG}: error: {err}", file=sys.stderr)
             return 2
-        args = [a for a in (sys.argv[1:] if argv is None else argv) if a not in ("--report-only", "--no-report")]
-        command = " ".join([PROG, *map(shlex.quote, args)])  # the command that makes runs and report
+        run_flags = [a for a in (sys.argv[1:] if argv is None else argv) if a not in ("--report-only", "--no-report")]
+        command = " ".join([PROG, *map(shlex.quote, run_flags)])  # the command that makes runs and report
         path = write_report(cfg, statuses, command=command)
         print(f"[sweep] report: {path}")
     failed = [s for s in statuses or [] if s.status not in ("ok", "done")]

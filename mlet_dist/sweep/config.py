@@ -153,7 +153,7 @@ class LaunchConfig:
 
 
 def _default(f: Field) -> Any:
-    return f.default_factory() if f.default_factory is not MISSING else f.default  # type: ignore[misc]
+    return f.default_factory() if f.default_factory is not MISSING else f.default
 
 
 @dataclass

@@ -11,7 +11,7 @@ buckets of a baseline and an MLET run at the same d compare directly.
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -49,7 +49,8 @@ def train_id_counts(data_dir: Path, features: Optional[Sequence[str]] = None,
     if cache is not None:
         Path(cache).parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(cache).with_name(f".{Path(cache).name}.tmp.npz")
-        np.savez(tmp, fingerprint=key, **{f"count_{c}": v for c, v in counts.items()})
+        arrays: Dict[str, Any] = {"fingerprint": key, **{f"count_{c}": v for c, v in counts.items()}}
+        np.savez(tmp, **arrays)
         tmp.replace(cache)
     return counts
 

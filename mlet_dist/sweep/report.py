@@ -121,15 +121,15 @@ def write_report(cfg: SweepConfig, statuses: Optional[Sequence[Any]] = None,
               "| arch | model | d | k | params (serving) | params (training) | val AUC | test AUC | "
               + ("gap closed | " if has_gap else "") + "train time (s) | seeds |",
               "|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if has_gap else "") + "---:|---:|"]
-    for r in rows:
+    for row in rows:
         lines.append(
-            f"| {r['arch']} | {r['model']} | {r['d']} | {r['k'] or '–'} | {format_int(r['params_serving'])} | "
-            f"{format_int(r['params_training'])} | {format_mean_std(r['val_auc_mean'], r['val_auc_std'])} | "
-            f"{format_mean_std(r['test_auc_mean'], r['test_auc_std'])} | "
-            + (f"{format_mean_std(r.get('test_gap_closed'), None, 3)} | " if has_gap else "")
-            + f"{format_mean_std(r['train_seconds_mean'], r['train_seconds_std'], 1)} | "
-            f"{r['seeds_finished']}/{r['seeds_planned']}"
-            + (f" ({r['seeds_dead']} dead)" if r["seeds_dead"] else "") + " |")
+            f"| {row['arch']} | {row['model']} | {row['d']} | {row['k'] or '–'} | {format_int(row['params_serving'])} | "
+            f"{format_int(row['params_training'])} | {format_mean_std(row['val_auc_mean'], row['val_auc_std'])} | "
+            f"{format_mean_std(row['test_auc_mean'], row['test_auc_std'])} | "
+            + (f"{format_mean_std(row.get('test_gap_closed'), None, 3)} | " if has_gap else "")
+            + f"{format_mean_std(row['train_seconds_mean'], row['train_seconds_std'], 1)} | "
+            f"{row['seeds_finished']}/{row['seeds_planned']}"
+            + (f" ({row['seeds_dead']} dead)" if row["seeds_dead"] else "") + " |")
     lines += ["", "![test AUC vs serving parameters](pareto.png)", "", "## Headline: MLET d vs baseline d'", ""]
     lines += headline_markdown(headline) if cfg.bootstrap_resamples else ["Skipped (report.bootstrap_resamples: 0).", ""]
     lines += ["## Rare items", "",
@@ -139,7 +139,7 @@ def write_report(cfg: SweepConfig, statuses: Optional[Sequence[Any]] = None,
     lines += rare_markdown(rare_rows, names) if rare_rows else [
         "No baseline/MLET pair at the same d has saved test predictions (`predictions/test.npz`).", ""]
     lines += ["![AUC by item frequency](rare_items.png)", ""]
-    diag_rows = [r for r in rows if "table_effective_rank_mean" in r]
+    diag_rows = [row for row in rows if "table_effective_rank_mean" in row]
     if diag_rows:
         rank_note = f" The planted truth has rank {meta['planted']['rank']}." if meta.get("planted") else ""
         lines += ["## Projection diagnostics", "",
@@ -147,11 +147,11 @@ def write_report(cfg: SweepConfig, statuses: Optional[Sequence[Any]] = None,
                   "of the serving table (baseline table or collapsed T·W, n×d), the projection W (k×d) and the "
                   f"wide table T (n×k).{rank_note}", "",
                   "| arch | model | d | k | serving table | W | T |", "|---|---|---:|---:|---:|---:|---:|"]
-        for r in diag_rows:
-            lines.append(f"| {r['arch']} | {r['model']} | {r['d']} | {r['k'] or '–'} | "
-                         f"{format_mean_std(r.get('table_effective_rank_mean'), r.get('table_effective_rank_std'), 2)} | "
-                         f"{format_mean_std(r.get('projection_effective_rank_mean'), r.get('projection_effective_rank_std'), 2)} | "
-                         f"{format_mean_std(r.get('wide_effective_rank_mean'), r.get('wide_effective_rank_std'), 2)} |")
+        for row in diag_rows:
+            lines.append(f"| {row['arch']} | {row['model']} | {row['d']} | {row['k'] or '–'} | "
+                         f"{format_mean_std(row.get('table_effective_rank_mean'), row.get('table_effective_rank_std'), 2)} | "
+                         f"{format_mean_std(row.get('projection_effective_rank_mean'), row.get('projection_effective_rank_std'), 2)} | "
+                         f"{format_mean_std(row.get('wide_effective_rank_mean'), row.get('wide_effective_rank_std'), 2)} |")
         lines.append("")
     if spectra:
         lines += ["During training (every evaluation point), the effective rank of W, mean over tables and seeds:",

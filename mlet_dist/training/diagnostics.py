@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 ArrayLike = Union[torch.Tensor, np.ndarray]
+Spectrum = Union[Sequence[float], np.ndarray]  # singular values, largest first
 DEFAULT_REL_TOL = 1e-2
 CHUNK_ROWS = 65536
 
@@ -87,9 +88,9 @@ def collapsed_singular_values(table: ArrayLike, projection: ArrayLike,
     return _sqrt_eig_desc(w.T @ _gram(table, row_weights) @ w)
 
 
-def effective_rank(s: Sequence[float]) -> float:
+def effective_rank(values: Spectrum) -> float:
     """exp(entropy of s / sum(s)); 0 for an all-zero spectrum."""
-    s = np.asarray(s, np.float64)
+    s = np.asarray(values, np.float64)
     total = s.sum()
     if not total > 0:
         return 0.0
@@ -97,18 +98,18 @@ def effective_rank(s: Sequence[float]) -> float:
     return float(math.exp(-(p * np.log(p)).sum()))
 
 
-def stable_rank(s: Sequence[float]) -> float:
-    s = np.asarray(s, np.float64)
+def stable_rank(values: Spectrum) -> float:
+    s = np.asarray(values, np.float64)
     return float((s ** 2).sum() / s.max() ** 2) if len(s) and s.max() > 0 else 0.0
 
 
-def rank_above_threshold(s: Sequence[float], rel_tol: float = DEFAULT_REL_TOL) -> int:
-    s = np.asarray(s, np.float64)
+def rank_above_threshold(values: Spectrum, rel_tol: float = DEFAULT_REL_TOL) -> int:
+    s = np.asarray(values, np.float64)
     return int((s > rel_tol * s.max()).sum()) if len(s) and s.max() > 0 else 0
 
 
-def spectrum_summary(s: Sequence[float], rel_tol: float = DEFAULT_REL_TOL) -> Dict[str, object]:
-    s = np.asarray(s, np.float64)
+def spectrum_summary(values: Spectrum, rel_tol: float = DEFAULT_REL_TOL) -> Dict[str, object]:
+    s = np.asarray(values, np.float64)
     return {
         "singular_values": [float(x) for x in s],
         "effective_rank": effective_rank(s),

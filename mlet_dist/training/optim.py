@@ -107,7 +107,7 @@ def build_optimizer(sharded_model: nn.Module, config: OptimConfig) -> CombinedOp
         name: p for name, p in data_parallel_table_parameters(sharded_model).items() if name in not_fused
     }
     dense_params = {name: p for name, p in not_fused.items() if name not in replicated_tables}
-    optimizers = [sharded_model.fused_optimizer]  # type: ignore[attr-defined]
+    optimizers = [sharded_model.fused_optimizer]
     if replicated_tables:
         table_cls = EMBEDDING_OPTIMIZERS[config.embedding_optimizer]
         table_kwargs = config._kwargs(config.embedding_optimizer, config.embedding_lr)

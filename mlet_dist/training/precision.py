@@ -44,5 +44,5 @@ def autocast_dense(model: nn.Module, precision: str, device: torch.device) -> in
         return 0
     networks = [m for m in model.modules() if isinstance(getattr(m, "sparse_arch", None), nn.Module)]
     for network in networks:
-        network.forward = _autocast(network.forward, device.type, dtype)  # type: ignore[method-assign]
+        network.forward = _autocast(network.forward, device.type, dtype)
     return len(networks)
