@@ -7,27 +7,73 @@ would be loose for them). Measured: losses within 1.2e-7, weights within 3e-8, u
 1.5e-4 of their size. A row-wise MEAN table next to other sharding types is where TorchRec 1.8
 alone divides the wrong outputs by the bag length (distributed/mean_pooling.py).
 
-One launch (tests/workers/sharded_multi_hot_worker.py) runs every case; references run here.
+One spawned 2-rank run (all_cases: per case, shard with the case's hand-placed plan, load the
+reference's initial weights, train STEPS SGD steps on each rank's slice, gather the full state)
+runs every case; references run here.
 """
 
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import pytest
 import torch
+import torch.distributed as dist
 
 import equivalence_setup as setup
 import multi_hot_setup as mh
-from dist_launch import ROOT, torchrun
+from mlet_dist.distributed.env import DistEnv
+from mlet_dist.distributed.sharded_mlet import ShardedMLETEmbeddingBagCollection
+from mlet_dist.distributed.sharding import ShardingConfig, shard_model
+from mlet_dist.distributed.state import gather_full_state_dict, load_full_state_dict
+from mlet_dist.log_setup import quiet_library_logs
+from mlet_dist.training.optim import OptimConfig, attach_fused_embedding_optimizer, build_optimizer
+from multiprocess import run_ranks
 
-WORKER = ROOT / "tests" / "workers" / "sharded_multi_hot_worker.py"
 WORLD = 2
 
 
+def run_case(env: DistEnv, collection: str, pooling: str, plan: str) -> Dict[str, Any]:
+    mlet = collection == "mlet"
+    pools = mh.POOLINGS[pooling]
+    optim = OptimConfig(embedding_optimizer="sgd", embedding_lr=setup.LR, dense_optimizer="sgd", dense_lr=setup.LR)
+    model = mh.build_model(torch.device("meta"), mlet, pools)
+    attach_fused_embedding_optimizer(model, optim)
+    sharded = shard_model(model, env, ShardingConfig(), plan=mh.sharding_plan(model, plan, env.world_size))
+    load_full_state_dict(sharded, mh.initial_state(mlet, pools))
+    optimizer = build_optimizer(sharded, optim)
+    losses = []
+    for step in range(mh.STEPS):
+        optimizer.zero_grad()
+        loss, _ = sharded(setup.rank_batch(step, env.rank, env.world_size))
+        loss.backward()
+        optimizer.step()
+        total = loss.detach().clone()
+        dist.all_reduce(total)
+        losses.append(float(total) / env.world_size)
+    shards = {
+        table: [ps.sharding_type,
+                len(ps.sharding_spec.shards) if ps.sharding_spec is not None else 0,
+                sorted({s.placement.rank() for s in ps.sharding_spec.shards}) if ps.sharding_spec is not None else []]
+        for module_plan in sharded.plan.plan.values() for table, ps in module_plan.items()
+    }
+    return {
+        "state": gather_full_state_dict(sharded),
+        "losses": losses,
+        "shards": shards,
+        "owner_side": any(isinstance(m, ShardedMLETEmbeddingBagCollection) for m in sharded.modules()),
+    }
+
+
+def all_cases(env: DistEnv) -> Optional[Dict[str, Any]]:
+    """Rank 0: {case id: {"state", "losses" (mean of the ranks' local losses = the global-batch
+    loss), "shards" (table -> [type, number of shards, ranks]), "owner_side"}}."""
+    quiet_library_logs()
+    results = {mh.case_id(case): run_case(env, *case) for case in mh.cases()}
+    return results if env.is_main else None
+
+
 @pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
-    out = tmp_path_factory.mktemp("multi_hot") / "results.pt"
-    torchrun(WORKER, ["--out", str(out)], nproc=WORLD)
-    return torch.load(out, weights_only=True)
+def results() -> Dict[str, Any]:
+    return run_ranks(all_cases, world_size=WORLD)[0]
 
 
 def test_the_batches_are_multi_hot_with_empty_bags() -> None:
