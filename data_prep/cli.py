@@ -40,7 +40,7 @@ from data_prep.dataset_format import CRITEO_SPARSE_FEATURES
 from data_prep.multi_hot import parse_pooling
 from data_prep.criteo import prepare_criteo_kaggle, prepare_criteo_terabyte
 from data_prep.engine import WorkerFailed
-from data_prep.pipeline import PrepConfig, PrepResult
+from data_prep.spec import PrepConfig, PrepResult
 from data_prep.planted import PlantedSpec, generate_planted
 from data_prep.synthetic import generate_dataset, parse_table_sizes, write_criteo_tsv
 from data_prep.torchrec_npy import prepare_torchrec_npy

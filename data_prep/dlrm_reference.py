@@ -40,7 +40,8 @@ from data_prep.dataset_format import CRITEO_DENSE_FEATURES, CRITEO_SPARSE_FEATUR
 from data_prep.foreign_common import (
     checked_ids, dense_log, first_bad, npz_arrays, regular_file, table_sizes_from, write_converted,
 )
-from data_prep.pipeline import PrepConfig, PrepResult, check_output
+from data_prep.spec import PrepConfig, PrepResult
+from data_prep.staging import check_output
 
 PathLike = Union[str, Path]
 BLOCK_ROWS = 1 << 17

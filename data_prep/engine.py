@@ -1,6 +1,8 @@
-"""Where parallel prep tasks run: a local process pool, or a Dask distributed cluster.
+"""Where prep tasks run: this process (one worker), a local process pool, or a Dask distributed cluster.
 
-Both give `submit(fn, *args) -> future` with `.result()` / `.done()`; parallel.py needs nothing else.
+All give `submit(fn, *args) -> future` with `.result()` / `.done()`; parallel.py needs nothing else.
+One worker runs the tasks on a few threads of this process (numpy and Arrow release the GIL), so a
+library call with PrepConfig() starts no processes and pickles nothing, yet runs the same tasks.
 Dask (not Ray) because it is what NVTabular and TorchRec's own Criteo preprocessing build on, so a
 site that preprocesses recsys logs likely runs it already; it is pure Python (dask + distributed,
 ~2.5 MB of wheels, no binary runtime) and installs from the package registry with our pins; its
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import collections
 import multiprocessing
-from concurrent.futures import BrokenExecutor, ProcessPoolExecutor
+from concurrent.futures import BrokenExecutor, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Deque, Iterable, Iterator, Optional, Tuple
 
@@ -25,6 +27,8 @@ class WorkerFailed(RuntimeError):
 
 
 class Engine:
+    slots: int = 1  # tasks that run at once (the driver keeps twice as many in flight)
+
     def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
         raise NotImplementedError
 
@@ -38,10 +42,25 @@ class Engine:
         self.close()
 
 
+class InProcessEngine(Engine):
+    """One worker: the tasks on `threads` threads of this process (what --workers 1 means)."""
+
+    def __init__(self, threads: int) -> None:
+        self.slots = threads
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="prep")
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return self.pool.submit(fn, *args)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 class LocalEngine(Engine):
     """Worker processes on this machine (forkserver: no fork of a threaded parent)."""
 
     def __init__(self, workers: int) -> None:
+        self.slots = workers
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(["data_prep.parallel_tasks"])
         self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
@@ -57,6 +76,7 @@ class DaskEngine(Engine):
     """A Dask distributed client: of the cluster at `scheduler`, or of a local cluster."""
 
     def __init__(self, workers: int, scheduler: Optional[str]) -> None:
+        self.slots = workers
         try:
             from distributed import Client, LocalCluster
         except ImportError:  # pragma: no cover - depends on the install
@@ -95,6 +115,8 @@ def _add_path(repo: str) -> None:
 def make_engine(cfg: PrepConfig) -> Engine:
     if cfg.engine == "dask" or cfg.scheduler:
         return DaskEngine(cfg.workers, cfg.scheduler)
+    if cfg.workers == 1:
+        return InProcessEngine(max(1, min(cfg.threads, 8)))
     return LocalEngine(cfg.workers)
 
 

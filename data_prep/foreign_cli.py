@@ -8,7 +8,7 @@ from typing import Any, List
 
 from data_prep.dlrm_reference import prepare_dlrm_bin, prepare_dlrm_npz
 from data_prep.mlperf_multihot import prepare_mlperf_multihot
-from data_prep.pipeline import PrepConfig, PrepResult
+from data_prep.spec import PrepConfig, PrepResult
 from data_prep.synthetic import parse_table_sizes
 
 

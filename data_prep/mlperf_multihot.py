@@ -32,7 +32,7 @@ from data_prep.foreign_common import (
     bag_column, checked_dense, checked_ids, day_blocks, first_bad, load_npy, npz_arrays, table_sizes_from,
     write_converted,
 )
-from data_prep.pipeline import PrepConfig, PrepResult
+from data_prep.spec import PrepConfig, PrepResult
 
 PathLike = Union[str, Path]
 DATASET = "mlperf-multihot"

@@ -1,25 +1,35 @@
-"""The preparation with worker processes (local) or a Dask cluster: the same bytes as one process.
+"""The preparation driver (every kind of raw input, every worker count): tasks over byte ranges.
 
-Inputs are cut into byte ranges of whole blocks (ranges.py; a gzip file is one range). Tasks
-(parallel_tasks.py) run per range; this process merges their results **in input order**, which is
-what makes the output identical to the single-process run:
+A dataset is a `DatasetSpec` (raw columns and their kinds, separator, optional header) plus a
+`SplitPolicy` (which accepted row goes to train/val/test). Inputs are cut into byte ranges of whole
+blocks (ranges.py; a gzip file is one range). Tasks (parallel_tasks.py) run per range, on the engine
+cfg asks for (engine.py: with one worker on threads of this process, else worker processes or a
+Dask cluster); this process merges their results **in input order**, which is what makes the output
+the same bytes whatever the worker count:
 
-* line numbers: a range reports its line count, so rejects get absolute lines (Avazu's split
-  depends on line numbers: its lines are counted first, one task per range);
-* value counts: a range returns its per-block counts and they are added block by block with the
-  same `count_memory_mb` check as the single-process run (its blocks are the same blocks), so the
-  same features are hashed; otherwise counts are exact whatever the order;
-* the Kaggle tail pass: equal tasks from the block that holds the train/val boundary on (each
-  count task reports where its blocks start), counts subtracted;
+* pass 1 validates every line (malformed lines go to rejects.tsv, or raise with --strict), counts
+  accepted rows and the train values of every feature (exact, as int64 keys whose order is the byte
+  order of the raw values: vocab_build.KeyCounter). Line numbers: a range reports its line count, so
+  rejects get absolute lines (Avazu's split depends on line numbers: its lines are counted first,
+  one task per range). Value counts: a range returns its per-block counts and they are added block
+  by block with the `count_memory_mb` check after each (ranges.py cuts the blocks one reader of the
+  whole file would), so the same features are switched to hashing whatever the ranges; the counts
+  are otherwise exact in any order;
+* the Kaggle tail pass: the 7-chunk train/val boundary is known only once every row is counted, so
+  equal tasks from the block that holds it on report the counts of the rows past it, subtracted;
 * pass 2: each range encodes its rows with the vocabulary (its lookup tables built once here and
   memory-mapped by every worker; vocabularies too large for one: the staged vocab/ files) into
   Arrow pieces per split; each output part file is then assembled by a task from the pieces that
-  hold its rows, with the single-process writer's row groups, except the last part of each split,
-  which this process writes piece by piece as ranges finish (it could only start at the very
-  end). Pieces are deleted once used.
+  hold its rows, with SplitWriter's row groups, except the last part of each split, which this
+  process writes piece by piece as ranges finish (it could only start at the very end). Pieces are
+  deleted once used.
+
+With --vocab-from DIR (vocab_from.py) nothing is counted and there is no tail pass. meta.json:
+raw_meta.py.
 
 Memory: a bounded window of tasks in flight (each holds a range: `range_mb`), the counts (capped),
-and one part file's row group per assembling worker.
+and one part file's row group per assembling worker; in pass 2 the vocabularies (16 bytes per kept
+value) and their lookup tables (32-64 bytes per value, for vocabularies of up to 2M values).
 """
 
 from __future__ import annotations
@@ -36,7 +46,7 @@ from data_prep import engine as engines
 from data_prep import parallel_tasks as tasks
 from data_prep.dataset_format import REJECTS_FILE, SPLITS, part_file, write_meta
 from data_prep.raw_meta import build_meta
-from data_prep.scan import Progress
+from data_prep.progress import Progress
 from data_prep.spec import DatasetSpec, PathLike, PrepConfig, PrepResult, Reject
 from data_prep.splits import ChunkSplit, SplitPolicy
 from data_prep.staging import checked_paths, publish, staging_dir
@@ -48,9 +58,9 @@ from data_prep.ranges import ByteRange, count_lines, plan_ranges
 MAX_RANGE_BYTES = 64 << 20
 
 
-def _target_bytes(total: int, cfg: PrepConfig) -> int:
-    """About 4 ranges per worker, at most 64 MB each (memory per task), at least one block."""
-    return int(min(MAX_RANGE_BYTES, max(cfg.block_bytes, total // (4 * cfg.workers) + 1)))
+def _target_bytes(total: int, cfg: PrepConfig, slots: int) -> int:
+    """About 4 ranges per task slot, at most 64 MB each (memory per task), at least one block."""
+    return int(min(MAX_RANGE_BYTES, max(cfg.block_bytes, total // (4 * slots) + 1)))
 
 
 def _label(r: ByteRange) -> str:
@@ -68,7 +78,7 @@ class _RangeState:
     block_accepted: List[int] = dataclasses.field(default_factory=list)
 
 
-def run_prep_parallel(
+def run_prep(
     spec: DatasetSpec,
     sources: Sequence[PathLike],
     out: PathLike,
@@ -76,19 +86,20 @@ def run_prep_parallel(
     policy: SplitPolicy,
     extra_meta: Optional[Dict[str, Any]] = None,
 ) -> PrepResult:
-    """pipeline.run_prep with cfg.workers processes or a Dask cluster (same output bytes)."""
+    """Prepare `sources` (in order) into a dataset directory at `out` (FORMAT.md); `extra_meta` is
+    what the dataset's module adds to meta.json (its transforms)."""
     paths, out_path = checked_paths(sources, out, cfg.overwrite)
     saved = load_saved_vocab(cfg.vocab_from, spec) if cfg.vocab_from is not None else None
     total_bytes = sum(p.stat().st_size for p in paths)
     sparse = spec.sparse_features
-    window = 2 * cfg.workers
 
     with staging_dir(out_path) as tmp, engines.make_engine(cfg) as engine:
+        window = 2 * engine.slots
         work = tmp / "_work"
         work.mkdir()
-        for split in SPLITS:  # as the single-process writers do, even for an empty split
+        for split in SPLITS:  # every split has its directory, even an empty one
             (tmp / split).mkdir()
-        ranges = plan_ranges(paths, cfg.block_bytes, _target_bytes(total_bytes, cfg))
+        ranges = plan_ranges(paths, cfg.block_bytes, _target_bytes(total_bytes, cfg, engine.slots))
         ctx = tasks.TaskContext(spec, cfg, policy, str(work))
         state = [_RangeState() for _ in ranges]
         given_first = [1] * len(ranges)  # the first line a task numbers from
@@ -148,7 +159,7 @@ def _pass1(
     given_first: Sequence[int], sink: RejectSink, counters: Dict[str, Optional[KeyCounter]], hashed: Dict[str, str],
     window: int, total_bytes: int,
 ) -> List[int]:
-    """Validate and count; merge in input order exactly as the single-process pass 1 does."""
+    """Validate and count; merge in input order, checking the count cap after every block."""
     cap = int(ctx.cfg.count_memory_mb * (1 << 20))
     rows_per_file = [0] * (max(r.fi for r in ranges) + 1)
     progress = Progress(ctx.cfg.progress, total_bytes, f"1/{3 if ctx.policy.needs_tail_pass else 2} count")
@@ -222,9 +233,9 @@ def _tail(
 ) -> None:
     """Subtract the counts of accepted rows from `train_end` on (Kaggle's val/test chunk), in tasks
     of equal size from the block that holds row train_end (counts are exact in any order, so the
-    tail's blocks need not be the single-process blocks)."""
+    tail's blocks need not be pass 1's blocks)."""
     live = [n for n, c in counters.items() if c is not None]
-    todo = _tail_ranges(ranges, state, train_end, 2 * ctx.cfg.workers)
+    todo = _tail_ranges(ranges, state, train_end, window)
     jobs = [(_label(r), (lambda r=r, skip=skip: (ctx, r, skip, live))) for r, skip in todo]
     for uniq in engines.ordered(engine, tasks.tail_range, jobs, window):
         for feature in live:

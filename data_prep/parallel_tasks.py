@@ -1,4 +1,5 @@
-"""What one worker does with one byte range (parallel.py schedules these; local processes or dask).
+"""What one worker does with one byte range (parallel.py schedules these: threads of the calling
+process for one worker, else local processes or dask).
 
 Every task is a top-level function of picklable arguments that reads its input range itself and
 writes bulky results to the staging directory (rejects, encoded pieces), returning only small
@@ -216,7 +217,7 @@ def assemble_part(
     ctx: TaskContext, out_dir: str, split: str, index: int, pieces: Sequence[Tuple[str, int, int]]
 ) -> Tuple[List[str], int]:
     """Write part file `index` of `split` from rows [lo, hi) of each piece, in order, exactly as
-    the single-process SplitWriter writes it (row groups cut at the same rows)."""
+    one SplitWriter over the whole split writes it (row groups cut at the same rows)."""
     writer = SplitWriter(Path(out_dir), split, ctx.spec.schema(), ctx.cfg, first_index=index)
     for path, lo, hi in pieces:
         copy_rows(writer, path, lo, hi)

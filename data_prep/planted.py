@@ -40,7 +40,7 @@ import pyarrow as pa
 
 from data_prep.dataset_format import SPLITS, PreparedMeta, parquet_schema, write_meta
 from data_prep.metrics import binary_auc, expected_auc, log_loss
-from data_prep.scan import Progress
+from data_prep.progress import Progress
 from data_prep.spec import PrepConfig, PrepResult
 from data_prep.splits import chunk_split_bounds
 from data_prep.staging import check_output, publish, staging_dir

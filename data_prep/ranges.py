@@ -1,11 +1,11 @@
-"""Byte ranges of input files for parallel workers, cut exactly where one process cuts blocks.
+"""Byte ranges of input files for the prep tasks, cut exactly where one reader of the whole file cuts blocks.
 
 A plain file's blocks (textio.iter_line_blocks) end after the last `\\n` before every multiple of
 `attempt_bytes(block_bytes)` from the file start. Ranges are unions of whole blocks, and
-`iter_range_blocks` yields the very blocks one process would: the same lines, the same block
+`iter_range_blocks` yields the very blocks that reader would: the same lines, the same block
 boundaries. That matters for one thing only, the `count_memory_mb` cap, which is checked after every
-block; with identical blocks the parallel run hashes exactly the features the single-process run
-hashes. A gzip file cannot be entered mid-stream, so it is one range.
+block; with identical blocks every worker count (hence every cut into ranges) hashes exactly the
+same features. A gzip file cannot be entered mid-stream, so it is one range.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def plan_ranges(paths: Sequence[Path], block_bytes: int, target_bytes: int) -> L
 
 
 def _cut_point(pos: int, rng: ByteRange, step: int, block_bytes: int) -> bool:
-    """Whether the single-process reader cuts a block at `pos`: at every multiple of `step`, at a
+    """Whether a reader of the whole file cuts a block at `pos`: at every multiple of `step`, at a
     range end (a line start by construction), and at EOF if at least `block_bytes` were read since
     the last multiple of `step` (its short last read still fills a block)."""
     if pos % step == 0 or (pos == rng.end and not rng.last):
@@ -101,7 +101,7 @@ def iter_range_blocks(rng: ByteRange, block_bytes: int, first_line: int = 1) -> 
             pos = nxt
             buf = carry + data
             if not _cut_point(nxt, rng, step, block_bytes):
-                carry = buf  # the single-process reader does not cut here
+                carry = buf  # a reader of the whole file does not cut here
                 continue
             cut = buf.rfind(b"\n") + 1
             if cut == 0:

@@ -1,5 +1,4 @@
-"""meta.json of a raw-data preparation, built the same way by the single-process run (pipeline.py)
-and the parallel one (parallel.py), so both write the same bytes."""
+"""meta.json of a raw-data preparation (parallel.py's run), through dataset_format.PreparedMeta."""
 
 from __future__ import annotations
 

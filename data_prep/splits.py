@@ -1,7 +1,7 @@
 """Split policies: which accepted row goes to train, val or test (one per raw dataset kind).
 
 A policy sees row positions only (file index, line numbers, accepted rows before the block), so
-the single-process run and the parallel workers assign the same rows to the same split.
+every worker count assigns the same rows to the same split.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ from data_prep.dataset_format import (
     write_meta,
 )
 from data_prep.multi_hot import draw_bags
-from data_prep.scan import Progress
+from data_prep.progress import Progress
 from data_prep.spec import PrepConfig, PrepResult
 from data_prep.splits import chunk_split_bounds
 from data_prep.staging import check_output, publish, staging_dir

@@ -43,7 +43,8 @@ from data_prep.dataset_format import CRITEO_DENSE_FEATURES, CRITEO_SPARSE_FEATUR
 from data_prep.foreign_common import (
     checked_dense, checked_ids, day_blocks, first_bad, load_npy, range_blocks, table_sizes_from, write_converted,
 )
-from data_prep.pipeline import PrepConfig, PrepResult, check_output
+from data_prep.spec import PrepConfig, PrepResult
+from data_prep.staging import check_output
 from data_prep.splits import chunk_split_bounds
 
 PathLike = Union[str, Path]

@@ -201,7 +201,7 @@ class FeatureVocab:
         """The lookup table an exact vocabulary of 1..TABLE_MAX_VALUES values encodes through, built
         on first use (None: hashed, empty, or too large: binary search)."""
         if self._table is None and not self.hashed and 0 < len(self.sorted_keys) <= TABLE_MAX_VALUES:
-            with _TABLE_LOCK:  # pass 2's scan threads encode blocks of the same feature at once
+            with _TABLE_LOCK:  # threads may encode blocks of the same feature at once
                 if self._table is None:
                     self._table = KeyTable(self.sorted_keys, self.ids)
         return self._table

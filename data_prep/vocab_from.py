@@ -158,7 +158,7 @@ def staged_vocabularies(
     spec: DatasetSpec, cfg: PrepConfig, counters: Dict[str, Optional[KeyCounter]], hashed: Dict[str, str],
     tmp: Path, saved: Optional[SavedVocab],
 ) -> Tuple[Dict[str, FeatureVocab], Dict[str, Dict[str, Any]], Dict[str, Dict[str, Any]]]:
-    """What pass 2 encodes with, staged in tmp/vocab/ (single-process and parallel runs alike):
+    """What pass 2 encodes with, staged in tmp/vocab/:
     built from the train counts, or the saved vocabulary copied (adds its hashed features to
     `hashed`). Returns (vocabs, id histograms, meta.json vocabulary entries)."""
     if saved is None:

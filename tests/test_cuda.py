@@ -159,7 +159,7 @@ def test_sharded_nccl_rank_fused_tbe_matches_cpu_reference(tmp_path: Path) -> No
 
 
 def test_train_collapse_predict_on_one_nccl_rank(tmp_path: Path) -> None:
-    from data_prep.criteo_kaggle import prepare_criteo_kaggle
+    from data_prep.criteo import prepare_criteo_kaggle
 
     data, run_dir = tmp_path / "criteo", tmp_path / "run"
     prepare_criteo_kaggle(SAMPLE, data)

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from data_prep import prepare_avazu, prepare_criteo_kaggle, prepare_criteo_terabyte, read_meta
-from data_prep import pipeline, textio
+from data_prep import splits, textio, writers
 from data_prep.avazu import AVAZU_HEADER
 from data_prep.cli import main as cli_main
 from data_prep.dataset_format import CRITEO_SPARSE_FEATURES
@@ -73,7 +73,7 @@ def test_avazu_sample_round_trip(avazu_out: Path, avazu_raw) -> None:
     rows = {s: meta["splits"][s]["rows"] for s in SPLITS}
     assert abs(rows["train"] / 8999 - 0.8) < 0.03 and abs(rows["val"] / 8999 - 0.1) < 0.02
     # Reconstruct which raw line went where (split by seeded hash of the line number).
-    policy = pipeline.RandomSplit(0)
+    policy = splits.RandomSplit(0)
     codes = policy.assign(0, np.arange(2, 9001), 0, 0)
     assert [int((codes == k).sum()) for k in range(3)] == list(rows.values())
     train_raw = [r for r, c in zip(avazu_raw, codes) if c == 0]
@@ -389,7 +389,7 @@ def test_crash_mid_run_leaves_no_output(tmp_path: Path, monkeypatch) -> None:
     def boom(self) -> None:
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(pipeline.SplitWriter, "close", boom)
+    monkeypatch.setattr(writers.SplitWriter, "close", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         prepare_criteo_kaggle(CRITEO, out)
     assert sorted(p.name for p in tmp_path.iterdir()) == []

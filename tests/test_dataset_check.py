@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data_prep.criteo_kaggle import prepare_criteo_kaggle
+from data_prep.criteo import prepare_criteo_kaggle
 from mlet_dist.data.dataset_check import check_dataset
 from mlet_dist.data.parquet_batches import DatasetMeta
 from mlet_dist.errors import DatasetError

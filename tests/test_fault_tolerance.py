@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-from data_prep.criteo_kaggle import prepare_criteo_kaggle
+from data_prep.criteo import prepare_criteo_kaggle
 from dist_launch import ROOT, torchrun
 
 TRAIN = ROOT / "mlet_dist" / "train.py"

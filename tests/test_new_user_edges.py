@@ -49,7 +49,7 @@ TINY = ["--batch-size", "64", "--max-train-batches", "4", "--max-eval-batches", 
 
 def tiny_run(tmp_path: Path, run_dir: Path) -> Tuple[Path, List[str]]:
     """(train.py, its args): the Criteo sample prepared under tmp_path, TINY training into run_dir."""
-    from data_prep.criteo_kaggle import prepare_criteo_kaggle
+    from data_prep.criteo import prepare_criteo_kaggle
 
     data = tmp_path / "data"
     prepare_criteo_kaggle(ROOT / "data_prep" / "samples" / "criteo_sample.tsv", data)

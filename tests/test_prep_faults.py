@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from data_prep.cli import main as cli_main
-from data_prep.pipeline import MAX_REJECT_RAW_BYTES
+from data_prep.writers import MAX_REJECT_RAW_BYTES
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data_prep" / "samples" / "criteo_sample.tsv"

@@ -176,6 +176,30 @@ def test_dead_worker_fails_naming_the_file_and_publishes_nothing(tmp_path: Path,
     assert_same(out, tmp_path / "one")
 
 
+def test_one_worker_runs_the_range_tasks_in_this_process(tmp_path: Path, monkeypatch) -> None:
+    """One driver: PrepConfig()'s one worker runs the same range tasks as --workers N, on threads of
+    the calling process (no process pool), and writes what two worker processes write."""
+    from data_prep import engine
+
+    ran_in: List[int] = []
+    count_range = parallel_tasks.count_range
+
+    def recording_count_range(ctx, rng, *args):
+        ran_in.append(os.getpid())
+        return count_range(ctx, rng, *args)
+
+    def no_pool(self, workers: int) -> None:
+        raise AssertionError("one worker started a process pool")
+
+    monkeypatch.setattr(parallel.tasks, "count_range", recording_count_range)
+    monkeypatch.setattr(engine.LocalEngine, "__init__", no_pool)
+    prepare_criteo_kaggle(CRITEO, tmp_path / "one", **SMALL)
+    assert len(ran_in) > 1 and set(ran_in) == {os.getpid()}
+    monkeypatch.undo()
+    prepare_criteo_kaggle(CRITEO, tmp_path / "two", workers=2, **SMALL)
+    assert_same(tmp_path / "one", tmp_path / "two")
+
+
 def test_cli_workers_flag(tmp_path: Path) -> None:
     from data_prep.cli import main
 

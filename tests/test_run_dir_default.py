@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from data_prep.criteo_kaggle import prepare_criteo_kaggle
+from data_prep.criteo import prepare_criteo_kaggle
 from dist_launch import ROOT
 from mlet_dist.training.run_name import default_run_name
 

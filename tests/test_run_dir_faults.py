@@ -11,7 +11,7 @@ from typing import List
 
 import pytest
 
-from data_prep.criteo_kaggle import prepare_criteo_kaggle
+from data_prep.criteo import prepare_criteo_kaggle
 from dist_launch import ROOT
 
 TRAIN = ROOT / "mlet_dist" / "train.py"

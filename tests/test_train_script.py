@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from data_prep.criteo_kaggle import prepare_criteo_kaggle
+from data_prep.criteo import prepare_criteo_kaggle
 from dist_launch import ROOT, torchrun
 
 TRAIN = ROOT / "mlet_dist" / "train.py"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from data_prep.criteo_kaggle import prepare_criteo_kaggle
+from data_prep.criteo import prepare_criteo_kaggle
 from data_prep.dataset_format import read_meta
 from dist_launch import ROOT
 from mlet_dist.planning.spec import SpecError, load_table_spec

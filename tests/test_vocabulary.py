@@ -16,7 +16,7 @@ import pytest
 from data_prep.avazu import AVAZU_HEADER, prepare_avazu
 from data_prep.criteo import prepare_criteo_kaggle
 from data_prep.dataset_format import read_meta
-from data_prep.pipeline import RandomSplit
+from data_prep.splits import RandomSplit
 from data_prep.vocabulary import Vocabulary, keys_to_raw, raw_to_keys
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data_prep" / "samples"

@@ -2,7 +2,7 @@
 
 A serving request arrives as the raw log line, not as prepared parquet. To get the ids and dense
 values the model was trained with, the lines go through the *preparation's own* parser
-(``data_prep.pipeline.parse_block``: the same field validation and the same dense transform) and
+(``data_prep.spec.parse_block``: the same field validation and the same dense transform) and
 the vocabulary the preparation saved (``data_prep.vocabulary``), never a re-implementation of
 either. Accounting follows the preparation: a malformed line is reported with its line number
 and skipped, the other lines are scored; a valid value the vocabulary does not hold gets the
@@ -24,7 +24,7 @@ from data_prep import textio
 from data_prep.avazu import AVAZU_SPEC
 from data_prep.criteo import criteo_spec
 from data_prep.dataset_format import DATASET_AVAZU, DATASET_CRITEO_KAGGLE, DATASET_CRITEO_TERABYTE
-from data_prep.pipeline import DatasetSpec, Reject, parse_block
+from data_prep.spec import DatasetSpec, Reject, parse_block
 from data_prep.vocabulary import OOV_ID, Vocabulary
 from mlet_dist.data.bags import build_kjt
 from mlet_dist.serving.scoring import ScoringBatch
