@@ -1,6 +1,6 @@
 """No checkpoint stage holds a second copy of the tables (issue 26): on CPU every table is a view
 of fbgemm's flat per-rank buffer, and DCP's writer used to clone and keep them all until the file
-was written (+100% RSS for the whole save)."""
+was written (+100% RSS for the whole save), and its reader loaded each table whole before copying it in."""
 
 import json
 import os
@@ -39,7 +39,9 @@ def test_save_and_load_hold_no_second_copy_of_the_tables() -> None:
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     tables, extra = result["table_bytes"], result["extra_bytes"]
-    # measured: saves +4..6% of the table bytes (were +100%), load +50% (one table read, as bytes then tensor)
+    # measured: saves +4..6% of the table bytes (were +100%); load +5% (was +50%: DCP's reader loaded
+    # each of the 4 tables whole, then copied it in; safe_dcp reads the bytes in place)
     assert extra["checkpoint_save"] < 0.25 * tables, extra
     assert extra["best_model_save"] < 0.25 * tables, extra
-    assert extra["checkpoint_load"] < 0.75 * tables, extra
+    assert extra["checkpoint_load"] < 0.2 * tables, extra
+
