@@ -18,8 +18,8 @@ on one n×k fp32 table T and a k×d W:
             2·FLOP/s / d: the compute roof. "roofline" = min(bound, compute roof); with d = 16 on
             a CPU the compute roof is usually the lower one.
   matmul    torch.matmul(T, W), output allocated: the same arithmetic with no chunking.
-  chunked   mlet_dist.modules.collapse.collapse_table (row chunks into a preallocated n×d).
-  owner     mlet_dist.distributed.sharded_collapse.collapse_state_dict on a state dict holding T
+  chunked   mlet_dist.distributed.collapse.collapse_table (row chunks into a preallocated n×d).
+  owner     mlet_dist.distributed.collapse.collapse_state_dict on a state dict holding T
             (a plain tensor in one process; row-wise or column-wise ShardedTensor under torchrun,
             where "cw" adds the reduce of the partial products between ranks).
 
@@ -49,8 +49,7 @@ from torch.distributed._shard.sharded_tensor import (  # noqa: E402
     TensorProperties,
 )
 
-from mlet_dist.distributed.sharded_collapse import collapse_state_dict  # noqa: E402
-from mlet_dist.modules.collapse import collapse_table  # noqa: E402
+from mlet_dist.distributed.collapse import collapse_state_dict, collapse_table  # noqa: E402
 
 
 def parse() -> argparse.Namespace:

@@ -16,7 +16,7 @@ is recorded as skipped with the reason):
             ``sparse-dist`` pipeline of mlet_dist.training.loop.StepSegment (TorchRec's
             TrainPipelineSparseDist) when mlet_dist/training/ has it; otherwise "not available"
             with the reason (nothing is measured in its place).
-  collapse  GB/s of k-wide table read by mlet_dist.modules.collapse.collapse_table vs the device's
+  collapse  GB/s of k-wide table read by mlet_dist.distributed.collapse.collapse_table vs the device's
             copy bandwidth (dst.copy_(T), read + write) and its bound for a collapse
             (copy bandwidth * k / (k + d)).
   serving   rows/s of the collapsed d=16 DLRM forward, fp32 vs int8 tables
@@ -271,7 +271,7 @@ def bench_pipeline(device: torch.device, batch: int, rows: List[int], warmup: in
 
 
 def bench_collapse(device: torch.device, rows: int, k: int, d: int, repeats: int, deadline: Deadline) -> Dict[str, Any]:
-    from mlet_dist.modules.collapse import DEFAULT_CHUNK_ROWS, collapse_table
+    from mlet_dist.distributed.collapse import DEFAULT_CHUNK_ROWS, collapse_table
 
     g = torch.Generator(device=device).manual_seed(0)
     table = torch.rand(rows, k, generator=g, device=device)

@@ -67,7 +67,7 @@ def table_bytes(module: Any) -> int:
 def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
     from mlet_dist.log_setup import quiet_library_logs
     from mlet_dist.serving.load import load_serving_model
-    from mlet_dist.serving.predict_module import build_predict_module, script_predict_module
+    from mlet_dist.serving.export_predict_module import build_predict_module, script_predict_module
 
     quiet_library_logs()
     torch.set_num_threads(args.threads)

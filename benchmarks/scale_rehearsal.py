@@ -429,7 +429,7 @@ def latency_ms(module: Any, request: Dict[str, Any], calls: int) -> Dict[str, fl
 
 def stage_export(args: argparse.Namespace, serving: Path) -> Dict[str, Any]:
     from bench_serving import requests_for
-    from mlet_dist.serving.artifact import load_predict_module, module_file
+    from mlet_dist.serving.export_artifact import load_predict_module, module_file
 
     artifact = args.workdir / "artifact"
     measured = run_measured([tool("mlet-export"), str(serving), str(artifact), "--overwrite", "--precision",

@@ -37,13 +37,8 @@ except (ImportError, OSError) as _err:
 
 from mlet_dist.api import mlet_collection, mlet_tables, sharders  # noqa: E402
 from mlet_dist.distributed.sharded_mlet import MLETEmbeddingBagCollectionSharder  # noqa: E402
-from mlet_dist.modules import (  # noqa: E402
-    MLETEmbeddingBagCollection,
-    MLETTableConfig,
-    collapse,
-    collapse_model,
-    collapse_table,
-)
+from mlet_dist.distributed.collapse import collapse, collapse_model, collapse_table  # noqa: E402
+from mlet_dist.modules import MLETEmbeddingBagCollection, MLETTableConfig  # noqa: E402
 from mlet_dist.modules.mlet_embedding_bag import MLETShardingWarning  # noqa: E402
 
 __all__ = [

@@ -10,7 +10,7 @@ import pytest
 
 from test_serving_export import exported  # noqa: F401  (the module's trained model and artifact)
 from data_prep.vocabulary import Vocabulary
-from mlet_dist.serving.artifact import RAW_VOCAB, ArtifactError, open_artifact
+from mlet_dist.serving.export_artifact import RAW_VOCAB, ArtifactError, open_artifact
 from mlet_dist.serving.contract import dataset_root
 from mlet_dist.serving.manifest import open_serving_dir
 

@@ -121,8 +121,13 @@ def test_resuming_a_relu_run_with_the_new_default_is_refused(tmp_path: Path, wit
     check_resume_matches(parse_args([*argv, "--bottom-mlp-output", "relu"]))  # the model it was: resumes
 
 
-def test_collapsing_a_run_older_than_config_json_rebuilds_its_relu(tmp_path: Path) -> None:
+def test_collapsing_a_run_older_than_config_json_is_refused(tmp_path: Path) -> None:
+    """mlet-collapse rebuilds only from config.json (issue 30): no argv replay to patch the ReLU into."""
     from mlet_dist.serving import collapse_cli
 
     _, run, _ = _old_run(tmp_path, with_config_json=False)
-    assert collapse_cli.training_config(run, None).dlrm.bottom_mlp_output == "relu"
+    with pytest.raises(ValueError, match="has no config.json"):
+        collapse_cli.run_model(run, None)
+    (tmp_path / "newer").mkdir()
+    _, run, _ = _old_run(tmp_path / "newer", with_config_json=True)  # config.json without the key: the ReLU
+    assert collapse_cli.run_model(run, None).model.dlrm.bottom_mlp_output == "relu"

@@ -185,7 +185,7 @@ def test_old_runs_collapse_after_a_flag_is_renamed(tmp_path: Path, monkeypatch: 
     monkeypatch.setattr(config_module, "build_parser", renamed)
     with pytest.raises(SystemExit):
         config_module.parse_args(["--data", str(data), "-k", "96"])  # the replay would fail
-    got = collapse_cli.training_config(run, None)
+    got = collapse_cli.run_model(run, None).model
     assert got.embedding.inner_dim == 96 and got.embedding.embedding_dim == 12
 
 

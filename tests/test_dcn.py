@@ -21,7 +21,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 import equivalence_setup as setup  # noqa: E402
 from dist_launch import ROOT, torchrun  # noqa: E402
 from mlet_dist.models import DCNConfig, DLRMConfig, EmbeddingSpec, build_dcnv2, build_embedding_collection  # noqa: E402
-from mlet_dist.modules.collapse import collapse_model  # noqa: E402
+from mlet_dist.distributed.collapse import collapse_model  # noqa: E402
 
 DCN = DCNConfig(cross_layers=2, low_rank=4)
 SHARDINGS = ("table_wise", "row_wise")

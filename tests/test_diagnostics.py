@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mlet_dist.models import DLRMConfig, EmbeddingSpec, build_dlrm, build_embedding_collection
-from mlet_dist.modules.collapse import collapse_model
+from mlet_dist.distributed.collapse import collapse_model
 from mlet_dist.training import diagnostics as dg
 from mlet_dist.training.evaluation import Predictions
 

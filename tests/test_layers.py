@@ -5,7 +5,7 @@ torch.distributed, models/ no sharding) only lasts if an upward import fails the
 sits below them all; its function-local imports of itself are checked like mlet_dist's.
 
     0  errors, config_io, config_flags, log_setup, digests  shared by everything
-    1  modules                                 the math: MLET collection, collapse
+    1  modules                                 the math: MLET collection, projection kernel
     2  models, data                            ranking models; parquet batches
     3  distributed, cli_common, api            sharding, process groups; shared CLI pieces; the
                                                public API for TorchRec users (collection, sharders)
@@ -33,7 +33,7 @@ LAZY_ALLOWED = {
     ("mlet_dist.planning.plan_io", "mlet_dist.modules.mlet_embedding_bag"),
     ("mlet_dist.training.resume_check", "mlet_dist.training.config"),
     ("mlet_dist.serving.model", "mlet_dist.models.embedding_tables"),
-    ("mlet_dist.serving.export", "mlet_dist.data.parquet_batches"),
+    ("mlet_dist.serving.serving_dir_writer", "mlet_dist.data.parquet_batches"),
     ("mlet_dist.serving.load", "mlet_dist.distributed.sharding"),
 }
 LAZY_CLI_PREFIXES = ("mlet_dist.planning.cli", "mlet_dist.sweep.cli", "mlet_dist.serving.predict_cli",

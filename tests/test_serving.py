@@ -21,17 +21,16 @@ import torch.distributed.checkpoint as dcp
 
 import equivalence_setup as setup
 from dist_launch import ROOT
-from mlet_dist.distributed.sharded_collapse import collapse_state_dict
+from mlet_dist.distributed.collapse import collapse_model, collapse_state_dict
 from mlet_dist.models import DLRMConfig, EmbeddingSpec, build_dlrm, build_embedding_collection
 from mlet_dist.models import dcn as dcn_mod  # imported, not importorskip'ed: a broken module must fail
-from mlet_dist.modules.collapse import collapse_model
 from mlet_dist.planning.plan_io import check_plan_fits, load_plan
 from mlet_dist.serving import (
     ServingDirError,
     ServingModelConfig,
     TableSpec,
     build_serving_model,
-    export_serving,
+    write_serving_dir,
     load_serving_model,
     open_serving_dir,
     quantize_serving_model,
@@ -70,7 +69,7 @@ def logits(model: torch.nn.Module, step: int = 9) -> torch.Tensor:
 def small_export(tmp_path_factory: pytest.TempPathFactory):
     model = trained_small_model()
     out = tmp_path_factory.mktemp("small") / "serving"
-    export = export_serving(model, out, small_config(), source={"test": True})
+    export = write_serving_dir(model, out, small_config(), source={"test": True})
     return model, export
 
 
@@ -128,18 +127,18 @@ def test_export_load_roundtrip(small_export) -> None:
 def test_export_refuses_existing_output_and_mismatched_config(small_export, tmp_path: Path) -> None:
     model, export = small_export
     with pytest.raises(ServingDirError, match="already exists"):
-        export_serving(model, export.path, small_config())
+        write_serving_dir(model, export.path, small_config())
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "keep.txt").write_text("x")
     with pytest.raises(ServingDirError, match="not a serving directory"):
-        export_serving(model, tmp_path / "notes", small_config(), overwrite=True)
+        write_serving_dir(model, tmp_path / "notes", small_config(), overwrite=True)
     with pytest.raises(ServingDirError, match="expects"):
-        export_serving(model, tmp_path / "wrong_d", small_config(d=8, k=64).__class__(
+        write_serving_dir(model, tmp_path / "wrong_d", small_config(d=8, k=64).__class__(
             **{**small_config().__dict__, "dense_in_features": setup.NUM_DENSE + 1}))
     assert not (tmp_path / "wrong_d").exists() and not (tmp_path / "wrong_d.partial").exists()
     relu = ServingModelConfig(**{**small_config().__dict__, "bottom_mlp_output": "relu"})
     with pytest.raises(ServingDirError, match="bottom MLP ends linear.*would serve another function"):
-        export_serving(model, tmp_path / "relu", relu)  # stock DLRM's ReLU would silently change every score
+        write_serving_dir(model, tmp_path / "relu", relu)  # stock DLRM's ReLU would silently change every score
     assert not (tmp_path / "relu").exists()
 
 
@@ -252,7 +251,7 @@ def test_dcnv2_collapses_into_stock_dlrm_dcn(tmp_path: Path) -> None:
                                           dcn_mod.DCNConfig(cross_layers=2, low_rank=4))).eval()
     cfg = SimpleNamespace(embedding=spec, dlrm=mlps, arch="dcnv2", dcn=dcn_mod.DCNConfig(cross_layers=2, low_rank=4))
     config = ServingModelConfig.from_train_config(cfg, setup.TABLE_SIZES, setup.NUM_DENSE)
-    export = export_serving(model, tmp_path / "dcn", config)
+    export = write_serving_dir(model, tmp_path / "dcn", config)
     served, _ = load_serving_model(export.path)
     assert type(served.model).__name__ == "DLRM_DCN"
     assert (logits(served) - logits(model)).abs().max() <= 1e-5
@@ -263,7 +262,7 @@ def test_dcnv2_collapses_into_stock_dlrm_dcn(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def criteo(tmp_path_factory: pytest.TempPathFactory):
-    from data_prep.criteo_kaggle import prepare_criteo_kaggle
+    from data_prep.criteo import prepare_criteo_kaggle
 
     root = tmp_path_factory.mktemp("criteo")
     data = root / "data"
@@ -276,7 +275,7 @@ def criteo(tmp_path_factory: pytest.TempPathFactory):
     model = DLRMTrain(build_dlrm(build_embedding_collection(sizes, spec), mlps)).eval()
     config = ServingModelConfig.from_train_config(SimpleNamespace(embedding=spec, dlrm=mlps), sizes,
                                                   len(meta["dense_features"]))
-    export = export_serving(model, root / "serving", config, dataset=data)
+    export = write_serving_dir(model, root / "serving", config, dataset=data)
     return SimpleNamespace(root=root, data=data, serving=export.path, model=model, meta=meta, config=config)
 
 
@@ -340,7 +339,7 @@ def test_predict_cli_refuses_nan_predictions_in_one_line(criteo, tmp_path: Path,
     broken = copy.deepcopy(criteo.model)
     with torch.no_grad():
         next(p for name, p in broken.named_parameters() if name.endswith("bias")).fill_(float("nan"))
-    serving = export_serving(broken, tmp_path / "serving", criteo.config, dataset=criteo.data).path
+    serving = write_serving_dir(broken, tmp_path / "serving", criteo.config, dataset=criteo.data).path
     with pytest.raises(SystemExit, match=r"^error: \d+ of \d+ probabilities are not finite") as stopped:
         _predict(["--serving", serving, "--data", criteo.data, "--split", "test", "--out", tmp_path / "p.parquet",
                   "--no-progress"])
@@ -352,8 +351,11 @@ def test_predict_cli_refuses_nan_predictions_in_one_line(criteo, tmp_path: Path,
 
 
 def _tiny_run(criteo, tmp_path: Path):  # type: ignore[no-untyped-def]
-    """A run dir as train.py leaves it (metrics.jsonl config record, checkpoints/step-N holding
-    {"model": ..., "optim": ...} and its checksums.json), without training: (run dir, model)."""
+    """A run dir as train.py leaves it (config.json, metrics.jsonl config record, checkpoints/step-N
+    holding {"model": ..., "optim": ...} and its checksums.json), without training: (run dir, model).
+    Its config.json is one written before --bottom-mlp-output existed (no such key): such a run
+    trained with the ReLU, which the file's legacy default restores."""
+    from mlet_dist.config_io import save_config
     from mlet_dist.training.checkpoint_digest import digest_share, write_checksums
     from mlet_dist.training.config import parse_args
 
@@ -362,12 +364,16 @@ def _tiny_run(criteo, tmp_path: Path):  # type: ignore[no-untyped-def]
     cfg = parse_args(argv)
     sizes = {f: int(criteo.meta["table_sizes"][f]) for f in criteo.meta["sparse_features"]}
     torch.manual_seed(2)
-    # a run dir without config.json is older than --bottom-mlp-output: its bottom MLP ended in a ReLU
+    # a config.json without bottom_mlp_output is older than the flag: its bottom MLP ended in a ReLU
     mlps = DLRMConfig(dense_in_features=13, bottom_mlp=cfg.dlrm.bottom_mlp, top_mlp=cfg.dlrm.top_mlp,
                       bottom_mlp_output="relu")
     model = DLRMTrain(build_dlrm(build_embedding_collection(sizes, cfg.embedding), mlps)).eval()
     (run / "checkpoints").mkdir(parents=True)
     (run / "metrics.jsonl").write_text(json.dumps({"event": "config", "argv": argv}) + "\n")
+    save_config(run / "config.json", cfg)
+    saved = json.loads((run / "config.json").read_text())
+    del saved["dlrm"]["bottom_mlp_output"]
+    (run / "config.json").write_text(json.dumps(saved))
     checkpoint = run / "checkpoints" / "step-00000003"
     dcp.save({"model": model.state_dict(), "optim": {"step": torch.tensor(3.0), "groups": [{"lr": 0.1}]}},
              checkpoint_id=str(checkpoint))
@@ -404,6 +410,52 @@ def test_collapse_cli_from_training_checkpoint(criteo, tmp_path: Path) -> None:
         collapse_cli.main(["--run-dir", str(run), "--out", str(tmp_path / "s2"), "--checkpoint", str(tmp_path)])
     with pytest.raises(ValueError, match="no checkpoint in"):
         collapse_cli.select_checkpoint(tmp_path, None)
+
+
+def _no_training_parser(monkeypatch: pytest.MonkeyPatch) -> None:
+    """mlet-collapse must not replay a run's argv through today's training parser (issue 30)."""
+    from mlet_dist.training import config as train_config
+
+    def replayed(*_: object, **__: object) -> None:
+        raise AssertionError("mlet-collapse called the training parser")
+
+    monkeypatch.setattr(train_config, "parse_args", replayed)
+    monkeypatch.setattr(train_config, "build_parser", replayed)
+
+
+def test_collapse_cli_rebuilds_the_model_section_of_config_json(criteo, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlet_dist.models.ranking import ModelConfig
+    from mlet_dist.serving import collapse_cli
+
+    run, _ = _tiny_run(criteo, tmp_path)
+    _no_training_parser(monkeypatch)
+    got = collapse_cli.run_model(run, None)
+    assert type(got.model) is ModelConfig  # not a TrainConfig
+    assert (got.model.embedding.inner_dim, got.model.embedding.embedding_dim, got.model.dlrm.bottom_mlp) == (16, 8, [16])
+    assert got.model.dlrm.bottom_mlp_output == "relu"  # the file predates the key: what those runs trained
+    assert got.data == criteo.data and got.sharding.owner_projection
+    with pytest.raises(ValueError, match="elsewhere has no meta.json"):  # --data replaces the run's dataset
+        collapse_cli.run_model(run, tmp_path / "elsewhere")
+
+
+def test_collapse_cli_refuses_a_run_dir_without_config_json(criteo, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """One line naming the version that first wrote config.json and what to do; nothing written,
+    no replay of metrics.jsonl's argv (which today's parser would read with today's defaults)."""
+    from mlet_dist.serving import collapse_cli
+
+    run, _ = _tiny_run(criteo, tmp_path)
+    (run / "config.json").unlink()
+    _no_training_parser(monkeypatch)
+    with pytest.raises(SystemExit) as stopped:
+        collapse_cli.main(["--run-dir", str(run), "--out", str(run / "serving")])
+    assert stopped.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line]
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert f"{run} has no config.json" in err[0] and "7d75c74" in err[0], err
+    assert "collapse it with the version that trained it" in err[0], err
+    assert not (run / "serving").exists()
 
 
 def _zero_bytes_in_a_shard(checkpoint: Path) -> None:

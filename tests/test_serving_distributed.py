@@ -30,7 +30,7 @@ K, D = 32, 8  # serving_export_worker
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
-    from data_prep.criteo_kaggle import prepare_criteo_kaggle
+    from data_prep.criteo import prepare_criteo_kaggle
 
     root = tmp_path_factory.mktemp("serving_dist")
     data = root / "data"
@@ -56,7 +56,7 @@ def test_owner_side_collapse_reloaded_on_another_plan_matches_trained(exported) 
 
 def test_manifest_describes_the_collapsed_stock_model(exported) -> None:
     from mlet_dist.models import DLRMConfig, EmbeddingSpec, build_dlrm, build_embedding_collection
-    from mlet_dist.modules.collapse import collapse_model
+    from mlet_dist.distributed.collapse import collapse_model
     from torchrec.models.dlrm import DLRMTrain
 
     manifest = json.loads((exported.serving / "manifest.json").read_text())

@@ -18,16 +18,15 @@ import pytest
 import torch
 
 from dist_launch import ROOT
-from mlet_dist.serving import ServingDirError, export_serving, load_serving_model, predict_cli
-from mlet_dist.serving.artifact import (
+from mlet_dist.serving import ServingDirError, write_serving_dir, load_serving_model, predict_cli
+from mlet_dist.serving.export_artifact import (
     ARTIFACT, CONTRACT, WEIGHTS, ArtifactError, export_artifact, load_predict_module, open_artifact,
 )
 from mlet_dist.serving.contract import request_from_kjt
 from mlet_dist.serving.model import ServingModelConfig
-from mlet_dist.serving.predict_module import build_predict_module, script_predict_module
-from mlet_dist.serving.safetensors_io import load_weights_model, read_weights
+from mlet_dist.serving.export_predict_module import build_predict_module
+from mlet_dist.serving.export_weights import load_weights_model, read_weights
 from mlet_dist.serving.scoring import ScoringStream, rows_per_feature
-from mlet_dist.serving.sharded_quant import ranks_of_tables, shard_predict_module, table_bytes_per_rank
 from mlet_dist.training.evaluation import Predictions
 
 BATCH = 512
@@ -47,7 +46,7 @@ def _train_one_epoch(model: torch.nn.Module, data: Path) -> None:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
-    from data_prep.criteo_kaggle import prepare_criteo_kaggle
+    from data_prep.criteo import prepare_criteo_kaggle
     from mlet_dist.models import DLRMConfig, EmbeddingSpec, build_dlrm, build_embedding_collection
     from torchrec.models.dlrm import DLRMTrain
 
@@ -63,7 +62,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     _train_one_epoch(model, data)
     config = ServingModelConfig.from_train_config(SimpleNamespace(embedding=spec, dlrm=mlps), sizes,
                                                   len(meta["dense_features"]))
-    serving = export_serving(model, root / "serving", config, dataset=data).path
+    serving = write_serving_dir(model, root / "serving", config, dataset=data).path
     artifact = export_artifact(serving, root / "artifact")
     return SimpleNamespace(root=root, data=data, serving=serving, artifact=artifact, meta=meta)
 
@@ -246,51 +245,6 @@ def test_export_refuses_existing_output_and_unknown_precision(exported, tmp_path
     with pytest.raises(ValueError, match="precisions"):
         export_artifact(exported.serving, tmp_path / "x", ["int4"])
     with pytest.raises(ArtifactError, match="no fp16 module"):
-        from mlet_dist.serving.artifact import Artifact
+        from mlet_dist.serving.export_artifact import Artifact
 
         Artifact(exported.artifact.path, {**exported.artifact.manifest, "precisions": ["fp32"]}).module_path("fp16")
-
-
-# --- sharded quantized tables (TorchRec's shard_quant_model) -----------------------------------
-
-
-@pytest.mark.parametrize("precision", ["int8", "fp16"])
-def test_tables_sharded_over_two_ranks_equal_unsharded(exported, precision: str) -> None:
-    requests, _ = _requests(exported, "test")
-    unsharded = _score(load_predict_module(exported.artifact.path, precision), requests)
-    served, _ = load_serving_model(exported.serving)
-    sharded, plan = shard_predict_module(build_predict_module(served, precision), world_size=2)
-    ranks = ranks_of_tables(plan)
-    assert len(ranks) == 26 and {r for rs in ranks.values() for r in rs} == {0, 1}  # both ranks hold tables
-    ebc = sharded.predict_module.sparse_arch.embedding_bag_collection
-    assert type(ebc).__name__ == "ShardedQuantEmbeddingBagCollection"
-    assert (_score(sharded, requests) - unsharded).abs().max() <= 1e-6
-    scripted = script_predict_module(sharded, requests[0])
-    assert (_score(scripted, requests) - unsharded).abs().max() <= 1e-6
-
-
-@pytest.mark.parametrize("precision", ["int8", "fp16"])
-def test_each_rank_holds_only_its_tables(exported, precision: str) -> None:
-    """The memory split: rank r's lookup (cuda:r with GPUs) stores only the tables the plan gives r,
-    so a model larger than one device's memory can be served. Expected bytes per rank come from the
-    unsharded module's quantized tables (rows x row bytes, scale/bias included)."""
-    from torchrec.inference.modules import get_table_to_weights_from_tbe
-
-    served, _ = load_serving_model(exported.serving)
-    module = build_predict_module(served, precision)
-    table_bytes = {t: w.numel() * w.element_size() + (0 if q is None else q.numel() * q.element_size())
-                   for t, (w, q) in get_table_to_weights_from_tbe(module).items()}
-    sharded, plan = shard_predict_module(module, world_size=2)
-    expected = {r: sum(table_bytes[t] for t, ranks in ranks_of_tables(plan).items() if r in ranks) for r in (0, 1)}
-    held = table_bytes_per_rank(sharded)
-    total = sum(table_bytes.values())
-    assert set(held) == {0, 1} and sum(expected.values()) == total
-    for rank in (0, 1):
-        assert expected[rank] <= held[rank] <= expected[rank] * 1.02 + 4096, (rank, held, expected)
-        assert held[rank] < 0.9 * total, (held, total)
-
-
-def test_sharding_refuses_float_tables(exported) -> None:
-    served, _ = load_serving_model(exported.serving)
-    with pytest.raises(ValueError, match="precision fp16 or int8"):
-        shard_predict_module(build_predict_module(served, "fp32"))

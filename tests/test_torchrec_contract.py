@@ -18,15 +18,12 @@ from torch.distributed.checkpoint import _traverse, state_dict_saver
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.staging import AsyncStager
 from torch.distributed.remote_device import _remote_device
-from torchrec.distributed.embedding_lookup import GroupedPooledEmbeddingsLookup, InferGroupedPooledEmbeddingsLookup
-from torchrec.distributed.embedding_types import EmbeddingComputeKernel, GroupedEmbeddingConfig, ShardedEmbeddingTable
+from torchrec.distributed.embedding_lookup import GroupedPooledEmbeddingsLookup
 from torchrec.distributed.embeddingbag import ShardedEmbeddingBagCollection
 from torchrec.distributed.planner import EmbeddingShardingPlanner
 from torchrec.distributed.planner.types import Topology
-from torchrec.distributed.quant_embeddingbag import ShardedQuantEmbeddingBagCollection
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from torchrec.distributed.types import EmbeddingModuleShardingPlan, ParameterSharding
-from torchrec.modules.embedding_configs import DataType, PoolingType
 
 from mlet_dist.distributed.safe_dcp import SafeLoadPlanner
 from mlet_dist.distributed.staging import HostCopyStager
@@ -51,15 +48,12 @@ CONTRACT = [
     (ShardedEmbeddingBagCollection, "_create_output_dist", "method", "distributed/sharded_mlet.py"),
     (ShardedEmbeddingBagCollection, "create_embedding_bag_sharding", "method", "distributed/sharded_mlet.py"),
     (ShardedTensor, "_init_from_local_shards_and_global_metadata", "method",
-     "distributed/sharded_collapse.py, distributed/staging.py"),
+     "distributed/collapse.py, distributed/staging.py"),
     (ShardedTensor, "_process_group", "attr", "distributed/staging.py"),
     (TrainPipelineSparseDist, "_pipelined_modules", "attr", "training/loop.py: reports what the pipeline overlaps"),
     (TrainPipelineSparseDist, "detach", "method", "training/loop.py: ends a segment before evaluation"),
     (_remote_device, "_device", "attr", "distributed/staging.py: host copies re-placed on cpu"),
     (AsyncStager, "_synchronize_after_execute", "attr", "distributed/staging.py: HostCopyStager sets it False"),
-    (ShardedQuantEmbeddingBagCollection, "_lookups", "attr", "serving/sharded_quant.py: table bytes per rank"),
-    (InferGroupedPooledEmbeddingsLookup, "_is_empty_rank", "attr", "serving/sharded_quant.py: ranks with tables"),
-    (InferGroupedPooledEmbeddingsLookup, "_embedding_lookups_per_rank", "attr", "serving/sharded_quant.py"),
     (EmbeddingShardingPlanner, "_num_proposals", "attr", "planning/planner.py: proposals in the plan report"),
     (EmbeddingModuleShardingPlan, "_serialize", "method", "planning/plan_io.py: plan files in its layout"),
     (_traverse, "set_element", "method", "distributed/safe_dcp.py: SafeLoadPlanner.load_bytes"),
@@ -105,22 +99,6 @@ def test_async_save_honours_the_stagers_synchronize_flag() -> None:
     assert HostCopyStager().should_synchronize_after_execute is False
     assert type("Waits", (HostCopyStager,), {"_synchronize_after_execute": True})().should_synchronize_after_execute
     assert "should_synchronize_after_execute" in inspect.getsource(state_dict_saver.async_save)
-
-
-def _one_table_group() -> GroupedEmbeddingConfig:
-    table = ShardedEmbeddingTable(num_embeddings=10, embedding_dim=4, name="t", feature_names=["f"],
-                                  pooling=PoolingType.SUM, local_rows=10, local_cols=4, data_type=DataType.FP32)
-    return GroupedEmbeddingConfig(data_type=DataType.FP32, pooling=PoolingType.SUM, is_weighted=False,
-                                  has_feature_processor=False, compute_kernel=EmbeddingComputeKernel.QUANT,
-                                  embedding_tables=[table])
-
-
-def test_infer_lookup_holds_one_lookup_per_non_empty_rank_in_rank_order() -> None:
-    """sharded_quant zips the non-empty ranks with ``_embedding_lookups_per_rank`` (strict)."""
-    lookup = InferGroupedPooledEmbeddingsLookup([[], [_one_table_group()], []], 3, device=torch.device("meta"))
-    assert lookup._is_empty_rank == [True, False, True]
-    (only,) = lookup._embedding_lookups_per_rank
-    assert sum(b.numel() * b.element_size() for b in only.buffers()) >= 10 * 4 * 4  # the table's rows live here
 
 
 def test_planner_counts_its_proposals() -> None:

@@ -2,7 +2,7 @@
 
 Used to start a sharded model from the same weights as a reference model (tests), and to gather
 small entries on every rank (the k×d projections: per-epoch spectra, end-of-run diagnostics).
-Collapse gathers nothing: distributed/sharded_collapse.py projects each table shard on its owner.
+Collapse gathers nothing: distributed/collapse.py projects each table shard on its owner.
 """
 
 from typing import Callable, Dict, Optional

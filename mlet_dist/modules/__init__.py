@@ -1,6 +1,5 @@
 """Math of MLET, independent of torch.distributed."""
 
-from mlet_dist.modules.collapse import collapse, collapse_model, collapse_table
 from mlet_dist.modules.mlet_config import MLETTableConfig
 from mlet_dist.modules.mlet_embedding_bag import MLETEmbeddingBagCollection, MLETProjection
 
@@ -8,7 +7,4 @@ __all__ = [
     "MLETEmbeddingBagCollection",
     "MLETProjection",
     "MLETTableConfig",
-    "collapse",
-    "collapse_model",
-    "collapse_table",
 ]

@@ -1,22 +1,29 @@
-"""Serving: the collapsed d-wide model as a stock TorchRec model on disk, and scoring with it.
+"""Serving: two products, named apart.
 
-    export_serving / export_after_training   trained (sharded) model -> serving directory
-    load_serving_model                       serving directory -> DLRMTrain in this process
-    load_serving_sharded                     serving directory -> DMP over the process group
-    open_serving_dir                         check a serving directory (manifest, sha256, keys)
-    quantize_serving_model                   fp16 / int8 tables via TorchRec's quantized EBC
+The serving directory (``mlet-collapse``, and train.py after an MLET run): the collapsed d-wide
+model as a stock TorchRec checkpoint with a manifest, scored by ``mlet-predict``.
+    write_serving_dir / write_run_serving_dir   trained (sharded) model -> serving directory (serving_dir_writer)
+    load_serving_model                          serving directory -> DLRMTrain in this process
+    load_serving_sharded                        serving directory -> DMP over the process group
+    open_serving_dir                            check a serving directory (manifest, sha256, keys)
+    collapse_cli, predict_cli, scoring, raw_input   mlet-collapse; mlet-predict and its inputs
 
-Deployment (``mlet-export``, export_cli), imported from their modules:
-    artifact.export_artifact / open_artifact / load_predict_module   serving dir -> checked artifact
-    predict_module     TorchRec PredictModule with dict inputs; fp16/int8 via quantize_inference_model; scripting
-    contract           contract.json: feature order, dense transform, OOV id
-    safetensors_io     the collapsed weights as one safetensors file (no pickle)
-    sharded_quant      shard_quant_model over N ranks (table-wise), weights moved from the unsharded TBEs
+The deploy artifact (``mlet-export``, export_cli), modules named export_*:
+    export_artifact.export_artifact / open_artifact / load_predict_module   serving dir -> checked artifact
+    export_predict_module   TorchRec PredictModule with dict inputs; fp16/int8 via quantize_inference_model; scripting
+    export_weights          the collapsed weights as one safetensors file (no pickle)
 
-CLIs: ``mlet-collapse`` (collapse_cli), ``mlet-predict`` (predict_cli), ``mlet-export`` (export_cli).
+Shared by both: model (ServingModelConfig: the stock model rebuilt from JSON), quantize (fp16 / int8
+tables for mlet-predict --precision and the artifact's modules), contract (feature order, dense
+transform, OOV id: contract.json, and mlet-predict's raw-input checks).
 """
 
-from mlet_dist.serving.export import ServingExport, export_after_training, export_serving
+from mlet_dist.serving.serving_dir_writer import (  # export_after_training: transitional, see its docstring
+    WrittenServingDir,
+    export_after_training,
+    write_run_serving_dir,
+    write_serving_dir,
+)
 from mlet_dist.serving.load import load_serving_model, load_serving_sharded
 from mlet_dist.serving.manifest import ServingDir, ServingDirError, open_serving_dir
 from mlet_dist.serving.model import (
@@ -31,13 +38,14 @@ from mlet_dist.serving.quantize import quantize_serving_model
 __all__ = [
     "ServingDir",
     "ServingDirError",
-    "ServingExport",
+    "WrittenServingDir",
     "ServingModelConfig",
     "ServingTopology",
     "TableSpec",
     "build_serving_model",
     "export_after_training",
-    "export_serving",
+    "write_run_serving_dir",
+    "write_serving_dir",
     "load_serving_model",
     "load_serving_sharded",
     "open_serving_dir",

@@ -3,10 +3,12 @@
     torchrun --nproc-per-node 2 -m mlet_dist.serving.collapse_cli --run-dir RUN --out RUN/serving
     mlet-collapse --run-dir RUN --out SERVING --serve-world-size 4 --serve-device cuda
 
-The model is rebuilt from the run's own command line (the "config" record of metrics.jsonl),
-sharded over this job's ranks by the planner (the collapse job may be smaller or larger than the
+The model is rebuilt from the run's config.json (its model section, a ModelConfig; the dataset
+and sharding beside it), never by replaying the run's command line through today's training
+parser. A run dir without config.json predates it (commit 7d75c74) and is refused in one line.
+It is sharded over this job's ranks by the planner (the collapse job may be smaller or larger than the
 training job: DCP reshards the checkpoint), loaded from the checkpoint, collapsed owner-side
-(``mlet_dist.distributed.sharded_collapse``) and written with ``export_serving``.
+(``mlet_dist.distributed.collapse``) and written with ``write_serving_dir``.
 
 Checkpoint: ``--checkpoint DIR`` (a DCP checkpoint holding the model's state dict, at top level
 as best_model/step-N, or under "model." as the training checkpoints checkpoints/step-N), or by
@@ -16,22 +18,28 @@ resume verifies it; a damaged one (or one without the file) is refused and nothi
 """
 
 import argparse
+import dataclasses
 import json
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 from torch import nn
 
+from data_prep.safe_json import read_json_file
 from mlet_dist.config_flags import DefaultsHelpFormatter
-from mlet_dist.modules.collapse import DEFAULT_CHUNK_ROWS
+from mlet_dist.config_io import from_jsonable
+from mlet_dist.distributed.collapse import DEFAULT_CHUNK_ROWS
 from mlet_dist.serving.manifest import ServingDirError
 from mlet_dist.serving.model import SERVING_SHARDING_CHOICES, ServingModelConfig, ServingTopology
 from mlet_dist.distributed.safe_dcp import SafeFileSystemReader, UnsafeCheckpointError, safe_read_metadata
+from mlet_dist.distributed.sharding import ShardingConfig
+from mlet_dist.models.ranking import ModelConfig
 from mlet_dist.errors import user_error_exit
 from mlet_dist.training.checkpoint_digest import CheckpointCorrupt, agreed_verdict, verify_share
 
@@ -64,40 +72,50 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def training_argv(run_dir: Path) -> List[str]:
-    """The command line of the run (its first "config" record)."""
-    path = run_dir / "metrics.jsonl"
+CONFIG_JSON = "config.json"
+FIRST_WITH_CONFIG_JSON = "commit 7d75c74 (issue 14, 2026-11-30)"
+
+
+@dataclass
+class RunModel:
+    """What mlet-collapse needs of a run: its model (config.json's model section), its dataset,
+    and how it was sharded. No TrainConfig: the training flags may have changed since."""
+
+    model: ModelConfig
+    data: Path
+    sharding: ShardingConfig
+
+
+def _model_section(tree: Dict[str, Any]) -> Dict[str, Any]:
+    """The keys of a run's config tree that are ModelConfig's (TrainConfig extends it)."""
+    return {f.name: tree[f.name] for f in dataclasses.fields(ModelConfig) if f.name in tree}
+
+
+def run_model(run_dir: Path, data: Optional[Path]) -> RunModel:
+    """The run's model, dataset and sharding from its config.json (what the run was, whatever
+    today's flags are called); ``data`` overrides the dataset it names."""
+    path = run_dir / CONFIG_JSON
+    if not path.is_file() and not (run_dir / "metrics.jsonl").is_file():
+        raise ValueError(f"{run_dir} is not a training run directory (no {CONFIG_JSON}, no metrics.jsonl)")
     if not path.is_file():
-        raise ValueError(f"{run_dir} has no metrics.jsonl: not a training run directory")
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if record.get("event") == "config" and isinstance(record.get("argv"), list):
-            return [str(a) for a in record["argv"]]
-    raise ValueError(f"{path} has no config record with argv: cannot rebuild the model")
-
-
-def training_config(run_dir: Path, data: Optional[Path]) -> Any:
-    """The run's TrainConfig from its config.json (what the run was, whatever today's flags are
-    called); runs older than config.json replay their command line through today's parser."""
-    from mlet_dist.config_io import load_config
-    from mlet_dist.training.config import TrainConfig, parse_args
-    from mlet_dist.training.resume_check import predating_config_json
-
-    saved = run_dir / "config.json"
-    if saved.is_file():
-        cfg = load_config(TrainConfig, saved)
-    else:
-        cfg = predating_config_json(parse_args(training_argv(run_dir)))
-    if data is not None:
-        cfg.data = data
-    if not (Path(cfg.data) / "meta.json").is_file():
-        raise ValueError(f"the run's dataset {cfg.data} has no meta.json; pass --data DIR")
-    if not cfg.embedding.mlet:
+        raise ValueError(
+            f"{run_dir} has no {CONFIG_JSON}: it was trained by a version older than {FIRST_WITH_CONFIG_JSON}, "
+            f"the first to save it, and mlet-collapse rebuilds the model only from it; collapse it with the "
+            "version that trained it"
+        )
+    tree = read_json_file(path, "config")
+    if not isinstance(tree, dict):
+        raise ValueError(f"{path}: expected an object, got {type(tree).__name__}")
+    model = from_jsonable(ModelConfig, _model_section(tree), where=str(path))
+    sharding = from_jsonable(ShardingConfig, tree.get("sharding", {}), where=f"{path}.sharding")
+    if data is None and tree.get("data") is None:
+        raise ValueError(f"{path} names no dataset; pass --data DIR")
+    run = RunModel(model, Path(data if data is not None else tree["data"]), sharding)
+    if not (run.data / "meta.json").is_file():
+        raise ValueError(f"the run's dataset {run.data} has no meta.json; pass --data DIR")
+    if not model.embedding.mlet:
         print("note: a baseline run (no MLET tables): its d-wide tables are exported as they are", file=sys.stderr)
-    return cfg
+    return run
 
 
 def select_checkpoint(run_dir: Path, explicit: Optional[Path]) -> Tuple[Path, str]:
@@ -169,20 +187,22 @@ def collapse_summary(collapse: Dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> Dict[str, Any]:
     from mlet_dist.data.parquet_batches import DatasetMeta
     from mlet_dist.distributed.env import init_distributed, shutdown_distributed
-    from mlet_dist.distributed.sharding import ShardingConfig, shard_model
-    from mlet_dist.serving.export import export_serving
+    from mlet_dist.distributed.sharding import shard_model
+    from mlet_dist.serving.serving_dir_writer import write_serving_dir
     from mlet_dist.models.ranking import model_factory
+    from mlet_dist.training.resume_check import recorded_argv
 
     if args.out.exists() and not args.overwrite:  # fail before loading anything
         raise ValueError(f"output {args.out} already exists; pass --overwrite to replace it")
-    cfg = training_config(args.run_dir, args.data)
+    run_cfg = run_model(args.run_dir, args.data)
     checkpoint, why = select_checkpoint(args.run_dir, args.checkpoint)
     env = init_distributed(args.backend)
     try:
         verify_checkpoint(checkpoint, env.rank, env.world_size)
-        meta = DatasetMeta.load(cfg.data)
-        build = model_factory(cfg.model, meta.table_sizes, len(meta.dense_features), meta.pooling)
-        sharding = cfg.sharding if args.sharding is None else ShardingConfig(args.sharding, cfg.sharding.owner_projection)
+        meta = DatasetMeta.load(run_cfg.data)
+        build = model_factory(run_cfg.model, meta.table_sizes, len(meta.dense_features), meta.pooling)
+        sharding = (run_cfg.sharding if args.sharding is None
+                    else ShardingConfig(args.sharding, run_cfg.sharding.owner_projection))
         model = shard_model(build(torch.device("meta")), env, sharding)
         if env.is_main:
             print(f"loading {checkpoint} ({why}) on {env.world_size} rank(s)")
@@ -198,17 +218,17 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             "checkpoint": str(checkpoint.resolve()),
             "checkpoint_choice": why,
             "train_state": json.loads(train_state.read_text()) if train_state.is_file() else None,
-            "argv": training_argv(args.run_dir),
+            "argv": recorded_argv(args.run_dir),  # provenance only: nothing is parsed
             "collapse_world_size": env.world_size,
         }
-        export = export_serving(
-            model, args.out, ServingModelConfig.from_model(cfg.model, meta.table_sizes, len(meta.dense_features),
-                                                      meta.pooling),
-            dataset=cfg.data, source=source, serving_topology=topology, serving_sharding=args.serve_sharding,
+        export = write_serving_dir(
+            model, args.out, ServingModelConfig.from_model(run_cfg.model, meta.table_sizes, len(meta.dense_features),
+                                                           meta.pooling),
+            dataset=run_cfg.data, source=source, serving_topology=topology, serving_sharding=args.serve_sharding,
             chunk_rows=args.chunk_rows, overwrite=args.overwrite,
         )
         if env.is_main:
-            print(f"wrote {export.path}: {len(export.manifest['tables'])} tables at d={cfg.embedding.embedding_dim}, "
+            print(f"wrote {export.path}: {len(export.manifest['tables'])} tables at d={run_cfg.model.embedding.embedding_dim}, "
                   f"serving plan for {topology.world_size} {topology.compute_device} rank(s); "
                   f"{collapse_summary(export.manifest['collapse'])}")
         return export.manifest

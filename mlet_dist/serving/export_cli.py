@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 from mlet_dist.config_flags import DefaultsHelpFormatter
 from mlet_dist.serving.manifest import ServingDirError
-from mlet_dist.serving.predict_module import TABLE_PRECISIONS
+from mlet_dist.serving.export_predict_module import TABLE_PRECISIONS
 from mlet_dist.errors import user_error_exit
 
 
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     from mlet_dist.log_setup import quiet_library_logs
-    from mlet_dist.serving.artifact import ARTIFACT, export_artifact
+    from mlet_dist.serving.export_artifact import ARTIFACT, export_artifact
 
     quiet_library_logs()
     args = build_parser().parse_args(argv)

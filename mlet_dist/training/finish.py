@@ -21,7 +21,7 @@ from mlet_dist.data.parquet_batches import ParquetBatchStream
 from mlet_dist.distributed.env import DistEnv
 from mlet_dist.distributed.state import gather_full_state_dict
 from mlet_dist.distributed.table_grams import table_grams
-from mlet_dist.modules.collapse import collapse_model
+from mlet_dist.distributed.collapse import collapse_model
 from mlet_dist.modules.mlet_embedding_bag import MLETEmbeddingBagCollection
 from mlet_dist.training.best_model import BestModelKeeper
 from mlet_dist.training.checkpoint import TrainPosition

@@ -35,7 +35,8 @@ from mlet_dist.distributed.sharded_mlet import MLETEmbeddingBagCollectionSharder
 from mlet_dist.distributed.sharding import ShardingConfig, shard_model  # noqa: E402
 from mlet_dist.log_setup import quiet_library_logs  # noqa: E402
 from mlet_dist.models import DLRMConfig, EmbeddingSpec, build_dlrm, build_embedding_collection  # noqa: E402
-from mlet_dist.serving import ServingModelConfig, ServingTopology, export_serving, load_serving_sharded  # noqa: E402
+from mlet_dist.serving import ServingModelConfig, ServingTopology, load_serving_sharded  # noqa: E402
+from mlet_dist.serving import write_serving_dir as export_serving  # noqa: E402
 from mlet_dist.training.evaluation import predict  # noqa: E402
 from mlet_dist.training.optim import OptimConfig, attach_fused_embedding_optimizer, build_optimizer  # noqa: E402
 

@@ -77,7 +77,7 @@ def subgroup_collapse_error(rank: int, world: int) -> float:
     over all ranks and a replicated one; max |difference| from T·W computed whole."""
     from torch.distributed._shard.sharded_tensor import Shard, ShardedTensor, ShardedTensorMetadata, TensorProperties
 
-    from mlet_dist.distributed.sharded_collapse import collapse_state_dict
+    from mlet_dist.distributed.collapse import collapse_state_dict
 
     n, k, d = 50, 12, 4
     full = {name: torch.randn(n, k, generator=torch.Generator().manual_seed(i)) for i, name in enumerate("abcd")}

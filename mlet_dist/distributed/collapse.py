@@ -1,9 +1,16 @@
-"""Owner-side collapse of a sharded MLET model: every rank multiplies the k-wide table shards it
-holds by the matching rows of W and keeps the d-wide result, so no rank ever holds more of a
-k-wide table than it trained with.
+"""The collapse, in one place: after training, T (n×k) · W (k×d) is a plain n×d table, so serving
+pays nothing for MLET.
 
-Works on a state dict (``model.state_dict()`` of a DMP-sharded or plain model), where an MLET
-collection at ``<p>`` shows ``<p>wide.embedding_bags.<t>.weight`` (n×k) and
+One kernel (``_product_into``: row chunk by row chunk into the output, never a second k-wide copy)
+serves two entries:
+
+- ``collapse_table`` / ``collapse`` / ``collapse_model``: an unsharded MLET collection (or a model
+  holding one) into a stock ``EmbeddingBagCollection`` of width d.
+- ``collapse_state_dict``: the owner-side collapse of a (DMP-sharded or plain) model's state dict:
+  every rank multiplies the k-wide table shards it holds by the matching rows of W and keeps the
+  d-wide result, so no rank ever holds more of a k-wide table than it trained with.
+
+In a state dict an MLET collection at ``<p>`` shows ``<p>wide.embedding_bags.<t>.weight`` (n×k) and
 ``<p>projections.<t>.weight`` (k×d). The result replaces the pair with
 ``<p>embedding_bags.<t>.weight`` (n×d), the key that ``collapse_model`` gives the stock
 EmbeddingBagCollection, so the state dict is that of the collapsed stock model. Every other entry
@@ -24,14 +31,19 @@ The d-wide tables come back as ShardedTensors with the layout above (plain tenso
 process group is initialised), ready for ``torch.distributed.checkpoint`` to save; DCP reshards
 them into any other plan on load. Extra memory per rank: its d-wide output rows plus one
 ``chunk_rows × d`` buffer (and a ``chunk_rows × k`` fp32 copy when T is not fp32).
+
+This layer (distributed/) is the lowest that may hold both halves; writing the result as a serving
+directory is serving/serving_dir_writer.py, and mlet-collapse (a run directory) serving/collapse_cli.py.
 """
 
+import copy
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.distributed._shard.metadata import ShardMetadata
 from torch.distributed._shard.sharded_tensor import (
     Shard,
@@ -39,13 +51,97 @@ from torch.distributed._shard.sharded_tensor import (
     ShardedTensorMetadata,
     TensorProperties,
 )
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
-from mlet_dist.modules.collapse import DEFAULT_CHUNK_ROWS
+from mlet_dist.modules.mlet_embedding_bag import MLETEmbeddingBagCollection
 
+DEFAULT_CHUNK_ROWS = 65536
 StateValue = Union[torch.Tensor, ShardedTensor]
 WIDE_INFIX = "wide.embedding_bags."
 PROJ_INFIX = "projections."
 SUFFIX = ".weight"
+
+
+def _product_into(out: torch.Tensor, parts: Sequence[Tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """out = Σ table_i @ proj_i over ``parts`` (one row chunk; several parts when a rank holds
+    several column shards of it), in out's dtype. Both collapse entries go through here."""
+    for i, (table, proj) in enumerate(parts):
+        if table.dtype != out.dtype:
+            table = table.to(out.dtype)
+        if proj.dtype != out.dtype:
+            proj = proj.to(out.dtype)
+        if i:
+            out.addmm_(table, proj)
+        else:
+            torch.matmul(table, proj, out=out)
+
+
+@torch.no_grad()
+def collapse_table(
+    table: torch.Tensor,
+    projection: torch.Tensor,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """T·W computed chunk by chunk into ``out``: the only extra memory is the n×d result
+    (or nothing when ``out`` is given), never a second k-wide copy."""
+    if table.dim() != 2 or projection.dim() != 2 or table.shape[1] != projection.shape[0]:
+        raise ValueError(
+            f"cannot collapse table {tuple(table.shape)} with projection {tuple(projection.shape)}"
+        )
+    if chunk_rows <= 0:
+        raise ValueError(f"chunk_rows must be > 0, got {chunk_rows}")
+    n, d = table.shape[0], projection.shape[1]
+    if out is None:
+        out = torch.empty(n, d, dtype=projection.dtype, device=projection.device)
+    for start in range(0, n, chunk_rows):
+        stop = min(start + chunk_rows, n)
+        _product_into(out[start:stop], [(table[start:stop], projection)])
+    return out
+
+
+@torch.no_grad()
+def collapse(
+    mlet: MLETEmbeddingBagCollection, chunk_rows: int = DEFAULT_CHUNK_ROWS
+) -> EmbeddingBagCollection:
+    """A stock torchrec EmbeddingBagCollection whose tables equal T·W."""
+    device = mlet.device
+    ebc = EmbeddingBagCollection(
+        tables=mlet.embedding_bag_configs(), is_weighted=mlet.is_weighted(), device=device
+    )
+    for cfg in mlet.mlet_configs():
+        wide = mlet.wide.embedding_bags[cfg.name].weight
+        collapse_table(
+            wide,
+            mlet.projections[cfg.name].weight,
+            chunk_rows=chunk_rows,
+            out=ebc.embedding_bags[cfg.name].weight.data,
+        )
+    return ebc
+
+
+def collapse_model(
+    model: nn.Module, chunk_rows: int = DEFAULT_CHUNK_ROWS, inplace: bool = False
+) -> nn.Module:
+    """Replace every MLETEmbeddingBagCollection in an (unsharded) model with its collapsed EBC."""
+    if isinstance(model, MLETEmbeddingBagCollection):
+        return collapse(model, chunk_rows)
+    target = model if inplace else copy.deepcopy(model)
+    replacements = [
+        (name, module)
+        for name, module in target.named_modules()
+        if isinstance(module, MLETEmbeddingBagCollection)
+    ]
+    if not replacements:
+        raise ValueError("model holds no MLETEmbeddingBagCollection to collapse")
+    for name, module in replacements:
+        parent_name, _, attr = name.rpartition(".")
+        parent = target.get_submodule(parent_name) if parent_name else target
+        setattr(parent, attr, collapse(module, chunk_rows))
+    return target
+
+
+# --- owner-side: a state dict, on the ranks that hold the shards ------------------------------
 
 
 @dataclass
@@ -198,18 +294,6 @@ class _Groups:
         self._groups.clear()
 
 
-def _matmul_into(out: torch.Tensor, table: torch.Tensor, proj: torch.Tensor, accumulate: bool) -> None:
-    """out (+)= table @ proj, in fp32."""
-    if table.dtype != out.dtype:
-        table = table.to(out.dtype)
-    if proj.dtype != out.dtype:
-        proj = proj.to(out.dtype)
-    if accumulate:
-        out.addmm_(table, proj)
-    else:
-        torch.matmul(table, proj, out=out)
-
-
 @torch.no_grad()
 def _collapse_block(
     block: _OutBlock, wide: StateValue, proj: StateValue, key: str, rank: int, d: int,
@@ -237,11 +321,10 @@ def _collapse_block(
         else:
             assert scratch is not None
             target = scratch[: stop - start]
-        for i, ((table, piece), w) in enumerate(zip(tables, projs)):
-            lo = block.row - piece.row + start  # block rows relative to the local shard
-            rows = table[lo : lo + stop - start]
-            read += rows.numel() * rows.element_size()
-            _matmul_into(target, rows, w, accumulate=i > 0)
+        parts = [(table[block.row - piece.row + start : block.row - piece.row + stop], w)  # rows of the local shard
+                 for (table, piece), w in zip(tables, projs)]
+        read += sum(rows.numel() * rows.element_size() for rows, _ in parts)
+        _product_into(target, parts)
         if len(owners) > 1:
             dist.reduce(target, dst=block.dst, group=groups[owners])
     return out, read

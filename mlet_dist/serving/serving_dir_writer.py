@@ -1,10 +1,10 @@
 """Write a serving directory from a trained (sharded) model: owner-side collapse, DCP checkpoint of
 the stock d-wide model, a serving plan for the serving topology, and the manifest.
 
-Collective: every rank of the training job calls ``export_serving`` with its own model. Each rank
+Collective: every rank of the training job calls ``write_serving_dir`` with its own model. Each rank
 writes only the d-wide rows it computed; the directory is assembled in ``OUT.partial`` and renamed
 to ``OUT`` by rank 0 once complete (manifest last), so ``OUT`` is either absent, the previous
-export (only with ``overwrite``), or complete.
+serving directory (only with ``overwrite``), or complete.
 """
 
 import json
@@ -23,9 +23,9 @@ from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torch.distributed.checkpoint import FileSystemWriter
 
 from mlet_dist.distributed.exact_save import ExactStorageSavePlanner
-from mlet_dist.distributed.sharded_collapse import CollapseStats, collapse_state_dict
+from mlet_dist.distributed.collapse import DEFAULT_CHUNK_ROWS, CollapseStats, collapse_state_dict
 from mlet_dist.models.dlrm import bottom_mlp_output_of
-from mlet_dist.modules.collapse import DEFAULT_CHUNK_ROWS
+from mlet_dist.models.ranking import ModelConfig
 from mlet_dist.planning.plan_io import save_plan
 from mlet_dist.serving.manifest import (
     CHECKPOINT_DIR,
@@ -50,7 +50,7 @@ PathLike = Union[str, Path]
 
 
 @dataclass
-class ServingExport:
+class WrittenServingDir:
     path: Path
     manifest: Dict[str, Any]
     stats: CollapseStats
@@ -138,7 +138,7 @@ def _local_files(checkpoint: Path, rank: int) -> List[str]:
     return sorted(p.name for p in checkpoint.glob(f"__{rank}_*.distcp"))
 
 
-def export_serving(
+def write_serving_dir(
     model: nn.Module,
     out_dir: PathLike,
     model_config: ServingModelConfig,
@@ -148,7 +148,7 @@ def export_serving(
     serving_sharding: str = "auto",
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     overwrite: bool = False,
-) -> ServingExport:
+) -> WrittenServingDir:
     """Collapse ``model`` (DMP-sharded or plain; MLET or already d-wide) on the ranks that hold
     its shards and write a serving directory at ``out_dir``. Returns the same on every rank."""
     rank, world = _rank_world()
@@ -192,7 +192,7 @@ def export_serving(
     if error:
         raise ServingDirError(error)
     manifest = _same_on_all(manifest)
-    return ServingExport(out_dir, manifest, stats)
+    return WrittenServingDir(out_dir, manifest, stats)
 
 
 def _device_type(model: nn.Module) -> str:
@@ -259,28 +259,35 @@ def _write(
     return manifest
 
 
-def export_after_training(
+def write_run_serving_dir(
     model: nn.Module,
-    cfg: Any,
-    out_dir: Optional[PathLike] = None,
+    model_config: ModelConfig,
+    data: PathLike,
+    run_dir: PathLike,
     source: Optional[Dict[str, Any]] = None,
     serving_topology: Optional[ServingTopology] = None,
     serving_sharding: str = "auto",
     overwrite: bool = True,
-) -> ServingExport:
-    """``export_serving`` for train.py: model config and dataset from a TrainConfig; writes
-    ``cfg.run_dir / "serving"`` by default."""
+) -> WrittenServingDir:
+    """``write_serving_dir`` for a training run, at ``run_dir / "serving"``: the serving model is
+    the run's ModelConfig on the dataset's tables (nothing of how it was trained)."""
     from mlet_dist.data.parquet_batches import DatasetMeta
 
-    meta = DatasetMeta.load(cfg.data)
-    config = ServingModelConfig.from_train_config(cfg, meta.table_sizes, len(meta.dense_features), meta.pooling)
-    return export_serving(
+    meta = DatasetMeta.load(data)
+    config = ServingModelConfig.from_model(model_config, meta.table_sizes, len(meta.dense_features), meta.pooling)
+    return write_serving_dir(
         model,
-        out_dir or Path(cfg.run_dir) / "serving",
+        Path(run_dir) / "serving",
         config,
-        dataset=cfg.data,
-        source={"run_dir": str(Path(cfg.run_dir).resolve()), **(source or {})},
+        dataset=data,
+        source={"run_dir": str(Path(run_dir).resolve()), **(source or {})},
         serving_topology=serving_topology,
         serving_sharding=serving_sharding,
         overwrite=overwrite,
     )
+
+
+def export_after_training(model: nn.Module, cfg: Any, source: Optional[Dict[str, Any]] = None) -> WrittenServingDir:
+    """Transitional (issue 30): the committed train.py still calls this name; its working copy
+    calls ``write_run_serving_dir`` and this goes once that line is committed with train.py."""
+    return write_run_serving_dir(model, cfg, cfg.data, cfg.run_dir, source=source)

@@ -32,8 +32,8 @@ from mlet_dist.digests import listed_file_problems
 from mlet_dist.serving.contract import build_contract, dataset_root, example_request
 from mlet_dist.serving.load import load_serving_model
 from mlet_dist.serving.manifest import MANIFEST, ServingDirError, file_entries, sha256_file
-from mlet_dist.serving.predict_module import TABLE_PRECISIONS, build_predict_module, script_predict_module
-from mlet_dist.serving.safetensors_io import save_weights
+from mlet_dist.serving.export_predict_module import TABLE_PRECISIONS, build_predict_module, script_predict_module
+from mlet_dist.serving.export_weights import save_weights
 
 ARTIFACT = "artifact.json"
 CONTRACT = "contract.json"
