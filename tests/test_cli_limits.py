@@ -116,7 +116,7 @@ def test_deep_manifest_is_one_line_in_predict_and_export(tmp_path: Path, capsys:
 
 
 def test_deep_artifact_listing_and_contract_are_refused(tmp_path: Path) -> None:
-    from mlet_dist.serving.artifact import ARTIFACT, CONTRACT, Artifact, ArtifactError, open_artifact
+    from mlet_dist.serving.export_artifact import ARTIFACT, CONTRACT, Artifact, ArtifactError, open_artifact
 
     (tmp_path / ARTIFACT).write_text(DEEP)
     with pytest.raises(ArtifactError, match="artifact listing .* nested deeper"):
@@ -139,7 +139,7 @@ def test_deep_model_config_in_safetensors_weights_is_refused(tmp_path: Path) -> 
     import torch
     from safetensors.torch import save_file
 
-    from mlet_dist.serving.safetensors_io import WEIGHTS_FORMAT, read_weights
+    from mlet_dist.serving.export_weights import WEIGHTS_FORMAT, read_weights
 
     path = tmp_path / "weights.safetensors"
     save_file({"w": torch.zeros(1)}, str(path), metadata={"format": WEIGHTS_FORMAT, "model_config": DEEP})
@@ -271,7 +271,7 @@ def serving(tmp_path_factory: pytest.TempPathFactory) -> "tuple[Path, Path]":
 
     from data_prep.criteo_kaggle import prepare_criteo_kaggle
     from mlet_dist.models import DLRMConfig, EmbeddingSpec, build_dlrm, build_embedding_collection
-    from mlet_dist.serving import export_serving
+    from mlet_dist.serving import write_serving_dir
     from mlet_dist.serving.model import ServingModelConfig
     from types import SimpleNamespace
 
@@ -286,7 +286,7 @@ def serving(tmp_path_factory: pytest.TempPathFactory) -> "tuple[Path, Path]":
     model = DLRMTrain(build_dlrm(build_embedding_collection(sizes, spec), mlps)).eval()
     config = ServingModelConfig.from_train_config(SimpleNamespace(embedding=spec, dlrm=mlps), sizes,
                                                   len(meta["dense_features"]))
-    return data, export_serving(model, root / "serving", config, dataset=data).path
+    return data, write_serving_dir(model, root / "serving", config, dataset=data).path
 
 
 def _unwritable_dir(tmp_path: Path) -> Path:
@@ -323,7 +323,7 @@ def test_export_to_an_unwritable_or_full_location_is_one_line(serving: "tuple[Pa
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     import errno
 
-    from mlet_dist.serving import artifact
+    from mlet_dist.serving import export_artifact as artifact
     from mlet_dist.serving.export_cli import main as export_main
 
     _, serving_dir = serving
@@ -368,7 +368,7 @@ def test_a_swapped_module_with_a_rewritten_digest_loads(serving: "tuple[Path, Pa
     import torch
 
     from mlet_dist.digests import file_entry
-    from mlet_dist.serving.artifact import ARTIFACT, export_artifact, load_predict_module, module_file
+    from mlet_dist.serving.export_artifact import ARTIFACT, export_artifact, load_predict_module, module_file
 
     _, serving_dir = serving
     out = export_artifact(serving_dir, tmp_path / "artifact", ["fp32"]).path

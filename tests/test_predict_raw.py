@@ -20,7 +20,7 @@ from torchrec.models.dlrm import DLRMTrain
 from dist_launch import ROOT
 from data_prep.vocabulary import Vocabulary
 from mlet_dist.models import DLRMConfig, EmbeddingSpec, build_dlrm, build_embedding_collection
-from mlet_dist.serving import ServingModelConfig, export_serving, load_serving_model, predict_cli
+from mlet_dist.serving import ServingModelConfig, write_serving_dir, load_serving_model, predict_cli
 from mlet_dist.serving.scoring import ScoringStream, rows_per_feature, score
 
 CRITEO_SAMPLE = ROOT / "data_prep/samples/criteo_sample.tsv"
@@ -40,7 +40,7 @@ def _served(root: Path, data: Path, seed: int) -> Path:
                 p.normal_(0.0, 1.0)
     config = ServingModelConfig.from_train_config(SimpleNamespace(embedding=spec, dlrm=mlps), sizes,
                                                   len(meta["dense_features"]))
-    return export_serving(model, root / "serving", config, dataset=data).path
+    return write_serving_dir(model, root / "serving", config, dataset=data).path
 
 
 @pytest.fixture(scope="module")
