@@ -1,15 +1,11 @@
 """mlet-train --projection-after-comm shards MLET collections as plain EBCs on purpose
 (sharding.shard_model marks them): no MLETShardingWarning there (issue 31 item 2)."""
 
-import json
-from pathlib import Path
-
 import torch
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 
-from dist_launch import ROOT, torchrun
-
-WORKER = ROOT / "tests" / "workers" / "torchrec_dlrm_worker.py"
+from multiprocess import run_ranks
+from torchrec_dlrm_training import train_torchrec_dlrm
 
 
 def test_projection_after_comm_is_marked_on_purpose() -> None:
@@ -25,9 +21,7 @@ def test_projection_after_comm_is_marked_on_purpose() -> None:
     assert not ebc.projection_after_comm
 
 
-def test_shard_model_after_comm_trains_without_the_warning(tmp_path: Path) -> None:
-    out = tmp_path / "result.json"
-    torchrun(WORKER, ["--sharders", "after-comm", "--out", str(out)], nproc=2)
-    result = json.loads(out.read_text())
+def test_shard_model_after_comm_trains_without_the_warning() -> None:
+    result = run_ranks(train_torchrec_dlrm, world_size=2, args=("after-comm",))[0]
     assert result["collection"] == "MLETEmbeddingBagCollection" and result["mlet_warnings"] == []
     assert sum(result["losses"][-5:]) / 5 < 0.2, result["losses"]

@@ -2,15 +2,14 @@
 tables from EmbeddingBagConfigs, and torchrec.models.dlrm.DLRM trained under
 DistributedModelParallel on 2 gloo ranks with ``sharders()``, and warned about without them."""
 
-import json
 from pathlib import Path
 
 import pytest
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 
-from dist_launch import ROOT, torchrun
-
-WORKER = ROOT / "tests" / "workers" / "torchrec_dlrm_worker.py"
+from dist_launch import ROOT
+from multiprocess import run_ranks
+from torchrec_dlrm_training import train_torchrec_dlrm
 
 
 def test_public_names_and_a_collection_from_embedding_bag_configs() -> None:
@@ -34,13 +33,11 @@ def test_public_names_and_a_collection_from_embedding_bag_configs() -> None:
 
 
 @pytest.mark.parametrize("which", ["mlet", "torchrec"])
-def test_torchrec_dlrm_trains_under_dmp_on_two_ranks(which: str, tmp_path: Path) -> None:
+def test_torchrec_dlrm_trains_under_dmp_on_two_ranks(which: str) -> None:
     """With sharders(): the MLET collection is sharded by ours (projection on the owner) and the
     model learns (40 steps: mean loss of the last 5 < 0.2 from 0.69). With TorchRec's defaults:
     the same model trains, and one MLETShardingWarning names mlet_dist.sharders()."""
-    out = tmp_path / "result.json"
-    torchrun(WORKER, ["--sharders", which, "--out", str(out)], nproc=2)
-    result = json.loads(out.read_text())
+    result = run_ranks(train_torchrec_dlrm, world_size=2, args=(which,))[0]
     losses = result["losses"]
     assert sum(losses[:5]) / 5 > 0.6 and sum(losses[-5:]) / 5 < 0.2, losses
     if which == "mlet":
