@@ -17,7 +17,7 @@ import dataclasses
 from typing import Any, Optional
 
 from data_prep.dataset_format import DATASET_AVAZU, LABEL
-from data_prep.parallel import run_prep
+from data_prep.parallel.driver import run_prep
 from data_prep.spec import DatasetSpec, PathLike, PrepConfig, PrepResult, RawColumn
 from data_prep.splits import RandomSplit
 

@@ -39,13 +39,13 @@ from data_prep.avazu import prepare_avazu
 from data_prep.dataset_format import CRITEO_SPARSE_FEATURES
 from data_prep.multi_hot import parse_pooling
 from data_prep.criteo import prepare_criteo_kaggle, prepare_criteo_terabyte
-from data_prep.engine import WorkerFailed
+from data_prep.parallel.engine import WorkerFailed
 from data_prep.spec import PrepConfig, PrepResult
 from data_prep.planted import PlantedSpec, generate_planted
 from data_prep.synthetic import generate_dataset, parse_table_sizes, write_criteo_tsv
-from data_prep.torchrec_npy import prepare_torchrec_npy
-from data_prep.nvtabular import prepare_nvtabular
-from data_prep.foreign_cli import add_foreign_parsers, positive_int, run_foreign
+from data_prep.convert.torchrec_npy import prepare_torchrec_npy
+from data_prep.convert.nvtabular import prepare_nvtabular
+from data_prep.convert.subcommands import add_foreign_parsers, positive_int, run_foreign
 
 PROG = "mlet-prep"
 # Errors a user can fix from the message alone: print it, no traceback.

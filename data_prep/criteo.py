@@ -19,7 +19,7 @@ from data_prep.dataset_format import (
     DATASET_CRITEO_TERABYTE,
     LABEL,
 )
-from data_prep.parallel import run_prep
+from data_prep.parallel.driver import run_prep
 from data_prep.spec import DatasetSpec, PathLike, PrepConfig, PrepResult, RawColumn
 from data_prep.splits import ChunkSplit, DaySplit
 

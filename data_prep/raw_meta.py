@@ -1,4 +1,4 @@
-"""meta.json of a raw-data preparation (parallel.py's run), through dataset_format.PreparedMeta."""
+"""meta.json of a raw-data preparation (parallel/driver.py's run), through dataset_format.PreparedMeta."""
 
 from __future__ import annotations
 

@@ -38,8 +38,8 @@ class PrepConfig:
     progress: bool = False  # tqdm progress bars on stderr
     seed: int = 0  # random split (Avazu)
     threads: int = field(default_factory=lambda: min(os.cpu_count() or 1, 4))  # parsing threads
-    workers: int = 1  # worker processes over files / byte ranges (1: this process; parallel.py)
-    engine: str = "local"  # "local" (a process pool) or "dask" (a cluster; engine.py)
+    workers: int = 1  # worker processes over files / byte ranges (1: threads of this process; parallel/)
+    engine: str = "local"  # "local" (a process pool) or "dask" (a cluster; parallel/engine.py)
     scheduler: Optional[str] = None  # dask scheduler address (None: a local cluster of `workers`)
     vocab_from: Optional[str] = None  # encode with this prepared dataset's vocabulary, no counting (vocab_from.py)
 

@@ -21,7 +21,7 @@ class SplitPolicy:
     (file index, line numbers, accepted rows before this block overall / in its file)."""
 
     needs_tail_pass = False
-    # assign() depends on line numbers, not only on positions among accepted rows (parallel.py
+    # assign() depends on line numbers, not only on positions among accepted rows (the driver
     # then counts lines before pass 1, and workers compute split codes themselves).
     uses_line_numbers = False
 

@@ -92,7 +92,7 @@ class LineBlock:
 def plain_read_bytes(block_bytes: int) -> int:
     """Bytes per read from a plain file: the block size within [64 KiB, 8 MiB]. A block is cut
     after every `attempt_bytes(block_bytes)` bytes from the file start, so block boundaries are a
-    function of file positions only, which lets byte-range workers reproduce them (ranges.py)."""
+    function of file positions only, which lets byte-range workers reproduce them (parallel/ranges.py)."""
     return min(max(block_bytes, 64 << 10), _READ_BYTES * 8)
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from data_prep.cli import main as prep_main
 from data_prep.dataset_format import read_meta
-from data_prep.foreign_common import npz_arrays
+from data_prep.convert.common import npz_arrays
 from mlet_dist.data.dataset_check import check_dataset
 from mlet_dist.data.parquet_batches import DatasetMeta, ParquetBatchStream
 
@@ -437,7 +437,7 @@ def test_day_blocks_halve_the_last_day_across_block_boundaries() -> None:
     test, wherever the blocks cut it (blocks of 3 rows: the cut falls inside a block)."""
     import pyarrow as pa
 
-    from data_prep.foreign_common import day_blocks
+    from data_prep.convert.common import day_blocks
 
     def table(day: int, lo: int, hi: int) -> pa.Table:
         return pa.table({"day": [day] * (hi - lo), "row": list(range(lo, hi))})

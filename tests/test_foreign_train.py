@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from data_prep.dataset_format import read_meta
-from data_prep.mlperf_multihot import prepare_mlperf_multihot
+from data_prep.convert.mlperf_multihot import prepare_mlperf_multihot
 from dist_launch import ROOT, torchrun
 
 TRAIN = ROOT / "mlet_dist" / "train.py"

@@ -14,10 +14,11 @@ from typing import Dict, List
 
 import pytest
 
-from data_prep import parallel, prepare_avazu, prepare_criteo_kaggle, prepare_criteo_terabyte, textio
-from data_prep.engine import WorkerFailed
-from data_prep import parallel_tasks
-from data_prep.ranges import count_lines, iter_range_blocks, plan_ranges
+from data_prep import prepare_avazu, prepare_criteo_kaggle, prepare_criteo_terabyte, textio
+from data_prep.parallel.engine import WorkerFailed
+from data_prep.parallel import driver
+from data_prep.parallel import tasks as parallel_tasks
+from data_prep.parallel.ranges import count_lines, iter_range_blocks, plan_ranges
 from data_prep.synthetic import write_criteo_tsv
 
 REPO = Path(__file__).resolve().parents[1]
@@ -165,7 +166,7 @@ def crashing_count_range(ctx, rng, *args):
 
 
 def test_dead_worker_fails_naming_the_file_and_publishes_nothing(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(parallel.tasks, "count_range", crashing_count_range)
+    monkeypatch.setattr(driver.tasks, "count_range", crashing_count_range)
     out = tmp_path / "out"
     with pytest.raises(WorkerFailed, match=r"criteo_sample\.tsv \(bytes \d+-\d+\)"):
         prepare_criteo_kaggle(CRITEO, out, workers=2, **SMALL)
@@ -179,7 +180,7 @@ def test_dead_worker_fails_naming_the_file_and_publishes_nothing(tmp_path: Path,
 def test_one_worker_runs_the_range_tasks_in_this_process(tmp_path: Path, monkeypatch) -> None:
     """One driver: PrepConfig()'s one worker runs the same range tasks as --workers N, on threads of
     the calling process (no process pool), and writes what two worker processes write."""
-    from data_prep import engine
+    from data_prep.parallel import engine
 
     ran_in: List[int] = []
     count_range = parallel_tasks.count_range
@@ -191,13 +192,24 @@ def test_one_worker_runs_the_range_tasks_in_this_process(tmp_path: Path, monkeyp
     def no_pool(self, workers: int) -> None:
         raise AssertionError("one worker started a process pool")
 
-    monkeypatch.setattr(parallel.tasks, "count_range", recording_count_range)
+    monkeypatch.setattr(driver.tasks, "count_range", recording_count_range)
     monkeypatch.setattr(engine.LocalEngine, "__init__", no_pool)
     prepare_criteo_kaggle(CRITEO, tmp_path / "one", **SMALL)
     assert len(ran_in) > 1 and set(ran_in) == {os.getpid()}
     monkeypatch.undo()
     prepare_criteo_kaggle(CRITEO, tmp_path / "two", workers=2, **SMALL)
     assert_same(tmp_path / "one", tmp_path / "two")
+
+
+def test_forkserver_preloads_modules_that_exist() -> None:
+    """multiprocessing skips a preload name that does not import, silently: a module moved without
+    its name updated here would only make every worker slower to start."""
+    import importlib
+
+    from data_prep.parallel.engine import FORKSERVER_PRELOAD
+
+    for name in FORKSERVER_PRELOAD:
+        importlib.import_module(name)
 
 
 def test_cli_workers_flag(tmp_path: Path) -> None:
@@ -263,7 +275,7 @@ def test_a_pool_broken_before_the_next_submission_names_the_task_whose_worker_di
     from concurrent.futures import Future
     from concurrent.futures.process import BrokenProcessPool
 
-    from data_prep import engine as engines
+    from data_prep.parallel import engine as engines
 
     class BrokenAfterTwo(engines.Engine):
         def __init__(self) -> None:

@@ -2,7 +2,7 @@
 
 A dataset is a `DatasetSpec` (raw columns and their kinds, separator, optional header) plus a
 `SplitPolicy` (which accepted row goes to train/val/test). Inputs are cut into byte ranges of whole
-blocks (ranges.py; a gzip file is one range). Tasks (parallel_tasks.py) run per range, on the engine
+blocks (ranges.py; a gzip file is one range). Tasks (tasks.py) run per range, on the engine
 cfg asks for (engine.py: with one worker on threads of this process, else worker processes or a
 Dask cluster); this process merges their results **in input order**, which is what makes the output
 the same bytes whatever the worker count:
@@ -42,8 +42,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from data_prep import engine as engines
-from data_prep import parallel_tasks as tasks
+from data_prep.parallel import engine as engines
+from data_prep.parallel import tasks
 from data_prep.dataset_format import REJECTS_FILE, SPLITS, part_file, write_meta
 from data_prep.raw_meta import build_meta
 from data_prep.progress import Progress
@@ -53,7 +53,7 @@ from data_prep.staging import checked_paths, publish, staging_dir
 from data_prep.vocab_build import FeatureVocab, KeyCounter, enforce_cap, save_tables, vocab_threads
 from data_prep.vocab_from import load_saved_vocab, staged_vocabularies
 from data_prep.writers import RejectSink, SplitWriter
-from data_prep.ranges import ByteRange, count_lines, plan_ranges
+from data_prep.parallel.ranges import ByteRange, count_lines, plan_ranges
 
 MAX_RANGE_BYTES = 64 << 20
 

@@ -37,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 
 from data_prep.dataset_format import CRITEO_DENSE_FEATURES, CRITEO_SPARSE_FEATURES, SPLITS, parquet_schema
-from data_prep.foreign_common import (
+from data_prep.convert.common import (
     checked_ids, dense_log, first_bad, npz_arrays, regular_file, table_sizes_from, write_converted,
 )
 from data_prep.spec import PrepConfig, PrepResult

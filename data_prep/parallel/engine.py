@@ -1,6 +1,6 @@
 """Where prep tasks run: this process (one worker), a local process pool, or a Dask distributed cluster.
 
-All give `submit(fn, *args) -> future` with `.result()` / `.done()`; parallel.py needs nothing else.
+All give `submit(fn, *args) -> future` with `.result()` / `.done()`; driver.py needs nothing else.
 One worker runs the tasks on a few threads of this process (numpy and Arrow release the GIL), so a
 library call with PrepConfig() starts no processes and pickles nothing, yet runs the same tasks.
 Dask (not Ray) because it is what NVTabular and TorchRec's own Criteo preprocessing build on, so a
@@ -20,6 +20,11 @@ from pathlib import Path
 from typing import Any, Callable, Deque, Iterable, Iterator, Optional, Tuple
 
 from data_prep.spec import PrepConfig
+
+
+# Imported once by the forkserver, so each worker starts with the task code loaded. A name that does
+# not import is skipped silently by multiprocessing (workers then import it per process).
+FORKSERVER_PRELOAD = ["data_prep.parallel.tasks"]
 
 
 class WorkerFailed(RuntimeError):
@@ -62,7 +67,7 @@ class LocalEngine(Engine):
     def __init__(self, workers: int) -> None:
         self.slots = workers
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["data_prep.parallel_tasks"])
+        ctx.set_forkserver_preload(FORKSERVER_PRELOAD)
         self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -93,7 +98,7 @@ class DaskEngine(Engine):
             self.client = Client(self.cluster)
         # Tasks import data_prep: ship this checkout's path to workers that lack it (a real cluster
         # should install the package instead; see launch/README.md).
-        repo = str(Path(__file__).resolve().parents[1])
+        repo = str(Path(__file__).resolve().parents[2])
         self.client.run(_add_path, repo)
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Any:

@@ -1,13 +1,13 @@
 """`mlet-prep from-...` subcommands for datasets prepared by other tools (MLPerf's multi-hot
-Criteo, the reference DLRM's .npz and .bin); kept beside cli.py so its parser stays readable."""
+Criteo, the reference DLRM's .npz and .bin); kept apart from cli.py so its parser stays readable."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any, List
 
-from data_prep.dlrm_reference import prepare_dlrm_bin, prepare_dlrm_npz
-from data_prep.mlperf_multihot import prepare_mlperf_multihot
+from data_prep.convert.dlrm_reference import prepare_dlrm_bin, prepare_dlrm_npz
+from data_prep.convert.mlperf_multihot import prepare_mlperf_multihot
 from data_prep.spec import PrepConfig, PrepResult
 from data_prep.synthetic import parse_table_sizes
 

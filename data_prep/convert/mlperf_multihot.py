@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from data_prep.dataset_format import CRITEO_DENSE_FEATURES, CRITEO_SPARSE_FEATURES, parquet_schema
-from data_prep.foreign_common import (
+from data_prep.convert.common import (
     bag_column, checked_dense, checked_ids, day_blocks, first_bad, load_npy, npz_arrays, table_sizes_from,
     write_converted,
 )

@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from data_prep.dataset_format import LABEL, SPLITS, PreparedMeta, parquet_schema, write_meta
-from data_prep.foreign_common import MAX_TABLE_ROWS, regular_file
+from data_prep.convert.common import MAX_TABLE_ROWS, regular_file
 from data_prep.spec import PrepConfig, PrepResult
 from data_prep.staging import check_output, publish, staging_dir
 from data_prep.writers import SplitWriter, written_splits

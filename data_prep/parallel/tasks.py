@@ -1,4 +1,4 @@
-"""What one worker does with one byte range (parallel.py schedules these: threads of the calling
+"""What one worker does with one byte range (driver.py schedules these: threads of the calling
 process for one worker, else local processes or dask).
 
 Every task is a top-level function of picklable arguments that reads its input range itself and
@@ -25,7 +25,7 @@ from data_prep.spec import DatasetSpec, Parsed, PrepConfig, Reject, parse_block
 from data_prep.splits import SplitPolicy
 from data_prep.vocab_build import FeatureVocab, KeyTable, unique_counts
 from data_prep.writers import SplitWriter, encoded_rows, format_reject
-from data_prep.ranges import ByteRange, iter_range_blocks
+from data_prep.parallel.ranges import ByteRange, iter_range_blocks
 
 Uniques = Dict[str, Tuple[np.ndarray, np.ndarray]]
 
