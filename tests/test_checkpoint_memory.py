@@ -45,3 +45,46 @@ def test_save_and_load_hold_no_second_copy_of_the_tables() -> None:
     assert extra["best_model_save"] < 0.25 * tables, extra
     assert extra["checkpoint_load"] < 0.2 * tables, extra
 
+
+ASYNC_SAVES = """
+import json, sys
+from pathlib import Path
+sys.path[:0] = [sys.argv[1], sys.argv[1] + "/benchmarks"]
+from bench_checkpoint_memory import build
+import mlet_dist.training.checkpoint as checkpoint
+from mlet_dist.distributed.env import init_distributed, shutdown_distributed
+checkpoint.host_memory_available = lambda: int(sys.argv[3])  # what the host has free, as the test says
+env = init_distributed("gloo")
+model, optimizer = build(env, {"C1": 1000, "C2": 2000})
+manager = checkpoint.CheckpointManager(Path(sys.argv[2]), env, keep=3, mode="async")
+in_background = []
+for step in (1, 2):
+    manager.save(model, optimizer, checkpoint.TrainPosition(step=step))
+    in_background.append(manager._pending is not None)
+    manager.finish_pending()
+print(json.dumps({"in_background": in_background, "published": [p.name for p in manager._published()]}))
+shutdown_distributed()
+"""
+
+
+def _async_saves(tmp_path: Path, available: int) -> tuple:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        env.pop(key, None)
+    proc = subprocess.run([sys.executable, "-c", ASYNC_SAVES, str(ROOT), str(tmp_path / f"ck{available}"),
+                           str(available)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1]), [l for l in proc.stderr.splitlines() if "warning:" in l]
+
+
+def test_async_save_on_cpu_goes_sync_when_its_copy_would_not_fit(tmp_path: Path) -> None:
+    """Issue 26 item 3: an async save on CPU stages a whole second copy of the rank's state
+    (benchmarks/bench_checkpoint_memory.py: +1.02x of the tables). Where the host's free memory
+    per rank cannot hold it, the step is saved synchronously, said once in one warning line."""
+    tight, warnings = _async_saves(tmp_path, available=1_000_000)  # 1 MB free: the ~1 MB of tables do not fit
+    assert tight == {"in_background": [False, False], "published": ["step-00000001", "step-00000002"]}, tight
+    assert len(warnings) == 1 and warnings[0].startswith("warning: --checkpoint-mode async on CPU"), warnings
+    assert "saving synchronously instead (from step 1" in warnings[0]
+    roomy, warnings = _async_saves(tmp_path, available=10**12)
+    assert roomy == {"in_background": [True, True], "published": ["step-00000001", "step-00000002"]}, roomy
+    assert warnings == []

@@ -16,15 +16,18 @@ ignored and removed.
 import json
 import re
 import shutil
+import sys
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+import psutil
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torch.distributed.checkpoint.api import CheckpointException
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 
@@ -143,6 +146,26 @@ class _Pending:
 
 
 CHECKPOINT_MODES = ("auto", "sync", "async")
+GB = 1e9
+
+
+def local_state_bytes(value: Any) -> int:
+    """Bytes of the tensors this rank holds in a state dict (its local shards of sharded ones):
+    what an async save's staging copies."""
+    if isinstance(value, ShardedTensor):
+        return sum(s.tensor.nbytes for s in value.local_shards())
+    if isinstance(value, torch.Tensor):
+        return value.nbytes
+    if isinstance(value, dict):
+        return sum(local_state_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(local_state_bytes(v) for v in value)
+    return 0
+
+
+def host_memory_available() -> int:
+    """Host memory the kernel could give now without swapping (MemAvailable)."""
+    return psutil.virtual_memory().available
 
 
 class CheckpointManager:
@@ -150,7 +173,10 @@ class CheckpointManager:
         """``mode``: "sync" writes inside ``save``; "async" writes with ``dcp.async_save`` in a
         background thread on a gloo group of its own (collectives of two threads must not share
         a group); "auto" is async with CUDA (staging to host memory frees the GPU at once) and
-        sync on CPU, where staging would only double the host memory."""
+        sync on CPU, where staging copies the rank's whole state (tables and optimizer state:
+        measured +1.02x of the tables) while training goes on. Async on CPU therefore saves a
+        step synchronously, with one warning, when that copy would not fit the host's free
+        memory (``_staging_fits``)."""
         if keep < 1:
             raise ValueError(f"--keep-checkpoints must be >= 1, got {keep}")
         if mode not in CHECKPOINT_MODES:
@@ -161,6 +187,7 @@ class CheckpointManager:
         use_async = mode == "async" or (mode == "auto" and env.device.type == "cuda")
         self._async_group = dist.new_group(backend="gloo") if use_async else None
         self._pending: Optional[_Pending] = None
+        self._warned_sync = False
 
     def _published(self) -> List[Path]:
         if not self.root.is_dir():
@@ -186,7 +213,7 @@ class CheckpointManager:
         dist.barrier()
         state = {"model": model.state_dict(), "optim": optimizer.state_dict()}
         pending = _Pending(tmp, final, position, torch.get_rng_state().tolist())
-        if self._async_group is not None:
+        if self._async_group is not None and self._staging_fits(state, position.step):
             pending.future = dcp.async_save(state, checkpoint_id=str(tmp), process_group=self._async_group,
                                             async_stager=HostCopyStager())
             self._pending = pending
@@ -194,6 +221,22 @@ class CheckpointManager:
             dcp.save(state, checkpoint_id=str(tmp), planner=ExactStorageSavePlanner())  # no 2nd copy in RAM
             self._publish(pending)
         return final
+
+    def _staging_fits(self, state: Dict[str, Any], step: int) -> bool:
+        """Whether every rank's staging copy fits its share of the host's free memory (collective:
+        all ranks save the same way). On CUDA the copy leaves device memory for host memory: always."""
+        if self.env.device.type != "cpu":
+            return True
+        need = local_state_bytes(state)
+        room = host_memory_available() // max(1, self.env.local_world_size)
+        fits = torch.tensor([int(need < room)])
+        dist.all_reduce(fits, op=dist.ReduceOp.MIN)
+        if not fits.item() and self.env.is_main and not self._warned_sync:
+            print(f"warning: --checkpoint-mode async on CPU copies each rank's state ({need / GB:.2f} GB on rank 0) "
+                  f"before writing it in the background, but the host has {room / GB:.2f} GB free per rank: "
+                  f"saving synchronously instead (from step {step}; no second copy)", file=sys.stderr)
+            self._warned_sync = True
+        return bool(fits.item())
 
     def finish_pending(self) -> Optional[Path]:
         """Wait for the background write (if any) and publish it (collective)."""
