@@ -269,7 +269,7 @@ def serving(tmp_path_factory: pytest.TempPathFactory) -> "tuple[Path, Path]":
     import torch
     from torchrec.models.dlrm import DLRMTrain
 
-    from data_prep.criteo_kaggle import prepare_criteo_kaggle
+    from data_prep.criteo import prepare_criteo_kaggle
     from mlet_dist.models import DLRMConfig, EmbeddingSpec, build_dlrm, build_embedding_collection
     from mlet_dist.serving import write_serving_dir
     from mlet_dist.serving.model import ServingModelConfig

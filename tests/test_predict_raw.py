@@ -154,7 +154,7 @@ def test_raw_avazu_lines_with_and_without_the_click_column(tmp_path: Path) -> No
     report = _predict(["--serving", serving, "--raw", AVAZU_SAMPLE, "--out", tmp_path / "all.parquet"])
     assert report["raw"]["rows_read"] == len(lines) - 1 == meta["rows_read"]
     table = pq.read_table(tmp_path / "all.parquet")
-    from data_prep.pipeline import RandomSplit
+    from data_prep.splits import RandomSplit
 
     codes = RandomSplit(meta["split"].get("seed", 0))
     assert table.num_rows == meta["rows_read"] - meta["rows_rejected"]
