@@ -39,7 +39,7 @@ directory is serving/serving_dir_writer.py, and mlet-collapse (a run directory) 
 import copy
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 import torch
 import torch.distributed as dist
@@ -113,7 +113,7 @@ def collapse(
         wide = mlet.wide.embedding_bags[cfg.name].weight
         collapse_table(
             wide,
-            mlet.projections[cfg.name].weight,
+            mlet.projection_weight(cfg.name),
             chunk_rows=chunk_rows,
             out=ebc.embedding_bags[cfg.name].weight.data,
         )
@@ -228,8 +228,9 @@ def _plan_blocks(wide: StateValue, key: str, world: int) -> List[_OutBlock]:
     for m in wide.metadata().shards_metadata:
         row, col = int(m.shard_offsets[0]), int(m.shard_offsets[1])
         rows, cols = int(m.shard_sizes[0]), int(m.shard_sizes[1])
-        assert m.placement is not None
-        by_rows.setdefault((row, rows), []).append(_Piece(row, rows, col, cols, m.placement.rank()))
+        rank = m.placement.rank() if m.placement is not None else None
+        assert rank is not None, f"shard at {m.shard_offsets} has no rank placement"
+        by_rows.setdefault((row, rows), []).append(_Piece(row, rows, col, cols, rank))
     blocks: List[_OutBlock] = []
     covered = 0
     for (row, rows), pieces in sorted(by_rows.items()):
@@ -393,7 +394,7 @@ def collapse_state_dict(
 
     started = time.perf_counter()
     collapsed: Dict[str, StateValue] = {}
-    replaced = set()
+    replaced: Set[str] = set()
     for wide_key, proj_key, out_key, _table in pairs:
         wide, proj = state[wide_key], state[proj_key]
         n, k = int(wide.size(0)), int(wide.size(1))
