@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from data_prep.dataset_format import (
     CRITEO_DENSE_FEATURES,
@@ -62,7 +62,7 @@ def terabyte_day_files(inputs: Sequence[PathLike]) -> List[Path]:
         if not p.is_dir():
             files.append(p)
             continue
-        found = {}
+        found: Dict[int, Path] = {}
         for child in p.iterdir():
             m = _DAY_RE.match(child.name)
             if m and child.is_file():

@@ -125,7 +125,7 @@ class _Truth:
         rng = np.random.default_rng(seeds[_STREAM_TRUTH])
         self.embeddings = [rng.standard_normal((n, spec.rank)) for n in spec.table_sizes]
         w = rng.standard_normal(spec.dense)
-        self.dense_weights = w / max(np.linalg.norm(w), 1e-12) * spec.dense_signal if spec.dense else w
+        self.dense_weights = w / max(float(np.linalg.norm(w)), 1e-12) * spec.dense_signal if spec.dense else w
         nodes, weights = np.polynomial.hermite_e.hermegauss(_HERMITE_NODES)  # ∫ f(x) N(x; 0, 1) dx
         self._nodes, self._weights = nodes, weights / weights.sum()
         self.bias = 0.0
@@ -286,10 +286,11 @@ def generate_planted(
             },
         ).to_dict()
         if save_truth:
-            np.savez_compressed(
-                tmp / TRUTH_FILE, bias=truth.bias, dense_weights=truth.dense_weights,
+            arrays: Dict[str, Any] = {  # numpy's stub would let a ** key fill savez's allow_pickle
+                "bias": truth.bias, "dense_weights": truth.dense_weights,
                 **{f"E_{f}": e.astype(np.float32) for f, e in zip(features, truth.embeddings)},
-            )
+            }
+            np.savez_compressed(tmp / TRUTH_FILE, **arrays)
         write_meta(tmp, meta)
         publish(tmp, out_path, cfg.overwrite)
     return PrepResult(out_dir=out_path, meta=meta)

@@ -16,6 +16,8 @@ Deterministic for a given seed and arguments.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import io
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
@@ -153,7 +155,8 @@ def generate_dataset(
                 cols.append(pa.array(np.log1p(np.maximum(_dense_ints(rng, n), 0)).astype(np.float32)))
             train_rows = max(0, min(n, bounds["train"][1] - pos))
             if multi_hot:
-                drawn = [draw_bags(rng, n, multi_hot, lambda k, s=size: zipf_ids(rng, k, s, exponent)) for size in sizes]
+                drawn = [draw_bags(rng, n, multi_hot, functools.partial(zipf_ids, rng, size=size, exponent=exponent))
+                         for size in sizes]
                 cols += [column for column, _, _ in drawn]
                 train_ids = [ids[: offsets[train_rows]] for _, ids, offsets in drawn]
             else:
@@ -162,8 +165,9 @@ def generate_dataset(
                 train_ids = [i[:train_rows] for i in ids]
             table = pa.Table.from_arrays(cols, schema=schema)
             for name, col in zip(CRITEO_SPARSE_FEATURES, train_ids):
-                if counters[name] is not None:
-                    counters[name].add(col)
+                counter = counters[name]
+                if counter is not None:
+                    counter.add(col)
             enforce_cap(counters, over_cap, int(cfg.count_memory_mb * (1 << 20)))
             for split in SPLITS:
                 lo, hi = (max(b - pos, 0) for b in bounds[split])
@@ -270,6 +274,7 @@ def write_criteo_tsv(
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(p.name + ".tmp")
     written = lines = 0
+    f: io.BufferedIOBase
     if p.suffix == ".gz":
         import gzip
 

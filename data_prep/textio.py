@@ -15,7 +15,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Tuple, Union
+from typing import Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -158,7 +158,8 @@ def iter_line_blocks(
         _gzip_chunks(path, start_offset) if is_gzip(path)
         else _plain_chunks(path, start_offset, plain_read_bytes(block_bytes))
     )
-    parts, size, src = [], 0, 0
+    parts: List[bytes] = []
+    size, src = 0, 0
     carry = b""
     line, offset = start_line, start_offset
     for data, consumed, problem in chunks:

@@ -282,9 +282,9 @@ def finish_vocabs(
     """Vocabularies and count histograms from the final train counts (frees the counts). Features
     are finished on vocab_threads(cfg) threads; results are taken in feature order."""
     fallback = cfg.hash_size or DEFAULT_FALLBACK_HASH_SIZE
-    live = [name for name in sparse if counters[name] is not None]
+    live = {name: counter for name in sparse if (counter := counters[name]) is not None}
     with ThreadPoolExecutor(vocab_threads(cfg)) as pool:
-        done = dict(zip(live, pool.map(lambda name: _finish_one(counters[name], cfg), live)))
+        done = dict(zip(live, pool.map(lambda counter: _finish_one(counter, cfg), live.values())))
     vocabs: Dict[str, FeatureVocab] = {}
     histograms: Dict[str, Dict[str, Any]] = {}
     for name in sparse:

@@ -18,9 +18,6 @@ if __package__ in (None, ""):  # run as a script by torchrun/torchx: make the pa
 
 import torch
 from torch import nn
-from torchrec.distributed.embedding_types import EmbeddingComputeKernel
-from torchrec.distributed.types import ShardingPlan
-from torchrec.optim.keyed import CombinedOptimizer
 
 from mlet_dist.data.dataset_check import check_dataset
 from mlet_dist.data.parquet_batches import DatasetMeta, ParquetBatchStream
@@ -29,12 +26,13 @@ from mlet_dist.distributed.sharding import shard_model
 from mlet_dist.log_setup import quiet_library_logs
 from mlet_dist.models.ranking import model_factory
 from mlet_dist.serving import export_after_training, load_serving_sharded
-from mlet_dist.planning.plan_io import PlanMismatchError, check_plan_fits, load_plan, save_plan
+from mlet_dist.planning.plan_io import load_checked_plan, save_plan
 from mlet_dist.training.best_model import BestModelKeeper
-from mlet_dist.training.checkpoint import CheckpointError, CheckpointManager, TrainPosition
-from mlet_dist.training.config import TrainConfig, parse_args
+from mlet_dist.training.checkpoint import CheckpointManager
+from mlet_dist.training.config import TrainConfig, check_data_dir, parse_args
 from mlet_dist.config_io import save_config
 from mlet_dist.errors import UserError
+from mlet_dist.training.data_position import resume_position
 from mlet_dist.training.failure import agree_on_attempt_id, exit_now, report_failure
 from mlet_dist.training.finish import Collapse, ServingCopy, evaluate_all, finish_run, finished_summary
 from mlet_dist.training.optim import attach_fused_embedding_optimizer, build_optimizer, lr_schedule
@@ -42,78 +40,9 @@ from mlet_dist.training.precision import autocast_dense
 from mlet_dist.training.run_dir import RunDirBusy, RunDirectory, claim_run_dir, starts_fresh
 from mlet_dist.training.resume_check import check_resume_matches
 from mlet_dist.training.run_name import agree_on_run_dir
-from mlet_dist.training.trainer import LoopConfig, Trainer
+from mlet_dist.training.trainer import Trainer
 
 CONFIG_FILE = "config.json"
-
-
-def check_data_dir(data: Path) -> None:
-    """--data must be mlet-prep's output dir; a raw file gets the mlet-prep command that converts it."""
-    from data_prep.dataset_format import raw_file_message
-
-    if data.is_file():
-        raise SystemExit(f"error: {raw_file_message(data, '--data')}")
-    if not (data / "meta.json").is_file():
-        raise SystemExit(
-            f"error: no prepared dataset at {data} (missing meta.json). Prepare one first, e.g.\n"
-            f"  mlet-prep criteo-kaggle data_prep/samples/criteo_sample.tsv {data}"
-        )
-
-
-def load_checked_plan(cfg: TrainConfig, model: nn.Module, env: DistEnv) -> Optional[ShardingPlan]:
-    """The --plan file, or None; a plan that does not fit stops every rank before training."""
-    if cfg.plan is None:
-        return None
-    try:
-        plan, data = load_plan(cfg.plan)
-    except PlanMismatchError as err:
-        raise SystemExit(f"error: {err}")
-    except (ValueError, KeyError, TypeError, AttributeError) as err:  # valid JSON, not a plan
-        raise SystemExit(f"error: {cfg.plan} is not a sharding plan (mlet-plan or a run's plan.json): "
-                         f"{type(err).__name__}: {err}")
-    kernels = {k.value for k in EmbeddingComputeKernel}
-    for module_plan in plan.plan.values():
-        for table, sharding in module_plan.items():
-            if sharding.compute_kernel not in kernels:
-                raise SystemExit(f"error: {cfg.plan}: table {table!r} names compute kernel "
-                                 f"{sharding.compute_kernel!r}; TorchRec knows {sorted(kernels)}")
-    try:
-        check_plan_fits(plan, model, env.world_size, env.device.type, data.get("topology"), str(cfg.plan))
-    except PlanMismatchError as err:
-        raise SystemExit(f"error: {err}")
-    return plan
-
-
-def resume_position(
-    cfg: TrainConfig, env: DistEnv, checkpoints: CheckpointManager, model: nn.Module,
-    optimizer: CombinedOptimizer, keeper: BestModelKeeper, out: RunDirectory, fresh: bool,
-) -> TrainPosition:
-    """Start of training: the newest complete checkpoint in the run dir, unless ``fresh``
-    (--no-resume on a first attempt: the run dir was cleared, see run_dir.starts_fresh)."""
-    torn = checkpoints.clean_torn()
-    if torn and env.is_main:
-        print(f"ignored and removed incomplete checkpoint(s) {torn}")
-    if fresh:
-        return TrainPosition(world_size=env.world_size)
-    try:
-        latest, position, skipped = checkpoints.load_newest_intact(model, optimizer)
-    except CheckpointError as err:
-        raise SystemExit(f"error: {err}")
-    for line in skipped:
-        out.log("checkpoint_skipped", reason=line)
-        if env.is_main:
-            print(f"warning: skipped damaged checkpoint {line}", file=sys.stderr)
-    if latest is None:
-        return TrainPosition(world_size=env.world_size)
-    keeper.load_state(position.extra.get("best", {}))
-    if position.epoch < cfg.epochs:  # extended past its old last point: keep that point's weights
-        keeper.keep_resumed_best(model, position.step)
-    out.purge_step = position.step + 1
-    position.extra["resumed_from"] = latest.name
-    if env.is_main:
-        print(f"resuming from {latest} (epoch {position.epoch}, batch {position.batch_in_epoch}, "
-              f"step {position.step})")
-    return position
 
 
 def collapse_to_serving(cfg: TrainConfig, env: DistEnv) -> Collapse:
@@ -143,7 +72,8 @@ def run(cfg: TrainConfig, env: DistEnv) -> Dict[str, object]:
     torch.manual_seed(cfg.seed + env.rank)  # distinct table shards per rank; DDP syncs dense from rank 0
     model = build(torch.device("meta"))
     attach_fused_embedding_optimizer(model, cfg.optim)
-    sharded = shard_model(model, env, cfg.sharding, plan=load_checked_plan(cfg, model, env))
+    plan = load_checked_plan(cfg.plan, model, env.world_size, env.device.type) if cfg.plan else None
+    sharded = shard_model(model, env, cfg.sharding, plan=plan)
     optimizer = build_optimizer(sharded, cfg.optim)
     autocast_dense(sharded, cfg.optim.dense_precision, env.device)  # fp32 (default): nothing changes
     if env.is_main:  # the plan in use, reusable as --plan
@@ -161,7 +91,7 @@ def run(cfg: TrainConfig, env: DistEnv) -> Dict[str, object]:
     keeper = BestModelKeeper(cfg.run_dir / "best_model", env)
     checkpoints = CheckpointManager(cfg.run_dir / "checkpoints", env, keep=cfg.keep_checkpoints,
                                     mode=cfg.checkpoint_mode)
-    position = resume_position(cfg, env, checkpoints, sharded, optimizer, keeper, out, fresh)
+    position = resume_position(cfg.epochs, env, checkpoints, sharded, optimizer, keeper, out, fresh)
     finished = finished_summary(cfg, position, env)
     if finished is not None:
         claim.release()
@@ -171,10 +101,7 @@ def run(cfg: TrainConfig, env: DistEnv) -> Dict[str, object]:
     if "resumed_from" in position.extra:
         out.log("resume", checkpoint=position.extra.pop("resumed_from"), step=position.step,
                 epoch=position.epoch, batch_in_epoch=position.batch_in_epoch)
-    loop = LoopConfig(epochs=cfg.epochs, eval_every=cfg.eval_every, early_stop_patience=cfg.early_stop_patience,
-                      checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every, progress=cfg.show_progress,
-                      spectra=cfg.diagnostics, pipeline=cfg.pipeline)
-    trainer = Trainer(loop, env, sharded, optimizer, train_stream, out=out, keeper=keeper, checkpoints=checkpoints,
+    trainer = Trainer(cfg, env, sharded, optimizer, train_stream, out=out, keeper=keeper, checkpoints=checkpoints,
                       lr_schedule=lr_schedule(optimizer, cfg.optim),
                       evaluate=lambda: {s: p.metrics() for s, p in evaluate_all(sharded, cfg, env, "eval").items()})
     fit = trainer.fit(position)

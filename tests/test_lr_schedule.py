@@ -25,7 +25,8 @@ from mlet_dist.training.checkpoint import TrainPosition
 from mlet_dist.training.config import parse_args
 from mlet_dist.training.lr_schedule import LRScheduleConfig, lr_multiplier
 from mlet_dist.training.optim import OptimConfig, attach_fused_embedding_optimizer, build_optimizer, lr_schedule
-from mlet_dist.training.trainer import LoopConfig, Trainer
+from mlet_dist.training.loop import LoopConfig
+from mlet_dist.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE_LR = 0.1

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 
 from data_prep.dataset_format import SPLITS, PreparedMeta, source_label, write_meta
@@ -128,7 +129,8 @@ def _numeric(arr: np.ndarray, path: Path, key: str) -> np.ndarray:
     return arr
 
 
-def first_bad(mask: np.ndarray) -> int:
+def first_bad(mask: npt.ArrayLike) -> int:
+    """Index of the first True: a refusal names one row (or column), not a count."""
     return int(np.flatnonzero(mask)[0])
 
 

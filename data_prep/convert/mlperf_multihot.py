@@ -20,6 +20,7 @@ max id + 1, or ``--table-sizes`` (the MLPerf run's ``num_embeddings_per_feature`
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -116,6 +117,11 @@ def _bag_sizes(days: List[Day], max_bag: Optional[int]) -> List[int]:
     return sizes
 
 
+def _member_label(j: int, _bag_column: int) -> str:
+    """Member j of a day's sparse .npz holds one feature's bags: a bad id names that feature, not its bag slot."""
+    return f"{_FEATURES[j]} (member '{j}')"
+
+
 def _scan(day: Day, lo: int, hi: int) -> np.ndarray:
     """Validate rows [lo, hi) of a day; the per-feature max ids."""
     labels = np.asarray(day.labels[lo:hi])
@@ -126,7 +132,7 @@ def _scan(day: Day, lo: int, hi: int) -> np.ndarray:
     checked_dense(day.dense[lo:hi], day.dense_path, lo)
     max_ids = np.full(len(_FEATURES), -1, np.int64)
     for j, bags in enumerate(day.bags):
-        ids = checked_ids(bags[lo:hi], day.sparse_path, lo, lambda _, j=j: f"{_FEATURES[j]} (member '{j}')")
+        ids = checked_ids(bags[lo:hi], day.sparse_path, lo, functools.partial(_member_label, j))
         if ids.size:
             max_ids[j] = ids.max()
     return max_ids

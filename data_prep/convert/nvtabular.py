@@ -74,6 +74,7 @@ def parse_pbtxt(text: str, where: str) -> Dict[str, List[Any]]:
         if depth > MAX_DEPTH:
             raise ValueError(f"{where}: messages nested more than {MAX_DEPTH} deep")
         out: Dict[str, List[Any]] = {}
+        value: Union[Dict[str, List[Any]], str]  # a nested message or a scalar's text
         while i < len(tokens):
             tok = tokens[i]
             if tok == "}":
@@ -110,12 +111,12 @@ def _scalar(raw: str, where: str) -> str:
         raise ValueError(f"{where}: bad escape in {raw[:40]!r} ({err.reason})") from None
 
 
-def _number(message: Any, key: str, where: Path, what: str, default: Optional[int] = None) -> Optional[int]:
-    """``message[key]`` as an integer in [0, MAX_TABLE_ROWS]; a message, text or out-of-range
+def _number(message: Any, key: str, where: Path, what: str) -> Optional[int]:
+    """``message[key]`` as an integer in [0, MAX_TABLE_ROWS] (None if absent); a message, text or out-of-range
     value where a number belongs is one error naming the field."""
     values = message.get(key) if isinstance(message, dict) else None
     if not values:
-        return default
+        return None
     try:
         value = int(values[0])
     except (TypeError, ValueError):
@@ -155,7 +156,7 @@ def read_schema(path: Path) -> Schema:
             hi = _number(domain, "max", path, f"{name!r} int_domain")
             if hi is None:
                 raise ValueError(f"{path}: categorical {name!r} has no int_domain {{ min max }} (its cardinality)")
-            lo = _number(domain, "min", path, f"{name!r} int_domain", default=0)
+            lo = _number(domain, "min", path, f"{name!r} int_domain") or 0  # min left out: 0
             if hi < lo or hi >= MAX_TABLE_ROWS:
                 raise ValueError(f"{path}: categorical {name!r} has int_domain min {lo} max {hi} (cardinality "
                                  f"max + 1 must be 1..{MAX_TABLE_ROWS:,})")

@@ -241,7 +241,17 @@ def _tail(
         for feature in live:
             counter = counters[feature]
             if counter is not None:
-                counter.add_unique(*uniq[feature], sign=-1, merge=False)  # merged on the vocabulary threads
+                keys, counts = uniq[feature]
+                counter.add_unique(keys, counts, sign=-1, merge=False)  # merged on the vocabulary threads
+
+
+def _known_split_rows(state: Sequence[_RangeState]) -> List[List[int]]:
+    """Each range's rows per split: pass 2 needs them all (run_prep derives those pass 1 left unset)."""
+    known: List[List[int]] = []
+    for i, s in enumerate(state):
+        assert s.split_rows is not None, f"range {i}: split rows unknown before pass 2"
+        known.append(s.split_rows)
+    return known
 
 
 class _PartAssembler:
@@ -252,10 +262,11 @@ class _PartAssembler:
     def __init__(self, ctx: tasks.TaskContext, engine: engines.Engine, state: Sequence[_RangeState], tmp: Path) -> None:
         self.ctx, self.engine, self.tmp = ctx, engine, tmp
         self.per = ctx.cfg.rows_per_file
-        self.totals = [sum(s.split_rows[k] for s in state) for k in range(len(SPLITS))]  # type: ignore[index]
+        split_rows = _known_split_rows(state)
+        self.totals = [sum(rows[k] for rows in split_rows) for k in range(len(SPLITS))]
         self.starts = np.zeros((len(state) + 1, len(SPLITS)), np.int64)  # rows of each split before each range
-        for i, s in enumerate(state):
-            self.starts[i + 1] = self.starts[i] + np.asarray(s.split_rows)
+        for i, rows in enumerate(split_rows):
+            self.starts[i + 1] = self.starts[i] + np.asarray(rows)
         self.users = np.zeros((len(state), len(SPLITS)), np.int64)  # part files still to read each piece
         for k in range(len(SPLITS)):
             for i in range(len(state)):
@@ -289,13 +300,16 @@ class _PartAssembler:
             a, b = max(lo, self.starts[i, k]), self.starts[i + 1, k]
             if writer is None or b <= a:
                 continue
-            tasks.copy_rows(writer, self.pieces[i][k], int(a - self.starts[i, k]), int(b - self.starts[i, k]))
+            piece = self.pieces[i][k]
+            assert piece is not None, f"range {i} has rows of split {k} but no piece"
+            tasks.copy_rows(writer, piece, int(a - self.starts[i, k]), int(b - self.starts[i, k]))
             self._used(i, k)
 
     def _used(self, i: int, k: int) -> None:
         self.users[i, k] -= 1
-        if self.users[i, k] == 0 and self.pieces[i][k]:
-            os.remove(self.pieces[i][k])  # type: ignore[arg-type]
+        piece = self.pieces[i][k]
+        if self.users[i, k] == 0 and piece:
+            os.remove(piece)
 
     def finish(self) -> Dict[str, Any]:
         """Submit the last parts, wait for all; meta.json's splits (files and rows)."""

@@ -200,10 +200,12 @@ def encode_range(ctx: TaskContext, rng: ByteRange, first_line: int, acc: int, ac
                 if not sel.any():
                     continue
                 table = encoded_rows(spec, parsed, ids, sel, schema, res.zero_rows, code)
-                if writers[code] is None:
-                    res.pieces[code] = os.path.join(ctx.work_dir, f"piece-{tag}-{SPLITS[code]}.arrow")
-                    writers[code] = ipc.new_file(res.pieces[code], schema, options=options)
-                writers[code].write_table(table)
+                writer = writers[code]
+                if writer is None:
+                    piece = os.path.join(ctx.work_dir, f"piece-{tag}-{SPLITS[code]}.arrow")
+                    res.pieces[code] = piece
+                    writer = writers[code] = ipc.new_file(piece, schema, options=options)
+                writer.write_table(table)
                 res.rows[code] += int(sel.sum())
             res.accepted += n
     finally:

@@ -27,6 +27,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 from torch import nn
 from torch.distributed._shard.sharding_spec import EnumerableShardingSpec, ShardMetadata
+from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.types import (
     CacheParams,
     EmbeddingModuleShardingPlan,
@@ -36,13 +37,15 @@ from torchrec.distributed.types import (
 
 from data_prep.safe_json import read_json_file
 from mlet_dist.cli_common import ranks_phrase
+from mlet_dist.errors import UserError
 
 PLAN_FORMAT_VERSION = 1
 PathLike = Union[str, Path]
 
 
-class PlanMismatchError(ValueError):
-    """A plan file that does not fit the model or the job; the message names the mismatch."""
+class PlanMismatchError(UserError, ValueError):
+    """A plan file that does not fit the model or the job; the message names the mismatch (a
+    UserError: the entry points print it as one ``error:`` line)."""
 
 
 # Stored by TorchRec's ``_serialize()`` layout (sharding_spec as "shards").
@@ -213,6 +216,31 @@ def load_plan(path: PathLike) -> Tuple[ShardingPlan, Dict[str, Any]]:
         raise PlanMismatchError(f"plan file {path} does not exist")
     data = read_json_file(path, "plan file", error=PlanMismatchError)
     return plan_from_dict(data), data
+
+
+def load_checked_plan(path: PathLike, model: nn.Module, world_size: int, device_type: str) -> ShardingPlan:
+    """The plan in ``path``, checked against ``model`` and this job before anything is sharded:
+    a file that is no plan, names a compute kernel TorchRec lacks, or does not fit stops every
+    rank with one line instead of failing inside DMP."""
+    try:
+        plan, data = load_plan(path)
+    except PlanMismatchError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError) as err:  # valid JSON, not a plan
+        raise PlanMismatchError(f"{path} is not a sharding plan (mlet-plan or a run's plan.json): "
+                                f"{type(err).__name__}: {err}") from None
+    _check_compute_kernels(plan, str(path))
+    check_plan_fits(plan, model, world_size, device_type, data.get("topology"), str(path))
+    return plan
+
+
+def _check_compute_kernels(plan: ShardingPlan, source: str) -> None:
+    kernels = {k.value for k in EmbeddingComputeKernel}
+    for module_plan in plan.plan.values():
+        for table, sharding in module_plan.items():  # type: ignore[attr-defined]
+            if sharding.compute_kernel not in kernels:
+                raise PlanMismatchError(f"{source}: table {table!r} names compute kernel "
+                                        f"{sharding.compute_kernel!r}; TorchRec knows {sorted(kernels)}")
 
 
 def _shardable_tables(module: nn.Module) -> Dict[str, Tuple[int, int]]:

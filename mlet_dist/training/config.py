@@ -2,18 +2,19 @@
 
 The flags are declared on the fields (config_flags.py): the parser, the tree built from it, and
 which fields a flag given beside ``--config FILE`` overrides all come from those declarations.
-The model's fields and flags are ModelConfig's (models/ranking.py), inherited, so the run's
-config.json keeps its flat keys (``embedding``, ``dlrm``, ``arch``, ``dcn``).
+The model's fields and flags are ModelConfig's (models/ranking.py) and the loop's are LoopConfig's
+(training/loop.py), inherited, so the run's config.json keeps its flat keys (``embedding``,
+``dlrm``, ``arch``, ``dcn``, ``epochs``, ``eval_every``, ...).
 """
 
 import argparse
 import math
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, NoReturn, Optional, Sequence
 
+from data_prep.dataset_format import raw_file_message
 from mlet_dist.cli_common import given_dests
 from mlet_dist.config_flags import (
     DefaultsHelpFormatter, add_flags, command_choices, derived, flag, flag_values, negated, nested, no_flag, switch, tree_from_flags,
@@ -23,9 +24,10 @@ from mlet_dist.config_io import from_jsonable, load_config, merged, to_jsonable
 from mlet_dist.data.parquet_batches import DEFAULT_SHUFFLE_WINDOW, ORDERS
 from mlet_dist.distributed.env import DEFAULT_COLLECTIVE_TIMEOUT_S, DistEnv
 from mlet_dist.distributed.sharding import SHARDING_CHOICES, ShardingConfig
+from mlet_dist.errors import UserError
 from mlet_dist.models.ranking import ModelConfig
 from mlet_dist.training.checkpoint import CHECKPOINT_MODES
-from mlet_dist.training.loop import PIPELINES
+from mlet_dist.training.loop import LoopConfig
 from mlet_dist.training.optim import DENSE_OPTIMIZERS, EMBEDDING_OPTIMIZERS, OptimConfig
 from mlet_dist.training.precision import DENSE_PRECISIONS
 from mlet_dist.training.run_name import RUNS_ROOT, default_run_name
@@ -83,8 +85,9 @@ _SHARDING_FLAGS = nested(
 
 
 @dataclass(kw_only=True)
-class TrainConfig(ModelConfig):
-    """A training run: the model (ModelConfig's fields) and how to train, read and write it."""
+class TrainConfig(ModelConfig, LoopConfig):
+    """A training run: the model (ModelConfig's fields), the loop (LoopConfig's: epochs, evaluation
+    points, checkpoints, logging) and how to read and write it."""
 
     data: Path = field(metadata=flag(
         "--data", default=None, parse=lambda data: Path(".") if data is None else data,
@@ -94,7 +97,6 @@ class TrainConfig(ModelConfig):
         parse=lambda run_dir: RUNS_ROOT / default_run_name() if run_dir is None else run_dir,
         help="default: runs/<torchelastic run id> under torchrun/torchx, else runs/<timestamp>; one name for all "
         "ranks, chosen by rank 0"))
-    epochs: int = field(default=1, metadata=flag("--epochs", help="passes over the train split"))
     batch_size: int = field(default=256, metadata=flag("--batch-size", help="per-rank batch size"))
     max_train_batches: Optional[int] = field(default=None, metadata=flag(
         "--max-train-batches", help="steps per epoch at most (default: the whole train split)"))
@@ -105,24 +107,12 @@ class TrainConfig(ModelConfig):
         "--seed", help="initial weights (seed + rank per table shard) and the per-epoch shuffle"))
     backend: str = field(default="auto", metadata=flag(
         "--backend", choices=["auto", "gloo", "nccl"], help="torch.distributed backend; auto: nccl with CUDA, else gloo"))
-    log_every: int = field(default=10, metadata=flag("--log-every", help="steps between train-loss records"))
     # a baseline run has nothing to collapse
     collapse: bool = field(default=True, metadata=switch(
         "--no-collapse", reads=("model",), parse=lambda no_collapse, model: not no_collapse and model == "mlet",
         help="skip the collapse at the end"))
-    # wanted; shown only when stderr is a terminal (show_progress), as mlet-prep's
-    progress: bool = field(default=True, metadata=negated(
-        "--no-progress", help="no progress bars (default: shown when stderr is a terminal, never in a log file)"))
     plan: Optional[Path] = field(default=None, metadata=flag(
         "--plan", help="sharding plan JSON (mlet-plan); checked against the model and world size"))
-    checkpoint_every: int = field(default=0, metadata=flag(
-        "--checkpoint-every", help="steps between training checkpoints (0: only at epoch ends)"))
-    eval_every: int = field(default=0, metadata=flag(
-        "--eval-every", help="also evaluate val/test every N global steps inside an epoch; the point with the best "
-        "val AUC is the selected model (0: end of each epoch only)"))
-    early_stop_patience: int = field(default=0, metadata=flag(
-        "--early-stop-patience", help="stop when this many evaluation points in a row (epoch ends, and --eval-every "
-        "points) bring no better val AUC; the best point is the selected model (0: train all --epochs)"))
     keep_checkpoints: int = field(default=2, metadata=flag(
         "--keep-checkpoints", help="newest complete checkpoints kept"))
     resume: bool = field(default=True, metadata=negated(
@@ -130,33 +120,21 @@ class TrainConfig(ModelConfig):
         "RUN_DIR/previous-<time>/ (default: resume from the newest)"))
     save_predictions: bool = field(default=False, metadata=switch(
         "--save-predictions", help="RUN_DIR/predictions/test.npz (row, prob, label) of the selected model"))
-    diagnostics: bool = field(default=False, metadata=switch(
-        "--diagnostics", help="singular values / effective ranks of the MLET projections at every evaluation point "
-        "(metrics.jsonl, TensorBoard) and of tables and projections in summary.json"))
     optim: OptimConfig = field(default_factory=OptimConfig, metadata=_OPTIM_FLAGS)
     sharding: ShardingConfig = field(default_factory=ShardingConfig, metadata=_SHARDING_FLAGS)
     collective_timeout_s: float = field(default=DEFAULT_COLLECTIVE_TIMEOUT_S, metadata=flag(
         "--collective-timeout-s",
         help="longest wait in one collective before the job fails (a peer that hangs without exiting)"))
     input: InputConfig = field(default_factory=InputConfig)
-    pipeline: str = field(default="sparse-dist", metadata=flag(
-        "--pipeline", choices=PIPELINES,
-        help="sparse-dist: TorchRec's TrainPipelineSparseDist overlaps the next batch's copy and input all-to-all "
-        "with this step; none: the plain forward/backward/step loop"))
     # auto: async (dcp.async_save) with CUDA, sync on CPU
     checkpoint_mode: str = field(default="auto", metadata=flag(
         "--checkpoint-mode", choices=CHECKPOINT_MODES,
         help="async: write checkpoints in the background (dcp.async_save), published at the next --log-every "
-        "step; sync: inside the step; auto: async with CUDA, sync on CPU"))
+        "step (on CPU it stages a second copy of the rank's state: a save that would not fit the free memory "
+        "is written synchronously, with a warning); sync: inside the step; auto: async with CUDA, sync on CPU"))
     # False: run_dir is this process's provisional default; train.run() replaces it with rank 0's
     # choice once the process group exists (training/run_name.py)
     run_dir_given: bool = field(default=True, metadata=derived("run_dir", parse=lambda run_dir: run_dir is not None))
-
-    @property
-    def show_progress(self) -> bool:
-        """Progress bars on stderr: wanted and a terminal to draw on (under torchx or in a log file
-        each redraw would be a line of its own, mixing the summary into "collapsed val" bars)."""
-        return self.progress and sys.stderr.isatty()
 
     @property
     def model(self) -> ModelConfig:
@@ -164,26 +142,15 @@ class TrainConfig(ModelConfig):
         return ModelConfig.of(self)
 
     def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ValueError(f"--epochs must be >= 1, got {self.epochs}")
-        if self.checkpoint_every < 0:
-            raise ValueError(f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
-        if self.eval_every < 0:
-            raise ValueError(f"--eval-every must be >= 0 (0: evaluate at the end of each epoch only), got {self.eval_every}")
-        if self.early_stop_patience < 0:
-            raise ValueError(f"--early-stop-patience must be >= 0 (0: train all epochs), got {self.early_stop_patience}")
+        LoopConfig.__post_init__(self)
         if self.batch_size < 1:
             raise ValueError(f"--batch-size (per rank) must be >= 1, got {self.batch_size}")
-        if self.log_every < 1:
-            raise ValueError(f"--log-every must be >= 1 (steps between train-loss records), got {self.log_every}")
         for option, value in (("--max-train-batches", self.max_train_batches),
                               ("--max-eval-batches", self.max_eval_batches)):
             if value is not None and value < 1:
                 raise ValueError(f"{option} must be >= 1 (leave it out for the whole split), got {value}")
         if self.checkpoint_mode not in CHECKPOINT_MODES:
             raise ValueError(f"--checkpoint-mode must be one of {', '.join(CHECKPOINT_MODES)}, got {self.checkpoint_mode!r}")
-        if self.pipeline not in PIPELINES:
-            raise ValueError(f"--pipeline must be one of {', '.join(PIPELINES)}, got {self.pipeline!r}")
         if self.keep_checkpoints < 1:
             raise ValueError(f"--keep-checkpoints must be >= 1, got {self.keep_checkpoints}")
         if not (math.isfinite(self.collective_timeout_s) and self.collective_timeout_s > 0):
@@ -281,3 +248,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> TrainConfig:
     given = given_dests(build_parser, argv) | set(command_choices(TrainConfig))
     overrides = {path: values[path] for dest in sorted(given) for path in writes.get(dest, ())}
     return from_jsonable(TrainConfig, merged(base, overrides), where=str(args.config))
+
+
+def check_data_dir(data: Path) -> None:
+    """--data must be mlet-prep's output dir; a raw file gets the mlet-prep command that converts it.
+    Checked once the flags parse, before any rank starts a process group."""
+    if data.is_file():
+        raise UserError(raw_file_message(data, "--data"))
+    if not (data / "meta.json").is_file():
+        raise UserError(
+            f"no prepared dataset at {data} (missing meta.json). Prepare one first, e.g.\n"
+            f"  mlet-prep criteo-kaggle data_prep/samples/criteo_sample.tsv {data}"
+        )

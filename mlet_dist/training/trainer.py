@@ -1,11 +1,13 @@
 """The training loop of a run: epochs of steps, evaluation points, best-model keeping, checkpoints.
 
 train.py builds the pieces (data, sharded model, optimizer, run dir) and hands them here, the
-way torchtitan keeps its train script a wiring file. Evaluation points are the end of every
+way torchtitan keeps its train script a wiring file. The steps themselves run in segments
+(loop.py's run_segment), each returning why it stopped; an epoch acts on that reason. Evaluation points are the end of every
 epoch and, with ``eval_every`` > 0, every ``eval_every`` global steps inside one; the point with
 the best validation AUC is the run's selected model (test AUC is logged, never used to choose).
 """
 
+import functools
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
@@ -25,8 +27,8 @@ from mlet_dist.training.checkpoint import CheckpointError, CheckpointManager, Tr
 from mlet_dist.training.data_position import resumed_epoch
 from mlet_dist.training.dead_run import DeadRunDetector
 from mlet_dist.training.diagnostics import is_projection_key, projection_spectra
-from mlet_dist.training.faults import maybe_fail
-from mlet_dist.training.loop import StepSegment
+from mlet_dist.training.faults import planned_fault
+from mlet_dist.training.loop import Boundaries, Cursor, LoopConfig, SegmentEnd, StepSegment, run_segment
 from mlet_dist.training.lr_schedule import LRSchedule, LRScheduleConfig
 from mlet_dist.training.run_dir import RunDirectory
 
@@ -83,24 +85,22 @@ class LossTally:
 
 
 @dataclass
-class LoopConfig:
-    epochs: int = 1
-    eval_every: int = 0  # global steps between mid-epoch evaluations; 0: end of epoch only
-    early_stop_patience: int = 0  # stop after this many evaluation points without a better val AUC; 0: never
-    checkpoint_every: int = 0
-    log_every: int = 10
-    progress: bool = False
-    spectra: bool = False  # log the spectra of the projections W at every evaluation point
-    pipeline: str = "sparse-dist"  # TorchRec's TrainPipelineSparseDist, or "none": the plain loop
-
-
-@dataclass
 class FitResult:
     steps: int
     train_seconds: float
     evaluations: int
     stopped_early_at: Optional[int] = None  # global step, when early stopping ended training
     dead_run: Optional[Dict[str, object]] = None  # DeadRunDetector.verdict(): val AUC stuck near 0.5
+
+
+@dataclass
+class _EpochRun:
+    """What the steps of one epoch share: its number and row plan, loss tally and progress bar."""
+
+    epoch: int
+    plan: Optional[Plan]
+    losses: LossTally
+    bar: tqdm
 
 
 class Trainer:
@@ -113,7 +113,9 @@ class Trainer:
         self.lr_schedule = lr_schedule or LRSchedule([], LRScheduleConfig())  # default: constant lrs
         self.train_stream, self.evaluate, self.out = train_stream, evaluate, out
         self.keeper, self.checkpoints = keeper, checkpoints
-        self.global_step = 0
+        self.cursor = Cursor()
+        self._fault = planned_fault("step", env.rank)  # read once: None in every normal run
+        self.boundaries = Boundaries(cfg.eval_every, cfg.checkpoint_every, None if self._fault is None else self._fault.step)
         self.train_seconds = 0.0
         self.evaluations = 0
         self._eval_seconds = 0.0
@@ -122,9 +124,13 @@ class Trainer:
         self.dead_run = DeadRunDetector()  # observes every evaluation point's val AUC
         self._pipeline_reported = False
 
+    @property
+    def global_step(self) -> int:
+        return self.cursor.global_step
+
     def fit(self, position: TrainPosition) -> FitResult:
         """Train from ``position`` (a fresh start or a resumed checkpoint) to the last epoch."""
-        self.global_step = position.step
+        self.cursor.global_step = position.step
         self.train_seconds = float(position.extra.get("train_seconds", 0.0))
         try:
             plan, resume_batch, note = resumed_epoch(position, self.train_stream)
@@ -152,63 +158,91 @@ class Trainer:
         return bool(patience) and self._points_since_best >= patience
 
     def _run_epoch(self, epoch: int, start: int, plan: Optional[Plan]) -> None:
-        """Segments of steps (one pipeline each) from batch ``start`` of ``plan`` (None: a whole
-        epoch); an evaluation point ends a segment, and the next one starts at the exact next batch."""
-        batches_in_epoch = self.train_stream.num_batches(plan)
+        """The epoch's steps from batch ``start`` of ``plan`` (None: a whole epoch), then its
+        evaluation point and checkpoint, unless early stopping ended it inside."""
+        self.cursor.next_batch, self.cursor.batches = start, self.train_stream.num_batches(plan)
         self._eval_seconds = 0.0
-        losses = LossTally(self.env.rank)
+        run = _EpochRun(epoch, plan, LossTally(self.env.rank), tqdm(
+            total=self.cursor.batches - start, desc=f"epoch {epoch}", unit="batch",
+            disable=not (self.cfg.show_progress and self.env.is_main)))
         started = time.perf_counter()
-        next_batch = start
-        bar = tqdm(total=batches_in_epoch - start, desc=f"epoch {epoch}", unit="batch",
-                   disable=not (self.cfg.progress and self.env.is_main))
-        stopped = False
-        while next_batch < batches_in_epoch and not stopped:
-            self.lr_schedule.apply(self.global_step + 1)  # the coming step's lr, before its zero_grad
-            segment = StepSegment(self.model, self.optimizer, self.train_stream.iter_from(next_batch, epoch, plan),
-                                  self.env.device, self.cfg.pipeline)
-            restart = False
-            for loss in segment:
-                next_batch += 1
-                self.global_step += 1
-                self.lr_schedule.apply(self.global_step + 1)  # the segment's next step runs on it
-                bar.update()
-                losses.add(self.global_step, epoch, next_batch - 1, loss)
-                if not self._pipeline_reported:
-                    self._report_pipeline(segment)
-                if self.global_step % self.cfg.log_every == 0:
-                    value = losses.flush()  # the one host sync, every --log-every steps
-                    self.checkpoints.finish_pending()  # an async write publishes at an agreed step
-                    self.out.log("train", step=self.global_step, loss=value)
-                    bar.set_postfix(loss=f"{value:.4f}")
-                maybe_fail("step", self.global_step, self.env.rank)
-                if next_batch >= batches_in_epoch:
-                    break  # the end of the epoch evaluates and checkpoints below
-                if self.cfg.eval_every and self.global_step % self.cfg.eval_every == 0:
-                    segment.close()  # the model's own forwards back before evaluation
-                    self._evaluation_point(epoch, is_last=False, event="eval", window_loss=losses.take_window_mean())
-                    stopped = self._patience_exhausted()
-                    restart = not stopped
-                    if restart and self._checkpoint_due():
-                        self._save_checkpoint(epoch, next_batch, plan)
-                    break
-                if self._checkpoint_due():
-                    losses.flush()  # a non-finite loss stops the run before its state is saved
-                    self._save_checkpoint(epoch, next_batch, plan)
-            segment.close()
-            if not restart:
-                break
-        bar.close()
-        mean_loss = losses.epoch_mean()
-        seconds = time.perf_counter() - started
-        steps = next_batch - start
-        self.train_seconds += seconds - self._eval_seconds  # training only
-        if self._patience_exhausted():  # stopped inside the epoch: that point was just evaluated
+        end = self._train_steps(run)
+        run.bar.close()
+        mean_loss = run.losses.epoch_mean()
+        train_seconds = time.perf_counter() - started - self._eval_seconds  # training only
+        self.train_seconds += train_seconds
+        # the second test: a run resumed after it stopped early trains one more epoch, then stops unevaluated
+        if end is SegmentEnd.EARLY_STOP or self._patience_exhausted():
             self._stop(epoch)
             return
+        samples = (self.cursor.next_batch - start) * self.train_stream.global_batch_size
+        self._end_epoch(run, mean_loss, samples / max(train_seconds, 1e-9))
+
+    def _train_steps(self, run: _EpochRun) -> SegmentEnd:
+        """Segments of steps to the epoch's end (EPOCH_END, or DATA_END) or to an evaluation point
+        that exhausts the patience (EARLY_STOP); after any other evaluation point the next segment
+        starts a fresh pipeline at the exact next batch."""
+        end = SegmentEnd.EPOCH_END  # resumed at the epoch's last batch: nothing left to train
+        while self.cursor.next_batch < self.cursor.batches:
+            end = self._segment(run)
+            if end is not SegmentEnd.EVAL_DUE:
+                return end
+            if self._evaluate_inside_epoch(run):
+                return SegmentEnd.EARLY_STOP
+        return end
+
+    def _segment(self, run: _EpochRun) -> SegmentEnd:
+        """One StepSegment (one pipeline) from the epoch's next batch to its first boundary but a
+        checkpoint (saved on the way, the pipeline going on); closed when it returns, so that an
+        evaluation finds the model's own forwards."""
+        self.lr_schedule.apply(self.global_step + 1)  # the coming step's lr, before its zero_grad
+        segment = StepSegment(self.model, self.optimizer,
+                              self.train_stream.iter_from(self.cursor.next_batch, run.epoch, run.plan),
+                              self.env.device, self.cfg.pipeline)
+        losses = iter(segment)
+        after_step = functools.partial(self._after_step, run, segment)
+        end = run_segment(losses, self.cursor, self.boundaries, after_step)
+        while end is SegmentEnd.CHECKPOINT_DUE:
+            run.losses.flush()  # a non-finite loss stops the run before its state is saved
+            self._save_checkpoint(run.epoch, self.cursor.next_batch, run.plan)
+            end = run_segment(losses, self.cursor, self.boundaries, after_step)
+        if end is SegmentEnd.FAULT and self._fault is not None:
+            self._fault.fire()
+        segment.close()
+        return end
+
+    def _after_step(self, run: _EpochRun, segment: StepSegment, loss: torch.Tensor) -> None:
+        """Per-step bookkeeping, no host sync but every --log-every steps: the next step's lr, the
+        loss tally, the progress bar, the pipeline report (once) and the train-loss record."""
+        step = self.global_step
+        self.lr_schedule.apply(step + 1)  # the segment's next step runs on it
+        run.bar.update()
+        run.losses.add(step, run.epoch, self.cursor.next_batch - 1, loss)
+        if not self._pipeline_reported:
+            self._report_pipeline(segment)
+        if step % self.cfg.log_every == 0:
+            value = run.losses.flush()  # the one host sync, every --log-every steps
+            self.checkpoints.finish_pending()  # an async write publishes at an agreed step
+            self.out.log("train", step=step, loss=value)
+            run.bar.set_postfix(loss=f"{value:.4f}")
+
+    def _evaluate_inside_epoch(self, run: _EpochRun) -> bool:
+        """An --eval-every point; True when it exhausts the patience (no checkpoint then), else a
+        checkpoint due at this step is written before the next segment."""
+        self._evaluation_point(run.epoch, is_last=False, event="eval", window_loss=run.losses.take_window_mean())
+        if self._patience_exhausted():
+            return True
+        if self._checkpoint_due():
+            self._save_checkpoint(run.epoch, self.cursor.next_batch, run.plan)
+        return False
+
+    def _end_epoch(self, run: _EpochRun, mean_loss: float, samples_per_s: float) -> None:
+        """The epoch's evaluation point and checkpoint; early stop when the patience runs out
+        before the last epoch."""
+        epoch = run.epoch
         metrics = self._evaluation_point(
-            epoch, is_last=epoch == self.cfg.epochs - 1, event="epoch", window_loss=losses.take_window_mean(),
-            train_loss=mean_loss,
-            samples_per_s=steps * self.train_stream.global_batch_size / max(seconds - self._eval_seconds, 1e-9))
+            epoch, is_last=epoch == self.cfg.epochs - 1, event="epoch", window_loss=run.losses.take_window_mean(),
+            train_loss=mean_loss, samples_per_s=samples_per_s)
         self._save_checkpoint(epoch + 1, 0, None)
         if self.env.is_main:
             print(f"epoch {epoch}: train loss {mean_loss:.4f}  "
@@ -253,7 +287,7 @@ class Trainer:
             self.out.log("dead_run", epoch=epoch, step=self.global_step, **self.dead_run.verdict())
             if self.env.is_main:
                 print(warning)
-        if self.cfg.spectra:
+        if self.cfg.diagnostics:
             self._log_spectra(epoch)
         self._eval_seconds += time.perf_counter() - started  # not training time
         return metrics
