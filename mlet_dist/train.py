@@ -25,7 +25,7 @@ from mlet_dist.distributed.env import DistEnv, init_distributed, shutdown_distri
 from mlet_dist.distributed.sharding import shard_model
 from mlet_dist.log_setup import quiet_library_logs
 from mlet_dist.models.ranking import model_factory
-from mlet_dist.serving import export_after_training, load_serving_sharded
+from mlet_dist.serving import load_serving_sharded, write_run_serving_dir
 from mlet_dist.planning.plan_io import load_checked_plan, save_plan
 from mlet_dist.training.best_model import BestModelKeeper
 from mlet_dist.training.checkpoint import CheckpointManager
@@ -49,7 +49,7 @@ def collapse_to_serving(cfg: TrainConfig, env: DistEnv) -> Collapse:
     """Owner-side collapse into the run's serving dir, loaded back as a stock TorchRec model.
     Wired here because serving/ sits above training/, where the post-training phase lives."""
     def collapse(model: nn.Module, source: Dict[str, object]) -> ServingCopy:
-        export = export_after_training(model, cfg, source=source)
+        export = write_run_serving_dir(model, cfg, cfg.data, cfg.run_dir, source=source)  # cfg: a ModelConfig
         collapsed, _ = load_serving_sharded(export.path, env.device, sharding=cfg.sharding.sharding)
         return ServingCopy(export.path, export.manifest["collapse"], collapsed)
     return collapse

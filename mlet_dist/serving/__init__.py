@@ -18,9 +18,8 @@ tables for mlet-predict --precision and the artifact's modules), contract (featu
 transform, OOV id: contract.json, and mlet-predict's raw-input checks).
 """
 
-from mlet_dist.serving.serving_dir_writer import (  # export_after_training: transitional, see its docstring
+from mlet_dist.serving.serving_dir_writer import (
     WrittenServingDir,
-    export_after_training,
     write_run_serving_dir,
     write_serving_dir,
 )
@@ -43,7 +42,6 @@ __all__ = [
     "ServingTopology",
     "TableSpec",
     "build_serving_model",
-    "export_after_training",
     "write_run_serving_dir",
     "write_serving_dir",
     "load_serving_model",

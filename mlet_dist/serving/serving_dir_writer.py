@@ -129,7 +129,7 @@ def _training_plan(model: nn.Module) -> Dict[str, str]:
     plan = getattr(model, "plan", None)
     out: Dict[str, str] = {}
     for module_plan in getattr(plan, "plan", {}).values():
-        for table, ps in module_plan.items():  # type: ignore[attr-defined]
+        for table, ps in module_plan.items():
             out[table] = ps.sharding_type
     return out
 
@@ -285,9 +285,3 @@ def write_run_serving_dir(
         serving_sharding=serving_sharding,
         overwrite=overwrite,
     )
-
-
-def export_after_training(model: nn.Module, cfg: Any, source: Optional[Dict[str, Any]] = None) -> WrittenServingDir:
-    """Transitional (issue 30): the committed train.py still calls this name; its working copy
-    calls ``write_run_serving_dir`` and this goes once that line is committed with train.py."""
-    return write_run_serving_dir(model, cfg, cfg.data, cfg.run_dir, source=source)
