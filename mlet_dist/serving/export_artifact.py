@@ -103,9 +103,12 @@ def _write_staging(serving_dir: Path, staging: Path, precisions: Sequence[str], 
     """Every file of the artifact in ``staging``, artifact.json last; returns its content."""
     model, sd = load_serving_model(serving_dir)  # refuses a directory whose checksums disagree
     root = dataset_root(sd, data)
-    meta = None if root is None else read_meta(root)
+    meta: Optional[Dict[str, Any]] = None
+    vocab_files: List[str] = []
+    if root is not None:
+        meta = read_meta(root)
+        vocab_files = _copy_raw_vocab(root, meta, staging / RAW_VOCAB)
     contract = build_contract(sd.model_config, meta)
-    vocab_files = _copy_raw_vocab(root, meta, staging / RAW_VOCAB) if root is not None else []
     sample = example_request(contract, batch_size=8)
     (staging / CONTRACT).write_text(json.dumps(contract, indent=1) + "\n")
     save_weights(model, sd.model_config, staging / WEIGHTS)

@@ -147,7 +147,7 @@ def build_serving_model(config: ServingModelConfig, device: torch.device = torch
         # TorchRec's cross networks have no reset_parameters: build them on CPU even for meta
         # (they are small), as mlet_dist.models.dcn does.
         with torch.device("cpu" if device.type == "meta" else device):
-            model = DLRM_DCN(
+            dcn = DLRM_DCN(
                 embedding_bag_collection=ebc,
                 dense_in_features=config.dense_in_features,
                 dense_arch_layer_sizes=list(config.dense_arch_layer_sizes),
@@ -158,7 +158,8 @@ def build_serving_model(config: ServingModelConfig, device: torch.device = torch
             )
             if config.dcn_low_rank == 0:
                 width = (len(config.feature_names) + 1) * config.embedding_dim
-                model.inter_arch.crossnet = CrossNet(in_features=width, num_layers=config.dcn_num_layers)
+                dcn.inter_arch.crossnet = CrossNet(in_features=width, num_layers=config.dcn_num_layers)
+        model = dcn
     set_bottom_mlp_output(model.dense_arch, config.bottom_mlp_output)
     return DLRMTrain(model)
 

@@ -32,7 +32,7 @@ from mlet_dist.serving.load import load_serving_model
 from mlet_dist.serving.manifest import ServingDir, ServingDirError, sha256_file
 from mlet_dist.serving.quantize import PRECISIONS, quantize_serving_model
 from data_prep.vocabulary import Vocabulary
-from mlet_dist.serving.contract import dataset_meta
+from mlet_dist.serving.contract import dataset_root
 from mlet_dist.serving.raw_input import RawScoringStream
 from mlet_dist.serving.scoring import BatchSource, ScoreResult, ScoringStream, rows_per_feature, score
 from mlet_dist.errors import user_error_exit
@@ -106,7 +106,7 @@ def check_writable(path: Path, flag: str) -> None:
         raise _cannot_write(flag, path, err) from None
 
 
-def write_atomically(path: Path, flag: str, write: Callable[[Path], None]) -> None:
+def write_atomically(path: Path, flag: str, write: Callable[[Path], object]) -> None:
     """``write(tmp)``, then rename it to ``path`` (readers never see a partial file); a full or
     read-only disk is one ValueError naming ``flag``, and the partial file is removed."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -206,14 +206,16 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
 def raw_stream(sd: ServingDir, args: argparse.Namespace) -> Tuple[RawScoringStream, Path]:
     """The raw file's stream and the training dataset whose vocabulary encodes it: --data, or the
     dataset the manifest names, refused unless its meta.json is the one the model was trained with."""
-    meta = dataset_meta(sd, args.data)
-    recorded = (sd.manifest.get("dataset") or {}).get("data_dir")
-    if meta is None:
+    from data_prep.dataset_format import read_meta
+
+    data = dataset_root(sd, args.data)
+    if data is None:
+        recorded = (sd.manifest.get("dataset") or {}).get("data_dir")
         raise ValueError(
             f"--raw needs the training dataset's vocabulary, and the serving manifest's dataset "
             f"{recorded or '(none recorded)'} is not there: pass --data TRAINING_DATASET_DIR"
         )
-    data = Path(args.data) if args.data is not None else Path(recorded)
+    meta = read_meta(data)
     tables = rows_per_feature(sd.manifest["tables"])
     wrong = {f: (int(meta["table_sizes"].get(f, -1)), n) for f, n in tables.items()
              if int(meta["table_sizes"].get(f, -1)) != n}

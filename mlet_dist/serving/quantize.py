@@ -7,11 +7,11 @@ int8 row of d=16 at 20 bytes instead of 32.
 """
 
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, Iterable, Optional
 
 import torch
 import torch.quantization as quant
-from torch import nn
+from torchrec.models.dlrm import DLRMTrain
 from torchrec.modules.embedding_configs import QuantConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.quant.embedding_modules import (
@@ -34,7 +34,8 @@ class TableMemory:
         return 1.0 - self.table_bytes / max(self.fp32_bytes, 1)
 
 
-def _storage_bytes(tensors) -> int:  # type: ignore[no-untyped-def]
+def _storage_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Bytes of the distinct storages: tensors that view one storage count it once."""
     seen: Dict[int, int] = {}
     for t in tensors:
         storage = t.untyped_storage()
@@ -58,7 +59,7 @@ def quantize_ebc(
     if precision not in ("fp16", "int8"):
         raise ValueError(f"precision must be fp16 or int8 here, got {precision!r}")
     dtype = PRECISIONS[precision]
-    ebc.qconfig = QuantConfig(  # type: ignore[assignment]
+    ebc.qconfig = QuantConfig(
         activation=quant.PlaceholderObserver.with_args(dtype=torch.float),
         weight=quant.PlaceholderObserver.with_args(dtype=dtype),
     )
@@ -72,10 +73,10 @@ def quantize_ebc(
         del ebc.qconfig
 
 
-def quantize_serving_model(model: nn.Module, precision: str) -> TableMemory:
+def quantize_serving_model(model: DLRMTrain, precision: str) -> TableMemory:
     """Swap the serving model's EBC (``model.model.sparse_arch.embedding_bag_collection``) for
     its quantized twin, in place; fp32 leaves it as is. Returns the table memory."""
-    sparse_arch = model.model.sparse_arch  # type: ignore[union-attr]
+    sparse_arch = model.model.sparse_arch
     ebc = sparse_arch.embedding_bag_collection
     if isinstance(ebc, QuantEmbeddingBagCollection):
         raise ValueError("the model's tables are already quantized")
