@@ -1,27 +1,29 @@
 """DCN-v2 over baseline and MLET collections: shapes, collapse, 2-rank sharded training.
 
-The sharded check runs this file as a torchrun worker (``python -m torch.distributed.run ...
-tests/test_dcn.py --worker OUT``): DCN-v2 with MLET tables, table-wise and row-wise, 6 SGD steps
-on 2 gloo ranks, every weight within 1e-5 of one process on the global batch.
+The sharded check (dcn_sharded_training, 2 spawned gloo ranks): DCN-v2 with MLET tables,
+table-wise and row-wise, 6 SGD steps, every weight within 1e-5 of one process on the global batch.
 """
 
-import argparse
 import json
-import sys
 from pathlib import Path
-from typing import Dict
+from typing import Any, Dict, Optional
 
 import pytest
 import torch
 from torchrec.models.dlrm import DLRMTrain
 from torchrec.modules.crossnet import CrossNet, LowRankCrossNet
 
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
-
-import equivalence_setup as setup  # noqa: E402
-from dist_launch import ROOT, torchrun  # noqa: E402
-from mlet_dist.models import DCNConfig, DLRMConfig, EmbeddingSpec, build_dcnv2, build_embedding_collection  # noqa: E402
-from mlet_dist.distributed.collapse import collapse_model  # noqa: E402
+import equivalence_setup as setup
+from dist_launch import ROOT, torchrun
+from mlet_dist.distributed.collapse import collapse_model
+from mlet_dist.distributed.env import DistEnv
+from mlet_dist.distributed.sharded_mlet import ShardedMLETEmbeddingBagCollection
+from mlet_dist.distributed.sharding import ShardingConfig, shard_model
+from mlet_dist.distributed.state import gather_full_state_dict, load_full_state_dict
+from mlet_dist.log_setup import quiet_library_logs
+from mlet_dist.models import DCNConfig, DLRMConfig, EmbeddingSpec, build_dcnv2, build_embedding_collection
+from mlet_dist.training.optim import OptimConfig, attach_fused_embedding_optimizer, build_optimizer
+from multiprocess import run_ranks
 
 DCN = DCNConfig(cross_layers=2, low_rank=4)
 SHARDINGS = ("table_wise", "row_wise")
@@ -85,10 +87,32 @@ def test_collapsed_dcn_predicts_like_the_trained_one() -> None:
     assert (trained - collapsed).abs().max() <= 1e-5
 
 
-def test_dcn_sharded_two_ranks_match_one_process(tmp_path: Path) -> None:
-    out = tmp_path / "dcn.pt"
-    torchrun(Path(__file__), ["--worker", str(out)], nproc=2)
-    result = torch.load(out, weights_only=True)
+def dcn_sharded_training(env: DistEnv) -> Optional[Dict[str, Any]]:
+    """Each sharding: the MLET DCN-v2 trained 6 SGD steps on this rank's slice; rank 0 returns the
+    gathered state, the plan and whether the MLET sharder sharded the tables."""
+    quiet_library_logs()
+    optim = OptimConfig(embedding_optimizer="sgd", embedding_lr=setup.LR, dense_optimizer="sgd", dense_lr=setup.LR)
+    results = {}
+    for sharding in SHARDINGS:
+        model = build_model(torch.device("meta"))
+        attach_fused_embedding_optimizer(model, optim)
+        sharded = shard_model(model, env, ShardingConfig(sharding))
+        load_full_state_dict(sharded, initial_state())
+        optimizer = build_optimizer(sharded, optim)
+        for step in range(setup.STEPS):
+            optimizer.zero_grad()
+            loss, _ = sharded(setup.rank_batch(step, env.rank, env.world_size))
+            loss.backward()
+            optimizer.step()
+        results[sharding] = {
+            "state": gather_full_state_dict(sharded), "plan": str(sharded.plan),
+            "owner_side": any(isinstance(m, ShardedMLETEmbeddingBagCollection) for m in sharded.modules()),
+        }
+    return results if env.is_main else None
+
+
+def test_dcn_sharded_two_ranks_match_one_process() -> None:
+    result = run_ranks(dcn_sharded_training, world_size=2)[0]
     ref = reference_run(world_size=2)
     init = initial_state()
     for sharding in SHARDINGS:
@@ -121,45 +145,3 @@ def test_train_script_arch_dcnv2_two_ranks_collapses(tmp_path: Path) -> None:
     plan = json.loads((run_dir / "plan.json").read_text())
     assert {e["sharding_type"] for e in next(iter(plan["plan"].values())).values()} == {"row_wise"}
 
-
-# ----------------------------------------------------------------------------
-# torchrun worker
-# ----------------------------------------------------------------------------
-
-
-def _worker(out: Path) -> None:
-    from mlet_dist.distributed.env import init_distributed, shutdown_distributed
-    from mlet_dist.distributed.sharded_mlet import ShardedMLETEmbeddingBagCollection
-    from mlet_dist.distributed.sharding import ShardingConfig, shard_model
-    from mlet_dist.distributed.state import gather_full_state_dict, load_full_state_dict
-    from mlet_dist.log_setup import quiet_library_logs
-    from mlet_dist.training.optim import OptimConfig, attach_fused_embedding_optimizer, build_optimizer
-
-    quiet_library_logs()
-    env = init_distributed("gloo")
-    optim = OptimConfig(embedding_optimizer="sgd", embedding_lr=setup.LR, dense_optimizer="sgd", dense_lr=setup.LR)
-    results = {}
-    for sharding in SHARDINGS:
-        model = build_model(torch.device("meta"))
-        attach_fused_embedding_optimizer(model, optim)
-        sharded = shard_model(model, env, ShardingConfig(sharding))
-        load_full_state_dict(sharded, initial_state())
-        optimizer = build_optimizer(sharded, optim)
-        for step in range(setup.STEPS):
-            optimizer.zero_grad()
-            loss, _ = sharded(setup.rank_batch(step, env.rank, env.world_size))
-            loss.backward()
-            optimizer.step()
-        results[sharding] = {
-            "state": gather_full_state_dict(sharded), "plan": str(sharded.plan),
-            "owner_side": any(isinstance(m, ShardedMLETEmbeddingBagCollection) for m in sharded.modules()),
-        }
-    if env.is_main:
-        torch.save(results, out)
-    shutdown_distributed()
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--worker", type=Path, required=True)
-    _worker(parser.parse_args().worker)
