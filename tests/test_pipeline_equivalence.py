@@ -2,29 +2,26 @@
 2 gloo ranks, 20 SGD steps, losses and every weight within 1e-6, table-, row- and column-wise
 (column-wise tables really split into 4 column shards over both ranks)."""
 
-from pathlib import Path
-
 import pytest
 import torch
 
 import equivalence_setup as setup
-from test_sharded_equivalence import _column_blocks, _run
+from sharded_training import run_sharded
+from test_sharded_equivalence import _column_blocks
 
-STEPS = "20"
+STEPS = 20
 TOL = 1e-6
 MOVED_MIN = 100 * TOL  # every weight must move far beyond the tolerance the runs are compared at
 
 
 @pytest.mark.parametrize("sharding", ["table_wise", "row_wise", "column_wise"])
-def test_pipelined_steps_equal_the_plain_loop(tmp_path: Path, sharding: str) -> None:
-    (tmp_path / "plain").mkdir()
-    (tmp_path / "piped").mkdir()
-    plain = _run(tmp_path / "plain", sharding, ["--steps", STEPS])
-    piped = _run(tmp_path / "piped", sharding, ["--steps", STEPS, "--pipeline", "sparse-dist"])
+def test_pipelined_steps_equal_the_plain_loop(sharding: str) -> None:
+    plain = run_sharded(sharding, steps=STEPS)
+    piped = run_sharded(sharding, steps=STEPS, pipeline="sparse-dist")
     assert piped["pipelined_modules"] >= 1, "the pipeline overlapped nothing: it ran as the plain loop"
     if sharding == "column_wise":
         assert _column_blocks(piped)
-    assert len(plain["losses_rank0"]) == len(piped["losses_rank0"]) == int(STEPS)
+    assert len(plain["losses_rank0"]) == len(piped["losses_rank0"]) == STEPS
     assert max(abs(a - b) for a, b in zip(plain["losses_rank0"], piped["losses_rank0"])) < TOL
     init = setup.initial_state(mlet=True)  # what both runs loaded before step 1
     assert set(plain["state"]) == set(piped["state"]) == set(init)

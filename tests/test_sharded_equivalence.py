@@ -10,27 +10,18 @@ spread over the ranks, so the sum of partial projections is exercised; under row
 TorchRec keeps one accumulator per (row, column shard), which the reference reproduces (and the
 test shows that a whole-row accumulator would differ).
 MLET tables are sharded by MLETEmbeddingBagCollectionSharder (projection on the owning rank,
-before the output all-to-all); ``--projection-after-comm`` keeps the projections as dense DDP
+before the output all-to-all); ``projection_after_comm`` keeps the projections as dense DDP
 parameters applied after the communication.
 """
 
-from pathlib import Path
-from typing import Dict, List, Mapping, Optional
+from typing import Dict, Mapping, Optional
 
 import pytest
-import torch
 
 import equivalence_setup as setup
-from dist_launch import ROOT, torchrun
+from sharded_training import run_sharded
 
-WORKER = ROOT / "tests" / "workers" / "sharded_train_worker.py"
-CW_SHARDS = 4  # k=64 / CW_SHARD_COLUMNS=16 in the worker
-
-
-def _run(tmp_path: Path, sharding: str, extra: List[str] = [], nproc: int = 2, optim: str = "sgd") -> dict:
-    out = tmp_path / f"{sharding}.pt"
-    torchrun(WORKER, ["--sharding", sharding, "--out", str(out), "--optim", optim, *extra], nproc=nproc)
-    return torch.load(out, weights_only=True)
+CW_SHARDS = 4  # k=64 / CW_SHARD_COLUMNS=16 in sharded_training.py
 
 
 def _column_blocks(result: dict) -> Dict[str, int]:
@@ -65,8 +56,8 @@ def _assert_matches_reference(
 @pytest.mark.parametrize(
     "sharding", ["table_wise", "row_wise", "table_row_wise", "column_wise", "data_parallel", "mixed"]
 )
-def test_owner_side_mlet_two_ranks_match_one_process(tmp_path: Path, sharding: str) -> None:
-    result = _run(tmp_path, sharding)
+def test_owner_side_mlet_two_ranks_match_one_process(sharding: str) -> None:
+    result = run_sharded(sharding)
     assert result["owner_side"], "MLET tables were not sharded by the MLET sharder"
     kinds = ["table_wise", "row_wise", "column_wise", "data_parallel"] if sharding == "mixed" else [sharding]
     assert {kind for kind, _, _ in result["shards"].values()} == set(kinds)
@@ -98,9 +89,9 @@ def test_update_comparison_sees_a_one_percent_gradient_scale_error() -> None:
     assert _worst(setup.update_errors(ref, ref, init)) == 0.0
 
 
-def test_rowwise_adagrad_and_adam_mixed_plan_match_one_process(tmp_path: Path) -> None:
+def test_rowwise_adagrad_and_adam_mixed_plan_match_one_process() -> None:
     """Fused rowwise Adagrad on TW/RW/CW/TWRW tables, Adam on MLPs and projections."""
-    result = _run(tmp_path, "mixed_twrw", optim="rowwise_adagrad+adam")
+    result = run_sharded("mixed_twrw", optim="rowwise_adagrad+adam")
     assert {kind for kind, _, _ in result["shards"].values()} == {
         "table_wise", "row_wise", "column_wise", "table_row_wise"}
     _assert_matches_reference(result, world_size=2, optim="rowwise_adagrad+adam")
@@ -111,38 +102,37 @@ def test_rowwise_adagrad_and_adam_mixed_plan_match_one_process(tmp_path: Path) -
 
 
 @pytest.mark.parametrize("mlet", [True, False], ids=["mlet", "baseline"])
-def test_rowwise_adagrad_data_parallel_matches_one_process(tmp_path: Path, mlet: bool) -> None:
+def test_rowwise_adagrad_data_parallel_matches_one_process(mlet: bool) -> None:
     """Data-parallel tables follow --embedding-optimizer/--embedding-lr like fused ones: DMP
     replicates them unfused, and training/optim.py gives them the embedding optimizer (they
     used to fall to the dense optimizer, Adam at the dense lr here, which this test fails on)."""
-    result = _run(tmp_path, "data_parallel", [] if mlet else ["--baseline"], optim="rowwise_adagrad+adam")
+    result = run_sharded("data_parallel", baseline=not mlet, optim="rowwise_adagrad+adam")
     assert {kind for kind, _, _ in result["shards"].values()} == {"data_parallel"}
     _assert_matches_reference(result, world_size=2, mlet=mlet, optim="rowwise_adagrad+adam")
 
 
 @pytest.mark.parametrize("sharding", ["table_wise", "auto"])
-def test_projection_after_comm_two_ranks_match_one_process(tmp_path: Path, sharding: str) -> None:
-    result = _run(tmp_path, sharding, ["--projection-after-comm"])
+def test_projection_after_comm_two_ranks_match_one_process(sharding: str) -> None:
+    result = run_sharded(sharding, projection_after_comm=True)
     assert not result["owner_side"]
     _assert_matches_reference(result, world_size=2)
 
 
-def test_owner_side_mlet_four_ranks_mixed_plan(tmp_path: Path) -> None:
-    result = _run(tmp_path, "mixed", nproc=4)
+def test_owner_side_mlet_four_ranks_mixed_plan() -> None:
+    result = run_sharded("mixed", nproc=4)
     assert result["owner_side"]
     _assert_matches_reference(result, world_size=4)
 
 
-def test_baseline_two_ranks_row_wise_match_one_process(tmp_path: Path) -> None:
-    result = _run(tmp_path, "row_wise", ["--baseline"])
+def test_baseline_two_ranks_row_wise_match_one_process() -> None:
+    result = run_sharded("row_wise", baseline=True)
     _assert_matches_reference(result, world_size=2, mlet=False)
 
 
 @pytest.mark.parametrize("sharding", ["table_wise", "row_wise"])
-def test_owner_side_projection_sends_d_over_k_bytes(tmp_path: Path, sharding: str) -> None:
-    owner = _run(tmp_path, sharding, ["--count-bytes"])["bytes_sent"]
-    (tmp_path / "after").mkdir()
-    after = _run(tmp_path / "after", sharding, ["--count-bytes", "--projection-after-comm"])["bytes_sent"]
+def test_owner_side_projection_sends_d_over_k_bytes(sharding: str) -> None:
+    owner = run_sharded(sharding, count_bytes=True)["bytes_sent"]
+    after = run_sharded(sharding, count_bytes=True, projection_after_comm=True)["bytes_sent"]
     d, k = 8, 64  # equivalence_setup.build_model
     assert after > 0 and owner > 0
     assert owner / after == pytest.approx(d / k, rel=1e-9), (owner, after)

@@ -1,31 +1,28 @@
-"""Run under torchrun: train the equivalence model sharded, write the full final state (rank 0).
+"""Train the equivalence model (equivalence_setup.py) sharded on spawned gloo ranks and return the
+full final state (rank 0): shared by test_sharded_equivalence.py and test_pipeline_equivalence.py.
 
---count-bytes also records the float bytes that the embedding output collectives (all-to-all,
+``count_bytes`` also records the float bytes that the embedding output collectives (all-to-all,
 reduce-scatter) send in one forward pass.
 """
 
-import argparse
-import sys
-from pathlib import Path
-from typing import Dict, List
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+import torch
+import torch.distributed as dist
+from torchrec.distributed import comm_ops
+from torchrec.distributed.planner import ParameterConstraints
 
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-from torchrec.distributed import comm_ops  # noqa: E402
-from torchrec.distributed.planner import ParameterConstraints  # noqa: E402
-
-import equivalence_setup as setup  # noqa: E402
-from mlet_dist.data.parquet_batches import LoadedBatch  # noqa: E402
-from mlet_dist.distributed.env import init_distributed, shutdown_distributed  # noqa: E402
-from mlet_dist.distributed.sharded_mlet import ShardedMLETEmbeddingBagCollection  # noqa: E402
-from mlet_dist.distributed.sharding import ShardingConfig, shard_model  # noqa: E402
-from mlet_dist.distributed.state import gather_full_state_dict, load_full_state_dict  # noqa: E402
-from mlet_dist.log_setup import quiet_library_logs  # noqa: E402
-from mlet_dist.training.loop import PIPELINES, StepSegment  # noqa: E402
-from mlet_dist.training.optim import OptimConfig, attach_fused_embedding_optimizer, build_optimizer  # noqa: E402
+import equivalence_setup as setup
+from mlet_dist.data.parquet_batches import LoadedBatch
+from mlet_dist.distributed.env import DistEnv
+from mlet_dist.distributed.sharded_mlet import ShardedMLETEmbeddingBagCollection
+from mlet_dist.distributed.sharding import ShardingConfig, shard_model
+from mlet_dist.distributed.state import gather_full_state_dict, load_full_state_dict
+from mlet_dist.log_setup import quiet_library_logs
+from mlet_dist.training.loop import StepSegment
+from mlet_dist.training.optim import OptimConfig, attach_fused_embedding_optimizer, build_optimizer
+from multiprocess import run_ranks
 
 MIXED = {"t_C1": "table_wise", "t_C2": "row_wise", "t_C3": "column_wise", "t_C4": "data_parallel"}
 MIXED_TWRW = {**MIXED, "t_C4": "table_row_wise"}  # the mixed plan without data-parallel
@@ -77,33 +74,40 @@ class ByteCounter:
         dist.reduce_scatter = rs_list
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--sharding", required=True)
-    parser.add_argument("--baseline", action="store_true")
-    parser.add_argument("--projection-after-comm", action="store_true")
-    parser.add_argument("--count-bytes", action="store_true")
-    parser.add_argument("--optim", choices=sorted(setup.OPTIMS), default="sgd")
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--steps", type=int, default=setup.STEPS)
-    parser.add_argument("--pipeline", choices=PIPELINES, default=None,
-                        help="run the steps through training/loop.py's StepSegment (default: a bare loop)")
-    args = parser.parse_args()
+@dataclass(frozen=True)
+class ShardedRun:
+    """What one sharded training run varies (the worker's command-line flags before)."""
+
+    sharding: str  # a sharding type, "auto", or "mixed"/"mixed_twrw" (the MIXED plans above)
+    baseline: bool = False  # the baseline EBC instead of MLET
+    projection_after_comm: bool = False  # projections as dense DDP parameters after the communication
+    count_bytes: bool = False
+    optim: str = "sgd"  # a key of equivalence_setup.OPTIMS
+    steps: int = setup.STEPS
+    pipeline: Optional[str] = None  # run the steps through training/loop.py's StepSegment (None: a bare loop)
+
+
+def run_sharded(sharding: str, nproc: int = 2, **options: Any) -> Dict[str, Any]:
+    """Rank 0's result of one ShardedRun on ``nproc`` spawned ranks."""
+    return run_ranks(train_sharded, nproc, args=(ShardedRun(sharding, **options),))[0]
+
+
+def train_sharded(env: DistEnv, run: ShardedRun) -> Optional[Dict[str, Any]]:
+    """One rank; rank 0 returns {state, losses_rank0, pipelined_modules, plan, shards, owner_side, bytes_sent}."""
     quiet_library_logs()
-    counter = ByteCounter() if args.count_bytes else None
-    env = init_distributed("gloo")
-    mlet = not args.baseline
-    o = setup.OPTIMS[args.optim]
+    counter = ByteCounter() if run.count_bytes else None
+    mlet = not run.baseline
+    o = setup.OPTIMS[run.optim]
     optim = OptimConfig(embedding_optimizer=o.embedding, embedding_lr=o.embedding_lr,
                         dense_optimizer=o.dense, dense_lr=o.dense_lr, eps=o.eps)
     model = setup.build_model(torch.device("meta"), mlet)
     attach_fused_embedding_optimizer(model, optim)
     mixed = {"mixed": MIXED, "mixed_twrw": MIXED_TWRW}
-    config = ShardingConfig("auto" if args.sharding in mixed else args.sharding,
-                            owner_projection=not args.projection_after_comm)
+    config = ShardingConfig("auto" if run.sharding in mixed else run.sharding,
+                            owner_projection=not run.projection_after_comm)
     tables = [f"t_{f}" for f in setup.TABLE_SIZES]
-    kinds = mixed.get(args.sharding, {t: args.sharding for t in tables})
-    sharded = shard_model(model, env, config, constraints(kinds) if args.sharding != "auto" else None)
+    kinds = mixed.get(run.sharding, {t: run.sharding for t in tables})
+    sharded = shard_model(model, env, config, constraints(kinds) if run.sharding != "auto" else None)
     load_full_state_dict(sharded, setup.initial_state(mlet))
     optimizer = build_optimizer(sharded, optim)
     bytes_sent: List[int] = []
@@ -115,8 +119,8 @@ def main() -> None:
         counter.active = False
         bytes_sent.append(counter.sent)
     losses = []
-    if args.pipeline is None:
-        for step in range(args.steps):
+    if run.pipeline is None:
+        for step in range(run.steps):
             optimizer.zero_grad()
             loss, _ = sharded(setup.rank_batch(step, env.rank, env.world_size))
             loss.backward()
@@ -124,8 +128,8 @@ def main() -> None:
             losses.append(float(loss))
     else:
         batches = (LoadedBatch(setup.rank_batch(step, env.rank, env.world_size), setup.LOCAL_BATCH)
-                   for step in range(args.steps))
-        segment = StepSegment(sharded, optimizer, batches, env.device, args.pipeline)
+                   for step in range(run.steps))
+        segment = StepSegment(sharded, optimizer, batches, env.device, run.pipeline)
         losses = [float(loss) for loss in segment]
         pipelined_modules = segment.pipelined_modules
     state = gather_full_state_dict(sharded)
@@ -138,12 +142,8 @@ def main() -> None:
                 sorted({s.placement.rank() for s in ps.sharding_spec.shards}) if ps.sharding_spec is not None else []]
         for module_plan in sharded.plan.plan.values() for table, ps in module_plan.items()
     }
-    if env.is_main:
-        torch.save({"state": state, "losses_rank0": losses,
-                    "pipelined_modules": pipelined_modules if args.pipeline else None, "plan": str(sharded.plan), "shards": shards,
-                    "owner_side": owner_side, "bytes_sent": int(total_bytes.item())}, args.out)
-    shutdown_distributed()
-
-
-if __name__ == "__main__":
-    main()
+    if not env.is_main:
+        return None
+    return {"state": state, "losses_rank0": losses,
+            "pipelined_modules": pipelined_modules if run.pipeline else None, "plan": str(sharded.plan), "shards": shards,
+            "owner_side": owner_side, "bytes_sent": int(total_bytes.item())}
