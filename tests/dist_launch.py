@@ -1,4 +1,5 @@
-"""Launch a worker script under torchrun with N gloo ranks on this box."""
+"""Launch a script (train.py, a CLI) under torchrun with N gloo ranks on this box: for the tests of
+the launch path itself. A test function that needs several ranks runs them with tests/multiprocess.py."""
 
 import os
 import subprocess

@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from torchx.runner import get_runner
+from torchx.specs import macros
+
+from launch import preflight
+from launch.components import LaunchError, train
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from torchx.runner import get_runner  # noqa: E402
-from torchx.specs import macros  # noqa: E402
-
-from launch import preflight  # noqa: E402
-from launch.components import LaunchError, train  # noqa: E402
 
 COMPONENT = f"{REPO}/launch/components.py:train"
 CLUSTER_ARGS = ["-j", "2x8", "--gpu", "8", "--cpu", "64", "--memMB", "480000",

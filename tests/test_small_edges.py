@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from launch.components import LaunchError, train
 
-from launch.components import LaunchError, train  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _python_in(cwd: Path, code: str) -> subprocess.CompletedProcess:
