@@ -28,7 +28,7 @@ def exact_storage_alias(tensor: torch.Tensor) -> torch.Tensor:
         return tensor
     start = tensor.storage_offset() * tensor.element_size()
     exact = storage[start:start + tensor.nbytes]
-    return torch.empty(0, dtype=tensor.dtype, device=tensor.device).set_(exact, 0, tensor.shape)
+    return torch.empty(0, dtype=tensor.dtype, device=tensor.device).set_(exact).view(tensor.shape)
 
 
 class ExactStorageSavePlanner(DefaultSavePlanner):
