@@ -24,13 +24,14 @@ import io
 import pickle
 import sys
 from pathlib import Path
-from typing import IO, Any, Dict, Iterable, List, Optional, Union
+from typing import IO, Any, Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed._shard._utils import narrow_tensor_by_index
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.filesystem import _StorageInfo
 from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, LoadPlanner, ReadItem
 from torch.distributed.checkpoint._traverse import set_element
 from torch.futures import Future
@@ -116,9 +117,9 @@ class SafeFileSystemReader(FileSystemReader):
                 raise UnsafeCheckpointError(f"checkpoint names storage file {rel!r}, which the manifest does not list")
             storage[index] = info
         metadata.storage_data = storage
-        if getattr(metadata, "storage_meta", None) is None:
-            metadata.storage_meta = StorageMeta()
-        metadata.storage_meta.load_id = self.load_id
+        storage_meta = metadata.storage_meta or StorageMeta()  # a checkpoint saved without one
+        storage_meta.load_id = self.load_id
+        metadata.storage_meta = storage_meta
         return metadata
 
     def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future:
@@ -135,33 +136,53 @@ class SafeFileSystemReader(FileSystemReader):
                         item, info.transform_descriptors or (), self._slice_file(file, info))
                     if item.type == LoadItemType.BYTE_IO:
                         planner.load_bytes(item, io.BytesIO(view.read(-1)))
-                    else:  # a transformed (e.g. compressed) stream has no bytes to read in place
-                        _read_tensor(item, planner, view, None if info.transform_descriptors else (file, info))
+                    else:  # a transformed (e.g. compressed) stream has no bytes to read in place; the
+                        # local FileSystem's files are BufferedReaders (readinto)
+                        raw = ((file, info) if isinstance(file, io.BufferedIOBase) and not info.transform_descriptors
+                               else None)
+                        _read_tensor(item, planner, view, raw)
         done: Future = Future()
         done.set_result(None)
         return done
 
 
-def _read_tensor(item: ReadItem, planner: LoadPlanner, view: IO[bytes], raw: Optional[tuple]) -> None:
+def _read_tensor(item: ReadItem, planner: LoadPlanner, view: IO[bytes],
+                 raw: Optional[Tuple[io.BufferedIOBase, _StorageInfo]]) -> None:
     """Fill the destination of one stored tensor (or of the part of it this rank loads). ``raw``:
     (the open file, the item's _StorageInfo) when its bytes lie in the file as stored."""
     target = planner.resolve_tensor(item).detach()
-    stored = _stored_header(view) if raw is not None else None
-    region = narrow_tensor_by_index(stored, item.storage_offsets, item.lengths) if stored is not None else None
-    if region is not None and _readable_in_place(region, target):
-        file, info = raw  # type: ignore[misc]
-        _check_inside(stored, info.length, item)  # type: ignore[arg-type]
-        file.seek(info.offset + _byte_offset(region))
-        _read_exactly(file, target, item)
-    else:  # another dtype, a strided part, another byte order, a transformed stream: DCP's way
-        view.seek(0)
-        tensor = narrow_tensor_by_index(torch.load(view, map_location="cpu", weights_only=True),
-                                        item.storage_offsets, item.lengths)
-        if tensor.size() != target.size():
-            raise ValueError(f"{item.storage_index.fqn}: stored {tuple(tensor.size())}, loading into "
-                             f"{tuple(target.size())}")
-        target.copy_(tensor)
+    if raw is None or not _read_in_place(item, view, raw, target):
+        _load_and_copy(item, view, target)
     planner.commit_tensor(item, target)
+
+
+def _read_in_place(item: ReadItem, view: IO[bytes], raw: Tuple[io.BufferedIOBase, _StorageInfo],
+                   target: torch.Tensor) -> bool:
+    """Read the item's bytes from the file straight into ``target``; False, having read nothing,
+    when they are not ``target``'s bytes as they lie (then DCP's way must convert them)."""
+    stored = _stored_header(view)
+    if stored is None:
+        return False
+    region = narrow_tensor_by_index(stored, item.storage_offsets, item.lengths)
+    if not _readable_in_place(region, target):
+        return False
+    file, info = raw
+    _check_inside(stored, info.length, item)
+    file.seek(info.offset + _byte_offset(region))
+    _read_exactly(file, target, item)
+    return True
+
+
+def _load_and_copy(item: ReadItem, view: IO[bytes], target: torch.Tensor) -> None:
+    """DCP's way, for another dtype, a strided part, another byte order or a transformed stream:
+    load the stored tensor whole, then copy this rank's part into ``target``."""
+    view.seek(0)
+    tensor = narrow_tensor_by_index(torch.load(view, map_location="cpu", weights_only=True),
+                                    item.storage_offsets, item.lengths)
+    if tensor.size() != target.size():
+        raise ValueError(f"{item.storage_index.fqn}: stored {tuple(tensor.size())}, loading into "
+                         f"{tuple(target.size())}")
+    target.copy_(tensor)
 
 
 def _stored_header(view: IO[bytes]) -> Optional[torch.Tensor]:
@@ -184,23 +205,30 @@ def _readable_in_place(region: torch.Tensor, target: torch.Tensor) -> bool:
             and region.is_contiguous() and target.is_contiguous())
 
 
+def _checkpoint_offset(stored: torch.Tensor) -> int:
+    """Where a header's storage bytes start in its stored item: torch.load(map_location="meta")
+    records it on every storage it makes (torch/serialization.py, load_tensor)."""
+    offset = stored.untyped_storage()._checkpoint_offset
+    assert offset is not None, "torch.load onto the meta device recorded no storage offset"
+    return offset
+
+
 def _byte_offset(region: torch.Tensor) -> int:
     """Where ``region``'s first byte lies from the start of its stored item."""
-    return region.untyped_storage()._checkpoint_offset + region.storage_offset() * region.element_size()
+    return _checkpoint_offset(region) + int(region.storage_offset()) * region.element_size()
 
 
 def _check_inside(stored: torch.Tensor, item_length: int, item: ReadItem) -> None:
     """The stored tensor's storage must lie inside its item's bytes (a crafted size would read its neighbours)."""
-    storage = stored.untyped_storage()
-    if storage._checkpoint_offset + storage.nbytes() > item_length:
+    if _checkpoint_offset(stored) + stored.untyped_storage().nbytes() > item_length:
         raise UnsafeCheckpointError(f"checkpoint entry {item.storage_index.fqn!r} claims bytes past its end")
 
 
-def _read_exactly(file: IO[bytes], target: torch.Tensor, item: ReadItem) -> None:
+def _read_exactly(file: io.BufferedIOBase, target: torch.Tensor, item: ReadItem) -> None:
     """Read ``target.nbytes`` bytes from ``file`` into ``target``'s memory."""
     if target.numel() == 0:
         return
-    buffer = memoryview(target.reshape(-1).view(torch.uint8).numpy())
+    buffer = target.reshape(-1).view(torch.uint8).numpy().data
     filled = 0
     while filled < len(buffer):
         got = file.readinto(buffer[filled:])
