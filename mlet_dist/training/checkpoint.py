@@ -192,8 +192,9 @@ class CheckpointManager:
     def _published(self) -> List[Path]:
         if not self.root.is_dir():
             return []
-        found = [p for p in self.root.iterdir() if _NAME.match(p.name) and (p / TRAIN_STATE).is_file()]
-        return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))  # type: ignore[union-attr]
+        steps = {int(m.group(1)): p for p in self.root.iterdir()
+                 if (m := _NAME.match(p.name)) and (p / TRAIN_STATE).is_file()}
+        return [steps[step] for step in sorted(steps)]
 
     def latest(self) -> Optional[Path]:
         published = self._published()
@@ -214,8 +215,12 @@ class CheckpointManager:
         state = {"model": model.state_dict(), "optim": optimizer.state_dict()}
         pending = _Pending(tmp, final, position, torch.get_rng_state().tolist())
         if self._async_group is not None and self._staging_fits(state, position.step):
-            pending.future = dcp.async_save(state, checkpoint_id=str(tmp), process_group=self._async_group,
-                                            async_stager=HostCopyStager())
+            written = dcp.async_save(state, checkpoint_id=str(tmp), process_group=self._async_group,
+                                     async_stager=HostCopyStager())
+            # HostCopyStager stages before async_save returns, so DCP hands back the write's Future (an
+            # AsyncSaveResponse is for a stager that stages in the background).
+            assert isinstance(written, Future), f"dcp.async_save returned {type(written).__name__}"
+            pending.future = written
             self._pending = pending
         else:
             dcp.save(state, checkpoint_id=str(tmp), planner=ExactStorageSavePlanner())  # no 2nd copy in RAM
