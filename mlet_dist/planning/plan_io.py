@@ -237,7 +237,7 @@ def load_checked_plan(path: PathLike, model: nn.Module, world_size: int, device_
 def _check_compute_kernels(plan: ShardingPlan, source: str) -> None:
     kernels = {k.value for k in EmbeddingComputeKernel}
     for module_plan in plan.plan.values():
-        for table, sharding in module_plan.items():  # type: ignore[attr-defined]
+        for table, sharding in module_plan.items():
             if sharding.compute_kernel not in kernels:
                 raise PlanMismatchError(f"{source}: table {table!r} names compute kernel "
                                         f"{sharding.compute_kernel!r}; TorchRec knows {sorted(kernels)}")
@@ -274,14 +274,14 @@ def check_plan_fits(
         except AttributeError:
             raise PlanMismatchError(f"{source} names module {path!r}, which the model does not have")
         tables = _shardable_tables(module)
-        planned = set(module_plan.keys())  # type: ignore[attr-defined]
+        planned = set(module_plan.keys())
         if planned != set(tables):
             raise PlanMismatchError(
                 f"{source}: module {path!r} has tables {sorted(tables)} but the plan places "
                 f"{sorted(planned)} (missing {sorted(set(tables) - planned)}, "
                 f"unknown {sorted(planned - set(tables))})"
             )
-        for table, ps in module_plan.items():  # type: ignore[attr-defined]
+        for table, ps in module_plan.items():
             _check_parameter_sharding(source, path, table, ps, tables[table], world_size, device_type)
 
 

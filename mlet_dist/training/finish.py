@@ -10,7 +10,7 @@ hands it in as a callable (``Collapse``).
 import contextlib
 import io
 from pathlib import Path
-from typing import Callable, Dict, NamedTuple, Optional
+from typing import Any, Callable, Dict, NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -37,7 +37,7 @@ from mlet_dist.training.evaluation import Predictions, predict
 from mlet_dist.training.trainer import FitResult
 
 EVAL_SPLITS = ("val", "test")
-Summary = Dict[str, object]
+Summary = Dict[str, Any]  # summary.json: JSON values
 ModelBuilder = Callable[[torch.device], nn.Module]
 
 
@@ -117,7 +117,8 @@ def collapse_and_compare(model: nn.Module, cfg: TrainConfig, env: DistEnv, fit: 
     what the trained one does (the max difference goes into the summary). Returns the trained
     model's predictions, for reuse by --save-predictions."""
     trained = evaluate_all(model, cfg, env, "trained")
-    source = {"selected_epoch": keeper.best_epoch, "selected_step": keeper.best_step, "steps": fit.steps}
+    source: Dict[str, object] = {"selected_epoch": keeper.best_epoch, "selected_step": keeper.best_step,
+                                 "steps": fit.steps}
     serving = collapse(model, source)
     collapsed = evaluate_all(serving.model, cfg, env, "collapsed")
     summary["serving_dir"] = str(serving.path)

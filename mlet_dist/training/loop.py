@@ -106,7 +106,7 @@ class StepSegment:
                         output = self._pipeline.progress(batches)
                     except StopIteration:
                         return
-                    self.pipelined_modules = len(self._pipeline._pipelined_modules)  # type: ignore[union-attr]
+                    self.pipelined_modules = len(self._pipeline._pipelined_modules)
                     yield output[0].detach()
         finally:
             self.close()
