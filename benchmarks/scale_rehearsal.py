@@ -26,6 +26,13 @@ Stages (every command is the one a user runs, a fresh process tree sampled for R
   --prep-fraction runs the prep stage on fewer rows (its whole time extrapolated from its rate):
   on a shared 2-core box raw TSV is written at ~3 MB/s, an hour for Kaggle's 11 GB.
 
+--ci is the test suite's run (tests/test_scale_rehearsal.py, under 2 minutes at a tiny --fraction):
+every two-rank job starts torch and TorchRec again (tens of seconds each under load), so one MLET
+run on the plan (3x--kill-every steps, a checkpoint every --kill-every) stands for the train stage's
+full-tables run, the epoch stage and the kill -9 stage's uninterrupted run, and the small-tables
+training is not run. kaggle.json says so where each would be ("reused_from", "skipped"); a run
+without --ci runs every one of them.
+
 The synthetic labels are independent of the features: AUC ~0.5 and NE ~1 are the expected values
 (the epoch stage measures time and memory, not model quality).
 Timings on a shared machine are upper bounds; peak RSS figures hold regardless.
@@ -65,6 +72,18 @@ class StageFailed(RuntimeError):
     pass
 
 
+REFERENCE = f"train.{HEADLINE}.full_tables"  # where --ci's one MLET run is reported
+
+
+def ci_shortcuts(args: argparse.Namespace) -> Dict[str, str]:
+    """The runs --ci does not make, each with what kaggle.json says in its place (empty without --ci:
+    the full rehearsal runs every stage)."""
+    if not args.ci:
+        return {}
+    return {"small_tables": "skipped (--ci): tables capped at --small-table-rows are not trained",
+            "epoch": REFERENCE, "kill9_uninterrupted": REFERENCE}
+
+
 def kaggle_table_sizes(fraction: float) -> List[int]:
     from data_prep.synthetic import TABLE_SIZE_PRESETS
 
@@ -77,8 +96,12 @@ def tool(name: str) -> str:
 
 
 def run_measured(cmd: Sequence[str], log: Path) -> Dict[str, Any]:
-    """Run ``cmd`` as a fresh process tree: wall seconds, peak RSS of the tree, peak per rank
-    (a torchrun worker's RANK). A failure raises StageFailed with the tail of its output."""
+    """Run ``cmd`` as a fresh process tree: wall seconds, CPU seconds of the tree (steadier than wall
+    seconds on a shared box), peak RSS of the tree, peak per rank (a torchrun worker's RANK).
+    A failure raises StageFailed with the tail of its output."""
+    import resource
+
+    cpu_before = _children_cpu_seconds(resource)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), PATH=f"{Path(sys.executable).parent}:"
                f"{os.environ.get('PATH', '')}")
     with open(log, "w") as out:
@@ -89,7 +112,14 @@ def run_measured(cmd: Sequence[str], log: Path) -> Dict[str, Any]:
         seconds = time.perf_counter() - started
     if code != 0:
         raise StageFailed(f"{' '.join(map(str, cmd[:3]))} ... exit {code}: {log.read_text()[-2000:]}")
-    return {"seconds": round(seconds, 3), "peak_rss_bytes": rss.peak, "rank_peaks": rss.peak_by_label()}
+    return {"seconds": round(seconds, 3), "cpu_seconds": round(_children_cpu_seconds(resource) - cpu_before, 2),
+            "peak_rss_bytes": rss.peak, "rank_peaks": rss.peak_by_label()}
+
+
+def _children_cpu_seconds(resource: Any) -> float:
+    """User + system seconds of this process's finished children (and theirs, once waited for)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def dir_bytes(path: Path) -> int:
@@ -145,7 +175,7 @@ def stage_prep(args: argparse.Namespace, sizes: List[int], rows: int) -> Dict[st
 
 
 def _plain(measured: Dict[str, Any]) -> Dict[str, Any]:
-    return {"seconds": measured["seconds"], "peak_rss_bytes": measured["peak_rss_bytes"]}
+    return {key: measured[key] for key in ("seconds", "cpu_seconds", "peak_rss_bytes")}
 
 
 def training_data(args: argparse.Namespace, sizes: List[int], name: str, steps: int) -> Path:
@@ -192,26 +222,57 @@ def metrics_events(run_dir: Path, event: str) -> List[Dict[str, Any]]:
 def train_once(args: argparse.Namespace, data: Path, model: str, plan: Optional[Path], tag: str) -> Dict[str, Any]:
     run_dir = args.workdir / f"run_{model}_{tag}"
     cmd = train_command(args, data, model, run_dir, plan, args.steps, 2, "--no-resume")
-    measured = run_measured(cmd, args.workdir / f"train_{model}_{tag}.log")
+    return train_record(run_measured(cmd, args.workdir / f"train_{model}_{tag}.log"), run_dir)
+
+
+def train_record(measured: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
+    """A finished mlet-train run as the train stage reports it."""
     epoch = metrics_events(run_dir, "epoch")[-1]
-    return {**_plain(measured), "samples_per_s": round(epoch["samples_per_s"], 1),
+    return {**_plain(measured), "steps": epoch["step"], "samples_per_s": round(epoch["samples_per_s"], 1),
             "rank_peak_rss_bytes": measured["rank_peaks"], "run_dir": str(run_dir)}
 
 
-def stage_train(args: argparse.Namespace, full: Path, small: Path, plans: Dict[str, Any],
-                report: Dict[str, Any]) -> Dict[str, Any]:
+KILL_EVAL_BATCHES = 2  # val/test batches of the kill -9 stage's runs (their end metrics are compared)
+
+
+def kill_flags(args: argparse.Namespace) -> List[str]:
+    """mlet-train flags of the kill -9 stage's runs: a sync checkpoint every --kill-every steps."""
+    return ["--checkpoint-every", str(args.kill_every), "--keep-checkpoints", "1", "--log-every", "1",
+            "--checkpoint-mode", "sync"]
+
+
+def ci_reference_run(args: argparse.Namespace, data: Path, plan: Path) -> Dict[str, Any]:
+    """--ci's one MLET run on the plan: the kill -9 stage's uninterrupted run (3x--kill-every steps,
+    its checkpoints, KILL_EVAL_BATCHES of val and test), reported as the train stage's full-tables
+    run and as the epoch stage."""
+    run_dir = args.workdir / "run_reference"
+    cmd = train_command(args, data, HEADLINE, run_dir, plan, 3 * args.kill_every, KILL_EVAL_BATCHES,
+                        "--no-resume", *kill_flags(args))
+    record = train_record(run_measured(cmd, args.workdir / "train_reference.log"), run_dir)
+    record["also"] = (f"checkpoints every {args.kill_every} steps (--ci: this run is also the epoch stage and the "
+                      "kill -9 stage's uninterrupted run)")
+    return record
+
+
+def stage_train(args: argparse.Namespace, full: Path, small: Optional[Path], plans: Dict[str, Any],
+                report: Dict[str, Any], reference: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """Every model on the full and the small tables; the headline's full-tables run is ``reference``
+    when --ci made it, and ``small`` is None when --ci skips the small tables."""
+    skipped = ci_shortcuts(args).get("small_tables")
     result = report["train"] = {"steps": args.steps, "batch_size_per_rank": args.batch_size, "world": args.world}
     for model in args.models:
-        result[model] = {"full_tables": train_once(args, full, model, Path(plans[model]["file"]), "full"),
-                         "small_tables": train_once(args, small, model, None, "small")}
+        full_run = reference if model == HEADLINE and reference is not None else None
+        result[model] = {
+            "full_tables": full_run or train_once(args, full, model, Path(plans[model]["file"]), "full"),
+            "small_tables": {"skipped": skipped} if small is None else train_once(args, small, model, None, "small")}
         for tag, run in result[model].items():  # disk: only the headline's full run is collapsed later
-            if (model, tag) != (HEADLINE, "full_tables"):
+            if (model, tag) != (HEADLINE, "full_tables") and "run_dir" in run:
                 shutil.rmtree(run["run_dir"], ignore_errors=True)
         write_report(args, report)  # a model at a time: minutes each at Kaggle size
     if HEADLINE in result and "baseline_d16" in result:  # the MLET/stock throughput ratio per table size
         result["mlet_over_d16"] = {tag: round(result[HEADLINE][tag]["samples_per_s"]
                                               / result["baseline_d16"][tag]["samples_per_s"], 3)
-                                   for tag in ("full_tables", "small_tables")}
+                                   for tag in ("full_tables", "small_tables") if tag != "small_tables" or small}
     return result
 
 
@@ -337,17 +398,23 @@ def resumed_step(log: str) -> Optional[int]:
     return int(found.group(1)) if found else None
 
 
-def stage_kill_resume(args: argparse.Namespace, data: Path, plan: Path) -> Dict[str, Any]:
+def stage_kill_resume(args: argparse.Namespace, data: Path, plan: Path,
+                      reference: Optional[Dict[str, Any]]) -> Dict[str, Any]:
     """kill -9 during the second checkpoint save, resume, and compare every later step's loss and
-    the end metrics with an uninterrupted run of the same steps (exact equality)."""
+    the end metrics with an uninterrupted run of the same steps (exact equality): ``reference``
+    (--ci's run, made by ci_reference_run with these flags) or one run here."""
     every = args.kill_every
-    steps, flags = 3 * every, ["--checkpoint-every", str(every), "--keep-checkpoints", "1", "--log-every", "1",
-                               "--checkpoint-mode", "sync"]
-    clean_dir, killed_dir = args.workdir / "run_uninterrupted", args.workdir / "run_killed"
-    clean = run_measured(train_command(args, data, HEADLINE, clean_dir, plan, steps, 2, "--no-resume", *flags),
-                         args.workdir / "kill_uninterrupted.log")
-    shutil.rmtree(clean_dir / "checkpoints", ignore_errors=True)  # only its losses and metrics are compared
-    cmd = train_command(args, data, HEADLINE, killed_dir, plan, steps, 2, *flags)
+    steps, flags = 3 * every, kill_flags(args)
+    killed_dir = args.workdir / "run_killed"
+    if reference is None:
+        clean_dir = args.workdir / "run_uninterrupted"
+        clean = run_measured(train_command(args, data, HEADLINE, clean_dir, plan, steps, KILL_EVAL_BATCHES,
+                                           "--no-resume", *flags),
+                             args.workdir / "kill_uninterrupted.log")
+        shutil.rmtree(clean_dir / "checkpoints", ignore_errors=True)  # only its losses and metrics are compared
+    else:
+        clean_dir, clean = Path(reference["run_dir"]), reference
+    cmd = train_command(args, data, HEADLINE, killed_dir, plan, steps, KILL_EVAL_BATCHES, *flags)
     tmp = killed_dir / "checkpoints" / f".step-{2 * every:08d}.tmp"
     kill = kill_during_save([*cmd, "--no-resume"], tmp, args.workdir / "kill_killed.log", args.kill_timeout,
                             int(args.kill_after_gb * GB))
@@ -359,10 +426,12 @@ def stage_kill_resume(args: argparse.Namespace, data: Path, plan: Path) -> Dict[
               "resumed_from_step": resumed_step(log),
               "resume_seconds": resumed["seconds"], "uninterrupted_seconds": clean["seconds"],
               "steps_compared": len(expected), "steps_differing": differing,
-              "end_metrics_equal": end_metrics(clean_dir) == end_metrics(killed_dir)}
+              "end_metrics_equal": end_metrics(clean_dir) == end_metrics(killed_dir),
+              "uninterrupted_run": REFERENCE if reference is not None else "its own"}
     result["matches_uninterrupted"] = not differing and result["end_metrics_equal"] and len(got) == len(expected)
     shutil.rmtree(killed_dir, ignore_errors=True)
-    shutil.rmtree(clean_dir, ignore_errors=True)
+    if reference is None:
+        shutil.rmtree(clean_dir, ignore_errors=True)
     return result
 
 
@@ -370,11 +439,17 @@ def stage_epoch(args: argparse.Namespace, data: Path, plan: Path, rows: int) -> 
     """MLET 64->16 at Kaggle table sizes on the plan for --epoch-steps, val/test AUC and NE on the
     first --epoch-eval-batches batches, and the time of a whole Kaggle epoch (6/7 of the rows,
     the reference split's train part) extrapolated from samples/s."""
-    train_rows = rows * 6 // 7
     run_dir = args.workdir / "run_epoch"
     cmd = train_command(args, data, HEADLINE, run_dir, plan, args.epoch_steps, args.epoch_eval_batches,
                         "--no-resume")
-    measured = run_measured(cmd, args.workdir / "epoch.log")
+    result = epoch_record(args, run_measured(cmd, args.workdir / "epoch.log"), run_dir, rows)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return result
+
+
+def epoch_record(args: argparse.Namespace, measured: Dict[str, Any], run_dir: Path, rows: int) -> Dict[str, Any]:
+    """A finished MLET run on the plan as the epoch stage reports it."""
+    train_rows = rows * 6 // 7
     epoch = metrics_events(run_dir, "epoch")[-1]
     trained = epoch["step"] * args.batch_size * args.world
     result = {**_plain(measured), "rank_peak_rss_bytes": measured["rank_peaks"], "steps": epoch["step"],
@@ -383,7 +458,6 @@ def stage_epoch(args: argparse.Namespace, data: Path, plan: Path, rows: int) -> 
               "samples_per_s": round(epoch["samples_per_s"], 1),
               "epoch_seconds_extrapolated": round(train_rows / epoch["samples_per_s"], 1),
               "eval_rows": {s: epoch[s]["rows"] for s in ("val", "test")}, **end_metrics(run_dir)}
-    shutil.rmtree(run_dir, ignore_errors=True)
     return result
 
 
@@ -469,6 +543,9 @@ def readme(report: Dict[str, Any]) -> str:
         if model in train:
             for tag in ("full_tables", "small_tables"):
                 t = train[model][tag]
+                if "skipped" in t:
+                    lines.append(f"| train {model} ({tag.replace('_', ' ')}) | - | - | {t['skipped']} |")
+                    continue
                 lines.append(f"| train {model} ({tag.replace('_', ' ')}) | {t['seconds']:.1f} | "
                              f"{gb(t['peak_rss_bytes'])} | {t['samples_per_s']:,} samples/s |")
     if ck:
@@ -496,7 +573,8 @@ def readme(report: Dict[str, Any]) -> str:
                      f"{ep['epoch_train_rows']:,} rows) | {ep['seconds']:.1f} | {gb(ep['peak_rss_bytes'])} | "
                      f"{ep['samples_per_s']:,} samples/s, whole epoch {ep['epoch_seconds_extrapolated'] / 3600:.2f} h; "
                      f"val AUC {ep['val']['auc']:.4f} NE {ep['val']['ne']:.4f}, test AUC {ep['test']['auc']:.4f} "
-                     f"NE {ep['test']['ne']:.4f} |")
+                     f"NE {ep['test']['ne']:.4f}" + (f" (the run of {ep['reused_from']})" if "reused_from" in ep else "")
+                     + " |")
     if report.get("ranks"):
         lines += ["", "| rank | planned GB | measured peak RSS GB | measured / planned |", "|---|---|---|---|"]
         lines += [f"| {r['rank']} | {gb(r['planned_bytes'])} | {gb(r['peak_rss_bytes'])} | {r['measured_over_planned']} |"
@@ -526,20 +604,30 @@ def run(args: argparse.Namespace, report: Dict[str, Any]) -> None:
     write_report(args, report)
     progress("training datasets: Kaggle-size tables and tables capped at "
              f"{args.small_table_rows:,} rows")
+    shortcuts = ci_shortcuts(args)
     full = training_data(args, sizes, "train_full", max(args.steps, 3 * args.kill_every, args.epoch_steps))
-    small = training_data(args, [min(n, args.small_table_rows) for n in sizes], "train_small", args.steps)
+    small = None if "small_tables" in shortcuts else training_data(
+        args, [min(n, args.small_table_rows) for n in sizes], "train_small", args.steps)
+    report["not_run"] += [f"train on the small tables: {shortcuts['small_tables']}"] if small is None else []
     progress(f"plan: mlet-plan 1x{args.world} cpu for {', '.join(args.models)}")
     report["plan"] = stage_plan(args, full)
     plan = Path(report["plan"][HEADLINE]["file"])
-    progress(f"train: {len(args.models)} models x 2 table sizes, {args.steps} steps each")
-    report["train"] = stage_train(args, full, small, report["plan"], report)
+    reference = None
+    if shortcuts:
+        progress(f"--ci: one MLET run on the plan, {3 * args.kill_every} steps, a checkpoint every {args.kill_every}")
+        reference = ci_reference_run(args, full, plan)
+    progress(f"train: {len(args.models)} models x {1 if small is None else 2} table sizes, {args.steps} steps each")
+    report["train"] = stage_train(args, full, small, report["plan"], report, reference)
     report["ranks"] = rank_rows(report["plan"], report["train"])
+    if reference is not None:
+        report["epoch"] = {**epoch_record(args, {**reference, "rank_peaks": reference["rank_peak_rss_bytes"]},
+                                          Path(reference["run_dir"]), rows), "reused_from": shortcuts["epoch"]}
     write_report(args, report)
     progress("checkpoint: sync, async save and load")
     report["checkpoint"] = stage_checkpoint(args, full, plan)
     write_report(args, report)
     progress(f"checkpoint: kill -9 during the save of step {2 * args.kill_every}, resume, compare")
-    report["checkpoint"]["kill9"] = stage_kill_resume(args, full, plan)
+    report["checkpoint"]["kill9"] = stage_kill_resume(args, full, plan, reference)
     write_report(args, report)
     progress("collapse: mlet-collapse of the MLET run")
     report["collapse"] = stage_collapse(args, Path(report["train"][HEADLINE]["full_tables"]["run_dir"]), sizes)
@@ -548,8 +636,9 @@ def run(args: argparse.Namespace, report: Dict[str, Any]) -> None:
     report["export"] = stage_export(args, Path(report["collapse"]["serving_dir"]))
     shutil.rmtree(report["collapse"]["serving_dir"], ignore_errors=True)
     write_report(args, report)
-    progress(f"epoch: MLET on the Kaggle-size tables, {args.epoch_steps} steps")
-    report["epoch"] = stage_epoch(args, full, plan, rows)
+    if reference is None:
+        progress(f"epoch: MLET on the Kaggle-size tables, {args.epoch_steps} steps")
+        report["epoch"] = stage_epoch(args, full, plan, rows)
     if report["epoch"]["fraction_of_epoch"] < 1:
         report["not_run"].append(f"the whole epoch ({report['epoch']['fraction_of_epoch']:.1%} of it ran; "
                                  "its time is extrapolated from samples/s)")
@@ -596,6 +685,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--epoch-eval-batches", type=int, default=0,
                    help="the epoch stage evaluates the first N x --batch-size rows of val and test (0: all)")
     p.add_argument("--keep", action="store_true", help="keep the workdir (default: removed at the end)")
+    p.add_argument("--ci", action="store_true",
+                   help="the test suite's run: one MLET run stands for the full-tables training, the epoch stage "
+                        "and the kill -9 stage's uninterrupted run; no small-tables training (kaggle.json says so)")
     p.add_argument("--_checkpoint-worker", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if not 0 < args.fraction <= 1:
@@ -614,8 +706,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         checkpoint_worker(*map(Path, args._checkpoint_worker))
         return 0
     report: Dict[str, Any] = {}
+    started = time.perf_counter()
     try:
         run(args, report)
+        report["total_seconds"] = round(time.perf_counter() - started, 1)  # the whole rehearsal, this box's load
     except StageFailed as err:
         from mlet_dist.training.checkpoint import first_line
 

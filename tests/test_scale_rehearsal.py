@@ -7,17 +7,32 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("prep", "plan", "train", "checkpoint", "collapse", "export")
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import scale_rehearsal  # noqa: E402
+
+STAGES = ("prep", "plan", "train", "checkpoint", "collapse", "export", "epoch", "ranks")
+REFERENCE = "train.mlet_k64_d16.full_tables"
+
+
+def test_only_ci_takes_shortcuts() -> None:
+    """Without --ci the rehearsal makes every run; --ci names each run it does not make (the CI test
+    below checks that kaggle.json reports each one in its place)."""
+    assert scale_rehearsal.ci_shortcuts(scale_rehearsal.parse_args([])) == {}
+    shortcuts = scale_rehearsal.ci_shortcuts(scale_rehearsal.parse_args(["--ci"]))
+    assert set(shortcuts) == {"small_tables", "epoch", "kill9_uninterrupted"}, shortcuts
 
 
 def test_tiny_fraction_reports_every_stage(tmp_path: Path) -> None:
+    """--ci at a tiny fraction (< 2 min on a quiet 2-core box): every stage reports, and what --ci
+    does not run is reported as skipped or as reused from the one MLET run, never left out."""
     out = tmp_path / "report"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "scale_rehearsal.py"), "--fraction", "0.0002", "--steps", "2",
-           "--batch-size", "32", "--models", "mlet_k64_d16", "--precisions", "fp32", "--latency-calls", "5",
-           "--latency-batches", "1", "64", "--kill-every", "2", "--kill-after-gb", "0", "--epoch-steps", "3",
-           "--epoch-eval-batches", "2", "--workdir", str(tmp_path / "work"), "--out", str(out)]
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "scale_rehearsal.py"), "--ci", "--fraction", "0.0002",
+           "--steps", "2", "--batch-size", "32", "--models", "mlet_k64_d16", "--precisions", "fp32",
+           "--latency-calls", "5", "--latency-batches", "1", "64", "--kill-every", "2", "--kill-after-gb", "0",
+           "--workdir", str(tmp_path / "work"), "--out", str(out)]
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)  # shared boxes: 10x
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)  # shared boxes: 7x
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads((out / "kaggle.json").read_text())
     assert report["rows"] == round(45_840_617 * 0.0002) and len(report["table_sizes"]) == 26
@@ -28,7 +43,10 @@ def test_tiny_fraction_reports_every_stage(tmp_path: Path) -> None:
         assert stage["seconds"] > 0 and stage["peak_rss_bytes"] > 100e6, stage
     assert report["prep"]["criteo_kaggle"]["vocabulary_total"] > 0
     train = report["train"]["mlet_k64_d16"]
-    assert train["full_tables"]["samples_per_s"] > 0 and train["small_tables"]["samples_per_s"] > 0
+    assert train["full_tables"]["samples_per_s"] > 0 and train["full_tables"]["steps"] == 6
+    assert train["small_tables"] == {"skipped": scale_rehearsal.ci_shortcuts(scale_rehearsal.parse_args(["--ci"]))[
+        "small_tables"]}, train["small_tables"]
+    assert any("small tables" in line and "--ci" in line for line in report["not_run"]), report["not_run"]
     assert [r["rank"] for r in report["ranks"]] == [0, 1]
     for row in report["ranks"]:  # every rank: the plan's bytes beside its measured peak
         assert abs(row["measured_over_planned"] - 1) < 0.15, row  # the issue's bound; here mostly process overhead
@@ -37,15 +55,17 @@ def test_tiny_fraction_reports_every_stage(tmp_path: Path) -> None:
     kill = ck["kill9"]  # the resume after a kill -9 mid-save equals the uninterrupted run
     assert kill["killed_during_save"] and kill["torn_dir_left"] and kill["torn_dir_removed_by_resume"], kill
     assert kill["resumed_from_step"] == 2 and kill["steps_compared"] == 6 and kill["matches_uninterrupted"], kill
+    assert kill["uninterrupted_run"] == REFERENCE, kill
     assert report["collapse"]["copy_gb_per_s"] > 0
     epoch = report["epoch"]
-    assert epoch["steps"] == 3 and 0 < epoch["fraction_of_epoch"] < 1 and epoch["epoch_seconds_extrapolated"] > 0
+    assert epoch["reused_from"] == REFERENCE and epoch["steps"] == 6, epoch
+    assert 0 < epoch["fraction_of_epoch"] < 1 and epoch["epoch_seconds_extrapolated"] > 0
     assert 0 < epoch["val"]["auc"] < 1 and epoch["test"]["ne"] > 0 and epoch["eval_rows"]["val"] == 2 * 32
     fp32 = report["export"]["precisions"]["fp32"]
     assert fp32["module_bytes"] > 0 and set(fp32["latency_ms"]) == {"1", "64"}
     readme = (out / "README.md").read_text()
     assert "| rank | planned GB" in readme and "| checkpoint" in readme and "| kill -9" in readme
-    assert "| epoch MLET" in readme
+    assert "| epoch MLET" in readme and "skipped (--ci)" in readme
     assert not (tmp_path / "work").exists()  # the work dir is removed unless --keep
 
 
