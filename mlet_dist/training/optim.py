@@ -15,7 +15,7 @@ with the rest of the CombinedOptimizer.
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Tuple, Type
+from typing import Any, Dict, Iterable, List, Tuple, Type
 
 import torch
 from torch import nn
@@ -40,6 +40,12 @@ DENSE_OPTIMIZERS: Dict[str, Type[torch.optim.Optimizer]] = {
     "adagrad": torch.optim.Adagrad,
     "adam": torch.optim.Adam,
 }
+# Dense optimizers stepped by torch's fused kernel (one op per parameter instead of ~6 elementwise
+# ops each). At batch 128 on CPU the per-op cost dominates: over the DLRM MLPs and 26 MLET
+# projections Adam's step took 141 ms fused-off vs 31 ms fused on a loaded 2-core box (Adagrad 268
+# vs 67), equal to the loop's update within 2.4e-7. SGD is left out: fused measured no faster.
+FUSED_DENSE_OPTIMIZERS = frozenset({"adam", "adagrad"})
+FUSED_DEVICES = frozenset({"cpu", "cuda"})
 
 
 @dataclass
@@ -98,6 +104,17 @@ def data_parallel_table_parameters(sharded_model: nn.Module) -> Dict[str, nn.Par
     return {name: p for name, p in sharded_model.named_parameters() if id(p) in replicated}
 
 
+def fused_kwargs(name: str, params: Iterable[torch.Tensor]) -> Dict[str, Any]:
+    """``fused=True`` where torch's fused kernel serves ``name`` for every parameter (floating,
+    on CPU or CUDA); otherwise nothing, and torch's default per-tensor loop runs."""
+    params = list(params)
+    if name not in FUSED_DENSE_OPTIMIZERS or not params:
+        return {}
+    if all(p.device.type in FUSED_DEVICES and p.is_floating_point() for p in params):
+        return {"fused": True}
+    return {}
+
+
 def build_optimizer(sharded_model: nn.Module, config: OptimConfig) -> CombinedOptimizer:
     """The DMP's fused table optimizers, the embedding optimizer over data-parallel tables
     (which DMP does not fuse, see the module docstring) and a dense optimizer over the rest, in
@@ -115,7 +132,8 @@ def build_optimizer(sharded_model: nn.Module, config: OptimConfig) -> CombinedOp
             KeyedOptimizerWrapper(replicated_tables, lambda params: table_cls(params, **table_kwargs))
         )
     cls = DENSE_OPTIMIZERS[config.dense_optimizer]
-    kwargs = config._kwargs(config.dense_optimizer, config.dense_lr)
+    kwargs = {**config._kwargs(config.dense_optimizer, config.dense_lr),
+              **fused_kwargs(config.dense_optimizer, dense_params.values())}
     optimizers.append(KeyedOptimizerWrapper(dense_params, lambda params: cls(params, **kwargs)))
     return CombinedOptimizer(optimizers)
 
