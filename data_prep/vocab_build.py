@@ -170,9 +170,12 @@ class KeyCounter:
         return 16 * (len(self.keys) + self._pending_len)
 
 
-# Exact vocabularies up to this many values are encoded through a KeyTable (about 4x faster than a
-# binary search per key); its memory is 32-64 bytes per value, so at most 64 MB per feature.
-TABLE_MAX_VALUES = 1 << 21
+# Every exact vocabulary encodes through a KeyTable, whatever its size: a binary search per key was
+# about 4x slower at 100k values and 24x at 3M (cache misses grow with the keys), and vocabularies
+# above the 2M values a table was once limited to are the ones that need the speed (Criteo Kaggle:
+# six features of 2.2M-10.1M values). A table costs 32-64 bytes per value (10.1M values: 512 MiB),
+# saved once and memory-mapped by every worker (save_tables), where the binary search had each
+# worker hold the feature's 16 bytes per value of sorted keys and ids.
 _TABLE_LOCK = threading.Lock()
 
 
@@ -190,21 +193,20 @@ class FeatureVocab:
         if self.hashed:
             return (textio.splitmix64(keys) % np.uint64(self.size)).astype(np.int64)
         table = self.table()
-        if table is not None:
-            return table.get(keys)
-        if not len(self.sorted_keys):
-            return np.zeros(len(keys), np.int64)
-        pos = np.minimum(np.searchsorted(self.sorted_keys, keys), len(self.sorted_keys) - 1)
-        return np.where(self.sorted_keys[pos] == keys, self.ids[pos], 0)
+        return np.zeros(len(keys), np.int64) if table is None else table.get(keys)
 
     def table(self) -> Optional[KeyTable]:
-        """The lookup table an exact vocabulary of 1..TABLE_MAX_VALUES values encodes through, built
-        on first use (None: hashed, empty, or too large: binary search)."""
-        if self._table is None and not self.hashed and 0 < len(self.sorted_keys) <= TABLE_MAX_VALUES:
+        """The lookup table an exact vocabulary encodes through, built on first use (None: hashed
+        or empty)."""
+        if self._table is None and not self.hashed and len(self.sorted_keys):
             with _TABLE_LOCK:  # threads may encode blocks of the same feature at once
                 if self._table is None:
                     self._table = KeyTable(self.sorted_keys, self.ids)
         return self._table
+
+    def drop_table(self) -> None:
+        """Free the built table (saved for the workers, it is theirs to memory-map)."""
+        self._table = None
 
     @classmethod
     def from_table(cls, size: int, table: KeyTable) -> "FeatureVocab":
@@ -224,6 +226,7 @@ def save_tables(vocabs: Dict[str, FeatureVocab], out: Path, threads: int) -> Dic
         if table is None:
             return None
         table.save(out / f"{name}.npy")
+        vocabs[name].drop_table()  # tables of millions of values: one in memory per thread, not all
         return str(out / f"{name}.npy")
 
     with ThreadPoolExecutor(threads) as pool:

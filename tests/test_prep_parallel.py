@@ -261,7 +261,7 @@ def test_worker_vocab_cache_sees_a_new_run_at_the_same_path(tmp_path: Path) -> N
     keys = np.array([3, 5, 7], np.int64)
     table = tmp_path / "C1.npy"
     ctx = parallel_tasks.TaskContext(criteo_spec(DATASET_CRITEO_KAGGLE), PrepConfig(), ChunkSplit(), str(tmp_path),
-                                     str(tmp_path), {"C1": (4, False)}, {"C1": str(table)})
+                                     {"C1": (4, False)}, {"C1": str(table)})
     KeyTable(keys, np.array([1, 2, 3], np.int64)).save(table)
     assert parallel_tasks._vocab(ctx, "C1").encode(keys).tolist() == [1, 2, 3]
     table.unlink()

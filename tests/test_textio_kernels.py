@@ -159,12 +159,11 @@ def _binary_search_ids(keys: np.ndarray, ids: np.ndarray, queries: np.ndarray) -
 
 
 @pytest.mark.parametrize("n", [0, 1, 2, 9, 1000, 70_000])
-def test_key_table_encodes_as_the_binary_search(n: int, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_key_table_encodes_as_the_binary_search(n: int, tmp_path: Path) -> None:
     """FeatureVocab.encode through the hash table (KeyTable) gives the ids of a binary search over the
     sorted keys, for present and absent keys, hex8 keys (dense 32-bit values and -1) and full-range
     int64 keys including the table's free-slot marker (an empty token7 value's key); so does a table
     saved and memory-mapped back (what parallel workers encode with)."""
-    from data_prep import vocab_build
     from data_prep.vocab_build import FeatureVocab, KeyTable
 
     rng = np.random.default_rng(n)
@@ -188,9 +187,6 @@ def test_key_table_encodes_as_the_binary_search(n: int, monkeypatch: pytest.Monk
         KeyTable(keys, ids).save(tmp_path / f"{space}.npy")
         loaded = FeatureVocab.from_table(len(keys) + 1, KeyTable.load(tmp_path / f"{space}.npy"))
         assert loaded.encode(queries).tolist() == want.tolist()
-        monkeypatch.setattr(vocab_build, "TABLE_MAX_VALUES", 0)  # the binary-search path agrees too
-        assert FeatureVocab(size=len(keys) + 1, sorted_keys=keys, ids=ids).encode(queries).tolist() == want.tolist()
-        monkeypatch.undo()
 
 
 @pytest.mark.parametrize("with_empty", [False, True])

@@ -18,18 +18,17 @@ the same bytes whatever the worker count:
 * the Kaggle tail pass: the 7-chunk train/val boundary is known only once every row is counted, so
   equal tasks from the block that holds it on report the counts of the rows past it, subtracted;
 * pass 2: each range encodes its rows with the vocabulary (its lookup tables built once here and
-  memory-mapped by every worker; vocabularies too large for one: the staged vocab/ files) into
-  Arrow pieces per split; each output part file is then assembled by a task from the pieces that
-  hold its rows, with SplitWriter's row groups, except the last part of each split, which this
-  process writes piece by piece as ranges finish (it could only start at the very end). Pieces are
-  deleted once used.
+  memory-mapped by every worker) into Arrow pieces per split; each output part file is then
+  assembled by a task from the pieces that hold its rows, with SplitWriter's row groups, except the
+  last part of each split, which this process writes piece by piece as ranges finish (it could only
+  start at the very end). Pieces are deleted once used.
 
 With --vocab-from DIR (vocab_from.py) nothing is counted and there is no tail pass. meta.json:
 raw_meta.py.
 
 Memory: a bounded window of tasks in flight (each holds a range: `range_mb`), the counts (capped),
 and one part file's row group per assembling worker; in pass 2 the vocabularies (16 bytes per kept
-value) and their lookup tables (32-64 bytes per value, for vocabularies of up to 2M values).
+value) and their lookup tables (32-64 bytes per value, memory-mapped from the staging directory).
 """
 
 from __future__ import annotations
@@ -121,7 +120,7 @@ def run_prep(
 
             vocabs, histograms, vocab_entries = staged_vocabularies(spec, cfg, counters, hashed, tmp, saved)
             ctx = dataclasses.replace(
-                ctx, vocab_dir=str(tmp), vocab_sizes={n: (int(v.size), v.hashed) for n, v in vocabs.items()},
+                ctx, vocab_sizes={n: (int(v.size), v.hashed) for n, v in vocabs.items()},
                 vocab_tables=save_tables(vocabs, work / "tables", vocab_threads(cfg)),
             )
             vocabs = {n: FeatureVocab(size=v.size, hashed=v.hashed) for n, v in vocabs.items()}  # free the keys

@@ -17,7 +17,6 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
-import pyarrow.parquet as pq
 
 from data_prep import textio
 from data_prep.dataset_format import SPLITS
@@ -38,7 +37,6 @@ class TaskContext:
     cfg: PrepConfig
     policy: SplitPolicy
     work_dir: str  # scratch inside the staging directory
-    vocab_dir: str = ""  # the staging directory, whose vocab/ pass 2 reads
     vocab_sizes: Dict[str, Tuple[int, bool]] = field(default_factory=dict)  # feature -> (size, hashed)
     vocab_tables: Dict[str, str] = field(default_factory=dict)  # feature -> its saved KeyTable (.npy)
 
@@ -155,22 +153,19 @@ def _file_key(path: Path) -> Tuple[str, int, int, int]:
 
 
 def _vocab(ctx: TaskContext, name: str) -> FeatureVocab:
-    """A feature's vocabulary, once per worker process: its memory-mapped KeyTable, or the staged vocab/ file."""
+    """A feature's vocabulary, once per worker process: its KeyTable, built once by the parent and
+    memory-mapped (shared page cache). An exact vocabulary without one holds no values (every id 0)."""
     size, hashed = ctx.vocab_sizes[name]
     if hashed:
         return FeatureVocab(size=size, hashed=True)
-    path = Path(ctx.vocab_tables[name]) if name in ctx.vocab_tables else Path(ctx.vocab_dir) / "vocab" / f"{name}.parquet"
+    if name not in ctx.vocab_tables:
+        return FeatureVocab(size=size)
+    path = Path(ctx.vocab_tables[name])
     key = _file_key(path)
     if key not in _VOCAB_CACHE:
         if len(_VOCAB_CACHE) > 4 * len(ctx.vocab_sizes):
             _VOCAB_CACHE.clear()  # a long-lived (dask) worker that saw earlier runs
-        if name in ctx.vocab_tables:  # built once by the parent, memory-mapped (shared page cache)
-            _VOCAB_CACHE[key] = FeatureVocab.from_table(size, KeyTable.load(path))
-        else:
-            t = pq.read_table(path, columns=["key", "id"])
-            _VOCAB_CACHE[key] = FeatureVocab(
-                size=size, sorted_keys=t.column("key").to_numpy(), ids=t.column("id").to_numpy()
-            )
+        _VOCAB_CACHE[key] = FeatureVocab.from_table(size, KeyTable.load(path))
     return _VOCAB_CACHE[key]
 
 
