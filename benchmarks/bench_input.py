@@ -9,7 +9,7 @@
     python benchmarks/bench_input.py                      # 1M rows, W = 1, 2, 8, 32 (~3 min)
     python benchmarks/bench_input.py --rows 50000 --worlds 1,2 --train-batches 4 --repeats 1
 
-The dataset is the project's synthetic Criteo-schema data (data_prep.synthetic), written with
+The dataset is the project's synthetic Criteo-schema data (data_prep.generate.synthetic), written with
 the default row groups; it is kept under --work and reused when it exists.
 """
 
@@ -33,7 +33,7 @@ CARDINALITIES = [1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 56
 
 def dataset(work: Path, rows: int, row_group_rows: int) -> Path:
     from data_prep.writers import PARQUET_COMPRESSION
-    from data_prep.synthetic import generate_dataset
+    from data_prep.generate.synthetic import generate_dataset
 
     out = work / f"synthetic-{rows}-rg{row_group_rows}-{PARQUET_COMPRESSION}"
     if not (out / "meta.json").is_file():

@@ -1,6 +1,6 @@
 """Benchmark: mlet-prep at 1..N worker processes vs pyarrow's one pass (and a line-by-line reference).
 
-The input is synthetic Criteo Kaggle-format TSV (data_prep.synthetic, power-law ids over tables of
+The input is synthetic Criteo Kaggle-format TSV (data_prep.generate.synthetic, power-law ids over tables of
 --table-size values) at each of --sizes MB. Rows, side by side in one run:
 
 * `mlet-prep wN`: prepare_criteo_kaggle with --workers N on N cores (the process and its workers
@@ -199,7 +199,7 @@ def main() -> int:
         _child(kind, Path(src), Path(out))
         return 0
 
-    from data_prep.synthetic import write_criteo_tsv
+    from data_prep.generate.synthetic import write_criteo_tsv
 
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         work = Path(tmp)

@@ -79,8 +79,8 @@ def _raw_variants(work: Path, inputs: Dict[str, Path]) -> Dict[str, Callable[[Pa
 
 
 def _generated_variants(work: Path) -> Dict[str, Callable[[Path], object]]:
-    from data_prep.planted import PlantedSpec, generate_planted
-    from data_prep.synthetic import generate_dataset
+    from data_prep.generate.planted import PlantedSpec, generate_planted
+    from data_prep.generate.synthetic import generate_dataset
 
     sizes = [5, 50, 500, 5000] + [97] * 22
     return {

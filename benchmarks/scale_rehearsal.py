@@ -85,7 +85,7 @@ def ci_shortcuts(args: argparse.Namespace) -> Dict[str, str]:
 
 
 def kaggle_table_sizes(fraction: float) -> List[int]:
-    from data_prep.synthetic import TABLE_SIZE_PRESETS
+    from data_prep.generate.synthetic import TABLE_SIZE_PRESETS
 
     return [max(1, round(n * fraction)) for n in TABLE_SIZE_PRESETS["criteo-kaggle"]]
 

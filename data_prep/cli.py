@@ -41,8 +41,8 @@ from data_prep.multi_hot import parse_pooling
 from data_prep.criteo import prepare_criteo_kaggle, prepare_criteo_terabyte
 from data_prep.parallel.engine import WorkerFailed
 from data_prep.spec import PrepConfig, PrepResult
-from data_prep.planted import PlantedSpec, generate_planted
-from data_prep.synthetic import generate_dataset, parse_table_sizes, write_criteo_tsv
+from data_prep.generate.planted import PlantedSpec, generate_planted
+from data_prep.generate.synthetic import generate_dataset, parse_table_sizes, write_criteo_tsv
 from data_prep.convert.torchrec_npy import prepare_torchrec_npy
 from data_prep.convert.nvtabular import prepare_nvtabular
 from data_prep.convert.subcommands import add_foreign_parsers, positive_int, run_foreign
@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Write a prepared dataset whose labels come from a logistic model of pairwise "
                                     "interactions of rank-R ground-truth embeddings, plus dense features and "
                                     "unobserved logit noise; meta.json records the Bayes-optimal AUC per split "
-                                    "(see data_prep/planted.py).")
+                                    "(see data_prep/generate/planted.py).")
     pl.add_argument("out", metavar="OUT", help="output dataset directory")
     pl.add_argument("--rows", type=int, default=d.rows, help=f"rows to generate (default {d.rows:,})")
     pl.add_argument("--tables", type=positive_int, default=d.tables, help=f"sparse features (default {d.tables})")

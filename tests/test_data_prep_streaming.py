@@ -20,7 +20,7 @@ from data_prep import splits, textio, writers
 from data_prep.avazu import AVAZU_HEADER
 from data_prep.cli import main as cli_main
 from data_prep.dataset_format import CRITEO_SPARSE_FEATURES
-from data_prep.synthetic import TABLE_SIZE_PRESETS, generate_dataset, write_criteo_tsv, zipf_ids
+from data_prep.generate.synthetic import TABLE_SIZE_PRESETS, generate_dataset, write_criteo_tsv, zipf_ids
 
 REPO = Path(__file__).resolve().parents[1]
 CRITEO = REPO / "data_prep" / "samples" / "criteo_sample.tsv"

@@ -128,7 +128,7 @@ def test_dcn_sharded_two_ranks_match_one_process() -> None:
 
 
 def test_train_script_arch_dcnv2_two_ranks_collapses(tmp_path: Path) -> None:
-    from data_prep.planted import PlantedSpec, generate_planted
+    from data_prep.generate.planted import PlantedSpec, generate_planted
 
     data = tmp_path / "data"
     generate_planted(data, PlantedSpec(rows=4000, tables=3, cardinality=(300,), rank=2, dense=3))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from data_prep.planted import PlantedSpec, generate_planted
+from data_prep.generate.planted import PlantedSpec, generate_planted
 from mlet_dist.sweep.config import from_dict
 from mlet_dist.sweep.report import write_report
 from mlet_dist.training.dead_run import DeadRunDetector, dead_run_of

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pytest
 
 from data_prep.dataset_format import read_meta
-from data_prep.synthetic import generate_dataset
+from data_prep.generate.synthetic import generate_dataset
 from mlet_dist.data.epoch_plan import (
     Layout, Piece, ResumeMismatch, check_record, fresh_plan, plan_rows, rank_pieces, remaining, resume_plan,
 )

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from data_prep.dataset_format import CRITEO_SPARSE_FEATURES, read_meta
-from data_prep.synthetic import TABLE_SIZE_PRESETS
+from data_prep.generate.synthetic import TABLE_SIZE_PRESETS
 
 torchrec_criteo = pytest.importorskip("torchrec.datasets.criteo")
 BinaryCriteoUtils = torchrec_criteo.BinaryCriteoUtils

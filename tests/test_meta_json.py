@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from data_prep.dataset_format import meta_file, read_meta
-from data_prep.planted import PlantedSpec, generate_planted
+from data_prep.generate.planted import PlantedSpec, generate_planted
 from mlet_dist.planning.spec import SpecError, load_table_spec
 from mlet_dist.sweep.rare_items import _data_fingerprint
 

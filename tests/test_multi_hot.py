@@ -16,7 +16,7 @@ import torch
 from torchrec.modules.embedding_configs import PoolingType
 
 from data_prep.dataset_format import read_meta
-from data_prep.synthetic import generate_dataset
+from data_prep.generate.synthetic import generate_dataset
 from mlet_dist.data.dataset_check import check_dataset
 from mlet_dist.data.epoch_plan import rank_pieces
 from mlet_dist.data.parquet_batches import DatasetMeta, ParquetBatchStream

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from data_prep.synthetic import generate_dataset
+from data_prep.generate.synthetic import generate_dataset
 from dist_launch import ROOT, torchrun
 
 TRAIN = ROOT / "mlet_dist" / "train.py"

@@ -13,7 +13,7 @@ from torchmetrics.functional.classification import binary_auroc
 from data_prep.cli import main as prep_main
 from data_prep.dataset_format import read_meta
 from data_prep.metrics import binary_auc, expected_auc
-from data_prep.planted import TRUTH_FILE, PlantedSpec, generate_planted
+from data_prep.generate.planted import TRUTH_FILE, PlantedSpec, generate_planted
 from mlet_dist.data.parquet_batches import ParquetBatchStream
 
 SPEC = PlantedSpec(rows=6000, tables=3, cardinality=(50, 400, 1000), rank=3, zipf=1.2, noise=0.3, seed=7, dense=2)

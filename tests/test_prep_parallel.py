@@ -19,7 +19,7 @@ from data_prep.parallel.engine import WorkerFailed
 from data_prep.parallel import driver
 from data_prep.parallel import tasks as parallel_tasks
 from data_prep.parallel.ranges import count_lines, iter_range_blocks, plan_ranges
-from data_prep.synthetic import write_criteo_tsv
+from data_prep.generate.synthetic import write_criteo_tsv
 
 REPO = Path(__file__).resolve().parents[1]
 CRITEO = REPO / "data_prep" / "samples" / "criteo_sample.tsv"

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_prep.planted import binary_auc
+from data_prep.generate.planted import binary_auc
 from mlet_dist.sweep.cli import main as sweep_main
 from mlet_dist.sweep.config import load_config
 from mlet_dist.sweep.rare_items import bucket_aucs, bucket_labels, example_frequency, train_id_counts
@@ -138,7 +138,7 @@ def test_failed_run_is_reported_and_does_not_stop_the_report(tmp_path: Path, cap
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
-    from data_prep.planted import PlantedSpec, generate_planted
+    from data_prep.generate.planted import PlantedSpec, generate_planted
     from mlet_dist.sweep import runner
 
     generate_planted(tmp_path / "data", PlantedSpec(rows=800, tables=2, cardinality=(20,), rank=1, dense=1))

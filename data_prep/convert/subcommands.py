@@ -9,7 +9,7 @@ from typing import Any, List
 from data_prep.convert.dlrm_reference import prepare_dlrm_bin, prepare_dlrm_npz
 from data_prep.convert.mlperf_multihot import prepare_mlperf_multihot
 from data_prep.spec import PrepConfig, PrepResult
-from data_prep.synthetic import parse_table_sizes
+from data_prep.generate.synthetic import parse_table_sizes
 
 
 def positive_int(text: str) -> int:

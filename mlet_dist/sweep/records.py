@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from data_prep.planted import attainable_gap_closed
+from data_prep.generate.planted import attainable_gap_closed
 from mlet_dist.sweep.config import RunSpec, SweepConfig
 from mlet_dist.sweep.plotting import arch_key
 from mlet_dist.training.dead_run import dead_run_of

@@ -61,7 +61,7 @@ def ensure_data(cfg: SweepConfig, log: Callable[[str], None] = print) -> None:
         return
     if not cfg.prepare:
         raise FileNotFoundError(f"no prepared dataset at {cfg.data} (and no `prepare` section to make one)")
-    from data_prep.planted import PlantedSpec, generate_planted
+    from data_prep.generate.planted import PlantedSpec, generate_planted
 
     spec_kw = dict(cfg.prepare["planted"] or {})
     if "cardinality" in spec_kw:

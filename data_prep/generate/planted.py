@@ -46,7 +46,7 @@ from data_prep.splits import chunk_split_bounds
 from data_prep.staging import check_output, publish, staging_dir
 from data_prep.vocab_build import count_histogram
 from data_prep.writers import SplitWriter, written_splits
-from data_prep.synthetic import zipf_ids
+from data_prep.generate.synthetic import zipf_ids
 
 PathLike = Union[str, Path]
 DATASET_PLANTED = "planted"

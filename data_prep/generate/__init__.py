@@ -1,0 +1,2 @@
+"""Generated datasets: synthetic Criteo-schema data at any table scale (``synthetic``) and the planted
+benchmark with a known Bayes-optimal AUC (``planted``)."""
