@@ -26,6 +26,7 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check
+	$(BIN)/ruff format --check
 	$(BIN)/mypy
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q
 

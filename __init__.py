@@ -19,8 +19,9 @@ def _hand_over_to_the_clones_package() -> None:
     """Put the package inside this folder in sys.modules in place of this module (the import
     system returns whatever sys.modules holds once a module has run)."""
     inner = Path(__file__).parent / PACKAGE
-    spec = importlib.util.spec_from_file_location(PACKAGE, inner / "__init__.py",
-                                                  submodule_search_locations=[str(inner)])
+    spec = importlib.util.spec_from_file_location(
+        PACKAGE, inner / "__init__.py", submodule_search_locations=[str(inner)]
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[PACKAGE] = module

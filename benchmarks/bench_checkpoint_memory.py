@@ -71,8 +71,9 @@ def run_stages(root: Path, env: DistEnv, model: nn.Module, optimizer, stages: Li
                 saved = sync.latest()
             elif stage == "async_save":
                 manager = CheckpointManager(root / "async", env, keep=1, mode="async")
-                results[stage] = measure(rss, lambda: (manager.save(model, optimizer, TrainPosition(step=step)),
-                                                       manager.finish_pending()))
+                results[stage] = measure(
+                    rss, lambda: (manager.save(model, optimizer, TrainPosition(step=step)), manager.finish_pending())
+                )
                 saved = manager.latest()
             else:
                 if saved is None:

@@ -62,7 +62,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--layout", choices=["rw", "cw"], default="rw", help="under torchrun: how T is sharded")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    p.add_argument("--gemm-size", type=int, default=None, help="square matmul for the FLOP/s roof (default 2048 cpu, 8192 cuda)")
+    p.add_argument(
+        "--gemm-size", type=int, default=None, help="square matmul for the FLOP/s roof (default 2048 cpu, 8192 cuda)"
+    )
     return p.parse_args()
 
 
@@ -110,13 +112,17 @@ def total(x: int) -> int:
     return int(t[0])
 
 
-def sharded(local: torch.Tensor, offsets: List[Tuple[int, int]], size: Tuple[int, int], rank: int,
-            device: torch.device) -> ShardedTensor:
+def sharded(
+    local: torch.Tensor, offsets: List[Tuple[int, int]], size: Tuple[int, int], rank: int, device: torch.device
+) -> ShardedTensor:
     """A ShardedTensor with one shard per rank at ``offsets[r]``, each of local.shape."""
-    metas = [ShardMetadata(shard_offsets=list(off), shard_sizes=list(local.shape), placement=f"rank:{r}/{device}")
-             for r, off in enumerate(offsets)]
-    md = ShardedTensorMetadata(shards_metadata=metas, size=torch.Size(size),
-                               tensor_properties=TensorProperties(dtype=local.dtype))
+    metas = [
+        ShardMetadata(shard_offsets=list(off), shard_sizes=list(local.shape), placement=f"rank:{r}/{device}")
+        for r, off in enumerate(offsets)
+    ]
+    md = ShardedTensorMetadata(
+        shards_metadata=metas, size=torch.Size(size), tensor_properties=TensorProperties(dtype=local.dtype)
+    )
     return ShardedTensor._init_from_local_shards_and_global_metadata([Shard(local, metas[rank])], md)
 
 
@@ -141,30 +147,44 @@ def main() -> None:
     local_cols = k // world if (launched and args.layout == "cw") else k
     table = torch.rand(n, local_cols, generator=g).to(device)
     proj = torch.randn(k, d, generator=torch.Generator().manual_seed(0)).to(device)
-    local_proj = proj[rank * local_cols:(rank + 1) * local_cols] if local_cols != k else proj
+    local_proj = proj[rank * local_cols : (rank + 1) * local_cols] if local_cols != k else proj
     read_bytes = total(table.numel() * 4)
 
     if not launched:
         state: Dict[str, object] = {"t.wide.embedding_bags.x.weight": table, "t.projections.x.weight": proj}
     elif args.layout == "rw":
-        state = {"t.wide.embedding_bags.x.weight": sharded(table, [(r * n, 0) for r in range(world)], (world * n, k), rank, device),
-                 "t.projections.x.weight": proj}
+        state = {
+            "t.wide.embedding_bags.x.weight": sharded(
+                table, [(r * n, 0) for r in range(world)], (world * n, k), rank, device
+            ),
+            "t.projections.x.weight": proj,
+        }
     else:
-        state = {"t.wide.embedding_bags.x.weight": sharded(table, [(0, r * local_cols) for r in range(world)], (n, k), rank, device),
-                 "t.projections.x.weight": sharded(local_proj.contiguous(), [(r * local_cols, 0) for r in range(world)], (k, d), rank, device)}
+        state = {
+            "t.wide.embedding_bags.x.weight": sharded(
+                table, [(0, r * local_cols) for r in range(world)], (n, k), rank, device
+            ),
+            "t.projections.x.weight": sharded(
+                local_proj.contiguous(), [(r * local_cols, 0) for r in range(world)], (k, d), rank, device
+            ),
+        }
 
     dst = torch.empty_like(table)
     out = torch.empty(n, d, device=device)
     m = args.gemm_size or (8192 if device.type == "cuda" else 2048)
     a, b = torch.rand(m, m, device=device), torch.rand(m, m, device=device)
-    results = timed_round_robin({
-        "copy": lambda: dst.copy_(table),
-        "gemm": lambda: torch.matmul(a, b),
-        "matmul": lambda: torch.matmul(table, local_proj),
-        "chunked": lambda: collapse_table(table, local_proj, args.chunk_rows, out=out),
-        "owner": lambda: collapse_state_dict(state, chunk_rows=args.chunk_rows),  # type: ignore[arg-type]
-    }, device, args.repeats)
-    flops = total(2 * m ** 3) / results.pop("gemm")
+    results = timed_round_robin(
+        {
+            "copy": lambda: dst.copy_(table),
+            "gemm": lambda: torch.matmul(a, b),
+            "matmul": lambda: torch.matmul(table, local_proj),
+            "chunked": lambda: collapse_table(table, local_proj, args.chunk_rows, out=out),
+            "owner": lambda: collapse_state_dict(state, chunk_rows=args.chunk_rows),  # type: ignore[arg-type]
+        },
+        device,
+        args.repeats,
+    )
+    flops = total(2 * m**3) / results.pop("gemm")
     bandwidth = 2 * read_bytes / results["copy"]  # read + write
     bound = bandwidth * k / (k + d)
     compute_roof = 2 * flops / d
@@ -172,16 +192,24 @@ def main() -> None:
     rate = {name: read_bytes / t for name, t in results.items() if name != "copy"}
     if rank == 0:
         layout = f", {args.layout} over {world} ranks" if launched else ""
-        print(f"T: {n * (world if launched and args.layout == 'rw' else 1):,} x {k} fp32 ({read_bytes / 1e9:.2f} GB{layout}), "
-              f"W: {k} x {d}, chunk {args.chunk_rows:,} rows, {device}, {torch.get_num_threads()} threads/rank")
-        print(f"memory bandwidth (copy, read+write): {bandwidth / 1e9:.2f} GB/s -> bound on collapse read "
-              f"rate: {bound / 1e9:.2f} GB/s (x k/(k+d) = {k / (k + d):.2f})")
-        print(f"matmul FLOP/s ({m}^3 gemm): {flops / 1e9:.1f} GFLOP/s -> compute roof on collapse read rate: "
-              f"{compute_roof / 1e9:.2f} GB/s; roofline {roofline / 1e9:.2f} GB/s")
+        print(
+            f"T: {n * (world if launched and args.layout == 'rw' else 1):,} x {k} fp32 ({read_bytes / 1e9:.2f} GB{layout}), "
+            f"W: {k} x {d}, chunk {args.chunk_rows:,} rows, {device}, {torch.get_num_threads()} threads/rank"
+        )
+        print(
+            f"memory bandwidth (copy, read+write): {bandwidth / 1e9:.2f} GB/s -> bound on collapse read "
+            f"rate: {bound / 1e9:.2f} GB/s (x k/(k+d) = {k / (k + d):.2f})"
+        )
+        print(
+            f"matmul FLOP/s ({m}^3 gemm): {flops / 1e9:.1f} GFLOP/s -> compute roof on collapse read rate: "
+            f"{compute_roof / 1e9:.2f} GB/s; roofline {roofline / 1e9:.2f} GB/s"
+        )
         print(f"{'method':<9} {'seconds':>9} {'GB/s read':>10} {'vs matmul':>10} {'vs bound':>9} {'vs roofline':>12}")
         for name, value in rate.items():
-            print(f"{name:<9} {results[name]:>9.4f} {value / 1e9:>10.2f} {value / rate['matmul']:>10.2f} "
-                  f"{value / bound:>9.2f} {value / roofline:>12.2f}")
+            print(
+                f"{name:<9} {results[name]:>9.4f} {value / 1e9:>10.2f} {value / rate['matmul']:>10.2f} "
+                f"{value / bound:>9.2f} {value / roofline:>12.2f}"
+            )
     if launched:
         dist.destroy_process_group()
 

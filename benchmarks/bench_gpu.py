@@ -39,8 +39,32 @@ import torch  # noqa: E402
 
 # Criteo Kaggle (Display Advertising Challenge) categorical cardinalities C1..C26, as in DLRM.
 CRITEO_KAGGLE_ROWS = [
-    1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194, 27, 14992,
-    5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572,
+    1460,
+    583,
+    10131227,
+    2202608,
+    305,
+    24,
+    12517,
+    633,
+    3,
+    93145,
+    5683,
+    8351593,
+    3194,
+    27,
+    14992,
+    5461306,
+    10,
+    5652,
+    2173,
+    4,
+    7046547,
+    18,
+    15,
+    286181,
+    105,
+    142572,
 ]
 SECTIONS = ("step", "pipeline", "collapse", "serving")
 # Seconds each section may take at most, and the least it needs to start (real / dry run).
@@ -96,15 +120,23 @@ def make_batches(rows: List[int], batch: int, device: torch.device, count: int, 
     for _ in range(count):
         ids = torch.cat([torch.randint(0, n, (batch,), generator=g, device=device) for n in rows])
         kjt = KeyedJaggedTensor.from_lengths_sync(
-            keys=[f"C{i + 1}" for i in range(len(rows))], values=ids,
-            lengths=torch.ones(len(rows) * batch, dtype=torch.int32, device=device))
-        out.append(Batch(torch.rand(batch, 13, generator=g, device=device), kjt,
-                         torch.randint(0, 2, (batch,), generator=g, device=device).float()))
+            keys=[f"C{i + 1}" for i in range(len(rows))],
+            values=ids,
+            lengths=torch.ones(len(rows) * batch, dtype=torch.int32, device=device),
+        )
+        out.append(
+            Batch(
+                torch.rand(batch, 13, generator=g, device=device),
+                kjt,
+                torch.randint(0, 2, (batch,), generator=g, device=device).float(),
+            )
+        )
     return out
 
 
-def time_steps(fn: Callable[[int], None], device: torch.device, warmup: int, steps: int,
-               deadline: Deadline) -> Dict[str, Any]:
+def time_steps(
+    fn: Callable[[int], None], device: torch.device, warmup: int, steps: int, deadline: Deadline
+) -> Dict[str, Any]:
     """Median / mean seconds of ``fn(i)`` (device-synchronised each step); stops early at the
     section's deadline and says how many steps it timed."""
     for i in range(warmup):
@@ -120,12 +152,22 @@ def time_steps(fn: Callable[[int], None], device: torch.device, warmup: int, ste
         times.append(time.perf_counter() - start)
     if not times:
         return {"steps_timed": 0}
-    return {"steps_timed": len(times), "median_ms": statistics.median(times) * 1e3,
-            "mean_ms": statistics.fmean(times) * 1e3}
+    return {
+        "steps_timed": len(times),
+        "median_ms": statistics.median(times) * 1e3,
+        "mean_ms": statistics.fmean(times) * 1e3,
+    }
 
 
-def bench_step(device: torch.device, batch_sizes: List[int], rows: List[int], warmup: int, steps: int,
-               deadline: Deadline, dense: Dict[str, List[int]]) -> Dict[str, Any]:
+def bench_step(
+    device: torch.device,
+    batch_sizes: List[int],
+    rows: List[int],
+    warmup: int,
+    steps: int,
+    deadline: Deadline,
+    dense: Dict[str, List[int]],
+) -> Dict[str, Any]:
     from torchrec.models.dlrm import DLRMTrain
 
     from mlet_dist.distributed.env import init_distributed
@@ -135,12 +177,23 @@ def bench_step(device: torch.device, batch_sizes: List[int], rows: List[int], wa
 
     env = init_distributed("nccl" if device.type == "cuda" else "gloo")
     tables = {f"C{i + 1}": n for i, n in enumerate(rows)}
-    variants = {"mlet_k64_d16": EmbeddingSpec(16, 64, mlet=True), "ebc_d16": EmbeddingSpec(16, 64, mlet=False),
-                "ebc_d64": EmbeddingSpec(64, 64, mlet=False)}
+    variants = {
+        "mlet_k64_d16": EmbeddingSpec(16, 64, mlet=True),
+        "ebc_d16": EmbeddingSpec(16, 64, mlet=False),
+        "ebc_d64": EmbeddingSpec(64, 64, mlet=False),
+    }
     result: Dict[str, Any] = {
-        "ranks": env.world_size, "backend": env.backend, "sharding": "table_wise", "tables": len(rows),
-        "rows_per_table": rows, "total_rows": sum(rows), "optimizers": "fused rowwise_adagrad (tables) + adam (dense)",
-        "dlrm_bottom_mlp": dense["bottom"], "dlrm_top_mlp": dense["top"], "ids": "uniform per table", "by_batch": {},
+        "ranks": env.world_size,
+        "backend": env.backend,
+        "sharding": "table_wise",
+        "tables": len(rows),
+        "rows_per_table": rows,
+        "total_rows": sum(rows),
+        "optimizers": "fused rowwise_adagrad (tables) + adam (dense)",
+        "dlrm_bottom_mlp": dense["bottom"],
+        "dlrm_top_mlp": dense["top"],
+        "ids": "uniform per table",
+        "by_batch": {},
     }
     for batch in batch_sizes:
         per: Dict[str, Any] = {}
@@ -152,8 +205,13 @@ def bench_step(device: torch.device, batch_sizes: List[int], rows: List[int], wa
             try:
                 torch.manual_seed(0)
                 collection = build_embedding_collection(tables, spec, device=torch.device("meta"))
-                model = DLRMTrain(build_dlrm(collection, DLRMConfig(bottom_mlp=dense["bottom"], top_mlp=dense["top"]),
-                                             dense_device=torch.device("meta")))
+                model = DLRMTrain(
+                    build_dlrm(
+                        collection,
+                        DLRMConfig(bottom_mlp=dense["bottom"], top_mlp=dense["top"]),
+                        dense_device=torch.device("meta"),
+                    )
+                )
                 optim = OptimConfig()
                 attach_fused_embedding_optimizer(model, optim)
                 sharded = shard_model(model, env, ShardingConfig("table_wise"))
@@ -200,16 +258,26 @@ def _build_trainable(spec: Any, rows: List[int], env: Any, dense: Dict[str, List
     torch.manual_seed(0)
     tables = {f"C{i + 1}": n for i, n in enumerate(rows)}
     collection = build_embedding_collection(tables, spec, device=torch.device("meta"))
-    model = DLRMTrain(build_dlrm(collection, DLRMConfig(bottom_mlp=dense["bottom"], top_mlp=dense["top"]),
-                                 dense_device=torch.device("meta")))
+    model = DLRMTrain(
+        build_dlrm(
+            collection, DLRMConfig(bottom_mlp=dense["bottom"], top_mlp=dense["top"]), dense_device=torch.device("meta")
+        )
+    )
     optim = OptimConfig()
     attach_fused_embedding_optimizer(model, optim)
     sharded = shard_model(model, env, ShardingConfig("table_wise"))
     return sharded, build_optimizer(sharded, optim)
 
 
-def bench_pipeline(device: torch.device, batch: int, rows: List[int], warmup: int, steps: int,
-                   deadline: Deadline, dense: Dict[str, List[int]]) -> Dict[str, Any]:
+def bench_pipeline(
+    device: torch.device,
+    batch: int,
+    rows: List[int],
+    warmup: int,
+    steps: int,
+    deadline: Deadline,
+    dense: Dict[str, List[int]],
+) -> Dict[str, Any]:
     """MLET k=64 -> d=16, host-resident batches (as the parquet reader yields them): the plain
     step (copy, forward, backward, update) vs mlet_dist.training.loop.StepSegment's
     ``sparse-dist`` pipeline (TorchRec's TrainPipelineSparseDist: next batch's copy and input
@@ -223,9 +291,11 @@ def bench_pipeline(device: torch.device, batch: int, rows: List[int], warmup: in
         return {"status": "not available", "reason": f"mlet_dist.training.loop does not import: {err}"}
     segment_cls = getattr(loop, "StepSegment", None)
     if segment_cls is None or "sparse-dist" not in getattr(loop, "PIPELINES", ()):
-        return {"status": "not available",
-                "reason": "mlet_dist/training/loop.py has no pipelined step (no StepSegment with a 'sparse-dist' "
-                          "pipeline); only the plain loop exists, so there is nothing to compare"}
+        return {
+            "status": "not available",
+            "reason": "mlet_dist/training/loop.py has no pipelined step (no StepSegment with a 'sparse-dist' "
+            "pipeline); only the plain loop exists, so there is nothing to compare",
+        }
     from mlet_dist.distributed.env import init_distributed
     from mlet_dist.models import EmbeddingSpec
 
@@ -233,16 +303,23 @@ def bench_pipeline(device: torch.device, batch: int, rows: List[int], warmup: in
     host = make_batches(rows, batch, torch.device("cpu"), 4, seed=7)
     if device.type == "cuda":
         host = [b.pin_memory() for b in host]
-    result: Dict[str, Any] = {"model": "mlet_k64_d16", "batch": batch, "tables": len(rows), "total_rows": sum(rows),
-                              "batches": "host (pinned on cuda), copied by each step", "by_pipeline": {}}
+    result: Dict[str, Any] = {
+        "model": "mlet_k64_d16",
+        "batch": batch,
+        "tables": len(rows),
+        "total_rows": sum(rows),
+        "batches": "host (pinned on cuda), copied by each step",
+        "by_pipeline": {},
+    }
     for pipeline in ("none", "sparse-dist"):
         if deadline.left() <= 0:
             result["by_pipeline"][pipeline] = {"skipped": "section deadline reached"}
             continue
         sharded, opt = _build_trainable(EmbeddingSpec(16, 64, mlet=True), rows, env, dense)
         n = warmup + steps
-        segment = segment_cls(sharded, opt, (SimpleNamespace(batch=host[i % 4], num_valid=batch) for i in range(n)),
-                              env.device, pipeline)
+        segment = segment_cls(
+            sharded, opt, (SimpleNamespace(batch=host[i % 4], num_valid=batch) for i in range(n)), env.device, pipeline
+        )
         timed, started = 0, 0.0
         for i, _loss in enumerate(segment):  # no per-step sync: the pipeline may run ahead
             if i == warmup - 1:
@@ -277,9 +354,11 @@ def bench_collapse(device: torch.device, rows: int, k: int, d: int, repeats: int
     table = torch.rand(rows, k, generator=g, device=device)
     proj = torch.randn(k, d, generator=g, device=device)
     dst, out = torch.empty_like(table), torch.empty(rows, d, device=device)
-    fns = {"copy": lambda: dst.copy_(table),
-           "collapse": lambda: collapse_table(table, proj, DEFAULT_CHUNK_ROWS, out=out),
-           "matmul": lambda: torch.matmul(table, proj)}
+    fns = {
+        "copy": lambda: dst.copy_(table),
+        "collapse": lambda: collapse_table(table, proj, DEFAULT_CHUNK_ROWS, out=out),
+        "matmul": lambda: torch.matmul(table, proj),
+    }
     best = {name: float("inf") for name in fns}
     for fn in fns.values():  # warm-up
         fn()
@@ -299,31 +378,52 @@ def bench_collapse(device: torch.device, rows: int, k: int, d: int, repeats: int
     bound = copy_bw * k / (k + d)
     collapse_rate = read_bytes / best["collapse"]
     return {
-        "table": [rows, k], "projection": [k, d], "dtype": "float32", "table_gb": read_bytes / 1e9,
-        "chunk_rows": DEFAULT_CHUNK_ROWS, "rounds": rounds, "best_seconds": best,
+        "table": [rows, k],
+        "projection": [k, d],
+        "dtype": "float32",
+        "table_gb": read_bytes / 1e9,
+        "chunk_rows": DEFAULT_CHUNK_ROWS,
+        "rounds": rounds,
+        "best_seconds": best,
         "tf32": bool(device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32),
-        "copy_bandwidth_gbs": copy_bw / 1e9, "collapse_bound_gbs": bound / 1e9,
-        "collapse_read_gbs": collapse_rate / 1e9, "matmul_read_gbs": read_bytes / best["matmul"] / 1e9,
-        "collapse_vs_copy_bandwidth": collapse_rate / copy_bw, "collapse_vs_bound": collapse_rate / bound,
+        "copy_bandwidth_gbs": copy_bw / 1e9,
+        "collapse_bound_gbs": bound / 1e9,
+        "collapse_read_gbs": collapse_rate / 1e9,
+        "matmul_read_gbs": read_bytes / best["matmul"] / 1e9,
+        "collapse_vs_copy_bandwidth": collapse_rate / copy_bw,
+        "collapse_vs_bound": collapse_rate / bound,
     }
 
 
-def bench_serving(device: torch.device, batch_sizes: List[int], rows: List[int], steps: int,
-                  deadline: Deadline, dense: Dict[str, List[int]]) -> Dict[str, Any]:
+def bench_serving(
+    device: torch.device,
+    batch_sizes: List[int],
+    rows: List[int],
+    steps: int,
+    deadline: Deadline,
+    dense: Dict[str, List[int]],
+) -> Dict[str, Any]:
     from mlet_dist.serving.model import ServingModelConfig, TableSpec, build_serving_model
     from mlet_dist.serving.quantize import quantize_serving_model
 
     config = ServingModelConfig(
-        arch="dlrm", dense_in_features=13, dense_arch_layer_sizes=[*dense["bottom"], 16],
+        arch="dlrm",
+        dense_in_features=13,
+        dense_arch_layer_sizes=[*dense["bottom"], 16],
         over_arch_layer_sizes=list(dense["top"]),
-        tables=[TableSpec(f"t_C{i + 1}", n, 16, [f"C{i + 1}"]) for i, n in enumerate(rows)])
+        tables=[TableSpec(f"t_C{i + 1}", n, 16, [f"C{i + 1}"]) for i, n in enumerate(rows)],
+    )
     torch.manual_seed(0)
     model = build_serving_model(config, device)
     net = model.model.eval()
     batches = {b: make_batches(rows, b, device, 2, seed=b) for b in batch_sizes}
-    result: Dict[str, Any] = {"embedding_dim": 16, "tables": len(rows), "total_rows": sum(rows),
-                              "what": "DLRM forward (no_grad), batches on the device; host input not timed",
-                              "by_batch": {str(b): {} for b in batch_sizes}}
+    result: Dict[str, Any] = {
+        "embedding_dim": 16,
+        "tables": len(rows),
+        "total_rows": sum(rows),
+        "what": "DLRM forward (no_grad), batches on the device; host input not timed",
+        "by_batch": {str(b): {} for b in batch_sizes},
+    }
     reference: Dict[int, torch.Tensor] = {}
     for precision in ("fp32", "int8"):
         if precision == "int8":
@@ -342,8 +442,9 @@ def bench_serving(device: torch.device, batch_sizes: List[int], rows: List[int],
             if "median_ms" in timing:
                 timing["rows_per_s"] = b / (timing["median_ms"] / 1e3)
             with torch.no_grad():
-                probs = torch.sigmoid(net(dense_features=bs[0].dense_features,
-                                          sparse_features=bs[0].sparse_features).float()).reshape(-1)
+                probs = torch.sigmoid(
+                    net(dense_features=bs[0].dense_features, sparse_features=bs[0].sparse_features).float()
+                ).reshape(-1)
             if precision == "fp32":
                 reference[b] = probs
             else:
@@ -358,12 +459,18 @@ def bench_serving(device: torch.device, batch_sizes: List[int], rows: List[int],
 def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="JSON file, rewritten after every section")
-    p.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes: checks the code path, measures nothing real")
+    p.add_argument(
+        "--dry-run", action="store_true", help="CPU, tiny sizes: checks the code path, measures nothing real"
+    )
     p.add_argument("--sections", default=",".join(SECTIONS))
     p.add_argument("--deadline-s", type=float, default=sum(BUDGET_S.values()), help="for all sections together")
     p.add_argument("--batch-sizes", default=None, help="default 8192,65536 (dry: 64)")
-    p.add_argument("--table-memory-fraction", type=float, default=0.25,
-                   help="the widest variant's tables take at most this much of free device memory")
+    p.add_argument(
+        "--table-memory-fraction",
+        type=float,
+        default=0.25,
+        help="the widest variant's tables take at most this much of free device memory",
+    )
     p.add_argument("--collapse-rows", type=int, default=None, help="rows of the collapsed table (default 16M; dry 20k)")
     return p.parse_args(argv)
 

@@ -27,8 +27,34 @@ from typing import Dict, List
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-CARDINALITIES = [1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194, 27,
-                 14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572]
+CARDINALITIES = [
+    1460,
+    583,
+    10131227,
+    2202608,
+    305,
+    24,
+    12517,
+    633,
+    3,
+    93145,
+    5683,
+    8351593,
+    3194,
+    27,
+    14992,
+    5461306,
+    10,
+    5652,
+    2173,
+    4,
+    7046547,
+    18,
+    15,
+    286181,
+    105,
+    142572,
+]
 
 
 def dataset(work: Path, rows: int, row_group_rows: int) -> Path:
@@ -37,8 +63,9 @@ def dataset(work: Path, rows: int, row_group_rows: int) -> Path:
 
     out = work / f"synthetic-{rows}-rg{row_group_rows}-{PARQUET_COMPRESSION}"
     if not (out / "meta.json").is_file():
-        generate_dataset(out, rows, [min(c, 100_000) for c in CARDINALITIES], seed=0, overwrite=True,
-                         row_group_rows=row_group_rows)
+        generate_dataset(
+            out, rows, [min(c, 100_000) for c in CARDINALITIES], seed=0, overwrite=True, row_group_rows=row_group_rows
+        )
     return out
 
 
@@ -57,16 +84,42 @@ def rank0_rows_per_s(data: Path, world: int, batch: int, order: str, min_seconds
         cpu_seconds += time.process_time() - cpu_started
         decoded += stream.decoded_rows
         passes += 1
-    return {"rows": rows, "seconds": seconds, "rows_per_s": rows / seconds, "decoded_rows": decoded / passes,
-            "rows_per_cpu_s": rows / cpu_seconds, "passes": passes}
+    return {
+        "rows": rows,
+        "seconds": seconds,
+        "rows_per_s": rows / seconds,
+        "decoded_rows": decoded / passes,
+        "rows_per_cpu_s": rows / cpu_seconds,
+        "passes": passes,
+    }
 
 
 def train_samples_per_s(data: Path, work: Path, pipeline: str, batches: int, batch: int) -> float:
     run = work / f"train-{pipeline}-{time.time_ns()}"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-           str(REPO / "mlet_dist" / "train.py"), "--data", str(data), "--run-dir", str(run),
-           "--batch-size", str(batch), "--max-train-batches", str(batches), "--max-eval-batches", "1",
-           "--no-progress", "--no-collapse", "--sharding", "table_wise", "--pipeline", pipeline]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        str(REPO / "mlet_dist" / "train.py"),
+        "--data",
+        str(data),
+        "--run-dir",
+        str(run),
+        "--batch-size",
+        str(batch),
+        "--max-train-batches",
+        str(batches),
+        "--max-eval-batches",
+        "1",
+        "--no-progress",
+        "--no-collapse",
+        "--sharding",
+        "table_wise",
+        "--pipeline",
+        pipeline,
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), MLET_TENSORBOARD="0")
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     if proc.returncode:
@@ -81,8 +134,9 @@ def main(argv: List[str] | None = None) -> None:
     p.add_argument("--worlds", default="1,2,8,32")
     p.add_argument("--batch", type=int, default=2048, help="local batch (rows per rank per step)")
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--min-seconds", type=float, default=0.5,
-                   help="time rank 0's passes (epochs) until this long, per measurement")
+    p.add_argument(
+        "--min-seconds", type=float, default=0.5, help="time rank 0's passes (epochs) until this long, per measurement"
+    )
     p.add_argument("--train-batches", type=int, default=30, help="steps per end-to-end run (0: skip)")
     p.add_argument("--train-batch", type=int, default=512)
     p.add_argument("--row-group-rows", type=int, default=8192, help="parquet row group size of the dataset")
@@ -100,31 +154,41 @@ def main(argv: List[str] | None = None) -> None:
                 reads[order][w].append(rank0_rows_per_s(data, w, args.batch, order, args.min_seconds))
     best = {o: {w: max(r["rows_per_s"] for r in reads[o][w]) for w in worlds} for o in reads}
     best_cpu = {o: {w: max(r["rows_per_cpu_s"] for r in reads[o][w]) for w in worlds} for o in reads}
-    result: Dict[str, object] = {"rows": args.rows, "batch": args.batch, "rank0_rows_per_s": best,
-                                 "rank0_rows_per_cpu_s": best_cpu,
-                                 "decoded_rows": {o: {w: reads[o][w][-1]["decoded_rows"] for w in worlds} for o in reads},
-                                 "ratio_to_w1": {o: {w: best[o][w] / best[o][worlds[0]] for w in worlds} for o in best},
-                                 "cpu_ratio_to_w1": {o: {w: best_cpu[o][w] / best_cpu[o][worlds[0]] for w in worlds}
-                                                     for o in best_cpu}}
-    print(f"rank 0's own rows/s, local batch {args.batch}, {args.rows:,} rows, {data.name} (best of {args.repeats}); "
-          "per CPU-second too (the reading's own cost, steady when other jobs share the cores):")
+    result: Dict[str, object] = {
+        "rows": args.rows,
+        "batch": args.batch,
+        "rank0_rows_per_s": best,
+        "rank0_rows_per_cpu_s": best_cpu,
+        "decoded_rows": {o: {w: reads[o][w][-1]["decoded_rows"] for w in worlds} for o in reads},
+        "ratio_to_w1": {o: {w: best[o][w] / best[o][worlds[0]] for w in worlds} for o in best},
+        "cpu_ratio_to_w1": {o: {w: best_cpu[o][w] / best_cpu[o][worlds[0]] for w in worlds} for o in best_cpu},
+    }
+    print(
+        f"rank 0's own rows/s, local batch {args.batch}, {args.rows:,} rows, {data.name} (best of {args.repeats}); "
+        "per CPU-second too (the reading's own cost, steady when other jobs share the cores):"
+    )
     print("   W   local rows/s  (vs W=1)   per CPU-s  (vs W=1)   exact rows/s  (vs W=1)")
     for w in worlds:
-        print(f"{w:4d}  {best['local'][w]:13,.0f}  ({best['local'][w] / best['local'][worlds[0]]:5.2f}x)"
-              f"  {best_cpu['local'][w]:10,.0f}  ({best_cpu['local'][w] / best_cpu['local'][worlds[0]]:5.2f}x)"
-              f"  {best['exact'][w]:13,.0f}  ({best['exact'][w] / best['exact'][worlds[0]]:5.2f}x)")
+        print(
+            f"{w:4d}  {best['local'][w]:13,.0f}  ({best['local'][w] / best['local'][worlds[0]]:5.2f}x)"
+            f"  {best_cpu['local'][w]:10,.0f}  ({best_cpu['local'][w] / best_cpu['local'][worlds[0]]:5.2f}x)"
+            f"  {best['exact'][w]:13,.0f}  ({best['exact'][w] / best['exact'][worlds[0]]:5.2f}x)"
+        )
 
     if args.train_batches:
         speeds: Dict[str, List[float]] = {"sparse-dist": [], "none": []}
         for _ in range(args.repeats):
             for pipeline in speeds:
-                speeds[pipeline].append(train_samples_per_s(data, args.work, pipeline, args.train_batches,
-                                                             args.train_batch))
+                speeds[pipeline].append(
+                    train_samples_per_s(data, args.work, pipeline, args.train_batches, args.train_batch)
+                )
         result["train_samples_per_s"] = speeds
         median = {k: sorted(v)[len(v) // 2] for k, v in speeds.items()}
-        print(f"training on 2 gloo ranks, local batch {args.train_batch}: samples/s "
-              f"pipelined {median['sparse-dist']:,.0f} vs plain {median['none']:,.0f} "
-              f"({median['sparse-dist'] / median['none']:.2f}x); runs {speeds}")
+        print(
+            f"training on 2 gloo ranks, local batch {args.train_batch}: samples/s "
+            f"pipelined {median['sparse-dist']:,.0f} vs plain {median['none']:,.0f} "
+            f"({median['sparse-dist'] / median['none']:.2f}x); runs {speeds}"
+        )
     out = args.out or args.work / "result.json"
     out.write_text(json.dumps(result, indent=1))
     print(f"wrote {out}")

@@ -64,8 +64,11 @@ def run_pyarrow(src: Path, out: Path) -> None:
     import pyarrow.parquet as pq
 
     names = ["label"] + [f"I{k}" for k in range(1, 14)] + [f"C{k}" for k in range(1, 27)]
-    types = {"label": pa.int8(), **{f"I{k}": pa.float64() for k in range(1, 14)},
-             **{f"C{k}": pa.dictionary(pa.int32(), pa.string()) for k in range(1, 27)}}
+    types = {
+        "label": pa.int8(),
+        **{f"I{k}": pa.float64() for k in range(1, 14)},
+        **{f"C{k}": pa.dictionary(pa.int32(), pa.string()) for k in range(1, 27)},
+    }
     table = pcsv.read_csv(
         src,
         read_options=pcsv.ReadOptions(column_names=names, use_threads=True, block_size=8 << 20),
@@ -134,10 +137,21 @@ def _child(kind: str, src: Path, out: Path) -> None:
     else:
         (run_pyarrow if kind == "pyarrow" else run_reference)(src, out)
     seconds = time.perf_counter() - t0
-    cpu = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-              for f in ("ru_utime", "ru_stime"))
-    print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb": _peak_rss_mb(),
-                      "cores": len(os.sched_getaffinity(0))}))
+    cpu = sum(
+        getattr(resource.getrusage(who), f)
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+        for f in ("ru_utime", "ru_stime")
+    )
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "cpu_seconds": cpu,
+                "peak_rss_mb": _peak_rss_mb(),
+                "cores": len(os.sched_getaffinity(0)),
+            }
+        )
+    )
 
 
 def _watch(proc: subprocess.Popen) -> tuple:
@@ -168,8 +182,11 @@ def _watch(proc: subprocess.Popen) -> tuple:
 
 def measure(kind: str, src: Path, out: Path) -> dict:
     proc = subprocess.Popen(
-        [sys.executable, __file__, "--_child", kind, str(src), str(out)], stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, cwd=REPO,
+        [sys.executable, __file__, "--_child", kind, str(src), str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
     )
     cpu, tree_rss = _watch(proc)
     stdout, stderr = proc.communicate()
@@ -186,8 +203,13 @@ def measure(kind: str, src: Path, out: Path) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=float, nargs="+", default=[50.0, 200.0], help="input sizes in MB")
-    parser.add_argument("--reference-sizes", type=float, nargs="*", default=[],
-                        help="sizes at which to run the line-by-line reference too (default: none)")
+    parser.add_argument(
+        "--reference-sizes",
+        type=float,
+        nargs="*",
+        default=[],
+        help="sizes at which to run the line-by-line reference too (default: none)",
+    )
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="mlet-prep worker counts")
     parser.add_argument("--table-size", type=int, default=100_000, help="values per categorical table")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each row, interleaved; medians are printed")
@@ -204,9 +226,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         work = Path(tmp)
         if args.repeats > 1:
-            print(f"medians of {args.repeats} interleaved runs; wN runs on N cores (this box allows {len(os.sched_getaffinity(0))})")
-        print(f"{'MB':>7} {'impl':>12} {'cores':>5} {'seconds':>8} {'MB/s':>8} {'peak RSS MB':>12} {'vs pyarrow':>11} "
-              f"{'vs w1':>6} {'MB/cpu-s':>9}")
+            print(
+                f"medians of {args.repeats} interleaved runs; wN runs on N cores (this box allows {len(os.sched_getaffinity(0))})"
+            )
+        print(
+            f"{'MB':>7} {'impl':>12} {'cores':>5} {'seconds':>8} {'MB/s':>8} {'peak RSS MB':>12} {'vs pyarrow':>11} "
+            f"{'vs w1':>6} {'MB/cpu-s':>9}"
+        )
         for size in args.sizes:
             src = work / f"criteo_{size:g}mb.tsv"
             write_criteo_tsv(src, size_mb=size, table_sizes=[args.table_size] * 26, seed=1)
@@ -222,8 +248,11 @@ def main() -> int:
             base, one = rows["pyarrow"]["mb_per_s"], rows.get("mlet-prep w1", {}).get("mb_per_s")
             for name, r in rows.items():
                 vs_w1 = f"{r['mb_per_s'] / one:5.2f}x" if one and name.startswith("mlet") else ""
-                print(f"{mb:7.1f} {name:>12} {r['cores']:5.0f} {r['seconds']:8.2f} {r['mb_per_s']:8.1f} {r['peak_rss_mb']:12.0f} "
-                      f"{r['mb_per_s'] / base:10.2f}x {vs_w1:>6} {r['mb_per_cpu_s']:9.1f}", flush=True)
+                print(
+                    f"{mb:7.1f} {name:>12} {r['cores']:5.0f} {r['seconds']:8.2f} {r['mb_per_s']:8.1f} {r['peak_rss_mb']:12.0f} "
+                    f"{r['mb_per_s'] / base:10.2f}x {vs_w1:>6} {r['mb_per_cpu_s']:9.1f}",
+                    flush=True,
+                )
             os.remove(src)
     return 0
 

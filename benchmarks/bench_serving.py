@@ -36,7 +36,9 @@ def requests_for(serving: Path, batch: int) -> Dict[str, torch.Tensor]:
     meta = dataset_meta(sd, None)
     contract = build_contract(sd.model_config, meta)
     if meta is not None:
-        stream = ScoringStream(sd.manifest["dataset"]["data_dir"], "test", batch, rows_per_feature(sd.manifest["tables"]))
+        stream = ScoringStream(
+            sd.manifest["dataset"]["data_dir"], "test", batch, rows_per_feature(sd.manifest["tables"])
+        )
         if stream.num_rows >= batch:
             b = next(iter(stream))
             return request_from_kjt(b.dense, b.sparse, [f["name"] for f in contract["sparse_features"]])
@@ -81,10 +83,14 @@ def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
         for mode, module in (("eager", eager), ("scripted", scripted)):
             for batch in args.batches:
                 rate = rows_per_s(module, requests[batch], args.min_seconds)
-                results.append({"precision": precision, "mode": mode, "batch": batch, "rows_per_s": rate,
-                                "table_bytes": memory})
-                print(f"{precision:5s} {mode:9s} batch {batch:5d}: {rate:12,.0f} rows/s   "
-                      f"tables {memory / 2**20:7.2f} MiB", flush=True)
+                results.append(
+                    {"precision": precision, "mode": mode, "batch": batch, "rows_per_s": rate, "table_bytes": memory}
+                )
+                print(
+                    f"{precision:5s} {mode:9s} batch {batch:5d}: {rate:12,.0f} rows/s   "
+                    f"tables {memory / 2**20:7.2f} MiB",
+                    flush=True,
+                )
     return results
 
 
@@ -104,8 +110,9 @@ def main() -> None:
         cells = [f"{rows[(m, b)]['rows_per_s']:,.0f}" for b in args.batches for m in ("eager", "scripted")]
         print(f"{precision} | {rows[('eager', args.batches[0])]['table_bytes'] / 2**20:.2f} | " + " | ".join(cells))
     if args.json:
-        args.json.write_text(json.dumps({"threads": args.threads, "serving": str(args.serving), "results": results},
-                                        indent=1) + "\n")
+        args.json.write_text(
+            json.dumps({"threads": args.threads, "serving": str(args.serving), "results": results}, indent=1) + "\n"
+        )
 
 
 if __name__ == "__main__":

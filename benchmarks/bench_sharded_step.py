@@ -43,18 +43,32 @@ def add_setup_args(p: argparse.ArgumentParser, steps: int, steps_help: str) -> N
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_setup_args(p, steps=20, steps_help="timed steps per variant per round")
-    p.add_argument("--check-inputs", action="store_true",
-                   help="MLET variants also run the per-step Python id checks (mlet-train's --check-inputs)")
-    p.add_argument("--variants", default=",".join(VARIANTS),
-                   help=f"comma-separated subset of {', '.join(VARIANTS)} (ebc_d16 always runs: the ratios' base)")
+    p.add_argument(
+        "--check-inputs",
+        action="store_true",
+        help="MLET variants also run the per-step Python id checks (mlet-train's --check-inputs)",
+    )
+    p.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"comma-separated subset of {', '.join(VARIANTS)} (ebc_d16 always runs: the ratios' base)",
+    )
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args()
 
 
 def launch(args: argparse.Namespace, script: str = __file__) -> None:
     """Re-run ``script`` with --worker under torchrun, one process per rank."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.ranks}",
-           script, "--worker", *sys.argv[1:]]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={args.ranks}",
+        script,
+        "--worker",
+        *sys.argv[1:],
+    ]
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), PYTHONPATH=str(ROOT))
     raise SystemExit(subprocess.call(cmd, env=env))
 
@@ -100,10 +114,17 @@ def make_batches(args: argparse.Namespace, rank: int, count: int = 4) -> List[An
     for _ in range(count):
         ids = torch.randint(0, args.rows, (args.tables * args.batch_size,), generator=g)
         kjt = KeyedJaggedTensor.from_lengths_sync(
-            keys=list(table_sizes(args)), values=ids,
-            lengths=torch.ones(args.tables * args.batch_size, dtype=torch.int32))
-        batches.append(Batch(torch.rand(args.batch_size, 13, generator=g), kjt,
-                             torch.randint(0, 2, (args.batch_size,), generator=g).float()))
+            keys=list(table_sizes(args)),
+            values=ids,
+            lengths=torch.ones(args.tables * args.batch_size, dtype=torch.int32),
+        )
+        batches.append(
+            Batch(
+                torch.rand(args.batch_size, 13, generator=g),
+                kjt,
+                torch.randint(0, 2, (args.batch_size,), generator=g).float(),
+            )
+        )
     return batches
 
 
@@ -158,8 +179,10 @@ def worker(args: argparse.Namespace) -> None:
                 times[name].append(time.perf_counter() - start)
     if env.is_main:
         med = {name: statistics.median(t) * 1e3 for name, t in times.items()}
-        print(f"\n{args.ranks} gloo ranks, {args.tables} tables x {args.rows} rows, batch {args.batch_size}/rank, "
-              f"{args.sharding}, median of {args.rounds}x{args.steps} steps, load average {os.getloadavg()[0]:.1f}")
+        print(
+            f"\n{args.ranks} gloo ranks, {args.tables} tables x {args.rows} rows, batch {args.batch_size}/rank, "
+            f"{args.sharding}, median of {args.rounds}x{args.steps} steps, load average {os.getloadavg()[0]:.1f}"
+        )
         print(f"{'variant':<12} {'ms/step':>9} {'vs ebc_d16':>11}")
         for name, ms in med.items():
             print(f"{name:<12} {ms:9.2f} {ms / med['ebc_d16']:10.2f}x")

@@ -59,17 +59,23 @@ def write_tsv(path: Path, c1_ids: np.ndarray, seed: int = 0) -> None:
     width = sum(fields) + len(fields)  # a tab after each field but the last, then the newline
     with open(path, "wb") as f:
         for lo in range(0, len(c1_ids), 1 << 20):
-            ids = c1_ids[lo:lo + (1 << 20)]
+            ids = c1_ids[lo : lo + (1 << 20)]
             n = len(ids)
             line = np.full((n, width), ord("\t"), np.uint8)
             line[:, -1] = ord("\n")
-            columns = iter([ord("0") + rng.integers(0, 2, n), ord("0") + np.arange(lo, lo + n) % 10,
-                            hex8(scrambled(ids)), hex8(scrambled(rng.integers(0, SMALL[0], n) + (1 << 30))),
-                            hex8(scrambled(rng.integers(0, SMALL[1], n) + (1 << 31)))])
+            columns = iter(
+                [
+                    ord("0") + rng.integers(0, 2, n),
+                    ord("0") + np.arange(lo, lo + n) % 10,
+                    hex8(scrambled(ids)),
+                    hex8(scrambled(rng.integers(0, SMALL[0], n) + (1 << 30))),
+                    hex8(scrambled(rng.integers(0, SMALL[1], n) + (1 << 31))),
+                ]
+            )
             at = 0
             for w in fields:
                 if w:
-                    line[:, at:at + w] = next(columns).reshape(n, w)
+                    line[:, at : at + w] = next(columns).reshape(n, w)
                 at += w + 1
             f.write(line.tobytes())
 
@@ -95,6 +101,7 @@ def tree_cpu_seconds() -> float:
 
 def _timed(phases: Dict[str, List[float]], label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     """``fn`` adding its wall and CPU seconds (of the whole process tree) to ``phases[label]``."""
+
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         wall, cpu = time.perf_counter(), tree_cpu_seconds()
         try:
@@ -103,6 +110,7 @@ def _timed(phases: Dict[str, List[float]], label: str, fn: Callable[..., Any]) -
             spent = phases.setdefault(label, [0.0, 0.0])
             spent[0] += time.perf_counter() - wall
             spent[1] += tree_cpu_seconds() - cpu
+
     return wrapper
 
 
@@ -114,24 +122,45 @@ def child(src: Path, out: Path, workers: int) -> None:
     from data_prep.parallel import driver
 
     phases: Dict[str, List[float]] = {}
-    for name, label in (("_pass1", "count"), ("_tail", "count"), ("staged_vocabularies", "vocabulary"),
-                        ("save_tables", "vocabulary"), ("_pass2", "write")):
+    for name, label in (
+        ("_pass1", "count"),
+        ("_tail", "count"),
+        ("staged_vocabularies", "vocabulary"),
+        ("save_tables", "vocabulary"),
+        ("_pass2", "write"),
+    ):
         setattr(driver, name, _timed(phases, label, getattr(driver, name)))
     started = time.perf_counter()
     result = prepare_criteo_kaggle(src, out, overwrite=True, workers=workers, progress=False)
     seconds = time.perf_counter() - started
-    cpu = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-              for f in ("ru_utime", "ru_stime"))
-    print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "phases": phases,
-                      "vocabulary": result.meta["table_sizes"]["C1"] - 1}))
+    cpu = sum(
+        getattr(resource.getrusage(who), f)
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+        for f in ("ru_utime", "ru_stime")
+    )
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "cpu_seconds": cpu,
+                "phases": phases,
+                "vocabulary": result.meta["table_sizes"]["C1"] - 1,
+            }
+        )
+    )
 
 
 def measure(src: Path, out: Path, workers: int) -> Dict[str, Any]:
     """One preparation in a fresh process: its phases, wall and CPU seconds, peak RSS of the tree."""
     from bench_prep import _watch
 
-    proc = subprocess.Popen([sys.executable, __file__, "--_child", str(src), str(out), str(workers)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--_child", str(src), str(out), str(workers)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     cpu, peak = _watch(proc)
     stdout, stderr = proc.communicate()
     if proc.returncode != 0:
@@ -152,15 +181,22 @@ def row_line(r: Dict[str, Any], first: Dict[str, Any]) -> str:
     extra = r["distinct"] - first["distinct"]
     per = (counted_cpu(r) - counted_cpu(first)) / extra * 1e6 if extra else float("nan")
     (cw, cc), (vw, vc), (ww, wc) = (r["phases"][k] for k in ("count", "vocabulary", "write"))
-    return (f"{r['distinct']:>10,} {r['workers']:>7} {cw:8.2f} {cc:6.1f} {vw:8.2f} {vc:6.1f} {ww:8.2f} {wc:6.1f} "
-            f"{r['seconds']:8.2f} {r['cpu_seconds']:7.1f} {r['peak_rss_mb']:8.0f} {per:9.3f}")
+    return (
+        f"{r['distinct']:>10,} {r['workers']:>7} {cw:8.2f} {cc:6.1f} {vw:8.2f} {vc:6.1f} {ww:8.2f} {wc:6.1f} "
+        f"{r['seconds']:8.2f} {r['cpu_seconds']:7.1f} {r['peak_rss_mb']:8.0f} {per:9.3f}"
+    )
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=3_500_000, help="rows of every input (train: 6/7 of them)")
-    p.add_argument("--distinct", type=int, nargs="+", default=[100_000, 1_000_000, 2_000_000, 3_000_000],
-                   help="distinct values of C1 (capped by the train rows)")
+    p.add_argument(
+        "--distinct",
+        type=int,
+        nargs="+",
+        default=[100_000, 1_000_000, 2_000_000, 3_000_000],
+        help="distinct values of C1 (capped by the train rows)",
+    )
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     p.add_argument("--workdir", default=None, help="where inputs and outputs go (default: a temp dir)")
     p.add_argument("--_child", nargs=3, help=argparse.SUPPRESS)
@@ -171,8 +207,10 @@ def main() -> int:
         return 0
     sys.path.insert(0, str(REPO / "benchmarks"))
     print(f"load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; {args.rows:,} rows per input")
-    print(f"{'distinct':>10} {'workers':>7} {'count s':>8} {'cpu':>6} {'vocab s':>8} {'cpu':>6} {'write s':>8} {'cpu':>6} "
-          f"{'total s':>8} {'cpu s':>7} {'peak MB':>8} {'us/value':>9}")
+    print(
+        f"{'distinct':>10} {'workers':>7} {'count s':>8} {'cpu':>6} {'vocab s':>8} {'cpu':>6} {'write s':>8} {'cpu':>6} "
+        f"{'total s':>8} {'cpu s':>7} {'peak MB':>8} {'us/value':>9}"
+    )
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         base: Dict[int, Dict[str, Any]] = {}
         for distinct in sorted(args.distinct):

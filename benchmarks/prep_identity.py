@@ -49,9 +49,9 @@ def _inputs(work: Path) -> Dict[str, Path]:
     days.mkdir()
     third = len(lines) // 3
     (days / "day_0").write_bytes(b"".join(lines[:third]))
-    (days / "day_1").write_bytes(b"".join(lines[third:2 * third]))
+    (days / "day_1").write_bytes(b"".join(lines[third : 2 * third]))
     with gzip.GzipFile(days / "day_2.gz", "wb", mtime=0) as f:
-        f.write(b"".join(lines[2 * third:]))
+        f.write(b"".join(lines[2 * third :]))
     return {"criteo_bad": work / "in" / "criteo_bad.tsv", "days": days}
 
 
@@ -63,18 +63,21 @@ def _raw_variants(work: Path, inputs: Dict[str, Path]) -> Dict[str, Callable[[Pa
         "criteo_w2": lambda o: prepare_criteo_kaggle(CRITEO, o, workers=2, **SMALL),
         "criteo_min_count3": lambda o: prepare_criteo_kaggle(CRITEO, o, min_count=3, workers=1),
         "criteo_hash64_w2": lambda o: prepare_criteo_kaggle(CRITEO, o, hash_size=64, workers=2),
-        "criteo_cap_w1": lambda o: prepare_criteo_kaggle(CRITEO, o, count_memory_mb=0.02, block_bytes=1 << 16,
-                                                         workers=1, **SMALL),
-        "criteo_cap_w2": lambda o: prepare_criteo_kaggle(CRITEO, o, count_memory_mb=0.02, block_bytes=1 << 16,
-                                                         workers=2, **SMALL),
+        "criteo_cap_w1": lambda o: prepare_criteo_kaggle(
+            CRITEO, o, count_memory_mb=0.02, block_bytes=1 << 16, workers=1, **SMALL
+        ),
+        "criteo_cap_w2": lambda o: prepare_criteo_kaggle(
+            CRITEO, o, count_memory_mb=0.02, block_bytes=1 << 16, workers=2, **SMALL
+        ),
         "criteo_rejects_w1": lambda o: prepare_criteo_kaggle(inputs["criteo_bad"], o, workers=1),
         "criteo_rejects_w2": lambda o: prepare_criteo_kaggle(inputs["criteo_bad"], o, workers=2, block_bytes=1 << 16),
         "terabyte_w1": lambda o: prepare_criteo_terabyte([inputs["days"]], o, workers=1, **SMALL),
         "terabyte_w2": lambda o: prepare_criteo_terabyte([inputs["days"]], o, workers=2, block_bytes=1 << 16, **SMALL),
         "avazu_w1": lambda o: prepare_avazu(AVAZU, o, workers=1, **SMALL),
         "avazu_w2": lambda o: prepare_avazu(AVAZU, o, workers=2, block_bytes=1 << 16, **SMALL),
-        "vocab_from_w1": lambda o: prepare_criteo_kaggle(inputs["criteo_bad"], o, workers=1,
-                                                         vocab_from=str(work / "out" / "criteo_w1")),
+        "vocab_from_w1": lambda o: prepare_criteo_kaggle(
+            inputs["criteo_bad"], o, workers=1, vocab_from=str(work / "out" / "criteo_w1")
+        ),
     }
 
 
@@ -85,8 +88,7 @@ def _generated_variants(work: Path) -> Dict[str, Callable[[Path], object]]:
     sizes = [5, 50, 500, 5000] + [97] * 22
     return {
         "synthetic": lambda o: generate_dataset(o, 9000, sizes, seed=3, **SMALL),
-        "synthetic_multi_hot": lambda o: generate_dataset(o, 5000, sizes, seed=4, multi_hot=3,
-                                                          pooling={"C2": "mean"}),
+        "synthetic_multi_hot": lambda o: generate_dataset(o, 5000, sizes, seed=4, multi_hot=3, pooling={"C2": "mean"}),
         "planted": lambda o: generate_planted(o, PlantedSpec(rows=6000, tables=4, cardinality=(30,), rank=2, seed=5)),
     }
 
@@ -111,6 +113,7 @@ def _foreign_variants(work: Path) -> Dict[str, Callable[[Path], object]]:
             if code:
                 raise RuntimeError(f"mlet-prep {' '.join(argv)} exited {code}")
             return None
+
         return run
 
     return {
@@ -124,8 +127,11 @@ def _foreign_variants(work: Path) -> Dict[str, Callable[[Path], object]]:
 
 def digests(root: Path) -> List[str]:
     """`relative/path sha256` of every file under root, sorted."""
-    return [f"{p.relative_to(root)} {hashlib.sha256(p.read_bytes()).hexdigest()}"
-            for p in sorted(root.rglob("*")) if p.is_file()]
+    return [
+        f"{p.relative_to(root)} {hashlib.sha256(p.read_bytes()).hexdigest()}"
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    ]
 
 
 def main(argv: List[str] = None) -> int:

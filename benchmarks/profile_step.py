@@ -36,7 +36,16 @@ PROFILED = ("mlet_owner", "ebc_d16")
 # mlet-train's flags per --train-variant, after the authors' configuration (pair.sh's)
 TRAIN_VARIANTS: Dict[str, List[str]] = {
     "default": [],
-    "matched": ["--embedding-optimizer", "sgd", "--embedding-lr", "0.2", "--dense-optimizer", "sgd", "--dense-lr", "0.2"],
+    "matched": [
+        "--embedding-optimizer",
+        "sgd",
+        "--embedding-lr",
+        "0.2",
+        "--dense-optimizer",
+        "sgd",
+        "--dense-lr",
+        "0.2",
+    ],
 }
 
 
@@ -89,14 +98,19 @@ def timed_steps(model: Any, opt: Any, batches: List[Any], steps: int) -> List[fl
     return out
 
 
-def markdown(args: argparse.Namespace, per_step: Dict[str, Dict[str, float]],
-             profiled_wall: Dict[str, float], plain: Dict[str, float], load: Tuple[float, float]) -> str:
+def markdown(
+    args: argparse.Namespace,
+    per_step: Dict[str, Dict[str, float]],
+    profiled_wall: Dict[str, float],
+    plain: Dict[str, float],
+    load: Tuple[float, float],
+) -> str:
     """The committed table: rows by |MLET - stock| descending, then totals."""
     a, b = PROFILED
     ops = set(per_step[a]) | set(per_step[b])
     diff = {op: per_step[a].get(op, 0.0) - per_step[b].get(op, 0.0) for op in ops}
     ranked = sorted(ops, key=lambda op: -abs(diff[op]))
-    shown, rest = ranked[: args.top], ranked[args.top:]
+    shown, rest = ranked[: args.top], ranked[args.top :]
     lines = [
         f"# One MLET step vs one stock d=16 step, op by op (rank 0 of {args.ranks} gloo ranks)",
         "",
@@ -157,8 +171,13 @@ def worker(args: argparse.Namespace) -> None:
             walls[name] += wall
     if env.is_main:
         per_step = {name: median_per_op(samples[name]) for name in PROFILED}
-        text = markdown(args, per_step, {k: statistics.median(v) for k, v in walls.items()},
-                        {k: statistics.median(v) for k, v in plain.items()}, (load_start, os.getloadavg()[0]))
+        text = markdown(
+            args,
+            per_step,
+            {k: statistics.median(v) for k, v in walls.items()},
+            {k: statistics.median(v) for k, v in plain.items()},
+            (load_start, os.getloadavg()[0]),
+        )
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(text)
@@ -237,6 +256,7 @@ class StepWindows:
         if self._steps >= self.skip:
             if self.profiled:
                 from torch.profiler import ProfilerActivity, profile
+
                 self._prof = profile(activities=[ProfilerActivity.CPU])
                 self._prof.__enter__()
             self._start = time.perf_counter()
@@ -255,6 +275,7 @@ def labelled(fn: Callable[..., Any], label: str) -> Callable[..., Any]:
     def wrapper(*a: Any, **kw: Any) -> Any:
         with record_function(label):
             return fn(*a, **kw)
+
     return wrapper
 
 
@@ -275,9 +296,26 @@ def run_train_variant(args: argparse.Namespace, variant: str, env: Any, profiled
     Trainer._after_step = timed_after_step  # type: ignore[method-assign]
     try:
         with tempfile.TemporaryDirectory() as run_dir:
-            argv = ["--data", str(args.train_data), "--run-dir", run_dir, "--no-resume", "--model", "mlet",
-                    "--inner-dim", "64", "--embedding-dim", "16", "--epochs", "1", "--batch-size",
-                    str(args.batch_size), "--no-progress", "--no-collapse", *TRAIN_VARIANTS[variant]]
+            argv = [
+                "--data",
+                str(args.train_data),
+                "--run-dir",
+                run_dir,
+                "--no-resume",
+                "--model",
+                "mlet",
+                "--inner-dim",
+                "64",
+                "--embedding-dim",
+                "16",
+                "--epochs",
+                "1",
+                "--batch-size",
+                str(args.batch_size),
+                "--no-progress",
+                "--no-collapse",
+                *TRAIN_VARIANTS[variant],
+            ]
             train.run(parse_args(argv), env)
     finally:
         Trainer._after_step = after_step  # type: ignore[method-assign]
@@ -288,6 +326,7 @@ def run_train_variant(args: argparse.Namespace, variant: str, env: Any, profiled
 def breakdown_rows(ops: List[Dict[str, float]], walls: List[float]) -> List[Tuple[str, float]]:
     """(row, median ms/step): the stages, the glue (profiled step wall - the top-level stages,
     per step) and the profiled wall."""
+
     def median_of(labels: Tuple[str, ...]) -> float:
         return statistics.median(stage_ms(o, labels) for o in ops)
 
@@ -298,8 +337,9 @@ def breakdown_rows(ops: List[Dict[str, float]], walls: List[float]) -> List[Tupl
     return rows
 
 
-def breakdown_markdown(args: argparse.Namespace, results: Dict[str, Tuple[StepWindows, StepWindows]],
-                       load: Tuple[float, float]) -> str:
+def breakdown_markdown(
+    args: argparse.Namespace, results: Dict[str, Tuple[StepWindows, StepWindows]], load: Tuple[float, float]
+) -> str:
     """The committed table: one column per variant, median ms/step per stage."""
     variants = list(results)
     rows = {v: breakdown_rows(prof.ops, prof.walls) for v, (_, prof) in results.items()}
@@ -316,8 +356,11 @@ def breakdown_markdown(args: argparse.Namespace, results: Dict[str, Tuple[StepWi
         lines.append(f"| {name} | " + " | ".join(f"{rows[v][i][1]:.2f}" for v in variants) + " |")
     plain = {v: statistics.median(windows.walls) for v, (windows, _) in results.items()}
     lines.append("| **unprofiled step wall** | " + " | ".join(f"{plain[v]:.2f}" for v in variants) + " |")
-    lines.append("| steps (profiled / unprofiled) | " + " | ".join(
-        f"{len(results[v][1].walls)} / {len(results[v][0].walls)}" for v in variants) + " |")
+    lines.append(
+        "| steps (profiled / unprofiled) | "
+        + " | ".join(f"{len(results[v][1].walls)} / {len(results[v][0].walls)}" for v in variants)
+        + " |"
+    )
     return "\n".join(lines) + "\n"
 
 

@@ -18,8 +18,13 @@ import psutil
 class RssSampler:
     """Samples the RSS of ``pid`` (default: this process) and, with ``children``, its descendants."""
 
-    def __init__(self, pid: Optional[int] = None, children: bool = False, interval_s: float = 0.005,
-                 label_env: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        pid: Optional[int] = None,
+        children: bool = False,
+        interval_s: float = 0.005,
+        label_env: Optional[str] = None,
+    ) -> None:
         self.root = psutil.Process(pid or os.getpid())
         self.label_env = label_env
         self.labels: Dict[int, Optional[str]] = {}

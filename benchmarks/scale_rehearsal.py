@@ -80,8 +80,11 @@ def ci_shortcuts(args: argparse.Namespace) -> Dict[str, str]:
     the full rehearsal runs every stage)."""
     if not args.ci:
         return {}
-    return {"small_tables": "skipped (--ci): tables capped at --small-table-rows are not trained",
-            "epoch": REFERENCE, "kill9_uninterrupted": REFERENCE}
+    return {
+        "small_tables": "skipped (--ci): tables capped at --small-table-rows are not trained",
+        "epoch": REFERENCE,
+        "kill9_uninterrupted": REFERENCE,
+    }
 
 
 def kaggle_table_sizes(fraction: float) -> List[int]:
@@ -102,8 +105,12 @@ def run_measured(cmd: Sequence[str], log: Path) -> Dict[str, Any]:
     import resource
 
     cpu_before = _children_cpu_seconds(resource)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), PATH=f"{Path(sys.executable).parent}:"
-               f"{os.environ.get('PATH', '')}")
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=str(REPO),
+        PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+    )
     with open(log, "w") as out:
         started = time.perf_counter()
         proc = subprocess.Popen(list(cmd), cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -112,8 +119,12 @@ def run_measured(cmd: Sequence[str], log: Path) -> Dict[str, Any]:
         seconds = time.perf_counter() - started
     if code != 0:
         raise StageFailed(f"{' '.join(map(str, cmd[:3]))} ... exit {code}: {log.read_text()[-2000:]}")
-    return {"seconds": round(seconds, 3), "cpu_seconds": round(_children_cpu_seconds(resource) - cpu_before, 2),
-            "peak_rss_bytes": rss.peak, "rank_peaks": rss.peak_by_label()}
+    return {
+        "seconds": round(seconds, 3),
+        "cpu_seconds": round(_children_cpu_seconds(resource) - cpu_before, 2),
+        "peak_rss_bytes": rss.peak,
+        "rank_peaks": rss.peak_by_label(),
+    }
 
 
 def _children_cpu_seconds(resource: Any) -> float:
@@ -141,33 +152,63 @@ def check_room(args: argparse.Namespace, sizes: Sequence[int], rows: int) -> Dic
     args.workdir.mkdir(parents=True, exist_ok=True)
     free_disk = shutil.disk_usage(args.workdir).free
     available = psutil.virtual_memory().available
-    room = {"disk_needed_bytes": int(disk_needed), "disk_free_bytes": free_disk,
-            "memory_needed_bytes": int(mem_needed), "memory_available_bytes": available}
+    room = {
+        "disk_needed_bytes": int(disk_needed),
+        "disk_free_bytes": free_disk,
+        "memory_needed_bytes": int(mem_needed),
+        "memory_available_bytes": available,
+    }
     if disk_needed > free_disk:
-        raise SystemExit(f"error: about {disk_needed / GB:.1f} GB of disk needed under {args.workdir}, "
-                         f"{free_disk / GB:.1f} GB free: lower --fraction or pick another --workdir")
+        raise SystemExit(
+            f"error: about {disk_needed / GB:.1f} GB of disk needed under {args.workdir}, "
+            f"{free_disk / GB:.1f} GB free: lower --fraction or pick another --workdir"
+        )
     if mem_needed > available:
-        raise SystemExit(f"error: about {mem_needed / GB:.1f} GB of memory needed (peak + 3 GB), "
-                         f"{available / GB:.1f} GB available now: lower --fraction")
+        raise SystemExit(
+            f"error: about {mem_needed / GB:.1f} GB of memory needed (peak + 3 GB), "
+            f"{available / GB:.1f} GB available now: lower --fraction"
+        )
     return room
 
 
 def stage_prep(args: argparse.Namespace, sizes: List[int], rows: int) -> Dict[str, Any]:
     tsv, out = args.workdir / "kaggle.tsv", args.workdir / "prepared"
-    gen = run_measured([tool("mlet-prep"), "synthetic", str(tsv), "--format", "criteo-tsv", "--rows", str(rows),
-                        "--table-sizes", ",".join(map(str, sizes)), "--no-progress", "--overwrite"],
-                       args.workdir / "prep_tsv.log")
-    prep = run_measured([tool("mlet-prep"), "criteo-kaggle", str(tsv), str(out), "--overwrite", "--no-progress"],
-                        args.workdir / "prep.log")
+    gen = run_measured(
+        [
+            tool("mlet-prep"),
+            "synthetic",
+            str(tsv),
+            "--format",
+            "criteo-tsv",
+            "--rows",
+            str(rows),
+            "--table-sizes",
+            ",".join(map(str, sizes)),
+            "--no-progress",
+            "--overwrite",
+        ],
+        args.workdir / "prep_tsv.log",
+    )
+    prep = run_measured(
+        [tool("mlet-prep"), "criteo-kaggle", str(tsv), str(out), "--overwrite", "--no-progress"],
+        args.workdir / "prep.log",
+    )
     meta = json.loads((out / "meta.json").read_text())
     size = tsv.stat().st_size
-    result = {"tsv": {"rows": rows, "bytes": size, **_plain(gen)},
-              "criteo_kaggle": {**_plain(prep), "mb_per_s": round(size / 1e6 / prep["seconds"], 2),
-                                "workers": os.cpu_count(), "vocabulary_sizes": meta["table_sizes"],
-                                "vocabulary_total": sum(meta["table_sizes"].values()),
-                                "parquet_bytes": dir_bytes(out)}}
+    result = {
+        "tsv": {"rows": rows, "bytes": size, **_plain(gen)},
+        "criteo_kaggle": {
+            **_plain(prep),
+            "mb_per_s": round(size / 1e6 / prep["seconds"], 2),
+            "workers": os.cpu_count(),
+            "vocabulary_sizes": meta["table_sizes"],
+            "vocabulary_total": sum(meta["table_sizes"].values()),
+            "parquet_bytes": dir_bytes(out),
+        },
+    }
     result["criteo_kaggle"]["all_rows_seconds_extrapolated"] = round(
-        prep["seconds"] * KAGGLE_ROWS * args.fraction / rows, 1)
+        prep["seconds"] * KAGGLE_ROWS * args.fraction / rows, 1
+    )
     if not args.keep:
         tsv.unlink()
         shutil.rmtree(out)
@@ -183,8 +224,20 @@ def training_data(args: argparse.Namespace, sizes: List[int], name: str, steps: 
     (train is 6/7 of the rows) and a few eval batches."""
     data = args.workdir / name
     rows = int(steps * args.batch_size * args.world * 7 / 6) + 7 * args.batch_size * args.world
-    run_measured([tool("mlet-prep"), "synthetic", str(data), "--rows", str(rows), "--table-sizes",
-                  ",".join(map(str, sizes)), "--no-progress", "--overwrite"], args.workdir / f"{name}.log")
+    run_measured(
+        [
+            tool("mlet-prep"),
+            "synthetic",
+            str(data),
+            "--rows",
+            str(rows),
+            "--table-sizes",
+            ",".join(map(str, sizes)),
+            "--no-progress",
+            "--overwrite",
+        ],
+        args.workdir / f"{name}.log",
+    )
     return data
 
 
@@ -193,30 +246,79 @@ def stage_plan(args: argparse.Namespace, data: Path) -> Dict[str, Any]:
     for model in args.models:
         flags = MODELS[model]
         out = args.workdir / f"plan_{model}.json"
-        measured = run_measured([tool("mlet-plan"), "--spec", str(data), "--world", f"1x{args.world}", "--device",
-                                 "cpu", "--ddr-gb", str(args.ddr_gb), "--batch-size", str(args.batch_size),
-                                 "--sharding", args.sharding, "--out", str(out), "--quiet", *flags],
-                                args.workdir / f"plan_{model}.log")
+        measured = run_measured(
+            [
+                tool("mlet-plan"),
+                "--spec",
+                str(data),
+                "--world",
+                f"1x{args.world}",
+                "--device",
+                "cpu",
+                "--ddr-gb",
+                str(args.ddr_gb),
+                "--batch-size",
+                str(args.batch_size),
+                "--sharding",
+                args.sharding,
+                "--out",
+                str(out),
+                "--quiet",
+                *flags,
+            ],
+            args.workdir / f"plan_{model}.log",
+        )
         per_rank = json.loads(out.read_text())["estimates"]["per_rank"]
-        result[model] = {**_plain(measured), "file": str(out),
-                         "planned_bytes": {r["rank"]: r["training_total"] for r in per_rank}}
+        result[model] = {
+            **_plain(measured),
+            "file": str(out),
+            "planned_bytes": {r["rank"]: r["training_total"] for r in per_rank},
+        }
     return result
 
 
-def train_command(args: argparse.Namespace, data: Path, model: str, run_dir: Path, plan: Optional[Path],
-                  steps: int, eval_batches: int, *extra: str) -> List[str]:
+def train_command(
+    args: argparse.Namespace,
+    data: Path,
+    model: str,
+    run_dir: Path,
+    plan: Optional[Path],
+    steps: int,
+    eval_batches: int,
+    *extra: str,
+) -> List[str]:
     """mlet-train under torchrun, one epoch capped at ``steps`` (0: all), as a user runs it."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.world}",
-           str(REPO / "mlet_dist" / "train.py"), "--data", str(data), "--run-dir", str(run_dir), "--epochs", "1",
-           "--batch-size", str(args.batch_size), "--no-collapse", "--no-progress", *MODELS[model], *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={args.world}",
+        str(REPO / "mlet_dist" / "train.py"),
+        "--data",
+        str(data),
+        "--run-dir",
+        str(run_dir),
+        "--epochs",
+        "1",
+        "--batch-size",
+        str(args.batch_size),
+        "--no-collapse",
+        "--no-progress",
+        *MODELS[model],
+        *extra,
+    ]
     cmd += ["--max-train-batches", str(steps)] if steps else []
     cmd += ["--max-eval-batches", str(eval_batches)] if eval_batches else []
     return cmd + (["--plan", str(plan)] if plan is not None else ["--sharding", args.sharding])
 
 
 def metrics_events(run_dir: Path, event: str) -> List[Dict[str, Any]]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-            if f'"event": "{event}"' in line]
+    return [
+        json.loads(line)
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+        if f'"event": "{event}"' in line
+    ]
 
 
 def train_once(args: argparse.Namespace, data: Path, model: str, plan: Optional[Path], tag: str) -> Dict[str, Any]:
@@ -228,8 +330,13 @@ def train_once(args: argparse.Namespace, data: Path, model: str, plan: Optional[
 def train_record(measured: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
     """A finished mlet-train run as the train stage reports it."""
     epoch = metrics_events(run_dir, "epoch")[-1]
-    return {**_plain(measured), "steps": epoch["step"], "samples_per_s": round(epoch["samples_per_s"], 1),
-            "rank_peak_rss_bytes": measured["rank_peaks"], "run_dir": str(run_dir)}
+    return {
+        **_plain(measured),
+        "steps": epoch["step"],
+        "samples_per_s": round(epoch["samples_per_s"], 1),
+        "rank_peak_rss_bytes": measured["rank_peaks"],
+        "run_dir": str(run_dir),
+    }
 
 
 KILL_EVAL_BATCHES = 2  # val/test batches of the kill -9 stage's runs (their end metrics are compared)
@@ -237,8 +344,16 @@ KILL_EVAL_BATCHES = 2  # val/test batches of the kill -9 stage's runs (their end
 
 def kill_flags(args: argparse.Namespace) -> List[str]:
     """mlet-train flags of the kill -9 stage's runs: a sync checkpoint every --kill-every steps."""
-    return ["--checkpoint-every", str(args.kill_every), "--keep-checkpoints", "1", "--log-every", "1",
-            "--checkpoint-mode", "sync"]
+    return [
+        "--checkpoint-every",
+        str(args.kill_every),
+        "--keep-checkpoints",
+        "1",
+        "--log-every",
+        "1",
+        "--checkpoint-mode",
+        "sync",
+    ]
 
 
 def ci_reference_run(args: argparse.Namespace, data: Path, plan: Path) -> Dict[str, Any]:
@@ -246,16 +361,25 @@ def ci_reference_run(args: argparse.Namespace, data: Path, plan: Path) -> Dict[s
     its checkpoints, KILL_EVAL_BATCHES of val and test), reported as the train stage's full-tables
     run and as the epoch stage."""
     run_dir = args.workdir / "run_reference"
-    cmd = train_command(args, data, HEADLINE, run_dir, plan, 3 * args.kill_every, KILL_EVAL_BATCHES,
-                        "--no-resume", *kill_flags(args))
+    cmd = train_command(
+        args, data, HEADLINE, run_dir, plan, 3 * args.kill_every, KILL_EVAL_BATCHES, "--no-resume", *kill_flags(args)
+    )
     record = train_record(run_measured(cmd, args.workdir / "train_reference.log"), run_dir)
-    record["also"] = (f"checkpoints every {args.kill_every} steps (--ci: this run is also the epoch stage and the "
-                      "kill -9 stage's uninterrupted run)")
+    record["also"] = (
+        f"checkpoints every {args.kill_every} steps (--ci: this run is also the epoch stage and the "
+        "kill -9 stage's uninterrupted run)"
+    )
     return record
 
 
-def stage_train(args: argparse.Namespace, full: Path, small: Optional[Path], plans: Dict[str, Any],
-                report: Dict[str, Any], reference: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+def stage_train(
+    args: argparse.Namespace,
+    full: Path,
+    small: Optional[Path],
+    plans: Dict[str, Any],
+    report: Dict[str, Any],
+    reference: Optional[Dict[str, Any]],
+) -> Dict[str, Any]:
     """Every model on the full and the small tables; the headline's full-tables run is ``reference``
     when --ci made it, and ``small`` is None when --ci skips the small tables."""
     skipped = ci_shortcuts(args).get("small_tables")
@@ -264,15 +388,18 @@ def stage_train(args: argparse.Namespace, full: Path, small: Optional[Path], pla
         full_run = reference if model == HEADLINE and reference is not None else None
         result[model] = {
             "full_tables": full_run or train_once(args, full, model, Path(plans[model]["file"]), "full"),
-            "small_tables": {"skipped": skipped} if small is None else train_once(args, small, model, None, "small")}
+            "small_tables": {"skipped": skipped} if small is None else train_once(args, small, model, None, "small"),
+        }
         for tag, run in result[model].items():  # disk: only the headline's full run is collapsed later
             if (model, tag) != (HEADLINE, "full_tables") and "run_dir" in run:
                 shutil.rmtree(run["run_dir"], ignore_errors=True)
         write_report(args, report)  # a model at a time: minutes each at Kaggle size
     if HEADLINE in result and "baseline_d16" in result:  # the MLET/stock throughput ratio per table size
-        result["mlet_over_d16"] = {tag: round(result[HEADLINE][tag]["samples_per_s"]
-                                              / result["baseline_d16"][tag]["samples_per_s"], 3)
-                                   for tag in ("full_tables", "small_tables") if tag != "small_tables" or small}
+        result["mlet_over_d16"] = {
+            tag: round(result[HEADLINE][tag]["samples_per_s"] / result["baseline_d16"][tag]["samples_per_s"], 3)
+            for tag in ("full_tables", "small_tables")
+            if tag != "small_tables" or small
+        }
     return result
 
 
@@ -283,16 +410,32 @@ def rank_rows(plans: Dict[str, Any], train: Dict[str, Any]) -> List[Dict[str, An
     rows = []
     for rank in sorted(planned, key=int):
         peak = measured.get(str(rank))
-        rows.append({"rank": int(rank), "planned_bytes": planned[rank], "peak_rss_bytes": peak,
-                     "measured_over_planned": round(peak / planned[rank], 3) if peak else None})
+        rows.append(
+            {
+                "rank": int(rank),
+                "planned_bytes": planned[rank],
+                "peak_rss_bytes": peak,
+                "measured_over_planned": round(peak / planned[rank], 3) if peak else None,
+            }
+        )
     return rows
 
 
 def stage_checkpoint(args: argparse.Namespace, data: Path, plan: Path) -> Dict[str, Any]:
     out = args.workdir / "checkpoint_bench.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.world}",
-           str(Path(__file__).resolve()), "--_checkpoint-worker", str(data), str(plan),
-           str(args.workdir / "ckpt"), str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={args.world}",
+        str(Path(__file__).resolve()),
+        "--_checkpoint-worker",
+        str(data),
+        str(plan),
+        str(args.workdir / "ckpt"),
+        str(out),
+    ]
     measured = run_measured(cmd, args.workdir / "checkpoint.log")
     result = json.loads(out.read_text())
     for mode in ("sync_save", "async_save"):
@@ -318,8 +461,7 @@ def checkpoint_worker(data: Path, plan_file: Path, root: Path, out: Path) -> Non
     quiet_library_logs()
     env = init_distributed("gloo")
     meta = DatasetMeta.load(data)
-    model = model_factory(ModelConfig(), meta.table_sizes, len(meta.dense_features), meta.pooling)(
-        torch.device("meta"))
+    model = model_factory(ModelConfig(), meta.table_sizes, len(meta.dense_features), meta.pooling)(torch.device("meta"))
     attach_fused_embedding_optimizer(model, OptimConfig())
     sharded = shard_model(model, env, ShardingConfig(), plan=load_plan(plan_file)[0])
     optimizer = build_optimizer(sharded, OptimConfig())
@@ -370,8 +512,9 @@ def kill_tree(pid: int) -> None:
             pass
 
 
-def kill_during_save(cmd: Sequence[str], tmp_dir: Path, log: Path, timeout_s: float,
-                     after_bytes: int) -> Dict[str, Any]:
+def kill_during_save(
+    cmd: Sequence[str], tmp_dir: Path, log: Path, timeout_s: float, after_bytes: int
+) -> Dict[str, Any]:
     """Start ``cmd`` in its own session and SIGKILL the whole tree once ``tmp_dir`` (the checkpoint
     being written) holds ``after_bytes`` (0: as soon as it exists; a CI-size save lasts a few ms): a
     crash mid-save, launcher included. Reports how much of the checkpoint was on disk."""
@@ -398,8 +541,9 @@ def resumed_step(log: str) -> Optional[int]:
     return int(found.group(1)) if found else None
 
 
-def stage_kill_resume(args: argparse.Namespace, data: Path, plan: Path,
-                      reference: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+def stage_kill_resume(
+    args: argparse.Namespace, data: Path, plan: Path, reference: Optional[Dict[str, Any]]
+) -> Dict[str, Any]:
     """kill -9 during the second checkpoint save, resume, and compare every later step's loss and
     the end metrics with an uninterrupted run of the same steps (exact equality): ``reference``
     (--ci's run, made by ci_reference_run with these flags) or one run here."""
@@ -408,26 +552,35 @@ def stage_kill_resume(args: argparse.Namespace, data: Path, plan: Path,
     killed_dir = args.workdir / "run_killed"
     if reference is None:
         clean_dir = args.workdir / "run_uninterrupted"
-        clean = run_measured(train_command(args, data, HEADLINE, clean_dir, plan, steps, KILL_EVAL_BATCHES,
-                                           "--no-resume", *flags),
-                             args.workdir / "kill_uninterrupted.log")
+        clean = run_measured(
+            train_command(args, data, HEADLINE, clean_dir, plan, steps, KILL_EVAL_BATCHES, "--no-resume", *flags),
+            args.workdir / "kill_uninterrupted.log",
+        )
         shutil.rmtree(clean_dir / "checkpoints", ignore_errors=True)  # only its losses and metrics are compared
     else:
         clean_dir, clean = Path(reference["run_dir"]), reference
     cmd = train_command(args, data, HEADLINE, killed_dir, plan, steps, KILL_EVAL_BATCHES, *flags)
     tmp = killed_dir / "checkpoints" / f".step-{2 * every:08d}.tmp"
-    kill = kill_during_save([*cmd, "--no-resume"], tmp, args.workdir / "kill_killed.log", args.kill_timeout,
-                            int(args.kill_after_gb * GB))
+    kill = kill_during_save(
+        [*cmd, "--no-resume"], tmp, args.workdir / "kill_killed.log", args.kill_timeout, int(args.kill_after_gb * GB)
+    )
     resumed = run_measured(cmd, args.workdir / "kill_resumed.log")
     log = (args.workdir / "kill_resumed.log").read_text()
     expected, got = step_losses(clean_dir), step_losses(killed_dir)
     differing = [s for s in expected if got.get(s) != expected[s]]
-    result = {**kill, "torn_dir_removed_by_resume": not tmp.is_dir(), "steps": steps, "checkpoint_every": every,
-              "resumed_from_step": resumed_step(log),
-              "resume_seconds": resumed["seconds"], "uninterrupted_seconds": clean["seconds"],
-              "steps_compared": len(expected), "steps_differing": differing,
-              "end_metrics_equal": end_metrics(clean_dir) == end_metrics(killed_dir),
-              "uninterrupted_run": REFERENCE if reference is not None else "its own"}
+    result = {
+        **kill,
+        "torn_dir_removed_by_resume": not tmp.is_dir(),
+        "steps": steps,
+        "checkpoint_every": every,
+        "resumed_from_step": resumed_step(log),
+        "resume_seconds": resumed["seconds"],
+        "uninterrupted_seconds": clean["seconds"],
+        "steps_compared": len(expected),
+        "steps_differing": differing,
+        "end_metrics_equal": end_metrics(clean_dir) == end_metrics(killed_dir),
+        "uninterrupted_run": REFERENCE if reference is not None else "its own",
+    }
     result["matches_uninterrupted"] = not differing and result["end_metrics_equal"] and len(got) == len(expected)
     shutil.rmtree(killed_dir, ignore_errors=True)
     if reference is None:
@@ -440,8 +593,7 @@ def stage_epoch(args: argparse.Namespace, data: Path, plan: Path, rows: int) -> 
     first --epoch-eval-batches batches, and the time of a whole Kaggle epoch (6/7 of the rows,
     the reference split's train part) extrapolated from samples/s."""
     run_dir = args.workdir / "run_epoch"
-    cmd = train_command(args, data, HEADLINE, run_dir, plan, args.epoch_steps, args.epoch_eval_batches,
-                        "--no-resume")
+    cmd = train_command(args, data, HEADLINE, run_dir, plan, args.epoch_steps, args.epoch_eval_batches, "--no-resume")
     result = epoch_record(args, run_measured(cmd, args.workdir / "epoch.log"), run_dir, rows)
     shutil.rmtree(run_dir, ignore_errors=True)
     return result
@@ -452,12 +604,18 @@ def epoch_record(args: argparse.Namespace, measured: Dict[str, Any], run_dir: Pa
     train_rows = rows * 6 // 7
     epoch = metrics_events(run_dir, "epoch")[-1]
     trained = epoch["step"] * args.batch_size * args.world
-    result = {**_plain(measured), "rank_peak_rss_bytes": measured["rank_peaks"], "steps": epoch["step"],
-              "rows_trained": trained, "epoch_train_rows": train_rows,
-              "fraction_of_epoch": round(min(1.0, trained / train_rows), 4),
-              "samples_per_s": round(epoch["samples_per_s"], 1),
-              "epoch_seconds_extrapolated": round(train_rows / epoch["samples_per_s"], 1),
-              "eval_rows": {s: epoch[s]["rows"] for s in ("val", "test")}, **end_metrics(run_dir)}
+    result = {
+        **_plain(measured),
+        "rank_peak_rss_bytes": measured["rank_peaks"],
+        "steps": epoch["step"],
+        "rows_trained": trained,
+        "epoch_train_rows": train_rows,
+        "fraction_of_epoch": round(min(1.0, trained / train_rows), 4),
+        "samples_per_s": round(epoch["samples_per_s"], 1),
+        "epoch_seconds_extrapolated": round(train_rows / epoch["samples_per_s"], 1),
+        "eval_rows": {s: epoch[s]["rows"] for s in ("val", "test")},
+        **end_metrics(run_dir),
+    }
     return result
 
 
@@ -477,12 +635,20 @@ def copy_bandwidth(nbytes: int) -> float:
 
 def stage_collapse(args: argparse.Namespace, run_dir: Path, sizes: List[int]) -> Dict[str, Any]:
     serving = args.workdir / "serving"
-    measured = run_measured([tool("mlet-collapse"), "--run-dir", str(run_dir), "--out", str(serving), "--overwrite"],
-                            args.workdir / "collapse.log")
+    measured = run_measured(
+        [tool("mlet-collapse"), "--run-dir", str(run_dir), "--out", str(serving), "--overwrite"],
+        args.workdir / "collapse.log",
+    )
     read = table_bytes(sizes, 64)
     copy = copy_bandwidth(min(read, int(GB)))
-    return {**_plain(measured), "k_wide_bytes": read, "gb_per_s": round(read / GB / measured["seconds"], 3),
-            "copy_gb_per_s": round(copy / GB, 3), "serving_bytes": dir_bytes(serving), "serving_dir": str(serving)}
+    return {
+        **_plain(measured),
+        "k_wide_bytes": read,
+        "gb_per_s": round(read / GB / measured["seconds"], 3),
+        "copy_gb_per_s": round(copy / GB, 3),
+        "serving_bytes": dir_bytes(serving),
+        "serving_dir": str(serving),
+    }
 
 
 def latency_ms(module: Any, request: Dict[str, Any], calls: int) -> Dict[str, float]:
@@ -497,8 +663,10 @@ def latency_ms(module: Any, request: Dict[str, Any], calls: int) -> Dict[str, fl
             module(request)
             samples.append((time.perf_counter() - started) * 1e3)
     samples.sort()
-    return {"p50": round(statistics.median(samples), 3), "p99": round(samples[min(len(samples) - 1,
-                                                                                  int(0.99 * len(samples)))], 3)}
+    return {
+        "p50": round(statistics.median(samples), 3),
+        "p99": round(samples[min(len(samples) - 1, int(0.99 * len(samples)))], 3),
+    }
 
 
 def stage_export(args: argparse.Namespace, serving: Path) -> Dict[str, Any]:
@@ -506,9 +674,10 @@ def stage_export(args: argparse.Namespace, serving: Path) -> Dict[str, Any]:
     from mlet_dist.serving.export_artifact import load_predict_module, module_file
 
     artifact = args.workdir / "artifact"
-    measured = run_measured([tool("mlet-export"), str(serving), str(artifact), "--overwrite", "--precision",
-                             *args.precisions],
-                            args.workdir / "export.log")
+    measured = run_measured(
+        [tool("mlet-export"), str(serving), str(artifact), "--overwrite", "--precision", *args.precisions],
+        args.workdir / "export.log",
+    )
     result: Dict[str, Any] = {**_plain(measured), "bytes": dir_bytes(artifact), "precisions": {}}
     requests = {batch: requests_for(serving, batch) for batch in args.latency_batches}
     for precision in args.precisions:
@@ -526,19 +695,27 @@ def stage_export(args: argparse.Namespace, serving: Path) -> Dict[str, Any]:
 
 def readme(report: Dict[str, Any]) -> str:
     """The report as a short Markdown table, one row per stage."""
+
     def gb(n: Optional[float]) -> str:
         return "-" if n is None else f"{n / GB:.2f}"
 
     prep, train, ck, col, exp = (report.get(s, {}) for s in ("prep", "train", "checkpoint", "collapse", "export"))
-    lines = [f"# Criteo-Kaggle scale rehearsal (fraction {report['fraction']})", "",
-             f"{report['rows']:,} rows, {report['table_rows_total']:,} table rows, {report['world']} ranks, "
-             f"{report['machine']}. Written by `benchmarks/scale_rehearsal.py`; figures in `kaggle.json`."
-             + (f" Not run: {', '.join(report['not_run'])}." if report["not_run"] else ""), "",
-             "| stage | seconds | peak RSS GB | figure |", "|---|---|---|---|"]
+    lines = [
+        f"# Criteo-Kaggle scale rehearsal (fraction {report['fraction']})",
+        "",
+        f"{report['rows']:,} rows, {report['table_rows_total']:,} table rows, {report['world']} ranks, "
+        f"{report['machine']}. Written by `benchmarks/scale_rehearsal.py`; figures in `kaggle.json`."
+        + (f" Not run: {', '.join(report['not_run'])}." if report["not_run"] else ""),
+        "",
+        "| stage | seconds | peak RSS GB | figure |",
+        "|---|---|---|---|",
+    ]
     if prep:
         ck_ = prep["criteo_kaggle"]
-        lines.append(f"| prep (criteo-kaggle, {ck_['workers']} workers) | {ck_['seconds']:.1f} | "
-                     f"{gb(ck_['peak_rss_bytes'])} | {ck_['mb_per_s']} MB/s, vocabularies {ck_['vocabulary_total']:,} |")
+        lines.append(
+            f"| prep (criteo-kaggle, {ck_['workers']} workers) | {ck_['seconds']:.1f} | "
+            f"{gb(ck_['peak_rss_bytes'])} | {ck_['mb_per_s']} MB/s, vocabularies {ck_['vocabulary_total']:,} |"
+        )
     for model in MODELS:
         if model in train:
             for tag in ("full_tables", "small_tables"):
@@ -546,39 +723,51 @@ def readme(report: Dict[str, Any]) -> str:
                 if "skipped" in t:
                     lines.append(f"| train {model} ({tag.replace('_', ' ')}) | - | - | {t['skipped']} |")
                     continue
-                lines.append(f"| train {model} ({tag.replace('_', ' ')}) | {t['seconds']:.1f} | "
-                             f"{gb(t['peak_rss_bytes'])} | {t['samples_per_s']:,} samples/s |")
+                lines.append(
+                    f"| train {model} ({tag.replace('_', ' ')}) | {t['seconds']:.1f} | "
+                    f"{gb(t['peak_rss_bytes'])} | {t['samples_per_s']:,} samples/s |"
+                )
     if ck:
-        lines.append(f"| checkpoint (sync / async save, load) | {ck['sync_save']['seconds']} / "
-                     f"{ck['async_save']['seconds']} / {ck['resume_load']['seconds']} | {gb(ck['peak_rss_bytes'])} | "
-                     f"{ck['gb']} GB, sync {ck['sync_save']['gb_per_s']} GB/s |")
+        lines.append(
+            f"| checkpoint (sync / async save, load) | {ck['sync_save']['seconds']} / "
+            f"{ck['async_save']['seconds']} / {ck['resume_load']['seconds']} | {gb(ck['peak_rss_bytes'])} | "
+            f"{ck['gb']} GB, sync {ck['sync_save']['gb_per_s']} GB/s |"
+        )
     kill = ck.get("kill9")
     if kill:
-        lines.append(f"| kill -9 during save of step {2 * kill['checkpoint_every']}, resume | "
-                     f"{kill['resume_seconds']:.1f} | - | killed mid-save: {kill['killed_during_save']}, "
-                     f"resumed from step {kill['resumed_from_step']}, matches uninterrupted "
-                     f"({kill['steps_compared']} step losses, val/test): {kill['matches_uninterrupted']} |")
+        lines.append(
+            f"| kill -9 during save of step {2 * kill['checkpoint_every']}, resume | "
+            f"{kill['resume_seconds']:.1f} | - | killed mid-save: {kill['killed_during_save']}, "
+            f"resumed from step {kill['resumed_from_step']}, matches uninterrupted "
+            f"({kill['steps_compared']} step losses, val/test): {kill['matches_uninterrupted']} |"
+        )
     if col:
-        lines.append(f"| collapse | {col['seconds']:.1f} | {gb(col['peak_rss_bytes'])} | {col['gb_per_s']} GB/s "
-                     f"(copy {col['copy_gb_per_s']} GB/s) |")
+        lines.append(
+            f"| collapse | {col['seconds']:.1f} | {gb(col['peak_rss_bytes'])} | {col['gb_per_s']} GB/s "
+            f"(copy {col['copy_gb_per_s']} GB/s) |"
+        )
     if exp:
         first = next(iter(exp["precisions"]))
         lat = exp["precisions"][first]["latency_ms"]
-        lines.append(f"| export {'/'.join(exp['precisions'])} | {exp['seconds']:.1f} | {gb(exp['peak_rss_bytes'])} | "
-                     f"{gb(exp['bytes'])} GB; {first} p50 ms " + ", ".join(f"b{b}: {v['p50']}" for b, v in lat.items())
-                     + " |")
+        lines.append(
+            f"| export {'/'.join(exp['precisions'])} | {exp['seconds']:.1f} | {gb(exp['peak_rss_bytes'])} | "
+            f"{gb(exp['bytes'])} GB; {first} p50 ms " + ", ".join(f"b{b}: {v['p50']}" for b, v in lat.items()) + " |"
+        )
     ep = report.get("epoch")
     if ep:
-        lines.append(f"| epoch MLET 64->16 ({ep['fraction_of_epoch']:.1%}: {ep['rows_trained']:,} of "
-                     f"{ep['epoch_train_rows']:,} rows) | {ep['seconds']:.1f} | {gb(ep['peak_rss_bytes'])} | "
-                     f"{ep['samples_per_s']:,} samples/s, whole epoch {ep['epoch_seconds_extrapolated'] / 3600:.2f} h; "
-                     f"val AUC {ep['val']['auc']:.4f} NE {ep['val']['ne']:.4f}, test AUC {ep['test']['auc']:.4f} "
-                     f"NE {ep['test']['ne']:.4f}" + (f" (the run of {ep['reused_from']})" if "reused_from" in ep else "")
-                     + " |")
+        lines.append(
+            f"| epoch MLET 64->16 ({ep['fraction_of_epoch']:.1%}: {ep['rows_trained']:,} of "
+            f"{ep['epoch_train_rows']:,} rows) | {ep['seconds']:.1f} | {gb(ep['peak_rss_bytes'])} | "
+            f"{ep['samples_per_s']:,} samples/s, whole epoch {ep['epoch_seconds_extrapolated'] / 3600:.2f} h; "
+            f"val AUC {ep['val']['auc']:.4f} NE {ep['val']['ne']:.4f}, test AUC {ep['test']['auc']:.4f} "
+            f"NE {ep['test']['ne']:.4f}" + (f" (the run of {ep['reused_from']})" if "reused_from" in ep else "") + " |"
+        )
     if report.get("ranks"):
         lines += ["", "| rank | planned GB | measured peak RSS GB | measured / planned |", "|---|---|---|---|"]
-        lines += [f"| {r['rank']} | {gb(r['planned_bytes'])} | {gb(r['peak_rss_bytes'])} | {r['measured_over_planned']} |"
-                  for r in report["ranks"]]
+        lines += [
+            f"| {r['rank']} | {gb(r['planned_bytes'])} | {gb(r['peak_rss_bytes'])} | {r['measured_over_planned']} |"
+            for r in report["ranks"]
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -594,20 +783,31 @@ def run(args: argparse.Namespace, report: Dict[str, Any]) -> None:
     sizes = kaggle_table_sizes(args.fraction)
     rows = max(1000, round(KAGGLE_ROWS * args.fraction))
     prep_rows = max(1000, round(KAGGLE_ROWS * args.prep_fraction))
-    report.update({"fraction": args.fraction, "rows": rows, "table_rows_total": sum(sizes), "table_sizes": sizes,
-                   "world": args.world, "machine": machine_line(), "not_run": []})
+    report.update(
+        {
+            "fraction": args.fraction,
+            "rows": rows,
+            "table_rows_total": sum(sizes),
+            "table_sizes": sizes,
+            "world": args.world,
+            "machine": machine_line(),
+            "not_run": [],
+        }
+    )
     report["room"] = check_room(args, sizes, prep_rows)
     progress(f"prep: {prep_rows:,} rows of raw TSV, then mlet-prep criteo-kaggle")
     report["prep"] = stage_prep(args, sizes, prep_rows)
     if prep_rows < rows:
         report["not_run"].append(f"prep of all {rows:,} rows ({prep_rows:,} ran; the whole is extrapolated from MB/s)")
     write_report(args, report)
-    progress("training datasets: Kaggle-size tables and tables capped at "
-             f"{args.small_table_rows:,} rows")
+    progress(f"training datasets: Kaggle-size tables and tables capped at {args.small_table_rows:,} rows")
     shortcuts = ci_shortcuts(args)
     full = training_data(args, sizes, "train_full", max(args.steps, 3 * args.kill_every, args.epoch_steps))
-    small = None if "small_tables" in shortcuts else training_data(
-        args, [min(n, args.small_table_rows) for n in sizes], "train_small", args.steps)
+    small = (
+        None
+        if "small_tables" in shortcuts
+        else training_data(args, [min(n, args.small_table_rows) for n in sizes], "train_small", args.steps)
+    )
     report["not_run"] += [f"train on the small tables: {shortcuts['small_tables']}"] if small is None else []
     progress(f"plan: mlet-plan 1x{args.world} cpu for {', '.join(args.models)}")
     report["plan"] = stage_plan(args, full)
@@ -620,8 +820,12 @@ def run(args: argparse.Namespace, report: Dict[str, Any]) -> None:
     report["train"] = stage_train(args, full, small, report["plan"], report, reference)
     report["ranks"] = rank_rows(report["plan"], report["train"])
     if reference is not None:
-        report["epoch"] = {**epoch_record(args, {**reference, "rank_peaks": reference["rank_peak_rss_bytes"]},
-                                          Path(reference["run_dir"]), rows), "reused_from": shortcuts["epoch"]}
+        report["epoch"] = {
+            **epoch_record(
+                args, {**reference, "rank_peaks": reference["rank_peak_rss_bytes"]}, Path(reference["run_dir"]), rows
+            ),
+            "reused_from": shortcuts["epoch"],
+        }
     write_report(args, report)
     progress("checkpoint: sync, async save and load")
     report["checkpoint"] = stage_checkpoint(args, full, plan)
@@ -640,16 +844,17 @@ def run(args: argparse.Namespace, report: Dict[str, Any]) -> None:
         progress(f"epoch: MLET on the Kaggle-size tables, {args.epoch_steps} steps")
         report["epoch"] = stage_epoch(args, full, plan, rows)
     if report["epoch"]["fraction_of_epoch"] < 1:
-        report["not_run"].append(f"the whole epoch ({report['epoch']['fraction_of_epoch']:.1%} of it ran; "
-                                 "its time is extrapolated from samples/s)")
+        report["not_run"].append(
+            f"the whole epoch ({report['epoch']['fraction_of_epoch']:.1%} of it ran; "
+            "its time is extrapolated from samples/s)"
+        )
 
 
 def machine_line() -> str:
     import psutil
 
     load = os.getloadavg()[0]
-    return (f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, "
-            f"load {load:.1f} at start")
+    return f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, load {load:.1f} at start"
 
 
 def progress(line: str) -> None:
@@ -669,25 +874,53 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--ddr-gb", type=float, default=10.0, help="mlet-plan's per-rank memory budget")
     p.add_argument("--latency-batches", type=int, nargs="+", default=[1, 64, 1024])
     p.add_argument("--latency-calls", type=int, default=200)
-    p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS),
-                   help=f"models to plan and train ({HEADLINE} is needed for ranks, checkpoint, collapse)")
+    p.add_argument(
+        "--models",
+        nargs="+",
+        choices=list(MODELS),
+        default=list(MODELS),
+        help=f"models to plan and train ({HEADLINE} is needed for ranks, checkpoint, collapse)",
+    )
     p.add_argument("--precisions", nargs="+", choices=["fp32", "fp16", "int8"], default=["fp32", "fp16", "int8"])
-    p.add_argument("--kill-every", type=int, default=3,
-                   help="checkpoint interval of the kill -9 stage (killed saving step 2x this, 3x trained)")
-    p.add_argument("--kill-after-gb", type=float, default=1.0,
-                   help="kill once this much of that checkpoint is written (0: as soon as its dir exists)")
+    p.add_argument(
+        "--kill-every",
+        type=int,
+        default=3,
+        help="checkpoint interval of the kill -9 stage (killed saving step 2x this, 3x trained)",
+    )
+    p.add_argument(
+        "--kill-after-gb",
+        type=float,
+        default=1.0,
+        help="kill once this much of that checkpoint is written (0: as soon as its dir exists)",
+    )
     p.add_argument("--kill-timeout", type=float, default=1800, help="seconds to wait for that save to start")
-    p.add_argument("--epoch-steps", type=int, default=300,
-                   help="steps of the epoch stage; a whole epoch's time is extrapolated from its samples/s")
-    p.add_argument("--prep-fraction", type=float, default=None,
-                   help="rows of the prep stage (raw TSV + mlet-prep) as a fraction of Kaggle's (default: "
-                        "--fraction); the whole prep's time is extrapolated from its rate")
-    p.add_argument("--epoch-eval-batches", type=int, default=0,
-                   help="the epoch stage evaluates the first N x --batch-size rows of val and test (0: all)")
+    p.add_argument(
+        "--epoch-steps",
+        type=int,
+        default=300,
+        help="steps of the epoch stage; a whole epoch's time is extrapolated from its samples/s",
+    )
+    p.add_argument(
+        "--prep-fraction",
+        type=float,
+        default=None,
+        help="rows of the prep stage (raw TSV + mlet-prep) as a fraction of Kaggle's (default: "
+        "--fraction); the whole prep's time is extrapolated from its rate",
+    )
+    p.add_argument(
+        "--epoch-eval-batches",
+        type=int,
+        default=0,
+        help="the epoch stage evaluates the first N x --batch-size rows of val and test (0: all)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the workdir (default: removed at the end)")
-    p.add_argument("--ci", action="store_true",
-                   help="the test suite's run: one MLET run stands for the full-tables training, the epoch stage "
-                        "and the kill -9 stage's uninterrupted run; no small-tables training (kaggle.json says so)")
+    p.add_argument(
+        "--ci",
+        action="store_true",
+        help="the test suite's run: one MLET run stands for the full-tables training, the epoch stage "
+        "and the kill -9 stage's uninterrupted run; no small-tables training (kaggle.json says so)",
+    )
     p.add_argument("--_checkpoint-worker", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if not 0 < args.fraction <= 1:

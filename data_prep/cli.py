@@ -67,36 +67,80 @@ def _fraction(text: str) -> float:
 def _add_common(p: argparse.ArgumentParser, vocab: bool = True) -> None:
     d = PrepConfig()
     if vocab:
-        p.add_argument("--min-count", type=positive_int, default=d.min_count,
-                       help=f"train values seen fewer times map to the shared rare id 0 (default {d.min_count})")
-        p.add_argument("--hash-size", type=positive_int, default=None,
-                       help="tables that would have more ids are hashed into this many ids instead (default: no cap)")
-        p.add_argument("--count-memory-mb", type=positive_int, default=d.count_memory_mb,
-                       help="memory cap for value counting; beyond it the largest features are hashed "
-                            f"(default {d.count_memory_mb})")
+        p.add_argument(
+            "--min-count",
+            type=positive_int,
+            default=d.min_count,
+            help=f"train values seen fewer times map to the shared rare id 0 (default {d.min_count})",
+        )
+        p.add_argument(
+            "--hash-size",
+            type=positive_int,
+            default=None,
+            help="tables that would have more ids are hashed into this many ids instead (default: no cap)",
+        )
+        p.add_argument(
+            "--count-memory-mb",
+            type=positive_int,
+            default=d.count_memory_mb,
+            help="memory cap for value counting; beyond it the largest features are hashed "
+            f"(default {d.count_memory_mb})",
+        )
         p.add_argument("--strict", action="store_true", help="fail on the first malformed line instead of rejecting it")
-        p.add_argument("--block-mb", type=positive_int, default=d.block_bytes >> 20,
-                       help=f"input megabytes parsed at a time (default {d.block_bytes >> 20})")
-        p.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1,
-                       help="worker processes over files and byte ranges; 1 = this process only "
-                            "(default: all cores). The output is the same bytes for any N")
-        p.add_argument("--engine", choices=("local", "dask"), default="local",
-                       help="local: a process pool; dask: a Dask distributed cluster (default local)")
-        p.add_argument("--scheduler", default=None, metavar="ADDR",
-                       help="dask scheduler address, e.g. tcp://host:8786 (implies --engine dask; "
-                            "default: a local cluster of --workers processes). Inputs and OUT must be "
-                            "on a filesystem every worker sees at the same paths")
-        p.add_argument("--vocab-from", default=None, metavar="DIR",
-                       help="encode with the vocabulary of the prepared dataset DIR (e.g. the previous day's) "
-                            "instead of counting: same ids for the same values, id 0 for new ones, same "
-                            "table sizes; the vocabulary is copied into OUT")
-    p.add_argument("--rows-per-file", type=positive_int, default=d.rows_per_file,
-                   help=f"max rows per parquet part file (default {d.rows_per_file})")
-    p.add_argument("--row-group-rows", type=positive_int, default=d.row_group_rows,
-                   help=f"parquet row group size (default {d.row_group_rows})")
+        p.add_argument(
+            "--block-mb",
+            type=positive_int,
+            default=d.block_bytes >> 20,
+            help=f"input megabytes parsed at a time (default {d.block_bytes >> 20})",
+        )
+        p.add_argument(
+            "--workers",
+            type=positive_int,
+            default=os.cpu_count() or 1,
+            help="worker processes over files and byte ranges; 1 = this process only "
+            "(default: all cores). The output is the same bytes for any N",
+        )
+        p.add_argument(
+            "--engine",
+            choices=("local", "dask"),
+            default="local",
+            help="local: a process pool; dask: a Dask distributed cluster (default local)",
+        )
+        p.add_argument(
+            "--scheduler",
+            default=None,
+            metavar="ADDR",
+            help="dask scheduler address, e.g. tcp://host:8786 (implies --engine dask; "
+            "default: a local cluster of --workers processes). Inputs and OUT must be "
+            "on a filesystem every worker sees at the same paths",
+        )
+        p.add_argument(
+            "--vocab-from",
+            default=None,
+            metavar="DIR",
+            help="encode with the vocabulary of the prepared dataset DIR (e.g. the previous day's) "
+            "instead of counting: same ids for the same values, id 0 for new ones, same "
+            "table sizes; the vocabulary is copied into OUT",
+        )
+    p.add_argument(
+        "--rows-per-file",
+        type=positive_int,
+        default=d.rows_per_file,
+        help=f"max rows per parquet part file (default {d.rows_per_file})",
+    )
+    p.add_argument(
+        "--row-group-rows",
+        type=positive_int,
+        default=d.row_group_rows,
+        help=f"parquet row group size (default {d.row_group_rows})",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing prepared dataset at OUT")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress bar on stderr (default: when stderr is a terminal)")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: when stderr is a terminal)",
+    )
 
 
 DEFAULT_SYNTHETIC_TABLES = "criteo-kaggle"
@@ -106,29 +150,42 @@ def default_tables_warning(sizes: List[int]) -> str:
     """What the default tables cost a model, said before any work: a user who asked for a few
     thousand rows otherwise trains 8.6 GB of tables without knowing why it is slow."""
     k64_gb = sum(sizes) * 64 * 4 / 1e9
-    return (f"--table-sizes not given: {DEFAULT_SYNTHETIC_TABLES} tables, {sum(sizes):,} rows in all (largest "
-            f"{max(sizes):,}); a model of them holds {k64_gb:.1f} GB of fp32 tables at width 64 "
-            f"({k64_gb / 4:.1f} GB at 16) however few --rows you generate; --table-sizes N for small tables")
+    return (
+        f"--table-sizes not given: {DEFAULT_SYNTHETIC_TABLES} tables, {sum(sizes):,} rows in all (largest "
+        f"{max(sizes):,}); a model of them holds {k64_gb:.1f} GB of fp32 tables at width 64 "
+        f"({k64_gb / 4:.1f} GB at 16) however few --rows you generate; --table-sizes N for small tables"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Prepare training datasets (parquet + meta.json).")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    ck = sub.add_parser("criteo-kaggle", help="Criteo Kaggle train.txt (TSV, plain or .gz) -> train/val/test parquet",
-                        description="Convert the Criteo Kaggle TSV into a prepared dataset directory.")
+    ck = sub.add_parser(
+        "criteo-kaggle",
+        help="Criteo Kaggle train.txt (TSV, plain or .gz) -> train/val/test parquet",
+        description="Convert the Criteo Kaggle TSV into a prepared dataset directory.",
+    )
     ck.add_argument("src", metavar="SRC", help="input TSV (plain or gzip)")
     ck.add_argument("out", metavar="OUT", help="output dataset directory (must not exist unless --overwrite)")
     _add_common(ck)
 
-    tb = sub.add_parser("criteo-terabyte", help="Criteo Terabyte day_0..day_23 (.gz) -> parquet (last day = val/test)",
-                        description="Convert Criteo Terabyte day files: all but the last are train, the last is "
-                                    "halved into val and test.")
-    tb.add_argument("paths", metavar="SRC", nargs="+", help="day files in order, or directories of day_N[.gz]; then OUT")
+    tb = sub.add_parser(
+        "criteo-terabyte",
+        help="Criteo Terabyte day_0..day_23 (.gz) -> parquet (last day = val/test)",
+        description="Convert Criteo Terabyte day files: all but the last are train, the last is "
+        "halved into val and test.",
+    )
+    tb.add_argument(
+        "paths", metavar="SRC", nargs="+", help="day files in order, or directories of day_N[.gz]; then OUT"
+    )
     _add_common(tb)
 
-    av = sub.add_parser("avazu", help="Avazu train.csv (plain or .gz) -> parquet (random 80/10/10 split)",
-                        description="Convert the Avazu CSV (with header) into a prepared dataset directory.")
+    av = sub.add_parser(
+        "avazu",
+        help="Avazu train.csv (plain or .gz) -> parquet (random 80/10/10 split)",
+        description="Convert the Avazu CSV (with header) into a prepared dataset directory.",
+    )
     av.add_argument("src", metavar="SRC", help="input CSV (plain or gzip)")
     av.add_argument("out", metavar="OUT", help="output dataset directory")
     av.add_argument("--seed", type=int, default=0, help="seed of the random split (default 0)")
@@ -136,44 +193,74 @@ def build_parser() -> argparse.ArgumentParser:
     av.add_argument("--test-fraction", type=_fraction, default=0.1, help="fraction of rows for test (default 0.1)")
     _add_common(av)
 
-    sy = sub.add_parser("synthetic", help="synthetic Criteo-schema data with power-law ids, at any table scale",
-                        description="Write a synthetic prepared dataset (parquet + meta.json) or raw Criteo TSV.")
+    sy = sub.add_parser(
+        "synthetic",
+        help="synthetic Criteo-schema data with power-law ids, at any table scale",
+        description="Write a synthetic prepared dataset (parquet + meta.json) or raw Criteo TSV.",
+    )
     sy.add_argument("out", metavar="OUT", help="output dataset directory (or TSV file with --format criteo-tsv)")
     sy.add_argument("--rows", type=int, default=None, help="rows to generate")
     sy.add_argument("--size-mb", type=float, default=None, help="criteo-tsv only: stop at this many MB of text")
-    sy.add_argument("--table-sizes", default=None,
-                    help="criteo-kaggle | criteo-terabyte | N (all tables) | 26 comma-separated N (default "
-                         f"{DEFAULT_SYNTHETIC_TABLES}, with a warning line saying how big a model of them is)")
+    sy.add_argument(
+        "--table-sizes",
+        default=None,
+        help="criteo-kaggle | criteo-terabyte | N (all tables) | 26 comma-separated N (default "
+        f"{DEFAULT_SYNTHETIC_TABLES}, with a warning line saying how big a model of them is)",
+    )
     sy.add_argument("--zipf", type=float, default=1.05, help="power-law exponent of id frequencies (default 1.05)")
     sy.add_argument("--seed", type=int, default=0)
     sy.add_argument("--format", choices=("parquet", "criteo-tsv"), default="parquet")
-    sy.add_argument("--multi-hot", type=int, default=0, metavar="N",
-                    help="parquet only: every C feature is a bag of 0..N ids per row (empty bags included; "
-                         "FORMAT.md version 2); 0 = one id per row (default)")
-    sy.add_argument("--pooling", default="sum",
-                    help="pooling recorded in meta.json for the model: sum | mean | C1=mean,C2=sum,... (default sum)")
+    sy.add_argument(
+        "--multi-hot",
+        type=int,
+        default=0,
+        metavar="N",
+        help="parquet only: every C feature is a bag of 0..N ids per row (empty bags included; "
+        "FORMAT.md version 2); 0 = one id per row (default)",
+    )
+    sy.add_argument(
+        "--pooling",
+        default="sum",
+        help="pooling recorded in meta.json for the model: sum | mean | C1=mean,C2=sum,... (default sum)",
+    )
     _add_common(sy, vocab=False)
 
-    tn = sub.add_parser("torchrec-npy", aliases=["from-torchrec-npy"], help="TorchRec's Criteo day_N_{dense,sparse,labels}.npy -> parquet "
-                                             "(last day = val/test; values copied, not transformed again)",
-                        description="Convert the .npy day files of torchrec's Criteo preprocessing.")
+    tn = sub.add_parser(
+        "torchrec-npy",
+        aliases=["from-torchrec-npy"],
+        help="TorchRec's Criteo day_N_{dense,sparse,labels}.npy -> parquet "
+        "(last day = val/test; values copied, not transformed again)",
+        description="Convert the .npy day files of torchrec's Criteo preprocessing.",
+    )
     tn.add_argument("src", metavar="DIR", help="directory holding day_N_dense.npy, day_N_sparse.npy, day_N_labels.npy")
     tn.add_argument("out", metavar="OUT", help="output dataset directory")
-    tn.add_argument("--table-sizes", default=None,
-                    help="26 comma-separated table sizes; every id must fit (default: max id + 1)")
-    tn.add_argument("--max-ind-range", type=positive_int, default=None, metavar="N",
-                    help="hash raw ids as TorchRec's reader does with --num_embeddings N: ids modulo N, every "
-                         "table N rows")
-    tn.add_argument("--num-embeddings-per-feature", default=None, metavar="N,N,...",
-                    help="26 sizes, as TorchRec's --num_embeddings_per_feature: ids modulo each, the tables "
-                         "those sizes (TorchRec's reader hashes so at load time)")
+    tn.add_argument(
+        "--table-sizes", default=None, help="26 comma-separated table sizes; every id must fit (default: max id + 1)"
+    )
+    tn.add_argument(
+        "--max-ind-range",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="hash raw ids as TorchRec's reader does with --num_embeddings N: ids modulo N, every table N rows",
+    )
+    tn.add_argument(
+        "--num-embeddings-per-feature",
+        default=None,
+        metavar="N,N,...",
+        help="26 sizes, as TorchRec's --num_embeddings_per_feature: ids modulo each, the tables "
+        "those sizes (TorchRec's reader hashes so at load time)",
+    )
     _add_common(tn, vocab=False)
 
-    nv = sub.add_parser("nvtabular", aliases=["from-nvtabular"], help="NVTabular parquet (label, int_*, cat_* + schema.pbtxt) -> parquet "
-                                          "(values copied, not transformed again)",
-                        description="Convert an NVTabular output directory: train/, validation/ (or valid/, val/), "
-                                    "optionally test/, with part_*.parquet and schema.pbtxt (cardinalities). List "
-                                    "cat_* columns (value_count / tag list in schema.pbtxt) become multi-hot bags.")
+    nv = sub.add_parser(
+        "nvtabular",
+        aliases=["from-nvtabular"],
+        help="NVTabular parquet (label, int_*, cat_* + schema.pbtxt) -> parquet (values copied, not transformed again)",
+        description="Convert an NVTabular output directory: train/, validation/ (or valid/, val/), "
+        "optionally test/, with part_*.parquet and schema.pbtxt (cardinalities). List "
+        "cat_* columns (value_count / tag list in schema.pbtxt) become multi-hot bags.",
+    )
     nv.add_argument("src", metavar="DIR", help="NVTabular output directory (one subdirectory per split)")
     nv.add_argument("out", metavar="OUT", help="output dataset directory")
     _add_common(nv, vocab=False)
@@ -181,28 +268,46 @@ def build_parser() -> argparse.ArgumentParser:
         _add_common(p, vocab=False)
 
     d = PlantedSpec()
-    pl = sub.add_parser("planted", help="planted benchmark: Zipf ids, labels from a known rank-R interaction model",
-                        description="Write a prepared dataset whose labels come from a logistic model of pairwise "
-                                    "interactions of rank-R ground-truth embeddings, plus dense features and "
-                                    "unobserved logit noise; meta.json records the Bayes-optimal AUC per split "
-                                    "(see data_prep/generate/planted.py).")
+    pl = sub.add_parser(
+        "planted",
+        help="planted benchmark: Zipf ids, labels from a known rank-R interaction model",
+        description="Write a prepared dataset whose labels come from a logistic model of pairwise "
+        "interactions of rank-R ground-truth embeddings, plus dense features and "
+        "unobserved logit noise; meta.json records the Bayes-optimal AUC per split "
+        "(see data_prep/generate/planted.py).",
+    )
     pl.add_argument("out", metavar="OUT", help="output dataset directory")
     pl.add_argument("--rows", type=int, default=d.rows, help=f"rows to generate (default {d.rows:,})")
     pl.add_argument("--tables", type=positive_int, default=d.tables, help=f"sparse features (default {d.tables})")
-    pl.add_argument("--cardinality", default=",".join(map(str, d.cardinality)),
-                    help=f"ids per table: one N for all, or T comma-separated (default {d.cardinality[0]:,})")
-    pl.add_argument("--rank", type=positive_int, default=d.rank, help=f"rank R of the true embeddings (default {d.rank})")
+    pl.add_argument(
+        "--cardinality",
+        default=",".join(map(str, d.cardinality)),
+        help=f"ids per table: one N for all, or T comma-separated (default {d.cardinality[0]:,})",
+    )
+    pl.add_argument(
+        "--rank", type=positive_int, default=d.rank, help=f"rank R of the true embeddings (default {d.rank})"
+    )
     pl.add_argument("--zipf", type=float, default=d.zipf, help=f"Zipf exponent of id frequencies (default {d.zipf})")
-    pl.add_argument("--noise", type=float, default=d.noise,
-                    help=f"std of the unobserved logit noise (default {d.noise})")
+    pl.add_argument(
+        "--noise", type=float, default=d.noise, help=f"std of the unobserved logit noise (default {d.noise})"
+    )
     pl.add_argument("--seed", type=int, default=0)
     pl.add_argument("--dense", type=int, default=d.dense, help=f"dense features (default {d.dense})")
-    pl.add_argument("--signal", type=float, default=d.signal,
-                    help=f"std of the interaction part of the logit (default {d.signal})")
-    pl.add_argument("--dense-signal", type=float, default=d.dense_signal,
-                    help=f"std of the dense part of the logit (default {d.dense_signal})")
-    pl.add_argument("--positive-rate", type=float, default=d.positive_rate,
-                    help=f"target mean click probability (default {d.positive_rate})")
+    pl.add_argument(
+        "--signal", type=float, default=d.signal, help=f"std of the interaction part of the logit (default {d.signal})"
+    )
+    pl.add_argument(
+        "--dense-signal",
+        type=float,
+        default=d.dense_signal,
+        help=f"std of the dense part of the logit (default {d.dense_signal})",
+    )
+    pl.add_argument(
+        "--positive-rate",
+        type=float,
+        default=d.positive_rate,
+        help=f"target mean click probability (default {d.positive_rate})",
+    )
     pl.add_argument("--save-truth", action="store_true", help="also write the true embeddings to OUT/planted_truth.npz")
     _add_common(pl, vocab=False)
     return parser
@@ -277,10 +382,19 @@ def main(argv: Optional[List[str]] = None) -> int:
                 cardinality = tuple(int(x) for x in args.cardinality.split(","))
             except ValueError:
                 raise ValueError(f"--cardinality must be N or comma-separated N, got {args.cardinality!r}") from None
-            spec = PlantedSpec(rows=args.rows, tables=args.tables, cardinality=cardinality, rank=args.rank,
-                               zipf=args.zipf, noise=args.noise, seed=args.seed, dense=args.dense,
-                               signal=args.signal, dense_signal=args.dense_signal,
-                               positive_rate=args.positive_rate)
+            spec = PlantedSpec(
+                rows=args.rows,
+                tables=args.tables,
+                cardinality=cardinality,
+                rank=args.rank,
+                zipf=args.zipf,
+                noise=args.noise,
+                seed=args.seed,
+                dense=args.dense,
+                signal=args.signal,
+                dense_signal=args.dense_signal,
+                positive_rate=args.positive_rate,
+            )
             result = generate_planted(args.out, spec, cfg, save_truth=args.save_truth)
             bayes = result.meta["bayes_auc"]
             print(format_summary(result, time.perf_counter() - t0))
@@ -288,17 +402,25 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 0
         elif args.command == "torchrec-npy":
             sizes = None if args.table_sizes is None else parse_table_sizes(args.table_sizes)
-            per_feature = (None if args.num_embeddings_per_feature is None
-                           else parse_table_sizes(args.num_embeddings_per_feature))
-            result = prepare_torchrec_npy(args.src, args.out, cfg, table_sizes=sizes, max_ind_range=args.max_ind_range,
-                                          num_embeddings_per_feature=per_feature)
+            per_feature = (
+                None if args.num_embeddings_per_feature is None else parse_table_sizes(args.num_embeddings_per_feature)
+            )
+            result = prepare_torchrec_npy(
+                args.src,
+                args.out,
+                cfg,
+                table_sizes=sizes,
+                max_ind_range=args.max_ind_range,
+                num_embeddings_per_feature=per_feature,
+            )
         elif args.command == "nvtabular":
             result = prepare_nvtabular(args.src, args.out, cfg)
         elif args.command.startswith("from-"):
             result = run_foreign(args, cfg)
         elif args.command == "avazu":
-            result = prepare_avazu(args.src, args.out, cfg, val_fraction=args.val_fraction,
-                                   test_fraction=args.test_fraction)
+            result = prepare_avazu(
+                args.src, args.out, cfg, val_fraction=args.val_fraction, test_fraction=args.test_fraction
+            )
         else:
             sizes = parse_table_sizes(args.table_sizes or DEFAULT_SYNTHETIC_TABLES)
             if args.table_sizes is None:
@@ -314,8 +436,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             if args.rows is None:
                 raise ValueError("synthetic needs --rows")
             pooling = parse_pooling(args.pooling, CRITEO_SPARSE_FEATURES)
-            result = generate_dataset(args.out, args.rows, sizes, args.zipf, args.seed, cfg,
-                                      multi_hot=args.multi_hot, pooling=pooling)
+            result = generate_dataset(
+                args.out, args.rows, sizes, args.zipf, args.seed, cfg, multi_hot=args.multi_hot, pooling=pooling
+            )
     except WorkerFailed as e:  # a worker died (killed, out of memory, lost node): nothing was published
         print(f"{PROG}: error: {e}; nothing was published, rerun to retry", file=sys.stderr)
         return 1
@@ -329,9 +452,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(format_summary(result, time.perf_counter() - t0))
     gzip_damage = (result.meta.get("rows_rejected_by_kind") or {}).get("gzip")
     if gzip_damage:
-        print(f"{PROG}: warning: {gzip_damage} gzip stream(s) end early (truncated or corrupt download): the rows "
-              f"after the damage are missing from the dataset; rejects.tsv names the file and line",
-              file=sys.stderr)
+        print(
+            f"{PROG}: warning: {gzip_damage} gzip stream(s) end early (truncated or corrupt download): the rows "
+            f"after the damage are missing from the dataset; rejects.tsv names the file and line",
+            file=sys.stderr,
+        )
     return 0
 
 

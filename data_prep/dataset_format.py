@@ -72,7 +72,8 @@ def parquet_schema(
 
 
 def bag_meta(
-    sparse_features: Sequence[str], pooling: Optional[Mapping[str, str]] = None,
+    sparse_features: Sequence[str],
+    pooling: Optional[Mapping[str, str]] = None,
     multi_hot: Optional[Mapping[str, int]] = None,
 ) -> Dict[str, Any]:
     """The version-2 meta.json keys every writer adds: ``pooling`` for every sparse feature
@@ -167,7 +168,8 @@ class PreparedMeta:
             **bag_meta(self.sparse_features, self.pooling, self.multi_hot),
         }
         optional = {
-            "rows_per_source": None if self.rows_per_source is None
+            "rows_per_source": None
+            if self.rows_per_source is None
             else {name: int(n) for name, n in self.rows_per_source.items()},
             "count_memory_mb": self.count_memory_mb,
             "id_histograms": self.id_histograms,
@@ -244,7 +246,9 @@ def validate_meta(meta: Any, where: PathLike) -> None:
         fail("top level must be a JSON object")
     version = meta.get("format_version")
     if version not in READABLE_VERSIONS or isinstance(version, bool):
-        fail(f"unsupported format_version {version!r} (this code reads versions {', '.join(map(str, READABLE_VERSIONS))})")
+        fail(
+            f"unsupported format_version {version!r} (this code reads versions {', '.join(map(str, READABLE_VERSIONS))})"
+        )
     missing = [k for k in REQUIRED_META_KEYS if k not in meta]
     if missing:
         fail(f"missing required keys: {', '.join(missing)}")
@@ -292,4 +296,3 @@ def _validate_bags(meta: Dict[str, Any], fail: Any) -> None:
 
 def _is_str_list(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
-

@@ -30,8 +30,10 @@ def finite_scores(values: np.ndarray, name: str = "scores") -> np.ndarray:
     values = np.asarray(values, dtype=np.float64).reshape(-1)
     bad = int(np.count_nonzero(~np.isfinite(values)))
     if bad:
-        raise ValueError(f"{bad} of {len(values)} {name} are not finite (nan or inf): the model's "
-                         "predictions are broken; no metric is computed from them")
+        raise ValueError(
+            f"{bad} of {len(values)} {name} are not finite (nan or inf): the model's "
+            "predictions are broken; no metric is computed from them"
+        )
     return values
 
 

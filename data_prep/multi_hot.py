@@ -16,7 +16,10 @@ from data_prep.dataset_format import POOLINGS
 
 
 def draw_bags(
-    rng: np.random.Generator, rows: int, max_bag: int, draw_ids: Callable[[int], np.ndarray],
+    rng: np.random.Generator,
+    rows: int,
+    max_bag: int,
+    draw_ids: Callable[[int], np.ndarray],
 ) -> Tuple[pa.Array, np.ndarray, np.ndarray]:
     """(list<int64> column, flat ids, offsets [rows + 1]) with bag sizes uniform in [0, max_bag]."""
     if max_bag < 1:

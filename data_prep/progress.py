@@ -17,9 +17,14 @@ class Progress:
             from tqdm import tqdm
 
             self.bar = tqdm(
-                total=total_bytes, unit=unit, unit_scale=True, unit_divisor=1_000_000 if unit == "B" else 1000,
-                desc=desc, file=sys.stderr,
-                dynamic_ncols=True, mininterval=0.5,
+                total=total_bytes,
+                unit=unit,
+                unit_scale=True,
+                unit_divisor=1_000_000 if unit == "B" else 1000,
+                desc=desc,
+                file=sys.stderr,
+                dynamic_ncols=True,
+                mininterval=0.5,
             )
 
     def update(self, nbytes: int, rows: int) -> None:

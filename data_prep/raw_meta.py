@@ -13,10 +13,19 @@ from data_prep.writers import RejectSink
 
 
 def build_meta(
-    spec: DatasetSpec, names: Sequence[str], cfg: PrepConfig, policy: SplitPolicy,
-    vocabs: Dict[str, FeatureVocab], histograms: Dict[str, Dict[str, Any]], hashed: Dict[str, str],
-    zero_rows: Dict[str, List[int]], splits_meta: Dict[str, Any], acc: int, sink: RejectSink,
-    rows_per_file: Sequence[int], vocab_entries: Dict[str, Dict[str, Any]],
+    spec: DatasetSpec,
+    names: Sequence[str],
+    cfg: PrepConfig,
+    policy: SplitPolicy,
+    vocabs: Dict[str, FeatureVocab],
+    histograms: Dict[str, Dict[str, Any]],
+    hashed: Dict[str, str],
+    zero_rows: Dict[str, List[int]],
+    splits_meta: Dict[str, Any],
+    acc: int,
+    sink: RejectSink,
+    rows_per_file: Sequence[int],
+    vocab_entries: Dict[str, Dict[str, Any]],
     extra: Optional[Mapping[str, Any]] = None,
 ) -> Dict[str, Any]:
     """meta.json of a raw-data preparation; `extra` is what the dataset's module adds (its transforms)."""
@@ -58,6 +67,8 @@ def refuse_empty(spec: DatasetSpec, names: Sequence[str], acc: int, sink: Reject
         return
     source = names[0] if len(names) == 1 else f"{len(names)} files"
     kinds = ", ".join(f"{kind}: {n:,}" for kind, n in sorted(sink.by_reason.items()))
-    raise ValueError(f"kept 0 of the {sink.count:,} rows of {source} as {spec.name} rows ({kinds}; first: "
-                     f"{sink.first}): is it another dataset's file (mlet-prep --help lists the formats)? "
-                     "nothing was published")
+    raise ValueError(
+        f"kept 0 of the {sink.count:,} rows of {source} as {spec.name} rows ({kinds}; first: "
+        f"{sink.first}): is it another dataset's file (mlet-prep --help lists the formats)? "
+        "nothing was published"
+    )

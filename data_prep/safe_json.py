@@ -21,8 +21,11 @@ class JSONFileError(ValueError):
 
 
 def read_json_file(
-    path: Union[str, Path], what: str = "JSON file", error: Type[Exception] = JSONFileError,
-    max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_JSON_DEPTH,
+    path: Union[str, Path],
+    what: str = "JSON file",
+    error: Type[Exception] = JSONFileError,
+    max_bytes: int = MAX_JSON_BYTES,
+    max_depth: int = MAX_JSON_DEPTH,
 ) -> Any:
     """The parsed content of ``path``, or ``error("<what> <path> ...")`` when it cannot be read,
     is larger than ``max_bytes``, is not JSON, or nests deeper than ``max_depth``."""
@@ -33,13 +36,17 @@ def read_json_file(
     except OSError as err:
         raise error(f"cannot read {where}: {err.strerror or err}") from None
     if len(data) > max_bytes:
-        raise error(f"{where} is larger than {max_bytes >> 20} MiB, far above any file this project "
-                    "writes; refusing it")
+        raise error(
+            f"{where} is larger than {max_bytes >> 20} MiB, far above any file this project writes; refusing it"
+        )
     return parse_json_text(data, where, error, max_depth)
 
 
 def parse_json_text(
-    text: Union[str, bytes], where: str, error: Type[Exception] = JSONFileError, max_depth: int = MAX_JSON_DEPTH,
+    text: Union[str, bytes],
+    where: str,
+    error: Type[Exception] = JSONFileError,
+    max_depth: int = MAX_JSON_DEPTH,
 ) -> Any:
     """``json.loads(text)`` with its failures (bad syntax or encoding, a 5000-digit number, a
     nesting deep enough for a RecursionError) said as ``error("<where> ...")``, one line."""

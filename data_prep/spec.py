@@ -23,13 +23,16 @@ PathLike = Union[str, Path]
 
 DEFAULT_COUNT_MEMORY_MB = 8192
 
+
 @dataclass(frozen=True)
 class PrepConfig:
     """Knobs of one preparation run (CLI flags map 1:1 onto these)."""
 
     min_count: int = 1  # train values seen fewer times map to id 0
     rows_per_file: int = 1_000_000  # bound on rows per parquet part file
-    row_group_rows: int = 8_192  # parquet row group size (capped by rows_per_file); small so that a rank reads only its rows (FORMAT.md)
+    row_group_rows: int = (
+        8_192  # parquet row group size (capped by rows_per_file); small so that a rank reads only its rows (FORMAT.md)
+    )
     strict: bool = False  # raise on the first malformed line instead of rejecting it
     overwrite: bool = False  # replace an existing prepared dataset at OUT
     hash_size: Optional[int] = None  # tables that would be larger are hashed into this many ids
@@ -55,8 +58,10 @@ class PrepConfig:
         if self.hash_size is not None and (not isinstance(self.hash_size, int) or self.hash_size < 2):
             raise ValueError(f"hash_size must be an integer >= 2 or None, got {self.hash_size!r}")
         if self.vocab_from is not None and (self.min_count != 1 or self.hash_size is not None):
-            raise ValueError("--vocab-from encodes with a saved vocabulary; --min-count and --hash-size build a new "
-                             "one and cannot be combined with it")
+            raise ValueError(
+                "--vocab-from encodes with a saved vocabulary; --min-count and --hash-size build a new "
+                "one and cannot be combined with it"
+            )
 
 
 @dataclass(frozen=True)
@@ -191,8 +196,10 @@ PARSE_CHUNK_ROWS = 8192
 def parse_block(spec: DatasetSpec, block: textio.LineBlock, file_name: str) -> Parsed:
     arr = block.buf
     _, shaped, fs, fe = textio.split_fields(block, spec.sep[0], len(spec.columns))
-    chunks = [_parse_columns(spec, arr, fs[lo : lo + PARSE_CHUNK_ROWS], fe[lo : lo + PARSE_CHUNK_ROWS])
-              for lo in range(0, max(len(shaped), 1), PARSE_CHUNK_ROWS)]
+    chunks = [
+        _parse_columns(spec, arr, fs[lo : lo + PARSE_CHUNK_ROWS], fe[lo : lo + PARSE_CHUNK_ROWS])
+        for lo in range(0, max(len(shaped), 1), PARSE_CHUNK_ROWS)
+    ]
     ok, label, dense, keys = chunks[0] if len(chunks) == 1 else _concat_chunks(chunks)
     rejects: List[Reject] = []
     if not ok.all() or len(shaped) != block.num_lines:

@@ -77,8 +77,11 @@ class ChunkSplit(SplitPolicy):
         return codes
 
     def describe(self) -> Dict[str, Any]:
-        return {"method": "dlrm-7-chunks", "chunks": 7, "val_test": "last chunk halved as the reference: test the "
-                "first ceil(rows/2), val the rest"}
+        return {
+            "method": "dlrm-7-chunks",
+            "chunks": 7,
+            "val_test": "last chunk halved as the reference: test the first ceil(rows/2), val the rest",
+        }
 
 
 class DaySplit(SplitPolicy):
@@ -135,4 +138,3 @@ class RandomSplit(SplitPolicy):
             "seed": self.seed,
             "fractions": [round(1 - self.val_fraction - self.test_fraction, 6), self.val_fraction, self.test_fraction],
         }
-

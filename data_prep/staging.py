@@ -16,6 +16,7 @@ from typing import Iterator, List, Sequence, Tuple
 from data_prep.dataset_format import META_FILE
 from data_prep.spec import PathLike
 
+
 def check_output(out: Path, overwrite: bool) -> None:
     if not (out.exists() or out.is_symlink()):
         return
@@ -50,7 +51,7 @@ def remove_stale_staging(out: Path) -> List[Path]:
     gone): at Terabyte scale each one holds gigabytes. Live runs' dirs are left alone."""
     removed = []
     for path in out.parent.glob(f"{glob.escape(out.name)}.*-*"):
-        kind, _, pid = path.name[len(out.name) + 1:].partition("-")
+        kind, _, pid = path.name[len(out.name) + 1 :].partition("-")
         if kind in ("tmp", "old") and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
@@ -99,4 +100,3 @@ def publish(tmp: Path, out: Path, overwrite: bool) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         tmp.rename(out)
-

@@ -42,8 +42,9 @@ def check_line_lengths(path: Union[str, Path], block: "LineBlock", numbered: boo
             raise _too_long(where, f"{int(lengths[i]):,} bytes")
 
 
-def check_partial_line(path: Union[str, Path], unterminated: int, line: int, offset: int,
-                       numbered: bool = True) -> None:
+def check_partial_line(
+    path: Union[str, Path], unterminated: int, line: int, offset: int, numbered: bool = True
+) -> None:
     """Refuse as soon as the line being read (no newline yet, starting at byte ``offset``) passes
     MAX_LINE_BYTES, so it is never buffered whole."""
     if unterminated > MAX_LINE_BYTES:
@@ -55,8 +56,10 @@ def _where(path: Union[str, Path], line: int, offset: int, numbered: bool) -> st
 
 
 def _too_long(where: str, what: str) -> ValueError:
-    return ValueError(f"{where}: line of {what}, longer than the limit of {MAX_LINE_BYTES:,} bytes "
-                      "(rows are a few hundred bytes): not a Criteo/Avazu text file, or a damaged one")
+    return ValueError(
+        f"{where}: line of {what}, longer than the limit of {MAX_LINE_BYTES:,} bytes "
+        "(rows are a few hundred bytes): not a Criteo/Avazu text file, or a damaged one"
+    )
 
 
 def is_gzip(path: Path) -> bool:
@@ -102,7 +105,9 @@ def attempt_bytes(block_bytes: int) -> int:
     return -(-block_bytes // r) * r
 
 
-def _plain_chunks(path: Path, start: int, read_bytes: int = _READ_BYTES * 8) -> Iterator[Tuple[bytes, int, Optional[str]]]:
+def _plain_chunks(
+    path: Path, start: int, read_bytes: int = _READ_BYTES * 8
+) -> Iterator[Tuple[bytes, int, Optional[str]]]:
     with open(path, "rb") as f:
         f.seek(start)
         while True:
@@ -155,7 +160,8 @@ def iter_line_blocks(
 ) -> Iterator[LineBlock]:
     """LineBlocks of `path` from decompressed byte `start_offset` (a line start)."""
     chunks = (
-        _gzip_chunks(path, start_offset) if is_gzip(path)
+        _gzip_chunks(path, start_offset)
+        if is_gzip(path)
         else _plain_chunks(path, start_offset, plain_read_bytes(block_bytes))
     )
     parts: List[bytes] = []

@@ -311,18 +311,25 @@ def save_vocabularies(
     exact = [name for name, vocab in vocabs.items() if not vocab.hashed]
     if exact:
         (out / VOCAB_DIR).mkdir(exist_ok=True)
+
     def write(name: str) -> Dict[str, Any]:
         rel = write_feature_vocab(out, name, kinds[name], vocabs[name].sorted_keys, vocabs[name].ids)
-        return {"file": rel, "values": int(len(vocabs[name].sorted_keys)),
-                "sha256": entry_sha256(name, kinds[name], False, vocabs[name].size, out / rel)}
+        return {
+            "file": rel,
+            "values": int(len(vocabs[name].sorted_keys)),
+            "sha256": entry_sha256(name, kinds[name], False, vocabs[name].size, out / rel),
+        }
 
     with ThreadPoolExecutor(threads) as pool:
         files = dict(zip(exact, pool.map(write, exact)))
     entries: Dict[str, Dict[str, Any]] = {}
     for name, vocab in vocabs.items():
         if vocab.hashed:
-            entries[name] = {"kind": kinds[name], "hashed": True,
-                             "sha256": entry_sha256(name, kinds[name], True, vocab.size, None)}
+            entries[name] = {
+                "kind": kinds[name],
+                "hashed": True,
+                "sha256": entry_sha256(name, kinds[name], True, vocab.size, None),
+            }
         else:
             entries[name] = {"kind": kinds[name], "hashed": False, **files[name]}
     return entries

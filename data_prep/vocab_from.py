@@ -68,8 +68,10 @@ class SavedVocab:
         not counted here), how values became ids, and where the vocabulary came from."""
         meta["min_count"] = self.meta.get("min_count")
         meta["hash_size"] = self.meta.get("hash_size")
-        meta["sparse_transform"] = (f"vocabulary of {self.source} ({self.meta.get('sparse_transform', 'saved')}); "
-                                    f"values it does not hold -> id {OOV_ID}")
+        meta["sparse_transform"] = (
+            f"vocabulary of {self.source} ({self.meta.get('sparse_transform', 'saved')}); "
+            f"values it does not hold -> id {OOV_ID}"
+        )
         meta["vocabulary"]["from"] = {
             "dir": str(self.source),
             "dataset": self.meta.get("dataset"),
@@ -93,15 +95,23 @@ def load_saved_vocab(source: PathLike, spec: DatasetSpec) -> SavedVocab:
         raise _fail(root, f"not a prepared dataset ({e})") from None
     info = meta.get("vocabulary")
     if not isinstance(info, dict) or not isinstance(info.get("features"), dict):
-        raise _fail(root, "meta.json has no vocabulary (prepared before vocabularies were saved, or not from raw "
-                          "files); prepare the earlier data again with mlet-prep")
+        raise _fail(
+            root,
+            "meta.json has no vocabulary (prepared before vocabularies were saved, or not from raw "
+            "files); prepare the earlier data again with mlet-prep",
+        )
     if info.get("oov_id") != OOV_ID:
-        raise _fail(root, f"vocabulary OOV id is {info.get('oov_id')!r}, this version encodes unknown values as {OOV_ID}")
+        raise _fail(
+            root, f"vocabulary OOV id is {info.get('oov_id')!r}, this version encodes unknown values as {OOV_ID}"
+        )
     kinds = {c.name: c.kind for c in spec.columns if c.name in spec.sparse_features}
     theirs = {n: (e.get("kind") if isinstance(e, dict) else None) for n, e in info["features"].items()}
     if theirs != kinds:
-        raise _fail(root, f"a vocabulary of {meta.get('dataset')!r} data (features {_summary(theirs)}), not of "
-                          f"{spec.name!r} data (features {_summary(kinds)})")
+        raise _fail(
+            root,
+            f"a vocabulary of {meta.get('dataset')!r} data (features {_summary(theirs)}), not of "
+            f"{spec.name!r} data (features {_summary(kinds)})",
+        )
     vocabs = {name: _feature(root, meta, name, info["features"][name]) for name in spec.sparse_features}
     _check_digests(root, meta, info["features"])
     digest = hashlib.sha256((root / META_FILE).read_bytes()).hexdigest()
@@ -155,8 +165,12 @@ def _feature(root: Path, meta: Dict[str, Any], name: str, entry: Dict[str, Any])
 
 
 def staged_vocabularies(
-    spec: DatasetSpec, cfg: PrepConfig, counters: Dict[str, Optional[KeyCounter]], hashed: Dict[str, str],
-    tmp: Path, saved: Optional[SavedVocab],
+    spec: DatasetSpec,
+    cfg: PrepConfig,
+    counters: Dict[str, Optional[KeyCounter]],
+    hashed: Dict[str, str],
+    tmp: Path,
+    saved: Optional[SavedVocab],
 ) -> Tuple[Dict[str, FeatureVocab], Dict[str, Dict[str, Any]], Dict[str, Dict[str, Any]]]:
     """What pass 2 encodes with, staged in tmp/vocab/:
     built from the train counts, or the saved vocabulary copied (adds its hashed features to

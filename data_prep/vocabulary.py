@@ -80,11 +80,13 @@ def write_feature_vocab(out_dir: Path, feature: str, kind: str, sorted_keys: np.
     """One exact feature's vocabulary as parquet (value, key, id), keys ascending; its path."""
     rel = vocab_file(feature)
     (out_dir / VOCAB_DIR).mkdir(exist_ok=True)
-    table = pa.table({
-        "value": keys_to_raw(kind, sorted_keys),
-        "key": pa.array(np.asarray(sorted_keys, np.int64)),
-        "id": pa.array(np.asarray(ids, np.int64)),
-    })
+    table = pa.table(
+        {
+            "value": keys_to_raw(kind, sorted_keys),
+            "key": pa.array(np.asarray(sorted_keys, np.int64)),
+            "id": pa.array(np.asarray(ids, np.int64)),
+        }
+    )
     # No dictionary pages: keys, ids and values are all distinct, so the writer's dictionary attempt
     # only cost time (2.3x) and bytes (1.6x larger than plain + zstd).
     pq.write_table(table, out_dir / rel, compression="zstd", use_dictionary=False)
@@ -96,8 +98,9 @@ def entry_sha256(feature: str, kind: str, hashed: bool, table_size: int, path: O
     size (one line of sorted-key JSON), then the vocabulary file's bytes (none for a hashed feature).
     Binding all of them catches two features' files swapped, permuted ids, and a flag or size edited
     in meta.json, none of which the structural checks (``arrays_problem``) can see."""
-    head = json.dumps({"feature": feature, "hashed": bool(hashed), "kind": kind, "table_size": int(table_size)},
-                      sort_keys=True)
+    head = json.dumps(
+        {"feature": feature, "hashed": bool(hashed), "kind": kind, "table_size": int(table_size)}, sort_keys=True
+    )
     h = hashlib.sha256(head.encode() + b"\n")
     if path is not None:
         with open(path, "rb") as f:
@@ -112,8 +115,10 @@ def digest_problem(root: Path, feature: str, entry: Mapping[str, Any], table_siz
     if entry_sha256(feature, entry.get("kind", ""), bool(entry.get("hashed")), table_size, path) == entry.get("sha256"):
         return None
     what = "its hashed flag or table size" if path is None else f"{entry['file']}, its hashed flag or table size"
-    return (f"the vocabulary of {feature} does not match its sha256 in meta.json ({what} changed since "
-            "mlet-prep wrote it: a swapped, edited or damaged file); re-run mlet-prep")
+    return (
+        f"the vocabulary of {feature} does not match its sha256 in meta.json ({what} changed since "
+        "mlet-prep wrote it: a swapped, edited or damaged file); re-run mlet-prep"
+    )
 
 
 def unsealed_warning(root: Path, entries: Mapping[str, Mapping[str, Any]]) -> Optional[str]:
@@ -122,8 +127,10 @@ def unsealed_warning(root: Path, entries: Mapping[str, Mapping[str, Any]]) -> Op
     accepts only the meta.json its model was trained with, so refusing would strand those models."""
     if any("sha256" in e for e in entries.values()):
         return None
-    return (f"{root}/meta.json records no vocabulary sha256 (prepared before they were recorded): a swapped or "
-            "edited vocabulary file cannot be detected; re-run mlet-prep to record them")
+    return (
+        f"{root}/meta.json records no vocabulary sha256 (prepared before they were recorded): a swapped or "
+        "edited vocabulary file cannot be detected; re-run mlet-prep to record them"
+    )
 
 
 def arrays_problem(keys: np.ndarray, ids: np.ndarray, table_size: int, listed: Any) -> Optional[str]:
@@ -132,8 +139,9 @@ def arrays_problem(keys: np.ndarray, ids: np.ndarray, table_size: int, listed: A
     for --vocab-from and raw scoring, so neither accepts what the other refuses."""
     if len(keys) != listed:
         return f"holds {len(keys)} values, meta.json lists {listed!r}"
-    if len(keys) and (np.any(np.diff(keys) <= 0) or ids.min() < 1 or ids.max() >= table_size
-                      or len(np.unique(ids)) != len(ids)):
+    if len(keys) and (
+        np.any(np.diff(keys) <= 0) or ids.min() < 1 or ids.max() >= table_size or len(np.unique(ids)) != len(ids)
+    ):
         return f"is damaged: keys must be strictly ascending and ids distinct in [1, {table_size})"
     return None
 

@@ -24,6 +24,7 @@ PARQUET_COMPRESSION = "lz4"
 # valid id and train silently; the readers verify them (row_groups.py, dataset_check.py, scoring.py).
 PARQUET_PAGE_CHECKSUMS = True
 
+
 class SplitWriter:
     """Appends tables to part files of at most rows_per_file rows, in row groups
     of exactly row_group_rows rows (the last may be shorter), so the bytes do not
@@ -59,8 +60,12 @@ class SplitWriter:
         self._buffer, self._buffered = ([rest] if rest.num_rows else []), rest.num_rows
         if self._writer is None:
             rel = part_file(self.split, self.first_index + len(self.files))
-            self._writer = pq.ParquetWriter(self.root / rel, self.schema, compression=PARQUET_COMPRESSION,
-                                            write_page_checksum=PARQUET_PAGE_CHECKSUMS)
+            self._writer = pq.ParquetWriter(
+                self.root / rel,
+                self.schema,
+                compression=PARQUET_COMPRESSION,
+                write_page_checksum=PARQUET_PAGE_CHECKSUMS,
+            )
             self.files.append(rel)
         self._writer.write_table(head, row_group_size=n)
         self._file_rows += n
@@ -145,8 +150,15 @@ def reject_kind(reason: str) -> str:
     return f"bad_value:{m.group(1)}" if m else "other"
 
 
-def encoded_rows(spec: DatasetSpec, parsed: Parsed, ids: Dict[str, np.ndarray], sel: np.ndarray,
-                 schema: pa.Schema, zero_rows: Dict[str, List[int]], code: int) -> pa.Table:
+def encoded_rows(
+    spec: DatasetSpec,
+    parsed: Parsed,
+    ids: Dict[str, np.ndarray],
+    sel: np.ndarray,
+    schema: pa.Schema,
+    zero_rows: Dict[str, List[int]],
+    code: int,
+) -> pa.Table:
     """The selected rows of a parsed block as a table of the dataset schema (label, dense, ids),
     counting id-0 rows per feature into ``zero_rows[feature][code]`` (meta.json's id0_rows)."""
     cols = [pa.array(parsed.label[sel], pa.int8())]
@@ -156,4 +168,3 @@ def encoded_rows(spec: DatasetSpec, parsed: Parsed, ids: Dict[str, np.ndarray], 
         zero_rows[name][code] += int(np.count_nonzero(col == 0))
         cols.append(pa.array(col, pa.int64()))
     return pa.Table.from_arrays(cols, schema=schema)
-

@@ -55,7 +55,7 @@ def script_arg(script_args: Sequence[str], flag: str) -> Optional[str]:
         if arg == flag and i + 1 < len(script_args):
             value = script_args[i + 1]
         elif arg.startswith(flag + "="):
-            value = arg[len(flag) + 1:]
+            value = arg[len(flag) + 1 :]
     return value
 
 
@@ -139,24 +139,24 @@ def preflight_script(venv: str, data: Optional[str], plan: Optional[str]) -> str
         lines.append(f"if [ -f {v}/bin/activate ]; then . {v}/bin/activate; fi")
     lines.append(
         "if ! command -v torchrun >/dev/null 2>&1; then "
-        f"echo \"mlet launch error on {node}: torchrun is not on PATH"
-        + (f" (no venv at \"{_esc(venv)}\"/bin/activate)" if venv else "")
+        f'echo "mlet launch error on {node}: torchrun is not on PATH'
+        + (f' (no venv at "{_esc(venv)}"/bin/activate)' if venv else "")
         + ". Install the project on the nodes (scripts/setup_env.sh), pass --venv PATH_OF_THE_VENV,"
-        " or put the bin dir of the venv on PATH in the image.\" >&2; exit 127; fi"
+        ' or put the bin dir of the venv on PATH in the image." >&2; exit 127; fi'
     )
     if data:
         d = _esc(data)
         lines.append(
             f"if [ ! -f {d}/meta.json ]; then "
-            f"echo \"mlet launch error on {node}: no prepared dataset at \"{d}\" (missing meta.json). "
+            f'echo "mlet launch error on {node}: no prepared dataset at "{d}" (missing meta.json). '
             "Every node must see the data: prepare it once on a shared filesystem (mlet-prep) or mount "
-            "it (--data_volume pvc:NAME or --data_volume /host/path); see launch/README.md.\" >&2; exit 2; fi"
+            'it (--data_volume pvc:NAME or --data_volume /host/path); see launch/README.md." >&2; exit 2; fi'
         )
     if plan:
         p = _esc(plan)
         lines.append(
-            f"if [ ! -f {p} ]; then echo \"mlet launch error on {node}: sharding plan \"{p}\" not found; "
-            "put it on a shared filesystem or in a mounted volume.\" >&2; exit 2; fi"
+            f'if [ ! -f {p} ]; then echo "mlet launch error on {node}: sharding plan "{p}" not found; '
+            'put it on a shared filesystem or in a mounted volume." >&2; exit 2; fi'
         )
     return "; ".join(lines)
 
@@ -238,8 +238,7 @@ def train(
         raise LaunchError("gpu, cpu, memMB, max_restarts and max_retries must be >= 0")
     if gpu > 0 and nproc > gpu:
         raise LaunchError(
-            f"-j {j} starts {nproc} processes per node but --gpu {gpu}: one process per GPU, "
-            f"use -j {max_nodes}x{gpu}"
+            f"-j {j} starts {nproc} processes per node but --gpu {gpu}: one process per GPU, use -j {max_nodes}x{gpu}"
         )
     if gpu > 0 and nproc < gpu:
         warnings.warn(f"-j {j} uses {nproc} of the {gpu} GPUs requested per node")
@@ -305,6 +304,6 @@ def train(
     cmd = role.args[-1]
     if role.args[:1] != ["-c"] or not cmd.startswith("torchrun "):
         raise RuntimeError(f"unexpected dist.ddp command (torchx changed?): {role.args}")
-    torchrun = f"torchrun --max-restarts {max_restarts} " + cmd[len("torchrun "):]
+    torchrun = f"torchrun --max-restarts {max_restarts} " + cmd[len("torchrun ") :]
     role.args = ["-c", preflight_script(venv, data, plan) + "; exec " + torchrun]
     return app

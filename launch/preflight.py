@@ -63,18 +63,28 @@ def check_scheduler(scheduler: str) -> List[Result]:
     if scheduler == "slurm":
         missing = [t for t in SLURM_TOOLS if shutil.which(t) is None]
         if missing:
-            return [("error", (
-                f"slurm: {', '.join(missing)} not on PATH: torchx submits with sbatch and follows the "
-                "job with squeue/sacct. Run torchx on a Slurm login node (or a host with the Slurm "
-                "client tools and munge set up), or use -s local_cwd / -s kubernetes"
-            ))]
+            return [
+                (
+                    "error",
+                    (
+                        f"slurm: {', '.join(missing)} not on PATH: torchx submits with sbatch and follows the "
+                        "job with squeue/sacct. Run torchx on a Slurm login node (or a host with the Slurm "
+                        "client tools and munge set up), or use -s local_cwd / -s kubernetes"
+                    ),
+                )
+            ]
         return [("ok", "slurm: " + ", ".join(shutil.which(t) or t for t in SLURM_TOOLS))]
     if scheduler == "kubernetes":
         if importlib.util.find_spec("kubernetes") is None:
-            return [("error", (
-                "kubernetes: the `kubernetes` python package is not installed in this environment: "
-                "pip install -r requirements/common.txt (it pins kubernetes)"
-            ))]
+            return [
+                (
+                    "error",
+                    (
+                        "kubernetes: the `kubernetes` python package is not installed in this environment: "
+                        "pip install -r requirements/common.txt (it pins kubernetes)"
+                    ),
+                )
+            ]
         from kubernetes import config
 
         try:
@@ -83,11 +93,16 @@ def check_scheduler(scheduler: str) -> List[Result]:
             try:
                 config.load_incluster_config()
             except Exception:  # noqa: BLE001
-                return [("error", (
-                    f"kubernetes: no usable kubeconfig ({kube_error}). Point KUBECONFIG at your "
-                    "cluster's config (kubectl must work: `kubectl get queues.scheduling.volcano.sh`); "
-                    "the cluster needs Volcano (torchx submits a batch.volcano.sh Job)"
-                ))]
+                return [
+                    (
+                        "error",
+                        (
+                            f"kubernetes: no usable kubeconfig ({kube_error}). Point KUBECONFIG at your "
+                            "cluster's config (kubectl must work: `kubectl get queues.scheduling.volcano.sh`); "
+                            "the cluster needs Volcano (torchx submits a batch.volcano.sh Job)"
+                        ),
+                    )
+                ]
         return [("ok", "kubernetes: kubeconfig loads (Volcano itself is checked at submit time)")]
     return [("error", f"unknown scheduler {scheduler!r}; one of {', '.join(SCHEDULERS)}")]
 
@@ -119,8 +134,9 @@ def check_plan(plan: Optional[str], j: str) -> Result:
     return "ok", f"plan: {plan} matches -j {j}"
 
 
-def run_checks(scheduler: str, j: str, data: Optional[str], plan: Optional[str],
-               venv: Optional[str], venv_given: bool = False) -> List[Result]:
+def run_checks(
+    scheduler: str, j: str, data: Optional[str], plan: Optional[str], venv: Optional[str], venv_given: bool = False
+) -> List[Result]:
     results: List[Result] = []
     try:
         world_size_of(j)
@@ -137,14 +153,18 @@ def run_checks(scheduler: str, j: str, data: Optional[str], plan: Optional[str],
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m launch.preflight", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m launch.preflight", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("-s", "--scheduler", choices=SCHEDULERS, default="local_cwd")
     p.add_argument("-j", default="1x2", help="NODESxPROCS, as given to the component")
     p.add_argument("--data", help="prepared dataset dir, as given to train.py")
     p.add_argument("--plan", help="sharding plan from mlet-plan")
-    p.add_argument("--venv", default=None,
-                   help="the venv the nodes activate, as given to the component (default: $VIRTUAL_ENV or .venv)")
+    p.add_argument(
+        "--venv",
+        default=None,
+        help="the venv the nodes activate, as given to the component (default: $VIRTUAL_ENV or .venv)",
+    )
     args = p.parse_args(argv)
     venv = args.venv or os.environ.get("VIRTUAL_ENV") or ".venv"
     results = run_checks(args.scheduler, args.j, args.data, args.plan, venv, venv_given=args.venv is not None)

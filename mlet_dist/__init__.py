@@ -14,7 +14,7 @@ STACK_INSTALL = (
     "mlet_dist needs torch, fbgemm-gpu (or fbgemm-gpu-cpu) and torchrec: install with "
     "`pip install 'mlet_dist[cpu]' --extra-index-url https://download.pytorch.org/whl/cpu` then "
     "`pip install --no-deps torchrec==1.8.0` (CPU), or `pip install 'mlet_dist[cuda]'` (CUDA); "
-    "in a checkout scripts/setup_env.sh (README \"As a library\")"
+    'in a checkout scripts/setup_env.sh (README "As a library")'
 )
 
 

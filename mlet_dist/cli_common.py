@@ -17,5 +17,5 @@ def given_dests(build_parser: Callable[[], argparse.ArgumentParser], argv: Optio
 
 
 def ranks_phrase(n: object) -> str:
-    """"1 rank" / "2 ranks": the messages that name a world size."""
+    """ "1 rank" / "2 ranks": the messages that name a world size."""
     return f"{n} rank" if n == 1 else f"{n} ranks"

@@ -189,8 +189,9 @@ def _field_default(d: Declared) -> Any:
     raise TypeError(f"{d.path} has no default: declare Flag(default=...)")
 
 
-def add_flags(parser: argparse.ArgumentParser, cls: type, groups: Sequence[str] = (RUN, SHAPE),
-              first: Sequence[str] = ()) -> None:
+def add_flags(
+    parser: argparse.ArgumentParser, cls: type, groups: Sequence[str] = (RUN, SHAPE), first: Sequence[str] = ()
+) -> None:
     """One argparse argument per declared flag of the tree (``groups``: which of them), in field
     order after the dests in ``first`` (what ``--help`` lists on top)."""
     declared = flags_of(cls, groups)

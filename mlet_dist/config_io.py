@@ -41,8 +41,13 @@ def to_jsonable(value: Any) -> Any:
 # JSON scalar types a field of each Python type accepts: a bool is an int to Python, so
 # ``"batch_size": true`` became 1 and ``"shuffle": "no"`` (a truthy string) left shuffling on.
 _SCALARS: Dict[Any, Tuple[type, ...]] = {bool: (bool,), int: (int,), float: (int, float), str: (str,), Path: (str,)}
-_JSON_NAMES = {bool: "a boolean (true/false)", int: "an integer", float: "a number", str: "a string",
-               Path: "a path string"}
+_JSON_NAMES = {
+    bool: "a boolean (true/false)",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    Path: "a path string",
+}
 
 
 def _wrong_type(where: str, value: Any, expected: str) -> ValueError:
@@ -96,8 +101,9 @@ def from_jsonable(cls: Type[T], data: Any, where: str = "config") -> T:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {unknown} for {cls.__name__}; known: {sorted(fields)}")
-    kwargs = {name: _convert(hints[name], value, f"{where}.{name}") for name, value in data.items()
-              if fields[name].init}
+    kwargs = {
+        name: _convert(hints[name], value, f"{where}.{name}") for name, value in data.items() if fields[name].init
+    }
     legacy = getattr(cls, "LEGACY_DEFAULTS", {})  # what files written before a field existed meant
     kwargs.update({name: value for name, value in legacy.items() if name not in data})
     return cls(**kwargs)

@@ -21,8 +21,9 @@ def file_entry(path: Path) -> Dict[str, Any]:
     return {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
-def listed_file_problems(directory: Path, files: Mapping[str, Mapping[str, Any]], listing: str,
-                         names: Optional[Sequence[str]] = None) -> List[str]:
+def listed_file_problems(
+    directory: Path, files: Mapping[str, Mapping[str, Any]], listing: str, names: Optional[Sequence[str]] = None
+) -> List[str]:
     """One line per listed file (all, or ``names``) that is outside ``directory``, missing, or
     differs from its recorded size or sha256 (size first: it costs no read). ``listing`` names
     the record in the messages, e.g. "the manifest"."""

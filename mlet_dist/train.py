@@ -48,10 +48,12 @@ CONFIG_FILE = "config.json"
 def collapse_to_serving(cfg: TrainConfig, env: DistEnv) -> Collapse:
     """Owner-side collapse into the run's serving dir, loaded back as a stock TorchRec model.
     Wired here because serving/ sits above training/, where the post-training phase lives."""
+
     def collapse(model: nn.Module, source: Dict[str, object]) -> ServingCopy:
         export = write_run_serving_dir(model, cfg, cfg.data, cfg.run_dir, source=source)  # cfg: a ModelConfig
         collapsed, _ = load_serving_sharded(export.path, env.device, sharding=cfg.sharding.sharding)
         return ServingCopy(export.path, export.manifest["collapse"], collapsed)
+
     return collapse
 
 
@@ -77,33 +79,59 @@ def run(cfg: TrainConfig, env: DistEnv) -> Dict[str, object]:
     optimizer = build_optimizer(sharded, cfg.optim)
     autocast_dense(sharded, cfg.optim.dense_precision, env.device)  # fp32 (default): nothing changes
     if env.is_main:  # the plan in use, reusable as --plan
-        save_plan(cfg.run_dir / "plan.json", sharded.plan, {"world_size": env.world_size,
-                  "local_world_size": env.local_world_size, "compute_device": env.device.type})
+        save_plan(
+            cfg.run_dir / "plan.json",
+            sharded.plan,
+            {"world_size": env.world_size, "local_world_size": env.local_world_size, "compute_device": env.device.type},
+        )
 
-    train_stream = ParquetBatchStream(cfg.data, "train", cfg.batch_size, env.rank, env.world_size,
-                                      drop_last=True, max_batches=cfg.max_train_batches,
-                                      shuffle=cfg.input.shuffle, seed=cfg.seed, **cfg.input.stream_kwargs(env))
+    train_stream = ParquetBatchStream(
+        cfg.data,
+        "train",
+        cfg.batch_size,
+        env.rank,
+        env.world_size,
+        drop_last=True,
+        max_batches=cfg.max_train_batches,
+        shuffle=cfg.input.shuffle,
+        seed=cfg.seed,
+        **cfg.input.stream_kwargs(env),
+    )
     if len(train_stream) == 0:
         raise SystemExit(
             f"error: the train split has fewer rows than one global batch "
             f"({cfg.batch_size} x {env.world_size} ranks); lower --batch-size"
         )
     keeper = BestModelKeeper(cfg.run_dir / "best_model", env)
-    checkpoints = CheckpointManager(cfg.run_dir / "checkpoints", env, keep=cfg.keep_checkpoints,
-                                    mode=cfg.checkpoint_mode)
+    checkpoints = CheckpointManager(
+        cfg.run_dir / "checkpoints", env, keep=cfg.keep_checkpoints, mode=cfg.checkpoint_mode
+    )
     position = resume_position(cfg.epochs, env, checkpoints, sharded, optimizer, keeper, out, fresh)
     finished = finished_summary(cfg, position, env)
     if finished is not None:
         claim.release()
         return finished
-    out.log("config", world_size=env.world_size, backend=env.backend, argv=sys.argv[1:],
-            plan=str(sharded.plan))
+    out.log("config", world_size=env.world_size, backend=env.backend, argv=sys.argv[1:], plan=str(sharded.plan))
     if "resumed_from" in position.extra:
-        out.log("resume", checkpoint=position.extra.pop("resumed_from"), step=position.step,
-                epoch=position.epoch, batch_in_epoch=position.batch_in_epoch)
-    trainer = Trainer(cfg, env, sharded, optimizer, train_stream, out=out, keeper=keeper, checkpoints=checkpoints,
-                      lr_schedule=lr_schedule(optimizer, cfg.optim),
-                      evaluate=lambda: {s: p.metrics() for s, p in evaluate_all(sharded, cfg, env, "eval").items()})
+        out.log(
+            "resume",
+            checkpoint=position.extra.pop("resumed_from"),
+            step=position.step,
+            epoch=position.epoch,
+            batch_in_epoch=position.batch_in_epoch,
+        )
+    trainer = Trainer(
+        cfg,
+        env,
+        sharded,
+        optimizer,
+        train_stream,
+        out=out,
+        keeper=keeper,
+        checkpoints=checkpoints,
+        lr_schedule=lr_schedule(optimizer, cfg.optim),
+        evaluate=lambda: {s: p.metrics() for s, p in evaluate_all(sharded, cfg, env, "eval").items()},
+    )
     fit = trainer.fit(position)
     summary = finish_run(sharded, cfg, env, fit, keeper, build, collapse_to_serving(cfg, env), out.write_json)
     claim.release()

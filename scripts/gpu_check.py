@@ -36,8 +36,14 @@ CUDA_TESTS = ROOT / "tests" / "test_cuda.py"
 SECTIONS = ("env", "tests", "benchmarks")
 BUDGET_S = {"env": 40.0, "tests": 150.0, "benchmarks": 280.0}  # sums to 470 of the 480 s deadline
 # Modules that must import with the triplet (train.py's import tree, serving, planning, sweep report).
-PROJECT_MODULES = ("mlet_dist.train", "mlet_dist.serving.predict_cli", "mlet_dist.serving.collapse_cli",
-                   "mlet_dist.planning.cli", "mlet_dist.distributed.sharded_mlet", "mlet_dist.serving.quantize")
+PROJECT_MODULES = (
+    "mlet_dist.train",
+    "mlet_dist.serving.predict_cli",
+    "mlet_dist.serving.collapse_cli",
+    "mlet_dist.planning.cli",
+    "mlet_dist.distributed.sharded_mlet",
+    "mlet_dist.serving.quantize",
+)
 
 
 def _version(module: str) -> Dict[str, Any]:
@@ -45,16 +51,24 @@ def _version(module: str) -> Dict[str, Any]:
         mod = importlib.import_module(module)
     except Exception as err:  # an ImportError, or a broken native library (OSError, RuntimeError)
         return {"ok": False, "error": f"{type(err).__name__}: {err}"}
-    return {"ok": True, "version": str(getattr(mod, "__version__", "unknown")),
-            "from": str(Path(getattr(mod, "__file__", "") or "?").parent)}
+    return {
+        "ok": True,
+        "version": str(getattr(mod, "__version__", "unknown")),
+        "from": str(Path(getattr(mod, "__file__", "") or "?").parent),
+    }
 
 
 def check_env(dry: bool) -> Dict[str, Any]:
     """Versions, device, and an import of every project module: what ran, for the report."""
-    out: Dict[str, Any] = {"python": platform.python_version(), "executable": sys.executable,
-                           "pythonpath": os.environ.get("PYTHONPATH", "")}
-    out["packages"] = {name: _version(name) for name in ("torch", "fbgemm_gpu", "torchrec", "numpy", "pyarrow",
-                                                         "torchmetrics", "tensordict", "iopath")}
+    out: Dict[str, Any] = {
+        "python": platform.python_version(),
+        "executable": sys.executable,
+        "pythonpath": os.environ.get("PYTHONPATH", ""),
+    }
+    out["packages"] = {
+        name: _version(name)
+        for name in ("torch", "fbgemm_gpu", "torchrec", "numpy", "pyarrow", "torchmetrics", "tensordict", "iopath")
+    }
     problems = [f"{n}: {v['error']}" for n, v in out["packages"].items() if not v["ok"]]
     if out["packages"]["torch"]["ok"]:
         import torch
@@ -63,9 +77,13 @@ def check_env(dry: bool) -> Dict[str, Any]:
         out["cuda_available"] = torch.cuda.is_available()
         if torch.cuda.is_available():
             props = torch.cuda.get_device_properties(0)
-            out["device"] = {"name": props.name, "capability": f"{props.major}.{props.minor}",
-                             "memory_gb": round(props.total_memory / 1e9, 1), "count": torch.cuda.device_count(),
-                             "multiprocessors": props.multi_processor_count}
+            out["device"] = {
+                "name": props.name,
+                "capability": f"{props.major}.{props.minor}",
+                "memory_gb": round(props.total_memory / 1e9, 1),
+                "count": torch.cuda.device_count(),
+                "multiprocessors": props.multi_processor_count,
+            }
             try:
                 out["nccl"] = ".".join(map(str, torch.cuda.nccl.version()))
             except Exception as err:
@@ -105,17 +123,33 @@ def _env_for_children() -> Dict[str, str]:
 def run_cuda_tests(work: Path, timeout_s: float) -> Dict[str, Any]:
     """pytest -m cuda in a subprocess; per-test outcome, time and skip reason from its JUnit XML."""
     junit = work / "cuda_tests.xml"
-    cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-m", "cuda", "-p", "no:cacheprovider",
-           f"--junitxml={junit}", str(CUDA_TESTS)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-rs",
+        "-m",
+        "cuda",
+        "-p",
+        "no:cacheprovider",
+        f"--junitxml={junit}",
+        str(CUDA_TESTS),
+    ]
     started = time.monotonic()
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, env=_env_for_children(), capture_output=True, text=True,
-                              timeout=max(timeout_s, 1))
+        proc = subprocess.run(
+            cmd, cwd=ROOT, env=_env_for_children(), capture_output=True, text=True, timeout=max(timeout_s, 1)
+        )
         rc, tail = proc.returncode, (proc.stdout + proc.stderr)[-4000:]
     except subprocess.TimeoutExpired as err:
         rc, tail = None, f"timed out after {timeout_s:.0f}s\n" + str(err.stdout or "")[-3000:]
-    out: Dict[str, Any] = {"command": " ".join(cmd[1:]), "returncode": rc,
-                           "seconds": round(time.monotonic() - started, 2), "tests": {}}
+    out: Dict[str, Any] = {
+        "command": " ".join(cmd[1:]),
+        "returncode": rc,
+        "seconds": round(time.monotonic() - started, 2),
+        "tests": {},
+    }
     if junit.is_file():
         for case in ET.parse(junit).getroot().iter("testcase"):
             entry: Dict[str, Any] = {"outcome": "passed", "seconds": round(float(case.get("time", 0)), 2)}
@@ -140,12 +174,20 @@ def run_benchmarks(work: Path, timeout_s: float, dry: bool) -> Dict[str, Any]:
     """benchmarks/bench_gpu.py in a subprocess with its own deadline a little inside ours; its
     JSON is rewritten after every section, so a timeout keeps the finished sections."""
     result = work / "bench.json"
-    cmd = [sys.executable, str(BENCH), "--out", str(result), "--deadline-s", f"{max(timeout_s - 25, 1):.0f}",
-           *(["--dry-run"] if dry else [])]
+    cmd = [
+        sys.executable,
+        str(BENCH),
+        "--out",
+        str(result),
+        "--deadline-s",
+        f"{max(timeout_s - 25, 1):.0f}",
+        *(["--dry-run"] if dry else []),
+    ]
     started = time.monotonic()
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, env=_env_for_children(), capture_output=True, text=True,
-                              timeout=max(timeout_s, 1))
+        proc = subprocess.run(
+            cmd, cwd=ROOT, env=_env_for_children(), capture_output=True, text=True, timeout=max(timeout_s, 1)
+        )
         rc, tail = proc.returncode, (proc.stdout + proc.stderr)[-4000:]
     except subprocess.TimeoutExpired as err:
         rc, tail = None, f"timed out after {timeout_s:.0f}s\n" + str(err.stdout or "")[-3000:]
@@ -155,7 +197,9 @@ def run_benchmarks(work: Path, timeout_s: float, dry: bool) -> Dict[str, Any]:
     for name in ("step", "pipeline", "collapse", "serving"):
         out["sections"].setdefault(name, {"status": "missing", "reason": "the benchmark process ended before it"})
     statuses = {s.get("status") for s in out["sections"].values()}
-    out["status"] = "ok" if rc == 0 and statuses <= {"ok", "not available"} else ("timeout" if rc is None else "partial")
+    out["status"] = (
+        "ok" if rc == 0 and statuses <= {"ok", "not available"} else ("timeout" if rc is None else "partial")
+    )
     if out["status"] != "ok":
         out["output_tail"] = tail
     return out
@@ -178,21 +222,36 @@ def markdown(report: Dict[str, Any]) -> str:
     dev = env.get("device", {})
     lines = [f"# gpu-check: {report['device_slug']}", ""]
     if report["dry_run"]:
-        lines += ["**DRY RUN on CPU** (tiny sizes, gloo): checks that the script runs; no figure here "
-                  "describes a GPU.", ""]
-    lines += [f"- when: {report['started_utc']}, {report['seconds']:.0f} s of a {report['budget_s']:.0f} s budget",
-              f"- versions: {ver}; python {env.get('python')}; CUDA {env.get('torch_cuda')}; nccl {env.get('nccl', '—')}",
-              f"- device: {dev.get('name', 'none')} ({dev.get('memory_gb', '—')} GB, sm {dev.get('capability', '—')})",
-              f"- environment: {env['status']}" + (f" ({'; '.join(env['problems'])})" if env.get("problems") else ""),
-              f"- cuda tests: {tests.get('status')} {tests.get('counts', {})}", ""]
+        lines += [
+            "**DRY RUN on CPU** (tiny sizes, gloo): checks that the script runs; no figure here describes a GPU.",
+            "",
+        ]
+    lines += [
+        f"- when: {report['started_utc']}, {report['seconds']:.0f} s of a {report['budget_s']:.0f} s budget",
+        f"- versions: {ver}; python {env.get('python')}; CUDA {env.get('torch_cuda')}; nccl {env.get('nccl', '—')}",
+        f"- device: {dev.get('name', 'none')} ({dev.get('memory_gb', '—')} GB, sm {dev.get('capability', '—')})",
+        f"- environment: {env['status']}" + (f" ({'; '.join(env['problems'])})" if env.get("problems") else ""),
+        f"- cuda tests: {tests.get('status')} {tests.get('counts', {})}",
+        "",
+    ]
     for name, t in tests.get("tests", {}).items():
-        lines.append(f"  - {name}: {t['outcome']} ({t['seconds']} s)" + (f" — {t['reason'][:200]}" if t.get("reason") else ""))
-    lines += ["", "## Step time (1 rank, table-wise)", "",
-              "| batch | variant | ms/step | samples/s | vs ebc_d16 | vs ebc_d64 |", "|---|---|---|---|---|---|"]
+        lines.append(
+            f"  - {name}: {t['outcome']} ({t['seconds']} s)" + (f" — {t['reason'][:200]}" if t.get("reason") else "")
+        )
+    lines += [
+        "",
+        "## Step time (1 rank, table-wise)",
+        "",
+        "| batch | variant | ms/step | samples/s | vs ebc_d16 | vs ebc_d64 |",
+        "|---|---|---|---|---|---|",
+    ]
     for batch, per in sorted(bench.get("step", {}).get("by_batch", {}).items(), key=lambda kv: int(kv[0])):
         for variant, t in per.items():
-            lines.append(f"| {batch} | {variant} | {_fmt(t.get('median_ms'))} | {_fmt(t.get('samples_per_s'), ',.0f')} | "
-                         f"{_fmt(t.get('vs_ebc_d16'))} | {_fmt(t.get('vs_ebc_d64'))} |" + (f" {t.get('error') or t.get('skipped')}" if 'error' in t or 'skipped' in t else ""))
+            lines.append(
+                f"| {batch} | {variant} | {_fmt(t.get('median_ms'))} | {_fmt(t.get('samples_per_s'), ',.0f')} | "
+                f"{_fmt(t.get('vs_ebc_d16'))} | {_fmt(t.get('vs_ebc_d64'))} |"
+                + (f" {t.get('error') or t.get('skipped')}" if "error" in t or "skipped" in t else "")
+            )
     step = bench.get("step", {})
     if step.get("status") != "ok":
         lines.append(f"\nstep: {step.get('status')} {step.get('error', step.get('reason', ''))}")
@@ -200,27 +259,38 @@ def markdown(report: Dict[str, Any]) -> str:
     lines += ["", "## Pipelined vs plain step", ""]
     if pipe.get("status") == "ok":
         bp = pipe.get("by_pipeline", {})
-        lines.append(f"- batch {pipe.get('batch')}: plain {_fmt(bp.get('none', {}).get('mean_ms'))} ms, sparse-dist "
-                     f"{_fmt(bp.get('sparse-dist', {}).get('mean_ms'))} ms (pipelined modules: "
-                     f"{bp.get('sparse-dist', {}).get('pipelined_modules', '—')}); ratio {_fmt(pipe.get('pipelined_vs_plain'))}")
+        lines.append(
+            f"- batch {pipe.get('batch')}: plain {_fmt(bp.get('none', {}).get('mean_ms'))} ms, sparse-dist "
+            f"{_fmt(bp.get('sparse-dist', {}).get('mean_ms'))} ms (pipelined modules: "
+            f"{bp.get('sparse-dist', {}).get('pipelined_modules', '—')}); ratio {_fmt(pipe.get('pipelined_vs_plain'))}"
+        )
     else:
         lines.append(f"- {pipe.get('status')}: {pipe.get('reason', pipe.get('error', ''))}")
     col = bench.get("collapse", {})
     lines += ["", "## Collapse", ""]
     if col.get("status") == "ok":
-        lines.append(f"- T {col['table']} fp32 ({col['table_gb']:.2f} GB) · W {col['projection']}: collapse reads "
-                     f"{col['collapse_read_gbs']:.1f} GB/s; copy bandwidth {col['copy_bandwidth_gbs']:.1f} GB/s "
-                     f"(ratio {col['collapse_vs_copy_bandwidth']:.2f}); bound {col['collapse_bound_gbs']:.1f} GB/s "
-                     f"(ratio {col['collapse_vs_bound']:.2f})")
+        lines.append(
+            f"- T {col['table']} fp32 ({col['table_gb']:.2f} GB) · W {col['projection']}: collapse reads "
+            f"{col['collapse_read_gbs']:.1f} GB/s; copy bandwidth {col['copy_bandwidth_gbs']:.1f} GB/s "
+            f"(ratio {col['collapse_vs_copy_bandwidth']:.2f}); bound {col['collapse_bound_gbs']:.1f} GB/s "
+            f"(ratio {col['collapse_vs_bound']:.2f})"
+        )
     else:
         lines.append(f"- {col.get('status')}: {col.get('error', col.get('reason', ''))}")
     srv = bench.get("serving", {})
-    lines += ["", "## Serving (collapsed d=16 DLRM forward)", "", "| batch | fp32 rows/s | int8 rows/s | int8/fp32 | max abs dp |",
-              "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Serving (collapsed d=16 DLRM forward)",
+        "",
+        "| batch | fp32 rows/s | int8 rows/s | int8/fp32 | max abs dp |",
+        "|---|---|---|---|---|",
+    ]
     for batch, per in sorted(srv.get("by_batch", {}).items(), key=lambda kv: int(kv[0])):
-        lines.append(f"| {batch} | {_fmt(per.get('fp32', {}).get('rows_per_s'), ',.0f')} | "
-                     f"{_fmt(per.get('int8', {}).get('rows_per_s'), ',.0f')} | {_fmt(per.get('int8_vs_fp32_rows_per_s'))} | "
-                     f"{_fmt(per.get('int8', {}).get('max_abs_prob_diff_vs_fp32'), '.1e')} |")
+        lines.append(
+            f"| {batch} | {_fmt(per.get('fp32', {}).get('rows_per_s'), ',.0f')} | "
+            f"{_fmt(per.get('int8', {}).get('rows_per_s'), ',.0f')} | {_fmt(per.get('int8_vs_fp32_rows_per_s'))} | "
+            f"{_fmt(per.get('int8', {}).get('max_abs_prob_diff_vs_fp32'), '.1e')} |"
+        )
     if srv.get("status") != "ok":
         lines.append(f"\nserving: {srv.get('status')} {srv.get('error', srv.get('reason', ''))}")
     return "\n".join(lines) + "\n"
@@ -243,9 +313,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="gpu-check-"))  # the children's JUnit XML and bench JSON
     print(f"[gpu-check] env ({'dry run, cpu' if args.dry_run else 'cuda'})", flush=True)
     env = check_env(args.dry_run)
-    report: Dict[str, Any] = {"dry_run": args.dry_run, "mode": "dry-run/cpu" if args.dry_run else "cuda",
-                              "started_utc": started_utc, "budget_s": args.budget_s, "env": env,
-                              "section_budgets_s": BUDGET_S}
+    report: Dict[str, Any] = {
+        "dry_run": args.dry_run,
+        "mode": "dry-run/cpu" if args.dry_run else "cuda",
+        "started_utc": started_utc,
+        "budget_s": args.budget_s,
+        "env": env,
+        "section_budgets_s": BUDGET_S,
+    }
     usable = env["status"] == "ok" or (args.dry_run and env.get("packages", {}).get("torchrec", {}).get("ok"))
 
     def left(section: str) -> float:
@@ -258,9 +333,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         report["tests"] = run_cuda_tests(work, left("tests"))
     if "benchmarks" in skip or not usable:
         reason = "--skip benchmarks" if "benchmarks" in skip else "environment unusable"
-        report["benchmarks"] = {"status": "skipped", "reason": reason,
-                                "sections": {n: {"status": "skipped", "reason": reason}
-                                             for n in ("step", "pipeline", "collapse", "serving")}}
+        report["benchmarks"] = {
+            "status": "skipped",
+            "reason": reason,
+            "sections": {
+                n: {"status": "skipped", "reason": reason} for n in ("step", "pipeline", "collapse", "serving")
+            },
+        }
     else:
         print(f"[gpu-check] benchmarks (budget {left('benchmarks'):.0f}s)", flush=True)
         report["benchmarks"] = run_benchmarks(work, left("benchmarks"), args.dry_run)

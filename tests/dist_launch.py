@@ -11,13 +11,27 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def torchrun(
-    script: Path, args: List[str], nproc: int = 2, timeout: int = 600,
-    launcher_args: Sequence[str] = (), env_extra: Optional[Dict[str, str]] = None,
+    script: Path,
+    args: List[str],
+    nproc: int = 2,
+    timeout: int = 600,
+    launcher_args: Sequence[str] = (),
+    env_extra: Optional[Dict[str, str]] = None,
 ) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), **(env_extra or {}))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           *launcher_args, str(script), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        *launcher_args,
+        str(script),
+        *args,
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+        )
     return proc

@@ -56,8 +56,10 @@ def global_batch_rows(step: int, global_batch: int) -> Tuple[torch.Tensor, List[
     g = torch.Generator().manual_seed(step)
     dense = torch.rand(global_batch, NUM_DENSE, generator=g)
     ids = [
-        [torch.randint(0, n, (int(torch.randint(0, 4, (1,), generator=g)),), generator=g).tolist()
-         for _ in range(global_batch)]
+        [
+            torch.randint(0, n, (int(torch.randint(0, 4, (1,), generator=g)),), generator=g).tolist()
+            for _ in range(global_batch)
+        ]
         for n in TABLE_SIZES.values()
     ]
     labels = torch.randint(0, 2, (global_batch,), generator=g).float()
@@ -72,7 +74,8 @@ def batch_for(step: int, lo: int, hi: int, global_batch: int) -> Batch:
         lengths += [len(r) for r in rows]
         values += [v for r in rows for v in r]
     kjt = KeyedJaggedTensor.from_lengths_sync(
-        keys=list(TABLE_SIZES), values=torch.tensor(values, dtype=torch.long),
+        keys=list(TABLE_SIZES),
+        values=torch.tensor(values, dtype=torch.long),
         lengths=torch.tensor(lengths, dtype=torch.long),
     )
     return Batch(dense_features=dense[lo:hi], sparse_features=kjt, labels=labels[lo:hi])
@@ -109,8 +112,9 @@ class RowwiseAdagrad:
     """fbgemm's EXACT_ROWWISE_ADAGRAD on dense gradients, with the accumulator per (row, column
     block); one block = the whole row (a table that is not column-wise sharded)."""
 
-    def __init__(self, params: Dict[str, torch.Tensor], lr: float, eps: float,
-                 column_blocks: Mapping[str, int]) -> None:
+    def __init__(
+        self, params: Dict[str, torch.Tensor], lr: float, eps: float, column_blocks: Mapping[str, int]
+    ) -> None:
         self.params, self.lr, self.eps = params, lr, eps
         self.blocks = {name: column_blocks.get(name, 1) for name in params}
         self.acc = {name: torch.zeros(p.shape[0], self.blocks[name]) for name, p in params.items()}

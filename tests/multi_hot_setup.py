@@ -80,7 +80,12 @@ def sharding_plan(model: nn.Module, plan: str, world_size: int) -> ShardingPlan:
     }
     per_table = {table: generators[kind](i) for i, (table, kind) in enumerate(PLANS[plan].items())}
     module_plan = construct_module_sharding_plan(
-        collection, per_table, sharder=sharder, local_size=world_size, world_size=world_size, device_type="cpu",
+        collection,
+        per_table,
+        sharder=sharder,
+        local_size=world_size,
+        world_size=world_size,
+        device_type="cpu",
     )
     return ShardingPlan(plan={COLLECTION: module_plan})
 

@@ -31,21 +31,32 @@ DEFAULT_TIMEOUT_S = 600.0
 STACK_DUMP_LEAD_S = 5.0
 
 
-def run_ranks(fn: Callable[..., Any], world_size: int = 2, args: Sequence[Any] = (),
-              timeout_s: float = DEFAULT_TIMEOUT_S, env: Optional[Dict[str, str]] = None) -> List[Any]:
+def run_ranks(
+    fn: Callable[..., Any],
+    world_size: int = 2,
+    args: Sequence[Any] = (),
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    env: Optional[Dict[str, str]] = None,
+) -> List[Any]:
     """``fn(dist_env, *args)`` on every rank of a fresh gloo group; the ranks' return values in rank order.
 
     ``fn`` must be a module-level function (spawn pickles it by name) and return what torch.save
     can write. A rank that raises fails the call with that rank's traceback; ranks still running
     after ``timeout_s`` are killed and the call fails naming them.
     """
-    store = dist.TCPStore("127.0.0.1", 0, world_size, is_master=True, wait_for_workers=False,
-                          timeout=timedelta(seconds=timeout_s))
+    store = dist.TCPStore(
+        "127.0.0.1", 0, world_size, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=timeout_s)
+    )
     results: "mp.SimpleQueue[tuple]" = mp.get_context("spawn").SimpleQueue()
     rank_env = dict(env or {}, MASTER_PORT=str(store.port), TORCHELASTIC_RUN_ID=f"spawn-{uuid.uuid4().hex[:12]}")
     dump_at = time.time() + timeout_s - STACK_DUMP_LEAD_S
-    context = mp.start_processes(_rank_main, args=(fn, world_size, rank_env, tuple(args), results, timeout_s, dump_at),
-                                 nprocs=world_size, join=False, start_method="spawn")
+    context = mp.start_processes(
+        _rank_main,
+        args=(fn, world_size, rank_env, tuple(args), results, timeout_s, dump_at),
+        nprocs=world_size,
+        join=False,
+        start_method="spawn",
+    )
     received = _join_collecting(context, results, timeout_s)
     missing = sorted(set(range(world_size)) - set(received))
     if missing:
@@ -68,8 +79,10 @@ def _join_collecting(context: mp.ProcessContext, results: Any, timeout_s: float)
         if time.monotonic() > deadline:
             alive = [rank for rank, p in enumerate(context.processes) if p.is_alive()]
             _kill(context)
-            raise AssertionError(f"ranks {alive} still running after {timeout_s:.0f} s: killed "
-                                 "(their stacks are printed above, by faulthandler)")
+            raise AssertionError(
+                f"ranks {alive} still running after {timeout_s:.0f} s: killed "
+                "(their stacks are printed above, by faulthandler)"
+            )
     _drain(results, received)
     return received
 
@@ -87,12 +100,28 @@ def _kill(context: mp.ProcessContext) -> None:
         process.join(timeout=30)
 
 
-def _rank_main(rank: int, fn: Callable[..., Any], world_size: int, rank_env: Dict[str, str],
-               args: tuple, results: Any, timeout_s: float, dump_at: float) -> None:
+def _rank_main(
+    rank: int,
+    fn: Callable[..., Any],
+    world_size: int,
+    rank_env: Dict[str, str],
+    args: tuple,
+    results: Any,
+    timeout_s: float,
+    dump_at: float,
+) -> None:
     """One rank: torchrun's environment, the group, ``fn``, its result to the parent, an orderly end."""
-    os.environ.update(rank_env, RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
-                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", OMP_NUM_THREADS="1",
-                      TORCHELASTIC_USE_AGENT_STORE="True", TORCHELASTIC_RESTART_COUNT="0")
+    os.environ.update(
+        rank_env,
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1",
+        OMP_NUM_THREADS="1",
+        TORCHELASTIC_USE_AGENT_STORE="True",
+        TORCHELASTIC_RESTART_COUNT="0",
+    )
     torch.set_num_threads(1)
     faulthandler.dump_traceback_later(max(dump_at - time.time(), 1.0), exit=False)
     dist_env: DistEnv = init_distributed("gloo", timeout_s=timeout_s)

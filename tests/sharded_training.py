@@ -33,7 +33,8 @@ CW_SHARD_COLUMNS = 16  # column-wise tables split into width/16 shards (4 for k=
 def constraints(kinds: Dict[str, str]) -> Dict[str, ParameterConstraints]:
     return {
         table: ParameterConstraints(
-            sharding_types=[kind], compute_kernels=["dense" if kind == "data_parallel" else "fused"],
+            sharding_types=[kind],
+            compute_kernels=["dense" if kind == "data_parallel" else "fused"],
             min_partition=CW_SHARD_COLUMNS if kind == "column_wise" else None,
         )
         for table, kind in kinds.items()
@@ -98,13 +99,19 @@ def train_sharded(env: DistEnv, run: ShardedRun) -> Optional[Dict[str, Any]]:
     counter = ByteCounter() if run.count_bytes else None
     mlet = not run.baseline
     o = setup.OPTIMS[run.optim]
-    optim = OptimConfig(embedding_optimizer=o.embedding, embedding_lr=o.embedding_lr,
-                        dense_optimizer=o.dense, dense_lr=o.dense_lr, eps=o.eps)
+    optim = OptimConfig(
+        embedding_optimizer=o.embedding,
+        embedding_lr=o.embedding_lr,
+        dense_optimizer=o.dense,
+        dense_lr=o.dense_lr,
+        eps=o.eps,
+    )
     model = setup.build_model(torch.device("meta"), mlet)
     attach_fused_embedding_optimizer(model, optim)
     mixed = {"mixed": MIXED, "mixed_twrw": MIXED_TWRW}
-    config = ShardingConfig("auto" if run.sharding in mixed else run.sharding,
-                            owner_projection=not run.projection_after_comm)
+    config = ShardingConfig(
+        "auto" if run.sharding in mixed else run.sharding, owner_projection=not run.projection_after_comm
+    )
     tables = [f"t_{f}" for f in setup.TABLE_SIZES]
     kinds = mixed.get(run.sharding, {t: run.sharding for t in tables})
     sharded = shard_model(model, env, config, constraints(kinds) if run.sharding != "auto" else None)
@@ -127,8 +134,10 @@ def train_sharded(env: DistEnv, run: ShardedRun) -> Optional[Dict[str, Any]]:
             optimizer.step()
             losses.append(float(loss))
     else:
-        batches = (LoadedBatch(setup.rank_batch(step, env.rank, env.world_size), setup.LOCAL_BATCH)
-                   for step in range(run.steps))
+        batches = (
+            LoadedBatch(setup.rank_batch(step, env.rank, env.world_size), setup.LOCAL_BATCH)
+            for step in range(run.steps)
+        )
         segment = StepSegment(sharded, optimizer, batches, env.device, run.pipeline)
         losses = [float(loss) for loss in segment]
         pipelined_modules = segment.pipelined_modules
@@ -137,13 +146,22 @@ def train_sharded(env: DistEnv, run: ShardedRun) -> Optional[Dict[str, Any]]:
     dist.all_reduce(total_bytes)
     owner_side = any(isinstance(m, ShardedMLETEmbeddingBagCollection) for m in sharded.modules())
     shards = {  # table -> [sharding type, number of shards, ranks holding them]
-        table: [ps.sharding_type,
-                len(ps.sharding_spec.shards) if ps.sharding_spec is not None else 0,
-                sorted({s.placement.rank() for s in ps.sharding_spec.shards}) if ps.sharding_spec is not None else []]
-        for module_plan in sharded.plan.plan.values() for table, ps in module_plan.items()
+        table: [
+            ps.sharding_type,
+            len(ps.sharding_spec.shards) if ps.sharding_spec is not None else 0,
+            sorted({s.placement.rank() for s in ps.sharding_spec.shards}) if ps.sharding_spec is not None else [],
+        ]
+        for module_plan in sharded.plan.plan.values()
+        for table, ps in module_plan.items()
     }
     if not env.is_main:
         return None
-    return {"state": state, "losses_rank0": losses,
-            "pipelined_modules": pipelined_modules if run.pipeline else None, "plan": str(sharded.plan), "shards": shards,
-            "owner_side": owner_side, "bytes_sent": int(total_bytes.item())}
+    return {
+        "state": state,
+        "losses_rank0": losses,
+        "pipelined_modules": pipelined_modules if run.pipeline else None,
+        "plan": str(sharded.plan),
+        "shards": shards,
+        "owner_side": owner_side,
+        "bytes_sent": int(total_bytes.item()),
+    }

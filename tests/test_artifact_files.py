@@ -35,8 +35,12 @@ def test_the_artifact_carries_the_raw_vocabulary(exported, tmp_path: Path) -> No
     assert f"{RAW_VOCAB}/meta.json" in listed and f"{RAW_VOCAB}/vocab/C1.parquet" in listed
     raw_vocab = artifact.path / RAW_VOCAB
     ours, theirs = Vocabulary.load(raw_vocab), Vocabulary.load(exported.data)  # digests checked by load
-    values = [line.split("\t")[14 + 5] for line in
-              (Path(__file__).resolve().parents[1] / "data_prep/samples/criteo_sample.tsv").read_text().splitlines()[:500]]
+    values = [
+        line.split("\t")[14 + 5]
+        for line in (Path(__file__).resolve().parents[1] / "data_prep/samples/criteo_sample.tsv")
+        .read_text()
+        .splitlines()[:500]
+    ]
     assert (ours.encode("C6", values).ids == theirs.encode("C6", values).ids).all()
     # the meta.json the serving manifest recorded: `mlet-predict --raw --data ARTIFACT/raw_vocab` accepts it
     assert dataset_root(open_serving_dir(exported.serving), raw_vocab) == raw_vocab

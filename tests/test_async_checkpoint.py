@@ -25,8 +25,12 @@ def test_async_checkpoints_equal_sync_ones(data: Path, uninterrupted: Path, tmp_
 
 def test_killed_rank_after_async_save_resumes_bit_identical(data: Path, uninterrupted: Path, tmp_path: Path) -> None:
     run = tmp_path / "async-faulty"
-    proc = torchrun(TRAIN, ["--data", str(data), "--run-dir", str(run), *ARGS, *ASYNC],
-                    launcher_args=["--max-restarts", "1"], env_extra={"MLET_FAULT": "step:5:1"})
+    proc = torchrun(
+        TRAIN,
+        ["--data", str(data), "--run-dir", str(run), *ARGS, *ASYNC],
+        launcher_args=["--max-restarts", "1"],
+        env_extra={"MLET_FAULT": "step:5:1"},
+    )
     log = proc.stdout + proc.stderr
     assert "[fault injection] rank 1 exits at step 5" in log
     resumed = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]

@@ -12,9 +12,24 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_bench_prep_prints_every_row_and_pins_workers_to_cores(tmp_path: Path) -> None:
     run = subprocess.run(
-        [sys.executable, "benchmarks/bench_prep.py", "--sizes", "2", "--workers", "1", "2", "--repeats", "2",
-         "--workdir", str(tmp_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        [
+            sys.executable,
+            "benchmarks/bench_prep.py",
+            "--sizes",
+            "2",
+            "--workers",
+            "1",
+            "2",
+            "--repeats",
+            "2",
+            "--workdir",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert run.returncode == 0, run.stderr
     assert "medians of 2 interleaved runs" in run.stdout

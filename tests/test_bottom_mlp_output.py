@@ -23,15 +23,17 @@ D = 2
 
 
 def _collection() -> EmbeddingBagCollection:
-    tables = [EmbeddingBagConfig(name=f"t{i}", embedding_dim=D, num_embeddings=10, feature_names=[f"f{i}"])
-              for i in range(3)]
+    tables = [
+        EmbeddingBagConfig(name=f"t{i}", embedding_dim=D, num_embeddings=10, feature_names=[f"f{i}"]) for i in range(3)
+    ]
     return EmbeddingBagCollection(tables=tables, device=torch.device("cpu"))
 
 
 def _dlrm(output: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    return build_dlrm(_collection(), DLRMConfig(dense_in_features=5, bottom_mlp=[8], top_mlp=[4, 1],
-                                                bottom_mlp_output=output))
+    return build_dlrm(
+        _collection(), DLRMConfig(dense_in_features=5, bottom_mlp=[8], top_mlp=[4, 1], bottom_mlp_output=output)
+    )
 
 
 def _last_linear(model: torch.nn.Module) -> torch.nn.Linear:
@@ -68,8 +70,11 @@ def test_dead_last_layer_cuts_the_dense_features_off_only_under_relu() -> None:
 def test_dcnv2_takes_the_same_switch() -> None:
     torch.manual_seed(0)
     for output, can_be_negative in (("linear", True), ("relu", False)):
-        model = build_dcnv2(_collection(), DLRMConfig(dense_in_features=5, bottom_mlp=[8], top_mlp=[4, 1],
-                                                      bottom_mlp_output=output), DCNConfig(cross_layers=1))
+        model = build_dcnv2(
+            _collection(),
+            DLRMConfig(dense_in_features=5, bottom_mlp=[8], top_mlp=[4, 1], bottom_mlp_output=output),
+            DCNConfig(cross_layers=1),
+        )
         assert bool((model.dense_arch(torch.randn(64, 5)) < 0).any()) is can_be_negative
 
 

@@ -36,14 +36,20 @@ def test_disk_full_checkpoint_is_one_line_naming_the_cause(log_disk: str, tmp_pa
     if log_disk == "full":
         (run_dir / "errors" / "rank0.log").symlink_to("/dev/full")
     port = str(29600 + (hash(str(tmp_path)) % 200))
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(checkpoint), str(run_dir), port], cwd=ROOT,
-                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(checkpoint), str(run_dir), port],
+        cwd=ROOT,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:") or "Traceback" in line]
     assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-3000:]
     line = lines[0]
-    assert line.startswith("error: a checkpoint write failed on rank(s) [0]: OSError: [Errno 28] No space left "
-                           "on device"), line
+    assert line.startswith(
+        "error: a checkpoint write failed on rank(s) [0]: OSError: [Errno 28] No space left on device"
+    ), line
     assert "CheckpointException" not in line and "Traceback" not in proc.stderr
     if log_disk == "full":
         assert line.endswith("; no traceback log (No space left on device)"), line

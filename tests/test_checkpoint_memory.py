@@ -80,7 +80,9 @@ def async_saves(env: DistEnv, directory: Path, available: int) -> Dict[str, List
     return {"in_background": in_background, "published": [p.name for p in manager._published()]}
 
 
-def _async_saves(tmp_path: Path, available: int, capfd: pytest.CaptureFixture) -> Tuple[Dict[str, List[Any]], List[str]]:
+def _async_saves(
+    tmp_path: Path, available: int, capfd: pytest.CaptureFixture
+) -> Tuple[Dict[str, List[Any]], List[str]]:
     """The rank's result and the warning lines it printed (a spawned rank writes to this test's stderr)."""
     capfd.readouterr()
     [result] = run_ranks(async_saves, world_size=1, args=(tmp_path / f"ck{available}", available), timeout_s=300)

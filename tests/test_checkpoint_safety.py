@@ -135,8 +135,13 @@ shutdown_distributed()
 def test_best_model_snapshot_carries_checksums_that_verify(tmp_path: Path) -> None:
     """mlet-collapse verifies a best_model/step-N snapshot as resume verifies a checkpoint, so the
     keeper writes its checksums.json; a byte flipped afterwards is caught."""
-    subprocess.run([sys.executable, "-c", _SAVE_BEST_TWICE, str(tmp_path / "best")], check=True, timeout=300,
-                   cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"))
+    subprocess.run(
+        [sys.executable, "-c", _SAVE_BEST_TWICE, str(tmp_path / "best")],
+        check=True,
+        timeout=300,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"),
+    )
     snapshot = tmp_path / "best" / "step-4"
     assert verify_share(snapshot, 0, 1) is None
     assert set(json.loads((snapshot / CHECKSUMS).read_text())) == {".metadata", "__0_0.distcp"}
@@ -173,9 +178,14 @@ shutdown_distributed()
 def test_a_damaged_best_snapshot_is_not_restored(tmp_path: Path, damage: str) -> None:
     """A flipped byte in best_model/step-N would become the selected, collapsed and exported
     model; the keeper verifies the snapshot's checksums and keeps the live (last) point instead."""
-    proc = subprocess.run([sys.executable, "-c", _RESTORE_BEST, str(tmp_path / "best"), damage], timeout=300,
-                          cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"),
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", _RESTORE_BEST, str(tmp_path / "best"), damage],
+        timeout=300,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     if damage == "none":
@@ -194,8 +204,9 @@ def _saved(tmp_path: Path) -> Path:
     import torch.distributed.checkpoint as dcp
 
     path = tmp_path / "ckpt"
-    dcp.save({"w": torch.arange(4.0), "group": {"lr": 0.1, "betas": (0.9, 0.99), "name": "adam"}},
-             checkpoint_id=str(path))
+    dcp.save(
+        {"w": torch.arange(4.0), "group": {"lr": 0.1, "betas": (0.9, 0.99), "name": "adam"}}, checkpoint_id=str(path)
+    )
     return path
 
 
@@ -216,7 +227,8 @@ def test_safe_load_refuses_a_malicious_metadata_pickle(tmp_path: Path) -> None:
     assert not marker.exists()
     with pytest.raises(BaseException):  # DCP's default reader runs the payload (then fails)
         __import__("torch.distributed.checkpoint").distributed.checkpoint.load(
-            {"w": torch.zeros(4)}, checkpoint_id=str(path))
+            {"w": torch.zeros(4)}, checkpoint_id=str(path)
+        )
     assert marker.read_text() == PAYLOAD_MARK
 
 
@@ -230,8 +242,11 @@ def test_safe_planner_refuses_a_malicious_byte_entry(tmp_path: Path) -> None:
     dcp.save({"w": torch.ones(2), "extra": _Payload(marker)}, checkpoint_id=str(path))
     assert not marker.exists()
     with pytest.raises(BaseException) as refused:
-        dcp.load({"w": torch.zeros(2), "extra": None},
-                 storage_reader=SafeFileSystemReader(path, keep_bytes=True), planner=SafeLoadPlanner())
+        dcp.load(
+            {"w": torch.zeros(2), "extra": None},
+            storage_reader=SafeFileSystemReader(path, keep_bytes=True),
+            planner=SafeLoadPlanner(),
+        )
     assert "refusing to load it" in repr(refused.value)
     assert not marker.exists()
     dcp.load({"w": torch.zeros(2), "extra": None}, checkpoint_id=str(path))  # the default reader

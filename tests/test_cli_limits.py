@@ -26,8 +26,7 @@ def _one_error_line(stderr: str, *names: str) -> str:
     return lines[0]
 
 
-def _refused(capsys: pytest.CaptureFixture, main: Callable[[List[str]], object], argv: List[str],
-             *names: str) -> str:
+def _refused(capsys: pytest.CaptureFixture, main: Callable[[List[str]], object], argv: List[str], *names: str) -> str:
     """Run a CLI's main in this process: exit status 2 (returned or raised) and one error line."""
     try:
         code = main(argv)
@@ -52,9 +51,13 @@ def test_json_reader_bounds_depth_size_and_syntax(tmp_path: Path) -> None:
     f = tmp_path / "x.json"
     f.write_text(_nest(MAX_JSON_DEPTH))
     assert read_json_file(f) is not None  # the limit itself is accepted
-    for text, why in [(_nest(MAX_JSON_DEPTH + 1), "nested deeper"), (DEEP, "nested deeper"),
-                      ("{\"a\": " * 5000 + "1" + "}" * 5000, "nested deeper"),
-                      ("1" * 5000, "not valid JSON"), ("{not json", "not valid JSON")]:
+    for text, why in [
+        (_nest(MAX_JSON_DEPTH + 1), "nested deeper"),
+        (DEEP, "nested deeper"),
+        ('{"a": ' * 5000 + "1" + "}" * 5000, "nested deeper"),
+        ("1" * 5000, "not valid JSON"),
+        ("{not json", "not valid JSON"),
+    ]:
         f.write_text(text)
         with pytest.raises(JSONFileError, match=why) as err:
             read_json_file(f, "thing")
@@ -109,8 +112,13 @@ def test_deep_manifest_is_one_line_in_predict_and_export(tmp_path: Path, capsys:
 
     serving = _deep_serving_dir(tmp_path)
     out = tmp_path / "preds.parquet"
-    _refused(capsys, predict_main, ["--serving", str(serving), "--data", str(tmp_path), "--out", str(out)],
-             "serving manifest", "nested deeper")
+    _refused(
+        capsys,
+        predict_main,
+        ["--serving", str(serving), "--data", str(tmp_path), "--out", str(out)],
+        "serving manifest",
+        "nested deeper",
+    )
     _refused(capsys, export_main, [str(serving), str(tmp_path / "artifact")], "serving manifest", "nested deeper")
     assert not out.exists() and not (tmp_path / "artifact").exists()
 
@@ -172,34 +180,45 @@ def _plan_argv(tmp_path: Path, *extra: str, sizes: dict = {"a": 1000, "b": 10}) 
     return ["--spec", str(_spec(tmp_path, sizes)), "--device", "cpu", "--out", str(tmp_path / "p.json"), *extra]
 
 
-@pytest.mark.parametrize("extra, names", [
-    (["-k", "1000000000"], ["--inner-dim", "16384"]),
-    (["--model", "baseline", "-d", "100000"], ["--embedding-dim", "16384"]),
-    (["--ddr-gb", "1e30"], ["--ddr-gb", "1048576"]),
-])
-def test_plan_refuses_absurd_widths_and_memory(extra: List[str], names: List[str], tmp_path: Path,
-                                               capsys: pytest.CaptureFixture, no_torchrec_planning: None) -> None:
+@pytest.mark.parametrize(
+    "extra, names",
+    [
+        (["-k", "1000000000"], ["--inner-dim", "16384"]),
+        (["--model", "baseline", "-d", "100000"], ["--embedding-dim", "16384"]),
+        (["--ddr-gb", "1e30"], ["--ddr-gb", "1048576"]),
+    ],
+)
+def test_plan_refuses_absurd_widths_and_memory(
+    extra: List[str], names: List[str], tmp_path: Path, capsys: pytest.CaptureFixture, no_torchrec_planning: None
+) -> None:
     from mlet_dist.planning.cli import main as plan_main
 
     _refused(capsys, plan_main, _plan_argv(tmp_path, "--world", "1x2", *extra), *names)
 
 
-def test_width_bound_holds_for_a_runs_config_and_mlet_train(tmp_path: Path, capsys: pytest.CaptureFixture,
-                                                             no_torchrec_planning: None) -> None:
+def test_width_bound_holds_for_a_runs_config_and_mlet_train(
+    tmp_path: Path, capsys: pytest.CaptureFixture, no_torchrec_planning: None
+) -> None:
     from mlet_dist.planning.cli import main as plan_main
     from mlet_dist.training.config import parse_args
 
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"embedding": {"inner_dim": 10**9}, "data": str(tmp_path)}))
-    _refused(capsys, plan_main, ["--config", str(config), "--world", "1x2", "--device", "cpu",
-                                 "--out", str(tmp_path / "p.json")], "--inner-dim", "16384")
+    _refused(
+        capsys,
+        plan_main,
+        ["--config", str(config), "--world", "1x2", "--device", "cpu", "--out", str(tmp_path / "p.json")],
+        "--inner-dim",
+        "16384",
+    )
     with pytest.raises(ValueError, match="--inner-dim must be in"):
         parse_args(["--data", str(tmp_path), "-k", "1000000000"])
 
 
 @pytest.mark.parametrize("world", ["100000x100000", "1x2000", "65537x1"])
-def test_plan_refuses_a_world_beyond_any_cluster(world: str, tmp_path: Path, capsys: pytest.CaptureFixture,
-                                                  no_torchrec_planning: None) -> None:
+def test_plan_refuses_a_world_beyond_any_cluster(
+    world: str, tmp_path: Path, capsys: pytest.CaptureFixture, no_torchrec_planning: None
+) -> None:
     from mlet_dist.planning.cli import main as plan_main
     from mlet_dist.planning.topology import parse_world
 
@@ -212,9 +231,9 @@ def test_plan_refuses_a_world_beyond_any_cluster(world: str, tmp_path: Path, cap
 
 
 @pytest.mark.parametrize("rows, why", [(10**20, "<= 2\\*\\*63-1"), (2**62, "beyond int64")])
-def test_plan_refuses_tables_beyond_int64(rows: int, why: str, tmp_path: Path,
-                                                         capsys: pytest.CaptureFixture,
-                                                         no_torchrec_planning: None) -> None:
+def test_plan_refuses_tables_beyond_int64(
+    rows: int, why: str, tmp_path: Path, capsys: pytest.CaptureFixture, no_torchrec_planning: None
+) -> None:
     import re
 
     from mlet_dist.planning.cli import main as plan_main
@@ -224,6 +243,7 @@ def test_plan_refuses_tables_beyond_int64(rows: int, why: str, tmp_path: Path,
 
 
 # --- 3. sweep YAML: safe tags, one-line syntax errors, no alias bombs -------------------------
+
 
 def _alias_bomb(levels: int = 9) -> str:
     """train_args whose last entry expands to 9**levels strings (a few hundred bytes of YAML)."""
@@ -236,14 +256,16 @@ def _alias_bomb(levels: int = 9) -> str:
 ALIAS_BOMB = _alias_bomb()
 
 
-@pytest.mark.parametrize("text, why", [
-    ("name: x\ndata: d\ngrid: !!python/object/apply:os.system [echo pwned]\n", "could not determine a constructor"),
-    ("name: x\ndata: d\ngrid: {mlet: [1, 2\n", "line "),
-    ("name: x\n\tdata: d\n", "line 2"),
-    (ALIAS_BOMB, "aliases"),
-])
-def test_sweep_yaml_mistakes_are_one_line(text: str, why: str, tmp_path: Path,
-                                          capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize(
+    "text, why",
+    [
+        ("name: x\ndata: d\ngrid: !!python/object/apply:os.system [echo pwned]\n", "could not determine a constructor"),
+        ("name: x\ndata: d\ngrid: {mlet: [1, 2\n", "line "),
+        ("name: x\n\tdata: d\n", "line 2"),
+        (ALIAS_BOMB, "aliases"),
+    ],
+)
+def test_sweep_yaml_mistakes_are_one_line(text: str, why: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from mlet_dist.sweep.cli import main as sweep_main
 
     config = tmp_path / "sweep.yaml"
@@ -284,8 +306,9 @@ def serving(tmp_path_factory: pytest.TempPathFactory) -> "tuple[Path, Path]":
     mlps = DLRMConfig(dense_in_features=len(meta["dense_features"]), bottom_mlp=[8], top_mlp=[8, 1])
     torch.manual_seed(0)
     model = DLRMTrain(build_dlrm(build_embedding_collection(sizes, spec), mlps)).eval()
-    config = ServingModelConfig.from_train_config(SimpleNamespace(embedding=spec, dlrm=mlps), sizes,
-                                                  len(meta["dense_features"]))
+    config = ServingModelConfig.from_train_config(
+        SimpleNamespace(embedding=spec, dlrm=mlps), sizes, len(meta["dense_features"])
+    )
     return data, write_serving_dir(model, root / "serving", config, dataset=data).path
 
 
@@ -296,8 +319,9 @@ def _unwritable_dir(tmp_path: Path) -> Path:
     return blocker / "out"
 
 
-def test_predict_to_an_unwritable_or_full_location_is_one_line(serving: "tuple[Path, Path]", tmp_path: Path,
-                                                               capsys: pytest.CaptureFixture) -> None:
+def test_predict_to_an_unwritable_or_full_location_is_one_line(
+    serving: "tuple[Path, Path]", tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     from mlet_dist.serving.predict_cli import predict_main
 
     data, serving_dir = serving
@@ -305,8 +329,12 @@ def test_predict_to_an_unwritable_or_full_location_is_one_line(serving: "tuple[P
     out = _unwritable_dir(tmp_path) / "preds.parquet"
     _refused(capsys, predict_main, [*base, "--out", str(out)], "--out", str(out), "cannot write there")
     good = tmp_path / "preds.parquet"
-    _refused(capsys, predict_main, [*base, "--out", str(good), "--metrics-out", str(out.with_suffix(".json"))],
-             "--metrics-out")
+    _refused(
+        capsys,
+        predict_main,
+        [*base, "--out", str(good), "--metrics-out", str(out.with_suffix(".json"))],
+        "--metrics-out",
+    )
     assert not good.exists()
     (tmp_path / "full").mkdir()
     for name in ("preds.parquet", "preds.csv"):
@@ -318,9 +346,9 @@ def test_predict_to_an_unwritable_or_full_location_is_one_line(serving: "tuple[P
     assert good.is_file()
 
 
-def test_export_to_an_unwritable_or_full_location_is_one_line(serving: "tuple[Path, Path]", tmp_path: Path,
-                                                              capsys: pytest.CaptureFixture,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_export_to_an_unwritable_or_full_location_is_one_line(
+    serving: "tuple[Path, Path]", tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import errno
 
     from mlet_dist.serving import export_artifact as artifact
@@ -328,7 +356,9 @@ def test_export_to_an_unwritable_or_full_location_is_one_line(serving: "tuple[Pa
 
     _, serving_dir = serving
     out = _unwritable_dir(tmp_path) / "artifact"
-    _refused(capsys, export_main, [str(serving_dir), str(out), "--precision", "fp32"], str(out), "nothing was published")
+    _refused(
+        capsys, export_main, [str(serving_dir), str(out), "--precision", "fp32"], str(out), "nothing was published"
+    )
 
     def disk_full(*_: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device", "weights.safetensors")
@@ -347,13 +377,32 @@ def test_export_and_predict_print_no_warnings(serving: "tuple[Path, Path]", tmp_
     data, serving_dir = serving
     runs = [
         ["mlet-export", str(serving_dir), str(tmp_path / "artifact"), "--precision", "int8"],
-        ["mlet-predict", "--serving", str(serving_dir), "--data", str(data), "--split", "val", "--no-progress",
-         "--precision", "int8", "--compare", "--out", str(tmp_path / "p.parquet")],
+        [
+            "mlet-predict",
+            "--serving",
+            str(serving_dir),
+            "--data",
+            str(data),
+            "--split",
+            "val",
+            "--no-progress",
+            "--precision",
+            "int8",
+            "--compare",
+            "--out",
+            str(tmp_path / "p.parquet"),
+        ],
     ]
     noisy = {}
     for argv in runs:
-        proc = subprocess.run([str(BIN / argv[0]), *argv[1:]], cwd=tmp_path, capture_output=True, text=True,
-                              timeout=600, env={**os.environ, "MLET_VERBOSE": ""})
+        proc = subprocess.run(
+            [str(BIN / argv[0]), *argv[1:]],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, "MLET_VERBOSE": ""},
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         if proc.stderr.strip():  # no UserWarning, nothing at all
             noisy[argv[0]] = proc.stderr[-2000:]

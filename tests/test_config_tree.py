@@ -18,8 +18,25 @@ from mlet_dist.models.ranking import ModelConfig
 from mlet_dist.training.config import InputConfig, TrainConfig, build_parser, parse_args
 from mlet_dist.training.optim import OptimConfig
 
-FLAGS = ["--data", "data/x", "--run-dir", "runs/a", "-k", "128", "-d", "8", "--epochs", "3",
-         "--dense-lr", "0.002", "--no-shuffle", "--arch", "dcnv2", "--bottom-mlp", "32,16"]
+FLAGS = [
+    "--data",
+    "data/x",
+    "--run-dir",
+    "runs/a",
+    "-k",
+    "128",
+    "-d",
+    "8",
+    "--epochs",
+    "3",
+    "--dense-lr",
+    "0.002",
+    "--no-shuffle",
+    "--arch",
+    "dcnv2",
+    "--bottom-mlp",
+    "32,16",
+]
 
 
 def test_config_round_trips_through_json(tmp_path: Path) -> None:
@@ -80,23 +97,72 @@ def _by_hand(**kw: object) -> TrainConfig:
 
 
 BASE = ["--data", "x", "--run-dir", "r"]
-NEGATED = [*BASE, "--model", "baseline", "--no-shuffle", "--projection-after-comm", "--no-resume", "--no-progress",
-           "--check-inputs"]
-SHAPED = [*BASE, "-k", "128", "-d", "8", "--arch", "dcnv2", "--bottom-mlp", "32,16", "--dcn-low-rank", "0",
-          "--dense-lr", "0.002", "--no-collapse", "--epochs", "3", "--data-order", "exact", "--plan", "p.json",
-          "--max-train-batches", "7", "--mlet-init", "matched", "--sharding", "row_wise", "--seed", "5"]
+NEGATED = [
+    *BASE,
+    "--model",
+    "baseline",
+    "--no-shuffle",
+    "--projection-after-comm",
+    "--no-resume",
+    "--no-progress",
+    "--check-inputs",
+]
+SHAPED = [
+    *BASE,
+    "-k",
+    "128",
+    "-d",
+    "8",
+    "--arch",
+    "dcnv2",
+    "--bottom-mlp",
+    "32,16",
+    "--dcn-low-rank",
+    "0",
+    "--dense-lr",
+    "0.002",
+    "--no-collapse",
+    "--epochs",
+    "3",
+    "--data-order",
+    "exact",
+    "--plan",
+    "p.json",
+    "--max-train-batches",
+    "7",
+    "--mlet-init",
+    "matched",
+    "--sharding",
+    "row_wise",
+    "--seed",
+    "5",
+]
 
 
 EXPECTED = {  # built by hand: what the hand-written parser (before the flags were derived) gave
     "defaults": _by_hand(),
-    "negated": _by_hand(embedding=EmbeddingSpec(mlet=False, validate_inputs=True), collapse=False,
-                        input=InputConfig(shuffle=False), sharding=ShardingConfig(owner_projection=False),
-                        resume=False, progress=False),
-    "shaped": _by_hand(embedding=EmbeddingSpec(embedding_dim=8, inner_dim=128, mlet_init="matched",
-                                               validate_inputs=False),
-                       arch="dcnv2", dlrm=DLRMConfig(bottom_mlp=[32, 16]), dcn=DCNConfig(low_rank=0),
-                       optim=OptimConfig(dense_lr=0.002), collapse=False, epochs=3, input=InputConfig(order="exact"),
-                       plan=Path("p.json"), max_train_batches=7, sharding=ShardingConfig("row_wise"), seed=5),
+    "negated": _by_hand(
+        embedding=EmbeddingSpec(mlet=False, validate_inputs=True),
+        collapse=False,
+        input=InputConfig(shuffle=False),
+        sharding=ShardingConfig(owner_projection=False),
+        resume=False,
+        progress=False,
+    ),
+    "shaped": _by_hand(
+        embedding=EmbeddingSpec(embedding_dim=8, inner_dim=128, mlet_init="matched", validate_inputs=False),
+        arch="dcnv2",
+        dlrm=DLRMConfig(bottom_mlp=[32, 16]),
+        dcn=DCNConfig(low_rank=0),
+        optim=OptimConfig(dense_lr=0.002),
+        collapse=False,
+        epochs=3,
+        input=InputConfig(order="exact"),
+        plan=Path("p.json"),
+        max_train_batches=7,
+        sharding=ShardingConfig("row_wise"),
+        seed=5,
+    ),
 }
 
 
@@ -105,18 +171,31 @@ def test_argv_gives_the_config_the_hand_written_parser_gave(name: str, argv: lis
     assert parse_args(argv) == EXPECTED[name]
 
 
-@pytest.mark.parametrize("saved,argv,changes", [
-    # given flags win, negated ones included; --model writes collapse too (a baseline run had none)
-    ("negated", ["--model", "mlet", "-k", "32", "--epochs", "2"],
-     {"embedding": EmbeddingSpec(inner_dim=32, validate_inputs=True), "collapse": True, "epochs": 2}),
-    ("shaped", ["--no-shuffle", "--projection-after-comm", "--data", "y"],
-     {"input": InputConfig(order="exact", shuffle=False),
-      "sharding": ShardingConfig("row_wise", owner_projection=False),
-      "data": Path("y")}),
-    ("shaped", ["--model", "mlet"], {"collapse": True}),  # as before: --model mlet without --no-collapse collapses
-], ids=["negated-run", "negating-flags", "model-rewrites-collapse"])
-def test_config_override_gives_what_the_hand_written_rule_gave(tmp_path: Path, saved: str, argv: list,
-                                                                changes: dict) -> None:
+@pytest.mark.parametrize(
+    "saved,argv,changes",
+    [
+        # given flags win, negated ones included; --model writes collapse too (a baseline run had none)
+        (
+            "negated",
+            ["--model", "mlet", "-k", "32", "--epochs", "2"],
+            {"embedding": EmbeddingSpec(inner_dim=32, validate_inputs=True), "collapse": True, "epochs": 2},
+        ),
+        (
+            "shaped",
+            ["--no-shuffle", "--projection-after-comm", "--data", "y"],
+            {
+                "input": InputConfig(order="exact", shuffle=False),
+                "sharding": ShardingConfig("row_wise", owner_projection=False),
+                "data": Path("y"),
+            },
+        ),
+        ("shaped", ["--model", "mlet"], {"collapse": True}),  # as before: --model mlet without --no-collapse collapses
+    ],
+    ids=["negated-run", "negating-flags", "model-rewrites-collapse"],
+)
+def test_config_override_gives_what_the_hand_written_rule_gave(
+    tmp_path: Path, saved: str, argv: list, changes: dict
+) -> None:
     save_config(tmp_path / "config.json", EXPECTED[saved])
     got = parse_args(["--config", str(tmp_path / "config.json"), *argv])
     assert not got.run_dir_given and got.run_dir != Path("r")  # where to run is this command's choice, not the file's
@@ -132,8 +211,16 @@ def test_mlet_plan_has_the_model_flags_of_mlet_train() -> None:
         return {a.dest: [getattr(a, k) for k in keys] for a in parser._actions}  # type: ignore[attr-defined]
 
     shape = set(written_paths(ModelConfig, groups=(SHAPE,)))
-    assert shape == {"model", "embedding_dim", "inner_dim", "bottom_mlp", "top_mlp", "arch", "dcn_layers",
-                     "dcn_low_rank"}
+    assert shape == {
+        "model",
+        "embedding_dim",
+        "inner_dim",
+        "bottom_mlp",
+        "top_mlp",
+        "arch",
+        "dcn_layers",
+        "dcn_low_rank",
+    }
     train, plan = described(build_parser()), described(plan_parser())
     assert {d: plan[d] for d in shape} == {d: train[d] for d in shape}
 
@@ -170,7 +257,9 @@ def test_old_runs_collapse_after_a_flag_is_renamed(tmp_path: Path, monkeypatch: 
     run.mkdir()
     cfg = parse_args(["--data", str(data), "--run-dir", str(run), "-k", "96", "-d", "12"])
     save_config(run / "config.json", cfg)
-    (run / "metrics.jsonl").write_text(json.dumps({"event": "config", "argv": ["--data", str(data), "-k", "96"]}) + "\n")
+    (run / "metrics.jsonl").write_text(
+        json.dumps({"event": "config", "argv": ["--data", str(data), "-k", "96"]}) + "\n"
+    )
 
     original = config_module.build_parser
 

@@ -44,8 +44,10 @@ def _mlet_pair():  # type: ignore[no-untyped-def]
     from mlet_dist import MLETEmbeddingBagCollection, MLETTableConfig
 
     torch.manual_seed(0)
-    tables = [MLETTableConfig(f"t{i}", num_embeddings=n, inner_dim=64, embedding_dim=16, feature_names=[f"f{i}"])
-              for i, n in enumerate([1000, 37, 50_000])]
+    tables = [
+        MLETTableConfig(f"t{i}", num_embeddings=n, inner_dim=64, embedding_dim=16, feature_names=[f"f{i}"])
+        for i, n in enumerate([1000, 37, 50_000])
+    ]
     cpu = MLETEmbeddingBagCollection(tables, device=torch.device("cpu"))
     gpu = MLETEmbeddingBagCollection(tables, device=torch.device("cuda"))
     gpu.load_state_dict(cpu.state_dict())
@@ -53,8 +55,9 @@ def _mlet_pair():  # type: ignore[no-untyped-def]
     batch = 512
     lengths = torch.randint(0, 4, (3 * batch,), generator=g, dtype=torch.int32)
     bounds = [t.num_embeddings for t in tables]
-    values = torch.cat([torch.randint(0, bounds[i], (int(lengths[i * batch:(i + 1) * batch].sum()),), generator=g)
-                        for i in range(3)])
+    values = torch.cat(
+        [torch.randint(0, bounds[i], (int(lengths[i * batch : (i + 1) * batch].sum()),), generator=g) for i in range(3)]
+    )
     kjt = KeyedJaggedTensor.from_lengths_sync(keys=[f"f{i}" for i in range(3)], values=values, lengths=lengths)
     return cpu, gpu, kjt
 
@@ -111,8 +114,13 @@ def _sharded_worker(out: Path) -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
     env = init_distributed("nccl")
     o = setup.OPTIMS["rowwise_adagrad+adam"]
-    optim = OptimConfig(embedding_optimizer=o.embedding, embedding_lr=o.embedding_lr,
-                        dense_optimizer=o.dense, dense_lr=o.dense_lr, eps=o.eps)
+    optim = OptimConfig(
+        embedding_optimizer=o.embedding,
+        embedding_lr=o.embedding_lr,
+        dense_optimizer=o.dense,
+        dense_lr=o.dense_lr,
+        eps=o.eps,
+    )
     model = setup.build_model(torch.device("meta"), mlet=True)
     attach_fused_embedding_optimizer(model, optim)
     sharded = shard_model(model, env, ShardingConfig("table_wise"))
@@ -127,19 +135,32 @@ def _sharded_worker(out: Path) -> None:
     kernels = sorted({ps.compute_kernel for plan in sharded.plan.plan.values() for ps in plan.values()})
     owner_side = any(isinstance(m, ShardedMLETEmbeddingBagCollection) for m in sharded.modules())
     if env.is_main:
-        torch.save({"state": state, "owner_side": owner_side, "kernels": kernels,
-                    "device": str(env.device), "backend": env.backend}, out)
+        torch.save(
+            {
+                "state": state,
+                "owner_side": owner_side,
+                "kernels": kernels,
+                "device": str(env.device),
+                "backend": env.backend,
+            },
+            out,
+        )
     shutdown_distributed()
 
 
 def _torchrun(args: list, timeout: int = 300) -> subprocess.CompletedProcess:
     """1 rank under torchrun. Unlike tests/dist_launch.py, PYTHONPATH keeps what it held: on a GPU
     image the triplet lives in a --target folder named there (docs/gpu.md)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p))
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
+    )
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=1", *map(str, args)]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+    assert proc.returncode == 0, (
+        f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+    )
     return proc
 
 
@@ -163,10 +184,34 @@ def test_train_collapse_predict_on_one_nccl_rank(tmp_path: Path) -> None:
 
     data, run_dir = tmp_path / "criteo", tmp_path / "run"
     prepare_criteo_kaggle(SAMPLE, data)
-    _torchrun([ROOT / "mlet_dist" / "train.py", "--data", data, "--run-dir", run_dir, "--backend", "nccl",
-               "--model", "mlet", "--inner-dim", "64", "--embedding-dim", "16", "--sharding", "table_wise",
-               "--batch-size", "128", "--max-train-batches", "8", "--max-eval-batches", "3", "--no-progress",
-               "--no-resume"], timeout=400)
+    _torchrun(
+        [
+            ROOT / "mlet_dist" / "train.py",
+            "--data",
+            data,
+            "--run-dir",
+            run_dir,
+            "--backend",
+            "nccl",
+            "--model",
+            "mlet",
+            "--inner-dim",
+            "64",
+            "--embedding-dim",
+            "16",
+            "--sharding",
+            "table_wise",
+            "--batch-size",
+            "128",
+            "--max-train-batches",
+            "8",
+            "--max-eval-batches",
+            "3",
+            "--no-progress",
+            "--no-resume",
+        ],
+        timeout=400,
+    )
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["backend"] == "nccl" and summary["world_size"] == 1
     assert summary["collapsed_max_abs_prediction_diff"] <= TOL
@@ -175,9 +220,29 @@ def test_train_collapse_predict_on_one_nccl_rank(tmp_path: Path) -> None:
     reports = {}
     for precision in ("fp32", "int8"):
         metrics = tmp_path / f"{precision}.json"
-        cmd = [sys.executable, "-m", "mlet_dist.serving.predict_cli", "--serving", str(serving), "--data", str(data),
-               "--out", str(tmp_path / f"{precision}.parquet"), "--device", "cuda", "--precision", precision,
-               "--batch-size", "128", "--max-batches", "3", "--no-progress", "--metrics-out", str(metrics), *(["--compare"] if precision == "int8" else [])]
+        cmd = [
+            sys.executable,
+            "-m",
+            "mlet_dist.serving.predict_cli",
+            "--serving",
+            str(serving),
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / f"{precision}.parquet"),
+            "--device",
+            "cuda",
+            "--precision",
+            precision,
+            "--batch-size",
+            "128",
+            "--max-batches",
+            "3",
+            "--no-progress",
+            "--metrics-out",
+            str(metrics),
+            *(["--compare"] if precision == "int8" else []),
+        ]
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
         reports[precision] = json.loads(metrics.read_text())

@@ -350,8 +350,12 @@ def test_zipf_ids_power_law() -> None:
 
 def test_synthetic_terabyte_scale_meta(tmp_path: Path) -> None:
     out = tmp_path / "syn"
-    assert cli_main(["synthetic", str(out), "--rows", "20000", "--table-sizes", "criteo-terabyte", "--rows-per-file",
-                     "8000"]) == 0
+    assert (
+        cli_main(
+            ["synthetic", str(out), "--rows", "20000", "--table-sizes", "criteo-terabyte", "--rows-per-file", "8000"]
+        )
+        == 0
+    )
     meta = read_meta(out)
     assert [meta["table_sizes"][n] for n in CRITEO_SPARSE_FEATURES] == TABLE_SIZE_PRESETS["criteo-terabyte"]
     assert max(meta["table_sizes"].values()) > 200_000_000
@@ -370,8 +374,7 @@ def test_synthetic_terabyte_scale_meta(tmp_path: Path) -> None:
 
 def test_synthetic_tsv_is_valid_criteo(tmp_path: Path) -> None:
     src = tmp_path / "s.tsv"
-    assert cli_main(["synthetic", str(src), "--format", "criteo-tsv", "--size-mb", "0.5",
-                     "--table-sizes", "1000"]) == 0
+    assert cli_main(["synthetic", str(src), "--format", "criteo-tsv", "--size-mb", "0.5", "--table-sizes", "1000"]) == 0
     assert 0.45e6 < src.stat().st_size <= 0.5e6
     r = prepare_criteo_kaggle(src, tmp_path / "o")
     assert r.rows_rejected == 0 and r.rows_read == src.read_bytes().count(b"\n")
@@ -405,8 +408,20 @@ def test_cli_all_datasets(tmp_path: Path, capsys) -> None:
     days.mkdir()
     for d in range(2):
         (days / f"day_{d}").write_bytes(b"".join(lines[d * 100 : (d + 1) * 100]) + b"x\n")
-    assert cli_main(["criteo-terabyte", str(days / "day_0"), str(days / "day_1"), str(tmp_path / "tb"),
-                     "--min-count", "2", "--progress"]) == 0
+    assert (
+        cli_main(
+            [
+                "criteo-terabyte",
+                str(days / "day_0"),
+                str(days / "day_1"),
+                str(tmp_path / "tb"),
+                "--min-count",
+                "2",
+                "--progress",
+            ]
+        )
+        == 0
+    )
     cap = capsys.readouterr()
     assert "Read 202 rows" in cap.out and "2 rejected [column_count: 2]" in cap.out
     assert "rows/s" in cap.err  # progress bar

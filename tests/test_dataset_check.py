@@ -55,11 +55,14 @@ def test_stray_part_file_not_in_meta(copy: Path) -> None:
         check_dataset(DatasetMeta.load(copy))
 
 
-@pytest.mark.parametrize("column, value, message", [
-    ("label", 7, "labels must be 0 or 1"),
-    ("C2", -1, "feature 'C2' has ids in \\[-1"),
-    ("I4", float("inf"), "dense feature 'I4' has non-finite values"),
-])
+@pytest.mark.parametrize(
+    "column, value, message",
+    [
+        ("label", 7, "labels must be 0 or 1"),
+        ("C2", -1, "feature 'C2' has ids in \\[-1"),
+        ("I4", float("inf"), "dense feature 'I4' has non-finite values"),
+    ],
+)
 def test_bad_values_in_test_split(copy: Path, column: str, value: float, message: str) -> None:
     part = copy / "test" / "part-00000.parquet"
     table = pq.read_table(part)

@@ -105,7 +105,8 @@ def dcn_sharded_training(env: DistEnv) -> Optional[Dict[str, Any]]:
             loss.backward()
             optimizer.step()
         results[sharding] = {
-            "state": gather_full_state_dict(sharded), "plan": str(sharded.plan),
+            "state": gather_full_state_dict(sharded),
+            "plan": str(sharded.plan),
             "owner_side": any(isinstance(m, ShardedMLETEmbeddingBagCollection) for m in sharded.modules()),
         }
     return results if env.is_main else None
@@ -133,15 +134,41 @@ def test_train_script_arch_dcnv2_two_ranks_collapses(tmp_path: Path) -> None:
     data = tmp_path / "data"
     generate_planted(data, PlantedSpec(rows=4000, tables=3, cardinality=(300,), rank=2, dense=3))
     run_dir = tmp_path / "run"
-    torchrun(ROOT / "mlet_dist" / "train.py",
-             ["--data", str(data), "--run-dir", str(run_dir), "--arch", "dcnv2", "--dcn-layers", "2",
-              "--dcn-low-rank", "4", "-k", "16", "-d", "4", "--sharding", "row_wise", "--batch-size", "64",
-              "--max-train-batches", "8", "--max-eval-batches", "2", "--no-progress", "--bottom-mlp", "8",
-              "--top-mlp", "16,1"])
+    torchrun(
+        ROOT / "mlet_dist" / "train.py",
+        [
+            "--data",
+            str(data),
+            "--run-dir",
+            str(run_dir),
+            "--arch",
+            "dcnv2",
+            "--dcn-layers",
+            "2",
+            "--dcn-low-rank",
+            "4",
+            "-k",
+            "16",
+            "-d",
+            "4",
+            "--sharding",
+            "row_wise",
+            "--batch-size",
+            "64",
+            "--max-train-batches",
+            "8",
+            "--max-eval-batches",
+            "2",
+            "--no-progress",
+            "--bottom-mlp",
+            "8",
+            "--top-mlp",
+            "16,1",
+        ],
+    )
     s = json.loads((run_dir / "summary.json").read_text())
     assert s["world_size"] == 2 and s["model"] == "mlet" and s["steps"] == 8
     assert s["collapsed_max_abs_prediction_diff"] <= 1e-5
     assert 0.0 <= s["trained"]["test"]["auc"] <= 1.0
     plan = json.loads((run_dir / "plan.json").read_text())
     assert {e["sharding_type"] for e in next(iter(plan["plan"].values())).values()} == {"row_wise"}
-

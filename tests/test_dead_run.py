@@ -69,8 +69,10 @@ H = 0.56  # label entropy of the points below: val logloss / val NE
 
 def _feed_losses(det: DeadRunDetector, points) -> list:
     """points: (val AUC, val logloss, train loss since the previous point)."""
-    return [det.observe(100 * (i + 1), auc, val_logloss=val, val_ne=val / H, train_loss=train)
-            for i, (auc, val, train) in enumerate(points)]
+    return [
+        det.observe(100 * (i + 1), auc, val_logloss=val, val_ne=val / H, train_loss=train)
+        for i, (auc, val, train) in enumerate(points)
+    ]
 
 
 def test_a_stuck_run_is_told_by_its_train_loss_at_the_label_entropy() -> None:
@@ -141,25 +143,41 @@ def test_dead_run_of_reads_summaries() -> None:
 def random_labels(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Labels drawn independently of every feature (planted with no signal and no dense part)."""
     data = tmp_path_factory.mktemp("dead") / "random_labels"
-    generate_planted(data, PlantedSpec(rows=24_000, tables=3, cardinality=(50,), rank=2, dense=2,
-                                       signal=1e-6, dense_signal=0.0, noise=0.0, seed=3))
+    generate_planted(
+        data,
+        PlantedSpec(
+            rows=24_000, tables=3, cardinality=(50,), rank=2, dense=2, signal=1e-6, dense_signal=0.0, noise=0.0, seed=3
+        ),
+    )
     return data
 
 
 def test_sweep_report_marks_dead_runs(random_labels: Path, tmp_path: Path) -> None:
     """The report lists a dead seed and counts it in its configuration's row (not averaged silently)."""
-    cfg = from_dict({"name": "dead", "data": str(random_labels), "runs_dir": str(tmp_path / "runs"),
-                     "report_dir": str(tmp_path / "report"),
-                     "grid": {"archs": ["dlrm"], "seeds": [0, 1], "baseline": {"d": [4]}, "mlet": {"k": [], "d": []}},
-                     "report": {"bootstrap_resamples": 0}})
+    cfg = from_dict(
+        {
+            "name": "dead",
+            "data": str(random_labels),
+            "runs_dir": str(tmp_path / "runs"),
+            "report_dir": str(tmp_path / "report"),
+            "grid": {"archs": ["dlrm"], "seeds": [0, 1], "baseline": {"d": [4]}, "mlet": {"k": [], "d": []}},
+            "report": {"bootstrap_resamples": 0},
+        }
+    )
     for run, dead in zip(cfg.runs(), (False, True)):
         cfg.run_dir(run).mkdir(parents=True)
         auc = 0.52 if dead else 0.65
-        summary = {"trained": {s: {"auc": auc, "logloss": 0.5} for s in ("val", "test")},
-                   "dead_run": DeadRunDetector(points=1).verdict() | {"dead": dead}}
+        summary = {
+            "trained": {s: {"auc": auc, "logloss": 0.5} for s in ("val", "test")},
+            "dead_run": DeadRunDetector(points=1).verdict() | {"dead": dead},
+        }
         (cfg.run_dir(run) / "summary.json").write_text(json.dumps(summary))
     md = write_report(cfg).read_text()
-    assert "**dead runs**" in md and "dlrm-baseline-d4-s1" in md and "dlrm-baseline-d4-s0" not in md.split("**dead runs**")[1].split("\n")[0]
+    assert (
+        "**dead runs**" in md
+        and "dlrm-baseline-d4-s1" in md
+        and "dlrm-baseline-d4-s0" not in md.split("**dead runs**")[1].split("\n")[0]
+    )
     assert "| 2/2 (1 dead) |" in md
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["dead_runs"] == ["dlrm-baseline-d4-s1"] and report["table"][0]["seeds_dead"] == 1
@@ -174,11 +192,42 @@ def test_train_reports_a_deliberately_dead_run(random_labels: Path, tmp_path: Pa
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "mlet_dist" / "train.py"), "--data", str(data), "--run-dir", str(run_dir),
-         "--model", "mlet", "-k", "8", "-d", "4", "--batch-size", "512", "--max-train-batches", "6",
-         "--eval-every", "2", "--bottom-mlp", "8", "--top-mlp", "8,1", "--no-collapse", "--no-progress",
-         "--pipeline", "none", "--backend", "gloo"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            str(ROOT / "mlet_dist" / "train.py"),
+            "--data",
+            str(data),
+            "--run-dir",
+            str(run_dir),
+            "--model",
+            "mlet",
+            "-k",
+            "8",
+            "-d",
+            "4",
+            "--batch-size",
+            "512",
+            "--max-train-batches",
+            "6",
+            "--eval-every",
+            "2",
+            "--bottom-mlp",
+            "8",
+            "--top-mlp",
+            "8,1",
+            "--no-collapse",
+            "--no-progress",
+            "--pipeline",
+            "none",
+            "--backend",
+            "gloo",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "warning: dead run?" in proc.stdout
     verdict = json.loads((run_dir / "summary.json").read_text())["dead_run"]

@@ -47,8 +47,7 @@ def _trained(env: object, config: OptimConfig, fused: bool) -> Dict[str, torch.T
 
 
 @pytest.mark.parametrize("dense", ["adam", "adagrad"])
-def test_fused_dense_step_trains_what_the_loop_trains(env: object, dense: str,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fused_dense_step_trains_what_the_loop_trains(env: object, dense: str, monkeypatch: pytest.MonkeyPatch) -> None:
     config = OptimConfig(dense_optimizer=dense, dense_lr=1e-2)
     fused = _trained(env, config, fused=True)
     monkeypatch.setattr(optim, "FUSED_DENSE_OPTIMIZERS", frozenset())  # torch's per-tensor loop

@@ -78,7 +78,8 @@ def test_from_state_dict_mlet_and_baseline() -> None:
     collapsed = dg.diagnostics_from_state_dict(collapse_model(mlet).state_dict())
     assert collapsed["tables"]["t_C1"]["inner_dim"] is None
     assert collapsed["tables"]["t_C1"]["table"]["singular_values"] == pytest.approx(
-        t1["table"]["singular_values"], rel=1e-5)
+        t1["table"]["singular_values"], rel=1e-5
+    )
     base = dg.diagnostics_from_state_dict(_model(False).state_dict())
     assert set(base["mean"]) == {"table_effective_rank", "table_stable_rank", "table_rank_above_threshold"}
     json.dumps(out)  # summary.json material

@@ -12,8 +12,19 @@ import pytest
 from dist_launch import ROOT
 
 DOCS = ["README.md", "docs/architecture.md", "data_prep/FORMAT.md", "benchmarks/README.md", "reports/README.md"]
-ROOT_DIRS = {"mlet_dist", "data_prep", "benchmarks", "tests", "reports", "configs", "launch", "scripts", "docs",
-             "sharding_plans", "requirements"}
+ROOT_DIRS = {
+    "mlet_dist",
+    "data_prep",
+    "benchmarks",
+    "tests",
+    "reports",
+    "configs",
+    "launch",
+    "scripts",
+    "docs",
+    "sharding_plans",
+    "requirements",
+}
 SUBPACKAGES = {p.name for p in (ROOT / "mlet_dist").iterdir() if (p / "__init__.py").exists()}
 DATA_PREP_SUBPACKAGES = {p.name for p in (ROOT / "data_prep").iterdir() if (p / "__init__.py").exists()}
 PATH_SPAN = re.compile(r"`([A-Za-z_][\w.-]*/[\w./-]*)(?::\w+)?`")
@@ -44,8 +55,10 @@ def missing_paths(doc: str) -> list[str]:
 
 
 def test_the_path_pattern_sees_module_paths() -> None:
-    spans = named_paths("see `mlet_dist/training/loop.py`, `training/loop.py:run`, `data_prep/parallel/`, "
-                        "`RUN_DIR/errors/rank<r>.log`, `a b/c.py` and `x.py`")
+    spans = named_paths(
+        "see `mlet_dist/training/loop.py`, `training/loop.py:run`, `data_prep/parallel/`, "
+        "`RUN_DIR/errors/rank<r>.log`, `a b/c.py` and `x.py`"
+    )
     assert spans == ["mlet_dist/training/loop.py", "training/loop.py", "data_prep/parallel/"]
     assert resolve("training/nope.py") == ROOT / "mlet_dist" / "training" / "nope.py"
     assert resolve("torchrec_dlrm/data/multi_hot_criteo.py") is None

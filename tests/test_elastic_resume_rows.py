@@ -22,7 +22,15 @@ import pytest
 from data_prep.dataset_format import read_meta
 from data_prep.generate.synthetic import generate_dataset
 from mlet_dist.data.epoch_plan import (
-    Layout, Piece, ResumeMismatch, check_record, fresh_plan, plan_rows, rank_pieces, remaining, resume_plan,
+    Layout,
+    Piece,
+    ResumeMismatch,
+    check_record,
+    fresh_plan,
+    plan_rows,
+    rank_pieces,
+    remaining,
+    resume_plan,
 )
 from mlet_dist.data.parquet_batches import ParquetBatchStream
 
@@ -36,8 +44,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import pyarrow.parquet as pq
 
     out = tmp_path_factory.mktemp("elastic") / "data"
-    generate_dataset(out, rows=3600, table_sizes=[20] * 26, seed=0, rows_per_file=700,
-                     row_group_rows=ROWS_PER_GROUP)
+    generate_dataset(out, rows=3600, table_sizes=[20] * 26, seed=0, rows_per_file=700, row_group_rows=ROWS_PER_GROUP)
     meta = read_meta(out)
     dense0 = meta["dense_features"][0]
     index = 0
@@ -57,8 +64,21 @@ Shape = Tuple[int, int, str]  # (ranks, rows per rank per step, data order)
 
 def _streams(ds: Path, shape: Shape, shuffle: bool, seed: int = 5, max_batches: Optional[int] = None):
     world, batch, order = shape
-    return [ParquetBatchStream(ds, "train", batch, rank=r, world_size=world, order=order, shuffle=shuffle,
-                               seed=seed, shuffle_window=WINDOW, max_batches=max_batches) for r in range(world)]
+    return [
+        ParquetBatchStream(
+            ds,
+            "train",
+            batch,
+            rank=r,
+            world_size=world,
+            order=order,
+            shuffle=shuffle,
+            seed=seed,
+            shuffle_window=WINDOW,
+            max_batches=max_batches,
+        )
+        for r in range(world)
+    ]
 
 
 def _row_ids(streams, epoch: int, start: int = 0, stop: Optional[int] = None, plan=None) -> List[int]:
@@ -72,8 +92,16 @@ def _row_ids(streams, epoch: int, start: int = 0, stop: Optional[int] = None, pl
     return ids
 
 
-def _resume(ds: Path, old: Shape, new: Shape, shuffle: bool, done: int, epoch: int = 1,
-            old_record: Optional[dict] = None, old_plan=None):
+def _resume(
+    ds: Path,
+    old: Shape,
+    new: Shape,
+    shuffle: bool,
+    done: int,
+    epoch: int = 1,
+    old_record: Optional[dict] = None,
+    old_plan=None,
+):
     """(rows before, rows after, rows the uninterrupted epoch trains, the resumed plan, its note)."""
     before_streams = _streams(ds, old, shuffle)
     whole = _row_ids(before_streams, epoch, plan=old_plan)
@@ -88,13 +116,13 @@ def _resume(ds: Path, old: Shape, new: Shape, shuffle: bool, done: int, epoch: i
 
 
 CASES = [
-    ((2, 64, "local"), (1, 128, "local")),   # 2 -> 1, same global batch
-    ((2, 64, "local"), (4, 32, "local")),    # 2 -> 4
-    ((2, 64, "local"), (1, 96, "local")),    # another global batch
-    ((2, 64, "local"), (3, 50, "local")),    # another world size and batch
+    ((2, 64, "local"), (1, 128, "local")),  # 2 -> 1, same global batch
+    ((2, 64, "local"), (4, 32, "local")),  # 2 -> 4
+    ((2, 64, "local"), (1, 96, "local")),  # another global batch
+    ((2, 64, "local"), (3, 50, "local")),  # another world size and batch
     ((2, 64, "exact"), (1, 96, "exact")),
     ((2, 64, "exact"), (4, 32, "exact")),
-    ((2, 64, "local"), (2, 64, "exact")),    # another data order
+    ((2, 64, "local"), (2, 64, "exact")),  # another data order
     ((4, 32, "exact"), (2, 40, "local")),
 ]
 
@@ -121,8 +149,9 @@ def test_a_resumed_epoch_resumes_again_in_a_third_shape(dataset: Path) -> None:
     middle_streams = _streams(dataset, (3, 50, "local"), True)
     middle = _row_ids(middle_streams, 1, 0, 2, plan=plan)
     record = middle_streams[0].data_record(plan)
-    _, last, _, plan3, _ = _resume(dataset, (3, 50, "local"), (1, 128, "local"), True, done=2,
-                                   old_record=record, old_plan=plan)
+    _, last, _, plan3, _ = _resume(
+        dataset, (3, 50, "local"), (1, 128, "local"), True, done=2, old_record=record, old_plan=plan
+    )
     parts = Counter(before) + Counter(middle) + Counter(last)
     assert max(parts.values()) == 1
     assert sum((Counter(whole) - parts).values()) < 3 * 50 + 128  # only the two shapes' short tails
@@ -175,10 +204,19 @@ def test_plan_arithmetic() -> None:
         remaining(plan, layout, 3)
 
 
-@pytest.mark.parametrize("bad", [
-    {"plan": [[0, 99999, 0, 5]]}, {"plan": [[0, 10, 5, 2]]}, {"world_size": 0}, {"seed": "1"},
-    {"shuffle": "no"}, {"order": "random"}, {"local_batch_size": True}, {"plan": "all"},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"plan": [[0, 99999, 0, 5]]},
+        {"plan": [[0, 10, 5, 2]]},
+        {"world_size": 0},
+        {"seed": "1"},
+        {"shuffle": "no"},
+        {"order": "random"},
+        {"local_batch_size": True},
+        {"plan": "all"},
+    ],
+)
 def test_a_tampered_record_is_refused(dataset: Path, bad: dict) -> None:
     record = {**_streams(dataset, (2, 64, "local"), True)[0].data_record(None), **bad}
     with pytest.raises(ValueError):
@@ -201,8 +239,9 @@ def test_shuffle_permutes_row_groups_and_the_rows_inside_windows(dataset: Path) 
 
 @pytest.mark.parametrize("split", ["val", "test"])
 @pytest.mark.parametrize("world,order", [(1, "local"), (2, "local"), (3, "local"), (2, "exact"), (4, "exact")])
-def test_capped_evaluation_scores_the_same_prefix_at_every_world_size(dataset: Path, split: str, world: int,
-                                                                      order: str) -> None:
+def test_capped_evaluation_scores_the_same_prefix_at_every_world_size(
+    dataset: Path, split: str, world: int, order: str
+) -> None:
     """--max-eval-batches 3 at --batch-size 50 scores the split's first 150 rows whatever the ranks
     (the audit: 1 rank scored rows 0-127, 2 ranks 256 rows spread over 0-449)."""
     from data_prep.dataset_format import read_meta as meta_of
@@ -211,12 +250,20 @@ def test_capped_evaluation_scores_the_same_prefix_at_every_world_size(dataset: P
     meta = meta_of(dataset)
     table = pa.concat_tables([pq.read_table(dataset / f) for f in meta["splits"][split]["files"]])
     first = [tuple(table.column(c)[i].as_py() for c in meta["sparse_features"]) for i in range(150)]
-    streams = [ParquetBatchStream(dataset, split, 50, rank=r, world_size=world, order=order, drop_last=False,
-                                  max_batches=3) for r in range(world)]
+    streams = [
+        ParquetBatchStream(dataset, split, 50, rank=r, world_size=world, order=order, drop_last=False, max_batches=3)
+        for r in range(world)
+    ]
     per_rank = [list(s) for s in streams]
     assert len({len(b) for b in per_rank}) == 1
-    rows = [[tuple(int(lb.batch.sparse_features[c].values()[i]) for c in meta["sparse_features"])
-             for i in range(lb.num_valid)] for b in per_rank for lb in b]
+    rows = [
+        [
+            tuple(int(lb.batch.sparse_features[c].values()[i]) for c in meta["sparse_features"])
+            for i in range(lb.num_valid)
+        ]
+        for b in per_rank
+        for lb in b
+    ]
     if order == "local":  # rank-major
         got = [r for batch in rows for r in batch]
     else:  # batch-major: global batch b is rank 0's slice, rank 1's, ...

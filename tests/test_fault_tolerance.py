@@ -23,9 +23,28 @@ from dist_launch import ROOT, torchrun
 
 TRAIN = ROOT / "mlet_dist" / "train.py"
 SAMPLE = ROOT / "data_prep" / "samples" / "criteo_sample.tsv"
-ARGS = ["--batch-size", "64", "--max-train-batches", "8", "--max-eval-batches", "2", "--no-progress",
-        "--bottom-mlp", "32,16", "--top-mlp", "32,1", "--checkpoint-every", "2", "--no-collapse",
-        "--sharding", "table_wise", "--embedding-optimizer", "rowwise_adagrad", "--dense-optimizer", "adam"]
+ARGS = [
+    "--batch-size",
+    "64",
+    "--max-train-batches",
+    "8",
+    "--max-eval-batches",
+    "2",
+    "--no-progress",
+    "--bottom-mlp",
+    "32,16",
+    "--top-mlp",
+    "32,1",
+    "--checkpoint-every",
+    "2",
+    "--no-collapse",
+    "--sharding",
+    "table_wise",
+    "--embedding-optimizer",
+    "rowwise_adagrad",
+    "--dense-optimizer",
+    "adam",
+]
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +92,12 @@ def _assert_identical(a: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor]) ->
 
 
 def _restart_run(data: Path, run: Path, fault: str) -> str:
-    proc = torchrun(TRAIN, ["--data", str(data), "--run-dir", str(run), *ARGS],
-                    launcher_args=["--max-restarts", "1"], env_extra={"MLET_FAULT": fault})
+    proc = torchrun(
+        TRAIN,
+        ["--data", str(data), "--run-dir", str(run), *ARGS],
+        launcher_args=["--max-restarts", "1"],
+        env_extra={"MLET_FAULT": fault},
+    )
     return proc.stdout + proc.stderr
 
 
@@ -97,8 +120,13 @@ def test_killed_rank_resumes_bit_identical_on_16_ranks(data: Path, tmp_path: Pat
     args = [*(a if a != "64" else "16" for a in ARGS)]
     clean, run = tmp_path / "clean16", tmp_path / "faulty16"
     torchrun(TRAIN, ["--data", str(data), "--run-dir", str(clean), *args], nproc=16)
-    proc = torchrun(TRAIN, ["--data", str(data), "--run-dir", str(run), *args], nproc=16,
-                    launcher_args=["--max-restarts", "1"], env_extra={"MLET_FAULT": "step:5:3"})
+    proc = torchrun(
+        TRAIN,
+        ["--data", str(data), "--run-dir", str(run), *args],
+        nproc=16,
+        launcher_args=["--max-restarts", "1"],
+        env_extra={"MLET_FAULT": "step:5:3"},
+    )
     assert "resuming from" in proc.stdout + proc.stderr
     _assert_identical(_final_state(clean, tmp_path), _final_state(run, tmp_path))
 
@@ -132,12 +160,19 @@ def _one_rank(data: Path, run: Path, batch_size: str, extra: Sequence[str] = ())
     """train.py as one plain process (no torchrun variables), ARGS with --batch-size replaced."""
     args = [a if a != "64" else batch_size for a in ARGS]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    return subprocess.run([sys.executable, str(TRAIN), "--data", str(data), "--run-dir", str(run), *args, *extra],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    return subprocess.run(
+        [sys.executable, str(TRAIN), "--data", str(data), "--run-dir", str(run), *args, *extra],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
 
 
-def _update_errors(state: Dict[str, torch.Tensor], ref: Dict[str, torch.Tensor],
-                   start: Dict[str, torch.Tensor]) -> Dict[str, float]:
+def _update_errors(
+    state: Dict[str, torch.Tensor], ref: Dict[str, torch.Tensor], start: Dict[str, torch.Tensor]
+) -> Dict[str, float]:
     """Per tensor, how far the update since ``start`` is from the reference's, relative to the
     reference update's size (Frobenius norms; a tensor the reference left alone must stay)."""
     errors = {}
@@ -159,8 +194,9 @@ def test_resume_on_another_world_size(data: Path, tmp_path: Path) -> None:
     (a lost optimizer state or a data position one batch off reads as far more)."""
     run = tmp_path / "resharded"
     with pytest.raises(AssertionError):  # no restarts allowed: the job fails at step 3
-        torchrun(TRAIN, ["--data", str(data), "--run-dir", str(run), *ARGS, *EXACT],
-                 env_extra={"MLET_FAULT": "step:3:1"})
+        torchrun(
+            TRAIN, ["--data", str(data), "--run-dir", str(run), *ARGS, *EXACT], env_extra={"MLET_FAULT": "step:3:1"}
+        )
     assert (run / "checkpoints" / "step-00000002" / "train_state.json").is_file()
     rows_run = tmp_path / "rows"  # the same dead job, resumed with another global batch below
     shutil.copytree(run, rows_run)
@@ -197,7 +233,7 @@ def test_resume_on_another_world_size(data: Path, tmp_path: Path) -> None:
     assert [(e["rows_left"], e["batches"]) for e in events if e.get("event") == "resume_rows"] == [(768, 7)]
 
 
-RNG_WORKER = '''
+RNG_WORKER = """
 import sys
 from pathlib import Path
 
@@ -220,7 +256,7 @@ torch.rand(1000)  # the run goes on drawing before it dies
 manager.load(manager.latest(), model, optimizer)
 torch.save({"after_save": after_save, "after_load": torch.rand(4)}, out / f"rank{env.rank}.pt")
 shutdown_distributed()
-'''
+"""
 
 
 def test_checkpoint_restores_each_ranks_rng_stream(tmp_path: Path) -> None:

@@ -38,7 +38,9 @@ def _write_days(root: Path, rows: List[int], seed: int = 0) -> List[Tuple[np.nda
 
 def _all_rows(ds: Path) -> pa.Table:
     meta = read_meta(ds)
-    return pa.concat_tables([pq.read_table(ds / f) for s in ("train", "val", "test") for f in meta["splits"][s]["files"]])
+    return pa.concat_tables(
+        [pq.read_table(ds / f) for s in ("train", "val", "test") for f in meta["splits"][s]["files"]]
+    )
 
 
 def test_torchrec_npy_days_convert(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -63,14 +65,18 @@ def test_torchrec_npy_days_convert(tmp_path: Path, capsys: pytest.CaptureFixture
     assert batch.sparse_features["C1"].values().tolist() == sparse[:32, 0].tolist()
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("label", r"day_1_labels.npy: row 7: label 3 is not 0 or 1"),
-    ("id", r"day_0_sparse.npy: row 11: negative id -5 in C3"),
-    ("rows", r"day_1: rows differ: day_1_dense.npy 40, day_1_sparse.npy 39"),
-    ("missing", r"day_1_sparse.npy is missing"),
-])
-def test_bad_day_files_are_one_line_and_publish_nothing(tmp_path: Path, capsys: pytest.CaptureFixture,
-                                                         damage: str, message: str) -> None:
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("label", r"day_1_labels.npy: row 7: label 3 is not 0 or 1"),
+        ("id", r"day_0_sparse.npy: row 11: negative id -5 in C3"),
+        ("rows", r"day_1: rows differ: day_1_dense.npy 40, day_1_sparse.npy 39"),
+        ("missing", r"day_1_sparse.npy is missing"),
+    ],
+)
+def test_bad_day_files_are_one_line_and_publish_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture, damage: str, message: str
+) -> None:
     src = tmp_path / "npy"
     days = _write_days(src, [40, 40])
     if damage == "label":
@@ -108,14 +114,20 @@ def _nvt_schema(cards: List[int], dense: int = 2) -> str:
     """schema.pbtxt as NVTabular/Merlin writes it (TensorFlow metadata text format)."""
     parts = []
     for i, card in enumerate(cards):
-        parts.append(f'feature {{\n  name: "cat_{i}"\n  type: INT\n  int_domain {{\n    name: "cat_{i}"\n'
-                     f'    min: 0\n    max: {card - 1}\n    is_categorical: true\n  }}\n'
-                     f'  annotation {{\n    tag: "categorical"\n  }}\n}}\n')
+        parts.append(
+            f'feature {{\n  name: "cat_{i}"\n  type: INT\n  int_domain {{\n    name: "cat_{i}"\n'
+            f"    min: 0\n    max: {card - 1}\n    is_categorical: true\n  }}\n"
+            f'  annotation {{\n    tag: "categorical"\n  }}\n}}\n'
+        )
     for i in range(dense):
-        parts.append(f'feature {{\n  name: "int_{i}"\n  type: FLOAT\n  float_domain {{\n    name: "int_{i}"\n'
-                     f'    min: 0.0\n    max: 9.5\n  }}\n  annotation {{\n    tag: "continuous"\n  }}\n}}\n')
-    parts.append('feature {\n  name: "label"\n  type: FLOAT\n  annotation {\n    tag: "binary_classification"\n'
-                 '    tag: "target"  # a comment\n  }\n}\n')
+        parts.append(
+            f'feature {{\n  name: "int_{i}"\n  type: FLOAT\n  float_domain {{\n    name: "int_{i}"\n'
+            f'    min: 0.0\n    max: 9.5\n  }}\n  annotation {{\n    tag: "continuous"\n  }}\n}}\n'
+        )
+    parts.append(
+        'feature {\n  name: "label"\n  type: FLOAT\n  annotation {\n    tag: "binary_classification"\n'
+        '    tag: "target"  # a comment\n  }\n}\n'
+    )
     return "".join(parts)
 
 
@@ -131,8 +143,9 @@ def _write_nvt(root: Path, rows: Dict[str, List[int]], seed: int = 0) -> Dict[st
         for n, r in enumerate(parts):
             # the top id of each domain stays unused (Categorify reserves ids), so max id + 1 < cardinality
             cols = {f"cat_{i}": pa.array(rng.integers(0, c - 1, r), pa.int64()) for i, c in enumerate(NVT_CARD)}
-            cols.update({f"int_{i}": pa.array(np.log(rng.integers(0, 50, r) + 3.0).astype(np.float32))
-                         for i in range(2)})
+            cols.update(
+                {f"int_{i}": pa.array(np.log(rng.integers(0, 50, r) + 3.0).astype(np.float32)) for i in range(2)}
+            )
             cols["label"] = pa.array(rng.integers(0, 2, r).astype(np.float32))
             t = pa.table(cols)
             pq.write_table(t, d / f"part_{n}.parquet")
@@ -158,26 +171,32 @@ def test_nvtabular_parquet_converts(tmp_path: Path) -> None:
     for row in (0, 39, 40, 399, 400, 439, 440, 469, 470, 494):  # across part files and splits
         assert got.column("label")[row].as_py() == want.column("label")[row].as_py()
         assert [got.column(f"int_{i}")[row].as_py() for i in range(2)] == [
-            want.column(f"int_{i}")[row].as_py() for i in range(2)]  # float32 copied, not re-logged
+            want.column(f"int_{i}")[row].as_py() for i in range(2)
+        ]  # float32 copied, not re-logged
         assert [got.column(f"cat_{i}")[row].as_py() for i in range(3)] == [
-            want.column(f"cat_{i}")[row].as_py() for i in range(3)]
+            want.column(f"cat_{i}")[row].as_py() for i in range(3)
+        ]
     check_dataset(DatasetMeta.load(out))
     batch = next(iter(ParquetBatchStream(out, "train", 32))).batch
     assert batch.sparse_features["cat_1"].values().tolist() == want.column("cat_1").to_pylist()[:32]
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("missing_column", r"validation/part_0.parquet: missing columns \['cat_2'\] \(declared in schema.pbtxt\)"),
-    ("out_of_domain", r"train/part_1.parquet: row 4: cat_1 id 50 is outside its schema.pbtxt domain \[0, 49\]"),
-    ("label", r"test/part_0.parquet: row 9: label 0.5 is not 0 or 1"),
-    ("undeclared", r"train/part_0.parquet: columns \['cat_3'\] are not in schema.pbtxt"),
-    ("schema_disagrees", r"test/schema.pbtxt disagrees with .*train/schema.pbtxt"),
-    ("no_schema", r"schema.pbtxt is missing"),
-    ("no_validation", r"no validation/valid/val directory"),
-    ("null", r"train/part_0.parquet: row 3: int_1 is null"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("missing_column", r"validation/part_0.parquet: missing columns \['cat_2'\] \(declared in schema.pbtxt\)"),
+        ("out_of_domain", r"train/part_1.parquet: row 4: cat_1 id 50 is outside its schema.pbtxt domain \[0, 49\]"),
+        ("label", r"test/part_0.parquet: row 9: label 0.5 is not 0 or 1"),
+        ("undeclared", r"train/part_0.parquet: columns \['cat_3'\] are not in schema.pbtxt"),
+        ("schema_disagrees", r"test/schema.pbtxt disagrees with .*train/schema.pbtxt"),
+        ("no_schema", r"schema.pbtxt is missing"),
+        ("no_validation", r"no validation/valid/val directory"),
+        ("null", r"train/part_0.parquet: row 3: int_1 is null"),
+    ],
+)
 def test_bad_nvtabular_input_is_one_line_and_publishes_nothing(
-        tmp_path: Path, capsys: pytest.CaptureFixture, damage: str, message: str) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture, damage: str, message: str
+) -> None:
     src = tmp_path / "nvt"
     tables = _write_nvt(src, {"train": [20, 20], "validation": [20], "test": [20]})
     if damage == "missing_column":
@@ -186,14 +205,16 @@ def test_bad_nvtabular_input_is_one_line_and_publishes_nothing(
         t = pq.read_table(src / "train/part_1.parquet")
         ids = t.column("cat_1").to_numpy().copy()
         ids[4] = 50  # cardinality 50: ids 0..49
-        pq.write_table(t.set_column(t.schema.get_field_index("cat_1"), "cat_1", pa.array(ids)),
-                       src / "train/part_1.parquet")
+        pq.write_table(
+            t.set_column(t.schema.get_field_index("cat_1"), "cat_1", pa.array(ids)), src / "train/part_1.parquet"
+        )
     elif damage == "label":
         labels = tables["test"].column("label").to_numpy().copy()
         labels[9] = 0.5
         t = tables["test"]
-        pq.write_table(t.set_column(t.schema.get_field_index("label"), "label", pa.array(labels)),
-                       src / "test/part_0.parquet")
+        pq.write_table(
+            t.set_column(t.schema.get_field_index("label"), "label", pa.array(labels)), src / "test/part_0.parquet"
+        )
     elif damage == "undeclared":
         t = pq.read_table(src / "train/part_0.parquet")
         pq.write_table(t.append_column("cat_3", t.column("cat_0")), src / "train/part_0.parquet")
@@ -210,8 +231,10 @@ def test_bad_nvtabular_input_is_one_line_and_publishes_nothing(
         t = pq.read_table(src / "train/part_0.parquet")
         values = t.column("int_1").to_pylist()
         values[3] = None
-        pq.write_table(t.set_column(t.schema.get_field_index("int_1"), "int_1", pa.array(values, pa.float32())),
-                       src / "train/part_0.parquet")
+        pq.write_table(
+            t.set_column(t.schema.get_field_index("int_1"), "int_1", pa.array(values, pa.float32())),
+            src / "train/part_0.parquet",
+        )
     assert prep_main(["nvtabular", str(src), str(tmp_path / "ds")]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and re.search(message, err), err
@@ -228,8 +251,11 @@ def test_from_spelling_of_the_first_converters_is_the_same_command(tmp_path: Pat
     assert prep_main(["from-nvtabular", str(src), str(tmp_path / "b")]) == 0
 
     def digests(root: Path) -> dict:
-        return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-                for p in sorted(root.rglob("*")) if p.is_file()}
+        return {
+            p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*"))
+            if p.is_file()
+        }
 
     assert digests(tmp_path / "a") == digests(tmp_path / "b") and len(digests(tmp_path / "a")) > 3
     assert prep_main(["from-torchrec-npy", str(tmp_path / "missing"), str(tmp_path / "c")]) == 2  # dispatched, one line

@@ -138,6 +138,7 @@ def _nvt_part(make: Callable[[Path], None]) -> Callable[[Path], List[str]]:
         _nvt(src)
         make(src / "train" / "part_1.parquet")
         return ["from-nvtabular", str(src)]
+
     return build
 
 
@@ -157,16 +158,31 @@ def _directory(part: Path) -> None:
 
 
 CASES = {
-    "torchrec dense 1e300": (_torchrec_dense_1e300, r"day_0_dense.npy: row 4: dense value 1e\+300 does not fit float32"),
-    "torchrec uint64 id": (_torchrec_uint64_id, r"day_1_sparse.npy: row 6: C4 id 9223372036854775808 does not fit int64"),
+    "torchrec dense 1e300": (
+        _torchrec_dense_1e300,
+        r"day_0_dense.npy: row 4: dense value 1e\+300 does not fit float32",
+    ),
+    "torchrec uint64 id": (
+        _torchrec_uint64_id,
+        r"day_1_sparse.npy: row 6: C4 id 9223372036854775808 does not fit int64",
+    ),
     "mlperf dense 1e300": (_mlperf_dense_1e300, r"day_1_dense.npy: row 2: dense value 1e\+300 does not fit float32"),
-    "mlperf uint64 id": (_mlperf_uint64_id, r"day_0_sparse_multi_hot.npz: row 9: C5 \(member '4'\) id 9223372036854775813 "
-                                            r"does not fit int64"),
-    "mlperf deflated 1e12": (_mlperf_deflated_1e12, r"day_1_sparse_multi_hot.npz: member '7.npy' declares "
-                                                    r"\(1000000, 1000000\) .* but holds at most"),
+    "mlperf uint64 id": (
+        _mlperf_uint64_id,
+        r"day_0_sparse_multi_hot.npz: row 9: C5 \(member '4'\) id 9223372036854775813 "
+        r"does not fit int64",
+    ),
+    "mlperf deflated 1e12": (
+        _mlperf_deflated_1e12,
+        r"day_1_sparse_multi_hot.npz: member '7.npy' declares "
+        r"\(1000000, 1000000\) .* but holds at most",
+    ),
     "dlrm uint64 id": (_dlrm_uint64_id, r"processed.npz: row 12: C21 id 9223372036854775808 does not fit int64"),
     "dlrm-bin fifo": (_dlrm_bin_fifo, r"terabyte_processed_val.bin: not a regular file"),
-    "nvt dense 1e300": (_nvt_dense_1e300, r"validation/part_0.parquet: row 17: int_1 is 1e\+300 \(does not fit float32\)"),
+    "nvt dense 1e300": (
+        _nvt_dense_1e300,
+        r"validation/part_0.parquet: row 17: int_1 is 1e\+300 \(does not fit float32\)",
+    ),
     "nvt domain 1e22": (_nvt_domain_1e22, r"schema.pbtxt: 'cat_1' int_domain max is 10{22}, expected 0..2,147,483,648"),
     "nvt nested braces": (_nvt_nested_braces, r"schema.pbtxt: messages nested more than 32 deep"),
     "nvt bad type": (_nvt_bad_type, r"schema.pbtxt: 'cat_0' int_domain max is \{.*\}, expected an integer"),

@@ -59,8 +59,20 @@ def _write_mlperf(root: Path, rows: List[int], seed: int = 0, dense_dir: Path = 
 def test_mlperf_multihot_days_convert(tmp_path: Path) -> None:
     days = _write_mlperf(tmp_path / "mh", [120, 90, 41], dense_dir=tmp_path / "npy")
     out = tmp_path / "ds"
-    assert prep_main(["from-mlperf-multihot", str(tmp_path / "mh"), str(out), "--dense-labels", str(tmp_path / "npy"),
-                      "--row-group-rows", "64"]) == 0
+    assert (
+        prep_main(
+            [
+                "from-mlperf-multihot",
+                str(tmp_path / "mh"),
+                str(out),
+                "--dense-labels",
+                str(tmp_path / "npy"),
+                "--row-group-rows",
+                "64",
+            ]
+        )
+        == 0
+    )
     meta = read_meta(out)
     assert meta["dataset"] == "mlperf-multihot" and meta["rows_read"] == 251 and meta["rows_rejected"] == 0
     assert meta["rows_per_source"] == {"day_0": 120, "day_1": 90, "day_2": 41}
@@ -87,26 +99,34 @@ def test_mlperf_multihot_days_convert(tmp_path: Path) -> None:
 
 def test_mlperf_table_sizes_given(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     _write_mlperf(tmp_path / "mh", [30, 30])
-    _one_line_exit_2(["from-mlperf-multihot", str(tmp_path / "mh"), str(tmp_path / "ds"), "--table-sizes", "20"],
-                     capsys, r"feature C1: id 2\d in the .npz files is outside the given table size 20", tmp_path / "ds")
+    _one_line_exit_2(
+        ["from-mlperf-multihot", str(tmp_path / "mh"), str(tmp_path / "ds"), "--table-sizes", "20"],
+        capsys,
+        r"feature C1: id 2\d in the .npz files is outside the given table size 20",
+        tmp_path / "ds",
+    )
     assert prep_main(["from-mlperf-multihot", str(tmp_path / "mh"), str(tmp_path / "ok"), "--table-sizes", "100"]) == 0
     assert read_meta(tmp_path / "ok")["table_sizes"]["C26"] == 100
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("negative", r"day_1_sparse_multi_hot.npz: row 5: negative id -3 in C5 \(member '4'\)"),
-    ("label", r"day_0_labels.npy: row 8: label 2 is not 0 or 1"),
-    ("rows", r"day 1: rows differ: day_1_sparse_multi_hot.npz member '20' 39, day_1_labels.npy 40"),
-    ("width", r"day_1_sparse_multi_hot.npz: C2 has bags of 3 ids, day_0_sparse_multi_hot.npz of 2"),
-    ("max_bag", r"day_0_sparse_multi_hot.npz: row 0: C5 bag of 6 ids is longer than --max-bag 5"),
-    ("member", r"day_0_sparse_multi_hot.npz: members .* where 0..25 were expected"),
-    ("dense", r"day_1_dense.npy is missing"),
-    ("nan", r"day_0_dense.npy: row 3: dense value nan is not finite"),
-    ("cut", r"day_1_sparse_multi_hot.npz: not an .npz archive"),
-    ("header", r"day_0_sparse_multi_hot.npz: member '7.npy' \(4000, 1\) runs past the end of the file"),
-])
-def test_bad_mlperf_input_is_one_line_and_publishes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture,
-                                                             damage: str, message: str) -> None:
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("negative", r"day_1_sparse_multi_hot.npz: row 5: negative id -3 in C5 \(member '4'\)"),
+        ("label", r"day_0_labels.npy: row 8: label 2 is not 0 or 1"),
+        ("rows", r"day 1: rows differ: day_1_sparse_multi_hot.npz member '20' 39, day_1_labels.npy 40"),
+        ("width", r"day_1_sparse_multi_hot.npz: C2 has bags of 3 ids, day_0_sparse_multi_hot.npz of 2"),
+        ("max_bag", r"day_0_sparse_multi_hot.npz: row 0: C5 bag of 6 ids is longer than --max-bag 5"),
+        ("member", r"day_0_sparse_multi_hot.npz: members .* where 0..25 were expected"),
+        ("dense", r"day_1_dense.npy is missing"),
+        ("nan", r"day_0_dense.npy: row 3: dense value nan is not finite"),
+        ("cut", r"day_1_sparse_multi_hot.npz: not an .npz archive"),
+        ("header", r"day_0_sparse_multi_hot.npz: member '7.npy' \(4000, 1\) runs past the end of the file"),
+    ],
+)
+def test_bad_mlperf_input_is_one_line_and_publishes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture, damage: str, message: str
+) -> None:
     src = tmp_path / "mh"
     days = _write_mlperf(src, [40, 40])
     bags = lambda d: {str(j): days[d][str(j)] for j in range(26)}  # noqa: E731
@@ -143,8 +163,8 @@ def test_bad_mlperf_input_is_one_line_and_publishes_nothing(tmp_path: Path, caps
         data = (src / "day_0_sparse_multi_hot.npz").read_bytes()
         i = data.index(b"(40, 1)", data.index(b"7.npy"))
         j = data.index(b"\n", i)  # the header's space padding absorbs the two extra digits
-        assert data[j - 2:j] == b"  "
-        (src / "day_0_sparse_multi_hot.npz").write_bytes(data[:i] + b"(4000, 1)" + data[i + 7:j - 2] + data[j:])
+        assert data[j - 2 : j] == b"  "
+        (src / "day_0_sparse_multi_hot.npz").write_bytes(data[:i] + b"(4000, 1)" + data[i + 7 : j - 2] + data[j:])
     else:
         dense = days[0]["dense"].copy()
         dense[3, 7] = np.nan
@@ -231,8 +251,11 @@ def test_dlrm_bin_converts(tmp_path: Path) -> None:
     assert prep_main(["from-dlrm-bin", str(tmp_path / "bin"), str(tmp_path / "ds")]) == 0
     _check_reference_rows(tmp_path / "ds", arrays)
     meta = read_meta(tmp_path / "ds")
-    assert meta["rows_per_source"] == {"terabyte_processed_train.bin": 90, "terabyte_processed_val.bin": 15,
-                                       "terabyte_processed_test.bin": 16}
+    assert meta["rows_per_source"] == {
+        "terabyte_processed_train.bin": 90,
+        "terabyte_processed_val.bin": 15,
+        "terabyte_processed_test.bin": 16,
+    }
 
 
 def test_max_ind_range_hashes_as_the_reference(tmp_path: Path) -> None:
@@ -257,20 +280,27 @@ def test_counts_and_day_counts_found_or_given(tmp_path: Path) -> None:
     _check_reference_rows(tmp_path / "n", arrays)
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("label", r"kaggleAdDisplayChallenge_processed.npz: row 17: label 3 is not 0 or 1"),
-    ("negative", r"kaggleAdDisplayChallenge_processed.npz: row 60: negative id -1 in C2"),
-    ("outside", r"kaggleAdDisplayChallenge_processed.npz: row 95: C4 id 17 is outside its table of 17 ids"),
-    ("float", r"X_int is float32: .* would be logged twice"),
-    ("fraction", r"kaggleAdDisplayChallenge_processed.npz: row 70: C5 id 3.5 is not a whole number"),
-    ("nan", r"kaggleAdDisplayChallenge_processed.npz: row 71: C1 id nan is not a whole number"),
-    ("huge", r"kaggleAdDisplayChallenge_processed.npz: row 72: C26 id 1e\+19 is beyond 2,147,483,648 ids"),
-    ("days", r"train_day_count.npz: total_per_file adds up to 120 rows, kaggleAdDisplayChallenge_processed.npz has 121"),
-    ("no_days", r"no \*_day_count.npz beside it .* pass --day-count FILE"),
-    ("missing", r"missing arrays \['counts'\]"),
-])
-def test_bad_dlrm_npz_is_one_line_and_publishes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture,
-                                                        damage: str, message: str) -> None:
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("label", r"kaggleAdDisplayChallenge_processed.npz: row 17: label 3 is not 0 or 1"),
+        ("negative", r"kaggleAdDisplayChallenge_processed.npz: row 60: negative id -1 in C2"),
+        ("outside", r"kaggleAdDisplayChallenge_processed.npz: row 95: C4 id 17 is outside its table of 17 ids"),
+        ("float", r"X_int is float32: .* would be logged twice"),
+        ("fraction", r"kaggleAdDisplayChallenge_processed.npz: row 70: C5 id 3.5 is not a whole number"),
+        ("nan", r"kaggleAdDisplayChallenge_processed.npz: row 71: C1 id nan is not a whole number"),
+        ("huge", r"kaggleAdDisplayChallenge_processed.npz: row 72: C26 id 1e\+19 is beyond 2,147,483,648 ids"),
+        (
+            "days",
+            r"train_day_count.npz: total_per_file adds up to 120 rows, kaggleAdDisplayChallenge_processed.npz has 121",
+        ),
+        ("no_days", r"no \*_day_count.npz beside it .* pass --day-count FILE"),
+        ("missing", r"missing arrays \['counts'\]"),
+    ],
+)
+def test_bad_dlrm_npz_is_one_line_and_publishes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture, damage: str, message: str
+) -> None:
     arrays = _reference_arrays()
     if damage == "label":
         arrays["y"][17] = 3
@@ -294,16 +324,20 @@ def test_bad_dlrm_npz_is_one_line_and_publishes_nothing(tmp_path: Path, capsys: 
     _one_line_exit_2(["from-dlrm-npz", str(src), str(tmp_path / "ds")], capsys, message, tmp_path / "ds")
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("truncated", r"terabyte_processed_test.bin: row 15: the file ends 100 bytes into a record"),
-    ("label", r"terabyte_processed_train.bin: row 33: label -1 is not 0 or 1"),
-    ("negative", r"terabyte_processed_val.bin: row 4: negative id -7 in C26"),
-    ("outside", r"terabyte_processed_train.bin: row 2: C1 id 5 is outside its table of 5 ids"),
-    ("missing", r"terabyte_processed_val.bin is missing"),
-    ("two_sets", r"more than one set of .bin files"),
-])
-def test_bad_dlrm_bin_is_one_line_and_publishes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture,
-                                                        damage: str, message: str) -> None:
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("truncated", r"terabyte_processed_test.bin: row 15: the file ends 100 bytes into a record"),
+        ("label", r"terabyte_processed_train.bin: row 33: label -1 is not 0 or 1"),
+        ("negative", r"terabyte_processed_val.bin: row 4: negative id -7 in C26"),
+        ("outside", r"terabyte_processed_train.bin: row 2: C1 id 5 is outside its table of 5 ids"),
+        ("missing", r"terabyte_processed_val.bin is missing"),
+        ("two_sets", r"more than one set of .bin files"),
+    ],
+)
+def test_bad_dlrm_bin_is_one_line_and_publishes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture, damage: str, message: str
+) -> None:
     arrays = _reference_arrays()
     if damage == "label":
         arrays["y"][33] = -1
@@ -329,14 +363,22 @@ def test_bad_dlrm_bin_is_one_line_and_publishes_nothing(tmp_path: Path, capsys: 
 def _nvt_list_schema(list_max: int = 5, cat2_list: bool = True) -> str:
     """schema.pbtxt with one single-hot cat_0, a list cat_1 with value_count max, a ragged list cat_2
     without a stated max (Merlin writes list features with value_count and the 'list' tag)."""
+
     def cat(i: int, card: int, extra: str) -> str:
         tag = '    tag: "list"\n' if "value_count" in extra or (i == 2 and cat2_list) else ""
-        return (f'feature {{\n  name: "cat_{i}"\n{extra}  type: INT\n  int_domain {{\n    name: "cat_{i}"\n    min: 0\n'
-                f'    max: {card - 1}\n    is_categorical: true\n  }}\n  annotation {{\n{tag}'
-                f'    tag: "categorical"\n  }}\n}}\n')
-    return (cat(0, 7, "") + cat(1, 50, f"  value_count {{\n    min: 0\n    max: {list_max}\n  }}\n") + cat(2, 9, "")
-            + 'feature {\n  name: "int_0"\n  type: FLOAT\n  annotation {\n    tag: "continuous"\n  }\n}\n'
-            + 'feature {\n  name: "label"\n  type: FLOAT\n  annotation {\n    tag: "target"\n  }\n}\n')
+        return (
+            f'feature {{\n  name: "cat_{i}"\n{extra}  type: INT\n  int_domain {{\n    name: "cat_{i}"\n    min: 0\n'
+            f"    max: {card - 1}\n    is_categorical: true\n  }}\n  annotation {{\n{tag}"
+            f'    tag: "categorical"\n  }}\n}}\n'
+        )
+
+    return (
+        cat(0, 7, "")
+        + cat(1, 50, f"  value_count {{\n    min: 0\n    max: {list_max}\n  }}\n")
+        + cat(2, 9, "")
+        + 'feature {\n  name: "int_0"\n  type: FLOAT\n  annotation {\n    tag: "continuous"\n  }\n}\n'
+        + 'feature {\n  name: "label"\n  type: FLOAT\n  annotation {\n    tag: "target"\n  }\n}\n'
+    )
 
 
 def _bags(rng: np.random.Generator, rows: int, longest: int, card: int) -> List[List[int]]:
@@ -351,13 +393,15 @@ def _write_nvt_lists(root: Path, rows: Dict[str, List[int]], seed: int = 0) -> D
         (root / split / "schema.pbtxt").write_text(_nvt_list_schema())
         pieces = []
         for n, r in enumerate(parts):
-            t = pa.table({
-                "cat_0": pa.array(rng.integers(0, 7, r), pa.int64()),
-                "cat_1": pa.array(_bags(rng, r, 4, 50), pa.list_(pa.int64())),
-                "cat_2": pa.array(_bags(rng, r, 6, 9), pa.list_(pa.int32())),
-                "int_0": pa.array(rng.random(r).astype(np.float32)),
-                "label": pa.array(rng.integers(0, 2, r).astype(np.float32)),
-            })
+            t = pa.table(
+                {
+                    "cat_0": pa.array(rng.integers(0, 7, r), pa.int64()),
+                    "cat_1": pa.array(_bags(rng, r, 4, 50), pa.list_(pa.int64())),
+                    "cat_2": pa.array(_bags(rng, r, 6, 9), pa.list_(pa.int32())),
+                    "int_0": pa.array(rng.random(r).astype(np.float32)),
+                    "label": pa.array(rng.integers(0, 2, r).astype(np.float32)),
+                }
+            )
             pq.write_table(t, root / split / f"part_{n}.parquet")
             pieces.append(t)
         tables[split] = pa.concat_tables(pieces)
@@ -370,10 +414,16 @@ def test_nvtabular_list_columns_convert_to_bags(tmp_path: Path) -> None:
     assert prep_main(["nvtabular", str(tmp_path / "nvt"), str(out), "--row-group-rows", "32"]) == 0
     meta = read_meta(out)
     assert meta["rows_read"] == 165 and {s: meta["splits"][s]["rows"] for s in ("train", "val", "test")} == {
-        "train": 110, "val": 30, "test": 25}
+        "train": 110,
+        "val": 30,
+        "test": 25,
+    }
     want = pa.concat_tables([tables[s] for s in ("train", "validation", "test")])
     longest_cat2 = max(len(b) for b in want.column("cat_2").to_pylist())
-    assert meta["multi_hot"] == {"cat_1": 5, "cat_2": longest_cat2}  # stated max (bags hold <= 4); longest when none stated
+    assert meta["multi_hot"] == {
+        "cat_1": 5,
+        "cat_2": longest_cat2,
+    }  # stated max (bags hold <= 4); longest when none stated
     assert meta["table_sizes"] == {"cat_0": 7, "cat_1": 50, "cat_2": 9}
     got = _all_rows(out)
     assert got.schema.field("cat_2").type == pa.list_(pa.int64()) and got.schema.field("cat_0").type == pa.int64()
@@ -387,17 +437,27 @@ def test_nvtabular_list_columns_convert_to_bags(tmp_path: Path) -> None:
     assert kjt["cat_2"].values().tolist() == [i for b in want.column("cat_2").to_pylist()[:20] for i in b]
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("too_long", r"train/part_1.parquet: row 6: cat_1 bag of 6 ids is longer than its schema.pbtxt value_count max 5"),
-    ("null_id", r"validation/part_0.parquet: row 3: cat_2 has a null id in its bag"),
-    ("null_bag", r"train/part_0.parquet: row 2: cat_1 is a null bag"),
-    ("out_of_domain", r"test/part_0.parquet: row 7: cat_1 id 50 is outside its schema.pbtxt domain \[0, 49\]"),
-    ("scalar_in_parquet", r"train/part_0.parquet: cat_1 is int64 but schema.pbtxt declares a list"),
-    ("list_not_declared", r"train/part_0.parquet: cat_2 is list<element: int32> but schema.pbtxt declares one id per row"),
-    ("damaged", r"validation/part_0.parquet: unreadable parquet \("),
-])
-def test_bad_nvtabular_lists_are_one_line_and_publish_nothing(tmp_path: Path, capsys: pytest.CaptureFixture,
-                                                              damage: str, message: str) -> None:
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (
+            "too_long",
+            r"train/part_1.parquet: row 6: cat_1 bag of 6 ids is longer than its schema.pbtxt value_count max 5",
+        ),
+        ("null_id", r"validation/part_0.parquet: row 3: cat_2 has a null id in its bag"),
+        ("null_bag", r"train/part_0.parquet: row 2: cat_1 is a null bag"),
+        ("out_of_domain", r"test/part_0.parquet: row 7: cat_1 id 50 is outside its schema.pbtxt domain \[0, 49\]"),
+        ("scalar_in_parquet", r"train/part_0.parquet: cat_1 is int64 but schema.pbtxt declares a list"),
+        (
+            "list_not_declared",
+            r"train/part_0.parquet: cat_2 is list<element: int32> but schema.pbtxt declares one id per row",
+        ),
+        ("damaged", r"validation/part_0.parquet: unreadable parquet \("),
+    ],
+)
+def test_bad_nvtabular_lists_are_one_line_and_publish_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture, damage: str, message: str
+) -> None:
     src = tmp_path / "nvt"
     _write_nvt_lists(src, {"train": [20, 20], "validation": [20], "test": [20]})
 
@@ -411,6 +471,7 @@ def test_bad_nvtabular_lists_are_one_line_and_publish_nothing(tmp_path: Path, ca
             bags = col.to_pylist()
             bags[row] = bag
             return pa.array(bags, col.type)
+
         edit(rel, column, fn)
 
     if damage == "too_long":
@@ -422,7 +483,9 @@ def test_bad_nvtabular_lists_are_one_line_and_publish_nothing(tmp_path: Path, ca
     elif damage == "out_of_domain":
         set_bag("test/part_0.parquet", "cat_1", 7, [3, 50])
     elif damage == "scalar_in_parquet":
-        edit("train/part_0.parquet", "cat_1", lambda col: pa.array([(b or [0])[0] for b in col.to_pylist()], pa.int64()))
+        edit(
+            "train/part_0.parquet", "cat_1", lambda col: pa.array([(b or [0])[0] for b in col.to_pylist()], pa.int64())
+        )
     elif damage == "damaged":  # a cut copy: pyarrow's own error would not say which file
         data = (src / "validation/part_0.parquet").read_bytes()
         (src / "validation/part_0.parquet").write_bytes(data[: len(data) // 2])

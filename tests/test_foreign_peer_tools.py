@@ -74,7 +74,7 @@ def torchrec_days(tmp_path_factory: pytest.TempPathFactory) -> Path:
     npy.mkdir()
     start = 0
     for n, rows in enumerate(DAY_ROWS):
-        (root / f"day_{n}").write_bytes(b"".join(lines[start:start + rows]))
+        (root / f"day_{n}").write_bytes(b"".join(lines[start : start + rows]))
         tsv_to_npys(root / f"day_{n}", npy, f"day_{n}")
         start += rows
     return npy
@@ -111,9 +111,11 @@ def reader_rows(stage: str, npy: Path, names: Sequence[str], hashes: List[int] =
 def our_rows(ds: Path, splits: Sequence[str]) -> Dict[str, np.ndarray]:
     meta = read_meta(ds)
     table = pa.concat_tables([pq.read_table(ds / f) for s in splits for f in meta["splits"][s]["files"]])
-    return {"dense": np.stack([table.column(f"I{j + 1}").to_numpy() for j in range(13)], axis=1),
-            "ids": np.stack([table.column(c).to_numpy() for c in CRITEO_SPARSE_FEATURES], axis=1),
-            "labels": table.column("label").to_numpy()}
+    return {
+        "dense": np.stack([table.column(f"I{j + 1}").to_numpy() for j in range(13)], axis=1),
+        "ids": np.stack([table.column(c).to_numpy() for c in CRITEO_SPARSE_FEATURES], axis=1),
+        "labels": table.column("label").to_numpy(),
+    }
 
 
 def mismatched_rows(ours: Dict[str, np.ndarray], theirs: Dict[str, np.ndarray]) -> int:
@@ -125,17 +127,22 @@ def mismatched_rows(ours: Dict[str, np.ndarray], theirs: Dict[str, np.ndarray]) 
 DAY_STAGES = {"train": ["day_0", "day_1"], "val": ["day_2"], "test": ["day_2"]}
 
 
-@pytest.mark.parametrize("flags, hashes", [
-    (["--max-ind-range", "100000"], [100000] * 26),
-    (["--num-embeddings-per-feature", ",".join(map(str, MLPERF_SIZES))], MLPERF_SIZES),
-])
-def test_raw_day_files_hashed_as_torchrecs_reader(torchrec_days: Path, tmp_path: Path, flags: List[str],
-                                                  hashes: List[int]) -> None:
+@pytest.mark.parametrize(
+    "flags, hashes",
+    [
+        (["--max-ind-range", "100000"], [100000] * 26),
+        (["--num-embeddings-per-feature", ",".join(map(str, MLPERF_SIZES))], MLPERF_SIZES),
+    ],
+)
+def test_raw_day_files_hashed_as_torchrecs_reader(
+    torchrec_days: Path, tmp_path: Path, flags: List[str], hashes: List[int]
+) -> None:
     out = tmp_path / "ds"
     assert_ok(prep("from-torchrec-npy", str(torchrec_days), str(out), *flags))
     meta = read_meta(out)
-    assert meta["rows_per_source"] == {f"day_{n}": BinaryCriteoUtils.get_shape_from_npy(
-        str(torchrec_days / f"day_{n}_dense.npy"))[0] for n in range(3)}
+    assert meta["rows_per_source"] == {
+        f"day_{n}": BinaryCriteoUtils.get_shape_from_npy(str(torchrec_days / f"day_{n}_dense.npy"))[0] for n in range(3)
+    }
     assert [meta["table_sizes"][c] for c in CRITEO_SPARSE_FEATURES] == hashes
     for split, names in DAY_STAGES.items():
         theirs = reader_rows(split, torchrec_days, names, hashes)
@@ -147,8 +154,9 @@ def test_contiguous_day_files_copied(torchrec_days: Path, tmp_path: Path) -> Non
     """sparse_to_contiguous's output needs no hashing: ids copied, tables max id + 1."""
     contig = tmp_path / "contig"
     contig.mkdir()
-    BinaryCriteoUtils.sparse_to_contiguous([str(torchrec_days / f"day_{n}_sparse.npy") for n in range(3)],
-                                           str(contig), frequency_threshold=3)
+    BinaryCriteoUtils.sparse_to_contiguous(
+        [str(torchrec_days / f"day_{n}_sparse.npy") for n in range(3)], str(contig), frequency_threshold=3
+    )
     for n in range(3):
         (contig / f"day_{n}_sparse_contig_freq.npy").rename(contig / f"day_{n}_sparse.npy")
         for part in ("dense", "labels"):
@@ -160,21 +168,29 @@ def test_contiguous_day_files_copied(torchrec_days: Path, tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("flags", [[], ["--table-sizes", "criteo-kaggle"]])
-def test_unhashed_raw_ids_are_refused_with_the_flag_named(torchrec_days: Path, tmp_path: Path,
-                                                          flags: List[str]) -> None:
+def test_unhashed_raw_ids_are_refused_with_the_flag_named(
+    torchrec_days: Path, tmp_path: Path, flags: List[str]
+) -> None:
     out = tmp_path / "ds"
-    assert_refused(prep("from-torchrec-npy", str(torchrec_days), str(out), *flags),
-                   r"feature C\d+: id \d+ .*--max-ind-range N or --num-embeddings-per-feature", out)
+    assert_refused(
+        prep("from-torchrec-npy", str(torchrec_days), str(out), *flags),
+        r"feature C\d+: id \d+ .*--max-ind-range N or --num-embeddings-per-feature",
+        out,
+    )
 
 
 def test_two_flags_setting_the_table_sizes_are_refused(torchrec_days: Path, tmp_path: Path) -> None:
     out = tmp_path / "ds"
-    assert_refused(prep("from-torchrec-npy", str(torchrec_days), str(out), "--max-ind-range", "10", "--table-sizes", "5"),
-                   r"--max-ind-range and --table-sizes both set the table sizes", out)
+    assert_refused(
+        prep("from-torchrec-npy", str(torchrec_days), str(out), "--max-ind-range", "10", "--table-sizes", "5"),
+        r"--max-ind-range and --table-sizes both set the table sizes",
+        out,
+    )
 
 
-def test_kaggle_mode_rows_match_torchrecs_reader_and_split_as_criteo_kaggle(torchrec_kaggle: Path,
-                                                                             tmp_path: Path) -> None:
+def test_kaggle_mode_rows_match_torchrecs_reader_and_split_as_criteo_kaggle(
+    torchrec_kaggle: Path, tmp_path: Path
+) -> None:
     """Kaggle mode: every row equals what TorchRec's reader trains on (stage "train": the whole
     train_*.npy); the splits are criteo-kaggle's (7 chunks, last: test first), not TorchRec's Kaggle
     loader's (it trains on the whole file and evaluates on its second half, overlapping)."""
@@ -187,7 +203,7 @@ def test_kaggle_mode_rows_match_torchrecs_reader_and_split_as_criteo_kaggle(torc
     assert rows == {s: read_meta(tsv)["splits"][s]["rows"] for s in rows} == {"train": 7715, "val": 642, "test": 643}
     lines = [line.split("\t") for line in SAMPLE.read_text().splitlines()]
     for split, lo in (("test", 7715), ("val", 7715 + 643)):  # the TSV's lines, whichever command cut them
-        raw = np.array([[int(v or "0", 16) % 50000 for v in f[14:]] for f in lines[lo:lo + rows[split]]])
+        raw = np.array([[int(v or "0", 16) % 50000 for v in f[14:]] for f in lines[lo : lo + rows[split]]])
         ours = our_rows(out, [split])
         assert np.array_equal(ours["ids"], raw) and np.array_equal(ours["labels"], our_rows(tsv, [split])["labels"])
 

@@ -29,9 +29,32 @@ def test_converted_mlperf_multihot_trains(tmp_path: Path) -> None:
     prepare_mlperf_multihot(src, data, table_sizes=[40] * 26, row_group_rows=256)
     assert read_meta(data)["multi_hot"]["C22"] == 27
     run = tmp_path / "run"
-    torchrun(TRAIN, ["--data", str(data), "--run-dir", str(run), "--sharding", "table_wise", "--batch-size", "64",
-                     "--max-train-batches", "6", "--max-eval-batches", "3", "--no-progress", "--bottom-mlp", "16,8",
-                     "--top-mlp", "16,1", "-k", "32", "-d", "8"])
+    torchrun(
+        TRAIN,
+        [
+            "--data",
+            str(data),
+            "--run-dir",
+            str(run),
+            "--sharding",
+            "table_wise",
+            "--batch-size",
+            "64",
+            "--max-train-batches",
+            "6",
+            "--max-eval-batches",
+            "3",
+            "--no-progress",
+            "--bottom-mlp",
+            "16,8",
+            "--top-mlp",
+            "16,1",
+            "-k",
+            "32",
+            "-d",
+            "8",
+        ],
+    )
     s = json.loads((run / "summary.json").read_text())
     assert s["world_size"] == 2 and s["model"] == "mlet"
     assert 0 < s["collapsed_max_abs_prediction_diff"] < 1e-5  # pooled bags: rounding only

@@ -15,8 +15,13 @@ BENCH_SECTIONS = ("step", "pipeline", "collapse", "serving")
 
 def test_dry_run_writes_every_section_marked_dry(tmp_path: Path) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    cmd = ["make", "--no-print-directory", f"GPU_PYTHON={sys.executable}",
-           f"GPU_CHECK_ARGS=--dry-run --out-dir {tmp_path}", "gpu-check"]
+    cmd = [
+        "make",
+        "--no-print-directory",
+        f"GPU_PYTHON={sys.executable}",
+        f"GPU_CHECK_ARGS=--dry-run --out-dir {tmp_path}",
+        "gpu-check",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cpu-dry-run.json", "cpu-dry-run.md"]

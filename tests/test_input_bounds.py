@@ -27,7 +27,8 @@ def out_of_range_lookups(env: DistEnv) -> Dict[str, str]:
             attach_fused_embedding_optimizer(model, OptimConfig("sgd", 0.1, "sgd", 0.1))
             sharded = shard_model(model, env, ShardingConfig(sharding))
             kjt = KeyedJaggedTensor.from_lengths_sync(
-                keys=["f0", "f1"], values=torch.tensor([1, 12, 3, 4]), lengths=torch.tensor([1, 1, 1, 1]))
+                keys=["f0", "f1"], values=torch.tensor([1, 12, 3, 4]), lengths=torch.tensor([1, 1, 1, 1])
+            )
             key = f"{'mlet' if mlet else 'baseline'} {sharding}"
             try:
                 sharded(kjt).values()  # a LazyAwaitable: force the lookup

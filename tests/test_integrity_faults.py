@@ -77,11 +77,14 @@ def _read_all(stream: ParquetBatchStream) -> int:
     return sum(1 for _ in stream)
 
 
-@pytest.mark.parametrize("run, part", [
-    ("w1", "train/part-00000.parquet"),
-    ("w2", "train/part-00000.parquet"),  # assembled by a worker
-    ("w2", "train/part-00002.parquet"),  # the last part, streamed by the parent
-])
+@pytest.mark.parametrize(
+    "run, part",
+    [
+        ("w1", "train/part-00000.parquet"),
+        ("w2", "train/part-00000.parquet"),  # assembled by a worker
+        ("w2", "train/part-00002.parquet"),  # the last part, streamed by the parent
+    ],
+)
 def test_flipped_bit_in_a_part_file_stops_the_training_reader(
     prepared: Dict[str, Path], tmp_path: Path, run: str, part: str
 ) -> None:
@@ -105,8 +108,9 @@ def test_undamaged_parts_read_whole(prepared: Dict[str, Path]) -> None:
         rows: List[int] = []
         for run in ("w1", "w2"):
             meta = DatasetMeta.load(prepared[run])
-            rows.append(sum(pq.read_table(p, page_checksum_verification=True).num_rows
-                            for p in meta.split_files[split]))
+            rows.append(
+                sum(pq.read_table(p, page_checksum_verification=True).num_rows for p in meta.split_files[split])
+            )
         assert rows[0] == rows[1] == DatasetMeta.load(prepared["w1"]).split_rows[split]
 
 
@@ -135,8 +139,21 @@ def vocab_days(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path]:
     lines = SAMPLE.read_bytes().splitlines(keepends=True)
     (root / "day0.tsv").write_bytes(b"".join(lines[:DAY0_LINES]))
     (root / "day1.tsv").write_bytes(b"".join(lines[DAY0_LINES:]))
-    assert prep_main(["criteo-kaggle", str(root / "day0.tsv"), str(root / "d0"), "--no-progress", "--workers", "1",
-                      "--hash-size", "1000"]) == 0
+    assert (
+        prep_main(
+            [
+                "criteo-kaggle",
+                str(root / "day0.tsv"),
+                str(root / "d0"),
+                "--no-progress",
+                "--workers",
+                "1",
+                "--hash-size",
+                "1000",
+            ]
+        )
+        == 0
+    )
     entries = json.loads((root / "d0" / "meta.json").read_text())["vocabulary"]["features"]
     assert entries["C6"]["values"] == entries["C22"]["values"] and not entries["C6"]["hashed"]
     return {"root": root, "day0": root / "d0", "day1": root / "day1.tsv"}
@@ -174,8 +191,12 @@ def _grow_table(data: Path) -> None:
 
 
 # Damage that keys ascending, ids distinct in range and value counts all pass: only the digest sees it.
-UNSEEN_DAMAGE = {"swapped_files": _swap_files, "permuted_ids": _permute_ids, "flipped_hashed": _flip_hashed,
-                 "grown_table": _grow_table}
+UNSEEN_DAMAGE = {
+    "swapped_files": _swap_files,
+    "permuted_ids": _permute_ids,
+    "flipped_hashed": _flip_hashed,
+    "grown_table": _grow_table,
+}
 
 
 def _damaged(vocab_days: Dict[str, Path], tmp_path: Path, damage: Callable[[Path], None]) -> Path:
@@ -187,8 +208,18 @@ def _damaged(vocab_days: Dict[str, Path], tmp_path: Path, damage: Callable[[Path
 
 def _vocab_from(vocab_days: Dict[str, Path], data: Path, out: Path, capsys: pytest.CaptureFixture) -> List[str]:
     """mlet-prep --vocab-from's exit code check and its stderr lines."""
-    code = prep_main(["criteo-kaggle", str(vocab_days["day1"]), str(out), "--no-progress", "--workers", "1",
-                      "--vocab-from", str(data)])
+    code = prep_main(
+        [
+            "criteo-kaggle",
+            str(vocab_days["day1"]),
+            str(out),
+            "--no-progress",
+            "--workers",
+            "1",
+            "--vocab-from",
+            str(data),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == (0 if out.exists() else 2), (code, err)
     return err
@@ -216,9 +247,11 @@ def test_raw_scoring_vocabulary_refuses_what_vocab_from_refuses(
         Vocabulary.load(data)
 
 
-def test_both_loaders_refuse_duplicate_ids_alike(vocab_days: Dict[str, Path], tmp_path: Path,
-                                                 capsys: pytest.CaptureFixture) -> None:
+def test_both_loaders_refuse_duplicate_ids_alike(
+    vocab_days: Dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     """Raw scoring used to accept two values with one id (only keys and range were checked)."""
+
     def duplicate(data: Path) -> None:
         path = data / "vocab/C6.parquet"
         ids = pq.read_table(path).column("id").to_numpy().copy()
@@ -240,8 +273,11 @@ def test_a_dataset_without_digests_is_a_warning_and_still_encodes(
 ) -> None:
     """Prepared before digests were recorded: warned, not refused (re-preparing would change meta.json,
     which the serving manifest of a model trained on it would then refuse)."""
-    data = _damaged(vocab_days, tmp_path, lambda d: _edit_meta(
-        d, lambda m: [e.pop("sha256") for e in m["vocabulary"]["features"].values()]))
+    data = _damaged(
+        vocab_days,
+        tmp_path,
+        lambda d: _edit_meta(d, lambda m: [e.pop("sha256") for e in m["vocabulary"]["features"].values()]),
+    )
     vocab = Vocabulary.load(data)
     assert len(vocab.warnings) == 1 and "records no vocabulary sha256" in vocab.warnings[0]
     out = tmp_path / "out"
@@ -251,8 +287,9 @@ def test_a_dataset_without_digests_is_a_warning_and_still_encodes(
     assert not Vocabulary.load(vocab_days["day0"]).warnings
 
 
-def test_vocab_from_copies_the_digests_and_they_verify(vocab_days: Dict[str, Path], tmp_path: Path,
-                                                       capsys: pytest.CaptureFixture) -> None:
+def test_vocab_from_copies_the_digests_and_they_verify(
+    vocab_days: Dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     out = tmp_path / "out"
     assert not _vocab_from(vocab_days, vocab_days["day0"], out, capsys)[:-1]
     entries = json.loads((out / "meta.json").read_text())["vocabulary"]["features"]
@@ -260,8 +297,9 @@ def test_vocab_from_copies_the_digests_and_they_verify(vocab_days: Dict[str, Pat
     assert not Vocabulary.load(out).warnings  # the copied files match the copied digests
 
 
-def test_predict_raw_refuses_a_swapped_vocabulary(vocab_days: Dict[str, Path], tmp_path: Path,
-                                                  capsys: pytest.CaptureFixture) -> None:
+def test_predict_raw_refuses_a_swapped_vocabulary(
+    vocab_days: Dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     """The issue's case: meta.json untouched (the serving manifest accepts it), two features' vocabulary
     files swapped; every prediction used to change silently."""
     from test_predict_raw import _served
@@ -279,17 +317,30 @@ def test_predict_raw_refuses_a_swapped_vocabulary(vocab_days: Dict[str, Path], t
     assert len(err) == 1 and err[0].startswith("error: ") and "the vocabulary of C22 does not match" in err[0], err
 
 
-def test_predict_raw_warns_for_a_dataset_without_digests(vocab_days: Dict[str, Path], tmp_path: Path,
-                                                         capsys: pytest.CaptureFixture) -> None:
+def test_predict_raw_warns_for_a_dataset_without_digests(
+    vocab_days: Dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     from test_predict_raw import _served
     from mlet_dist.serving import predict_cli
 
-    legacy = _damaged(vocab_days, tmp_path, lambda d: _edit_meta(
-        d, lambda m: [e.pop("sha256") for e in m["vocabulary"]["features"].values()]))
+    legacy = _damaged(
+        vocab_days,
+        tmp_path,
+        lambda d: _edit_meta(d, lambda m: [e.pop("sha256") for e in m["vocabulary"]["features"].values()]),
+    )
     serving = _served(tmp_path, legacy, 3)  # a model trained on it: its manifest records this meta.json
     capsys.readouterr()
-    report = predict_cli.predict_main(["--serving", str(serving), "--raw", str(vocab_days["day1"]), "--no-progress",
-                                       "--out", str(tmp_path / "p.parquet")])
+    report = predict_cli.predict_main(
+        [
+            "--serving",
+            str(serving),
+            "--raw",
+            str(vocab_days["day1"]),
+            "--no-progress",
+            "--out",
+            str(tmp_path / "p.parquet"),
+        ]
+    )
     assert report["rows"] == 9000 - DAY0_LINES
     warned = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
     assert len(warned) == 1 and "records no vocabulary sha256" in warned[0], warned
@@ -299,7 +350,7 @@ def test_predict_raw_warns_for_a_dataset_without_digests(vocab_days: Dict[str, P
 
 LONG_LINE_MB = 64
 
-_RSS_PROBE = r'''
+_RSS_PROBE = r"""
 import json, sys
 from data_prep import textio
 from data_prep.cli import main
@@ -322,7 +373,7 @@ else:
     code = main(["criteo-kaggle", path, sys.argv[3], "--no-progress", "--workers", mode])
 peak = status_kb("VmHWM")
 print(json.dumps({"code": code, "growth_mb": (peak - base) / 1024}))
-'''
+"""
 
 
 def _long_line_input(tmp_path: Path, gz: bool) -> Path:
@@ -340,8 +391,13 @@ def _probe(mode: str, src: Path, out: Path) -> tuple:
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-c", _RSS_PROBE, mode, str(src), str(out)], capture_output=True,
-                          text=True, timeout=300, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, "-c", _RSS_PROBE, mode, str(src), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     result = json.loads(done.stdout.strip().splitlines()[-1])
     return result, [line for line in done.stderr.splitlines() if line.strip()]
 

@@ -20,17 +20,41 @@ BIN = Path(sys.executable).parent
 @pytest.fixture(scope="module")
 def sample_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("launch_2x8") / "criteo"
-    subprocess.run([sys.executable, "-m", "data_prep.cli", "criteo-kaggle",
-                    str(REPO / "data_prep/samples/criteo_sample.tsv"), str(out), "--overwrite", "--no-progress"],
-                   cwd=REPO, check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "data_prep.cli",
+            "criteo-kaggle",
+            str(REPO / "data_prep/samples/criteo_sample.tsv"),
+            str(out),
+            "--overwrite",
+            "--no-progress",
+        ],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     return out
 
 
 def torchx_train(shape: str, logs: Path, script_args: List[str]) -> subprocess.CompletedProcess:
     """The runbook's command, from the repo root (so that .torchxconfig applies)."""
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    cmd = [str(BIN / "torchx"), "run", "-s", "local_cwd", "-cfg", f"log_dir={logs}",
-           "launch/components.py:train", "-j", shape, "--", *script_args]
+    cmd = [
+        str(BIN / "torchx"),
+        "run",
+        "-s",
+        "local_cwd",
+        "-cfg",
+        f"log_dir={logs}",
+        "launch/components.py:train",
+        "-j",
+        shape,
+        "--",
+        *script_args,
+    ]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -40,11 +64,24 @@ def replica_logs(logs: Path) -> str:
 
 def test_2x8_trains_row_wise_across_nodes_collapses_and_resumes_on_2_ranks(sample_data: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    common = ["--data", str(sample_data), "--run-dir", str(run), "--batch-size", "32", "--no-progress",
-              "--max-train-batches", "6", "--max-eval-batches", "2"]
+    common = [
+        "--data",
+        str(sample_data),
+        "--run-dir",
+        str(run),
+        "--batch-size",
+        "32",
+        "--no-progress",
+        "--max-train-batches",
+        "6",
+        "--max-eval-batches",
+        "2",
+    ]
     first = torchx_train("2x8", tmp_path / "logs16", [*common, "--sharding", "row_wise"])
     log = first.stdout + first.stderr
-    assert first.returncode == 0 and "Job finished: SUCCEEDED" in log, log[-3000:] + replica_logs(tmp_path / "logs16")[-3000:]
+    assert first.returncode == 0 and "Job finished: SUCCEEDED" in log, (
+        log[-3000:] + replica_logs(tmp_path / "logs16")[-3000:]
+    )
     summary = json.loads((run / "summary.json").read_text())
     assert summary["world_size"] == 16 and summary["steps"] == 6
     config = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])

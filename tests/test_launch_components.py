@@ -18,8 +18,20 @@ from launch.components import LaunchError, train
 REPO = Path(__file__).resolve().parent.parent
 
 COMPONENT = f"{REPO}/launch/components.py:train"
-CLUSTER_ARGS = ["-j", "2x8", "--gpu", "8", "--cpu", "64", "--memMB", "480000",
-                "--max_restarts", "3", "--max_retries", "2"]
+CLUSTER_ARGS = [
+    "-j",
+    "2x8",
+    "--gpu",
+    "8",
+    "--cpu",
+    "64",
+    "--memMB",
+    "480000",
+    "--max_restarts",
+    "3",
+    "--max_retries",
+    "2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -32,24 +44,36 @@ def runner():
 def test_slurm_dryrun_sbatch_script(runner):
     info = runner.dryrun_component(
         COMPONENT,
-        CLUSTER_ARGS + ["--venv", "/shared/mlet/.venv", "--",
-                        "--data", "/shared/criteo", "--run-dir", "/shared/runs/r1"],
-        "slurm", cfg={"partition": "gpu", "time": "2:00:00"},
+        CLUSTER_ARGS
+        + ["--venv", "/shared/mlet/.venv", "--", "--data", "/shared/criteo", "--run-dir", "/shared/runs/r1"],
+        "slurm",
+        cfg={"partition": "gpu", "time": "2:00:00"},
     )
     script = info.request.materialize()
     # one heterogeneous group per node, each with the node's resources
     headers = [line for line in script.splitlines() if line.startswith("#SBATCH --job-name=")]
     assert [h.split()[1] for h in headers] == ["--job-name=trainer-0", "--job-name=trainer-1"]
     for h in headers:
-        for opt in ("--gpus-per-task=8", "--cpus-per-task=64", "--mem=480000", "--ntasks-per-node=1",
-                    "--partition=gpu", "--time=2:00:00"):
+        for opt in (
+            "--gpus-per-task=8",
+            "--cpus-per-task=64",
+            "--mem=480000",
+            "--ntasks-per-node=1",
+            "--partition=gpu",
+            "--time=2:00:00",
+        ):
             assert opt in h.split()
     assert "export TORCHX_MAX_RETRIES=2" in script and "scontrol requeue" in script
     # every node: venv, checks, then torchrun with 2 nodes x 8 procs, c10d rendezvous on node 0
     assert script.count(". /shared/mlet/.venv/bin/activate") == 2
     assert script.count("/shared/criteo/meta.json") == 2
-    assert script.count("exec torchrun --max-restarts 3 --rdzv_backend c10d "
-                        "--rdzv_endpoint ${SLURM_JOB_NODELIST_HET_GROUP_0:=localhost}:29500") == 2
+    assert (
+        script.count(
+            "exec torchrun --max-restarts 3 --rdzv_backend c10d "
+            "--rdzv_endpoint ${SLURM_JOB_NODELIST_HET_GROUP_0:=localhost}:29500"
+        )
+        == 2
+    )
     assert script.count("--nnodes 2 --nproc_per_node 8") == 2
     assert "mlet_dist/train.py --data /shared/criteo --run-dir /shared/runs/r1" in script
     assert "OMP_NUM_THREADS=8" in script and "TORCH_NCCL_ASYNC_ERROR_HANDLING=1" in script
@@ -60,10 +84,24 @@ def test_kubernetes_dryrun_volcano_job(runner):
 
     info = runner.dryrun_component(
         COMPONENT,
-        CLUSTER_ARGS + ["--image", "registry.example/mlet-dist:1", "--data_volume", "pvc:criteo",
-                        "--runs_volume", "pvc:runs", "--ifname", "eth0", "--",
-                        "--data", "/data/criteo", "--run-dir", "/runs/r1"],
-        "kubernetes", cfg={"queue": "research", "namespace": "ml"},
+        CLUSTER_ARGS
+        + [
+            "--image",
+            "registry.example/mlet-dist:1",
+            "--data_volume",
+            "pvc:criteo",
+            "--runs_volume",
+            "pvc:runs",
+            "--ifname",
+            "eth0",
+            "--",
+            "--data",
+            "/data/criteo",
+            "--run-dir",
+            "/runs/r1",
+        ],
+        "kubernetes",
+        cfg={"queue": "research", "namespace": "ml"},
     )
     job = ApiClient().sanitize_for_serialization(info.request.resource)
     assert job["apiVersion"].startswith("batch.volcano.sh/") and job["kind"] == "Job"
@@ -91,15 +129,18 @@ def test_kubernetes_dryrun_volcano_job(runner):
         assert "/dev/shm" in mounts
         volumes = {v["name"]: v for v in pod["volumes"]}
         assert volumes["dshm"]["emptyDir"]["medium"] == "Memory"
-        claims = sorted(v["persistentVolumeClaim"]["claimName"] for v in volumes.values()
-                        if "persistentVolumeClaim" in v)
+        claims = sorted(
+            v["persistentVolumeClaim"]["claimName"] for v in volumes.values() if "persistentVolumeClaim" in v
+        )
         assert claims == ["criteo", "runs"]
 
 
 def test_builtin_dist_ddp_still_works(runner):
     info = runner.dryrun_component(
-        "dist.ddp", ["-j", "2x8", "--script", "mlet_dist/train.py", "--", "--data", "/shared/criteo"],
-        "slurm", cfg={},
+        "dist.ddp",
+        ["-j", "2x8", "--script", "mlet_dist/train.py", "--", "--data", "/shared/criteo"],
+        "slurm",
+        cfg={},
     )
     script = info.request.materialize()
     assert script.count("#SBATCH --job-name=train-") == 2
@@ -109,23 +150,40 @@ def test_builtin_dist_ddp_still_works(runner):
 def test_cli_local_cwd_dryrun_uses_repo_torchxconfig():
     """The CLI from the repo root: .torchxconfig names the component and the local log dir."""
     out = subprocess.run(
-        [sys.executable, "-m", "torchx.cli.main", "run", "--dryrun", "--", "-j", "1x2", "--",
-         "--data", "/tmp/some-data"],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "torchx.cli.main",
+            "run",
+            "--dryrun",
+            "--",
+            "-j",
+            "1x2",
+            "--",
+            "--data",
+            "/tmp/some-data",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     text = out.stdout + out.stderr
     assert "runs/torchx" in text and "--nproc_per_node 2" in text and "localhost:0" in text
 
 
-@pytest.mark.parametrize("script_args, args, message", [
-    ([], dict(), "no dataset"),
-    (["--data", "/d"], dict(j="2x8", gpu=4), "one process per GPU, use -j 2x4"),
-    (["--data", "/d"], dict(j="2by8"), "expected NODESxPROCS"),
-    (["--data", "data/criteo"], dict(data_volume="pvc:criteo"), "needs an absolute --data"),
-    (["--data", "/d", "--run-dir", "runs/x"], dict(runs_volume="pvc:runs"), "needs an absolute --run-dir"),
-    (["--data", "/d/c"], dict(data_volume="nfs-share"), "expected pvc:CLAIM_NAME or an absolute host path"),
-])
+@pytest.mark.parametrize(
+    "script_args, args, message",
+    [
+        ([], dict(), "no dataset"),
+        (["--data", "/d"], dict(j="2x8", gpu=4), "one process per GPU, use -j 2x4"),
+        (["--data", "/d"], dict(j="2by8"), "expected NODESxPROCS"),
+        (["--data", "data/criteo"], dict(data_volume="pvc:criteo"), "needs an absolute --data"),
+        (["--data", "/d", "--run-dir", "runs/x"], dict(runs_volume="pvc:runs"), "needs an absolute --run-dir"),
+        (["--data", "/d/c"], dict(data_volume="nfs-share"), "expected pvc:CLAIM_NAME or an absolute host path"),
+    ],
+)
 def test_component_argument_errors(script_args, args, message):
     with pytest.raises(LaunchError, match=message):
         train(*script_args, **args)
@@ -150,8 +208,14 @@ def _node_command(app) -> str:
 
 
 def _run_node(command: str, cwd: Path, path: str):
-    return subprocess.run(["bash", "-c", command], cwd=cwd, capture_output=True, text=True, timeout=30,
-                          env={"PATH": path, "HOME": str(cwd), "HOSTNAME": "node-7"})
+    return subprocess.run(
+        ["bash", "-c", command],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": path, "HOME": str(cwd), "HOSTNAME": "node-7"},
+    )
 
 
 def test_node_preflight_torchrun_missing(tmp_path):
@@ -194,8 +258,12 @@ def test_preflight_cli_errors(tmp_path, monkeypatch, capsys):
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps({"world_size": 4}))
 
-    assert preflight.main(["-s", "slurm", "-j", "2x8", "--data", str(tmp_path / "nope"),
-                           "--venv", str(tmp_path / "no-venv")]) == 1
+    assert (
+        preflight.main(
+            ["-s", "slurm", "-j", "2x8", "--data", str(tmp_path / "nope"), "--venv", str(tmp_path / "no-venv")]
+        )
+        == 1
+    )
     out = capsys.readouterr().out
     assert "error slurm: sbatch, squeue, sacct, scancel not on PATH" in out
     assert "error torchrun is not on PATH" in out
@@ -210,8 +278,10 @@ def test_preflight_cli_errors(tmp_path, monkeypatch, capsys):
     data.mkdir()
     (data / "meta.json").write_text("{}")
     venv = _fake_venv(tmp_path)
-    assert preflight.main(["-s", "local_cwd", "-j", "1x4", "--data", str(data), "--plan", str(plan),
-                           "--venv", str(venv)]) == 0
+    assert (
+        preflight.main(["-s", "local_cwd", "-j", "1x4", "--data", str(data), "--plan", str(plan), "--venv", str(venv)])
+        == 0
+    )
     assert "preflight: ok" in capsys.readouterr().out
 
 
@@ -229,10 +299,14 @@ def test_torchxconfig_parses():
 
 # The 2x8 GPU job as launch/README.md writes it (issue 21): the promised `torchx run dist.ddp -j 2x8
 # mlet_dist/train.py` fails in torchx (dist.ddp needs --script) and asks for 2 CPUs, 1 GB, no GPU.
-PROMISED_2X8 = ("torchx run -s slurm launch/components.py:train -j 2x8 --gpu 8 --cpu 64 --memMB 480000 "
-                "mlet_dist/train.py --data /shared/data/criteo --run-dir /shared/runs/criteo-2x8")
-BUILTIN_2X8 = ("torchx run -s slurm dist.ddp -j 2x8 --gpu 8 --cpu 64 --memMB 480000 "
-               "--script mlet_dist/train.py -- --data /shared/data/criteo --run-dir /shared/runs/criteo-2x8")
+PROMISED_2X8 = (
+    "torchx run -s slurm launch/components.py:train -j 2x8 --gpu 8 --cpu 64 --memMB 480000 "
+    "mlet_dist/train.py --data /shared/data/criteo --run-dir /shared/runs/criteo-2x8"
+)
+BUILTIN_2X8 = (
+    "torchx run -s slurm dist.ddp -j 2x8 --gpu 8 --cpu 64 --memMB 480000 "
+    "--script mlet_dist/train.py -- --data /shared/data/criteo --run-dir /shared/runs/criteo-2x8"
+)
 
 
 @pytest.mark.parametrize("command", [PROMISED_2X8, BUILTIN_2X8], ids=["component", "dist.ddp"])
@@ -240,8 +314,13 @@ def test_documented_2x8_gpu_command_dryruns_with_gpus_and_memory(command):
     readme = (REPO / "launch" / "README.md").read_text()
     assert command in " ".join(readme.replace("\\\n", " ").split()), "launch/README.md shows this command"
     argv = command.split()[2:]  # after "torchx run"
-    out = subprocess.run([sys.executable, "-m", "torchx.cli.main", "run", "--dryrun", *argv],
-                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "torchx.cli.main", "run", "--dryrun", *argv],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     script = out.stdout.split("=== SCHEDULER REQUEST ===")[-1]  # the sbatch script
     headers = [line.split() for line in script.splitlines() if line.startswith("#SBATCH --job-name=")]

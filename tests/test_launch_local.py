@@ -16,20 +16,55 @@ BIN = Path(sys.executable).parent
 @pytest.fixture(scope="module")
 def sample_data(tmp_path_factory):
     out = tmp_path_factory.mktemp("launch") / "criteo"
-    subprocess.run([sys.executable, "-m", "data_prep.cli", "criteo-kaggle",
-                    str(REPO / "data_prep/samples/criteo_sample.tsv"), str(out), "--overwrite"],
-                   cwd=REPO, check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "data_prep.cli",
+            "criteo-kaggle",
+            str(REPO / "data_prep/samples/criteo_sample.tsv"),
+            str(out),
+            "--overwrite",
+        ],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     return out
 
 
 def test_local_cwd_1x2_run(sample_data, tmp_path):
     run_dir = tmp_path / "run"
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    cmd = [str(BIN / "torchx"), "run", "-s", "local_cwd", "-cfg", f"log_dir={tmp_path / 'logs'}",
-           "launch/components.py:train", "-j", "1x2", "--cpu", "2", "--",
-           "--data", str(sample_data), "--run-dir", str(run_dir), "--batch-size", "128",
-           "--max-train-batches", "3", "--max-eval-batches", "2", "--log-every", "1",
-           "--no-progress", "--no-collapse"]
+    cmd = [
+        str(BIN / "torchx"),
+        "run",
+        "-s",
+        "local_cwd",
+        "-cfg",
+        f"log_dir={tmp_path / 'logs'}",
+        "launch/components.py:train",
+        "-j",
+        "1x2",
+        "--cpu",
+        "2",
+        "--",
+        "--data",
+        str(sample_data),
+        "--run-dir",
+        str(run_dir),
+        "--batch-size",
+        "128",
+        "--max-train-batches",
+        "3",
+        "--max-eval-batches",
+        "2",
+        "--log-every",
+        "1",
+        "--no-progress",
+        "--no-collapse",
+    ]
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     log = out.stdout + out.stderr
     assert out.returncode == 0, log[-4000:]
@@ -56,8 +91,20 @@ def test_local_cwd_1x2_run(sample_data, tmp_path):
 def test_local_cwd_missing_data_fails_with_the_node_message(tmp_path):
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     missing = tmp_path / "not-prepared"
-    cmd = [str(BIN / "torchx"), "run", "-s", "local_cwd", "-cfg", f"log_dir={tmp_path / 'logs'}",
-           "launch/components.py:train", "-j", "1x2", "--", "--data", str(missing)]
+    cmd = [
+        str(BIN / "torchx"),
+        "run",
+        "-s",
+        "local_cwd",
+        "-cfg",
+        f"log_dir={tmp_path / 'logs'}",
+        "launch/components.py:train",
+        "-j",
+        "1x2",
+        "--",
+        "--data",
+        str(missing),
+    ]
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     log = out.stdout + out.stderr
     assert out.returncode != 0 and "Job finished: FAILED" in log, log[-3000:]

@@ -16,10 +16,16 @@ def read_scalars(logdir):
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
-EPOCH = dict(epoch=0, step=20, train_loss=0.5, samples_per_s=1000.0,
-             val={"auc": 0.7, "logloss": 0.45, "accuracy": 0.78, "rows": 512},
-             test={"auc": 0.69, "logloss": 0.46, "accuracy": 0.77, "rows": 512},
-             embedding_lookup_ms=3.5, timing={"all_to_all_ms": 1.25})
+EPOCH = dict(
+    epoch=0,
+    step=20,
+    train_loss=0.5,
+    samples_per_s=1000.0,
+    val={"auc": 0.7, "logloss": 0.45, "accuracy": 0.78, "rows": 512},
+    test={"auc": 0.69, "logloss": 0.46, "accuracy": 0.77, "rows": 512},
+    embedding_lookup_ms=3.5,
+    timing={"all_to_all_ms": 1.25},
+)
 
 
 def test_tags():
@@ -28,10 +34,16 @@ def test_tags():
     step, scalars = tensorboard_scalars("epoch", EPOCH)
     assert step == 20
     assert scalars == {
-        "train/epoch_loss": 0.5, "throughput/samples_per_s": 1000.0,
-        "val/auc": 0.7, "val/logloss": 0.45, "val/accuracy": 0.78,
-        "test/auc": 0.69, "test/logloss": 0.46, "test/accuracy": 0.77,
-        "timing/embedding_lookup_ms": 3.5, "timing/all_to_all_ms": 1.25,
+        "train/epoch_loss": 0.5,
+        "throughput/samples_per_s": 1000.0,
+        "val/auc": 0.7,
+        "val/logloss": 0.45,
+        "val/accuracy": 0.78,
+        "test/auc": 0.69,
+        "test/logloss": 0.46,
+        "test/accuracy": 0.77,
+        "timing/embedding_lookup_ms": 3.5,
+        "timing/all_to_all_ms": 1.25,
     }
 
 

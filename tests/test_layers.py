@@ -21,9 +21,23 @@ from typing import Dict, List, Set, Tuple
 
 ROOT = Path(__file__).resolve().parents[1] / "mlet_dist"
 LAYERS: Dict[str, int] = {
-    "errors": 0, "config_io": 0, "config_flags": 0, "log_setup": 0, "digests": 0,
-    "modules": 1, "models": 2, "data": 2, "distributed": 3, "cli_common": 3, "api": 3,
-    "training": 4, "planning": 5, "serving": 6, "sweep": 6, "train": 7, "__init__": 7,
+    "errors": 0,
+    "config_io": 0,
+    "config_flags": 0,
+    "log_setup": 0,
+    "digests": 0,
+    "modules": 1,
+    "models": 2,
+    "data": 2,
+    "distributed": 3,
+    "cli_common": 3,
+    "api": 3,
+    "training": 4,
+    "planning": 5,
+    "serving": 6,
+    "sweep": 6,
+    "train": 7,
+    "__init__": 7,
 }
 # Function-local imports of our own modules that are lazy on purpose (a CLI's heavy imports
 # deferred past argument parsing, or an optional path). Anything new here is a review decision.
@@ -36,8 +50,13 @@ LAZY_ALLOWED = {
     ("mlet_dist.serving.serving_dir_writer", "mlet_dist.data.parquet_batches"),
     ("mlet_dist.serving.load", "mlet_dist.distributed.sharding"),
 }
-LAZY_CLI_PREFIXES = ("mlet_dist.planning.cli", "mlet_dist.sweep.cli", "mlet_dist.serving.predict_cli",
-                     "mlet_dist.serving.collapse_cli", "mlet_dist.serving.export_cli")  # CLIs: any own layer
+LAZY_CLI_PREFIXES = (
+    "mlet_dist.planning.cli",
+    "mlet_dist.sweep.cli",
+    "mlet_dist.serving.predict_cli",
+    "mlet_dist.serving.collapse_cli",
+    "mlet_dist.serving.export_cli",
+)  # CLIs: any own layer
 
 
 OWN_PACKAGES = ("mlet_dist", "data_prep")
@@ -113,14 +132,18 @@ def _imports(root: Path = ROOT) -> List[Import]:
 
 
 def _upward(imports: List[Import]) -> List[str]:
-    return [f"{a} (layer {_layer(a)}) imports {b} (layer {_layer(b)})"
-            for a, b, _ in imports if b.startswith("mlet_dist") and _layer(b) > _layer(a)]
+    return [
+        f"{a} (layer {_layer(a)}) imports {b} (layer {_layer(b)})"
+        for a, b, _ in imports
+        if b.startswith("mlet_dist") and _layer(b) > _layer(a)
+    ]
 
 
 def _unlisted_lazy(imports: List[Import], allowed: Set[Tuple[str, str]], exempt: Tuple[str, ...] = ()) -> List[str]:
     """Function-local imports of the importer's own package that no one decided to keep lazy."""
-    local = {(a, b) for a, b, top in imports
-             if not top and a.split(".")[0] == b.split(".")[0] and not a.startswith(exempt)}
+    local = {
+        (a, b) for a, b, top in imports if not top and a.split(".")[0] == b.split(".")[0] and not a.startswith(exempt)
+    }
     return [f"{a} imports {b} inside a function" for a, b in sorted(local - allowed)]
 
 
@@ -156,8 +179,10 @@ def _planted(tmp_path: Path, files: Dict[str, str]) -> Path:
 
 def test_the_check_sees_an_upward_import(tmp_path: Path) -> None:
     """The checker itself, on a planted tree: modules/ importing training/ inside a function."""
-    root = _planted(tmp_path, {"mlet_dist/modules/bad.py":
-                               "import torch\n\ndef f():\n    from mlet_dist.training.trainer import Trainer\n"})
+    root = _planted(
+        tmp_path,
+        {"mlet_dist/modules/bad.py": "import torch\n\ndef f():\n    from mlet_dist.training.trainer import Trainer\n"},
+    )
     found = _imports(root / "mlet_dist")
     assert found == [("mlet_dist.modules.bad", "mlet_dist.training.trainer", False)]
     assert _upward(found) == ["mlet_dist.modules.bad (layer 1) imports mlet_dist.training.trainer (layer 4)"]
@@ -166,11 +191,16 @@ def test_the_check_sees_an_upward_import(tmp_path: Path) -> None:
 def test_the_check_sees_a_module_imported_from_its_package(tmp_path: Path) -> None:
     """``from mlet_dist import train`` loads mlet_dist.train, not the package: named as such, and
     ``from mlet_dist import errors`` (layer 0) is no upward import of the package's __init__."""
-    root = _planted(tmp_path, {
-        "mlet_dist/train.py": "", "mlet_dist/errors.py": "", "mlet_dist/training/trainer.py": "",
-        "mlet_dist/serving/bad.py": "from mlet_dist import train\n",
-        "mlet_dist/modules/bad.py": "from mlet_dist import errors\nfrom mlet_dist.training import trainer\n",
-    })
+    root = _planted(
+        tmp_path,
+        {
+            "mlet_dist/train.py": "",
+            "mlet_dist/errors.py": "",
+            "mlet_dist/training/trainer.py": "",
+            "mlet_dist/serving/bad.py": "from mlet_dist import train\n",
+            "mlet_dist/modules/bad.py": "from mlet_dist import errors\nfrom mlet_dist.training import trainer\n",
+        },
+    )
     assert _upward(_imports(root / "mlet_dist")) == [
         "mlet_dist.modules.bad (layer 1) imports mlet_dist.training.trainer (layer 4)",
         "mlet_dist.serving.bad (layer 6) imports mlet_dist.train (layer 7)",
@@ -178,23 +208,33 @@ def test_the_check_sees_a_module_imported_from_its_package(tmp_path: Path) -> No
 
 
 def test_the_check_sees_relative_imports(tmp_path: Path) -> None:
-    root = _planted(tmp_path, {
-        "mlet_dist/train.py": "", "mlet_dist/serving/__init__.py": "from .. import train\n",
-        "mlet_dist/serving/bad.py": "def f():\n    from ..train import run\n    from . import export\n",
-        "mlet_dist/serving/export.py": "",
-    })
+    root = _planted(
+        tmp_path,
+        {
+            "mlet_dist/train.py": "",
+            "mlet_dist/serving/__init__.py": "from .. import train\n",
+            "mlet_dist/serving/bad.py": "def f():\n    from ..train import run\n    from . import export\n",
+            "mlet_dist/serving/export.py": "",
+        },
+    )
     found = _imports(root / "mlet_dist")
-    assert set(found) == {("mlet_dist.serving", "mlet_dist.train", True),
-                          ("mlet_dist.serving.bad", "mlet_dist.train", False),
-                          ("mlet_dist.serving.bad", "mlet_dist.serving.export", False)}
+    assert set(found) == {
+        ("mlet_dist.serving", "mlet_dist.train", True),
+        ("mlet_dist.serving.bad", "mlet_dist.train", False),
+        ("mlet_dist.serving.bad", "mlet_dist.serving.export", False),
+    }
     assert len(_upward(found)) == 2
 
 
 def test_the_check_sees_a_lazy_import_in_data_prep(tmp_path: Path) -> None:
-    root = _planted(tmp_path, {
-        "data_prep/textio.py": "", "data_prep/engine.py": "def f():\n    from distributed import Client\n",
-        "data_prep/bad.py": "def f():\n    from data_prep import textio\n    import data_prep.engine\n",
-    })
+    root = _planted(
+        tmp_path,
+        {
+            "data_prep/textio.py": "",
+            "data_prep/engine.py": "def f():\n    from distributed import Client\n",
+            "data_prep/bad.py": "def f():\n    from data_prep import textio\n    import data_prep.engine\n",
+        },
+    )
     assert _unlisted_lazy(_imports(root / "data_prep"), DATA_PREP_LAZY_ALLOWED) == [
         "data_prep.bad imports data_prep.engine inside a function",
         "data_prep.bad imports data_prep.textio inside a function",

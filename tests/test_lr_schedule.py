@@ -34,6 +34,7 @@ BASE_LR = 0.1
 
 # --- the step -> lr function -------------------------------------------------------------------
 
+
 def test_warm_up_is_linear_from_lr_over_n_at_step_1_to_the_full_lr_at_step_n() -> None:
     config = LRScheduleConfig(warmup_steps=4)
     assert [lr_multiplier(config, t) for t in range(1, 7)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
@@ -51,12 +52,15 @@ def test_default_schedule_is_constant() -> None:
     assert config.constant and {lr_multiplier(config, t) for t in range(1, 1000)} == {1.0}
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"warmup_steps": -1}, "--lr-warmup-steps must be >= 0"),
-    ({"decay_steps": -3}, "--lr-decay-steps must be >= 0"),
-    ({"decay_start": 2}, "--lr-decay-start 2 needs --lr-decay-steps > 0"),
-    ({"warmup_steps": 10, "decay_start": 5, "decay_steps": 5}, "--lr-decay-start (5) must be >= --lr-warmup-steps"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"warmup_steps": -1}, "--lr-warmup-steps must be >= 0"),
+        ({"decay_steps": -3}, "--lr-decay-steps must be >= 0"),
+        ({"decay_start": 2}, "--lr-decay-start 2 needs --lr-decay-steps > 0"),
+        ({"warmup_steps": 10, "decay_start": 5, "decay_steps": 5}, "--lr-decay-start (5) must be >= --lr-warmup-steps"),
+    ],
+)
 def test_bad_schedules_are_refused(kwargs: Dict[str, int], message: str) -> None:
     with pytest.raises(ValueError) as err:
         LRScheduleConfig(**kwargs)
@@ -65,15 +69,34 @@ def test_bad_schedules_are_refused(kwargs: Dict[str, int], message: str) -> None
 
 # --- flags -----------------------------------------------------------------------------------
 
+
 def test_flags_fill_the_config_tree() -> None:
-    cfg = parse_args(["--data", "d", "--lr-warmup-steps", "100", "--lr-decay-start", "200", "--lr-decay-steps", "50",
-                      "--lr-schedule-applies-to", "dense"])
+    cfg = parse_args(
+        [
+            "--data",
+            "d",
+            "--lr-warmup-steps",
+            "100",
+            "--lr-decay-start",
+            "200",
+            "--lr-decay-steps",
+            "50",
+            "--lr-schedule-applies-to",
+            "dense",
+        ]
+    )
     assert cfg.optim.schedule == LRScheduleConfig(warmup_steps=100, decay_start=200, decay_steps=50, applies_to="dense")
 
 
 def _train_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mlet_dist.train", "--data", "nowhere", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    return subprocess.run(
+        [sys.executable, "-m", "mlet_dist.train", "--data", "nowhere", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
 
 
 def test_a_negative_warm_up_is_one_error_line() -> None:
@@ -82,13 +105,20 @@ def test_a_negative_warm_up_is_one_error_line() -> None:
     assert proc.stderr.strip().splitlines() == ["error: --lr-warmup-steps must be >= 0 steps (0: off), got -1"]
 
 
-@pytest.mark.parametrize("theirs, ours", [
-    ("--lr_warmup_steps", "--lr-warmup-steps"), ("--lr-num-warmup-steps", "--lr-warmup-steps"),
-    ("--lr_decay_start", "--lr-decay-start"), ("--lr-decay-start-step", "--lr-decay-start"),
-    ("--lr_decay_steps", "--lr-decay-steps"), ("--lr-num-decay-steps", "--lr-decay-steps"),
-])
-def test_torchrec_and_mlperf_names_are_answered_with_ours(theirs: str, ours: str,
-                                                          capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize(
+    "theirs, ours",
+    [
+        ("--lr_warmup_steps", "--lr-warmup-steps"),
+        ("--lr-num-warmup-steps", "--lr-warmup-steps"),
+        ("--lr_decay_start", "--lr-decay-start"),
+        ("--lr-decay-start-step", "--lr-decay-start"),
+        ("--lr_decay_steps", "--lr-decay-steps"),
+        ("--lr-num-decay-steps", "--lr-decay-steps"),
+    ],
+)
+def test_torchrec_and_mlperf_names_are_answered_with_ours(
+    theirs: str, ours: str, capsys: pytest.CaptureFixture
+) -> None:
     with pytest.raises(SystemExit):
         parse_args(["--data", "d", f"{theirs}=10"])
     err = capsys.readouterr().err.strip()
@@ -97,14 +127,21 @@ def test_torchrec_and_mlperf_names_are_answered_with_ours(theirs: str, ours: str
 
 # --- the sharded model: the lr reaches fbgemm ---------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def env() -> Iterator[DistEnv]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with pytest.MonkeyPatch.context() as mp:
-        for name, value in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
-                                MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)).items():
+        for name, value in dict(
+            RANK="0",
+            WORLD_SIZE="1",
+            LOCAL_RANK="0",
+            LOCAL_WORLD_SIZE="1",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+        ).items():
             mp.setenv(name, value)
         yield init_distributed("gloo")
         dist.destroy_process_group()
@@ -119,8 +156,13 @@ def sharded_run(env: DistEnv, optim: OptimConfig) -> SimpleNamespace:
 
 
 def _sgd(**schedule: object) -> OptimConfig:
-    return OptimConfig(embedding_optimizer="sgd", embedding_lr=BASE_LR, dense_optimizer="sgd", dense_lr=BASE_LR,
-                       schedule=LRScheduleConfig(**schedule))  # type: ignore[arg-type]
+    return OptimConfig(
+        embedding_optimizer="sgd",
+        embedding_lr=BASE_LR,
+        dense_optimizer="sgd",
+        dense_lr=BASE_LR,
+        schedule=LRScheduleConfig(**schedule),
+    )  # type: ignore[arg-type]
 
 
 def _state(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
@@ -166,6 +208,7 @@ def test_applies_to_schedules_one_side_only(env: DistEnv, applies_to: str, moved
 
 # --- the trainer's per-step hook ----------------------------------------------------------------
 
+
 class _Stream:
     def __init__(self, steps: int) -> None:
         self.steps, self.global_batch_size, self.world_size = steps, setup.LOCAL_BATCH, 1
@@ -182,11 +225,16 @@ class _Stream:
 
 class _Quiet:
     """RunDirectory, BestModelKeeper and CheckpointManager: nothing written."""
+
     best_step = 0
 
     def log(self, *args: object, **kw: object) -> None: ...
-    def offer(self, *args: object, **kw: object) -> bool: return False
-    def state(self) -> dict: return {}
+    def offer(self, *args: object, **kw: object) -> bool:
+        return False
+
+    def state(self) -> dict:
+        return {}
+
     def finish_pending(self) -> None: ...
     def save(self, *args: object) -> None: ...
 
@@ -200,21 +248,32 @@ def _fused_kernels(optimizer: object) -> List[SplitTableBatchedEmbeddingBagsCode
     return [k for _, part in parts for k in _fused_kernels(part)]
 
 
-def _fit(env: DistEnv, run: SimpleNamespace, optim: Optional[OptimConfig], steps: int, pipeline: str,
-         position: TrainPosition) -> List[List[float]]:
+def _fit(
+    env: DistEnv, run: SimpleNamespace, optim: Optional[OptimConfig], steps: int, pipeline: str, position: TrainPosition
+) -> List[List[float]]:
     """Train through Trainer.fit; [fbgemm's table lrs, the dense lr] seen by each step's forward
     (the fused update in that step's backward uses the same fbgemm lr)."""
     kernels = _fused_kernels(run.optimizer)
     assert len(kernels) >= 1
     dense = run.optimizer.optimizers[-1][1]
     seen: List[List[float]] = []
-    run.model.register_forward_pre_hook(lambda *_: seen.append(
-        sorted({k.get_learning_rate() for k in kernels}) + [dense.param_groups[0]["lr"]]))
+    run.model.register_forward_pre_hook(
+        lambda *_: seen.append(sorted({k.get_learning_rate() for k in kernels}) + [dense.param_groups[0]["lr"]])
+    )
     quiet = _Quiet()
     metrics = {"val": {"auc": 0.5}, "test": {"auc": 0.5}}
-    trainer = Trainer(LoopConfig(epochs=position.epoch + 1, log_every=1000, pipeline=pipeline), env, run.model,
-                      run.optimizer, _Stream(steps), evaluate=lambda: metrics, out=quiet, keeper=quiet,  # type: ignore
-                      checkpoints=quiet, lr_schedule=None if optim is None else lr_schedule(run.optimizer, optim))  # type: ignore
+    trainer = Trainer(
+        LoopConfig(epochs=position.epoch + 1, log_every=1000, pipeline=pipeline),
+        env,
+        run.model,
+        run.optimizer,
+        _Stream(steps),
+        evaluate=lambda: metrics,
+        out=quiet,
+        keeper=quiet,  # type: ignore
+        checkpoints=quiet,
+        lr_schedule=None if optim is None else lr_schedule(run.optimizer, optim),
+    )  # type: ignore
     assert trainer.fit(position).steps == position.step + steps
     return seen
 
@@ -231,7 +290,7 @@ def test_a_resumed_run_continues_the_schedule_at_its_restored_step(env: DistEnv)
     optim = _sgd(warmup_steps=2, decay_start=2, decay_steps=10)
     seen = _fit(env, sharded_run(env, optim), optim, 3, "none", TrainPosition(step=6, epoch=1))
     # steps 7, 8, 9 of a decay over steps 2-11
-    assert seen == [pytest.approx([BASE_LR * m] * 2, rel=1e-6) for m in (0.5 ** 2, 0.4 ** 2, 0.3 ** 2)], seen
+    assert seen == [pytest.approx([BASE_LR * m] * 2, rel=1e-6) for m in (0.5**2, 0.4**2, 0.3**2)], seen
 
 
 def test_the_defaults_train_bit_for_bit_as_before(env: DistEnv) -> None:

@@ -13,9 +13,17 @@ DATA_PREP = Path(__file__).resolve().parents[1] / "data_prep"
 
 
 def _minimal(**changes: object) -> PreparedMeta:
-    fields = dict(dataset="d", source="a.tsv", sources=["a.tsv"], dense_features=["I1"], sparse_features=["C1", "C2"],
-                  table_sizes={"C1": 3, "C2": 4}, splits={s: {"rows": 0, "files": []} for s in ("train", "val", "test")},
-                  split={"method": "m"}, rows_read=0)
+    fields = dict(
+        dataset="d",
+        source="a.tsv",
+        sources=["a.tsv"],
+        dense_features=["I1"],
+        sparse_features=["C1", "C2"],
+        table_sizes={"C1": 3, "C2": 4},
+        splits={s: {"rows": 0, "files": []} for s in ("train", "val", "test")},
+        split={"method": "m"},
+        rows_read=0,
+    )
     fields.update(changes)
     return PreparedMeta(**fields)
 
@@ -27,8 +35,9 @@ def test_no_writer_builds_meta_json_by_hand() -> None:
         if path.name == "dataset_format.py":
             continue
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Dict) and any(isinstance(k, ast.Constant) and k.value == "format_version"
-                                                  for k in node.keys):
+            if isinstance(node, ast.Dict) and any(
+                isinstance(k, ast.Constant) and k.value == "format_version" for k in node.keys
+            ):
                 by_hand.append(f"{path.relative_to(DATA_PREP)}:{node.lineno}")
     assert by_hand == []
 
@@ -39,17 +48,29 @@ def test_the_built_meta_json_is_readable_and_leaves_unset_optional_keys_out(tmp_
     assert meta["format_version"] == FORMAT_VERSION and meta["label"] == "label"
     assert (meta["min_count"], meta["hash_size"], meta["rejects_file"], meta["rows_rejected"]) == (1, None, None, 0)
     assert meta["pooling"] == {"C1": "sum", "C2": "sum"} and meta["multi_hot"] == {}
-    for key in ("rows_per_source", "count_memory_mb", "id_histograms", "dense_transform", "sparse_transform",
-                "vocabulary"):
+    for key in (
+        "rows_per_source",
+        "count_memory_mb",
+        "id_histograms",
+        "dense_transform",
+        "sparse_transform",
+        "vocabulary",
+    ):
         assert key not in meta
     write_meta(tmp_path, meta)
     assert json.loads((tmp_path / "meta.json").read_text()) == meta
 
 
 def test_given_fields_and_a_writer_s_own_sections_are_written() -> None:
-    meta = _minimal(hashed_features={"C2": "b", "C1": "a"}, rows_rejected_by_kind={"z": 1, "a": 2},
-                    rows_per_source={"a.tsv": 7}, dense_transform="log", multi_hot={"C2": 3},
-                    pooling={"C2": "mean"}, extra={"planted": {"rank": 2}}).to_dict()
+    meta = _minimal(
+        hashed_features={"C2": "b", "C1": "a"},
+        rows_rejected_by_kind={"z": 1, "a": 2},
+        rows_per_source={"a.tsv": 7},
+        dense_transform="log",
+        multi_hot={"C2": 3},
+        pooling={"C2": "mean"},
+        extra={"planted": {"rank": 2}},
+    ).to_dict()
     assert list(meta["hashed_features"]) == ["C1", "C2"] and list(meta["rows_rejected_by_kind"]) == ["a", "z"]
     assert meta["rows_per_source"] == {"a.tsv": 7} and meta["dense_transform"] == "log"
     assert meta["multi_hot"] == {"C2": 3} and meta["pooling"] == {"C1": "sum", "C2": "mean"}

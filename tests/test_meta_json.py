@@ -34,10 +34,12 @@ def test_meta_file_is_the_directory_s_or_the_file_itself(dataset: Path) -> None:
     assert meta_file(dataset) == dataset / "meta.json" and meta_file(dataset / "meta.json") == dataset / "meta.json"
 
 
-@pytest.mark.parametrize("problem", [{"format_version": 3}, {"drop": "splits"}, {"sparse_features": "C1"},
-                                     {"multi_hot": {"C9": 2}}])
+@pytest.mark.parametrize(
+    "problem", [{"format_version": 3}, {"drop": "splits"}, {"sparse_features": "C1"}, {"multi_hot": {"C9": 2}}]
+)
 def test_plan_spec_refuses_a_bad_meta_json_with_the_reader_s_message(
-        dataset: Path, tmp_path: Path, problem: dict) -> None:
+    dataset: Path, tmp_path: Path, problem: dict
+) -> None:
     path = _edited(dataset, tmp_path, **problem)
     with pytest.raises(ValueError) as read_err:
         read_meta(path)

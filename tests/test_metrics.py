@@ -172,9 +172,24 @@ def test_metrics_module_imports_only_numpy_and_the_standard_library() -> None:
 # A second metrics implementation: a metric library imported, or a function / class named like one
 # of the module's metrics defined, anywhere but data_prep/metrics.py.
 _METRIC_LIBRARIES = ("torchmetrics", "sklearn", "torcheval", "torchrec.metrics")
-_METRIC_NAMES = {"auc", "binary_auc", "auroc", "binary_auroc", "roc_auc", "weightedauc", "weighted_auc",
-                 "expected_auc", "log_loss", "logloss", "accuracy", "binary_accuracy", "normalized_entropy",
-                 "calibration", "mann_whitney", "binary_metrics"}
+_METRIC_NAMES = {
+    "auc",
+    "binary_auc",
+    "auroc",
+    "binary_auroc",
+    "roc_auc",
+    "weightedauc",
+    "weighted_auc",
+    "expected_auc",
+    "log_loss",
+    "logloss",
+    "accuracy",
+    "binary_accuracy",
+    "normalized_entropy",
+    "calibration",
+    "mann_whitney",
+    "binary_metrics",
+}
 
 
 def _second_implementations(path: Path) -> list:
@@ -182,18 +197,29 @@ def _second_implementations(path: Path) -> list:
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name.lower() in _METRIC_NAMES:
             found.append(f"{path}:{node.lineno}: defines {node.name}")
-        modules = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-            [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+        modules = (
+            [a.name for a in node.names]
+            if isinstance(node, ast.Import)
+            else ([node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+        )
         found += [f"{path}:{node.lineno}: imports {m}" for m in modules if m.startswith(_METRIC_LIBRARIES)]
     return found
 
 
 def test_no_other_module_computes_a_metric(tmp_path: Path) -> None:
-    found = [hit for package in ("mlet_dist", "data_prep") for path in sorted((ROOT / package).rglob("*.py"))
-             if path != ROOT / "data_prep" / "metrics.py" for hit in _second_implementations(path)]
+    found = [
+        hit
+        for package in ("mlet_dist", "data_prep")
+        for path in sorted((ROOT / package).rglob("*.py"))
+        if path != ROOT / "data_prep" / "metrics.py"
+        for hit in _second_implementations(path)
+    ]
     assert not found, "metrics belong in data_prep/metrics.py:\n" + "\n".join(found)
     planted = tmp_path / "evaluation.py"  # the checker itself sees what this module replaced
-    planted.write_text("from torchmetrics.functional.classification import binary_auroc\n\n"
-                       "class WeightedAUC:\n    pass\n")
+    planted.write_text(
+        "from torchmetrics.functional.classification import binary_auroc\n\nclass WeightedAUC:\n    pass\n"
+    )
     assert [h.split(": ", 1)[1] for h in _second_implementations(planted)] == [
-        "imports torchmetrics.functional.classification", "defines WeightedAUC"]
+        "imports torchmetrics.functional.classification",
+        "defines WeightedAUC",
+    ]

@@ -38,8 +38,13 @@ def _train(env: DistEnv, precision: str, seen: Dict[str, List[torch.dtype]]) -> 
     before = _state(run.model)
     segment = StepSegment(run.model, run.optimizer, [setup_batch() for _ in range(STEPS)], env.device, "sparse-dist")
     losses = [float(loss) for loss in segment]
-    return {"wrapped": wrapped, "losses": losses, "before": before, "after": _state(run.model),
-            "pipelined": segment.pipelined_modules}
+    return {
+        "wrapped": wrapped,
+        "losses": losses,
+        "before": before,
+        "after": _state(run.model),
+        "pipelined": segment.pipelined_modules,
+    }
 
 
 def _dtype_recorder(seen: Dict[str, List[torch.dtype]], kind: str) -> Callable[..., None]:
@@ -47,6 +52,7 @@ def _dtype_recorder(seen: Dict[str, List[torch.dtype]], kind: str) -> Callable[.
         dtype = (out if torch.is_tensor(out) else out.values()).dtype  # type: ignore[attr-defined]
         if isinstance(dtype, torch.dtype):  # not the pipeline's fx trace (a Proxy)
             seen.setdefault(kind, []).append(dtype)
+
     return record
 
 
@@ -77,8 +83,11 @@ def test_fp16_is_refused_with_one_line() -> None:
     proc = _train_cli("--dense-precision", "fp16")
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: --dense-precision fp16 is not supported") \
-        and "use --dense-precision bf16" in lines[0], proc.stderr
+    assert (
+        len(lines) == 1
+        and lines[0].startswith("error: --dense-precision fp16 is not supported")
+        and "use --dense-precision bf16" in lines[0]
+    ), proc.stderr
 
 
 def test_mlet_train_bf16_run_completes(tmp_path: Path) -> None:

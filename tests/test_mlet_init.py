@@ -39,8 +39,9 @@ def test_paper_init_is_the_modules_default_and_unchanged() -> None:
 
 def test_matched_init_gives_t_w_the_baseline_variance() -> None:
     torch.manual_seed(0)
-    base = EmbeddingBagCollection(tables=[EmbeddingBagConfig(name="t", num_embeddings=N, embedding_dim=D,
-                                                             feature_names=["t"])])
+    base = EmbeddingBagCollection(
+        tables=[EmbeddingBagConfig(name="t", num_embeddings=N, embedding_dim=D, feature_names=["t"])]
+    )
     base_std = float(base.embedding_bags["t"].weight.std())
     assert base_std == pytest.approx(1 / math.sqrt(3 * N), rel=0.02)
     # over 8 draws of W (one k×d draw has only k·d = 256 entries: its variance is off by ~10 %)

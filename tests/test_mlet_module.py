@@ -16,7 +16,9 @@ COLLAPSE_TOL = 1e-5
 
 def make_tables(pooling: PoolingType = PoolingType.SUM) -> list:
     return [
-        MLETTableConfig("t0", num_embeddings=50, inner_dim=32, embedding_dim=4, feature_names=["f0", "f1"], pooling=pooling),
+        MLETTableConfig(
+            "t0", num_embeddings=50, inner_dim=32, embedding_dim=4, feature_names=["f0", "f1"], pooling=pooling
+        ),
         MLETTableConfig("t1", num_embeddings=20, inner_dim=16, embedding_dim=4, feature_names=["f2"], pooling=pooling),
     ]
 
@@ -26,10 +28,12 @@ def make_kjt(batch: int, weighted: bool = False, seed: int = 0) -> KeyedJaggedTe
     keys = ["f0", "f1", "f2"]
     rows = {"f0": 50, "f1": 50, "f2": 20}
     lengths = torch.randint(0, 4, (len(keys) * batch,), generator=g)  # includes empty bags
-    values = torch.cat([
-        torch.randint(0, rows[k], (int(lengths[i * batch:(i + 1) * batch].sum()),), generator=g)
-        for i, k in enumerate(keys)
-    ])
+    values = torch.cat(
+        [
+            torch.randint(0, rows[k], (int(lengths[i * batch : (i + 1) * batch].sum()),), generator=g)
+            for i, k in enumerate(keys)
+        ]
+    )
     weights = torch.rand(values.numel(), generator=g) if weighted else None
     return KeyedJaggedTensor.from_lengths_sync(keys=keys, values=values, lengths=lengths, weights=weights)
 
@@ -197,7 +201,9 @@ def test_collapse_is_a_stock_ebc_with_equal_outputs(pooling: PoolingType, weight
 def test_collapsed_dlrm_predicts_the_same() -> None:
     torch.manual_seed(2)
     tables = [MLETTableConfig(f"t{i}", 30, 16, 4, [f"f{i}"]) for i in range(3)]
-    model = build_dlrm(MLETEmbeddingBagCollection(tables), DLRMConfig(dense_in_features=5, bottom_mlp=[8], top_mlp=[8, 1]))
+    model = build_dlrm(
+        MLETEmbeddingBagCollection(tables), DLRMConfig(dense_in_features=5, bottom_mlp=[8], top_mlp=[8, 1])
+    )
     collapsed = collapse_model(model)
     assert type(collapsed.sparse_arch.embedding_bag_collection) is EmbeddingBagCollection
     assert isinstance(model.sparse_arch.embedding_bag_collection, MLETEmbeddingBagCollection)  # not in place

@@ -129,8 +129,11 @@ def test_footer_check_finds_an_id_outside_its_table(multi_hot: Path, tmp_path: P
 
 def test_bag_longer_than_stated_maximum(multi_hot: Path, tmp_path: Path) -> None:
     bad = _copy(multi_hot, tmp_path / "short", multi_hot={f"C{i}": (2 if i == 3 else MAX_BAG) for i in range(1, 27)})
-    with pytest.raises(DatasetError, match=r"part-00000.parquet \(row group 0\): feature 'C3' has a bag of 3 ids "
-                                           r"at row \d+ of the row group, longer than its stated maximum 2"):
+    with pytest.raises(
+        DatasetError,
+        match=r"part-00000.parquet \(row group 0\): feature 'C3' has a bag of 3 ids "
+        r"at row \d+ of the row group, longer than its stated maximum 2",
+    ):
         next(iter(ParquetBatchStream(bad, "train", 64)))
 
 
@@ -146,8 +149,11 @@ def test_bad_id_inside_a_bag_names_its_row(multi_hot: Path, tmp_path: Path) -> N
     fixed = pa.ListArray.from_arrays(col.offsets, pa.array(values))
     table = table.set_column(table.schema.get_field_index("C2"), "C2", fixed)
     pq.write_table(table, path, row_group_size=128)
-    with pytest.raises(DatasetError, match=rf"feature 'C2': id 999 out of range \[0, 30\) in .* \(row group "
-                                           rf"{row // 128}\), row {row % 128} of the row group"):
+    with pytest.raises(
+        DatasetError,
+        match=rf"feature 'C2': id 999 out of range \[0, 30\) in .* \(row group "
+        rf"{row // 128}\), row {row % 128} of the row group",
+    ):
         list(ParquetBatchStream(bad, "train", 64))
 
 
@@ -178,7 +184,7 @@ def test_mean_pooling_of_bags_and_empty_bags(multi_hot: Path) -> None:
     lengths, ids = kjt["C1"].lengths().tolist(), kjt["C1"].values()
     start = 0
     for row, n in enumerate(lengths):
-        expected = weight[ids[start:start + n]].mean(0) if n else torch.zeros(4)
+        expected = weight[ids[start : start + n]].mean(0) if n else torch.zeros(4)
         assert torch.allclose(out["C1"][row], expected, atol=1e-6)
         start += n
     assert 0 in lengths

@@ -15,14 +15,30 @@ from data_prep.generate.synthetic import generate_dataset
 from dist_launch import ROOT, torchrun
 
 TRAIN = ROOT / "mlet_dist" / "train.py"
-QUICK = ["--batch-size", "64", "--max-train-batches", "6", "--max-eval-batches", "3", "--no-progress",
-         "--bottom-mlp", "16,8", "--top-mlp", "16,1", "-k", "32", "-d", "8"]
+QUICK = [
+    "--batch-size",
+    "64",
+    "--max-train-batches",
+    "6",
+    "--max-eval-batches",
+    "3",
+    "--no-progress",
+    "--bottom-mlp",
+    "16,8",
+    "--top-mlp",
+    "16,1",
+    "-k",
+    "32",
+    "-d",
+    "8",
+]
 
 
 def test_two_ranks_train_and_collapse_on_multi_hot(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    generate_dataset(data, 2000, [40] * 26, seed=5, multi_hot=4, pooling={"C1": "mean", "C9": "mean"},
-                     row_group_rows=256)
+    generate_dataset(
+        data, 2000, [40] * 26, seed=5, multi_hot=4, pooling={"C1": "mean", "C9": "mean"}, row_group_rows=256
+    )
     run = tmp_path / "run"
     torchrun(TRAIN, ["--data", str(data), "--run-dir", str(run), "--sharding", "table_wise", *QUICK])
     s = json.loads((run / "summary.json").read_text())
@@ -37,8 +53,19 @@ def test_two_ranks_train_and_collapse_on_multi_hot(tmp_path: Path) -> None:
     from mlet_dist.serving.predict_cli import main as predict
 
     out = tmp_path / "preds.parquet"
-    predict(["--serving", str(run / "serving"), "--data", str(data), "--out", str(out), "--precision", "int8",
-             "--no-progress"])
+    predict(
+        [
+            "--serving",
+            str(run / "serving"),
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--precision",
+            "int8",
+            "--no-progress",
+        ]
+    )
     test_rows = json.loads((data / "meta.json").read_text())["splits"]["test"]["rows"]
     probs = pq.read_table(out).column("prob").to_numpy()
     assert len(probs) == test_rows and ((probs > 0) & (probs < 1)).all()
@@ -51,8 +78,13 @@ def test_version_1_dataset_still_trains(tmp_path: Path) -> None:
     for key in ("pooling", "multi_hot"):
         del meta[key]
     (data / "meta.json").write_text(json.dumps({**meta, "format_version": 1}))
-    proc = subprocess.run([sys.executable, str(TRAIN), "--data", str(data), "--run-dir", str(tmp_path / "r"), *QUICK],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(TRAIN), "--data", str(data), "--run-dir", str(tmp_path / "r"), *QUICK],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     s = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert s["collapsed_max_abs_prediction_diff"] <= 1e-5

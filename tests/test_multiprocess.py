@@ -60,4 +60,5 @@ def test_torchrec_launchers_still_have_no_timeout() -> None:
     for launcher in (multi_process.run_multi_process_func, process_runner.run_local_multi_process_func):
         params = inspect.signature(launcher).parameters
         assert not any("timeout" in name for name in params), (
-            f"{launcher.__module__}.{launcher.__name__} now takes {list(params)}: use it in tests/multiprocess.py")
+            f"{launcher.__module__}.{launcher.__name__} now takes {list(params)}: use it in tests/multiprocess.py"
+        )

@@ -15,8 +15,9 @@ AVAZU_SAMPLE = ROOT / "data_prep" / "samples" / "avazu_sample.csv"
 
 
 def run_cli(argv: list, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / argv[0]), *map(str, argv[1:])], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [str(BIN / argv[0]), *map(str, argv[1:])], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def one_error_line(proc: subprocess.CompletedProcess) -> str:
@@ -32,8 +33,9 @@ def test_prep_of_another_datasets_file_is_refused_and_publishes_nothing(tmp_path
     """Avazu's CSV given to criteo-kaggle: every row rejected (was: exit 0, an empty dataset)."""
     for workers in ("1", "2"):
         out = tmp_path / f"out{workers}"
-        line = one_error_line(run_cli(["mlet-prep", "criteo-kaggle", AVAZU_SAMPLE, out, "--workers", workers],
-                                      tmp_path))
+        line = one_error_line(
+            run_cli(["mlet-prep", "criteo-kaggle", AVAZU_SAMPLE, out, "--workers", workers], tmp_path)
+        )
         assert "kept 0 of the 9,000 rows of avazu_sample.csv" in line and "column_count: 9,000" in line, line
         assert "avazu_sample.csv:1: expected 40" in line and "nothing was published" in line, line
         assert sorted(p.name for p in tmp_path.iterdir()) == [], list(tmp_path.iterdir())  # no staging left
@@ -43,8 +45,21 @@ def test_prep_of_another_datasets_file_is_refused_and_publishes_nothing(tmp_path
 # mlet-train: no progress bars in a log, a finished run rerun
 # ----------------------------------------------------------------------------
 
-TINY = ["--batch-size", "64", "--max-train-batches", "4", "--max-eval-batches", "2", "--bottom-mlp", "16",
-        "--top-mlp", "16,1", "--no-collapse", "--sharding", "table_wise"]
+TINY = [
+    "--batch-size",
+    "64",
+    "--max-train-batches",
+    "4",
+    "--max-eval-batches",
+    "2",
+    "--bottom-mlp",
+    "16",
+    "--top-mlp",
+    "16,1",
+    "--no-collapse",
+    "--sharding",
+    "table_wise",
+]
 
 
 def tiny_run(tmp_path: Path, run_dir: Path) -> Tuple[Path, List[str]]:
@@ -93,7 +108,7 @@ def _option_helps(parser) -> dict:
 def _defaults_said(entry: str, invocation: str) -> int:
     """How often a --help entry states a default: "(default: X)", "; default X", or a help text
     that opens with "default" (--run-dir); "the default of the authors' code" is not one."""
-    text = entry[len(invocation):].strip()
+    text = entry[len(invocation) :].strip()
     return len(re.findall(r"\(default: |; default[: ]", text)) + bool(re.match(r"default[: ]", text))
 
 
@@ -106,8 +121,14 @@ def test_every_flag_shows_its_default_once_and_list_flags_their_syntax() -> None
     from mlet_dist.sweep.cli import build_parser as sweep_parser
     from mlet_dist.training.config import build_parser as train_parser
 
-    for parser in (train_parser(), plan_parser(), predict_cli.build_parser(), export_cli.build_parser(),
-                   collapse_cli.build_parser(), sweep_parser()):
+    for parser in (
+        train_parser(),
+        plan_parser(),
+        predict_cli.build_parser(),
+        export_cli.build_parser(),
+        collapse_cli.build_parser(),
+        sweep_parser(),
+    ):
         for name, text in _option_helps(parser).items():
             action = parser._option_string_actions[name]
             if action.required:
@@ -122,16 +143,24 @@ def test_every_flag_shows_its_default_once_and_list_flags_their_syntax() -> None
     train = _option_helps(train_parser())
     for name, default in (("--epochs", "1"), ("--seed", "0"), ("--backend", "auto"), ("--no-collapse", "off")):
         assert f"(default: {default})" in train[name], train[name]
-    assert "(default: cuda)" in _option_helps(plan_parser())["--device"] and "tables" in _option_helps(plan_parser())["--device"]
+    assert (
+        "(default: cuda)" in _option_helps(plan_parser())["--device"]
+        and "tables" in _option_helps(plan_parser())["--device"]
+    )
 
 
 def test_torchrec_and_mlperf_flag_names_are_answered_with_ours(tmp_path: Path) -> None:
     """The seven names of issue 31 in one command: one line naming our flag for each (was:
     "unrecognized arguments" and, under torchrun, a traceback)."""
-    ours = {"--embedding_dim": "--embedding-dim", "--learning_rate": "--embedding-lr",
-            "--limit_train_batches": "--max-train-batches", "--validation_freq_within_epoch": "--eval-every",
-            "--over_arch_layer_sizes": "--top-mlp", "--dense_arch_layer_sizes": "--bottom-mlp",
-            "--interaction_type": "--arch"}
+    ours = {
+        "--embedding_dim": "--embedding-dim",
+        "--learning_rate": "--embedding-lr",
+        "--limit_train_batches": "--max-train-batches",
+        "--validation_freq_within_epoch": "--eval-every",
+        "--over_arch_layer_sizes": "--top-mlp",
+        "--dense_arch_layer_sizes": "--bottom-mlp",
+        "--interaction_type": "--arch",
+    }
     argv = ["mlet-train", "--data", tmp_path]
     for theirs in ours:
         argv += [f"{theirs}=1"] if theirs == "--embedding_dim" else [theirs, "1"]

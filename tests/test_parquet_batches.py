@@ -31,6 +31,7 @@ def dataset(tmp_path_factory) -> Path:
 # default has its own tests in test_rank_local_reading.py.
 ExactStream = functools.partial(ParquetBatchStream, order="exact")
 
+
 def split_rows(ds: Path, split: str) -> pa.Table:
     meta = read_meta(ds)
     return pa.concat_tables([pq.read_table(ds / f) for f in meta["splits"][split]["files"]])
@@ -106,8 +107,7 @@ def test_ranks_equal_single_process_with_bigger_batch(dataset: Path, world_size:
 def test_drop_last_false_pads_and_counts(dataset: Path, split: str, world_size: int, local: int) -> None:
     rows = split_rows(dataset, split)
     streams = [
-        ExactStream(dataset, split, local, rank=r, world_size=world_size, drop_last=False)
-        for r in range(world_size)
+        ExactStream(dataset, split, local, rank=r, world_size=world_size, drop_last=False) for r in range(world_size)
     ]
     lens = {len(s) for s in streams}
     assert lens == {-(-rows.num_rows // (local * world_size))}

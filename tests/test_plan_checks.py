@@ -18,8 +18,10 @@ def _plan_file(tmp_path: Path, tables: object) -> Path:
 
 
 def test_an_unknown_compute_kernel_is_refused_naming_the_table(tmp_path: Path) -> None:
-    path = _plan_file(tmp_path, {"model.sparse": {"t_C1": {
-        "sharding_type": "table_wise", "compute_kernel": "warp_drive", "ranks": [0]}}})
+    path = _plan_file(
+        tmp_path,
+        {"model.sparse": {"t_C1": {"sharding_type": "table_wise", "compute_kernel": "warp_drive", "ranks": [0]}}},
+    )
     with pytest.raises(PlanMismatchError, match=r"table 't_C1' names compute kernel 'warp_drive'; TorchRec knows"):
         load_checked_plan(path, nn.Module(), 1, "cpu")
 

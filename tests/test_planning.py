@@ -149,8 +149,12 @@ def test_cli_writes_json_plan_and_table(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_plan_json_round_trip(tmp_path: Path) -> None:
-    for result in (plan_small(sharding="row_wise"), plan_small(sharding="data_parallel"),
-                   plan_small(sharding="column_wise", cw_shard_dim=16), plan_small()):
+    for result in (
+        plan_small(sharding="row_wise"),
+        plan_small(sharding="data_parallel"),
+        plan_small(sharding="column_wise", cw_shard_dim=16),
+        plan_small(),
+    ):
         path = tmp_path / "plan.json"
         save_plan(path, result.plan, result.request.cluster.as_dict(), estimates=estimates(result))
         loaded, data = load_plan(path)
@@ -159,7 +163,10 @@ def test_plan_json_round_trip(tmp_path: Path) -> None:
             for table, ps in module_plan.items():
                 back = loaded.plan[module_path][table]
                 assert (back.sharding_type, back.compute_kernel, back.ranks) == (
-                    ps.sharding_type, ps.compute_kernel, ps.ranks)
+                    ps.sharding_type,
+                    ps.compute_kernel,
+                    ps.ranks,
+                )
                 assert (back.sharding_spec is None) == (ps.sharding_spec is None)
                 if ps.sharding_spec is not None:
                     assert back.sharding_spec.shards == ps.sharding_spec.shards
@@ -179,25 +186,35 @@ def _every_field_sharding() -> "ParameterSharding":
     kvzch_defaults = KVZCHTBEConfig._field_defaults
     kvzch = KVZCHTBEConfig(
         kvzch_eviction_trigger_mode=kvzch_defaults["kvzch_eviction_trigger_mode"] + 1,
-        eviction_free_mem_threshold_gb=7, eviction_free_mem_check_interval_batch=9,
-        threshold_calculation_bucket_stride=0.5, threshold_calculation_bucket_num=11,
-        load_ckpt_without_opt=True, optimizer_type_for_st="adam",
+        eviction_free_mem_threshold_gb=7,
+        eviction_free_mem_check_interval_batch=9,
+        threshold_calculation_bucket_stride=0.5,
+        threshold_calculation_bucket_num=11,
+        load_ckpt_without_opt=True,
+        optimizer_type_for_st="adam",
         optimizer_state_dtypes_for_st=frozenset({("momentum1", 1), ("momentum2", 2)}),
-        enrichment_policy=EnrichmentPolicy(response_format=EnrichmentResponseFormat.THRIFT_INT64,
-                                           provider_name="p", fs_timeout_ms=12),
+        enrichment_policy=EnrichmentPolicy(
+            response_format=EnrichmentResponseFormat.THRIFT_INT64, provider_name="p", fs_timeout_ms=12
+        ),
     )
     assert all(getattr(kvzch, f) != d for f, d in kvzch_defaults.items())
     return ParameterSharding(
         sharding_type="column_wise",
         compute_kernel="fused_uvm_caching",
         ranks=[1, 0],
-        sharding_spec=EnumerableShardingSpec([
-            ShardMetadata(shard_offsets=[0, 0], shard_sizes=[10, 8], placement="rank:1/cuda:1"),
-            ShardMetadata(shard_offsets=[0, 8], shard_sizes=[10, 8], placement="rank:0/cuda:0"),
-        ]),
+        sharding_spec=EnumerableShardingSpec(
+            [
+                ShardMetadata(shard_offsets=[0, 0], shard_sizes=[10, 8], placement="rank:1/cuda:1"),
+                ShardMetadata(shard_offsets=[0, 8], shard_sizes=[10, 8], placement="rank:0/cuda:0"),
+            ]
+        ),
         cache_params=CacheParams(
-            algorithm=CacheAlgorithm.LFU, load_factor=0.25, reserved_memory=1.5, precision=DataType.FP16,
-            prefetch_pipeline=True, stats=None,
+            algorithm=CacheAlgorithm.LFU,
+            load_factor=0.25,
+            reserved_memory=1.5,
+            precision=DataType.FP16,
+            prefetch_pipeline=True,
+            stats=None,
             multipass_prefetch_config=MultiPassPrefetchConfig(num_passes=3, min_splitable_pass_size=17),
         ),
         enforce_hbm=True,
@@ -205,12 +222,24 @@ def _every_field_sharding() -> "ParameterSharding":
         bounds_check_mode=BoundsCheckMode.FATAL,
         output_dtype=DataType.BF16,
         key_value_params=KeyValueParams(
-            ssd_storage_directory="/ssd@local_rank", ssd_rocksdb_write_buffer_size=64, ssd_rocksdb_shards=4,
-            gather_ssd_cache_stats=True, stats_reporter_config=TBEStatsReporterConfig(interval=5),
-            use_passed_in_path=False, l2_cache_size=2, max_l1_cache_size=3, enable_async_update=True,
-            bulk_init_chunk_size=100, lazy_bulk_init_enabled=True, enable_raw_embedding_streaming=True,
-            res_store_shards=2, kvzch_tbe_config=kvzch, load_ckpt_without_opt=True,
-            ps_hosts=(("::1", 2000), ("::1", 2001)), ps_client_thread_num=3, ps_max_key_per_request=8,
+            ssd_storage_directory="/ssd@local_rank",
+            ssd_rocksdb_write_buffer_size=64,
+            ssd_rocksdb_shards=4,
+            gather_ssd_cache_stats=True,
+            stats_reporter_config=TBEStatsReporterConfig(interval=5),
+            use_passed_in_path=False,
+            l2_cache_size=2,
+            max_l1_cache_size=3,
+            enable_async_update=True,
+            bulk_init_chunk_size=100,
+            lazy_bulk_init_enabled=True,
+            enable_raw_embedding_streaming=True,
+            res_store_shards=2,
+            kvzch_tbe_config=kvzch,
+            load_ckpt_without_opt=True,
+            ps_hosts=(("::1", 2000), ("::1", 2001)),
+            ps_client_thread_num=3,
+            ps_max_key_per_request=8,
             ps_max_local_index_length=9,
         ),
     )
@@ -220,14 +249,21 @@ def test_plan_json_round_trips_every_parameter_sharding_field(tmp_path: Path) ->
     import dataclasses
 
     from torchrec.distributed.types import (
-        CacheParams, EmbeddingModuleShardingPlan, KeyValueParams, ParameterSharding, ShardingPlan,
+        CacheParams,
+        EmbeddingModuleShardingPlan,
+        KeyValueParams,
+        ParameterSharding,
+        ShardingPlan,
     )
 
     ps = _every_field_sharding()
     # A field TorchRec adds later is at its default here: fail until the sample (and, if its type
     # is new, the codec in plan_io) covers it.
-    for cls, value, skip in [(ParameterSharding, ps, set()), (CacheParams, ps.cache_params, {"stats"}),
-                             (KeyValueParams, ps.key_value_params, set())]:
+    for cls, value, skip in [
+        (ParameterSharding, ps, set()),
+        (CacheParams, ps.cache_params, {"stats"}),
+        (KeyValueParams, ps.key_value_params, set()),
+    ]:
         for field in dataclasses.fields(cls):
             if field.name in skip:
                 continue
@@ -267,8 +303,9 @@ def test_sample_plan_fits_the_train_py_model(sample_dir: Path) -> None:
     spec = load_table_spec(sample_dir)
     cluster = cluster_spec("1x2", "cpu", ddr_gb=4)
     for after_comm in (False, True):
-        result = plan_tables(PlanRequest(spec=spec, cluster=cluster, inner_dim=K, embedding_dim=D,
-                                         owner_projection=not after_comm))
+        result = plan_tables(
+            PlanRequest(spec=spec, cluster=cluster, inner_dim=K, embedding_dim=D, owner_projection=not after_comm)
+        )
         (path,) = result.plan.plan
         assert path.endswith(".wide") == after_comm
         model = train_model(sample_dir, ["--projection-after-comm"] if after_comm else [])
@@ -280,8 +317,32 @@ def test_sample_plan_fits_the_train_py_model(sample_dir: Path) -> None:
 def test_dcnv2_plan_fits_the_train_py_dcnv2_model(sample_dir: Path, tmp_path: Path) -> None:
     """mlet-plan --arch dcnv2 plans the DCN-v2 model train.py builds for --arch dcnv2."""
     out = tmp_path / "dcn.json"
-    assert main(["--spec", str(sample_dir), "--world", "1x2", "--device", "cpu", "--ddr-gb", "4", "-k", str(K),
-                 "-d", str(D), "--arch", "dcnv2", "--dcn-layers", "2", "--out", str(out), "-q"]) == 0
+    assert (
+        main(
+            [
+                "--spec",
+                str(sample_dir),
+                "--world",
+                "1x2",
+                "--device",
+                "cpu",
+                "--ddr-gb",
+                "4",
+                "-k",
+                str(K),
+                "-d",
+                str(D),
+                "--arch",
+                "dcnv2",
+                "--dcn-layers",
+                "2",
+                "--out",
+                str(out),
+                "-q",
+            ]
+        )
+        == 0
+    )
     plan, data = load_plan(out)
     model = train_model(sample_dir, ["--arch", "dcnv2", "--dcn-layers", "2"])
     assert type(model.model).__name__ != "DLRM"
@@ -297,8 +358,10 @@ def totals(result: PlanResult) -> Dict[str, int]:
 
 def test_optimizer_state_bytes_follow_the_fused_optimizer() -> None:
     rows = sum(SMALL.values())
-    by_opt = {opt: totals(plan_small(sharding="table_wise", embedding_optimizer=opt))
-              for opt in ("sgd", "rowwise_adagrad", "adagrad")}
+    by_opt = {
+        opt: totals(plan_small(sharding="table_wise", embedding_optimizer=opt))
+        for opt in ("sgd", "rowwise_adagrad", "adagrad")
+    }
     assert by_opt["sgd"]["optimizer_bytes"] == 0
     assert by_opt["rowwise_adagrad"]["optimizer_bytes"] == rows * FP32  # one float per row
     assert by_opt["adagrad"]["optimizer_bytes"] == rows * K * FP32  # one float per weight
@@ -338,8 +401,10 @@ def test_cpu_rank_totals_count_the_measured_process_overhead() -> None:
             assert r["process_overhead"] == process_overhead_bytes(batch)
             assert r["training_total"] == r["tables_total"] + r["reserved_dense_and_inputs"] + r["process_overhead"]
     gpu = estimates(plan_small(sharding="table_wise", cluster=cluster_spec("1x2", "cuda", hbm_gb=1)))["per_rank"]
-    assert all("process_overhead" not in r and r["training_total"] == r["tables_total"] + r["reserved_dense_and_inputs"]
-               for r in gpu)
+    assert all(
+        "process_overhead" not in r and r["training_total"] == r["tables_total"] + r["reserved_dense_and_inputs"]
+        for r in gpu
+    )
 
 
 def test_mlet_vs_baseline_training_and_serving_bytes() -> None:
@@ -351,8 +416,10 @@ def test_mlet_vs_baseline_training_and_serving_bytes() -> None:
     assert mlet["serving_bytes"] == base["serving_bytes"] == rows * D * FP32
 
 
-@pytest.mark.parametrize("sharding,extra", [("table_wise", {}), ("row_wise", {}), ("table_row_wise", {}),
-                                            ("column_wise", {"cw_shard_dim": 16}), ("auto", {})])
+@pytest.mark.parametrize(
+    "sharding,extra",
+    [("table_wise", {}), ("row_wise", {}), ("table_row_wise", {}), ("column_wise", {"cw_shard_dim": 16}), ("auto", {})],
+)
 def test_serving_footprint_is_n_d_4(sharding: str, extra: dict) -> None:
     est = estimates(plan_small(sharding=sharding, **extra))
     assert est["totals"]["serving_bytes"] == sum(SMALL.values()) * D * FP32
@@ -386,11 +453,16 @@ def test_constraints_respect_the_mlet_sharder() -> None:
 
 def test_enumeration_order_does_not_depend_on_string_hashing() -> None:
     request = PlanRequest(small_spec(), cluster_spec("1x8", "cuda", hbm_gb=80))
-    enumerator = OrderedEnumerator(topology=request.cluster.topology(), batch_size=8,
-                                   constraints=table_constraints(request))
+    enumerator = OrderedEnumerator(
+        topology=request.cluster.topology(), batch_size=8, constraints=table_constraints(request)
+    )
     allowed = ["data_parallel", "table_wise", "column_wise", "row_wise", "table_row_wise"]
     assert enumerator._filter_sharding_types("t_C1", allowed) == [
-        "data_parallel", "table_wise", "row_wise", "table_row_wise"]
+        "data_parallel",
+        "table_wise",
+        "row_wise",
+        "table_row_wise",
+    ]
 
 
 # --- does not fit ----------------------------------------------------------------------------
@@ -446,10 +518,12 @@ def test_mlet_plan_reproduces_the_committed_plans(path: Path, tmp_path: Path, sa
     for key in ("plan", "topology", "estimates"):
         assert fresh[key] == committed[key], f"{path.name}: {key} differs; re-run: {committed['made_by']['command']}"
     plan, data = load_plan(path)
-    model = build_planning_model(PlanRequest(
-        load_table_spec(argv[spec]), cluster_spec("1x1", "cpu"), inner_dim=K, embedding_dim=D))
-    check_plan_fits(plan, model, data["topology"]["world_size"], data["topology"]["compute_device"],
-                    data["topology"], path.name)
+    model = build_planning_model(
+        PlanRequest(load_table_spec(argv[spec]), cluster_spec("1x1", "cpu"), inner_dim=K, embedding_dim=D)
+    )
+    check_plan_fits(
+        plan, model, data["topology"]["world_size"], data["topology"]["compute_device"], data["topology"], path.name
+    )
 
 
 def test_plan_from_a_runs_config_equals_the_flags(tmp_path: Path) -> None:

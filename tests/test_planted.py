@@ -36,7 +36,11 @@ def test_meta_has_bayes_auc_and_standard_keys(planted: Path) -> None:
     assert meta["dataset"] == "planted"
     assert meta["sparse_features"] == ["C1", "C2", "C3"] and meta["dense_features"] == ["I1", "I2"]
     assert meta["table_sizes"] == {"C1": 50, "C2": 400, "C3": 1000}
-    assert {s: meta["splits"][s]["rows"] for s in ("train", "val", "test")} == {"train": 5143, "val": 428, "test": 429}  # the last chunk: test first (ceil half)
+    assert {s: meta["splits"][s]["rows"] for s in ("train", "val", "test")} == {
+        "train": 5143,
+        "val": 428,
+        "test": 429,
+    }  # the last chunk: test first (ceil half)
     for split in ("train", "val", "test"):
         assert 0.6 < meta["bayes_auc"][split] < 1.0
         b = meta["planted"]["bayes"][split]
@@ -94,13 +98,35 @@ def test_auc_helpers_match_torchmetrics() -> None:
 
 def test_cli_planted(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "cli"
-    rc = prep_main(["planted", str(out), "--rows", "2000", "--tables", "2", "--cardinality", "100", "--rank", "2",
-                    "--zipf", "1.3", "--noise", "0", "--seed", "3", "--dense", "1"])
+    rc = prep_main(
+        [
+            "planted",
+            str(out),
+            "--rows",
+            "2000",
+            "--tables",
+            "2",
+            "--cardinality",
+            "100",
+            "--rank",
+            "2",
+            "--zipf",
+            "1.3",
+            "--noise",
+            "0",
+            "--seed",
+            "3",
+            "--dense",
+            "1",
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert "Bayes-optimal AUC: train" in text
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["planted"]["noise"] == 0 and meta["planted"]["rank"] == 2 and meta["table_sizes"] == {"C1": 100, "C2": 100}
+    assert (
+        meta["planted"]["noise"] == 0 and meta["planted"]["rank"] == 2 and meta["table_sizes"] == {"C1": 100, "C2": 100}
+    )
     assert prep_main(["planted", str(out), "--rows", "10", "--tables", "2"]) == 2  # exists, no --overwrite
     assert prep_main(["planted", str(tmp_path / "x"), "--rows", "10", "--tables", "3", "--cardinality", "1,2"]) == 2
     assert "--cardinality needs 1 or 3 values" in capsys.readouterr().err

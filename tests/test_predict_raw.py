@@ -38,8 +38,9 @@ def _served(root: Path, data: Path, seed: int) -> Path:
         for name, p in model.named_parameters():
             if "embedding_bags" in name:
                 p.normal_(0.0, 1.0)
-    config = ServingModelConfig.from_train_config(SimpleNamespace(embedding=spec, dlrm=mlps), sizes,
-                                                  len(meta["dense_features"]))
+    config = ServingModelConfig.from_train_config(
+        SimpleNamespace(embedding=spec, dlrm=mlps), sizes, len(meta["dense_features"])
+    )
     return write_serving_dir(model, root / "serving", config, dataset=data).path
 
 
@@ -72,8 +73,20 @@ def test_raw_criteo_sample_scores_like_the_prepared_data(criteo, tmp_path: Path)
     # reference DLRM split: the last chunk's first, ceil half is test)
     expected = _prepared_probs(criteo.serving, criteo.data, ["train", "test", "val"])
     out = tmp_path / "raw.parquet"
-    report = _predict(["--serving", criteo.serving, "--raw", CRITEO_SAMPLE, "--out", out, "--batch-size", 1000,
-                       "--metrics-out", tmp_path / "m.json"])  # --data: from the serving manifest
+    report = _predict(
+        [
+            "--serving",
+            criteo.serving,
+            "--raw",
+            CRITEO_SAMPLE,
+            "--out",
+            out,
+            "--batch-size",
+            1000,
+            "--metrics-out",
+            tmp_path / "m.json",
+        ]
+    )  # --data: from the serving manifest
     table = pq.read_table(out)
     assert table.column_names == ["prob", "label", "line"]
     assert table.column("line").to_pylist() == list(range(1, 9001))
@@ -88,8 +101,11 @@ def test_raw_criteo_sample_scores_like_the_prepared_data(criteo, tmp_path: Path)
     for split in ("train", "val", "test"):
         for part in criteo.meta["splits"][split]["files"]:
             t = pq.read_table(criteo.data / part)
-            zeros += sum(int((t.column(f).to_numpy() == 0).sum()) for f in criteo.meta["sparse_features"]
-                         if f not in criteo.meta["hashed_features"])
+            zeros += sum(
+                int((t.column(f).to_numpy() == 0).sum())
+                for f in criteo.meta["sparse_features"]
+                if f not in criteo.meta["hashed_features"]
+            )
     assert raw["unknown_total"] == zeros > 0
     assert json.loads((tmp_path / "m.json").read_text())["raw"]["unknown_total"] == zeros
 
@@ -100,8 +116,12 @@ def test_raw_rows_without_labels_score_the_same(criteo, tmp_path: Path) -> None:
     request.write_text("".join(line.split("\t", 1)[1] + "\n" for line in lines))
     labeled = tmp_path / "labeled.tsv"
     labeled.write_text("".join(line + "\n" for line in lines))
-    a = _predict(["--serving", criteo.serving, "--data", criteo.data, "--raw", request, "--out", tmp_path / "a.parquet"])
-    b = _predict(["--serving", criteo.serving, "--data", criteo.data, "--raw", labeled, "--out", tmp_path / "b.parquet"])
+    a = _predict(
+        ["--serving", criteo.serving, "--data", criteo.data, "--raw", request, "--out", tmp_path / "a.parquet"]
+    )
+    b = _predict(
+        ["--serving", criteo.serving, "--data", criteo.data, "--raw", labeled, "--out", tmp_path / "b.parquet"]
+    )
     assert a["labels"] is False and "auc" not in a["metrics"] and b["labels"] is True
     ta, tb = pq.read_table(tmp_path / "a.parquet"), pq.read_table(tmp_path / "b.parquet")
     assert ta.column_names == ["prob", "line"]
@@ -134,8 +154,10 @@ def test_malformed_raw_rows_are_reported_by_line_and_the_others_scored(criteo, t
     probs = pq.read_table(tmp_path / "full.parquet").column("prob").to_numpy()
     assert np.abs(table.column("prob").to_numpy()[[0, 1, 3]] - probs[[0, 1, 4]]).max() <= 1e-6
     vocab = Vocabulary.load(criteo.data)
-    base = {f: vocab.encode(f, [good[i].split("\t")[14 + j] for i in (0, 1, 2, 4)]).unknown
-            for j, f in enumerate(criteo.meta["sparse_features"])}
+    base = {
+        f: vocab.encode(f, [good[i].split("\t")[14 + j] for i in (0, 1, 2, 4)]).unknown
+        for j, f in enumerate(criteo.meta["sparse_features"])
+    }
     base["C1"] += vocab.encode("C1", ["deadbeef"]).unknown - vocab.encode("C1", [good[2].split("\t")[14]]).unknown
     assert r["unknown_values"] == base and r["unknown_values"]["C1"] >= 1
     assert full["raw"]["rows_rejected"] == 0
@@ -165,8 +187,9 @@ def test_raw_avazu_lines_with_and_without_the_click_column(tmp_path: Path) -> No
     # a request without the click column (header too) scores the same
     header = lines[0].split(",")
     request = tmp_path / "request.csv"
-    request.write_text("\n".join(",".join(v for i, v in enumerate(line.split(",")) if i != 1)
-                                 for line in lines[:201]) + "\n")
+    request.write_text(
+        "\n".join(",".join(v for i, v in enumerate(line.split(",")) if i != 1) for line in lines[:201]) + "\n"
+    )
     assert header[1] == "click"
     unlabeled = _predict(["--serving", serving, "--raw", request, "--out", tmp_path / "req.parquet"])
     assert unlabeled["labels"] is False
@@ -179,11 +202,15 @@ def test_raw_user_mistakes_are_one_line(criteo, tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="raw input file not found"):
         _predict(["--serving", criteo.serving, "--raw", tmp_path / "nope.tsv", "--out", tmp_path / "x.parquet"])
     with pytest.raises(SystemExit, match="--max-batches"):
-        _predict(["--serving", criteo.serving, "--raw", CRITEO_SAMPLE, "--max-batches", "1", "--out", tmp_path / "x.parquet"])
+        _predict(
+            ["--serving", criteo.serving, "--raw", CRITEO_SAMPLE, "--max-batches", "1", "--out", tmp_path / "x.parquet"]
+        )
     other = tmp_path / "other"
     shutil.copytree(criteo.data, other)
     meta = json.loads((other / "meta.json").read_text())
     del meta["vocabulary"]
     (other / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(SystemExit, match="not the meta.json the model was trained with"):
-        _predict(["--serving", criteo.serving, "--data", other, "--raw", CRITEO_SAMPLE, "--out", tmp_path / "x.parquet"])
+        _predict(
+            ["--serving", criteo.serving, "--data", other, "--raw", CRITEO_SAMPLE, "--out", tmp_path / "x.parquet"]
+        )

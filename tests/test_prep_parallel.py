@@ -73,15 +73,19 @@ def test_ranges_reproduce_the_single_process_blocks(tmp_path: Path) -> None:
     rng = random.Random(0)
     p = tmp_path / "x"
     for trial in range(30):
-        lines = [b"x" * (rng.choice([0, 70_000]) if rng.random() < 0.05 else rng.randint(0, 300))
-                 for _ in range(rng.randint(0, 3000))]
+        lines = [
+            b"x" * (rng.choice([0, 70_000]) if rng.random() < 0.05 else rng.randint(0, 300))
+            for _ in range(rng.randint(0, 3000))
+        ]
         p.write_bytes(b"\n".join(lines) + (b"\n" if trial % 2 else b""))
         block = rng.choice([1, 4096, 65_536, 100_003, 150_000])
         ref = [(b.offset, b.first_line, b.num_lines, b.ends.tobytes()) for b in textio.iter_line_blocks(p, block)]
         for target in (1, 70_000, 300_000):
             got, line = [], 1
             for r in plan_ranges([p], block, target):
-                got += [(b.offset, b.first_line, b.num_lines, b.ends.tobytes()) for b in iter_range_blocks(r, block, line)]
+                got += [
+                    (b.offset, b.first_line, b.num_lines, b.ends.tobytes()) for b in iter_range_blocks(r, block, line)
+                ]
                 line += count_lines(r)
             assert got == ref, (trial, block, target)
 
@@ -144,8 +148,7 @@ def test_avazu_same_bytes(tmp_path: Path, workers: int) -> None:
     src.write_bytes(b"\n".join(lines[:1] + damage(lines[1:], 3)) + b"\n")
     one = prepare_avazu(src, tmp_path / "one", block_bytes=1 << 16, rows_per_file=2000, row_group_rows=300)
     assert one.rows_rejected >= 12
-    prepare_avazu(src, tmp_path / "many", block_bytes=1 << 16, rows_per_file=2000, row_group_rows=300,
-                  workers=workers)
+    prepare_avazu(src, tmp_path / "many", block_bytes=1 << 16, rows_per_file=2000, row_group_rows=300, workers=workers)
     assert_same(tmp_path / "one", tmp_path / "many")
 
 
@@ -220,12 +223,13 @@ def test_cli_workers_flag(tmp_path: Path) -> None:
     assert_same(tmp_path / "a", tmp_path / "b")
 
 
-
 def _dask_or_skip() -> None:
     try:
         import distributed  # noqa: F401
     except ImportError:
-        pytest.skip("dask distributed is not installed (the optional 'dask' extra; requirements/common.txt installs it)")
+        pytest.skip(
+            "dask distributed is not installed (the optional 'dask' extra; requirements/common.txt installs it)"
+        )
 
 
 def test_dask_local_cluster_same_bytes_every_kind(tmp_path: Path, damaged_kaggle: Path, terabyte_days: Path) -> None:
@@ -260,8 +264,14 @@ def test_worker_vocab_cache_sees_a_new_run_at_the_same_path(tmp_path: Path) -> N
 
     keys = np.array([3, 5, 7], np.int64)
     table = tmp_path / "C1.npy"
-    ctx = parallel_tasks.TaskContext(criteo_spec(DATASET_CRITEO_KAGGLE), PrepConfig(), ChunkSplit(), str(tmp_path),
-                                     {"C1": (4, False)}, {"C1": str(table)})
+    ctx = parallel_tasks.TaskContext(
+        criteo_spec(DATASET_CRITEO_KAGGLE),
+        PrepConfig(),
+        ChunkSplit(),
+        str(tmp_path),
+        {"C1": (4, False)},
+        {"C1": str(table)},
+    )
     KeyTable(keys, np.array([1, 2, 3], np.int64)).save(table)
     assert parallel_tasks._vocab(ctx, "C1").encode(keys).tolist() == [1, 2, 3]
     table.unlink()

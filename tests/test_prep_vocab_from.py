@@ -49,7 +49,9 @@ def _decoded(src: Union[Path, List[Path]], ds: Path) -> Dict[str, List]:
     test for Terabyte (the last day's first half is val, as MLPerf and TorchRec cut it)."""
     meta = read_meta(ds)
     assert meta["rows_rejected"] == 0
-    table = pa.concat_tables([pq.read_table(ds / f) for s in _INPUT_ORDER[meta["dataset"]] for f in meta["splits"][s]["files"]])
+    table = pa.concat_tables(
+        [pq.read_table(ds / f) for s in _INPUT_ORDER[meta["dataset"]] for f in meta["splits"][s]["files"]]
+    )
     rows = [line.split("\t") for p in (src if isinstance(src, list) else [src]) for line in p.read_text().splitlines()]
     return {
         name: list(zip((r[CRITEO_NAMES.index(name)] for r in rows), table.column(name).to_pylist()))
@@ -91,8 +93,9 @@ def test_day1_with_day0_vocabulary_keeps_ids_and_gives_new_values_the_oov_id(tmp
     assert origin["dir"] == str((tmp_path / "d0").resolve()) and origin["sources"] == ["day0.tsv"]
     assert origin["meta_sha256"] and meta1["vocabulary"]["features"] == meta0["vocabulary"]["features"]
     for name in exact:  # self-contained: the vocabulary files are copied, byte for byte
-        assert (tmp_path / "d1" / "vocab" / f"{name}.parquet").read_bytes() == \
-            (tmp_path / "d0" / "vocab" / f"{name}.parquet").read_bytes()
+        assert (tmp_path / "d1" / "vocab" / f"{name}.parquet").read_bytes() == (
+            tmp_path / "d0" / "vocab" / f"{name}.parquet"
+        ).read_bytes()
 
     # control: a fresh vocabulary for day 1 renumbers the values, and this test's check sees it
     _prep(day1, tmp_path / "fresh", "--hash-size", "1000")
@@ -109,13 +112,27 @@ def test_terabyte_days_with_a_kaggle_vocabulary(tmp_path: Path) -> None:
     days[0].write_bytes(b"".join(half[:2000]))
     days[1].write_bytes(b"".join(half[2000:]))
     _prep(day0, tmp_path / "d0")
-    assert cli_main(["criteo-terabyte", *map(str, days), str(tmp_path / "tb"), "--no-progress", "--workers", "1",
-                     "--vocab-from", str(tmp_path / "d0")]) == 0
+    assert (
+        cli_main(
+            [
+                "criteo-terabyte",
+                *map(str, days),
+                str(tmp_path / "tb"),
+                "--no-progress",
+                "--workers",
+                "1",
+                "--vocab-from",
+                str(tmp_path / "d0"),
+            ]
+        )
+        == 0
+    )
     meta = read_meta(tmp_path / "tb")
     assert meta["dataset"] == "criteo-terabyte" and meta["vocabulary"]["from"]["dataset"] == "criteo-kaggle"
     assert meta["table_sizes"] == read_meta(tmp_path / "d0")["table_sizes"]
-    assert _id_mismatches(_decoded(day0, tmp_path / "d0"), _decoded(days, tmp_path / "tb")) == \
-        {name: 0 for name in meta["sparse_features"]}
+    assert _id_mismatches(_decoded(day0, tmp_path / "d0"), _decoded(days, tmp_path / "tb")) == {
+        name: 0 for name in meta["sparse_features"]
+    }
 
 
 def test_the_new_dataset_is_self_contained(tmp_path: Path) -> None:
@@ -142,8 +159,21 @@ def test_workers_write_the_same_bytes_with_vocab_from(tmp_path: Path, workers: i
     outs = []
     for w in (1, workers):
         outs.append(tmp_path / f"w{w}")
-        assert cli_main(["avazu", str(tmp_path / "a1.csv"), str(outs[-1]), *base, "--workers", str(w),
-                         "--vocab-from", str(tmp_path / "v0")]) == 0
+        assert (
+            cli_main(
+                [
+                    "avazu",
+                    str(tmp_path / "a1.csv"),
+                    str(outs[-1]),
+                    *base,
+                    "--workers",
+                    str(w),
+                    "--vocab-from",
+                    str(tmp_path / "v0"),
+                ]
+            )
+            == 0
+        )
     files = sorted(p.relative_to(outs[0]) for p in outs[0].rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(outs[1]) for p in outs[1].rglob("*") if p.is_file())
     assert Path("vocab/device_ip.parquet") in files
@@ -205,8 +235,18 @@ def _break(kind: str, vocab_dir: Path) -> str:
     raise AssertionError(kind)
 
 
-BROKEN = ["missing_file", "truncated_file", "unsorted_keys", "duplicate_ids", "id_past_table", "values_count",
-          "no_vocabulary", "escaping_path", "not_a_dataset", "raw_file"]
+BROKEN = [
+    "missing_file",
+    "truncated_file",
+    "unsorted_keys",
+    "duplicate_ids",
+    "id_past_table",
+    "values_count",
+    "no_vocabulary",
+    "escaping_path",
+    "not_a_dataset",
+    "raw_file",
+]
 
 
 @pytest.fixture(scope="module")
@@ -233,8 +273,20 @@ def test_damaged_vocabulary_is_one_line_and_nothing_published(
     words = _break(kind, broken)
     out = tmp_path / "out"
     given = broken / "raw.tsv" if kind == "raw_file" else broken
-    err = _refused(["criteo-kaggle", str(day0_dataset / "day1.tsv"), str(out), "--no-progress", "--workers", "1",
-                    "--vocab-from", str(given)], out, capsys)
+    err = _refused(
+        [
+            "criteo-kaggle",
+            str(day0_dataset / "day1.tsv"),
+            str(out),
+            "--no-progress",
+            "--workers",
+            "1",
+            "--vocab-from",
+            str(given),
+        ],
+        out,
+        capsys,
+    )
     assert "--vocab-from" in err and words in err, err
 
 
@@ -246,13 +298,37 @@ def test_vocabulary_of_another_dataset_kind_is_refused(
     assert cli_main(["avazu", str(SAMPLES / "avazu_sample.csv"), str(avazu), "--no-progress", "--workers", "1"]) == 0
     capsys.readouterr()
     out = tmp_path / "out"
-    err = _refused(["criteo-kaggle", str(day0_dataset / "day1.tsv"), str(out), "--no-progress", "--workers", workers,
-                    "--vocab-from", str(avazu)], out, capsys)
+    err = _refused(
+        [
+            "criteo-kaggle",
+            str(day0_dataset / "day1.tsv"),
+            str(out),
+            "--no-progress",
+            "--workers",
+            workers,
+            "--vocab-from",
+            str(avazu),
+        ],
+        out,
+        capsys,
+    )
     assert "a vocabulary of 'avazu' data" in err and "not of 'criteo-kaggle' data" in err, err
     header = AVAZU_HEADER + "\n"
     (tmp_path / "a.csv").write_text(header + (SAMPLES / "avazu_sample.csv").read_text().split("\n", 1)[1])
-    err = _refused(["avazu", str(tmp_path / "a.csv"), str(out), "--no-progress", "--workers", workers,
-                    "--vocab-from", str(day0_dataset / "d0")], out, capsys)
+    err = _refused(
+        [
+            "avazu",
+            str(tmp_path / "a.csv"),
+            str(out),
+            "--no-progress",
+            "--workers",
+            workers,
+            "--vocab-from",
+            str(day0_dataset / "d0"),
+        ],
+        out,
+        capsys,
+    )
     assert "a vocabulary of 'criteo-kaggle' data" in err, err
 
 
@@ -261,6 +337,17 @@ def test_min_count_or_hash_size_with_vocab_from_is_refused(
 ) -> None:
     out = tmp_path / "out"
     for flags in (["--min-count", "2"], ["--hash-size", "100"]):
-        err = _refused(["criteo-kaggle", str(day0_dataset / "day1.tsv"), str(out), "--no-progress", *flags,
-                        "--vocab-from", str(day0_dataset / "d0")], out, capsys)
+        err = _refused(
+            [
+                "criteo-kaggle",
+                str(day0_dataset / "day1.tsv"),
+                str(out),
+                "--no-progress",
+                *flags,
+                "--vocab-from",
+                str(day0_dataset / "d0"),
+            ],
+            out,
+            capsys,
+        )
         assert "cannot be combined" in err, err

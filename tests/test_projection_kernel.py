@@ -17,10 +17,12 @@ SHAPES = [(3, 2, 4, 2), (64, 5, 16, 4), (130, 3, 32, 8)]
 def per_block(values: torch.Tensor, weights: List[torch.Tensor]) -> torch.Tensor:
     """The definition: each block times its own W, side by side."""
     c = weights[0].shape[0]
-    return torch.cat([values[:, i * c:(i + 1) * c] @ w for i, w in enumerate(weights)], dim=1)
+    return torch.cat([values[:, i * c : (i + 1) * c] @ w for i, w in enumerate(weights)], dim=1)
 
 
-def leaves(shape: Tuple[int, int, int, int], dtype: torch.dtype = torch.float32) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+def leaves(
+    shape: Tuple[int, int, int, int], dtype: torch.dtype = torch.float32
+) -> Tuple[torch.Tensor, List[torch.Tensor]]:
     batch, blocks, c, d = shape
     g = torch.Generator().manual_seed(sum(shape))
     values = torch.randn(batch, blocks * c, generator=g, dtype=dtype, requires_grad=True)
@@ -93,8 +95,10 @@ def test_whole_shard_projection_is_the_parameter_itself() -> None:
 
     from mlet_dist.distributed.sharded_projection import ShardedProjection
 
-    shards = [ShardMetadata(shard_offsets=[0, 0], shard_sizes=[8, 4], placement="rank:0/cpu"),
-              ShardMetadata(shard_offsets=[8, 0], shard_sizes=[8, 4], placement="rank:1/cpu")]
+    shards = [
+        ShardMetadata(shard_offsets=[0, 0], shard_sizes=[8, 4], placement="rank:0/cpu"),
+        ShardMetadata(shard_offsets=[8, 0], shard_sizes=[8, 4], placement="rank:1/cpu"),
+    ]
     whole = ShardedProjection(8, 4, 0.1, torch.device("cpu"), 0, shards[:1])
     assert whole.local_slice(0, 8) is whole.shards["rows_0"]
     column = ShardedProjection(16, 4, 0.1, torch.device("cpu"), 1, shards)

@@ -47,7 +47,7 @@ def _kernel_and_reference_grads(pooling: PoolingMode) -> Tuple[List[Tuple[torch.
     mode = "sum" if pooling == PoolingMode.SUM else "mean"
     for t, table in enumerate(tables):
         out = torch.nn.functional.embedding_bag(ids[t], table, _offsets(lengths[t])[:-1], mode=mode)
-        out.backward(grad_out[:, t * DIM:(t + 1) * DIM])
+        out.backward(grad_out[:, t * DIM : (t + 1) * DIM])
     kernel_grads = kernel.weights.grad.split([rows * DIM for rows in ROWS])
     grads = [(k.view(rows, DIM), table.grad) for k, rows, table in zip(kernel_grads, ROWS, tables)]
     return grads, caught
@@ -94,8 +94,18 @@ def test_export_and_predict_print_no_library_warning(tmp_path: Path) -> None:
     commands = [
         ["mlet-export", serving, tmp_path / "artifact"],
         ["mlet-predict", "--serving", serving, "--data", data, "--out", tmp_path / "p.parquet"],
-        ["mlet-predict", "--serving", serving, "--data", data, "--out", tmp_path / "p8.csv", "--precision", "int8",
-         "--compare"],
+        [
+            "mlet-predict",
+            "--serving",
+            serving,
+            "--data",
+            data,
+            "--out",
+            tmp_path / "p8.csv",
+            "--precision",
+            "int8",
+            "--compare",
+        ],
         ["mlet-predict", "--serving", serving, "--raw", raw, "--out", tmp_path / "raw.parquet"],
     ]
     for argv in commands:

@@ -104,8 +104,9 @@ def test_shuffle_is_seeded_and_changes_with_epoch(dataset: Path) -> None:
 @pytest.mark.parametrize("order", ["local", "exact"])
 def test_resume_mid_epoch_lands_on_the_next_batch(dataset: Path, order: str) -> None:
     for rank in range(2):
-        s = ParquetBatchStream(dataset, "train", 64, rank=rank, world_size=2, order=order, shuffle=True,
-                               seed=7, shuffle_window=300)
+        s = ParquetBatchStream(
+            dataset, "train", 64, rank=rank, world_size=2, order=order, shuffle=True, seed=7, shuffle_window=300
+        )
         whole = [row_keys(lb) for lb in s.iter_from(0, epoch=2)]
         for start in (1, 5, len(whole) - 1):
             assert [row_keys(lb) for lb in s.iter_from(start, epoch=2)] == whole[start:]
@@ -118,7 +119,7 @@ def test_corrupt_part_file_names_file_and_row_group(dataset: Path, tmp_path: Pat
     part = copy / "train" / "part-00002.parquet"
     data = bytearray(part.read_bytes())
     footer_start = len(data) - 8 - int.from_bytes(data[-8:-4], "little")
-    data[100:footer_start - 100] = bytes(len(data[100:footer_start - 100]))  # zero the data pages
+    data[100 : footer_start - 100] = bytes(len(data[100 : footer_start - 100]))  # zero the data pages
     part.write_bytes(bytes(data))
     s = ParquetBatchStream(copy, "train", 64, rank=0, world_size=2, prefetch=2)  # rows 0..3839: its file
     with pytest.raises(DatasetError, match=r"part-00002\.parquet \(row group \d+\)"):

@@ -32,5 +32,7 @@ def test_readme_links_exist() -> None:
     """Files the README and requirements point at (requirements/cpu.txt named a missing docs/install.md)."""
     texts = {p: p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "requirements").glob("*.txt"))]}
     for path, text in texts.items():
-        for ref in re.findall(r"\b((?:docs|launch|reports|configs|data_prep|scripts|sharding_plans)/[\w./-]+\.\w+)", text):
+        for ref in re.findall(
+            r"\b((?:docs|launch|reports|configs|data_prep|scripts|sharding_plans)/[\w./-]+\.\w+)", text
+        ):
             assert (ROOT / ref).exists(), f"{path.name} points at missing {ref}"

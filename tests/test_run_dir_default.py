@@ -21,10 +21,32 @@ from mlet_dist.training.run_name import default_run_name
 
 TRAIN = ROOT / "mlet_dist" / "train.py"
 SAMPLE = ROOT / "data_prep" / "samples" / "criteo_sample.tsv"
-QUICK = ["--batch-size", "64", "--max-train-batches", "4", "--max-eval-batches", "2", "--no-progress",
-         "--bottom-mlp", "16,16", "--top-mlp", "16,1", "--sharding", "table_wise"]
-LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-                 "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_USE_AGENT_STORE")
+QUICK = [
+    "--batch-size",
+    "64",
+    "--max-train-batches",
+    "4",
+    "--max-eval-batches",
+    "2",
+    "--no-progress",
+    "--bottom-mlp",
+    "16,16",
+    "--top-mlp",
+    "16,1",
+    "--sharding",
+    "table_wise",
+]
+LAUNCHER_VARS = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "TORCHELASTIC_RUN_ID",
+    "TORCHELASTIC_RESTART_COUNT",
+    "TORCHELASTIC_USE_AGENT_STORE",
+)
 
 
 def _free_port() -> int:
@@ -46,16 +68,29 @@ def test_ranks_started_seconds_apart_share_one_default_run_dir(tmp_path: Path) -
     work = tmp_path / "work"  # the job's working dir: the default run dir lands in work/runs/
     work.mkdir()
     base = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
-    base.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
-                MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    base.update(
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=str(ROOT),
+        WORLD_SIZE="2",
+        LOCAL_WORLD_SIZE="2",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(_free_port()),
+    )
     procs = []
     for rank in (0, 1):
         if rank:
             time.sleep(2.5)  # another second on the clock: a per-rank timestamp would differ
         env = dict(base, RANK=str(rank), LOCAL_RANK=str(rank))
-        procs.append(subprocess.Popen([sys.executable, str(TRAIN), "--data", str(data), *QUICK],
-                                      cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      text=True))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(TRAIN), "--data", str(data), *QUICK],
+                cwd=work,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     outputs = []
     try:
         for p in procs:
@@ -63,8 +98,10 @@ def test_ranks_started_seconds_apart_share_one_default_run_dir(tmp_path: Path) -
     except subprocess.TimeoutExpired:
         for p in procs:
             p.kill()
-        pytest.fail("ranks hung (a rank waiting in a collective for a peer writing elsewhere?): "
-                    + str(sorted(str(d.relative_to(work)) for d in (work / "runs").glob("*"))))
+        pytest.fail(
+            "ranks hung (a rank waiting in a collective for a peer writing elsewhere?): "
+            + str(sorted(str(d.relative_to(work)) for d in (work / "runs").glob("*")))
+        )
     assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-3000:] for o in outputs)
     run_dirs = sorted((work / "runs").iterdir())
     assert len(run_dirs) == 1, f"ranks wrote into {[d.name for d in run_dirs]}"

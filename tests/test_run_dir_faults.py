@@ -16,10 +16,30 @@ from dist_launch import ROOT
 
 TRAIN = ROOT / "mlet_dist" / "train.py"
 SAMPLE = ROOT / "data_prep" / "samples" / "criteo_sample.tsv"
-QUICK = ["--batch-size", "64", "--max-eval-batches", "2", "--no-progress", "--bottom-mlp", "16,16",
-         "--top-mlp", "16,1", "--sharding", "table_wise", "--no-collapse"]
-LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-                 "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT")
+QUICK = [
+    "--batch-size",
+    "64",
+    "--max-eval-batches",
+    "2",
+    "--no-progress",
+    "--bottom-mlp",
+    "16,16",
+    "--top-mlp",
+    "16,1",
+    "--sharding",
+    "table_wise",
+    "--no-collapse",
+]
+LAUNCHER_VARS = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "TORCHELASTIC_RUN_ID",
+    "TORCHELASTIC_RESTART_COUNT",
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +57,9 @@ def _env() -> dict:
 
 def train(args: List[str], timeout: float = 300) -> subprocess.CompletedProcess:
     """train.py as one process, no launcher."""
-    return subprocess.run([sys.executable, str(TRAIN), *args], cwd=ROOT, env=_env(), capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(TRAIN), *args], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def lines_starting(proc: subprocess.CompletedProcess, prefix: str) -> List[str]:
@@ -58,15 +79,17 @@ def test_no_resume_moves_the_earlier_run_aside_so_a_rerun_resumes_the_new_one(da
     assert first.returncode == 0, first.stderr[-3000:]
     assert checkpoint_steps(run) == [10, 15, 20]
 
-    fresh = train(["--data", str(data), "--run-dir", str(run), *QUICK, *ckpt, "--max-train-batches", "12",
-                   "--no-resume"])
+    fresh = train(
+        ["--data", str(data), "--run-dir", str(run), *QUICK, *ckpt, "--max-train-batches", "12", "--no-resume"]
+    )
     assert fresh.returncode == 0, fresh.stderr[-3000:]
     assert checkpoint_steps(run) == [5, 10, 12]  # the new run's own, nothing older
     previous = sorted(run.glob("previous-*"))
     assert len(previous) == 1 and checkpoint_steps(previous[0]) == [10, 15, 20]  # kept, not deleted
     assert (previous[0] / "summary.json").is_file() and (previous[0] / "metrics.jsonl").is_file()
     assert lines_starting(fresh, "warning: --no-resume") == [
-        f"warning: --no-resume: moved the earlier run's files in {run} to {previous[0]}"]
+        f"warning: --no-resume: moved the earlier run's files in {run} to {previous[0]}"
+    ]
     assert "resuming from" not in fresh.stdout
 
     rerun = train(["--data", str(data), "--run-dir", str(run), *QUICK, *ckpt, "--max-train-batches", "12"])
@@ -97,8 +120,9 @@ time.sleep(600)
 
 def _hold_lock(run_dir: Path) -> subprocess.Popen:
     """Another process holding the run dir the way a training job's rank 0 does."""
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], cwd=ROOT, env=_env(),
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(run_dir)], cwd=ROOT, env=_env(), stdout=subprocess.PIPE, text=True
+    )
     assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
     return holder
 
@@ -114,8 +138,9 @@ def test_second_job_on_a_held_run_dir_stops_at_start_naming_the_holder(data: Pat
             proc = train(["--data", str(data), "--run-dir", str(run), *QUICK, "--max-train-batches", "2", *extra])
             assert proc.returncode == 2, proc.stderr[-3000:]
             errors = lines_starting(proc, "error:")
-            assert len(errors) == 1 and errors[0].startswith(f"error: run dir {run} is in use by another "
-                                                             f"training job (pid {holder.pid} on host "), errors
+            assert len(errors) == 1 and errors[0].startswith(
+                f"error: run dir {run} is in use by another training job (pid {holder.pid} on host "
+            ), errors
             assert "Traceback" not in proc.stderr
             assert sorted(p.name for p in run.iterdir()) == [".lock", "metrics.jsonl"]  # nothing written or moved
     finally:
@@ -151,8 +176,23 @@ def test_extending_a_finished_run_keeps_its_best_point(data: Path, tmp_path: Pat
     # Learning rates high enough that the second epoch is worse on this seed: the best point is then
     # the old last one, the case that had no snapshot (asserted below, so a change that makes the
     # case vanish fails loudly instead of passing vacuously).
-    args = ["--data", str(data), "--run-dir", str(run), *QUICK, "--max-train-batches", "10", "--seed", "1",
-            "--dense-lr", "0.02", "--embedding-lr", "1", "--mlet-init", "paper"]  # the init the case was found with
+    args = [
+        "--data",
+        str(data),
+        "--run-dir",
+        str(run),
+        *QUICK,
+        "--max-train-batches",
+        "10",
+        "--seed",
+        "1",
+        "--dense-lr",
+        "0.02",
+        "--embedding-lr",
+        "1",
+        "--mlet-init",
+        "paper",
+    ]  # the init the case was found with
     assert train(args).returncode == 0
     for attempt in range(2):  # the extension, then a rerun of the extended, finished run
         proc = train([*args, "--epochs", "2"])
@@ -190,14 +230,35 @@ def test_every_failing_plain_torchrun_launch_prints_its_error_line(data: Path, t
     """Plain torchrun (no --standalone, no --rdzv-id) names every launch "none": before, the second
     failing launch into the same run dir found errors/first-none-0 and printed no error line."""
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-addr=127.0.0.1",
-           str(TRAIN), "--data", str(data), "--run-dir", str(run), *QUICK, "--max-train-batches", "6"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node=2",
+        "--master-addr=127.0.0.1",
+        str(TRAIN),
+        "--data",
+        str(data),
+        "--run-dir",
+        str(run),
+        *QUICK,
+        "--max-train-batches",
+        "6",
+    ]
     for launch in range(2):
         env = dict(_env(), MLET_FAULT="step:3:1:raise")
-        proc = subprocess.run([*cmd[:3], f"--master-port={_free_port()}", *cmd[3:]], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=180)
+        proc = subprocess.run(
+            [*cmd[:3], f"--master-port={_free_port()}", *cmd[3:]],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         assert proc.returncode != 0
         errors = lines_starting(proc, "error:")
         assert len(errors) == 1 and errors[0].startswith("error: InjectedFault: injected fault on rank 1 at step 3"), (
-            launch, proc.stderr[-3000:])
+            launch,
+            proc.stderr[-3000:],
+        )
     assert len(list((run / "errors").glob("first-none-0-*"))) == 2

@@ -20,15 +20,20 @@ def _table() -> torch.Tensor:
     """A table as fbgemm holds it on CPU: a view into a larger flat buffer, with bit patterns
     that a value comparison would not see (NaN payload, -0.0)."""
     flat = torch.randn(5 * 1000 * 16, generator=torch.Generator().manual_seed(0))
-    table = flat[1000 * 16: 3 * 1000 * 16].view(2000, 16)
+    table = flat[1000 * 16 : 3 * 1000 * 16].view(2000, 16)
     table[0, 0], table[0, 1] = float("nan"), -0.0
     return table
 
 
 def _saved(tmp_path: Path) -> Dict[str, object]:
-    state = {"table": _table(), "half": torch.randn(7, 3).to(torch.bfloat16), "count": torch.tensor(42),
-             "ids": torch.arange(5, dtype=torch.int64), "empty": torch.zeros(0, 4),
-             "group": {"lr": 0.1, "name": "adam"}}
+    state = {
+        "table": _table(),
+        "half": torch.randn(7, 3).to(torch.bfloat16),
+        "count": torch.tensor(42),
+        "ids": torch.arange(5, dtype=torch.int64),
+        "empty": torch.zeros(0, 4),
+        "group": {"lr": 0.1, "name": "adam"},
+    }
     dcp.save(state, checkpoint_id=str(tmp_path / "ckpt"))
     return state
 
@@ -54,8 +59,9 @@ def _count_whole_loads(monkeypatch: pytest.MonkeyPatch) -> List[object]:
 
 def test_load_is_bit_identical_and_reads_tensors_in_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     saved = _saved(tmp_path)
-    dest = {k: torch.full_like(v, 7) if isinstance(v, torch.Tensor) else {"lr": 0.0, "name": ""}
-            for k, v in saved.items()}
+    dest = {
+        k: torch.full_like(v, 7) if isinstance(v, torch.Tensor) else {"lr": 0.0, "name": ""} for k, v in saved.items()
+    }
     pointers = {k: v.data_ptr() for k, v in dest.items() if isinstance(v, torch.Tensor)}
     whole_loads = _count_whole_loads(monkeypatch)
     safe_load(dest, tmp_path / "ckpt")
@@ -103,7 +109,7 @@ def test_part_of_a_stored_tensor(tmp_path: Path, offsets: tuple, lengths: tuple)
     item = ReadItem(LoadItemType.TENSOR, MetadataIndex("table", (0, 0)), (0, 0), index, offsets, lengths)
     part = _OnePart(torch.full(lengths, 7.0))
     reader.read_data(LoadPlan([item]), part).wait()
-    expected = saved[offsets[0]:offsets[0] + lengths[0], offsets[1]:offsets[1] + lengths[1]]
+    expected = saved[offsets[0] : offsets[0] + lengths[0], offsets[1] : offsets[1] + lengths[1]]
     assert torch.equal(_bits(part.target), _bits(expected)) and part.committed == 1
 
 

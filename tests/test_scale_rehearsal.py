@@ -27,10 +27,34 @@ def test_tiny_fraction_reports_every_stage(tmp_path: Path) -> None:
     """--ci at a tiny fraction (< 2 min on a quiet 2-core box): every stage reports, and what --ci
     does not run is reported as skipped or as reused from the one MLET run, never left out."""
     out = tmp_path / "report"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "scale_rehearsal.py"), "--ci", "--fraction", "0.0002",
-           "--steps", "2", "--batch-size", "32", "--models", "mlet_k64_d16", "--precisions", "fp32",
-           "--latency-calls", "5", "--latency-batches", "1", "64", "--kill-every", "2", "--kill-after-gb", "0",
-           "--workdir", str(tmp_path / "work"), "--out", str(out)]
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "scale_rehearsal.py"),
+        "--ci",
+        "--fraction",
+        "0.0002",
+        "--steps",
+        "2",
+        "--batch-size",
+        "32",
+        "--models",
+        "mlet_k64_d16",
+        "--precisions",
+        "fp32",
+        "--latency-calls",
+        "5",
+        "--latency-batches",
+        "1",
+        "64",
+        "--kill-every",
+        "2",
+        "--kill-after-gb",
+        "0",
+        "--workdir",
+        str(tmp_path / "work"),
+        "--out",
+        str(out),
+    ]
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)  # shared boxes: 7x
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -44,8 +68,9 @@ def test_tiny_fraction_reports_every_stage(tmp_path: Path) -> None:
     assert report["prep"]["criteo_kaggle"]["vocabulary_total"] > 0
     train = report["train"]["mlet_k64_d16"]
     assert train["full_tables"]["samples_per_s"] > 0 and train["full_tables"]["steps"] == 6
-    assert train["small_tables"] == {"skipped": scale_rehearsal.ci_shortcuts(scale_rehearsal.parse_args(["--ci"]))[
-        "small_tables"]}, train["small_tables"]
+    assert train["small_tables"] == {
+        "skipped": scale_rehearsal.ci_shortcuts(scale_rehearsal.parse_args(["--ci"]))["small_tables"]
+    }, train["small_tables"]
     assert any("small tables" in line and "--ci" in line for line in report["not_run"]), report["not_run"]
     assert [r["rank"] for r in report["ranks"]] == [0, 1]
     for row in report["ranks"]:  # every rank: the plan's bytes beside its measured peak
@@ -77,6 +102,10 @@ def test_synthetic_default_tables_say_what_they_cost(tmp_path: Path, capsys) -> 
     assert prep_main(["synthetic", str(tmp_path / "a.tsv"), "--format", "criteo-tsv", "--rows", "10"]) == 0
     warnings = [l for l in capsys.readouterr().err.splitlines() if l.startswith("mlet-prep: warning:")]
     assert len(warnings) == 1 and "33,762,577 rows" in warnings[0] and "8.6 GB" in warnings[0], warnings
-    assert prep_main(["synthetic", str(tmp_path / "b.tsv"), "--format", "criteo-tsv", "--rows", "10",
-                      "--table-sizes", "100"]) == 0
+    assert (
+        prep_main(
+            ["synthetic", str(tmp_path / "b.tsv"), "--format", "criteo-tsv", "--rows", "10", "--table-sizes", "100"]
+        )
+        == 0
+    )
     assert "warning" not in capsys.readouterr().err

@@ -43,7 +43,10 @@ from torchrec.models.dlrm import DLRMTrain
 
 def small_config(d: int = 8, k: int = 64) -> ServingModelConfig:
     return ServingModelConfig(
-        arch="dlrm", dense_in_features=setup.NUM_DENSE, dense_arch_layer_sizes=[16, d], over_arch_layer_sizes=[16, 1],
+        arch="dlrm",
+        dense_in_features=setup.NUM_DENSE,
+        dense_arch_layer_sizes=[16, d],
+        over_arch_layer_sizes=[16, 1],
         tables=[TableSpec(f"t_{f}", n, d, [f], "SUM", k) for f, n in setup.TABLE_SIZES.items()],
         bottom_mlp_output="linear",  # setup.build_model's DLRMConfig default
     )
@@ -133,8 +136,11 @@ def test_export_refuses_existing_output_and_mismatched_config(small_export, tmp_
     with pytest.raises(ServingDirError, match="not a serving directory"):
         write_serving_dir(model, tmp_path / "notes", small_config(), overwrite=True)
     with pytest.raises(ServingDirError, match="expects"):
-        write_serving_dir(model, tmp_path / "wrong_d", small_config(d=8, k=64).__class__(
-            **{**small_config().__dict__, "dense_in_features": setup.NUM_DENSE + 1}))
+        write_serving_dir(
+            model,
+            tmp_path / "wrong_d",
+            small_config(d=8, k=64).__class__(**{**small_config().__dict__, "dense_in_features": setup.NUM_DENSE + 1}),
+        )
     assert not (tmp_path / "wrong_d").exists() and not (tmp_path / "wrong_d.partial").exists()
     relu = ServingModelConfig(**{**small_config().__dict__, "bottom_mlp_output": "relu"})
     with pytest.raises(ServingDirError, match="bottom MLP ends linear.*would serve another function"):
@@ -205,8 +211,12 @@ def test_crafted_metadata_is_never_unpickled_even_with_matching_checksums(small_
     _, export = small_export
     d = _copy(export.path, tmp_path)
     (d / "checkpoint" / ".metadata").write_bytes(pickle.dumps(_Payload()))
-    _rewrite_manifest(d, lambda m: m["files"]["checkpoint/.metadata"].update(
-        sha256=sha256_file(d / "checkpoint" / ".metadata"), bytes=(d / "checkpoint" / ".metadata").stat().st_size))
+    _rewrite_manifest(
+        d,
+        lambda m: m["files"]["checkpoint/.metadata"].update(
+            sha256=sha256_file(d / "checkpoint" / ".metadata"), bytes=(d / "checkpoint" / ".metadata").stat().st_size
+        ),
+    )
     with pytest.raises(ServingDirError, match="posix.getcwd|os.getcwd|refusing"):
         open_serving_dir(d)
     with pytest.raises(UnsafeCheckpointError):
@@ -247,8 +257,11 @@ def test_dcnv2_collapses_into_stock_dlrm_dcn(tmp_path: Path) -> None:
     spec = EmbeddingSpec(embedding_dim=8, inner_dim=32, mlet=True)
     mlps = DLRMConfig(dense_in_features=setup.NUM_DENSE, bottom_mlp=[16], top_mlp=[16, 1])
     torch.manual_seed(5)
-    model = DLRMTrain(dcn_mod.build_dcnv2(build_embedding_collection(setup.TABLE_SIZES, spec), mlps,
-                                          dcn_mod.DCNConfig(cross_layers=2, low_rank=4))).eval()
+    model = DLRMTrain(
+        dcn_mod.build_dcnv2(
+            build_embedding_collection(setup.TABLE_SIZES, spec), mlps, dcn_mod.DCNConfig(cross_layers=2, low_rank=4)
+        )
+    ).eval()
     cfg = SimpleNamespace(embedding=spec, dlrm=mlps, arch="dcnv2", dcn=dcn_mod.DCNConfig(cross_layers=2, low_rank=4))
     config = ServingModelConfig.from_train_config(cfg, setup.TABLE_SIZES, setup.NUM_DENSE)
     export = write_serving_dir(model, tmp_path / "dcn", config)
@@ -273,8 +286,9 @@ def criteo(tmp_path_factory: pytest.TempPathFactory):
     mlps = DLRMConfig(dense_in_features=len(meta["dense_features"]), bottom_mlp=[16], top_mlp=[8, 1])
     torch.manual_seed(11)
     model = DLRMTrain(build_dlrm(build_embedding_collection(sizes, spec), mlps)).eval()
-    config = ServingModelConfig.from_train_config(SimpleNamespace(embedding=spec, dlrm=mlps), sizes,
-                                                  len(meta["dense_features"]))
+    config = ServingModelConfig.from_train_config(
+        SimpleNamespace(embedding=spec, dlrm=mlps), sizes, len(meta["dense_features"])
+    )
     export = write_serving_dir(model, root / "serving", config, dataset=data)
     return SimpleNamespace(root=root, data=data, serving=export.path, model=model, meta=meta, config=config)
 
@@ -288,12 +302,28 @@ def test_predict_cli_scores_a_split(criteo, tmp_path: Path) -> None:
     from mlet_dist.training.evaluation import predict
 
     out = tmp_path / "preds.parquet"
-    report = _predict(["--serving", criteo.serving, "--data", criteo.data, "--split", "test", "--out", out,
-                       "--batch-size", 100, "--no-progress", "--metrics-out", tmp_path / "m.json"])
+    report = _predict(
+        [
+            "--serving",
+            criteo.serving,
+            "--data",
+            criteo.data,
+            "--split",
+            "test",
+            "--out",
+            out,
+            "--batch-size",
+            100,
+            "--no-progress",
+            "--metrics-out",
+            tmp_path / "m.json",
+        ]
+    )
     table = pq.read_table(out)
     assert table.num_rows == criteo.meta["splits"]["test"]["rows"] == report["rows"]
-    expected = predict(criteo.model, ParquetBatchStream(criteo.data, "test", 100, drop_last=False),
-                       torch.device("cpu"), 1)
+    expected = predict(
+        criteo.model, ParquetBatchStream(criteo.data, "test", 100, drop_last=False), torch.device("cpu"), 1
+    )
     assert (torch.tensor(table.column("prob").to_numpy()) - expected.probs).abs().max() <= 1e-6
     assert table.column("label").to_pylist() == expected.labels.int().tolist()
     assert report["metrics"]["auc"] == pytest.approx(expected.metrics()["auc"], abs=1e-6)
@@ -301,8 +331,22 @@ def test_predict_cli_scores_a_split(criteo, tmp_path: Path) -> None:
 
 
 def test_predict_cli_int8_compare_and_unlabeled_data(criteo, tmp_path: Path, capsys) -> None:
-    report = _predict(["--serving", criteo.serving, "--data", criteo.data, "--split", "val", "--out",
-                       tmp_path / "p.csv", "--precision", "int8", "--compare", "--no-progress"])
+    report = _predict(
+        [
+            "--serving",
+            criteo.serving,
+            "--data",
+            criteo.data,
+            "--split",
+            "val",
+            "--out",
+            tmp_path / "p.csv",
+            "--precision",
+            "int8",
+            "--compare",
+            "--no-progress",
+        ]
+    )
     assert abs(report["vs_fp32"]["auc_change"]) <= 0.01 and report["vs_fp32"]["max_abs_prob_diff"] < 0.05
     assert report["table_memory_saved"] > 0.6
     assert "vs fp32: auc" in capsys.readouterr().out
@@ -312,7 +356,9 @@ def test_predict_cli_int8_compare_and_unlabeled_data(criteo, tmp_path: Path, cap
     shutil.copytree(criteo.data, unlabeled)
     for part in (unlabeled / "test").glob("*.parquet"):
         pq.write_table(pq.read_table(part).drop(["label"]), part)
-    report = _predict(["--serving", criteo.serving, "--data", unlabeled, "--out", tmp_path / "u.parquet", "--no-progress"])
+    report = _predict(
+        ["--serving", criteo.serving, "--data", unlabeled, "--out", tmp_path / "u.parquet", "--no-progress"]
+    )
     assert report["labels"] is False and "auc" not in report["metrics"]
     assert pq.read_table(tmp_path / "u.parquet").column_names == ["prob"]
 
@@ -341,8 +387,19 @@ def test_predict_cli_refuses_nan_predictions_in_one_line(criteo, tmp_path: Path,
         next(p for name, p in broken.named_parameters() if name.endswith("bias")).fill_(float("nan"))
     serving = write_serving_dir(broken, tmp_path / "serving", criteo.config, dataset=criteo.data).path
     with pytest.raises(SystemExit, match=r"^error: \d+ of \d+ probabilities are not finite") as stopped:
-        _predict(["--serving", serving, "--data", criteo.data, "--split", "test", "--out", tmp_path / "p.parquet",
-                  "--no-progress"])
+        _predict(
+            [
+                "--serving",
+                serving,
+                "--data",
+                criteo.data,
+                "--split",
+                "test",
+                "--out",
+                tmp_path / "p.parquet",
+                "--no-progress",
+            ]
+        )
     assert stopped.value.code == 2
     assert [line for line in capsys.readouterr().err.splitlines() if line] == [str(stopped.value)]
 
@@ -365,8 +422,9 @@ def _tiny_run(criteo, tmp_path: Path):  # type: ignore[no-untyped-def]
     sizes = {f: int(criteo.meta["table_sizes"][f]) for f in criteo.meta["sparse_features"]}
     torch.manual_seed(2)
     # a config.json without bottom_mlp_output is older than the flag: its bottom MLP ended in a ReLU
-    mlps = DLRMConfig(dense_in_features=13, bottom_mlp=cfg.dlrm.bottom_mlp, top_mlp=cfg.dlrm.top_mlp,
-                      bottom_mlp_output="relu")
+    mlps = DLRMConfig(
+        dense_in_features=13, bottom_mlp=cfg.dlrm.bottom_mlp, top_mlp=cfg.dlrm.top_mlp, bottom_mlp_output="relu"
+    )
     model = DLRMTrain(build_dlrm(build_embedding_collection(sizes, cfg.embedding), mlps)).eval()
     (run / "checkpoints").mkdir(parents=True)
     (run / "metrics.jsonl").write_text(json.dumps({"event": "config", "argv": argv}) + "\n")
@@ -375,8 +433,10 @@ def _tiny_run(criteo, tmp_path: Path):  # type: ignore[no-untyped-def]
     del saved["dlrm"]["bottom_mlp_output"]
     (run / "config.json").write_text(json.dumps(saved))
     checkpoint = run / "checkpoints" / "step-00000003"
-    dcp.save({"model": model.state_dict(), "optim": {"step": torch.tensor(3.0), "groups": [{"lr": 0.1}]}},
-             checkpoint_id=str(checkpoint))
+    dcp.save(
+        {"model": model.state_dict(), "optim": {"step": torch.tensor(3.0), "groups": [{"lr": 0.1}]}},
+        checkpoint_id=str(checkpoint),
+    )
     write_checksums(checkpoint, digest_share(checkpoint, 0, 1))
     return run, model
 
@@ -385,7 +445,10 @@ def _collapse(run: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
     """mlet-collapse as a subprocess (it forms its own process group)."""
     return subprocess.run(
         [sys.executable, "-m", "mlet_dist.serving.collapse_cli", "--run-dir", str(run), "--out", str(out), *extra],
-        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"), capture_output=True, text=True,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
         timeout=300,
     )
 
@@ -423,8 +486,9 @@ def _no_training_parser(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(train_config, "build_parser", replayed)
 
 
-def test_collapse_cli_rebuilds_the_model_section_of_config_json(criteo, tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_collapse_cli_rebuilds_the_model_section_of_config_json(
+    criteo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from mlet_dist.models.ranking import ModelConfig
     from mlet_dist.serving import collapse_cli
 
@@ -432,15 +496,20 @@ def test_collapse_cli_rebuilds_the_model_section_of_config_json(criteo, tmp_path
     _no_training_parser(monkeypatch)
     got = collapse_cli.run_model(run, None)
     assert type(got.model) is ModelConfig  # not a TrainConfig
-    assert (got.model.embedding.inner_dim, got.model.embedding.embedding_dim, got.model.dlrm.bottom_mlp) == (16, 8, [16])
+    assert (got.model.embedding.inner_dim, got.model.embedding.embedding_dim, got.model.dlrm.bottom_mlp) == (
+        16,
+        8,
+        [16],
+    )
     assert got.model.dlrm.bottom_mlp_output == "relu"  # the file predates the key: what those runs trained
     assert got.data == criteo.data and got.sharding.owner_projection
     with pytest.raises(ValueError, match="elsewhere has no meta.json"):  # --data replaces the run's dataset
         collapse_cli.run_model(run, tmp_path / "elsewhere")
 
 
-def test_collapse_cli_refuses_a_run_dir_without_config_json(criteo, tmp_path: Path, capsys: pytest.CaptureFixture,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_collapse_cli_refuses_a_run_dir_without_config_json(
+    criteo, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """One line naming the version that first wrote config.json and what to do; nothing written,
     no replay of metrics.jsonl's argv (which today's parser would read with today's defaults)."""
     from mlet_dist.serving import collapse_cli
@@ -461,14 +530,17 @@ def test_collapse_cli_refuses_a_run_dir_without_config_json(criteo, tmp_path: Pa
 def _zero_bytes_in_a_shard(checkpoint: Path) -> None:
     shard = checkpoint / "__0_0.distcp"
     data = bytearray(shard.read_bytes())
-    data[len(data) // 2: len(data) // 2 + 256] = bytes(256)
+    data[len(data) // 2 : len(data) // 2 + 256] = bytes(256)
     shard.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("damage, says", [
-    (_zero_bytes_in_a_shard, "__0_0.distcp: sha256 differs from checksums.json"),
-    (lambda ckpt: (ckpt / "checksums.json").unlink(), "checksums.json missing"),
-])
+@pytest.mark.parametrize(
+    "damage, says",
+    [
+        (_zero_bytes_in_a_shard, "__0_0.distcp: sha256 differs from checksums.json"),
+        (lambda ckpt: (ckpt / "checksums.json").unlink(), "checksums.json missing"),
+    ],
+)
 def test_collapse_cli_refuses_a_checkpoint_resume_would_skip(criteo, tmp_path: Path, damage, says: str) -> None:
     """Verified as resume verifies it: one error line, exit 2, no serving directory."""
     run, _ = _tiny_run(criteo, tmp_path)

@@ -55,8 +55,15 @@ from multiprocess import run_ranks
 TOLERANCE = 1e-5
 K, D = 32, 8  # train_and_export's MLET tables
 EBC = "model.sparse_arch.embedding_bag_collection"
-KINDS = [table_wise(rank=0), table_wise(rank=1), row_wise(), column_wise(ranks=[0, 1]),
-         column_wise(ranks=[1, 1]), table_row_wise(host_index=0), data_parallel()]
+KINDS = [
+    table_wise(rank=0),
+    table_wise(rank=1),
+    row_wise(),
+    column_wise(ranks=[0, 1]),
+    column_wise(ranks=[1, 1]),
+    table_row_wise(host_index=0),
+    data_parallel(),
+]
 
 
 def mixed_plan(model: torch.nn.Module, world_size: int) -> ShardingPlan:
@@ -64,11 +71,14 @@ def mixed_plan(model: torch.nn.Module, world_size: int) -> ShardingPlan:
     names = [c.name for c in ebc.mlet_configs()]
     per_table = {name: KINDS[i % len(KINDS)] for i, name in enumerate(names)}
     module_plan = construct_module_sharding_plan(
-        ebc, per_table, sharder=MLETEmbeddingBagCollectionSharder(), local_size=world_size,
-        world_size=world_size, device_type="cpu",
+        ebc,
+        per_table,
+        sharder=MLETEmbeddingBagCollectionSharder(),
+        local_size=world_size,
+        world_size=world_size,
+        device_type="cpu",
     )
     return ShardingPlan(plan={EBC: module_plan})
-
 
 
 def train_and_export(env: DistEnv, data: Path, serving: Path, steps: int = 4) -> Optional[Dict[str, Any]]:
@@ -87,8 +97,9 @@ def train_and_export(env: DistEnv, data: Path, serving: Path, steps: int = 4) ->
     dlrm = DLRMConfig(dense_in_features=len(meta.dense_features), bottom_mlp=[16], top_mlp=[16, 1])
 
     def build(device: torch.device) -> torch.nn.Module:
-        return DLRMTrain(build_dlrm(build_embedding_collection(meta.table_sizes, spec, device=device), dlrm,
-                                    dense_device=device))
+        return DLRMTrain(
+            build_dlrm(build_embedding_collection(meta.table_sizes, spec, device=device), dlrm, dense_device=device)
+        )
 
     torch.manual_seed(7 + env.rank)
     model = build(torch.device("meta"))
@@ -106,11 +117,17 @@ def train_and_export(env: DistEnv, data: Path, serving: Path, steps: int = 4) ->
         return ParquetBatchStream(data, "test", 128, env.rank, env.world_size, drop_last=False)
 
     trained = predict(sharded, test_stream(), env.device, env.world_size)
-    config = ServingModelConfig.from_train_config(SimpleNamespace(embedding=spec, dlrm=dlrm), meta.table_sizes,
-                                                  len(meta.dense_features))
+    config = ServingModelConfig.from_train_config(
+        SimpleNamespace(embedding=spec, dlrm=dlrm), meta.table_sizes, len(meta.dense_features)
+    )
     export = export_serving(
-        sharded, serving, config, dataset=data, source={"test": "train_and_export"},
-        serving_topology=ServingTopology(world_size=4, compute_device="cpu"), serving_sharding="table_wise",
+        sharded,
+        serving,
+        config,
+        dataset=data,
+        source={"test": "train_and_export"},
+        serving_topology=ServingTopology(world_size=4, compute_device="cpu"),
+        serving_sharding="table_wise",
         chunk_rows=100,  # several chunks per shard, and uneven ones
     )
     reloaded, _ = load_serving_sharded(export.path, env.device, plan="replan", sharding="row_wise")
@@ -118,9 +135,13 @@ def train_and_export(env: DistEnv, data: Path, serving: Path, steps: int = 4) ->
     if not env.is_main:
         return None
     return {
-        "probs": trained.probs, "labels": trained.labels, "collapsed_probs": collapsed.probs,
-        "training_plan": str(sharded.plan), "reload_plan": str(reloaded.plan),
-        "k_bytes": export.stats.total_k_bytes, "local_k_bytes": export.stats.local_k_bytes,
+        "probs": trained.probs,
+        "labels": trained.labels,
+        "collapsed_probs": collapsed.probs,
+        "training_plan": str(sharded.plan),
+        "reload_plan": str(reloaded.plan),
+        "k_bytes": export.stats.total_k_bytes,
+        "local_k_bytes": export.stats.local_k_bytes,
     }
 
 
@@ -128,15 +149,22 @@ def stock_model(manifest: dict) -> DLRMTrain:
     m = manifest["model"]
     assert m["arch"] == "dlrm"
     tables = [
-        EmbeddingBagConfig(name=t["name"], num_embeddings=t["num_embeddings"], embedding_dim=t["embedding_dim"],
-                           feature_names=t["feature_names"], pooling=PoolingType[t["pooling"]])
+        EmbeddingBagConfig(
+            name=t["name"],
+            num_embeddings=t["num_embeddings"],
+            embedding_dim=t["embedding_dim"],
+            feature_names=t["feature_names"],
+            pooling=PoolingType[t["pooling"]],
+        )
         for t in m["tables"]
     ]
     meta = torch.device("meta")
     model = DLRM(
         embedding_bag_collection=EmbeddingBagCollection(tables=tables, device=meta),
-        dense_in_features=m["dense_in_features"], dense_arch_layer_sizes=m["dense_arch_layer_sizes"],
-        over_arch_layer_sizes=m["over_arch_layer_sizes"], dense_device=meta,
+        dense_in_features=m["dense_in_features"],
+        dense_arch_layer_sizes=m["dense_arch_layer_sizes"],
+        over_arch_layer_sizes=m["over_arch_layer_sizes"],
+        dense_device=meta,
     )
     if m["bottom_mlp_output"] == "linear":  # the manifest's one non-TorchRec-default setting
         model.dense_arch.model._mlp[-1]._activation_fn = torch.nn.Identity()
@@ -151,12 +179,20 @@ def stock_plan(path: Path) -> ShardingPlan:
         for name, e in tables.items():
             spec = None
             if e.get("shards"):
-                spec = EnumerableShardingSpec([
-                    ShardMetadata(shard_offsets=s["shard_offsets"], shard_sizes=s["shard_sizes"],
-                                  placement=s["placement"]) for s in e["shards"]
-                ])
-            entries[name] = ParameterSharding(sharding_type=e["sharding_type"], compute_kernel=e["compute_kernel"],
-                                              ranks=e.get("ranks"), sharding_spec=spec)
+                spec = EnumerableShardingSpec(
+                    [
+                        ShardMetadata(
+                            shard_offsets=s["shard_offsets"], shard_sizes=s["shard_sizes"], placement=s["placement"]
+                        )
+                        for s in e["shards"]
+                    ]
+                )
+            entries[name] = ParameterSharding(
+                sharding_type=e["sharding_type"],
+                compute_kernel=e["compute_kernel"],
+                ranks=e.get("ranks"),
+                sharding_spec=spec,
+            )
         plan[module] = EmbeddingModuleShardingPlan(entries)
     return ShardingPlan(plan=plan)
 
@@ -171,7 +207,11 @@ def subgroup_collapse_error(rank: int, world: int) -> float:
 
     def st(t: torch.Tensor, pieces):  # type: ignore[no-untyped-def]
         metas = [ShardMetadata(list(off), list(size), placement=f"rank:{r}/cpu") for off, size, r in pieces]
-        local = [Shard(t[o[0]:o[0] + s[0], o[1]:o[1] + s[1]].clone(), m) for (o, s, r), m in zip(pieces, metas) if r == rank]
+        local = [
+            Shard(t[o[0] : o[0] + s[0], o[1] : o[1] + s[1]].clone(), m)
+            for (o, s, r), m in zip(pieces, metas)
+            if r == rank
+        ]
         md = ShardedTensorMetadata(metas, t.shape, TensorProperties(dtype=t.dtype))
         return ShardedTensor._init_from_local_shards_and_global_metadata(local, md)
 
@@ -216,8 +256,12 @@ def load_on_ranks(env: DistEnv, serving: Path, data: Path) -> Optional[Dict[str,
 
     manifest = json.loads((serving / "manifest.json").read_text())
     assert manifest["serving_topology"]["world_size"] == world
-    stock = DistributedModelParallel(stock_model(manifest), device=cpu, plan=stock_plan(serving / "serving_plan.json"),
-                                     sharders=[EmbeddingBagCollectionSharder()])
+    stock = DistributedModelParallel(
+        stock_model(manifest),
+        device=cpu,
+        plan=stock_plan(serving / "serving_plan.json"),
+        sharders=[EmbeddingBagCollectionSharder()],
+    )
     state = stock.state_dict()
     dcp.load(state, checkpoint_id=str(serving / "checkpoint"))
     stock.load_state_dict(state)
@@ -229,9 +273,14 @@ def load_on_ranks(env: DistEnv, serving: Path, data: Path) -> Optional[Dict[str,
         stream = ParquetBatchStream(data, "test", 128, rank, world, drop_last=False)
         return predict(model, stream, cpu, world).probs
 
-    result = {"stock": probs(stock), "api": probs(api), "stock_plan": str(stock.plan), "api_plan": str(api.plan),
-              "stock_types": sorted({type(m).__module__ + "." + type(m).__name__ for m in stock.modules()}),
-              "subgroup_collapse_error": subgroup_collapse_error(rank, world)}
+    result = {
+        "stock": probs(stock),
+        "api": probs(api),
+        "stock_plan": str(stock.plan),
+        "api_plan": str(api.plan),
+        "stock_types": sorted({type(m).__module__ + "." + type(m).__name__ for m in stock.modules()}),
+        "subgroup_collapse_error": subgroup_collapse_error(rank, world),
+    }
     return result if rank == 0 else None
 
 
@@ -265,9 +314,13 @@ def test_manifest_describes_the_collapsed_stock_model(exported) -> None:
 
     manifest = json.loads((exported.serving / "manifest.json").read_text())
     sizes = exported.meta["table_sizes"]
-    mlet = DLRMTrain(build_dlrm(
-        build_embedding_collection(sizes, EmbeddingSpec(embedding_dim=D, inner_dim=K), device=torch.device("meta")),
-        DLRMConfig(dense_in_features=13, bottom_mlp=[16], top_mlp=[16, 1]), dense_device=torch.device("meta")))
+    mlet = DLRMTrain(
+        build_dlrm(
+            build_embedding_collection(sizes, EmbeddingSpec(embedding_dim=D, inner_dim=K), device=torch.device("meta")),
+            DLRMConfig(dense_in_features=13, bottom_mlp=[16], top_mlp=[16, 1]),
+            dense_device=torch.device("meta"),
+        )
+    )
     assert set(manifest["checkpoint"]["keys"]) == set(collapse_model(mlet, inplace=True).state_dict())
     assert {t["name"]: (t["num_embeddings"], t["embedding_dim"], t["inner_dim"]) for t in manifest["tables"]} == {
         f"t_{f}": (n, D, K) for f, n in sizes.items()
@@ -276,18 +329,32 @@ def test_manifest_describes_the_collapsed_stock_model(exported) -> None:
     assert manifest["serving_topology"] == {"world_size": 4, "local_world_size": 4, "compute_device": "cpu"}
     assert manifest["dataset"]["table_sizes"] == sizes and len(manifest["dataset"]["meta_sha256"]) == 64
     assert manifest["source"] == {"world_size": 2, "test": "train_and_export"}
-    assert {"checkpoint/.metadata", "checkpoint/__0_0.distcp", "checkpoint/__1_0.distcp",
-            "serving_plan.json"} == set(manifest["files"])
+    assert {"checkpoint/.metadata", "checkpoint/__0_0.distcp", "checkpoint/__1_0.distcp", "serving_plan.json"} == set(
+        manifest["files"]
+    )
 
 
 def test_stock_torchrec_loads_it_in_one_process(exported) -> None:
     """Only torch and TorchRec build and fill the model (DCP's stock reader)."""
     m = json.loads((exported.serving / "manifest.json").read_text())["model"]
-    tables = [EmbeddingBagConfig(name=t["name"], num_embeddings=t["num_embeddings"], embedding_dim=t["embedding_dim"],
-                                 feature_names=t["feature_names"], pooling=PoolingType[t["pooling"]]) for t in m["tables"]]
-    model = DLRMTrain(DLRM(embedding_bag_collection=EmbeddingBagCollection(tables=tables),
-                           dense_in_features=m["dense_in_features"], dense_arch_layer_sizes=m["dense_arch_layer_sizes"],
-                           over_arch_layer_sizes=m["over_arch_layer_sizes"]))
+    tables = [
+        EmbeddingBagConfig(
+            name=t["name"],
+            num_embeddings=t["num_embeddings"],
+            embedding_dim=t["embedding_dim"],
+            feature_names=t["feature_names"],
+            pooling=PoolingType[t["pooling"]],
+        )
+        for t in m["tables"]
+    ]
+    model = DLRMTrain(
+        DLRM(
+            embedding_bag_collection=EmbeddingBagCollection(tables=tables),
+            dense_in_features=m["dense_in_features"],
+            dense_arch_layer_sizes=m["dense_arch_layer_sizes"],
+            over_arch_layer_sizes=m["over_arch_layer_sizes"],
+        )
+    )
     assert m["bottom_mlp_output"] == "linear"  # the default: the manifest says to drop the last bottom ReLU
     model.model.dense_arch.model._mlp[-1]._activation_fn = torch.nn.Identity()
     state = model.state_dict()
@@ -295,7 +362,9 @@ def test_stock_torchrec_loads_it_in_one_process(exported) -> None:
     model.load_state_dict(state)
     assert not any(type(x).__module__.startswith("mlet_dist") for x in model.modules())
 
-    probs = predict(model, ParquetBatchStream(exported.data, "test", 128, drop_last=False), torch.device("cpu"), 1).probs
+    probs = predict(
+        model, ParquetBatchStream(exported.data, "test", 128, drop_last=False), torch.device("cpu"), 1
+    ).probs
     assert (probs - exported.result["probs"]).abs().max() <= TOLERANCE
 
 
@@ -303,12 +372,35 @@ def test_mlet_predict_fp32_and_int8(exported, tmp_path: Path) -> None:
     from mlet_dist.serving import predict_cli
 
     out = tmp_path / "p.parquet"
-    report = predict_cli.predict_main(["--serving", str(exported.serving), "--data", str(exported.data), "--out", str(out),
-                               "--batch-size", "256", "--no-progress"])
+    report = predict_cli.predict_main(
+        [
+            "--serving",
+            str(exported.serving),
+            "--data",
+            str(exported.data),
+            "--out",
+            str(out),
+            "--batch-size",
+            "256",
+            "--no-progress",
+        ]
+    )
     probs = torch.tensor(pq.read_table(out).column("prob").to_numpy())
     assert (probs - exported.result["probs"]).abs().max() <= TOLERANCE
-    report = predict_cli.predict_main(["--serving", str(exported.serving), "--data", str(exported.data), "--out",
-                               str(tmp_path / "q.parquet"), "--precision", "int8", "--compare", "--no-progress"])
+    report = predict_cli.predict_main(
+        [
+            "--serving",
+            str(exported.serving),
+            "--data",
+            str(exported.data),
+            "--out",
+            str(tmp_path / "q.parquet"),
+            "--precision",
+            "int8",
+            "--compare",
+            "--no-progress",
+        ]
+    )
     assert abs(report["vs_fp32"]["auc_change"]) <= 0.005
     assert report["table_memory_saved"] > 0.6  # 12 bytes a row (8 + fp16 scale/bias) vs 32
 

@@ -20,7 +20,13 @@ import torch
 from dist_launch import ROOT
 from mlet_dist.serving import ServingDirError, write_serving_dir, load_serving_model, predict_cli
 from mlet_dist.serving.export_artifact import (
-    ARTIFACT, CONTRACT, WEIGHTS, ArtifactError, export_artifact, load_predict_module, open_artifact,
+    ARTIFACT,
+    CONTRACT,
+    WEIGHTS,
+    ArtifactError,
+    export_artifact,
+    load_predict_module,
+    open_artifact,
 )
 from mlet_dist.serving.contract import request_from_kjt
 from mlet_dist.serving.model import ServingModelConfig
@@ -60,8 +66,9 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     torch.manual_seed(7)
     model = DLRMTrain(build_dlrm(build_embedding_collection(sizes, spec), mlps))
     _train_one_epoch(model, data)
-    config = ServingModelConfig.from_train_config(SimpleNamespace(embedding=spec, dlrm=mlps), sizes,
-                                                  len(meta["dense_features"]))
+    config = ServingModelConfig.from_train_config(
+        SimpleNamespace(embedding=spec, dlrm=mlps), sizes, len(meta["dense_features"])
+    )
     serving = write_serving_dir(model, root / "serving", config, dataset=data).path
     artifact = export_artifact(serving, root / "artifact")
     return SimpleNamespace(root=root, data=data, serving=serving, artifact=artifact, meta=meta)
@@ -85,8 +92,21 @@ def _score(module: torch.nn.Module, requests: List[Dict[str, torch.Tensor]]) -> 
 
 def test_scripted_fp32_equals_mlet_predict_on_the_held_in_rows(exported, tmp_path: Path) -> None:
     out = tmp_path / "p.parquet"
-    report = predict_cli.predict_main(["--serving", str(exported.serving), "--data", str(exported.data), "--split",
-                                       "train", "--out", str(out), "--batch-size", "1000", "--no-progress"])
+    report = predict_cli.predict_main(
+        [
+            "--serving",
+            str(exported.serving),
+            "--data",
+            str(exported.data),
+            "--split",
+            "train",
+            "--out",
+            str(out),
+            "--batch-size",
+            "1000",
+            "--no-progress",
+        ]
+    )
     import pyarrow.parquet as pq
 
     expected = torch.from_numpy(pq.read_table(out).column("prob").to_numpy())
@@ -98,8 +118,10 @@ def test_scripted_fp32_equals_mlet_predict_on_the_held_in_rows(exported, tmp_pat
 
 def test_int8_and_fp16_auc_within_0_001_of_fp32(exported) -> None:
     requests, labels = _requests(exported, "test")
-    auc = {p: Predictions(_score(load_predict_module(exported.artifact.path, p), requests), labels).metrics()["auc"]
-           for p in ("fp32", "fp16", "int8")}
+    auc = {
+        p: Predictions(_score(load_predict_module(exported.artifact.path, p), requests), labels).metrics()["auc"]
+        for p in ("fp32", "fp16", "int8")
+    }
     assert auc["fp32"] > 0.6  # a trained model: the comparison means something
     assert abs(auc["int8"] - auc["fp32"]) <= 0.001
     assert abs(auc["fp16"] - auc["fp32"]) <= 0.001
@@ -133,13 +155,27 @@ def test_scripted_modules_load_with_torch_and_fbgemm_only(exported, tmp_path: Pa
     request["float_features"] = request["float_features"][:64]  # 64 rows: lengths/values feature-major
     lengths = requests[0]["id_list_features.lengths"].view(26, -1)[:, :64]
     values = requests[0]["id_list_features.values"].view(26, -1)[:, :64]
-    request["id_list_features.lengths"], request["id_list_features.values"] = lengths.reshape(-1).tolist(), values.reshape(-1).tolist()
+    request["id_list_features.lengths"], request["id_list_features.values"] = (
+        lengths.reshape(-1).tolist(),
+        values.reshape(-1).tolist(),
+    )
     (tmp_path / "request.json").write_text(json.dumps(request))
     (tmp_path / "loader.py").write_text(CLEAN_LOADER)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([sys.executable, "-I", str(tmp_path / "loader.py"), str(exported.artifact.path),
-                           str(tmp_path / "request.json")], cwd=tmp_path, env=dict(env, OMP_NUM_THREADS="1"),
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-I",
+            str(tmp_path / "loader.py"),
+            str(exported.artifact.path),
+            str(tmp_path / "request.json"),
+        ],
+        cwd=tmp_path,
+        env=dict(env, OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["project_modules"] == []
@@ -163,9 +199,13 @@ def test_contract_gives_feature_order_dense_transform_and_oov_id(exported) -> No
     assert contract["inputs"]["float_features"]["transform"] == exported.meta["dense_transform"]
     assert contract["oov_id"] == 0 and all(f["oov_id"] == 0 and not f["hashed"] for f in contract["sparse_features"])
     assert [f["num_embeddings"] for f in contract["sparse_features"]] == [
-        exported.meta["table_sizes"][f] for f in exported.meta["sparse_features"]]
+        exported.meta["table_sizes"][f] for f in exported.meta["sparse_features"]
+    ]
     assert exported.artifact.manifest["interface"]["inputs"] == [
-        "float_features", "id_list_features.lengths", "id_list_features.values"]
+        "float_features",
+        "id_list_features.lengths",
+        "id_list_features.values",
+    ]
 
 
 # --- safetensors ---------------------------------------------------------------------------------
@@ -189,9 +229,11 @@ def test_safetensors_weights_equal_the_dcp_checkpoint_and_load_without_pickle(ex
     assert all(torch.equal(state[k], expected[k]) for k in expected)
     assert config == ServingModelConfig.from_dict(json.loads((exported.serving / "manifest.json").read_text())["model"])
     requests, _ = _requests(exported, "val")
-    assert torch.equal(_score(build_predict_module(model), requests[:1]), _score(build_predict_module(served), requests[:1]))
+    assert torch.equal(
+        _score(build_predict_module(model), requests[:1]), _score(build_predict_module(served), requests[:1])
+    )
     header = int.from_bytes(path.read_bytes()[:8], "little")  # safetensors: u64 header size, JSON header
-    assert json.loads(path.read_bytes()[8:8 + header])["__metadata__"]["format"] == "mlet-serving-weights"
+    assert json.loads(path.read_bytes()[8 : 8 + header])["__metadata__"]["format"] == "mlet-serving-weights"
 
 
 # --- bad input -----------------------------------------------------------------------------------

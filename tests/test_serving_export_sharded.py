@@ -14,7 +14,12 @@ import torch.distributed as dist
 from torchrec.distributed.global_settings import set_propogate_device
 from torchrec.distributed.shard import _shard_modules
 from torchrec.distributed.types import ShardingEnv
-from torchrec.inference.modules import DEFAULT_SHARDERS, assign_weights_to_tbe, get_table_to_weights_from_tbe, shard_quant_model
+from torchrec.inference.modules import (
+    DEFAULT_SHARDERS,
+    assign_weights_to_tbe,
+    get_table_to_weights_from_tbe,
+    shard_quant_model,
+)
 
 from mlet_dist.distributed.env import DistEnv
 from mlet_dist.serving.contract import build_contract, example_request
@@ -44,23 +49,36 @@ def quant_shard(env: DistEnv) -> Dict[str, Any]:
     weights = get_table_to_weights_from_tbe(unsharded)
     _, plan = shard_quant_model(fresh_module()[0], world_size=world, compute_device="cpu", sharding_device="meta")
     module, _ = fresh_module()
-    sharded = _shard_modules(module=module, device=torch.device("cpu"), plan=plan,
-                             env=ShardingEnv.from_process_group(dist.group.WORLD), sharders=DEFAULT_SHARDERS)
+    sharded = _shard_modules(
+        module=module,
+        device=torch.device("cpu"),
+        plan=plan,
+        env=ShardingEnv.from_process_group(dist.group.WORLD),
+        sharders=DEFAULT_SHARDERS,
+    )
     assign_weights_to_tbe(sharded, weights)
     with torch.inference_mode():
         diff = float((sharded(request)["default"] - expected).abs().max())
     ebc = sharded.predict_module.sparse_arch.embedding_bag_collection
     held = sum(t.weights_host.numel() * t.weights_host.element_size() for t in ebc.tbes)
     ranks = sorted({r for mp in plan.plan.values() for ps in mp.values() for r in (ps.ranks or [])})
-    return {"rank": rank, "diff": diff, "bytes_held": held, "table_bytes_total": total, "plan_ranks": ranks,
-            "lookups_per_process": len(ebc.tbes)}
+    return {
+        "rank": rank,
+        "diff": diff,
+        "bytes_held": held,
+        "table_bytes_total": total,
+        "plan_ranks": ranks,
+        "lookups_per_process": len(ebc.tbes),
+    }
 
 
 @pytest.fixture(scope="module")
 def result() -> dict:
     per_rank = run_ranks(quant_shard, world_size=2, timeout_s=300)
-    return {"ranks": [{key: r[key] for key in ("rank", "diff", "bytes_held")} for r in per_rank],
-            **{key: per_rank[0][key] for key in ("table_bytes_total", "plan_ranks", "lookups_per_process")}}
+    return {
+        "ranks": [{key: r[key] for key in ("rank", "diff", "bytes_held")} for r in per_rank],
+        **{key: per_rank[0][key] for key in ("table_bytes_total", "plan_ranks", "lookups_per_process")},
+    }
 
 
 def test_int8_sharded_on_two_gloo_ranks_equals_unsharded(result: dict) -> None:
@@ -69,7 +87,10 @@ def test_int8_sharded_on_two_gloo_ranks_equals_unsharded(result: dict) -> None:
     assert all(r["diff"] <= 1e-6 for r in result["ranks"])
 
 
-@pytest.mark.xfail(strict=True, reason="TorchRec 1.8 quantized sharding builds every rank's tables in each "
-                   "process (one process per host driving N devices); needs N GPUs in one process")
+@pytest.mark.xfail(
+    strict=True,
+    reason="TorchRec 1.8 quantized sharding builds every rank's tables in each "
+    "process (one process per host driving N devices); needs N GPUs in one process",
+)
 def test_each_gloo_rank_holds_only_its_shards(result: dict) -> None:
     assert all(r["bytes_held"] < result["table_bytes_total"] for r in result["ranks"])

@@ -49,18 +49,27 @@ def naming_problems(root: Path = ROOT) -> List[str]:
     graph = _serving_graph(root)
     deploy = _reached(graph, DEPLOY_CLI)
     serving_dir = set().union(*(_reached(graph, cli) for cli in SERVING_DIR_CLIS))
-    problems = [f"{m} is reached only by mlet-export but is not named export_*"
-                for m in sorted(deploy - serving_dir - {DEPLOY_CLI}) if not _short(m).startswith("export_")]
-    problems += [f"{m} is reached by a serving-dir CLI (mlet-collapse / mlet-predict) but is named export*"
-                 for m in sorted(serving_dir) if _short(m).startswith("export")]
+    problems = [
+        f"{m} is reached only by mlet-export but is not named export_*"
+        for m in sorted(deploy - serving_dir - {DEPLOY_CLI})
+        if not _short(m).startswith("export_")
+    ]
+    problems += [
+        f"{m} is reached by a serving-dir CLI (mlet-collapse / mlet-predict) but is named export*"
+        for m in sorted(serving_dir)
+        if _short(m).startswith("export")
+    ]
     return problems
 
 
 def unreached(root: Path = ROOT) -> List[str]:
     """serving modules no CLI and no public name of the package leads to."""
     graph = _serving_graph(root, through_package=True)
-    modules = {".".join(p.relative_to(root.parent).with_suffix("").parts)
-               for p in (root / "serving").glob("*.py") if p.name != "__init__.py"}
+    modules = {
+        ".".join(p.relative_to(root.parent).with_suffix("").parts)
+        for p in (root / "serving").glob("*.py")
+        if p.name != "__init__.py"
+    }
     reached = set().union(*(_reached(graph, entry) for entry in (SERVING, DEPLOY_CLI, *SERVING_DIR_CLIS)))
     return sorted(modules - reached)
 
@@ -73,10 +82,17 @@ def test_the_collapse_is_one_module() -> None:
     import mlet_dist
     from mlet_dist.distributed import collapse as one_place
 
-    entries = (mlet_dist.collapse, mlet_dist.collapse_model, mlet_dist.collapse_table,
-               one_place.collapse_state_dict, one_place.CollapseStats)
+    entries = (
+        mlet_dist.collapse,
+        mlet_dist.collapse_model,
+        mlet_dist.collapse_table,
+        one_place.collapse_state_dict,
+        one_place.CollapseStats,
+    )
     assert {e.__module__ for e in entries} == {"mlet_dist.distributed.collapse"}
-    assert not (ROOT / "modules" / "collapse.py").exists() and not (ROOT / "distributed" / "sharded_collapse.py").exists()
+    assert (
+        not (ROOT / "modules" / "collapse.py").exists() and not (ROOT / "distributed" / "sharded_collapse.py").exists()
+    )
 
 
 def test_serving_modules_are_named_by_their_product() -> None:

@@ -62,13 +62,17 @@ SEED = 7
 def mean_mix_model(device: torch.device, mlet: bool) -> nn.Module:
     if mlet:
         return MLETEmbeddingBagCollection(
-            [MLETTableConfig(t, n, inner_dim=K, embedding_dim=D, feature_names=[f"f_{t}"], pooling=p)
-             for t, (n, _, p) in MEAN_MIX.items()],
+            [
+                MLETTableConfig(t, n, inner_dim=K, embedding_dim=D, feature_names=[f"f_{t}"], pooling=p)
+                for t, (n, _, p) in MEAN_MIX.items()
+            ],
             device=device,
         )
     return EmbeddingBagCollection(
-        [EmbeddingBagConfig(name=t, num_embeddings=n, embedding_dim=D, feature_names=[f"f_{t}"], pooling=p)
-         for t, (n, _, p) in MEAN_MIX.items()],
+        [
+            EmbeddingBagConfig(name=t, num_embeddings=n, embedding_dim=D, feature_names=[f"f_{t}"], pooling=p)
+            for t, (n, _, p) in MEAN_MIX.items()
+        ],
         device=device,
     )
 
@@ -101,7 +105,9 @@ def mean_mix_kjt(rank: int, world: int, weighted: bool = False) -> KeyedJaggedTe
         local_lengths.append(lengths[i, lo:hi])
     flat = torch.cat(values)
     return KeyedJaggedTensor.from_lengths_sync(
-        keys=[f"f_{t}" for t in MEAN_MIX], values=flat, lengths=torch.cat(local_lengths),
+        keys=[f"f_{t}" for t in MEAN_MIX],
+        values=flat,
+        lengths=torch.cat(local_lengths),
         weights=torch.rand(flat.numel(), generator=g) if weighted else None,
     )
 
@@ -131,8 +137,9 @@ def check_grad_accumulation(env: DistEnv, average: bool) -> Dict[str, Any]:
     """Two backwards into .grad on a replicated W; expected: sum over micro-batches of the
     group-summed (or averaged) gradients."""
     k, d, micro = 6, 3, 2
-    proj = ShardedProjection(k, d, 0.1, torch.device("cpu"), env.rank, None, group=None,
-                             average_grads=average, source=torch.ones(k, d))
+    proj = ShardedProjection(
+        k, d, 0.1, torch.device("cpu"), env.rank, None, group=None, average_grads=average, source=torch.ones(k, d)
+    )
     (param,) = list(proj.shards.values())
 
     def grad_of(rank: int, m: int) -> torch.Tensor:
@@ -158,7 +165,9 @@ def check_weights(env: DistEnv) -> Dict[str, str]:
         attach_fused_embedding_optimizer(model, OptimConfig("sgd", 0.1, "sgd", 0.1))
         sharded = shard_model(model, env, ShardingConfig("table_wise"))
         kjt = KeyedJaggedTensor.from_lengths_sync(
-            keys=["f0", "f1"], values=torch.tensor([1, 2, 3]), lengths=torch.tensor([1, 2, 0, 0]),
+            keys=["f0", "f1"],
+            values=torch.tensor([1, 2, 3]),
+            lengths=torch.tensor([1, 2, 0, 0]),
             weights=None if weighted else torch.ones(3),
         )
         try:
@@ -189,22 +198,35 @@ def check_injected_sharder(env: DistEnv) -> Dict[str, Any]:
     ebc_sharder = RecordingEBCSharder()
     sharder = MLETEmbeddingBagCollectionSharder(ebc_sharder)
     module_plan = construct_module_sharding_plan(
-        model, {"t0": table_wise(rank=0), "t1": column_wise(ranks=[0, 1])}, sharder=sharder,
-        local_size=env.world_size, world_size=env.world_size, device_type="cpu",
+        model,
+        {"t0": table_wise(rank=0), "t1": column_wise(ranks=[0, 1])},
+        sharder=sharder,
+        local_size=env.world_size,
+        world_size=env.world_size,
+        device_type="cpu",
     )
-    sharded = DistributedModelParallel(module=model, device=env.device, plan=ShardingPlan({"": module_plan}),
-                                       sharders=[sharder])  # type: ignore[list-item]
+    sharded = DistributedModelParallel(
+        module=model, device=env.device, plan=ShardingPlan({"": module_plan}), sharders=[sharder]
+    )  # type: ignore[list-item]
     wide = sharded.module.wide
-    modes = sorted({
-        BoundsCheckMode(emb.emb_module.bounds_check_mode_int).name
-        for lookup in wide._lookups for emb in lookup._emb_modules
-    })
+    modes = sorted(
+        {
+            BoundsCheckMode(emb.emb_module.bounds_check_mode_int).name
+            for lookup in wide._lookups
+            for emb in lookup._emb_modules
+        }
+    )
     kjt = KeyedJaggedTensor.from_lengths_sync(
-        keys=["f0", "f1"], values=torch.tensor([1, 2, 3]), lengths=torch.tensor([1, 2, 0, 0]))
+        keys=["f0", "f1"], values=torch.tensor([1, 2, 3]), lengths=torch.tensor([1, 2, 0, 0])
+    )
     out = sharded(kjt)
     out = out.wait() if hasattr(out, "wait") else out
-    return {"sharded": ebc_sharder.sharded, "modes": modes, "out_dims": out.length_per_key(),
-            "fused_params": str(sharder.fused_params)}
+    return {
+        "sharded": ebc_sharder.sharded,
+        "modes": modes,
+        "out_dims": out.length_per_key(),
+        "fused_params": str(sharder.fused_params),
+    }
 
 
 SMALL_CHUNK_ROWS = 5  # below every table's rows (15-40) and no divisor of the column-wise one's (28)
@@ -225,8 +247,11 @@ def chunked_gram_check(sharded: nn.Module, full_state: Dict[str, torch.Tensor]) 
         reference = table.T @ table
         assert rows == table.shape[0], (key, rows, table.shape)
         worst = max(worst, float((gram - reference).abs().max() / reference.abs().max()))
-    column_rows = [t.size(0) for k, t in sharded.state_dict().items()
-                   if k in chunked and isinstance(t, ShardedTensor) and _column_split(t)]
+    column_rows = [
+        t.size(0)
+        for k, t in sharded.state_dict().items()
+        if k in chunked and isinstance(t, ShardedTensor) and _column_split(t)
+    ]
     return {"worst": worst, "column_chunks": min(column_rows, default=0) / SMALL_CHUNK_ROWS}
 
 
@@ -237,7 +262,11 @@ def check_table_grams(env: DistEnv) -> Dict[str, float]:
     from mlet_dist.distributed.state import gather_full_state_dict
     from mlet_dist.distributed.table_grams import table_grams
     from mlet_dist.training.diagnostics import (
-        diagnostics_from_grams, diagnostics_from_state_dict, is_projection_key, is_table_key)
+        diagnostics_from_grams,
+        diagnostics_from_state_dict,
+        is_projection_key,
+        is_table_key,
+    )
 
     out: Dict[str, float] = {}
     for mlet in (True, False):
@@ -247,8 +276,9 @@ def check_table_grams(env: DistEnv) -> Dict[str, float]:
         sharded = shard_model(model, env, ShardingConfig("auto"), mean_mix_constraints(mlet))
         full_state = gather_full_state_dict(sharded)
         full = diagnostics_from_state_dict(full_state)
-        grams = diagnostics_from_grams(table_grams(sharded, keep=is_table_key),
-                                       gather_full_state_dict(sharded, keep=is_projection_key))
+        grams = diagnostics_from_grams(
+            table_grams(sharded, keep=is_table_key), gather_full_state_dict(sharded, keep=is_projection_key)
+        )
         worst = 0.0
         for table, ref in full["tables"].items():
             for part in ("table", "wide", "projection"):
@@ -269,8 +299,10 @@ def sharded_checks(env: DistEnv) -> Dict[str, Any]:
     quiet_library_logs()
     return {
         "mean_pooling": {"mlet": check_mean_pooling(env, True), "baseline": check_mean_pooling(env, False)},
-        "grad_accumulation": {"sum": check_grad_accumulation(env, False),
-                              "average": check_grad_accumulation(env, True)},
+        "grad_accumulation": {
+            "sum": check_grad_accumulation(env, False),
+            "average": check_grad_accumulation(env, True),
+        },
         "weights": check_weights(env),
         "injected": check_injected_sharder(env),
         "table_grams": check_table_grams(env),
@@ -289,7 +321,11 @@ def test_mean_pooling_mixed_with_other_sharding_types(results: Dict[str, Any], c
     for rank, per_rank in enumerate(results["per_rank"]):
         r = per_rank["mean_pooling"][collection]
         assert set(r["sharding"].values()) == {
-            "row_wise", "table_row_wise", "table_wise", "column_wise", "data_parallel"
+            "row_wise",
+            "table_row_wise",
+            "table_wise",
+            "column_wise",
+            "data_parallel",
         }, r["sharding"]
         assert r["shards"]["t_cw_mean"] >= 2, "the column-wise table was not split"
         for key, diff in r["diff"].items():
@@ -350,8 +386,9 @@ def test_feature_shared_by_a_row_wise_mean_table_and_another_is_refused() -> Non
     from mlet_dist.distributed.mean_pooling import divided_features
 
     configs = [
-        EmbeddingBagConfig(name="a", num_embeddings=5, embedding_dim=4, feature_names=["f", "g"],
-                           pooling=PoolingType.MEAN),
+        EmbeddingBagConfig(
+            name="a", num_embeddings=5, embedding_dim=4, feature_names=["f", "g"], pooling=PoolingType.MEAN
+        ),
         EmbeddingBagConfig(name="b", num_embeddings=5, embedding_dim=4, feature_names=["f"]),
     ]
     shardings = {"a": ParameterSharding("row_wise", "fused"), "b": ParameterSharding("table_wise", "fused")}

@@ -38,12 +38,16 @@ def _worst(errors: Mapping[str, tuple], select: str = "") -> float:
 
 
 def _assert_matches_reference(
-    result: dict, world_size: int, mlet: bool = True, optim: str = "sgd",
+    result: dict,
+    world_size: int,
+    mlet: bool = True,
+    optim: str = "sgd",
     column_blocks: Optional[Dict[str, int]] = None,
 ) -> Dict[str, tuple]:
     blocks = _column_blocks(result) if column_blocks is None else column_blocks
-    ref_state, _ = setup.reference_run(world_size=world_size, mlet=mlet, optim=setup.OPTIMS[optim],
-                                       column_blocks=blocks)
+    ref_state, _ = setup.reference_run(
+        world_size=world_size, mlet=mlet, optim=setup.OPTIMS[optim], column_blocks=blocks
+    )
     init = setup.initial_state(mlet)
     assert set(result["state"]) == set(ref_state)
     errors = setup.update_errors(result["state"], ref_state, init)
@@ -71,7 +75,10 @@ def _check_planted_scale_errors_fail(result: dict) -> None:
     reference, the same thing under SGD) must fail the comparison for those parameters."""
     init = setup.initial_state(True)
     blocks = _column_blocks(result)
-    for plant, part in [({"table_lr_scale": 1.01}, ".embedding_bags."), ({"projection_lr_scale": 1.01}, ".projections.")]:
+    for plant, part in [
+        ({"table_lr_scale": 1.01}, ".embedding_bags."),
+        ({"projection_lr_scale": 1.01}, ".projections."),
+    ]:
         planted, _ = setup.reference_run(world_size=2, column_blocks=blocks, **plant)
         errors = setup.update_errors(result["state"], planted, init)
         assert _worst(errors, part) > 5 * setup.UPDATE_REL_TOL, (plant, _worst(errors, part))
@@ -82,7 +89,10 @@ def test_update_comparison_sees_a_one_percent_gradient_scale_error() -> None:
     1% larger fails the comparison; with the true scale it passes."""
     init = setup.initial_state(True)
     ref, _ = setup.reference_run(world_size=2)
-    for plant, part in [({"table_lr_scale": 1.01}, ".embedding_bags."), ({"projection_lr_scale": 1.01}, ".projections.")]:
+    for plant, part in [
+        ({"table_lr_scale": 1.01}, ".embedding_bags."),
+        ({"projection_lr_scale": 1.01}, ".projections."),
+    ]:
         planted, _ = setup.reference_run(world_size=2, **plant)
         errors = setup.update_errors(planted, ref, init)
         assert _worst(errors, part) > 5 * setup.UPDATE_REL_TOL, (plant, errors)
@@ -93,7 +103,11 @@ def test_rowwise_adagrad_and_adam_mixed_plan_match_one_process() -> None:
     """Fused rowwise Adagrad on TW/RW/CW/TWRW tables, Adam on MLPs and projections."""
     result = run_sharded("mixed_twrw", optim="rowwise_adagrad+adam")
     assert {kind for kind, _, _ in result["shards"].values()} == {
-        "table_wise", "row_wise", "column_wise", "table_row_wise"}
+        "table_wise",
+        "row_wise",
+        "column_wise",
+        "table_row_wise",
+    }
     _assert_matches_reference(result, world_size=2, optim="rowwise_adagrad+adam")
     # TorchRec's per-column-shard accumulator is not the whole-row one: documented, not hidden.
     ref_whole_rows, _ = setup.reference_run(world_size=2, optim=setup.ADAGRAD_ADAM, column_blocks={})

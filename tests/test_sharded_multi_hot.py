@@ -50,10 +50,13 @@ def run_case(env: DistEnv, collection: str, pooling: str, plan: str) -> Dict[str
         dist.all_reduce(total)
         losses.append(float(total) / env.world_size)
     shards = {
-        table: [ps.sharding_type,
-                len(ps.sharding_spec.shards) if ps.sharding_spec is not None else 0,
-                sorted({s.placement.rank() for s in ps.sharding_spec.shards}) if ps.sharding_spec is not None else []]
-        for module_plan in sharded.plan.plan.values() for table, ps in module_plan.items()
+        table: [
+            ps.sharding_type,
+            len(ps.sharding_spec.shards) if ps.sharding_spec is not None else 0,
+            sorted({s.placement.rank() for s in ps.sharding_spec.shards}) if ps.sharding_spec is not None else [],
+        ]
+        for module_plan in sharded.plan.plan.values()
+        for table, ps in module_plan.items()
     }
     return {
         "state": gather_full_state_dict(sharded),

@@ -25,7 +25,7 @@ SLEEP_2 = [1.9, 0.8, 1.1, 0.1, -0.1, 4.4, 5.5, 1.6, 4.6, 3.4]
 def _t4_cdf(t: float) -> float:
     """Student t CDF with 4 degrees of freedom in closed form."""
     u = t / math.sqrt(4.0 + t * t)
-    return 0.5 + 0.75 * u - 0.25 * u ** 3
+    return 0.5 + 0.75 * u - 0.25 * u**3
 
 
 @pytest.mark.parametrize("t", [-6.0, -1.3, -0.2, 0.0, 0.4, 2.0, 9.0])
@@ -37,8 +37,16 @@ def test_t_cdf_matches_closed_forms(t: float) -> None:
 
 
 def test_t_quantiles_match_published_tables() -> None:
-    table = {(0.975, 2): 4.302653, (0.975, 3): 3.182446, (0.975, 4): 2.776445, (0.975, 10): 2.228139,
-             (0.975, 30): 2.042272, (0.95, 2): 2.919986, (0.95, 4): 2.131847, (0.995, 5): 4.032143}
+    table = {
+        (0.975, 2): 4.302653,
+        (0.975, 3): 3.182446,
+        (0.975, 4): 2.776445,
+        (0.975, 10): 2.228139,
+        (0.975, 30): 2.042272,
+        (0.95, 2): 2.919986,
+        (0.95, 4): 2.131847,
+        (0.995, 5): 4.032143,
+    }
     for (p, df), q in table.items():
         assert t_ppf(p, df) == pytest.approx(q, abs=2e-6), (p, df)
         assert t_ppf(1 - p, df) == pytest.approx(-q, abs=2e-6)
@@ -67,8 +75,8 @@ def test_welch_df_by_hand_and_the_row_term() -> None:
     se, df = welch_se_df(a, b)
     assert se == pytest.approx(math.sqrt(2 * 0.0001 / 3), rel=1e-12) and df == pytest.approx(4.0, rel=1e-12)
     se_r, df_r = welch_se_df(a, b, row_std=0.004)
-    assert se_r == pytest.approx(math.sqrt(2 * 0.0001 / 3 + 0.004 ** 2), rel=1e-12)
-    assert df_r == pytest.approx(se_r ** 4 / (2 * (0.0001 / 3) ** 2 / 2), rel=1e-12) and df_r > 4
+    assert se_r == pytest.approx(math.sqrt(2 * 0.0001 / 3 + 0.004**2), rel=1e-12)
+    assert df_r == pytest.approx(se_r**4 / (2 * (0.0001 / 3) ** 2 / 2), rel=1e-12) and df_r > 4
     diff = compare_seeds(a, b)
     half = 2.776445 * se  # t(0.975, 4) = 0.0227: a 0.03 gap is shown, a 0.02 one would not be
     assert (diff.low, diff.high) == (pytest.approx(0.03 - half, abs=1e-6), pytest.approx(0.03 + half, abs=1e-6))
@@ -193,9 +201,12 @@ def test_headline_picks_k_by_validation_and_matches_only_contiguously(tmp_path) 
 
     records = [
         _record(tmp_path, model, d, k, seed, noisy(scale), labels, val_auc=val)
-        for model, d, k, scale, val in [("baseline", 4, None, 0.2, 0.80), ("baseline", 8, None, 3.0, 0.60),
-                                        ("mlet", 4, 32, 1.0, 0.75),  # chosen by val
-                                        ("mlet", 4, 64, 0.1, 0.70)]  # best on test, not chosen
+        for model, d, k, scale, val in [
+            ("baseline", 4, None, 0.2, 0.80),
+            ("baseline", 8, None, 3.0, 0.60),
+            ("mlet", 4, 32, 1.0, 0.75),  # chosen by val
+            ("mlet", 4, 64, 0.1, 0.70),
+        ]  # best on test, not chosen
         for seed in range(3)
     ]
     (row,) = headline_rows(records, resamples=100)
@@ -245,18 +256,41 @@ def test_refresh_rewrites_only_the_headline_from_results_csv(tmp_path: Path) -> 
 
     groups = _seed_groups(0.0005)
     with open(tmp_path / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["run_id", "arch", "model", "d", "k", "seed", "val_auc", "test_auc",
-                                          "predictions"])
+        w = csv.DictWriter(
+            f, fieldnames=["run_id", "arch", "model", "d", "k", "seed", "val_auc", "test_auc", "predictions"]
+        )
         w.writeheader()
         for (arch, model, d, k), g in groups.items():
             for seed, (test, val) in enumerate(zip(g.test, g.val)):
-                w.writerow({"run_id": f"{model}{d}-{seed}", "arch": arch, "model": model, "d": d, "k": k or "",
-                            "seed": seed, "val_auc": val, "test_auc": test, "predictions": True})
-    old = {"headline": [{"arch": "dlrm", "d": 4, "k": 32, "versus": {
-        "4": {"row_std": 0.0004, "resamples": 500}, "8": {"row_std": 0.002, "resamples": 500}}}], "table": [1]}
+                w.writerow(
+                    {
+                        "run_id": f"{model}{d}-{seed}",
+                        "arch": arch,
+                        "model": model,
+                        "d": d,
+                        "k": k or "",
+                        "seed": seed,
+                        "val_auc": val,
+                        "test_auc": test,
+                        "predictions": True,
+                    }
+                )
+    old = {
+        "headline": [
+            {
+                "arch": "dlrm",
+                "d": 4,
+                "k": 32,
+                "versus": {"4": {"row_std": 0.0004, "resamples": 500}, "8": {"row_std": 0.002, "resamples": 500}},
+            }
+        ],
+        "table": [1],
+    }
     (tmp_path / "report.json").write_text(json.dumps(old))
-    (tmp_path / "report.md").write_text("# R\n\n## Table\n\nkeep me\n\n## Headline: MLET d vs baseline d'\n\n"
-                                        "old verdicts ▲\n\n## Rare items\n\nkeep me too\n")
+    (tmp_path / "report.md").write_text(
+        "# R\n\n## Table\n\nkeep me\n\n## Headline: MLET d vs baseline d'\n\n"
+        "old verdicts ▲\n\n## Rare items\n\nkeep me too\n"
+    )
     (row,) = refresh(tmp_path)
     assert row["versus"][4]["row_std"] == 0.0004 and row["versus"][8]["row_std"] == 0.002
     assert row["versus"][4]["verdict"] == "equivalent"

@@ -27,8 +27,14 @@ def _ends(boundaries: Boundaries, steps: int, batches: int, start_step: int = 0)
 
 def test_a_segment_returns_at_each_boundary_and_goes_on_after_a_checkpoint() -> None:
     got = _ends(Boundaries(eval_every=4, checkpoint_every=3), steps=10, batches=10)
-    assert got == [(3, SegmentEnd.CHECKPOINT_DUE), (4, SegmentEnd.EVAL_DUE), (6, SegmentEnd.CHECKPOINT_DUE),
-                   (8, SegmentEnd.EVAL_DUE), (9, SegmentEnd.CHECKPOINT_DUE), (10, SegmentEnd.EPOCH_END)]
+    assert got == [
+        (3, SegmentEnd.CHECKPOINT_DUE),
+        (4, SegmentEnd.EVAL_DUE),
+        (6, SegmentEnd.CHECKPOINT_DUE),
+        (8, SegmentEnd.EVAL_DUE),
+        (9, SegmentEnd.CHECKPOINT_DUE),
+        (10, SegmentEnd.EPOCH_END),
+    ]
 
 
 def test_the_boundaries_order_fault_epoch_end_evaluation_checkpoint() -> None:

@@ -14,8 +14,18 @@ from mlet_dist.sweep.rare_items import bucket_aucs, bucket_labels, example_frequ
 from mlet_dist.sweep.runner import command_for
 from mlet_dist.training.diagnostics import load_predictions
 
-TINY_TRAIN_ARGS = ["--batch-size", "128", "--max-train-batches", "12", "--epochs", "1", "--bottom-mlp", "8",
-                   "--top-mlp", "8,1"]
+TINY_TRAIN_ARGS = [
+    "--batch-size",
+    "128",
+    "--max-train-batches",
+    "12",
+    "--epochs",
+    "1",
+    "--bottom-mlp",
+    "8",
+    "--top-mlp",
+    "8,1",
+]
 
 
 def _write(path: Path, text: str) -> Path:
@@ -30,9 +40,18 @@ def test_default_grid_and_validation(tmp_path: Path) -> None:
     assert len(runs) == 2 * 3 * (5 + 9)
     assert runs[0].run_id == "dlrm-baseline-d4-s0" and "dcnv2-mlet-k128-d16-s2" in {r.run_id for r in runs}
     assert cfg.launch.parallel_runs >= 1 and cfg.runs_dir == Path("runs/sweeps/sweep")
-    js = load_config(_write(tmp_path / "s.json", json.dumps(
-        {"data": "d", "grid": {"seeds": [5], "baseline": {"d": [8]}, "mlet": {"k": [4, 16], "d": [8]}},
-         "launch": {"world_size": 2, "threads_per_rank": 1, "cpu_budget": 5}})))
+    js = load_config(
+        _write(
+            tmp_path / "s.json",
+            json.dumps(
+                {
+                    "data": "d",
+                    "grid": {"seeds": [5], "baseline": {"d": [8]}, "mlet": {"k": [4, 16], "d": [8]}},
+                    "launch": {"world_size": 2, "threads_per_rank": 1, "cpu_budget": 5},
+                }
+            ),
+        )
+    )
     assert [r.run_id for r in js.runs()] == ["dlrm-baseline-d8-s5", "dlrm-mlet-k16-d8-s5"]  # k=4 < d skipped
     assert js.launch.parallel_runs == 2
     assert cfg.equivalence_margin == 0.003  # the default "matches" margin (AUC)
@@ -42,15 +61,17 @@ def test_default_grid_and_validation(tmp_path: Path) -> None:
     base_cmd, mlet_cmd = (command_for(tuned, r) for r in (tuned.runs()[0], tuned.runs()[-1]))
     assert "--embedding-lr" in base_cmd and base_cmd[base_cmd.index("--embedding-lr") + 1] == "0.3"
     assert "--embedding-lr" not in mlet_cmd
-    for bad, message in [("data: d\nmodel_args: {wide: [--x]}\n", "model_args has unknown models"),
-                         ("data: d\nmodel_args: {mlet: [--seed, '3']}\n", "may not set"),
-                         ("data: d\nreport: {bootstrap_resamples: -1}\n", "bootstrap_resamples"),
-                         ("data: d\nreport: {equivalence_margin: 0}\n", "equivalence_margin"),
-                         ("data: d\ntrain_args: [--seed, '1']\n", "may not set"),
-                         ("data: d\ngrid: {archs: [xx]}\n", "grid.archs"),
-                         ("data: d\nextra: 1\n", "unknown sweep config keys"),
-                         ("grid: {}\n", "needs `data`"),
-                         ("data: d\nreport: {rare_items: {edges: [4, 2]}}\n", "increasing")]:
+    for bad, message in [
+        ("data: d\nmodel_args: {wide: [--x]}\n", "model_args has unknown models"),
+        ("data: d\nmodel_args: {mlet: [--seed, '3']}\n", "may not set"),
+        ("data: d\nreport: {bootstrap_resamples: -1}\n", "bootstrap_resamples"),
+        ("data: d\nreport: {equivalence_margin: 0}\n", "equivalence_margin"),
+        ("data: d\ntrain_args: [--seed, '1']\n", "may not set"),
+        ("data: d\ngrid: {archs: [xx]}\n", "grid.archs"),
+        ("data: d\nextra: 1\n", "unknown sweep config keys"),
+        ("grid: {}\n", "needs `data`"),
+        ("data: d\nreport: {rare_items: {edges: [4, 2]}}\n", "increasing"),
+    ]:
         with pytest.raises(ValueError, match=message):
             load_config(_write(tmp_path / "bad.yaml", bad))
 
@@ -68,7 +89,9 @@ def test_bucketing() -> None:
 
 def test_sweep_end_to_end_two_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     config = {
-        "name": "e2e", "data": str(tmp_path / "data"), "runs_dir": str(tmp_path / "runs"),
+        "name": "e2e",
+        "data": str(tmp_path / "data"),
+        "runs_dir": str(tmp_path / "runs"),
         "report_dir": str(tmp_path / "report"),
         "prepare": {"planted": {"rows": 6000, "tables": 3, "cardinality": 300, "rank": 2, "dense": 2, "seed": 1}},
         "grid": {"archs": ["dlrm"], "seeds": [0], "baseline": {"d": [4]}, "mlet": {"k": [8], "d": [4]}},
@@ -134,30 +157,43 @@ def test_sweep_end_to_end_two_runs(tmp_path: Path, capsys: pytest.CaptureFixture
     assert {r["status"] for r in manifest["runs"]} == {"done"}
 
 
-def test_failed_run_is_reported_and_does_not_stop_the_report(tmp_path: Path, capsys: pytest.CaptureFixture,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_run_is_reported_and_does_not_stop_the_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import sys
 
     from data_prep.generate.planted import PlantedSpec, generate_planted
     from mlet_dist.sweep import runner
 
     generate_planted(tmp_path / "data", PlantedSpec(rows=800, tables=2, cardinality=(20,), rank=1, dense=1))
-    path = _write(tmp_path / "sweep.yaml", f"""
-data: {tmp_path / 'data'}
-runs_dir: {tmp_path / 'runs'}
-report_dir: {tmp_path / 'report'}
+    path = _write(
+        tmp_path / "sweep.yaml",
+        f"""
+data: {tmp_path / "data"}
+runs_dir: {tmp_path / "runs"}
+report_dir: {tmp_path / "report"}
 grid: {{seeds: [0], baseline: {{d: [4]}}, mlet: {{k: [], d: []}}}}
 train_args: [--batch-size, "0"]
-""")
+""",
+    )
     assert sweep_main(["--config", str(path), "--dry-run"]) == 0
     assert "mlet_dist/train.py" in capsys.readouterr().out and not (tmp_path / "runs").exists()
     # The launch itself is covered above; here a stand-in job fails the way train.py would.
-    monkeypatch.setattr(runner, "command_for", lambda cfg, run: [
-        sys.executable, "-c", "import sys; print('error: --batch-size (per rank) must be >= 1'); sys.exit(1)"])
+    monkeypatch.setattr(
+        runner,
+        "command_for",
+        lambda cfg, run: [
+            sys.executable,
+            "-c",
+            "import sys; print('error: --batch-size (per rank) must be >= 1'); sys.exit(1)",
+        ],
+    )
     assert sweep_main(["--config", str(path)]) == 1
     err = capsys.readouterr().err
     assert "failed: dlrm-baseline-d4-s0" in err
-    assert "--batch-size (per rank) must be >= 1" in (tmp_path / "runs" / "dlrm-baseline-d4-s0" / "launch.log").read_text()
+    assert (
+        "--batch-size (per rank) must be >= 1" in (tmp_path / "runs" / "dlrm-baseline-d4-s0" / "launch.log").read_text()
+    )
     manifest = json.loads((tmp_path / "runs" / "sweep.json").read_text())
     assert manifest["runs"][0]["status"] == "failed" and manifest["runs"][0]["returncode"] == 1
     assert "missing/failed: dlrm-baseline-d4-s0" in (tmp_path / "report" / "report.md").read_text()

@@ -27,9 +27,17 @@ MLET_FLAGS = "--arch dlrm --model mlet --embedding-dim 4 --seed 0 --inner-dim 8"
 
 
 def _config(tmp_path: Path, launch: Dict[str, Any], **extra: Any) -> Path:
-    raw = {"name": "tx", "data": str(tmp_path / "data"), "runs_dir": str(tmp_path / "runs"),
-           "report_dir": str(tmp_path / "report"), "grid": GRID, "launch": launch,
-           "train_args": TINY, "model_args": {"mlet": ["--embedding-lr", "0.2"]}, **extra}
+    raw = {
+        "name": "tx",
+        "data": str(tmp_path / "data"),
+        "runs_dir": str(tmp_path / "runs"),
+        "report_dir": str(tmp_path / "report"),
+        "grid": GRID,
+        "launch": launch,
+        "train_args": TINY,
+        "model_args": {"mlet": ["--embedding-lr", "0.2"]},
+        **extra,
+    }
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -41,8 +49,12 @@ def _requests(out: str, scheduler: str) -> Dict[str, str]:
     return dict(zip(parts[1::2], parts[2::2]))
 
 
-CLUSTER = {"world_size": 8, "nodes": 2, "threads_per_rank": 4,
-           "component": {"gpu": 4, "cpu": 32, "memMB": 200000, "max_restarts": 2}}
+CLUSTER = {
+    "world_size": 8,
+    "nodes": 2,
+    "threads_per_rank": 4,
+    "component": {"gpu": 4, "cpu": 32, "memMB": 200000, "max_restarts": 2},
+}
 
 
 def test_slurm_dry_run_prints_each_runs_sbatch_script(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -67,10 +79,19 @@ def test_slurm_dry_run_prints_each_runs_sbatch_script(tmp_path: Path, capsys: py
 
 
 def test_kubernetes_dry_run_prints_each_runs_volcano_job(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    launch = {**CLUSTER, "scheduler": "kubernetes", "scheduler_cfg": {"queue": "research"},
-              "component": {**CLUSTER["component"], "image": "registry.example/mlet:1",
-                            "data_volume": "pvc:criteo", "runs_volume": "pvc:runs"},
-              "job_data": "/data/criteo", "job_runs_dir": "/runs/tx"}
+    launch = {
+        **CLUSTER,
+        "scheduler": "kubernetes",
+        "scheduler_cfg": {"queue": "research"},
+        "component": {
+            **CLUSTER["component"],
+            "image": "registry.example/mlet:1",
+            "data_volume": "pvc:criteo",
+            "runs_volume": "pvc:runs",
+        },
+        "job_data": "/data/criteo",
+        "job_runs_dir": "/runs/tx",
+    }
     assert sweep_main(["--config", str(_config(tmp_path, launch)), "--dry-run"]) == 0
     jobs = {k: yaml.safe_load(v) for k, v in _requests(capsys.readouterr().out, "kubernetes").items()}
     assert sorted(jobs) == sorted(RUN_IDS)
@@ -92,15 +113,19 @@ def test_kubernetes_dry_run_prints_each_runs_volcano_job(tmp_path: Path, capsys:
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("launch, message", [
-    ({"scheduler": "slurm", "component": {"gpus": 4}}, "launch.component has unknown options ['gpus']"),
-    ({"scheduler": "slurm", "component": {"j": "2x8"}}, "launch.component may not set ['j']"),
-    ({"scheduler": "slurmm"}, "launch.scheduler 'slurmm' is not a torchx scheduler"),
-    ({"scheduler": "slurm", "world_size": 6, "nodes": 4}, "not a multiple of launch.nodes"),
-    ({"nodes": 2}, "launch.nodes needs a torchx scheduler"),
-])
-def test_bad_launch_settings_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture,
-                                                 launch: Dict[str, Any], message: str) -> None:
+@pytest.mark.parametrize(
+    "launch, message",
+    [
+        ({"scheduler": "slurm", "component": {"gpus": 4}}, "launch.component has unknown options ['gpus']"),
+        ({"scheduler": "slurm", "component": {"j": "2x8"}}, "launch.component may not set ['j']"),
+        ({"scheduler": "slurmm"}, "launch.scheduler 'slurmm' is not a torchx scheduler"),
+        ({"scheduler": "slurm", "world_size": 6, "nodes": 4}, "not a multiple of launch.nodes"),
+        ({"nodes": 2}, "launch.nodes needs a torchx scheduler"),
+    ],
+)
+def test_bad_launch_settings_are_one_line_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture, launch: Dict[str, Any], message: str
+) -> None:
     assert sweep_main(["--config", str(_config(tmp_path, launch)), "--dry-run"]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
@@ -109,9 +134,21 @@ def test_bad_launch_settings_are_one_line_errors(tmp_path: Path, capsys: pytest.
 @pytest.fixture(scope="module")
 def criteo_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("sample") / "criteo"
-    subprocess.run([sys.executable, "-m", "data_prep.cli", "criteo-kaggle",
-                    str(REPO / "data_prep/samples/criteo_sample.tsv"), str(out), "--overwrite"],
-                   cwd=REPO, check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "data_prep.cli",
+            "criteo-kaggle",
+            str(REPO / "data_prep/samples/criteo_sample.tsv"),
+            str(out),
+            "--overwrite",
+        ],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     return out
 
 
@@ -119,7 +156,8 @@ LOCAL = {"scheduler": "local_cwd", "world_size": 1, "threads_per_rank": 1, "cpu_
 
 
 def test_local_cwd_sweep_finishes_writes_the_report_and_skips_done_runs(
-        criteo_sample: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    criteo_sample: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     path = _config(tmp_path, LOCAL, data=str(criteo_sample))
     assert sweep_main(["--config", str(path)]) == 0, capsys.readouterr()
     out = capsys.readouterr().out
@@ -163,14 +201,19 @@ class CountingRunner:
 def test_a_running_app_is_waited_for_not_submitted_twice(criteo_sample: Path, tmp_path: Path) -> None:
     from torchx.runner import get_runner
 
-    cfg = from_dict({**yaml.safe_load(_config(tmp_path, LOCAL, data=str(criteo_sample)).read_text()),
-                     "grid": {**GRID, "mlet": {"k": [], "d": []}}})
+    cfg = from_dict(
+        {
+            **yaml.safe_load(_config(tmp_path, LOCAL, data=str(criteo_sample)).read_text()),
+            "grid": {**GRID, "mlet": {"k": [], "d": []}},
+        }
+    )
     (run,) = cfg.runs()
     with get_runner() as torchx_runner:
         # an earlier mlet-sweep submitted the run and saved its handle; the app is still running
         with in_repo_root():
-            handle = torchx_runner.schedule(torchx_runner.dryrun(build_app(cfg, run), "local_cwd",
-                                                                 cfg=scheduler_cfg(cfg)))
+            handle = torchx_runner.schedule(
+                torchx_runner.dryrun(build_app(cfg, run), "local_cwd", cfg=scheduler_cfg(cfg))
+            )
         save_app(cfg.run_dir(run), handle, "local_cwd", None)
         assert torchx_runner.status(handle).state.name in ("RUNNING", "PENDING", "SUBMITTED")
         runner = CountingRunner(torchx_runner)
@@ -182,8 +225,7 @@ def test_a_running_app_is_waited_for_not_submitted_twice(criteo_sample: Path, tm
     assert json.loads((cfg.run_dir(run) / "summary.json").read_text())["steps"] == 2
 
 
-def test_a_failed_run_is_reported_the_others_finish_and_it_is_resubmitted(criteo_sample: Path,
-                                                                          tmp_path: Path) -> None:
+def test_a_failed_run_is_reported_the_others_finish_and_it_is_resubmitted(criteo_sample: Path, tmp_path: Path) -> None:
     from torchx.runner import get_runner
 
     path = _config(tmp_path, LOCAL, data=str(criteo_sample), model_args={"mlet": ["--batch-size", "0"]})

@@ -13,8 +13,12 @@ import pytest
 
 from data_prep import textio
 
-_ALPHABETS = [b"0123456789", b"0123456789abcdef", b"0123456789abcdefABCDEFg-+/:. \x00\x7f\x80\xff\x2f\x3a\x60\x67",
-              bytes(range(256))]
+_ALPHABETS = [
+    b"0123456789",
+    b"0123456789abcdef",
+    b"0123456789abcdefABCDEFg-+/:. \x00\x7f\x80\xff\x2f\x3a\x60\x67",
+    bytes(range(256)),
+]
 
 
 def _random_fields(rng: np.random.Generator, n: int, max_len: int) -> List[bytes]:

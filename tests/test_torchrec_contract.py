@@ -31,10 +31,18 @@ from mlet_dist.distributed.staging import HostCopyStager
 # (class, name, kind, who relies on it)
 CONTRACT = [
     (ShardedEmbeddingBagCollection, "_embedding_shardings", "attr", "distributed/sharded_mlet.py: d-wide output dists"),
-    (ShardedEmbeddingBagCollection, "_lookups", "attr",
-     "distributed/sharded_mlet.py: the MLET module runs the injected sharder's lookups, then projects"),
-    (GroupedPooledEmbeddingsLookup, "grouped_configs", "attr",
-     "distributed/sharded_mlet.py: where each table sits in a lookup's output"),
+    (
+        ShardedEmbeddingBagCollection,
+        "_lookups",
+        "attr",
+        "distributed/sharded_mlet.py: the MLET module runs the injected sharder's lookups, then projects",
+    ),
+    (
+        GroupedPooledEmbeddingsLookup,
+        "grouped_configs",
+        "attr",
+        "distributed/sharded_mlet.py: where each table sits in a lookup's output",
+    ),
     (ShardedEmbeddingBagCollection, "_output_dists", "attr", "distributed/sharded_mlet.py"),
     (ShardedEmbeddingBagCollection, "_embedding_names", "attr", "distributed/sharded_mlet.py"),
     (ShardedEmbeddingBagCollection, "_embedding_dims", "attr", "distributed/sharded_mlet.py"),
@@ -47,8 +55,12 @@ CONTRACT = [
     (ShardedEmbeddingBagCollection, "_has_mean_pooling_callback", "attr", "distributed/mean_pooling.py"),
     (ShardedEmbeddingBagCollection, "_create_output_dist", "method", "distributed/sharded_mlet.py"),
     (ShardedEmbeddingBagCollection, "create_embedding_bag_sharding", "method", "distributed/sharded_mlet.py"),
-    (ShardedTensor, "_init_from_local_shards_and_global_metadata", "method",
-     "distributed/collapse.py, distributed/staging.py"),
+    (
+        ShardedTensor,
+        "_init_from_local_shards_and_global_metadata",
+        "method",
+        "distributed/collapse.py, distributed/staging.py",
+    ),
     (ShardedTensor, "_process_group", "attr", "distributed/staging.py"),
     (TrainPipelineSparseDist, "_pipelined_modules", "attr", "training/loop.py: reports what the pipeline overlaps"),
     (TrainPipelineSparseDist, "detach", "method", "training/loop.py: ends a segment before evaluation"),
@@ -111,13 +123,23 @@ def test_planner_counts_its_proposals() -> None:
 
 
 def test_module_plan_serializes_in_the_layout_plan_files_use() -> None:
-    spec = EnumerableShardingSpec([ShardMetadata([0, 0], [10, 4], "rank:0/cpu"), ShardMetadata([0, 4], [10, 4], "rank:1/cpu")])
-    plan = EmbeddingModuleShardingPlan({"t": ParameterSharding(sharding_type="column_wise", compute_kernel="dense",
-                                                               ranks=[0, 1], sharding_spec=spec)})
-    assert plan._serialize() == {"t": {
-        "sharding_type": "column_wise", "compute_kernel": "dense", "ranks": [0, 1],
-        "shards": [{"shard_offsets": [0, 0], "shard_sizes": [10, 4], "placement": "rank:0/cpu"},
-                   {"shard_offsets": [0, 4], "shard_sizes": [10, 4], "placement": "rank:1/cpu"}]}}
+    spec = EnumerableShardingSpec(
+        [ShardMetadata([0, 0], [10, 4], "rank:0/cpu"), ShardMetadata([0, 4], [10, 4], "rank:1/cpu")]
+    )
+    plan = EmbeddingModuleShardingPlan(
+        {"t": ParameterSharding(sharding_type="column_wise", compute_kernel="dense", ranks=[0, 1], sharding_spec=spec)}
+    )
+    assert plan._serialize() == {
+        "t": {
+            "sharding_type": "column_wise",
+            "compute_kernel": "dense",
+            "ranks": [0, 1],
+            "shards": [
+                {"shard_offsets": [0, 0], "shard_sizes": [10, 4], "placement": "rank:0/cpu"},
+                {"shard_offsets": [0, 4], "shard_sizes": [10, 4], "placement": "rank:1/cpu"},
+            ],
+        }
+    }
 
 
 def test_set_element_builds_the_nested_path() -> None:
@@ -132,7 +154,10 @@ def test_default_load_bytes_is_what_the_safe_planner_mirrors() -> None:
     params = list(inspect.signature(DefaultLoadPlanner.load_bytes).parameters)
     assert params == list(inspect.signature(SafeLoadPlanner.load_bytes).parameters) == ["self", "read_item", "value"]
     source = "".join(inspect.getsource(DefaultLoadPlanner.load_bytes).split())
-    assert "ifself.flatten_state_dict:set_element(self.original_state_dict,self.mappings[read_item.dest_index.fqn]," in source
+    assert (
+        "ifself.flatten_state_dict:set_element(self.original_state_dict,self.mappings[read_item.dest_index.fqn],"
+        in source
+    )
     assert "self.state_dict[read_item.dest_index.fqn]=torch.load(" in source
     assert SafeLoadPlanner.load_bytes is not DefaultLoadPlanner.load_bytes
 

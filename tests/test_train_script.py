@@ -14,8 +14,19 @@ from dist_launch import ROOT, torchrun
 
 TRAIN = ROOT / "mlet_dist" / "train.py"
 SAMPLE = ROOT / "data_prep" / "samples" / "criteo_sample.tsv"
-QUICK = ["--batch-size", "64", "--max-train-batches", "6", "--max-eval-batches", "3", "--no-progress",
-         "--bottom-mlp", "32,16", "--top-mlp", "32,1"]
+QUICK = [
+    "--batch-size",
+    "64",
+    "--max-train-batches",
+    "6",
+    "--max-eval-batches",
+    "3",
+    "--no-progress",
+    "--bottom-mlp",
+    "32,16",
+    "--top-mlp",
+    "32,1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +42,10 @@ def _summary(run_dir: Path) -> dict:
 
 def test_torchrun_two_ranks_trains_collapses_and_reports(criteo_dir: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    torchrun(TRAIN, ["--data", str(criteo_dir), "--run-dir", str(run_dir), "--sharding", "table_wise",
-                     "--epochs", "2", *QUICK])
+    torchrun(
+        TRAIN,
+        ["--data", str(criteo_dir), "--run-dir", str(run_dir), "--sharding", "table_wise", "--epochs", "2", *QUICK],
+    )
     s = _summary(run_dir)
     assert s["world_size"] == 2 and s["backend"] == "gloo" and s["model"] == "mlet"
     assert s["selected_by"] == "val auc" and s["selected_epoch"] in (0, 1)
@@ -53,8 +66,23 @@ def test_eval_every_selects_the_best_point_inside_the_epoch(criteo_dir: Path, tm
     """One epoch, evaluated every 2 steps: the selected model is the point with the best val AUC,
     and it is the one restored (the collapsed model is evaluated after the restore)."""
     run_dir = tmp_path / "run"
-    torchrun(TRAIN, ["--data", str(criteo_dir), "--run-dir", str(run_dir), "--sharding", "row_wise",
-                     "--eval-every", "2", "--embedding-lr", "0.5", "--diagnostics", *QUICK])
+    torchrun(
+        TRAIN,
+        [
+            "--data",
+            str(criteo_dir),
+            "--run-dir",
+            str(run_dir),
+            "--sharding",
+            "row_wise",
+            "--eval-every",
+            "2",
+            "--embedding-lr",
+            "0.5",
+            "--diagnostics",
+            *QUICK,
+        ],
+    )
     s = _summary(run_dir)
     events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     points = [e for e in events if e["event"] in ("eval", "epoch")]
@@ -80,9 +108,26 @@ def test_eval_every_selects_the_best_point_inside_the_epoch(criteo_dir: Path, tm
 
 def test_early_stopping_ends_training_after_patience_points_without_gain(criteo_dir: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    torchrun(TRAIN, ["--data", str(criteo_dir), "--run-dir", str(run_dir), "--sharding", "table_wise",
-                     "--epochs", "3", "--eval-every", "2", "--early-stop-patience", "1", "--embedding-lr", "0.5",
-                     *QUICK])
+    torchrun(
+        TRAIN,
+        [
+            "--data",
+            str(criteo_dir),
+            "--run-dir",
+            str(run_dir),
+            "--sharding",
+            "table_wise",
+            "--epochs",
+            "3",
+            "--eval-every",
+            "2",
+            "--early-stop-patience",
+            "1",
+            "--embedding-lr",
+            "0.5",
+            *QUICK,
+        ],
+    )
     s = _summary(run_dir)
     events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     points = [e for e in events if e["event"] in ("eval", "epoch")]
@@ -105,8 +150,10 @@ def test_early_stopping_ends_training_after_patience_points_without_gain(criteo_
 
 def test_baseline_flag_trains_stock_ebc_without_collapse(criteo_dir: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    torchrun(TRAIN, ["--data", str(criteo_dir), "--run-dir", str(run_dir), "--model", "baseline",
-                     "--sharding", "row_wise", *QUICK])
+    torchrun(
+        TRAIN,
+        ["--data", str(criteo_dir), "--run-dir", str(run_dir), "--model", "baseline", "--sharding", "row_wise", *QUICK],
+    )
     s = _summary(run_dir)
     assert s["model"] == "baseline" and "collapsed" not in s
     assert s["params_serving"] == s["params_training"]
@@ -117,8 +164,25 @@ def test_torchx_local_cwd_two_ranks(criteo_dir: Path, tmp_path: Path) -> None:
     assert torchx, "torchx is installed in the venv"
     run_dir = tmp_path / "run"
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", OMP_NUM_THREADS="1")
-    cmd = [torchx, "run", "-s", "local_cwd", "dist.ddp", "-j", "1x2", "--script", "mlet_dist/train.py", "--",
-           "--data", str(criteo_dir), "--run-dir", str(run_dir), "--sharding", "column_wise", *QUICK]
+    cmd = [
+        torchx,
+        "run",
+        "-s",
+        "local_cwd",
+        "dist.ddp",
+        "-j",
+        "1x2",
+        "--script",
+        "mlet_dist/train.py",
+        "--",
+        "--data",
+        str(criteo_dir),
+        "--run-dir",
+        str(run_dir),
+        "--sharding",
+        "column_wise",
+        *QUICK,
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     assert "SUCCEEDED" in proc.stdout + proc.stderr
@@ -128,8 +192,9 @@ def test_torchx_local_cwd_two_ranks(criteo_dir: Path, tmp_path: Path) -> None:
 def _train_cli(args: list, env_extra: dict = {}) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(env_extra)
-    return subprocess.run([sys.executable, str(TRAIN), *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(TRAIN), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_missing_data_is_a_clear_message(tmp_path: Path) -> None:
@@ -168,11 +233,11 @@ def test_plan_file_round_trip_and_mismatch(criteo_dir: Path, tmp_path: Path) -> 
     tables = next(iter(plan["plan"].values()))
     assert {e["sharding_type"] for e in tables.values()} == {"row_wise"}
     second = tmp_path / "second"
-    torchrun(TRAIN, ["--data", str(criteo_dir), "--run-dir", str(second), "--plan", str(first / "plan.json"),
-                     *QUICK])
+    torchrun(TRAIN, ["--data", str(criteo_dir), "--run-dir", str(second), "--plan", str(first / "plan.json"), *QUICK])
     assert json.loads((second / "plan.json").read_text())["plan"] == plan["plan"]
-    proc = _train_cli(["--data", str(criteo_dir), "--run-dir", str(tmp_path / "r"),
-                       "--plan", str(first / "plan.json"), *QUICK])
+    proc = _train_cli(
+        ["--data", str(criteo_dir), "--run-dir", str(tmp_path / "r"), "--plan", str(first / "plan.json"), *QUICK]
+    )
     assert proc.returncode != 0
     assert "was made for world size 2" in proc.stderr and "this job has 1 rank:" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -20,8 +20,22 @@ from dist_launch import ROOT
 
 TRAIN = ROOT / "mlet_dist" / "train.py"
 SAMPLE = ROOT / "data_prep" / "samples" / "criteo_sample.tsv"
-SMALL = ["--batch-size", "64", "--max-train-batches", "6", "--max-eval-batches", "2", "--no-progress",
-         "--bottom-mlp", "32,16", "--top-mlp", "32,1", "--no-collapse", "--sharding", "table_wise"]
+SMALL = [
+    "--batch-size",
+    "64",
+    "--max-train-batches",
+    "6",
+    "--max-eval-batches",
+    "2",
+    "--no-progress",
+    "--bottom-mlp",
+    "32,16",
+    "--top-mlp",
+    "32,1",
+    "--no-collapse",
+    "--sharding",
+    "table_wise",
+]
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +62,9 @@ def test_one_rank_failing_ends_the_job_promptly_with_one_error_line(data: Path, 
     """Rank 1 raises after step 3 while rank 0 goes on into step 4's all-to-all. Before the fix the
     failing rank waited in a teardown barrier and the job hung until the backend timeout."""
     run = tmp_path / "run"
-    proc, seconds = launch(["--data", str(data), "--run-dir", str(run), *SMALL],
-                           timeout=60, env_extra={"MLET_FAULT": "step:3:1:raise"})
+    proc, seconds = launch(
+        ["--data", str(data), "--run-dir", str(run), *SMALL], timeout=60, env_extra={"MLET_FAULT": "step:3:1:raise"}
+    )
     assert proc.returncode != 0
     assert seconds < 60
     lines = error_lines(proc)
@@ -59,20 +74,24 @@ def test_one_rank_failing_ends_the_job_promptly_with_one_error_line(data: Path, 
     assert "Traceback" in (run / "errors" / "rank1.log").read_text()
 
 
-@pytest.mark.parametrize("flag, value, message", [
-    ("--dense-lr", "inf", "--dense-lr must be a finite number > 0, got inf"),
-    ("--embedding-lr", "nan", "--embedding-lr must be a finite number > 0, got nan"),
-    ("--log-every", "0", "--log-every must be >= 1"),
-    ("--max-train-batches", "0", "--max-train-batches must be >= 1 (leave it out for the whole split)"),
-    ("--collective-timeout-s", "-1", "--collective-timeout-s must be a positive number"),
-])
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--dense-lr", "inf", "--dense-lr must be a finite number > 0, got inf"),
+        ("--embedding-lr", "nan", "--embedding-lr must be a finite number > 0, got nan"),
+        ("--log-every", "0", "--log-every must be >= 1"),
+        ("--max-train-batches", "0", "--max-train-batches must be >= 1 (leave it out for the whole split)"),
+        ("--collective-timeout-s", "-1", "--collective-timeout-s must be a positive number"),
+    ],
+)
 def test_impossible_flags_stop_before_training_with_one_line(
     data: Path, tmp_path: Path, flag: str, value: str, message: str
 ) -> None:
     args = [a for a in SMALL if a not in ("--max-train-batches", "6")] if flag == "--max-train-batches" else SMALL
     proc, _ = launch(["--data", str(data), "--run-dir", str(tmp_path / "run"), *args, flag, value], timeout=120)
     assert error_lines(proc) == [f"error: {message}"] or (
-        len(error_lines(proc)) == 1 and error_lines(proc)[0].startswith(f"error: {message}")), proc.stderr[-2000:]
+        len(error_lines(proc)) == 1 and error_lines(proc)[0].startswith(f"error: {message}")
+    ), proc.stderr[-2000:]
     assert "exitcode  : 2" in proc.stderr  # torchrun's report of the worker's exit code
     assert not (tmp_path / "run" / "checkpoints").exists()
 
@@ -107,8 +126,9 @@ def test_nan_dense_value_stops_at_its_batch_with_valid_metrics(data: Path, tmp_p
     (row 200 is in the second global batch of 128 rows), before that step trains or saves."""
     bad = _rewrite_train_part(data, tmp_path, lambda t: _set_column(t, "I3", 200, np.nan))
     run = tmp_path / "run"
-    proc, _ = launch(["--data", str(bad), "--run-dir", str(run), *SMALL, "--checkpoint-every", "1",
-                      "--log-every", "1"], timeout=120)
+    proc, _ = launch(
+        ["--data", str(bad), "--run-dir", str(run), *SMALL, "--checkpoint-every", "1", "--log-every", "1"], timeout=120
+    )
     lines = error_lines(proc)
     assert len(lines) == 1 and "dense feature 'I3' has NaN or infinite values" in lines[0], proc.stderr[-2000:]
     events = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]  # strict JSON
@@ -117,9 +137,28 @@ def test_nan_dense_value_stops_at_its_batch_with_valid_metrics(data: Path, tmp_p
 
 def test_diverging_loss_stops_with_step_named_and_no_checkpoint_of_it(data: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    proc, _ = launch(["--data", str(data), "--run-dir", str(run), *SMALL, "--checkpoint-every", "1",
-                      "--log-every", "1", "--dense-optimizer", "sgd", "--dense-lr", "1e30",
-                      "--embedding-optimizer", "sgd", "--embedding-lr", "1e30"], timeout=120)
+    proc, _ = launch(
+        [
+            "--data",
+            str(data),
+            "--run-dir",
+            str(run),
+            *SMALL,
+            "--checkpoint-every",
+            "1",
+            "--log-every",
+            "1",
+            "--dense-optimizer",
+            "sgd",
+            "--dense-lr",
+            "1e30",
+            "--embedding-optimizer",
+            "sgd",
+            "--embedding-lr",
+            "1e30",
+        ],
+        timeout=120,
+    )
     lines = error_lines(proc)
     assert len(lines) == 1 and "training loss is nan at global step" in lines[0], proc.stderr[-2000:]
     step = int(lines[0].split("global step ")[1].split()[0])
@@ -141,9 +180,15 @@ def test_bad_val_id_fails_before_the_first_step(data: Path, tmp_path: Path) -> N
     run = tmp_path / "run"
     proc, _ = launch(["--data", str(bad), "--run-dir", str(run), *SMALL, "--log-every", "1"], timeout=120)
     lines = error_lines(proc)
-    assert len(lines) == 1 and re.search(r"feature 'C5' has ids in \[\d+, 1000000\], outside its table", lines[0]), lines
+    assert len(lines) == 1 and re.search(r"feature 'C5' has ids in \[\d+, 1000000\], outside its table", lines[0]), (
+        lines
+    )
     assert "val/part-00000.parquet" in lines[0]
-    events = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()] if (run / "metrics.jsonl").exists() else []
+    events = (
+        [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+        if (run / "metrics.jsonl").exists()
+        else []
+    )
     assert not [e for e in events if e["event"] == "train"]
 
 
@@ -156,7 +201,7 @@ def test_corrupt_part_file_mid_epoch_stops_every_rank_naming_file_and_row_group(
     part = bad / "train" / "part-00000.parquet"
     raw = bytearray(part.read_bytes())
     footer = len(raw) - 8 - int.from_bytes(raw[-8:-4], "little")
-    raw[100:footer - 100] = bytes(footer - 200)  # zero the data pages, keep the footer
+    raw[100 : footer - 100] = bytes(footer - 200)  # zero the data pages, keep the footer
     part.write_bytes(bytes(raw))
     proc, seconds = launch(["--data", str(bad), "--run-dir", str(tmp_path / "run"), *SMALL], timeout=90)
     assert proc.returncode != 0 and seconds < 90

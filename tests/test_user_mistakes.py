@@ -15,16 +15,31 @@ from mlet_dist.serving.predict_cli import predict_main
 
 TRAIN = ROOT / "mlet_dist" / "train.py"
 SAMPLE = ROOT / "data_prep" / "samples" / "criteo_sample.tsv"
-QUICK = ["--batch-size", "64", "--max-train-batches", "2", "--max-eval-batches", "1", "--no-progress",
-         "--bottom-mlp", "16,16", "--top-mlp", "16,1", "--sharding", "table_wise", "--no-collapse"]
+QUICK = [
+    "--batch-size",
+    "64",
+    "--max-train-batches",
+    "2",
+    "--max-eval-batches",
+    "1",
+    "--no-progress",
+    "--bottom-mlp",
+    "16,16",
+    "--top-mlp",
+    "16,1",
+    "--sharding",
+    "table_wise",
+    "--no-collapse",
+]
 LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "TORCHELASTIC_RUN_ID")
 
 
 def _train(args: list, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
     env["OMP_NUM_THREADS"] = "1"
-    return subprocess.run([sys.executable, str(TRAIN), *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(TRAIN), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_raw_file_as_data_names_the_mlet_prep_command(tmp_path: Path) -> None:
@@ -40,15 +55,22 @@ def test_raw_file_as_data_names_the_mlet_prep_command(tmp_path: Path) -> None:
 
 def test_predict_refuses_an_output_it_would_not_write_as_named(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match=r"error: --out .*x\.json: predictions are written as \.parquet"):
-        predict_main(["--serving", str(tmp_path / "s"), "--data", str(tmp_path / "d"), "--out", str(tmp_path / "x.json")])
+        predict_main(
+            ["--serving", str(tmp_path / "s"), "--data", str(tmp_path / "d"), "--out", str(tmp_path / "x.json")]
+        )
     assert not (tmp_path / "x.json").exists()
 
 
 def test_forgotten_data_under_torchrun_prints_the_error_once() -> None:
     env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                           str(TRAIN)], cwd=ROOT, env=dict(env, OMP_NUM_THREADS="1"), capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(TRAIN)],
+        cwd=ROOT,
+        env=dict(env, OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert out.count("the following arguments are required: --data") == 1, out[-3000:]

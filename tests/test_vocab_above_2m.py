@@ -86,7 +86,11 @@ def test_prepared_vocabulary_and_ids_match_numpy(tmp_path: Path, workers: int) -
     assert np.array_equal(saved.column("id").to_numpy(), ref["ids"])
     assert result.meta["table_sizes"]["C1"] == len(ref["keys"]) + 1
     assert json.loads((out / "meta.json").read_text())["min_count"] == 2
-    encoded = np.concatenate([pq.read_table(out / f, columns=["C1"]).column("C1").to_numpy()
-                              for split in ("train", "test", "val")  # input order: the last chunk is test first
-                              for f in result.meta["splits"][split]["files"]])
+    encoded = np.concatenate(
+        [
+            pq.read_table(out / f, columns=["C1"]).column("C1").to_numpy()
+            for split in ("train", "test", "val")  # input order: the last chunk is test first
+            for f in result.meta["splits"][split]["files"]
+        ]
+    )
     assert np.array_equal(encoded, reference_encode(ref, keys))

@@ -31,7 +31,7 @@ def _prepared_ids(ds: Path) -> pa.Table:
 
 
 def _raw_columns(path: Path, sep: str, names: List[str], skip_header: bool) -> Dict[str, List[str]]:
-    lines = path.read_text().splitlines()[1 if skip_header else 0:]
+    lines = path.read_text().splitlines()[1 if skip_header else 0 :]
     rows = [line.split(sep) for line in lines]
     return {name: [r[i] for r in rows] for i, name in enumerate(names)}
 

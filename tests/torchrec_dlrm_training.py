@@ -32,8 +32,11 @@ def batch(step: int, rank: int):
     only through the tables)."""
     g = torch.Generator().manual_seed(1000 * step + rank)
     ids = torch.randint(0, ROWS, (TABLES, BATCH), generator=g)
-    kjt = KeyedJaggedTensor.from_lengths_sync(keys=[f"f{i}" for i in range(TABLES)], values=ids.reshape(-1),
-                                              lengths=torch.ones(TABLES * BATCH, dtype=torch.int32))
+    kjt = KeyedJaggedTensor.from_lengths_sync(
+        keys=[f"f{i}" for i in range(TABLES)],
+        values=ids.reshape(-1),
+        lengths=torch.ones(TABLES * BATCH, dtype=torch.int32),
+    )
     return torch.randn(BATCH, DENSE, generator=g), kjt, (ids[0] < ROWS // 2).float()
 
 
@@ -43,19 +46,27 @@ def train_torchrec_dlrm(env: DistEnv, which: str) -> Optional[Dict[str, Any]]:
     rank = env.rank
     torch.manual_seed(rank)
 
-    tables = [EmbeddingBagConfig(name=f"t{i}", num_embeddings=ROWS, embedding_dim=D, feature_names=[f"f{i}"])
-              for i in range(TABLES)]
+    tables = [
+        EmbeddingBagConfig(name=f"t{i}", num_embeddings=ROWS, embedding_dim=D, feature_names=[f"f{i}"])
+        for i in range(TABLES)
+    ]
     ebc = mlet_dist.mlet_collection(tables, inner_dim=K, device=torch.device("meta"))
-    model = DLRM(embedding_bag_collection=ebc, dense_in_features=DENSE, dense_arch_layer_sizes=[16, D],
-                 over_arch_layer_sizes=[16, 1], dense_device=torch.device("cpu"))
+    model = DLRM(
+        embedding_bag_collection=ebc,
+        dense_in_features=DENSE,
+        dense_arch_layer_sizes=[16, D],
+        over_arch_layer_sizes=[16, 1],
+        dense_device=torch.device("cpu"),
+    )
     apply_optimizer_in_backward(torch.optim.SGD, ebc.wide.parameters(), {"lr": 0.5})
     if which == "after-comm":
         model = shard_model(model, env, ShardingConfig(owner_projection=False))
     else:
         sharders = mlet_dist.sharders() if which == "mlet" else None  # None: TorchRec's defaults
         model = DistributedModelParallel(model, device=torch.device("cpu"), sharders=sharders)
-    dense = KeyedOptimizerWrapper(dict(in_backward_optimizer_filter(model.named_parameters())),
-                                  lambda params: torch.optim.Adam(params, lr=0.01))
+    dense = KeyedOptimizerWrapper(
+        dict(in_backward_optimizer_filter(model.named_parameters())), lambda params: torch.optim.Adam(params, lr=0.01)
+    )
     optimizer = CombinedOptimizer([model.fused_optimizer, dense])
 
     losses = []

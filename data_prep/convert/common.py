@@ -96,8 +96,9 @@ def npz_arrays(path: Path) -> Dict[str, np.ndarray]:
             if int(np.prod(shape)) == 0:
                 out[key] = np.empty(shape, dtype)
             else:
-                out[key] = np.memmap(path, dtype=dtype, mode="r", offset=f.tell(), shape=shape,
-                                     order="F" if fortran else "C")
+                out[key] = np.memmap(
+                    path, dtype=dtype, mode="r", offset=f.tell(), shape=shape, order="F" if fortran else "C"
+                )
     return out
 
 
@@ -119,8 +120,10 @@ def _check_packed_member(path: Path, info: zipfile.ZipInfo) -> None:
     declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
     held = min(info.file_size, info.compress_size * _DEFLATE_MAX_RATIO)
     if declared > held:
-        raise ValueError(f"{path}: member {info.filename!r} declares {shape} ({declared:,} bytes) but holds at most "
-                         f"{held:,} bytes (damaged or hostile archive)")
+        raise ValueError(
+            f"{path}: member {info.filename!r} declares {shape} ({declared:,} bytes) but holds at most "
+            f"{held:,} bytes (damaged or hostile archive)"
+        )
 
 
 def _numeric(arr: np.ndarray, path: Path, key: str) -> np.ndarray:
@@ -162,8 +165,10 @@ def checked_ids(ids: np.ndarray, where: Path, start: int, feature: Callable[[int
     if arr.size == 0:
         return arr.astype(np.int64)
     if np.issubdtype(arr.dtype, np.floating):
-        checks = [(~np.isfinite(arr) | (arr != np.floor(arr)), "is not a whole number"),
-                  (arr >= MAX_TABLE_ROWS, f"is beyond {MAX_TABLE_ROWS:,} ids")]
+        checks = [
+            (~np.isfinite(arr) | (arr != np.floor(arr)), "is not a whole number"),
+            (arr >= MAX_TABLE_ROWS, f"is beyond {MAX_TABLE_ROWS:,} ids"),
+        ]
     elif np.issubdtype(arr.dtype, np.unsignedinteger):
         checks = [(arr > INT64_MAX, "does not fit int64")]
     else:
@@ -178,8 +183,9 @@ def checked_ids(ids: np.ndarray, where: Path, start: int, feature: Callable[[int
     return arr.astype(np.int64)
 
 
-def table_sizes_from(features: Sequence[str], max_ids: np.ndarray, given: Optional[Sequence[int]], source: str,
-                     hint: str = "") -> List[int]:
+def table_sizes_from(
+    features: Sequence[str], max_ids: np.ndarray, given: Optional[Sequence[int]], source: str, hint: str = ""
+) -> List[int]:
     """max id + 1 per feature (at least 1), or the given sizes after checking every id fits; no
     table beyond MAX_TABLE_ROWS. ``hint`` ends the message of an id that does not fit."""
     sizes = [int(m) + 1 if m >= 0 else 1 for m in max_ids]
@@ -187,8 +193,10 @@ def table_sizes_from(features: Sequence[str], max_ids: np.ndarray, given: Option
     if given is None:
         for f, n in zip(features, sizes):
             if n > MAX_TABLE_ROWS:
-                raise ValueError(f"feature {f}: id {n - 1} in {source} would need a table of {n:,} rows, more than "
-                                 f"{MAX_TABLE_ROWS:,}{tail}")
+                raise ValueError(
+                    f"feature {f}: id {n - 1} in {source} would need a table of {n:,} rows, more than "
+                    f"{MAX_TABLE_ROWS:,}{tail}"
+                )
         return sizes
     if len(given) != len(sizes):
         raise ValueError(f"need {len(sizes)} table sizes, got {len(given)}")
@@ -237,10 +245,22 @@ def bag_column(ids: np.ndarray) -> pa.Array:
 
 
 def write_converted(
-    out: Path, cfg: PrepConfig, schema: pa.Schema, blocks: Iterable[Tuple[str, pa.Table]], *,
-    dataset: str, sources: Sequence[str], rows_per_source: Mapping[str, int], source_unit: str = "files",
-    dense: Sequence[str], sparse: Sequence[str], table_sizes: Sequence[int], split: Dict[str, Any],
-    dense_transform: str, sparse_transform: str, multi_hot: Optional[Mapping[str, int]] = None,
+    out: Path,
+    cfg: PrepConfig,
+    schema: pa.Schema,
+    blocks: Iterable[Tuple[str, pa.Table]],
+    *,
+    dataset: str,
+    sources: Sequence[str],
+    rows_per_source: Mapping[str, int],
+    source_unit: str = "files",
+    dense: Sequence[str],
+    sparse: Sequence[str],
+    table_sizes: Sequence[int],
+    split: Dict[str, Any],
+    dense_transform: str,
+    sparse_transform: str,
+    multi_hot: Optional[Mapping[str, int]] = None,
     extra: Optional[Mapping[str, Any]] = None,
 ) -> PrepResult:
     """Write (split, table) blocks in order, then meta.json with the row accounting, then publish.

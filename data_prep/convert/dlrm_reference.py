@@ -38,7 +38,13 @@ import pyarrow as pa
 
 from data_prep.dataset_format import CRITEO_DENSE_FEATURES, CRITEO_SPARSE_FEATURES, SPLITS, parquet_schema
 from data_prep.convert.common import (
-    checked_ids, dense_log, first_bad, npz_arrays, regular_file, table_sizes_from, write_converted,
+    checked_ids,
+    dense_log,
+    first_bad,
+    npz_arrays,
+    regular_file,
+    table_sizes_from,
+    write_converted,
 )
 from data_prep.spec import PrepConfig, PrepResult
 from data_prep.staging import check_output
@@ -46,8 +52,10 @@ from data_prep.staging import check_output
 PathLike = Union[str, Path]
 BLOCK_ROWS = 1 << 17
 RECORD_INTS = 1 + len(CRITEO_DENSE_FEATURES) + len(CRITEO_SPARSE_FEATURES)  # 40 int32 per .bin record
-DENSE_NOTE = ("log(max(x, 0) + 1) of the reference's raw counts, applied once here (the reference applies log(x + 1) "
-              "at load time); not to be transformed again")
+DENSE_NOTE = (
+    "log(max(x, 0) + 1) of the reference's raw counts, applied once here (the reference applies log(x + 1) "
+    "at load time); not to be transformed again"
+)
 
 
 @dataclasses.dataclass
@@ -79,8 +87,10 @@ def _scan(p: Piece, modulo: Optional[int], sizes: Optional[np.ndarray]) -> np.nd
         if sizes is not None and (ids >= sizes).any():
             row = first_bad((ids >= sizes).any(axis=1))
             col = first_bad(ids[row] >= sizes)
-            raise ValueError(f"{p.path}: row {lo + row}: {CRITEO_SPARSE_FEATURES[col]} id {ids[row, col]} is outside "
-                             f"its table of {sizes[col]} ids")
+            raise ValueError(
+                f"{p.path}: row {lo + row}: {CRITEO_SPARSE_FEATURES[col]} id {ids[row, col]} is outside "
+                f"its table of {sizes[col]} ids"
+            )
         if len(ids):
             max_ids = np.maximum(max_ids, ids.max(axis=0))
     return max_ids
@@ -105,9 +115,17 @@ def _blocks(pieces: List[Piece], schema: pa.Schema, modulo: Optional[int]) -> It
             yield p.split, pa.Table.from_arrays(cols, schema=schema)
 
 
-def _convert(pieces: List[Piece], out: Path, cfg: PrepConfig, dataset: str, counts: Optional[np.ndarray],
-             counts_source: str, modulo: Optional[int], rows_per_source: Dict[str, int],
-             split: Dict[str, Any]) -> PrepResult:
+def _convert(
+    pieces: List[Piece],
+    out: Path,
+    cfg: PrepConfig,
+    dataset: str,
+    counts: Optional[np.ndarray],
+    counts_source: str,
+    modulo: Optional[int],
+    rows_per_source: Dict[str, int],
+    split: Dict[str, Any],
+) -> PrepResult:
     given = None if counts is None else np.minimum(counts, modulo) if modulo else counts
     max_ids = np.full(len(CRITEO_SPARSE_FEATURES), -1, np.int64)
     for p in pieces:  # check everything before writing anything
@@ -116,11 +134,20 @@ def _convert(pieces: List[Piece], out: Path, cfg: PrepConfig, dataset: str, coun
     schema = parquet_schema()
     how = f"counts from {counts_source}" if counts is not None else "max id + 1"
     return write_converted(
-        out, cfg, schema, _blocks(pieces, schema, modulo), dataset=dataset, sources=list(rows_per_source),
-        rows_per_source=rows_per_source, dense=CRITEO_DENSE_FEATURES, sparse=CRITEO_SPARSE_FEATURES,
-        table_sizes=sizes, split=split, dense_transform=DENSE_NOTE,
+        out,
+        cfg,
+        schema,
+        _blocks(pieces, schema, modulo),
+        dataset=dataset,
+        sources=list(rows_per_source),
+        rows_per_source=rows_per_source,
+        dense=CRITEO_DENSE_FEATURES,
+        sparse=CRITEO_SPARSE_FEATURES,
+        table_sizes=sizes,
+        split=split,
+        dense_transform=DENSE_NOTE,
         sparse_transform=f"ids as in the files{f' modulo --max-ind-range {modulo}' if modulo else ''}; "
-                         f"table_sizes = {how}{f' capped at {modulo}' if modulo else ''}",
+        f"table_sizes = {how}{f' capped at {modulo}' if modulo else ''}",
     )
 
 
@@ -134,16 +161,23 @@ def _counts(path: Path) -> np.ndarray:
 def _one_beside(directory: Path, pattern: str, flag: str) -> Optional[Path]:
     found = sorted(directory.glob(pattern))
     if len(found) > 1:
-        raise ValueError(f"{directory}: several {pattern} files ({', '.join(p.name for p in found)}); choose one with {flag}")
+        raise ValueError(
+            f"{directory}: several {pattern} files ({', '.join(p.name for p in found)}); choose one with {flag}"
+        )
     return found[0] if found else None
 
 
 # -- processed .npz ----------------------------------------------------------------------------
 
 
-def prepare_dlrm_npz(src: PathLike, out: PathLike, config: Optional[PrepConfig] = None,
-                     day_count: Optional[PathLike] = None, max_ind_range: Optional[int] = None,
-                     **overrides: Any) -> PrepResult:
+def prepare_dlrm_npz(
+    src: PathLike,
+    out: PathLike,
+    config: Optional[PrepConfig] = None,
+    day_count: Optional[PathLike] = None,
+    max_ind_range: Optional[int] = None,
+    **overrides: Any,
+) -> PrepResult:
     """Convert the reference DLRM's ``*_processed.npz`` (+ ``*_day_count.npz``) into a prepared dataset."""
     cfg = dataclasses.replace(config or PrepConfig(), **overrides)
     path, out_path = Path(src), Path(out)
@@ -158,18 +192,27 @@ def prepare_dlrm_npz(src: PathLike, out: PathLike, config: Optional[PrepConfig] 
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if not np.issubdtype(x_int.dtype, np.integer):
-        raise ValueError(f"{path}: X_int is {x_int.dtype}: the reference's processed file holds raw integer counts "
-                         "(a float X_int was transformed already and would be logged twice)")
-    for name, arr, width in (("X_int", x_int, len(CRITEO_DENSE_FEATURES)), ("X_cat", x_cat, len(CRITEO_SPARSE_FEATURES))):
+        raise ValueError(
+            f"{path}: X_int is {x_int.dtype}: the reference's processed file holds raw integer counts "
+            "(a float X_int was transformed already and would be logged twice)"
+        )
+    for name, arr, width in (
+        ("X_int", x_int, len(CRITEO_DENSE_FEATURES)),
+        ("X_cat", x_cat, len(CRITEO_SPARSE_FEATURES)),
+    ):
         if arr.ndim != 2 or arr.shape[1] != width or not np.issubdtype(arr.dtype, np.number):
-            raise ValueError(f"{path}: {name} has shape {arr.shape} dtype {arr.dtype}, expected numbers [rows, {width}]")
+            raise ValueError(
+                f"{path}: {name} has shape {arr.shape} dtype {arr.dtype}, expected numbers [rows, {width}]"
+            )
         if len(arr) != len(y):
             raise ValueError(f"{path}: rows differ: {name} {len(arr)}, y {len(y)}")
     counts = _counts_of(arrays["counts"], path)
     day_path = Path(day_count) if day_count is not None else _one_beside(path.parent, "*_day_count.npz", "--day-count")
     if day_path is None:
-        raise ValueError(f"{path}: no *_day_count.npz beside it (data_utils.py writes <raw>_day_count.npz next to "
-                         "the raw data); pass --day-count FILE to split the days as the reference does")
+        raise ValueError(
+            f"{path}: no *_day_count.npz beside it (data_utils.py writes <raw>_day_count.npz next to "
+            "the raw data); pass --day-count FILE to split the days as the reference does"
+        )
     per_day = npz_arrays(day_path).get("total_per_file")
     if per_day is None or per_day.ndim != 1 or len(per_day) < 2 or per_day.min() < 0:
         raise ValueError(f"{day_path}: expected 'total_per_file', rows per day (at least 2 days)")
@@ -179,14 +222,29 @@ def prepare_dlrm_npz(src: PathLike, out: PathLike, config: Optional[PrepConfig] 
     test_end = train_end + (int(per_day[-1]) + 1) // 2  # np.array_split(last day, 2): test first
     bounds = {"train": (0, train_end), "test": (train_end, test_end), "val": (test_end, len(y))}
     pieces = [Piece(path, s, *bounds[s], y, x_int, x_cat) for s in SPLITS]
-    return _convert(pieces, out_path, cfg, "dlrm-npz", counts, f"{path.name} 'counts'", max_ind_range,
-                    {path.name: len(y)},
-                    {"method": f"days of {day_path.name}", "train_days": len(per_day) - 1,
-                     "val_test": "last day halved as the reference: test the first ceil(rows/2), val the rest"})
+    return _convert(
+        pieces,
+        out_path,
+        cfg,
+        "dlrm-npz",
+        counts,
+        f"{path.name} 'counts'",
+        max_ind_range,
+        {path.name: len(y)},
+        {
+            "method": f"days of {day_path.name}",
+            "train_days": len(per_day) - 1,
+            "val_test": "last day halved as the reference: test the first ceil(rows/2), val the rest",
+        },
+    )
 
 
 def _counts_of(counts: np.ndarray, path: Path) -> np.ndarray:
-    if counts.shape != (len(CRITEO_SPARSE_FEATURES),) or not np.issubdtype(counts.dtype, np.integer) or counts.min() < 1:
+    if (
+        counts.shape != (len(CRITEO_SPARSE_FEATURES),)
+        or not np.issubdtype(counts.dtype, np.integer)
+        or counts.min() < 1
+    ):
         raise ValueError(f"{path}: counts has shape {counts.shape} dtype {counts.dtype}, expected 26 integers >= 1")
     return np.asarray(counts, np.int64)
 
@@ -210,7 +268,7 @@ def find_bins(src: Path) -> Dict[str, Path]:
         raise ValueError(f"{src}: no terabyte_processed_{{train,val,test}}.bin (or {{train,val,test}}_data.bin) files")
     if len(sets) > 1:
         raise ValueError(f"{src}: more than one set of .bin files ({', '.join(sorted(sets))}); keep one per directory")
-    (pattern, files), = sets.items()
+    ((pattern, files),) = sets.items()
     missing = [pattern.format(split=s) for s in SPLITS if s not in files]
     if missing:
         raise FileNotFoundError(f"{src / missing[0]} is missing (the reference writes train, val and test .bin)")
@@ -221,16 +279,23 @@ def _records(path: Path) -> np.ndarray:
     size = regular_file(path).stat().st_size  # a FIFO or directory would read as an empty split
     record = RECORD_INTS * 4
     if size % record:
-        raise ValueError(f"{path}: row {size // record}: the file ends {size % record} bytes into a record "
-                         f"({size} bytes is not a multiple of {record}: {RECORD_INTS} int32 per row); truncated?")
+        raise ValueError(
+            f"{path}: row {size // record}: the file ends {size % record} bytes into a record "
+            f"({size} bytes is not a multiple of {record}: {RECORD_INTS} int32 per row); truncated?"
+        )
     if size == 0:
         return np.zeros((0, RECORD_INTS), np.int32)
     return np.memmap(path, dtype="<i4", mode="r", shape=(size // record, RECORD_INTS))
 
 
-def prepare_dlrm_bin(src: PathLike, out: PathLike, config: Optional[PrepConfig] = None,
-                     counts: Optional[PathLike] = None, max_ind_range: Optional[int] = None,
-                     **overrides: Any) -> PrepResult:
+def prepare_dlrm_bin(
+    src: PathLike,
+    out: PathLike,
+    config: Optional[PrepConfig] = None,
+    counts: Optional[PathLike] = None,
+    max_ind_range: Optional[int] = None,
+    **overrides: Any,
+) -> PrepResult:
     """Convert the reference DLRM's train/val/test .bin files into a prepared dataset."""
     cfg = dataclasses.replace(config or PrepConfig(), **overrides)
     root, out_path = Path(src), Path(out)
@@ -242,6 +307,14 @@ def prepare_dlrm_bin(src: PathLike, out: PathLike, config: Optional[PrepConfig] 
     for split in SPLITS:
         rec = _records(files[split])
         pieces.append(Piece(files[split], split, 0, len(rec), rec[:, 0], rec[:, 1:14], rec[:, 14:]))
-    return _convert(pieces, out_path, cfg, "dlrm-bin", sizes, counts_path.name if counts_path else "",
-                    max_ind_range, {p.path.name: p.hi for p in pieces},
-                    {"method": "reference .bin files", "files": {s: files[s].name for s in SPLITS}})
+    return _convert(
+        pieces,
+        out_path,
+        cfg,
+        "dlrm-bin",
+        sizes,
+        counts_path.name if counts_path else "",
+        max_ind_range,
+        {p.path.name: p.hi for p in pieces},
+        {"method": "reference .bin files", "files": {s: files[s].name for s in SPLITS}},
+    )

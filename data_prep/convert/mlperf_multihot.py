@@ -30,7 +30,14 @@ import pyarrow as pa
 
 from data_prep.dataset_format import CRITEO_DENSE_FEATURES, CRITEO_SPARSE_FEATURES, parquet_schema
 from data_prep.convert.common import (
-    bag_column, checked_dense, checked_ids, day_blocks, first_bad, load_npy, npz_arrays, table_sizes_from,
+    bag_column,
+    checked_dense,
+    checked_ids,
+    day_blocks,
+    first_bad,
+    load_npy,
+    npz_arrays,
+    table_sizes_from,
     write_converted,
 )
 from data_prep.spec import PrepConfig, PrepResult
@@ -64,13 +71,17 @@ def _open_day(n: int, src: Path, dense_dir: Path) -> Day:
     dense_path, labels_path = dense_dir / f"day_{n}_dense.npy", dense_dir / f"day_{n}_labels.npy"
     for p in (dense_path, labels_path):
         if not p.is_file():
-            raise FileNotFoundError(f"{p} is missing (day {n} has {sparse_path.name}; the materializing script "
-                                    "copies dense and labels only with --copy_labels_and_dense: see --dense-labels)")
+            raise FileNotFoundError(
+                f"{p} is missing (day {n} has {sparse_path.name}; the materializing script "
+                "copies dense and labels only with --copy_labels_and_dense: see --dense-labels)"
+            )
     members = npz_arrays(sparse_path)
     missing = [str(j) for j in range(len(_FEATURES)) if str(j) not in members]
     if missing or len(members) != len(_FEATURES):
-        raise ValueError(f"{sparse_path}: members {sorted(members, key=str)} where 0..{len(_FEATURES) - 1} were expected "
-                         f"(one [rows, bag size] array per Criteo feature)")
+        raise ValueError(
+            f"{sparse_path}: members {sorted(members, key=str)} where 0..{len(_FEATURES) - 1} were expected "
+            f"(one [rows, bag size] array per Criteo feature)"
+        )
     bags = [members[str(j)] for j in range(len(_FEATURES))]
     dense, labels = load_npy(dense_path), load_npy(labels_path)
     if labels.ndim == 2 and labels.shape[1] == 1:
@@ -81,11 +92,14 @@ def _open_day(n: int, src: Path, dense_dir: Path) -> Day:
         raise ValueError(f"{labels_path}: shape {labels.shape}, expected [rows] or [rows, 1] of numbers")
     for j, b in enumerate(bags):
         if b.ndim != 2 or b.shape[1] < 1 or not np.issubdtype(b.dtype, np.integer):
-            raise ValueError(f"{sparse_path}: member '{j}' ({_FEATURES[j]}) has shape {b.shape} dtype {b.dtype}, "
-                             "expected integer ids [rows, bag size]")
+            raise ValueError(
+                f"{sparse_path}: member '{j}' ({_FEATURES[j]}) has shape {b.shape} dtype {b.dtype}, "
+                "expected integer ids [rows, bag size]"
+            )
         if len(b) != len(labels):
-            raise ValueError(f"day {n}: rows differ: {sparse_path.name} member '{j}' {len(b)}, "
-                             f"{labels_path.name} {len(labels)}")
+            raise ValueError(
+                f"day {n}: rows differ: {sparse_path.name} member '{j}' {len(b)}, {labels_path.name} {len(labels)}"
+            )
     if len(dense) != len(labels):
         raise ValueError(f"day {n}: rows differ: {dense_path.name} {len(dense)}, {labels_path.name} {len(labels)}")
     return Day(n, sparse_path, dense_path, labels_path, bags, dense, labels)
@@ -97,8 +111,9 @@ def find_days(src: Path, dense_dir: Optional[Path] = None) -> List[Day]:
         raise FileNotFoundError(f"not a directory of MLPerf multi-hot day files: {src}")
     numbers = sorted(int(m.group(1)) for p in src.iterdir() if (m := _DAY.match(p.name)))
     if not numbers:
-        raise ValueError(f"{src}: no day_N_sparse_multi_hot.npz files (materialize_synthetic_multihot_dataset.py "
-                         "writes them)")
+        raise ValueError(
+            f"{src}: no day_N_sparse_multi_hot.npz files (materialize_synthetic_multihot_dataset.py writes them)"
+        )
     return [_open_day(n, src, dense_dir or src) for n in numbers]
 
 
@@ -107,13 +122,16 @@ def _bag_sizes(days: List[Day], max_bag: Optional[int]) -> List[int]:
     for day in days[1:]:
         for j, b in enumerate(day.bags):
             if b.shape[1] != sizes[j]:
-                raise ValueError(f"{day.sparse_path}: {_FEATURES[j]} has bags of {b.shape[1]} ids, "
-                                 f"{days[0].sparse_path.name} of {sizes[j]} (one multi-hot size per feature)")
+                raise ValueError(
+                    f"{day.sparse_path}: {_FEATURES[j]} has bags of {b.shape[1]} ids, "
+                    f"{days[0].sparse_path.name} of {sizes[j]} (one multi-hot size per feature)"
+                )
     if max_bag is not None:
         for j, k in enumerate(sizes):
             if k > max_bag:
-                raise ValueError(f"{days[0].sparse_path}: row 0: {_FEATURES[j]} bag of {k} ids is longer than "
-                                 f"--max-bag {max_bag}")
+                raise ValueError(
+                    f"{days[0].sparse_path}: row 0: {_FEATURES[j]} bag of {k} ids is longer than --max-bag {max_bag}"
+                )
     return sizes
 
 
@@ -153,8 +171,13 @@ def _blocks(days: List[Day], schema: pa.Schema, sizes: List[int]) -> Iterator[Tu
 
 
 def prepare_mlperf_multihot(
-    src: PathLike, out: PathLike, config: Optional[PrepConfig] = None, dense_labels: Optional[PathLike] = None,
-    table_sizes: Optional[Sequence[int]] = None, max_bag: Optional[int] = None, **overrides: Any,
+    src: PathLike,
+    out: PathLike,
+    config: Optional[PrepConfig] = None,
+    dense_labels: Optional[PathLike] = None,
+    table_sizes: Optional[Sequence[int]] = None,
+    max_bag: Optional[int] = None,
+    **overrides: Any,
 ) -> PrepResult:
     """Convert a directory of MLPerf multi-hot day files into a prepared dataset (FORMAT.md)."""
     cfg = dataclasses.replace(config or PrepConfig(), **overrides)
@@ -169,11 +192,19 @@ def prepare_mlperf_multihot(
     schema = parquet_schema(multi_hot=tuple(multi_hot))
     names = [f"day_{d.number}" for d in days]
     return write_converted(
-        Path(out), cfg, schema, _blocks(days, schema, sizes), dataset=DATASET, sources=names,
-        rows_per_source={n: d.rows for n, d in zip(names, days)}, dense=CRITEO_DENSE_FEATURES,
-        sparse=_FEATURES, table_sizes=tables, multi_hot=multi_hot,
+        Path(out),
+        cfg,
+        schema,
+        _blocks(days, schema, sizes),
+        dataset=DATASET,
+        sources=names,
+        rows_per_source={n: d.rows for n, d in zip(names, days)},
+        dense=CRITEO_DENSE_FEATURES,
+        sparse=_FEATURES,
+        table_sizes=tables,
+        multi_hot=multi_hot,
         split={"method": "days", "train_files": len(days) - 1, "val_test": "last day halved (val: first ceil(rows/2))"},
         dense_transform="TorchRec's, as in day_N_dense.npy (log(x - min + 2)); not transformed again",
         sparse_transform="bags as in day_N_sparse_multi_hot.npz (fixed size per feature; size-1 features single-hot); "
-                         "table_sizes = max id + 1 unless given",
+        "table_sizes = max id + 1 unless given",
     )

@@ -64,7 +64,7 @@ def parse_pbtxt(text: str, where: str) -> Dict[str, List[Any]]:
         m = _TOKEN.match(text, pos)
         if m is None or m.end() == pos:
             if text[pos:].strip():
-                raise ValueError(f"{where}: cannot parse near {text[pos:pos + 40]!r}")
+                raise ValueError(f"{where}: cannot parse near {text[pos : pos + 40]!r}")
             break
         pos = m.end()
         if m.group(1) is None and m.lastindex:
@@ -138,8 +138,10 @@ class Schema:
 
 def read_schema(path: Path) -> Schema:
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing (NVTabular writes it next to the parquet files; it holds "
-                                "the cardinality of every cat_* column)")
+        raise FileNotFoundError(
+            f"{path} is missing (NVTabular writes it next to the parquet files; it holds "
+            "the cardinality of every cat_* column)"
+        )
     parsed = parse_pbtxt(path.read_text(), str(path))
     columns: List[str] = []
     domains: Dict[str, Tuple[int, int]] = {}
@@ -158,8 +160,10 @@ def read_schema(path: Path) -> Schema:
                 raise ValueError(f"{path}: categorical {name!r} has no int_domain {{ min max }} (its cardinality)")
             lo = _number(domain, "min", path, f"{name!r} int_domain") or 0  # min left out: 0
             if hi < lo or hi >= MAX_TABLE_ROWS:
-                raise ValueError(f"{path}: categorical {name!r} has int_domain min {lo} max {hi} (cardinality "
-                                 f"max + 1 must be 1..{MAX_TABLE_ROWS:,})")
+                raise ValueError(
+                    f"{path}: categorical {name!r} has int_domain min {lo} max {hi} (cardinality "
+                    f"max + 1 must be 1..{MAX_TABLE_ROWS:,})"
+                )
             domains[name] = (lo, hi)
             declared = _declared_list(feature, path, name)
             if declared is not False:
@@ -230,8 +234,9 @@ def _is_list(t: pa.DataType) -> bool:
     return pa.types.is_list(t) or pa.types.is_large_list(t)
 
 
-def _check_columns(path: Path, names: List[str], types: pa.Schema, dense: List[str], sparse: List[str],
-                   lists: Dict[str, Optional[int]]) -> None:
+def _check_columns(
+    path: Path, names: List[str], types: pa.Schema, dense: List[str], sparse: List[str], lists: Dict[str, Optional[int]]
+) -> None:
     missing = [c for c in [LABEL, *dense, *sparse] if c not in names]
     if missing:
         raise ValueError(f"{path}: missing columns {missing} (declared in {SCHEMA_FILE})")
@@ -242,8 +247,9 @@ def _check_columns(path: Path, names: List[str], types: pa.Schema, dense: List[s
         t = types.field(c).type
         if _is_list(t) != (c in lists):
             declared = "a list (value_count / tag list)" if c in lists else "one id per row"
-            raise ValueError(f"{path}: {c} is {t} but {SCHEMA_FILE} declares {declared}: the schema disagrees "
-                             "with the parquet")
+            raise ValueError(
+                f"{path}: {c} is {t} but {SCHEMA_FILE} declares {declared}: the schema disagrees with the parquet"
+            )
         if not pa.types.is_integer(t.value_type if _is_list(t) else t):
             raise ValueError(f"{path}: {c} is {t}, expected integer ids (NVTabular Categorify)")
     for c in [LABEL, *dense]:
@@ -252,7 +258,9 @@ def _check_columns(path: Path, names: List[str], types: pa.Schema, dense: List[s
             raise ValueError(f"{path}: {c} is {t}, expected a number")
 
 
-def _check_bags(path: Path, start: int, c: str, col: pa.Array, stated: Optional[int]) -> Tuple[pa.Array, np.ndarray, int]:
+def _check_bags(
+    path: Path, start: int, c: str, col: pa.Array, stated: Optional[int]
+) -> Tuple[pa.Array, np.ndarray, int]:
     """A list column's ids (flattened), the row of each id, and its longest bag; no null id, no
     bag longer than the schema's value_count max."""
     ids, rows = col.flatten(), pc.list_parent_indices(col).to_numpy()
@@ -263,13 +271,16 @@ def _check_bags(path: Path, start: int, c: str, col: pa.Array, stated: Optional[
     longest = int(lengths.max()) if len(lengths) else 0
     if stated is not None and longest > stated:
         row = int(np.flatnonzero(lengths > stated)[0])
-        raise ValueError(f"{path}: row {start + row}: {c} bag of {lengths[row]} ids is longer than its {SCHEMA_FILE} "
-                         f"value_count max {stated}")
+        raise ValueError(
+            f"{path}: row {start + row}: {c} bag of {lengths[row]} ids is longer than its {SCHEMA_FILE} "
+            f"value_count max {stated}"
+        )
     return ids, rows, longest
 
 
-def _check_batch(path: Path, start: int, batch: pa.RecordBatch, dense: List[str], sparse: List[str],
-                 schema: Schema) -> Dict[str, int]:
+def _check_batch(
+    path: Path, start: int, batch: pa.RecordBatch, dense: List[str], sparse: List[str], schema: Schema
+) -> Dict[str, int]:
     """One batch of rows from ``start`` (0-based row of the file): one line at the first bad value.
     Returns the longest bag of each list column."""
     domains, longest = schema.domains, {}
@@ -301,20 +312,28 @@ def _check_batch(path: Path, start: int, batch: pa.RecordBatch, dense: List[str]
             values = ids.to_numpy().astype(np.int64)
             i = int(np.flatnonzero((values < lo) | (values > hi))[0])
             row = i if rows is None else int(rows[i])
-            raise ValueError(f"{path}: row {start + row}: {c} id {values[i]} is outside its {SCHEMA_FILE} "
-                             f"domain [{lo}, {hi}] (cardinality {hi + 1})")
+            raise ValueError(
+                f"{path}: row {start + row}: {c} id {values[i]} is outside its {SCHEMA_FILE} "
+                f"domain [{lo}, {hi}] (cardinality {hi + 1})"
+            )
     return longest
 
 
 def _convert(batch: pa.RecordBatch, schema: pa.Schema, dense: List[str], sparse: List[str]) -> pa.Table:
     cols = [pa.array(batch.column(LABEL).to_numpy(zero_copy_only=False).astype(np.int8))]
     cols += [pa.array(batch.column(c).to_numpy(zero_copy_only=False).astype(np.float32)) for c in dense]
-    cols += [batch.column(c).cast(schema.field(c).type) if _is_list(batch.column(c).type)
-             else pa.array(batch.column(c).to_numpy().astype(np.int64)) for c in sparse]
+    cols += [
+        batch.column(c).cast(schema.field(c).type)
+        if _is_list(batch.column(c).type)
+        else pa.array(batch.column(c).to_numpy().astype(np.int64))
+        for c in sparse
+    ]
     return pa.Table.from_arrays(cols, schema=schema)
 
 
-def prepare_nvtabular(src: PathLike, out: PathLike, config: Optional[PrepConfig] = None, **overrides: Any) -> PrepResult:
+def prepare_nvtabular(
+    src: PathLike, out: PathLike, config: Optional[PrepConfig] = None, **overrides: Any
+) -> PrepResult:
     """Convert an NVTabular output directory (split dirs + schema.pbtxt) into a prepared dataset."""
     cfg = dataclasses.replace(config or PrepConfig(), **overrides)
     root, out_path = Path(src), Path(out)
@@ -324,10 +343,15 @@ def prepare_nvtabular(src: PathLike, out: PathLike, config: Optional[PrepConfig]
     train_schema = schemas["train"]
     dense, sparse = _features(train_schema)
     for split, other in schemas.items():
-        if other.path != train_schema.path and (_features(other) != (dense, sparse) or other.domains != train_schema.domains
-                                                   or other.lists != train_schema.lists):
-            raise ValueError(f"{other.path} disagrees with {train_schema.path} (columns or cardinalities): "
-                             "the splits must come from one NVTabular workflow")
+        if other.path != train_schema.path and (
+            _features(other) != (dense, sparse)
+            or other.domains != train_schema.domains
+            or other.lists != train_schema.lists
+        ):
+            raise ValueError(
+                f"{other.path} disagrees with {train_schema.path} (columns or cardinalities): "
+                "the splits must come from one NVTabular workflow"
+            )
     files = {s: (_parquet_files(d) if d is not None else []) for s, d in dirs.items()}
     rows: Dict[str, int] = {}
     longest = {c: 0 for c in train_schema.lists}
@@ -363,14 +387,16 @@ def prepare_nvtabular(src: PathLike, out: PathLike, config: Optional[PrepConfig]
             sparse_features=sparse,
             table_sizes={c: train_schema.domains[c][1] + 1 for c in sparse},
             splits=written_splits(writers),
-            split={"method": "nvtabular split directories",
-                   "dirs": {s: (d.name if d is not None else None) for s, d in dirs.items()}},
+            split={
+                "method": "nvtabular split directories",
+                "dirs": {s: (d.name if d is not None else None) for s, d in dirs.items()},
+            },
             rows_read=sum(rows.values()),
             rows_per_source={str(Path(p).relative_to(root)): n for p, n in rows.items()},
             dense_transform="NVTabular workflow's, as in the parquet files (torchrec's: log(x + 3), missing -> 0); "
-                            "not transformed again",
+            "not transformed again",
             sparse_transform=f"ids as in the parquet files (Categorify); table_sizes = int_domain max + 1 "
-                             f"from {SCHEMA_FILE}",
+            f"from {SCHEMA_FILE}",
             multi_hot=multi_hot,
         ).to_dict()
         write_meta(tmp, meta)

@@ -41,7 +41,14 @@ import pyarrow as pa
 
 from data_prep.dataset_format import CRITEO_DENSE_FEATURES, CRITEO_SPARSE_FEATURES, parquet_schema
 from data_prep.convert.common import (
-    checked_dense, checked_ids, day_blocks, first_bad, load_npy, range_blocks, table_sizes_from, write_converted,
+    checked_dense,
+    checked_ids,
+    day_blocks,
+    first_bad,
+    load_npy,
+    range_blocks,
+    table_sizes_from,
+    write_converted,
 )
 from data_prep.spec import PrepConfig, PrepResult
 from data_prep.staging import check_output
@@ -52,8 +59,10 @@ DATASET = "torchrec-npy"
 BLOCK_ROWS = 1 << 17
 _DAY = re.compile(r"day_(\d+)_labels\.npy$")
 KAGGLE = "train"  # npy_preproc_criteo.py --dataset_name criteo_kaggle: train_{dense,sparse,labels}.npy
-HASH_HINT = ("raw ids? TorchRec's tsv_to_npys keeps the 32-bit values and its reader hashes them at load time: "
-             "pass --max-ind-range N or --num-embeddings-per-feature N,... as given to it")
+HASH_HINT = (
+    "raw ids? TorchRec's tsv_to_npys keeps the 32-bit values and its reader hashes them at load time: "
+    "pass --max-ind-range N or --num-embeddings-per-feature N,... as given to it"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,8 +88,10 @@ def find_days(src: Path) -> List[Day]:
     if numbers and kaggle:
         raise ValueError(f"{src}: both day_N_*.npy and {KAGGLE}_*.npy (Kaggle mode); keep one layout per directory")
     if not numbers and not kaggle:
-        raise ValueError(f"{src}: no day_N_labels.npy files (expected day_N_{{dense,sparse,labels}}.npy, or "
-                         f"{KAGGLE}_{{dense,sparse,labels}}.npy from npy_preproc_criteo.py --dataset_name criteo_kaggle)")
+        raise ValueError(
+            f"{src}: no day_N_labels.npy files (expected day_N_{{dense,sparse,labels}}.npy, or "
+            f"{KAGGLE}_{{dense,sparse,labels}}.npy from npy_preproc_criteo.py --dataset_name criteo_kaggle)"
+        )
     days = [_source(src, f"day_{n}") for n in numbers] if numbers else [_source(src, KAGGLE)]
     for day in days:
         for path in (day.dense, day.sparse):
@@ -103,8 +114,10 @@ def _open_day(day: Day) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
             want = f"[rows, {width}]" if width else "[rows] or [rows, 1]"
             raise ValueError(f"{path}: shape {arr.shape} dtype {arr.dtype}, expected {want} of {kind.__name__}")
     if not len(dense) == len(sparse) == len(labels):
-        raise ValueError(f"{day.name}: rows differ: {day.dense.name} {len(dense)}, {day.sparse.name} "
-                         f"{len(sparse)}, {day.labels.name} {len(labels)}")
+        raise ValueError(
+            f"{day.name}: rows differ: {day.dense.name} {len(dense)}, {day.sparse.name} "
+            f"{len(sparse)}, {day.labels.name} {len(labels)}"
+        )
     return dense, sparse, labels
 
 
@@ -115,8 +128,9 @@ def _ids(day: Day, start: int, sparse: np.ndarray, hashes: Optional[np.ndarray])
     return ids % hashes if hashes is not None else ids
 
 
-def _scan(day: Day, start: int, dense: np.ndarray, sparse: np.ndarray, labels: np.ndarray,
-          hashes: Optional[np.ndarray]) -> np.ndarray:
+def _scan(
+    day: Day, start: int, dense: np.ndarray, sparse: np.ndarray, labels: np.ndarray, hashes: Optional[np.ndarray]
+) -> np.ndarray:
     """Validate one block (rows from ``start``); its per-feature max ids (after hashing)."""
     bad = (labels != 0) & (labels != 1)
     if bad.any():
@@ -127,24 +141,38 @@ def _scan(day: Day, start: int, dense: np.ndarray, sparse: np.ndarray, labels: n
     return ids.max(axis=0) if len(ids) else np.full(ids.shape[1], -1)
 
 
-def hash_sizes(max_ind_range: Optional[int], per_feature: Optional[Sequence[int]],
-               table_sizes: Optional[Sequence[int]]) -> Optional[np.ndarray]:
+def hash_sizes(
+    max_ind_range: Optional[int], per_feature: Optional[Sequence[int]], table_sizes: Optional[Sequence[int]]
+) -> Optional[np.ndarray]:
     """TorchRec's ``hashes``: one N for every feature, or one per feature; None: no hashing."""
-    given = [flag for flag, v in (("--max-ind-range", max_ind_range), ("--num-embeddings-per-feature", per_feature),
-                                  ("--table-sizes", table_sizes)) if v is not None]
+    given = [
+        flag
+        for flag, v in (
+            ("--max-ind-range", max_ind_range),
+            ("--num-embeddings-per-feature", per_feature),
+            ("--table-sizes", table_sizes),
+        )
+        if v is not None
+    ]
     if len(given) > 1:
         raise ValueError(f"{' and '.join(given)} both set the table sizes; give one")
     if per_feature is not None and len(per_feature) != len(CRITEO_SPARSE_FEATURES):
-        raise ValueError(f"--num-embeddings-per-feature needs {len(CRITEO_SPARSE_FEATURES)} sizes, got {len(per_feature)}")
+        raise ValueError(
+            f"--num-embeddings-per-feature needs {len(CRITEO_SPARSE_FEATURES)} sizes, got {len(per_feature)}"
+        )
     if max_ind_range is not None:
         per_feature = [max_ind_range] * len(CRITEO_SPARSE_FEATURES)
     return None if per_feature is None else np.asarray(per_feature, np.int64)
 
 
 def prepare_torchrec_npy(
-    src: PathLike, out: PathLike, config: Optional[PrepConfig] = None,
-    table_sizes: Optional[Sequence[int]] = None, max_ind_range: Optional[int] = None,
-    num_embeddings_per_feature: Optional[Sequence[int]] = None, **overrides: Any,
+    src: PathLike,
+    out: PathLike,
+    config: Optional[PrepConfig] = None,
+    table_sizes: Optional[Sequence[int]] = None,
+    max_ind_range: Optional[int] = None,
+    num_embeddings_per_feature: Optional[Sequence[int]] = None,
+    **overrides: Any,
 ) -> PrepResult:
     """Convert a directory of TorchRec .npy files into a prepared dataset (FORMAT.md)."""
     cfg = dataclasses.replace(config or PrepConfig(), **overrides)
@@ -165,26 +193,49 @@ def prepare_torchrec_npy(
     rows = [len(labels) for _, _, labels in opened]
     hashed = "" if hashes is None else " modulo the table sizes, as TorchRec's reader hashes them (sparse %= hashes)"
     return write_converted(
-        out_path, cfg, schema, _blocks(days, opened, schema, hashes), dataset=DATASET, sources=names,
-        source_unit="days", rows_per_source=dict(zip(names, rows)), dense=CRITEO_DENSE_FEATURES,
-        sparse=CRITEO_SPARSE_FEATURES, table_sizes=sizes, split=_split_meta(days, rows),
+        out_path,
+        cfg,
+        schema,
+        _blocks(days, opened, schema, hashes),
+        dataset=DATASET,
+        sources=names,
+        source_unit="days",
+        rows_per_source=dict(zip(names, rows)),
+        dense=CRITEO_DENSE_FEATURES,
+        sparse=CRITEO_SPARSE_FEATURES,
+        table_sizes=sizes,
+        split=_split_meta(days, rows),
         dense_transform="TorchRec's, as in the .npy files (log of the shifted counts); not transformed again",
         sparse_transform=f"ids as in the .npy files{hashed}; table_sizes = "
-                         + ("--max-ind-range / --num-embeddings-per-feature" if hashes is not None
-                            else "--table-sizes" if table_sizes is not None else "max id + 1"),
+        + (
+            "--max-ind-range / --num-embeddings-per-feature"
+            if hashes is not None
+            else "--table-sizes"
+            if table_sizes is not None
+            else "max id + 1"
+        ),
     )
 
 
 def _split_meta(days: List[Day], rows: List[int]) -> Dict[str, Any]:
     if days[0].name != KAGGLE:
         return {"method": "days", "train_files": len(days) - 1, "val_test": "last file halved"}
-    return {"method": "dlrm-7-chunks", "chunks": 7, "layout": "torchrec kaggle train_*.npy",
-            "bounds": {s: list(b) for s, b in chunk_split_bounds(rows[0]).items()}}
+    return {
+        "method": "dlrm-7-chunks",
+        "chunks": 7,
+        "layout": "torchrec kaggle train_*.npy",
+        "bounds": {s: list(b) for s, b in chunk_split_bounds(rows[0]).items()},
+    }
 
 
-def _blocks(days: List[Day], opened: List[Tuple[np.ndarray, np.ndarray, np.ndarray]], schema: pa.Schema,
-            hashes: Optional[np.ndarray]) -> Iterator[Tuple[str, pa.Table]]:
+def _blocks(
+    days: List[Day],
+    opened: List[Tuple[np.ndarray, np.ndarray, np.ndarray]],
+    schema: pa.Schema,
+    hashes: Optional[np.ndarray],
+) -> Iterator[Tuple[str, pa.Table]]:
     """(split, table) blocks in file order: days split as TorchRec's reader, Kaggle mode as criteo-kaggle."""
+
     def table(i: int, lo: int, hi: int) -> pa.Table:
         dense, sparse, labels = opened[i]
         ids = _ids(days[i], lo, sparse[lo:hi], hashes)

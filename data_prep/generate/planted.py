@@ -281,13 +281,14 @@ def generate_planted(
                     "embedding_std": truth.embedding_std,
                     "bayes": bayes,
                     "model": "z = b + sum_{s<t} <E_s[x_s], E_t[x_t]> + w.dense + eps; y ~ Bernoulli(sigmoid(z)); "
-                             "eps ~ N(0, noise^2) unobserved; Bayes p = E_eps sigmoid(z + eps)",
+                    "eps ~ N(0, noise^2) unobserved; Bayes p = E_eps sigmoid(z + eps)",
                 },
             },
         ).to_dict()
         if save_truth:
             arrays: Dict[str, Any] = {  # numpy's stub would let a ** key fill savez's allow_pickle
-                "bias": truth.bias, "dense_weights": truth.dense_weights,
+                "bias": truth.bias,
+                "dense_weights": truth.dense_weights,
                 **{f"E_{f}": e.astype(np.float32) for f, e in zip(features, truth.embeddings)},
             }
             np.savez_compressed(tmp / TRUTH_FILE, **arrays)

@@ -155,8 +155,10 @@ def generate_dataset(
                 cols.append(pa.array(np.log1p(np.maximum(_dense_ints(rng, n), 0)).astype(np.float32)))
             train_rows = max(0, min(n, bounds["train"][1] - pos))
             if multi_hot:
-                drawn = [draw_bags(rng, n, multi_hot, functools.partial(zipf_ids, rng, size=size, exponent=exponent))
-                         for size in sizes]
+                drawn = [
+                    draw_bags(rng, n, multi_hot, functools.partial(zipf_ids, rng, size=size, exponent=exponent))
+                    for size in sizes
+                ]
                 cols += [column for column, _, _ in drawn]
                 train_ids = [ids[: offsets[train_rows]] for _, ids, offsets in drawn]
             else:
@@ -201,8 +203,13 @@ def generate_dataset(
             multi_hot=bags,
             extra={
                 "histograms_skipped": dict(sorted(over_cap.items())),
-                "synthetic": {"rows": rows, "zipf_exponent": exponent, "seed": seed, "positive_rate": POSITIVE_RATE,
-                              "multi_hot": multi_hot},
+                "synthetic": {
+                    "rows": rows,
+                    "zipf_exponent": exponent,
+                    "seed": seed,
+                    "positive_rate": POSITIVE_RATE,
+                    "multi_hot": multi_hot,
+                },
             },
         ).to_dict()
         write_meta(tmp, meta)

@@ -111,8 +111,7 @@ def run_prep(
         counters: Dict[str, Optional[KeyCounter]] = {f: KeyCounter() for f in sparse} if saved is None else {}
         hashed: Dict[str, str] = {}
         try:
-            rows_per_file = _pass1(ctx, engine, ranges, state, given_first, sink, counters, hashed, window,
-                                   total_bytes)
+            rows_per_file = _pass1(ctx, engine, ranges, state, given_first, sink, counters, hashed, window, total_bytes)
             policy.finish_pass1(rows_per_file)
             acc = sum(rows_per_file)
             if saved is None and isinstance(policy, ChunkSplit) and acc > policy.train_end:
@@ -120,7 +119,8 @@ def run_prep(
 
             vocabs, histograms, vocab_entries = staged_vocabularies(spec, cfg, counters, hashed, tmp, saved)
             ctx = dataclasses.replace(
-                ctx, vocab_sizes={n: (int(v.size), v.hashed) for n, v in vocabs.items()},
+                ctx,
+                vocab_sizes={n: (int(v.size), v.hashed) for n, v in vocabs.items()},
                 vocab_tables=save_tables(vocabs, work / "tables", vocab_threads(cfg)),
             )
             vocabs = {n: FeatureVocab(size=v.size, hashed=v.hashed) for n, v in vocabs.items()}  # free the keys
@@ -134,9 +134,22 @@ def run_prep(
         finally:
             sink.close()
         shutil.rmtree(work)
-        meta = build_meta(spec, [p.name for p in paths], cfg, policy, vocabs, histograms, hashed, zero_rows,
-                          splits_meta,
-                          acc, sink, rows_per_file, vocab_entries, extra_meta)
+        meta = build_meta(
+            spec,
+            [p.name for p in paths],
+            cfg,
+            policy,
+            vocabs,
+            histograms,
+            hashed,
+            zero_rows,
+            splits_meta,
+            acc,
+            sink,
+            rows_per_file,
+            vocab_entries,
+            extra_meta,
+        )
         if saved is not None:
             saved.annotate(meta)
         write_meta(tmp, meta)
@@ -154,9 +167,16 @@ def _first_lines(ranges: Sequence[ByteRange], line_counts: Sequence[int], out: L
 
 
 def _pass1(
-    ctx: tasks.TaskContext, engine: engines.Engine, ranges: Sequence[ByteRange], state: List[_RangeState],
-    given_first: Sequence[int], sink: RejectSink, counters: Dict[str, Optional[KeyCounter]], hashed: Dict[str, str],
-    window: int, total_bytes: int,
+    ctx: tasks.TaskContext,
+    engine: engines.Engine,
+    ranges: Sequence[ByteRange],
+    state: List[_RangeState],
+    given_first: Sequence[int],
+    sink: RejectSink,
+    counters: Dict[str, Optional[KeyCounter]],
+    hashed: Dict[str, str],
+    window: int,
+    total_bytes: int,
 ) -> List[int]:
     """Validate and count; merge in input order, checking the count cap after every block."""
     cap = int(ctx.cfg.count_memory_mb * (1 << 20))
@@ -181,8 +201,9 @@ def _pass1(
             for rel, kind, reason, raw in tasks.read_rejects(res.rejects_file):
                 sink.add_record(name, rel + given_first[i] + shift, reason, raw, kind)
             os.remove(res.rejects_file)
-        state[i] = _RangeState(line, acc, rows_per_file[r.fi], res.accepted, res.split_rows, res.block_offsets,
-                               res.block_accepted)
+        state[i] = _RangeState(
+            line, acc, rows_per_file[r.fi], res.accepted, res.split_rows, res.block_offsets, res.block_accepted
+        )
         for uniq in res.block_uniques:
             for feature, counter in counters.items():
                 if counter is not None and feature in uniq:
@@ -196,8 +217,9 @@ def _pass1(
     return rows_per_file
 
 
-def _tail_ranges(ranges: Sequence[ByteRange], state: Sequence[_RangeState], train_end: int,
-                 pieces: int) -> List[Tuple[ByteRange, int]]:
+def _tail_ranges(
+    ranges: Sequence[ByteRange], state: Sequence[_RangeState], train_end: int, pieces: int
+) -> List[Tuple[ByteRange, int]]:
     """The input past the train chunk as (range, accepted rows to skip) tasks of about equal size:
     from the block that holds row `train_end` on, cut at block starts. (A gzip file cannot be
     entered mid-stream: its range is read whole.)"""
@@ -227,8 +249,13 @@ def _tail_ranges(ranges: Sequence[ByteRange], state: Sequence[_RangeState], trai
 
 
 def _tail(
-    ctx: tasks.TaskContext, engine: engines.Engine, ranges: Sequence[ByteRange], state: Sequence[_RangeState],
-    counters: Dict[str, Optional[KeyCounter]], train_end: int, window: int,
+    ctx: tasks.TaskContext,
+    engine: engines.Engine,
+    ranges: Sequence[ByteRange],
+    state: Sequence[_RangeState],
+    counters: Dict[str, Optional[KeyCounter]],
+    train_end: int,
+    window: int,
 ) -> None:
     """Subtract the counts of accepted rows from `train_end` on (Kaggle's val/test chunk), in tasks
     of equal size from the block that holds row train_end (counts are exact in any order, so the
@@ -281,7 +308,9 @@ class _PartAssembler:
         # serial tail (the whole output when a split fits one part file).
         self.last_part = [max(-(-t // self.per) - 1, -1) for t in self.totals]
         self.streams: List[Optional[SplitWriter]] = [
-            SplitWriter(tmp, split, ctx.spec.schema(), ctx.cfg, first_index=self.last_part[k]) if self.totals[k] else None
+            SplitWriter(tmp, split, ctx.spec.schema(), ctx.cfg, first_index=self.last_part[k])
+            if self.totals[k]
+            else None
             for k, split in enumerate(SPLITS)
         ]
 
@@ -359,15 +388,21 @@ class _PartAssembler:
                         spec_pieces.append((self.pieces[i][k], int(a - starts[i, k]), int(b - starts[i, k])))
                         used.append((i, k))
                     i += 1
-                future = self.engine.submit(tasks.assemble_part, self.ctx, str(self.tmp), split, self.next_part[k],
-                                            spec_pieces)
+                future = self.engine.submit(
+                    tasks.assemble_part, self.ctx, str(self.tmp), split, self.next_part[k], spec_pieces
+                )
                 self.assembling.append((future, f"{split} part:{self.next_part[k]}", k, used))
                 self.next_part[k] += 1
 
 
 def _pass2(
-    ctx: tasks.TaskContext, engine: engines.Engine, ranges: Sequence[ByteRange], state: Sequence[_RangeState],
-    tmp: Path, window: int, total_bytes: int,
+    ctx: tasks.TaskContext,
+    engine: engines.Engine,
+    ranges: Sequence[ByteRange],
+    state: Sequence[_RangeState],
+    tmp: Path,
+    window: int,
+    total_bytes: int,
 ) -> Tuple[Dict[str, Any], Dict[str, List[int]], int]:
     """Encode ranges into pieces, assemble part files as soon as their pieces exist."""
     sparse = ctx.spec.sparse_features

@@ -92,9 +92,7 @@ class DaskEngine(Engine):
         if scheduler:
             self.client = Client(scheduler)
         else:
-            self.cluster = LocalCluster(
-                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
-            )
+            self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
             self.client = Client(self.cluster)
         # Tasks import data_prep: ship this checkout's path to workers that lack it (a real cluster
         # should install the package instead; see launch/README.md).
@@ -152,8 +150,9 @@ def ordered(
             f.cancel()
 
 
-def _submit(engine: Engine, fn: Callable[..., Any], label: str, args: Callable[[], tuple],
-            pending: Iterable[Tuple[str, Any]]) -> Any:
+def _submit(
+    engine: Engine, fn: Callable[..., Any], label: str, args: Callable[[], tuple], pending: Iterable[Tuple[str, Any]]
+) -> Any:
     """engine.submit, where a pool already broken by a worker that died under an earlier task
     (a race under load: the death lands before the next submission) names that task, as ``wait``
     would have a moment later, instead of raising BrokenProcessPool from here."""

@@ -43,7 +43,11 @@ def bag_arrays(col: pa.ChunkedArray | pa.Array) -> Tuple[np.ndarray, Optional[np
 
 
 def check_bags(
-    col: pa.ChunkedArray | pa.Array, name: str, size: int, max_bag: Optional[int], where: str,
+    col: pa.ChunkedArray | pa.Array,
+    name: str,
+    size: int,
+    max_bag: Optional[int],
+    where: str,
 ) -> None:
     """Ids within [0, size), no null bag or null id, no bag longer than ``max_bag``: one line that
     names the feature, the row group and the row, never an out-of-range id in a kernel."""
@@ -79,7 +83,9 @@ def check_bags(
 
 
 def build_kjt(
-    columns: Sequence[pa.ChunkedArray | pa.Array], keys: Sequence[str], rows: int,
+    columns: Sequence[pa.ChunkedArray | pa.Array],
+    keys: Sequence[str],
+    rows: int,
     ones: Optional[torch.Tensor] = None,
 ) -> KeyedJaggedTensor:
     """A KJT (feature-major) with the real bag lengths. All single-hot: lengths are ``ones``
@@ -91,15 +97,20 @@ def build_kjt(
         if ones is None or ones.numel() != features * rows:
             ones = torch.ones(features * rows, dtype=torch.int32)
         return KeyedJaggedTensor(
-            keys=list(keys), values=torch.from_numpy(values), lengths=ones, stride=rows,
-            length_per_key=[rows] * features, offset_per_key=[rows * i for i in range(features + 1)],
+            keys=list(keys),
+            values=torch.from_numpy(values),
+            lengths=ones,
+            stride=rows,
+            length_per_key=[rows] * features,
+            offset_per_key=[rows * i for i in range(features + 1)],
         )
-    lengths: List[np.ndarray] = [
-        np.ones(rows, np.int32) if lens is None else lens for _, lens in parts
-    ]
+    lengths: List[np.ndarray] = [np.ones(rows, np.int32) if lens is None else lens for _, lens in parts]
     per_key = [int(len(v)) for v, _ in parts]
     return KeyedJaggedTensor(
-        keys=list(keys), values=torch.from_numpy(values), lengths=torch.from_numpy(np.concatenate(lengths)),
-        stride=rows, length_per_key=per_key, offset_per_key=[0, *np.cumsum(per_key).tolist()],
+        keys=list(keys),
+        values=torch.from_numpy(values),
+        lengths=torch.from_numpy(np.concatenate(lengths)),
+        stride=rows,
+        length_per_key=per_key,
+        offset_per_key=[0, *np.cumsum(per_key).tolist()],
     )
-

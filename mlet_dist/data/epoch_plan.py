@@ -122,22 +122,43 @@ def _merged(pieces: Sequence[Piece]) -> Plan:
 
 # -- the data position a checkpoint records ----------------------------------------------------
 
-_FLAG = {"split_rows": "train rows", "shuffle": "--no-shuffle", "seed": "--seed",
-         "shuffle_window": "--shuffle-window", "order": "--data-order", "world_size": "ranks",
-         "local_batch_size": "--batch-size", "max_batches": "--max-train-batches"}
+_FLAG = {
+    "split_rows": "train rows",
+    "shuffle": "--no-shuffle",
+    "seed": "--seed",
+    "shuffle_window": "--shuffle-window",
+    "order": "--data-order",
+    "world_size": "ranks",
+    "local_batch_size": "--batch-size",
+    "max_batches": "--max-train-batches",
+}
 
 
 class ResumeMismatch(ValueError):
     """The checkpoint stopped inside an epoch whose remaining rows this job cannot read."""
 
 
-def data_record(layout: Layout, split_rows: int, shuffle: bool, seed: int, shuffle_window: int,
-                max_batches: Optional[int], plan: Optional[Sequence[Piece]]) -> Dict[str, Any]:
+def data_record(
+    layout: Layout,
+    split_rows: int,
+    shuffle: bool,
+    seed: int,
+    shuffle_window: int,
+    max_batches: Optional[int],
+    plan: Optional[Sequence[Piece]],
+) -> Dict[str, Any]:
     """The JSON a checkpoint keeps; ``plan`` None means the layout's fresh plan."""
-    return {"order": layout.order, "world_size": layout.world_size, "local_batch_size": layout.local_batch_size,
-            "split_rows": split_rows, "shuffle": shuffle, "seed": seed, "shuffle_window": shuffle_window,
-            "max_batches": max_batches,
-            "plan": None if plan is None else [[p.seg_lo, p.seg_hi, p.start, p.stop] for p in plan]}
+    return {
+        "order": layout.order,
+        "world_size": layout.world_size,
+        "local_batch_size": layout.local_batch_size,
+        "split_rows": split_rows,
+        "shuffle": shuffle,
+        "seed": seed,
+        "shuffle_window": shuffle_window,
+        "max_batches": max_batches,
+        "plan": None if plan is None else [[p.seg_lo, p.seg_hi, p.start, p.stop] for p in plan],
+    }
 
 
 def _int(value: Any, name: str, low: int = 0) -> int:
@@ -211,12 +232,14 @@ def resume_plan(saved: Dict[str, Any], done: int, now: Dict[str, Any]) -> Tuple[
         is_ = ", ".join(f"{_FLAG[k]} {now[k]}" for k in changed)
         raise ResumeMismatch(
             f"the checkpoint stopped inside an epoch read with {was}; this job has {is_}, so the rows that "
-            "epoch had left cannot be found: resume with the same values (or from an epoch-end checkpoint)")
+            "epoch had left cannot be found: resume with the same values (or from an epoch-end checkpoint)"
+        )
     plan = plan_in(saved)
     layout_saved = _layout_of(saved)
     if not 0 <= done <= num_batches(plan, layout_saved):
-        raise ValueError(f"the checkpoint's batch {done} lies outside its epoch of "
-                         f"{num_batches(plan, layout_saved)} batches")
+        raise ValueError(
+            f"the checkpoint's batch {done} lies outside its epoch of {num_batches(plan, layout_saved)} batches"
+        )
     same = all(saved[k] == now[k] for k in ("order", "world_size", "local_batch_size", "max_batches"))
     if same:
         return _plan_of(saved), done, None
@@ -225,6 +248,8 @@ def resume_plan(saved: Dict[str, Any], done: int, now: Dict[str, Any]) -> Tuple[
     dropped = plan_rows(left) % layout_now.global_batch
     note = None
     if dropped:
-        note = (f"the epoch's {plan_rows(left)} rows left are not a multiple of this job's global batch "
-                f"({layout_now.global_batch}): its last {dropped} rows are not trained, as at every epoch's end")
+        note = (
+            f"the epoch's {plan_rows(left)} rows left are not a multiple of this job's global batch "
+            f"({layout_now.global_batch}): its last {dropped} rows are not trained, as at every epoch's end"
+        )
     return left, 0, note

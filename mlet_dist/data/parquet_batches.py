@@ -37,7 +37,15 @@ from data_prep.dataset_format import feature_pooling, multi_hot_features, read_m
 from mlet_dist.data.bags import build_kjt, check_bags, check_column_type
 from mlet_dist.data.epoch_plan import (
     ORDERS,
-    Layout, Piece, Plan, data_record, fresh_plan, num_batches, plan_rows, rank_pieces, take,
+    Layout,
+    Piece,
+    Plan,
+    data_record,
+    fresh_plan,
+    num_batches,
+    plan_rows,
+    rank_pieces,
+    take,
 )
 from mlet_dist.data.prefetch import prefetch
 from mlet_dist.data.row_groups import RowRangeReader, epoch_order, index_row_groups
@@ -146,8 +154,9 @@ class ParquetBatchStream:
         self.row_groups = index_row_groups(self.files, self.meta.columns)
         self.num_rows = sum(g.rows for g in self.row_groups)
         if self.num_rows != self.meta.split_rows[split]:
-            raise DatasetError(f"split has {self.num_rows} rows in its files but meta.json says "
-                               f"{self.meta.split_rows[split]}")
+            raise DatasetError(
+                f"split has {self.num_rows} rows in its files but meta.json says {self.meta.split_rows[split]}"
+            )
         self._first: Optional[pa.Table] = None
         self.decoded_rows = 0  # rows decoded by the latest pass (benchmarks, tests)
         self._ones: Optional[torch.Tensor] = None  # the lengths of single-id bags, shared read-only
@@ -206,8 +215,9 @@ class ParquetBatchStream:
 
     def data_record(self, plan: Optional[Plan]) -> Dict[str, Any]:
         """What a checkpoint keeps to find the rows an epoch running ``plan`` has left."""
-        return data_record(self.layout, self.num_rows, self.shuffle, self.seed, self.shuffle_window,
-                           self.max_batches, plan)
+        return data_record(
+            self.layout, self.num_rows, self.shuffle, self.seed, self.shuffle_window, self.max_batches, plan
+        )
 
     def __iter__(self) -> Iterator[LoadedBatch]:
         return self.iter_from(0)
@@ -229,7 +239,9 @@ class ParquetBatchStream:
             raise ValueError(f"start_batch {start_batch} outside [0, {total}]")
         if total == start_batch:
             return iter(())
-        transform = (lambda lb: LoadedBatch(lb.batch.pin_memory(), lb.num_valid)) if self.pin_memory else (lambda lb: lb)
+        transform = (
+            (lambda lb: LoadedBatch(lb.batch.pin_memory(), lb.num_valid)) if self.pin_memory else (lambda lb: lb)
+        )
         return prefetch(lambda: self._batches(start_batch, epoch, total, plan), self.prefetch, transform)
 
     # -- internals -----------------------------------------------------------

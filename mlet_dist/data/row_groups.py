@@ -68,7 +68,9 @@ class RowRangeReader:
     """
 
     def __init__(
-        self, order: Sequence[RowGroup], columns: Sequence[str],
+        self,
+        order: Sequence[RowGroup],
+        columns: Sequence[str],
         validate: Callable[[pa.Table, str], None],
     ) -> None:
         self.order = list(order)
@@ -95,7 +97,8 @@ class RowRangeReader:
                 if len(self._files) >= 8:  # keep a few files open, not thousands
                     self._files.pop(next(iter(self._files))).close()
                 pf = self._files[group.path] = pq.ParquetFile(
-                    group.path, metadata=group.footer, page_checksum_verification=True)
+                    group.path, metadata=group.footer, page_checksum_verification=True
+                )
             table = pf.read_row_group(group.index, columns=self.columns).select(self.columns)
         except (OSError, pa.ArrowException) as err:
             raise DatasetError(f"cannot read {where}: {err}") from err

@@ -86,9 +86,7 @@ def collapse_table(
     """T·W computed chunk by chunk into ``out``: the only extra memory is the n×d result
     (or nothing when ``out`` is given), never a second k-wide copy."""
     if table.dim() != 2 or projection.dim() != 2 or table.shape[1] != projection.shape[0]:
-        raise ValueError(
-            f"cannot collapse table {tuple(table.shape)} with projection {tuple(projection.shape)}"
-        )
+        raise ValueError(f"cannot collapse table {tuple(table.shape)} with projection {tuple(projection.shape)}")
     if chunk_rows <= 0:
         raise ValueError(f"chunk_rows must be > 0, got {chunk_rows}")
     n, d = table.shape[0], projection.shape[1]
@@ -101,14 +99,10 @@ def collapse_table(
 
 
 @torch.no_grad()
-def collapse(
-    mlet: MLETEmbeddingBagCollection, chunk_rows: int = DEFAULT_CHUNK_ROWS
-) -> EmbeddingBagCollection:
+def collapse(mlet: MLETEmbeddingBagCollection, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> EmbeddingBagCollection:
     """A stock torchrec EmbeddingBagCollection whose tables equal T·W."""
     device = mlet.device
-    ebc = EmbeddingBagCollection(
-        tables=mlet.embedding_bag_configs(), is_weighted=mlet.is_weighted(), device=device
-    )
+    ebc = EmbeddingBagCollection(tables=mlet.embedding_bag_configs(), is_weighted=mlet.is_weighted(), device=device)
     for cfg in mlet.mlet_configs():
         wide = mlet.wide.embedding_bags[cfg.name].weight
         collapse_table(
@@ -120,17 +114,13 @@ def collapse(
     return ebc
 
 
-def collapse_model(
-    model: nn.Module, chunk_rows: int = DEFAULT_CHUNK_ROWS, inplace: bool = False
-) -> nn.Module:
+def collapse_model(model: nn.Module, chunk_rows: int = DEFAULT_CHUNK_ROWS, inplace: bool = False) -> nn.Module:
     """Replace every MLETEmbeddingBagCollection in an (unsharded) model with its collapsed EBC."""
     if isinstance(model, MLETEmbeddingBagCollection):
         return collapse(model, chunk_rows)
     target = model if inplace else copy.deepcopy(model)
     replacements = [
-        (name, module)
-        for name, module in target.named_modules()
-        if isinstance(module, MLETEmbeddingBagCollection)
+        (name, module) for name, module in target.named_modules() if isinstance(module, MLETEmbeddingBagCollection)
     ]
     if not replacements:
         raise ValueError("model holds no MLETEmbeddingBagCollection to collapse")
@@ -297,8 +287,16 @@ class _Groups:
 
 @torch.no_grad()
 def _collapse_block(
-    block: _OutBlock, wide: StateValue, proj: StateValue, key: str, rank: int, d: int,
-    device: torch.device, dtype: torch.dtype, chunk_rows: int, groups: _Groups,
+    block: _OutBlock,
+    wide: StateValue,
+    proj: StateValue,
+    key: str,
+    rank: int,
+    d: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    chunk_rows: int,
+    groups: _Groups,
     out: Optional[torch.Tensor] = None,
 ) -> Tuple[Optional[torch.Tensor], int]:
     """(this rank's d-wide rows of ``block`` or None, k-wide bytes read here); the rows go into
@@ -322,8 +320,10 @@ def _collapse_block(
         else:
             assert scratch is not None
             target = scratch[: stop - start]
-        parts = [(table[block.row - piece.row + start : block.row - piece.row + stop], w)  # rows of the local shard
-                 for (table, piece), w in zip(tables, projs)]
+        parts = [
+            (table[block.row - piece.row + start : block.row - piece.row + stop], w)  # rows of the local shard
+            for (table, piece), w in zip(tables, projs)
+        ]
         read += sum(rows.numel() * rows.element_size() for rows, _ in parts)
         _product_into(target, parts)
         if len(owners) > 1:
@@ -341,12 +341,15 @@ def _placements(device: torch.device, world: int) -> List[str]:
 
 
 def _as_sharded(
-    blocks: List[_OutBlock], local: Dict[int, torch.Tensor], n: int, d: int, dtype: torch.dtype,
+    blocks: List[_OutBlock],
+    local: Dict[int, torch.Tensor],
+    n: int,
+    d: int,
+    dtype: torch.dtype,
     placements: List[str],
 ) -> ShardedTensor:
     metas = [
-        ShardMetadata(shard_offsets=[b.row, 0], shard_sizes=[b.rows, d], placement=placements[b.dst])
-        for b in blocks
+        ShardMetadata(shard_offsets=[b.row, 0], shard_sizes=[b.rows, d], placement=placements[b.dst]) for b in blocks
     ]
     shards = [Shard(tensor=local[b.row], metadata=m) for b, m in zip(blocks, metas) if b.row in local]
     metadata = ShardedTensorMetadata(
@@ -386,7 +389,8 @@ def collapse_state_dict(
     plans = {wide_key: _plan_blocks(state[wide_key], wide_key, world) for wide_key, *_ in pairs}
     owner_sets = [
         tuple(sorted({p.rank for p in b.pieces}))
-        for blocks in plans.values() for b in blocks
+        for blocks in plans.values()
+        for b in blocks
         if len({p.rank for p in b.pieces}) > 1
     ]
     groups = _Groups(owner_sets, world) if world > 1 else _Groups([], 1)
@@ -433,5 +437,9 @@ def collapse_state_dict(
         stats.total_k_bytes, stats.total_d_bytes = int(totals[0]), int(totals[1])
         stats.max_seconds = float(seconds[0])
     else:
-        stats.total_k_bytes, stats.total_d_bytes, stats.max_seconds = stats.local_k_bytes, stats.local_d_bytes, stats.seconds
+        stats.total_k_bytes, stats.total_d_bytes, stats.max_seconds = (
+            stats.local_k_bytes,
+            stats.local_d_bytes,
+            stats.seconds,
+        )
     return result, stats

@@ -62,8 +62,12 @@ def init_distributed(backend: Optional[str] = None, timeout_s: float = DEFAULT_C
                 "`torchrun --nproc-per-node N mlet_dist/train.py ...` or run without those variables"
             )
         os.environ.update(
-            RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
-            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
+            RANK="0",
+            WORLD_SIZE="1",
+            LOCAL_RANK="0",
+            LOCAL_WORLD_SIZE="1",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(_free_port()),
         )
     backend = choose_backend(backend)
     rank = int(os.environ["RANK"])
@@ -96,12 +100,15 @@ def _init_process_group(backend: str, rank: int, world_size: int, timeout: timed
         dist.init_process_group(backend=backend, timeout=timeout)
         return
     store = dist.TCPStore(
-        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        is_master=False,
         timeout=timedelta(minutes=10),
     )
     prefix = f"mlet/{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
-    dist.init_process_group(backend=backend, store=dist.PrefixStore(prefix, store), rank=rank, world_size=world_size,
-                            timeout=timeout)
+    dist.init_process_group(
+        backend=backend, store=dist.PrefixStore(prefix, store), rank=rank, world_size=world_size, timeout=timeout
+    )
 
 
 def shutdown_distributed() -> None:

@@ -27,7 +27,7 @@ def exact_storage_alias(tensor: torch.Tensor) -> torch.Tensor:
     if storage.nbytes() == tensor.nbytes or not tensor.is_contiguous():
         return tensor
     start = tensor.storage_offset() * tensor.element_size()
-    exact = storage[start:start + tensor.nbytes]
+    exact = storage[start : start + tensor.nbytes]
     return torch.empty(0, dtype=tensor.dtype, device=tensor.device).set_(exact).view(tensor.shape)
 
 

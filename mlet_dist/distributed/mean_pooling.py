@@ -35,8 +35,7 @@ def divided_features(
     keep: List[str] = []
     for config in configs:
         needs_division = (
-            config.pooling == PoolingType.MEAN
-            and shardings[config.name].sharding_type in SUMMED_THEN_DIVIDED
+            config.pooling == PoolingType.MEAN and shardings[config.name].sharding_type in SUMMED_THEN_DIVIDED
         )
         (divide if needs_division else keep).extend(config.feature_names)
     both = sorted(set(divide) & set(keep))

@@ -85,8 +85,4 @@ def projected_sharding_info(info: EmbeddingShardingInfo, out_dim: int) -> Embedd
 
 def column_shards_per_feature(infos: List[EmbeddingShardingInfo]) -> Dict[str, int]:
     """feature -> number of column shards (>1 only for column-wise tables)."""
-    return {
-        feature: column_shard_count(info)
-        for info in infos
-        for feature in info.embedding_config.feature_names
-    }
+    return {feature: column_shard_count(info) for info in infos for feature in info.embedding_config.feature_names}

@@ -45,8 +45,14 @@ from torch.distributed.checkpoint.metadata import (
 _ALLOWED = {
     ("torch.distributed.checkpoint.metadata", name)
     for name in (
-        "Metadata", "ChunkStorageMetadata", "MetadataIndex", "StorageMeta", "TensorProperties",
-        "TensorStorageMetadata", "BytesStorageMetadata", "_MEM_FORMAT_ENCODING",
+        "Metadata",
+        "ChunkStorageMetadata",
+        "MetadataIndex",
+        "StorageMeta",
+        "TensorProperties",
+        "TensorStorageMetadata",
+        "BytesStorageMetadata",
+        "_MEM_FORMAT_ENCODING",
     )
 } | {
     ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
@@ -88,8 +94,9 @@ def safe_read_metadata(path: Union[str, Path]) -> Metadata:
 
 
 class SafeFileSystemReader(FileSystemReader):
-    def __init__(self, path: Union[str, Path], allowed_files: Optional[Iterable[str]] = None,
-                 keep_bytes: bool = False) -> None:
+    def __init__(
+        self, path: Union[str, Path], allowed_files: Optional[Iterable[str]] = None, keep_bytes: bool = False
+    ) -> None:
         super().__init__(str(path))
         self._dir = Path(path)
         self._allowed = set(allowed_files) if allowed_files is not None else None
@@ -101,8 +108,11 @@ class SafeFileSystemReader(FileSystemReader):
         metadata = safe_read_metadata(self._dir / name)
         kept = (TensorStorageMetadata, BytesStorageMetadata) if self._keep_bytes else TensorStorageMetadata
         tensors = {k: v for k, v in metadata.state_dict_metadata.items() if isinstance(v, kept)}
-        others = [k for k, v in metadata.state_dict_metadata.items()
-                  if not isinstance(v, (TensorStorageMetadata, BytesStorageMetadata))]
+        others = [
+            k
+            for k, v in metadata.state_dict_metadata.items()
+            if not isinstance(v, (TensorStorageMetadata, BytesStorageMetadata))
+        ]
         if others:
             raise UnsafeCheckpointError(f"unknown metadata entries for {others[:3]}")
         metadata.state_dict_metadata = tensors
@@ -133,21 +143,26 @@ class SafeFileSystemReader(FileSystemReader):
                 for item in items:
                     info = self.storage_data[item.storage_index]
                     view = self.transforms.transform_load_stream(
-                        item, info.transform_descriptors or (), self._slice_file(file, info))
+                        item, info.transform_descriptors or (), self._slice_file(file, info)
+                    )
                     if item.type == LoadItemType.BYTE_IO:
                         planner.load_bytes(item, io.BytesIO(view.read(-1)))
                     else:  # a transformed (e.g. compressed) stream has no bytes to read in place; the
                         # local FileSystem's files are BufferedReaders (readinto)
-                        raw = ((file, info) if isinstance(file, io.BufferedIOBase) and not info.transform_descriptors
-                               else None)
+                        raw = (
+                            (file, info)
+                            if isinstance(file, io.BufferedIOBase) and not info.transform_descriptors
+                            else None
+                        )
                         _read_tensor(item, planner, view, raw)
         done: Future = Future()
         done.set_result(None)
         return done
 
 
-def _read_tensor(item: ReadItem, planner: LoadPlanner, view: IO[bytes],
-                 raw: Optional[Tuple[io.BufferedIOBase, _StorageInfo]]) -> None:
+def _read_tensor(
+    item: ReadItem, planner: LoadPlanner, view: IO[bytes], raw: Optional[Tuple[io.BufferedIOBase, _StorageInfo]]
+) -> None:
     """Fill the destination of one stored tensor (or of the part of it this rank loads). ``raw``:
     (the open file, the item's _StorageInfo) when its bytes lie in the file as stored."""
     target = planner.resolve_tensor(item).detach()
@@ -156,8 +171,9 @@ def _read_tensor(item: ReadItem, planner: LoadPlanner, view: IO[bytes],
     planner.commit_tensor(item, target)
 
 
-def _read_in_place(item: ReadItem, view: IO[bytes], raw: Tuple[io.BufferedIOBase, _StorageInfo],
-                   target: torch.Tensor) -> bool:
+def _read_in_place(
+    item: ReadItem, view: IO[bytes], raw: Tuple[io.BufferedIOBase, _StorageInfo], target: torch.Tensor
+) -> bool:
     """Read the item's bytes from the file straight into ``target``; False, having read nothing,
     when they are not ``target``'s bytes as they lie (then DCP's way must convert them)."""
     stored = _stored_header(view)
@@ -177,11 +193,13 @@ def _load_and_copy(item: ReadItem, view: IO[bytes], target: torch.Tensor) -> Non
     """DCP's way, for another dtype, a strided part, another byte order or a transformed stream:
     load the stored tensor whole, then copy this rank's part into ``target``."""
     view.seek(0)
-    tensor = narrow_tensor_by_index(torch.load(view, map_location="cpu", weights_only=True),
-                                    item.storage_offsets, item.lengths)
+    tensor = narrow_tensor_by_index(
+        torch.load(view, map_location="cpu", weights_only=True), item.storage_offsets, item.lengths
+    )
     if tensor.size() != target.size():
-        raise ValueError(f"{item.storage_index.fqn}: stored {tuple(tensor.size())}, loading into "
-                         f"{tuple(target.size())}")
+        raise ValueError(
+            f"{item.storage_index.fqn}: stored {tuple(tensor.size())}, loading into {tuple(target.size())}"
+        )
     target.copy_(tensor)
 
 
@@ -201,8 +219,13 @@ def _stored_header(view: IO[bytes]) -> Optional[torch.Tensor]:
 
 def _readable_in_place(region: torch.Tensor, target: torch.Tensor) -> bool:
     """Whether the stored region's bytes, read as they lie, are the target's bytes."""
-    return (region.dtype == target.dtype and region.size() == target.size() and target.device.type == "cpu"
-            and region.is_contiguous() and target.is_contiguous())
+    return (
+        region.dtype == target.dtype
+        and region.size() == target.size()
+        and target.device.type == "cpu"
+        and region.is_contiguous()
+        and target.is_contiguous()
+    )
 
 
 def _checkpoint_offset(stored: torch.Tensor) -> int:

@@ -231,9 +231,7 @@ class ShardedMLETEmbeddingBagCollection(
                 outputs.append(self.project(i, embs))
         return outputs
 
-    def output_dist(
-        self, ctx: EmbeddingBagCollectionContext, output: List[torch.Tensor]
-    ) -> LazyAwaitable[KeyedTensor]:
+    def output_dist(self, ctx: EmbeddingBagCollectionContext, output: List[torch.Tensor]) -> LazyAwaitable[KeyedTensor]:
         if ctx.variable_batch_per_feature:
             raise NotImplementedError("MLET sharding does not support variable batch per feature")
         awaitable = self.wide.output_dist(ctx, output)
@@ -241,9 +239,7 @@ class ShardedMLETEmbeddingBagCollection(
             awaitable.callbacks.append(self._sum_column_shards)
         return awaitable
 
-    def compute_and_output_dist(
-        self, ctx: EmbeddingBagCollectionContext, input: KJTList
-    ) -> LazyAwaitable[KeyedTensor]:
+    def compute_and_output_dist(self, ctx: EmbeddingBagCollectionContext, input: KJTList) -> LazyAwaitable[KeyedTensor]:
         return self.output_dist(ctx, self.compute(ctx, input))
 
     @property

@@ -107,9 +107,7 @@ def constraints_for_tables(tables: Iterable[str], sharding: str) -> Optional[Dic
     if sharding == "auto":
         return None
     kernels = (
-        [EmbeddingComputeKernel.DENSE.value]
-        if sharding == "data_parallel"
-        else [EmbeddingComputeKernel.FUSED.value]
+        [EmbeddingComputeKernel.DENSE.value] if sharding == "data_parallel" else [EmbeddingComputeKernel.FUSED.value]
     )
     return {name: ParameterConstraints(sharding_types=[sharding], compute_kernels=kernels) for name in tables}
 
@@ -145,8 +143,10 @@ class FixedBucketDataParallelWrapper(DefaultDataParallelWrapper):
         if isinstance(ddp, DistributedDataParallel):
             ddp.reducer._push_all_rebuilt_params()
             if not ddp.reducer._rebuild_buckets():
-                raise RuntimeError("DDP refused the bucket rebuild at construction (torch changed?): "
-                                   "resumes would no longer be bit-identical")
+                raise RuntimeError(
+                    "DDP refused the bucket rebuild at construction (torch changed?): "
+                    "resumes would no longer be bit-identical"
+                )
 
 
 def shard_model(
@@ -164,8 +164,13 @@ def shard_model(
     sharders = default_sharders(config)
     mark_projection_after_comm(model, config)
     if plan is not None:
-        return DistributedModelParallel(module=model, device=env.device, plan=plan, sharders=sharders,
-                                    data_parallel_wrapper=FixedBucketDataParallelWrapper())
+        return DistributedModelParallel(
+            module=model,
+            device=env.device,
+            plan=plan,
+            sharders=sharders,
+            data_parallel_wrapper=FixedBucketDataParallelWrapper(),
+        )
 
     topology = Topology(
         world_size=env.world_size,
@@ -178,5 +183,10 @@ def shard_model(
     pg = dist.GroupMember.WORLD
     assert pg is not None, "init_distributed() first"
     plan = planner.collective_plan(model, sharders, pg)
-    return DistributedModelParallel(module=model, device=env.device, plan=plan, sharders=sharders,
-                                    data_parallel_wrapper=FixedBucketDataParallelWrapper())
+    return DistributedModelParallel(
+        module=model,
+        device=env.device,
+        plan=plan,
+        sharders=sharders,
+        data_parallel_wrapper=FixedBucketDataParallelWrapper(),
+    )

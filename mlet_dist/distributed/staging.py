@@ -16,7 +16,9 @@ from torch.distributed.checkpoint.staging import AsyncStager
 
 def host_copy(value: Any) -> Any:
     if isinstance(value, ShardedTensor):
-        shards = [Shard(s.tensor.detach().to("cpu", copy=True), copy.deepcopy(s.metadata)) for s in value.local_shards()]
+        shards = [
+            Shard(s.tensor.detach().to("cpu", copy=True), copy.deepcopy(s.metadata)) for s in value.local_shards()
+        ]
         meta = copy.deepcopy(value.metadata())
         for shard_meta in meta.shards_metadata:  # the copy lives on the host whatever the source device
             if shard_meta.placement is not None and shard_meta.placement.device().type != "cpu":
@@ -25,7 +27,8 @@ def host_copy(value: Any) -> Any:
             if shard.metadata.placement is not None:
                 shard.metadata.placement._device = torch.device("cpu")
         return ShardedTensor._init_from_local_shards_and_global_metadata(
-            shards, sharded_tensor_metadata=meta, process_group=value._process_group)
+            shards, sharded_tensor_metadata=meta, process_group=value._process_group
+        )
     if isinstance(value, torch.Tensor):
         return value.detach().to("cpu", copy=True)
     if isinstance(value, dict):

@@ -21,7 +21,7 @@ CHUNK_ROWS = 65536
 def _local_gram(t: torch.Tensor, chunk_rows: int) -> torch.Tensor:
     g = torch.zeros(t.shape[1], t.shape[1], dtype=torch.float64)
     for start in range(0, t.shape[0], chunk_rows):
-        block = t[start:start + chunk_rows].detach().to("cpu", torch.float64)
+        block = t[start : start + chunk_rows].detach().to("cpu", torch.float64)
         g += block.T @ block
     return g
 
@@ -48,7 +48,7 @@ def _sharded_gram(t: ShardedTensor, chunk_rows: int, device: torch.device) -> to
             (ro, co), (rs, cs) = shard.metadata.shard_offsets, shard.metadata.shard_sizes
             a, b = max(r0, ro), min(r1, ro + rs)
             if a < b:
-                block[a - r0:b - r0, co:co + cs] = shard.tensor[a - ro:b - ro].to(device, torch.float64)
+                block[a - r0 : b - r0, co : co + cs] = shard.tensor[a - ro : b - ro].to(device, torch.float64)
         dist.all_reduce(block)
         block = block.cpu()
         g += block.T @ block
@@ -56,8 +56,9 @@ def _sharded_gram(t: ShardedTensor, chunk_rows: int, device: torch.device) -> to
 
 
 @torch.no_grad()
-def table_grams(model: nn.Module, keep: Callable[[str], bool], device: Optional[torch.device] = None,
-                chunk_rows: int = CHUNK_ROWS) -> Dict[str, Tuple[torch.Tensor, int]]:
+def table_grams(
+    model: nn.Module, keep: Callable[[str], bool], device: Optional[torch.device] = None, chunk_rows: int = CHUNK_ROWS
+) -> Dict[str, Tuple[torch.Tensor, int]]:
     """{state-dict key: (TᵀT float64 on CPU, rows)} for every key ``keep`` accepts; collective,
     the same on every rank (every rank must pass the same ``keep``)."""
     device = device or torch.device("cpu")

@@ -39,8 +39,9 @@ class DLRMConfig:
 
     def __post_init__(self) -> None:
         if self.bottom_mlp_output not in BOTTOM_MLP_OUTPUTS:
-            raise ValueError(f"--bottom-mlp-output must be one of {', '.join(BOTTOM_MLP_OUTPUTS)}, "
-                             f"got {self.bottom_mlp_output!r}")
+            raise ValueError(
+                f"--bottom-mlp-output must be one of {', '.join(BOTTOM_MLP_OUTPUTS)}, got {self.bottom_mlp_output!r}"
+            )
         if not self.top_mlp or self.top_mlp[-1] != 1:
             raise ValueError(f"top_mlp must end in 1 (one logit), got {self.top_mlp}")
         if any(width < 1 for width in [*self.bottom_mlp, *self.top_mlp]):
@@ -77,7 +78,7 @@ def set_bottom_mlp_output(dense_arch: DenseArch, output: str) -> None:
 
 
 def bottom_mlp_output_of(model: nn.Module) -> Optional[str]:
-    """"linear" or "relu" for the first DenseArch in ``model`` (DMP-wrapped or not); None if it
+    """ "linear" or "relu" for the first DenseArch in ``model`` (DMP-wrapped or not); None if it
     has none. Lets the serving export refuse a config that would rebuild another function."""
     for module in model.modules():
         if isinstance(module, DenseArch):
@@ -90,8 +91,14 @@ def _last_perceptron(dense_arch: DenseArch) -> Perceptron:
     to its Linear's output (torchrec/modules/mlp.py; tests/test_bottom_mlp_output.py fails loudly
     if an upgrade changes that)."""
     layers = getattr(dense_arch.model, "_mlp", None)
-    if not isinstance(layers, nn.Sequential) or not layers or not isinstance(layers[-1], Perceptron) \
-            or not hasattr(layers[-1], "_activation_fn"):
-        raise RuntimeError("torchrec's DenseArch is no longer MLP._mlp[Perceptron(_activation_fn)]: "
-                           "--bottom-mlp-output linear needs updating for this torchrec")
+    if (
+        not isinstance(layers, nn.Sequential)
+        or not layers
+        or not isinstance(layers[-1], Perceptron)
+        or not hasattr(layers[-1], "_activation_fn")
+    ):
+        raise RuntimeError(
+            "torchrec's DenseArch is no longer MLP._mlp[Perceptron(_activation_fn)]: "
+            "--bottom-mlp-output linear needs updating for this torchrec"
+        )
     return layers[-1]

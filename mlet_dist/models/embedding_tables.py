@@ -52,7 +52,9 @@ class EmbeddingSpec:
 
 
 def feature_poolings(
-    features: Iterable[str], spec: EmbeddingSpec, pooling: Optional[Mapping[str, str]] = None,
+    features: Iterable[str],
+    spec: EmbeddingSpec,
+    pooling: Optional[Mapping[str, str]] = None,
 ) -> Dict[str, PoolingType]:
     """Each feature's pooling: the dataset's (meta.json ``pooling``: "sum"/"mean") where given,
     else ``spec.pooling``. The dataset decides because it knows what its bags mean (a bag of

@@ -26,8 +26,9 @@ class MLETShardingWarning(UserWarning):
 class MLETProjection(nn.Module):
     """Bias-free k×d projection with no nonlinearity (so T·W collapses exactly)."""
 
-    def __init__(self, inner_dim: int, embedding_dim: int, init_std: float,
-                 device: Optional[torch.device] = None) -> None:
+    def __init__(
+        self, inner_dim: int, embedding_dim: int, init_std: float, device: Optional[torch.device] = None
+    ) -> None:
         super().__init__()
         self.init_std = init_std
         self.weight = nn.Parameter(torch.empty(inner_dim, embedding_dim, device=device))
@@ -111,7 +112,9 @@ class MLETEmbeddingBagCollection(nn.Module):
             "only; projections replicated, k-wide all-to-all): pass sharders=mlet_dist.sharders() to "
             "DistributedModelParallel to project on the owning rank (d-wide), or set "
             ".projection_after_comm = True before sharding to keep this on purpose",
-            MLETShardingWarning, stacklevel=3)
+            MLETShardingWarning,
+            stacklevel=3,
+        )
 
     def _empty_output(self, features: KeyedJaggedTensor) -> KeyedTensor:
         """A batch with no rows gives a (0, sum d) result; the fused kernels reject it."""

@@ -58,4 +58,4 @@ def project_blocks(values: torch.Tensor, starts: Sequence[int], weights: Sequenc
     tiled = list(starts) == [i * c for i in range(f)] and values.shape[1] == f * c
     if tiled and len({w.shape for w in weights}) == 1:
         return TiledProjection.apply(values, torch.stack(list(weights)))
-    return torch.cat([values[:, s:s + w.shape[0]] @ w for s, w in zip(starts, weights)], dim=1)
+    return torch.cat([values[:, s : s + w.shape[0]] @ w for s, w in zip(starts, weights)], dim=1)

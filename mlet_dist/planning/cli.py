@@ -38,35 +38,65 @@ def build_parser() -> argparse.ArgumentParser:
         "Writes a TorchRec plan as JSON (for mlet-train --plan) and a per-rank table of memory and cost.",
         formatter_class=DefaultsHelpFormatter,
     )
-    p.add_argument("--config", type=Path, default=None,
-                   help="plan the model of a training run: its config.json (model shape, optimizers, batch size, "
-                   "sharding and --spec default to the run's); the model flags below must then be left out")
-    p.add_argument("--spec", type=Path, default=None,
-                   help="table sizes: a data_prep meta.json (or its dataset dir), or a spec file "
-                   '{"table_sizes": {...}, "dense_features": 13}')
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="plan the model of a training run: its config.json (model shape, optimizers, batch size, "
+        "sharding and --spec default to the run's); the model flags below must then be left out",
+    )
+    p.add_argument(
+        "--spec",
+        type=Path,
+        default=None,
+        help="table sizes: a data_prep meta.json (or its dataset dir), or a spec file "
+        '{"table_sizes": {...}, "dense_features": 13}',
+    )
     p.add_argument("--world", type=_world, required=True, help="NxM: N nodes x M ranks per node, e.g. 2x8")
     p.add_argument("--device", choices=DEVICES, default="cuda", help="the devices the tables are placed on")
     p.add_argument("--hbm-gb", type=float, default=None, help="GPU memory per device in GiB (cuda; e.g. 80)")
-    p.add_argument("--ddr-gb", type=float, default=None,
-                   help="host memory per rank in GiB (the table memory for --device cpu; TorchRec's 128 if omitted)")
+    p.add_argument(
+        "--ddr-gb",
+        type=float,
+        default=None,
+        help="host memory per rank in GiB (the table memory for --device cpu; TorchRec's 128 if omitted)",
+    )
     p.add_argument("--out", "-o", type=Path, required=True, help="plan JSON to write")
     p.add_argument("--table", type=Path, default=None, help="per-rank text table (default: --out with .txt)")
     add_flags(p, ModelConfig, groups=(SHAPE,))  # the model flags, as mlet-train declares them
-    p.add_argument("--embedding-optimizer", choices=sorted(EMBEDDING_OPTIMIZERS), default="rowwise_adagrad",
-                   help="fused table optimizer (sets the optimizer-state bytes)")
-    p.add_argument("--dense-optimizer", choices=sorted(DENSE_OPTIMIZER_STATES), default="adam",
-                   help="optimizer of MLPs and projections (adam keeps 2 state copies)")
-    p.add_argument("--projection-after-comm", action="store_true",
-                   help="plan for mlet-train --projection-after-comm (projections as dense DDP params)")
+    p.add_argument(
+        "--embedding-optimizer",
+        choices=sorted(EMBEDDING_OPTIMIZERS),
+        default="rowwise_adagrad",
+        help="fused table optimizer (sets the optimizer-state bytes)",
+    )
+    p.add_argument(
+        "--dense-optimizer",
+        choices=sorted(DENSE_OPTIMIZER_STATES),
+        default="adam",
+        help="optimizer of MLPs and projections (adam keeps 2 state copies)",
+    )
+    p.add_argument(
+        "--projection-after-comm",
+        action="store_true",
+        help="plan for mlet-train --projection-after-comm (projections as dense DDP params)",
+    )
     p.add_argument("--batch-size", type=int, default=256, help="per-rank batch size (buffers and cost)")
     p.add_argument("--sharding", choices=SHARDING_CHOICES, default="auto", help="force one sharding type")
-    p.add_argument("--cw-shard-dim", type=int, default=None,
-                   help="column-wise shard width; column-wise is offered when it cuts a table into >= 2 "
-                   "shards (TorchRec's default width 128 needs k >= 256)")
+    p.add_argument(
+        "--cw-shard-dim",
+        type=int,
+        default=None,
+        help="column-wise shard width; column-wise is offered when it cuts a table into >= 2 "
+        "shards (TorchRec's default width 128 needs k >= 256)",
+    )
     p.add_argument("--allow-uvm", action="store_true", help="let tables spill to host memory (UVM caching)")
-    p.add_argument("--no-memory-balance", action="store_true",
-                   help="keep TorchRec's perf-only placement (default: re-place the chosen shards for the "
-                   "lowest per-GPU HBM peak within 2%% of its perf estimate)")
+    p.add_argument(
+        "--no-memory-balance",
+        action="store_true",
+        help="keep TorchRec's perf-only placement (default: re-place the chosen shards for the "
+        "lowest per-GPU HBM peak within 2%% of its perf estimate)",
+    )
     p.add_argument("--reserve-pct", type=float, default=15.0, help="HBM safety margin kept free, percent")
     p.add_argument("--quiet", "-q", action="store_true", help="do not print the table")
     return p
@@ -137,10 +167,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cluster.as_dict(),
         made_by={
             "command": command,
-            "spec": {"name": spec.name, "source": str(args.spec), "tables": len(spec.table_sizes),
-                     "rows": spec.total_rows, "dense_features": spec.num_dense},
-            "model": {"mlet": request.mlet, "inner_dim": request.inner_dim, "embedding_dim": request.embedding_dim,
-                      "owner_projection": request.sharding_config.owner_projection},
+            "spec": {
+                "name": spec.name,
+                "source": str(args.spec),
+                "tables": len(spec.table_sizes),
+                "rows": spec.total_rows,
+                "dense_features": spec.num_dense,
+            },
+            "model": {
+                "mlet": request.mlet,
+                "inner_dim": request.inner_dim,
+                "embedding_dim": request.embedding_dim,
+                "owner_projection": request.sharding_config.owner_projection,
+            },
             "optimizers": {"embedding": request.embedding_optimizer, "dense": request.dense_optimizer},
             "batch_size_per_rank": request.batch_size,
             "reserve_fraction": request.reserve_fraction,
@@ -154,8 +193,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     table_path.write_text(text)
     if not args.quiet:
         print(text, end="")
-    print(f"planned {cluster.shape} {cluster.device} in {result.seconds:.1f} s ({result.proposals} proposals); "
-          f"wrote {args.out} and {table_path}")
+    print(
+        f"planned {cluster.shape} {cluster.device} in {result.seconds:.1f} s ({result.proposals} proposals); "
+        f"wrote {args.out} and {table_path}"
+    )
     return 0
 
 

@@ -58,6 +58,8 @@ PROCESS_BYTES_PER_SAMPLE = 65 * 1000
 def process_overhead_bytes(batch_size: int) -> int:
     """A CPU training rank's own resident memory at this per-rank batch (see above)."""
     return PROCESS_BASE_BYTES + PROCESS_BYTES_PER_SAMPLE * batch_size
+
+
 # Dense optimizer state copies per parameter (train.py's --dense-optimizer; SGD has no momentum).
 DENSE_OPTIMIZER_STATES: Dict[str, int] = {"sgd": 0, "adagrad": 1, "adam": 2}
 
@@ -113,7 +115,9 @@ class MLETProjectionEstimator(ShardEstimator):
 
     def __init__(self, topology: Topology, dense_optimizer: str = "adam") -> None:
         if dense_optimizer not in DENSE_OPTIMIZER_STATES:
-            raise ValueError(f"dense optimizer must be one of {sorted(DENSE_OPTIMIZER_STATES)}, got {dense_optimizer!r}")
+            raise ValueError(
+                f"dense optimizer must be one of {sorted(DENSE_OPTIMIZER_STATES)}, got {dense_optimizer!r}"
+            )
         self._topology = topology
         self._dense_optimizer = dense_optimizer
         self._memory = "hbm" if topology.compute_device in {"cuda", "mtia"} else "ddr"

@@ -227,8 +227,9 @@ def load_checked_plan(path: PathLike, model: nn.Module, world_size: int, device_
     except PlanMismatchError:
         raise
     except (ValueError, KeyError, TypeError, AttributeError) as err:  # valid JSON, not a plan
-        raise PlanMismatchError(f"{path} is not a sharding plan (mlet-plan or a run's plan.json): "
-                                f"{type(err).__name__}: {err}") from None
+        raise PlanMismatchError(
+            f"{path} is not a sharding plan (mlet-plan or a run's plan.json): {type(err).__name__}: {err}"
+        ) from None
     _check_compute_kernels(plan, str(path))
     check_plan_fits(plan, model, world_size, device_type, data.get("topology"), str(path))
     return plan
@@ -239,8 +240,10 @@ def _check_compute_kernels(plan: ShardingPlan, source: str) -> None:
     for module_plan in plan.plan.values():
         for table, sharding in module_plan.items():
             if sharding.compute_kernel not in kernels:
-                raise PlanMismatchError(f"{source}: table {table!r} names compute kernel "
-                                        f"{sharding.compute_kernel!r}; TorchRec knows {sorted(kernels)}")
+                raise PlanMismatchError(
+                    f"{source}: table {table!r} names compute kernel "
+                    f"{sharding.compute_kernel!r}; TorchRec knows {sorted(kernels)}"
+                )
 
 
 def _shardable_tables(module: nn.Module) -> Dict[str, Tuple[int, int]]:
@@ -257,8 +260,12 @@ def _shardable_tables(module: nn.Module) -> Dict[str, Tuple[int, int]]:
 
 
 def check_plan_fits(
-    plan: ShardingPlan, model: nn.Module, world_size: int, device_type: str,
-    topology: Optional[Dict[str, Any]] = None, source: str = "plan",
+    plan: ShardingPlan,
+    model: nn.Module,
+    world_size: int,
+    device_type: str,
+    topology: Optional[Dict[str, Any]] = None,
+    source: str = "plan",
 ) -> None:
     """Fail before training, naming the first thing that does not match."""
     if topology is not None and topology.get("world_size") not in (None, world_size):
@@ -286,8 +293,13 @@ def check_plan_fits(
 
 
 def _check_parameter_sharding(
-    source: str, path: str, table: str, ps: ParameterSharding, shape: Tuple[int, int],
-    world_size: int, device_type: str,
+    source: str,
+    path: str,
+    table: str,
+    ps: ParameterSharding,
+    shape: Tuple[int, int],
+    world_size: int,
+    device_type: str,
 ) -> None:
     where = f"{source}: {path}.{table}"
     for rank in ps.ranks or []:
@@ -316,4 +328,3 @@ def _check_parameter_sharding(
             f"{where}: shards cover {area} cells but the table is {shape[0]}x{shape[1]}; "
             "the plan was made for other table sizes: re-plan from this dataset's meta.json"
         )
-

@@ -133,8 +133,9 @@ class PlanRequest:
         return [f"t_{feature}" for feature in self.spec.table_sizes]
 
 
-def plan_request(spec: TableSpec, cluster: ClusterSpec, model: Optional[ModelConfig] = None,
-                 **settings: Any) -> PlanRequest:
+def plan_request(
+    spec: TableSpec, cluster: ClusterSpec, model: Optional[ModelConfig] = None, **settings: Any
+) -> PlanRequest:
     """A PlanRequest where the model may also be given by its leaf fields' names
     (``plan_request(spec, cluster, inner_dim=64, mlet=False, sharding="row_wise")``): what is not
     a PlanRequest field is set in ``model`` (config_io.with_leaves refuses unknown names)."""
@@ -258,9 +259,7 @@ def _remedies(request: PlanRequest, per_table: bool) -> str:
     )
 
 
-def _lower_bound(
-    search_space: List[ShardingOption], kind: str, usable: List[int], request: PlanRequest
-) -> None:
+def _lower_bound(search_space: List[ShardingOption], kind: str, usable: List[int], request: PlanRequest) -> None:
     """Raise PlanDoesNotFitError when no assignment can fit, naming the shortfall."""
     by_table: Dict[str, List[ShardingOption]] = {}
     for option in search_space:
@@ -276,7 +275,8 @@ def _lower_bound(
     what = (
         f"k={request.inner_dim} tables + {request.embedding_optimizer} state"
         + (" + projections" if request.sharding_config.owner_projection else "")
-        if request.mlet else f"d={request.embedding_dim} tables + {request.embedding_optimizer} state"
+        if request.mlet
+        else f"d={request.embedding_dim} tables + {request.embedding_optimizer} state"
     )
     need = 0
     for name, options in by_table.items():
@@ -309,7 +309,9 @@ def _lower_bound(
 BALANCE_TOLERANCE = 0.02
 
 
-def _balance_memory(best: List[ShardingOption], reserved: Optional[Topology], topology: Topology) -> List[ShardingOption]:
+def _balance_memory(
+    best: List[ShardingOption], reserved: Optional[Topology], topology: Topology
+) -> List[ShardingOption]:
     """Re-place the winning proposal with TorchRec's MemoryBalancedPartitioner: the lowest
     per-device HBM peak whose perf rating stays within 2% of the planner's choice.
 
@@ -378,9 +380,7 @@ def plan_tables(request: PlanRequest) -> PlanResult:
             plan = planner.plan(model, sharders)
         except PlannerError as err:
             if not usable:  # the reservation itself left nothing
-                raise PlanDoesNotFitError(
-                    f"nothing is left for the tables on a {request.cluster.device} device: {err}"
-                )
+                raise PlanDoesNotFitError(f"nothing is left for the tables on a {request.cluster.device} device: {err}")
             raise PlanDoesNotFitError(
                 f"TorchRec's planner found no placement for {request.cluster.shape} {request.cluster.device} "
                 f"although the total fits (the tables do not bin-pack into {_fmt_gib(max(usable))} usable "

@@ -73,15 +73,23 @@ def estimates(result: PlanResult) -> Dict[str, Any]:
     owner = request.mlet and request.sharding_config.owner_projection
     states = DENSE_OPTIMIZER_STATES[request.dense_optimizer]
     ranks: List[Dict[str, Any]] = [
-        {"rank": r, "node": r // request.cluster.ranks_per_node, "shards": 0, "tables": [],
-         "perf_ms": 0.0, **{f: 0 for f in RANK_FIELDS}}
+        {
+            "rank": r,
+            "node": r // request.cluster.ranks_per_node,
+            "shards": 0,
+            "tables": [],
+            "perf_ms": 0.0,
+            **{f: 0 for f in RANK_FIELDS},
+        }
         for r in range(world)
     ]
     tables: Dict[str, Dict[str, Any]] = {}
     for option in result.options:
         rows, width = (int(x) for x in option.tensor.shape)
         element = option.tensor.element_size()
-        multiplier = _get_optimizer_multipler(getattr(option.tensor, "_optimizer_classes", [None])[0], option.tensor.shape)
+        multiplier = _get_optimizer_multipler(
+            getattr(option.tensor, "_optimizer_classes", [None])[0], option.tensor.shape
+        )
         dims = mlet_dims(option)
         table = {
             "path": option.path,
@@ -138,12 +146,14 @@ def estimates(result: PlanResult) -> Dict[str, Any]:
 
     def spread(values: List[float]) -> Dict[str, float]:
         mean = sum(values) / len(values)
-        return {"min": min(values), "max": max(values), "mean": mean,
-                "max_over_mean": (max(values) / mean) if mean else 1.0}
+        return {
+            "min": min(values),
+            "max": max(values),
+            "mean": mean,
+            "max_over_mean": (max(values) / mean) if mean else 1.0,
+        }
 
-    dense_projections = 0 if owner or not request.mlet else (
-        len(tables) * request.inner_dim * d * FP32 * (2 + states)
-    )
+    dense_projections = 0 if owner or not request.mlet else (len(tables) * request.inner_dim * d * FP32 * (2 + states))
     return {
         "units": "bytes; perf_ms = TorchRec's per-shard perf estimate summed (ms per iteration)",
         "memory": kind,
@@ -197,9 +207,13 @@ def format_report(result: PlanResult, est: Dict[str, Any], title: str = "") -> s
     mem = "HBM" if est["memory"] == "hbm" else "DDR"
     model = (
         f"MLET k={request.inner_dim} -> d={request.embedding_dim}, "
-        + ("projection on the table owner (d-wide traffic)" if request.sharding_config.owner_projection
-           else "projection after the all-to-all (k-wide traffic, W replicated as dense DDP params)")
-        if request.mlet else f"baseline (stock tables at d={request.embedding_dim})"
+        + (
+            "projection on the table owner (d-wide traffic)"
+            if request.sharding_config.owner_projection
+            else "projection after the all-to-all (k-wide traffic, W replicated as dense DDP params)"
+        )
+        if request.mlet
+        else f"baseline (stock tables at d={request.embedding_dim})"
     )
     offload = any(r["host_offload"] for r in est["per_rank"])
     overhead = est["per_rank"][0].get("process_overhead", 0) if est["per_rank"] else 0
@@ -223,8 +237,11 @@ def format_report(result: PlanResult, est: Dict[str, Any], title: str = "") -> s
         f"{'train':>9} {'%cap':>5} {'serve':>9} {'perf':>8}{'       host' if offload else ''}  tables",
     ]
     if offload:
-        lines.insert(-1, "UVM tables keep weights + optimizer state in host memory (host column); their HBM "
-                         "cache is counted in buffers")
+        lines.insert(
+            -1,
+            "UVM tables keep weights + optimizer state in host memory (host column); their HBM "
+            "cache is counted in buffers",
+        )
     for r in est["per_rank"]:
         host = f" {_size(r['host_offload']):>10}" if offload else ""
         lines.append(
@@ -242,8 +259,11 @@ def format_report(result: PlanResult, est: Dict[str, Any], title: str = "") -> s
         f"totals:    training {_size(totals['training_bytes'])} of {_size(totals['capacity_bytes'])} "
         f"(weights {_size(totals['weights_bytes'])}, optimizer {_size(totals['optimizer_bytes'])}, "
         f"projections {_size(totals['projection_bytes'])}); serving after collapse {_size(totals['serving_bytes'])}"
-        + (f" ({_size(totals['serving_bytes_with_replicas'])} with data-parallel replicas)"
-           if totals["serving_bytes_with_replicas"] > 1.005 * totals["serving_bytes"] else ""),
+        + (
+            f" ({_size(totals['serving_bytes_with_replicas'])} with data-parallel replicas)"
+            if totals["serving_bytes_with_replicas"] > 1.005 * totals["serving_bytes"]
+            else ""
+        ),
         "",
         "per table",
         f"{'table':<8} {'rows':>13} {'type':<15} {'kernel':<18} {'shards':>6} {'ranks':<14} {'train':>9} "

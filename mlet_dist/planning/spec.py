@@ -53,7 +53,7 @@ def table_spec_from_dict(data: Any, source: str = "<dict>") -> TableSpec:
     from data_prep.dataset_format import validate_meta
 
     if not isinstance(data, dict) or not isinstance(data.get("table_sizes"), dict) or not data["table_sizes"]:
-        raise SpecError(f"{source}: needs a non-empty \"table_sizes\" object {{feature: rows}}")
+        raise SpecError(f'{source}: needs a non-empty "table_sizes" object {{feature: rows}}')
     if "format_version" in data:
         try:
             validate_meta(data, source)
@@ -68,8 +68,10 @@ def table_spec_from_dict(data: Any, source: str = "<dict>") -> TableSpec:
     for feature in order:
         rows = sizes[feature]
         if isinstance(rows, bool) or not isinstance(rows, int) or not 1 <= rows <= INT64_MAX:
-            raise SpecError(f"{source}: table_sizes[{feature!r}] must be a positive integer <= 2**63-1 "
-                            f"(ids are int64), got {rows!r}")
+            raise SpecError(
+                f"{source}: table_sizes[{feature!r}] must be a positive integer <= 2**63-1 "
+                f"(ids are int64), got {rows!r}"
+            )
         table_sizes[feature] = rows
     dense = data.get("dense_features", 13)
     num_dense = len(dense) if isinstance(dense, list) else dense

@@ -80,15 +80,15 @@ def parse_world(text: str) -> tuple:
     """'2x8' -> (2, 8). Raises TopologyError with the accepted form."""
     match = _WORLD.match(text or "")
     if not match:
-        raise TopologyError(
-            f"--world must be NxM (nodes x ranks per node), e.g. 1x2 or 2x8; got {text!r}"
-        )
+        raise TopologyError(f"--world must be NxM (nodes x ranks per node), e.g. 1x2 or 2x8; got {text!r}")
     nodes, per_node = int(match.group(1)), int(match.group(2))
     if nodes < 1 or per_node < 1:
         raise TopologyError(f"--world {text!r}: nodes and ranks per node must both be >= 1")
     if per_node > MAX_RANKS_PER_NODE or nodes * per_node > MAX_WORLD_SIZE:
-        raise TopologyError(f"--world {text!r}: at most {MAX_RANKS_PER_NODE} ranks per node and "
-                            f"{MAX_WORLD_SIZE} ranks in all, got {per_node} per node, {nodes * per_node} in all")
+        raise TopologyError(
+            f"--world {text!r}: at most {MAX_RANKS_PER_NODE} ranks per node and "
+            f"{MAX_WORLD_SIZE} ranks in all, got {per_node} per node, {nodes * per_node} in all"
+        )
     return nodes, per_node
 
 
@@ -109,7 +109,5 @@ def cluster_spec(
             raise TopologyError("--device cuda needs the memory per GPU: --hbm-gb (e.g. 80 for an H100)")
         return ClusterSpec(nodes, per_node, device, int(hbm_gb * GIB), ddr)
     if hbm_gb is not None:
-        raise TopologyError(
-            "--hbm-gb is GPU memory; for --device cpu give the memory per rank with --ddr-gb"
-        )
+        raise TopologyError("--hbm-gb is GPU memory; for --device cpu give the memory per rank with --ddr-gb")
     return ClusterSpec(nodes, per_node, device, ddr, ddr)

@@ -59,13 +59,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="serving directory to write")
     p.add_argument("--checkpoint", type=Path, default=None, help="DCP checkpoint; default: the run's selected model")
     p.add_argument("--data", type=Path, default=None, help="dataset dir, if not where the run's --data points")
-    p.add_argument("--sharding", choices=SHARDING_CHOICES, default=None,
-                   help="how to shard the k-wide model for the collapse (default: as in training)")
+    p.add_argument(
+        "--sharding",
+        choices=SHARDING_CHOICES,
+        default=None,
+        help="how to shard the k-wide model for the collapse (default: as in training)",
+    )
     p.add_argument("--serve-world-size", type=int, default=None, help="ranks of the serving job (default: this job's)")
     p.add_argument("--serve-local-world-size", type=int, default=None, help="serving ranks per host")
     p.add_argument("--serve-device", choices=["cpu", "cuda"], default=None, help="default: this job's device")
-    p.add_argument("--serve-sharding", choices=SERVING_SHARDING_CHOICES, default="auto",
-                   help="sharding type of the serving plan (auto: TorchRec's planner chooses)")
+    p.add_argument(
+        "--serve-sharding",
+        choices=SERVING_SHARDING_CHOICES,
+        default="auto",
+        help="sharding type of the serving plan (auto: TorchRec's planner chooses)",
+    )
     p.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS, help="rows per matmul chunk")
     p.add_argument("--backend", choices=["auto", "gloo", "nccl"], default="auto")
     p.add_argument("--overwrite", action="store_true", help="replace an existing serving directory")
@@ -128,8 +136,10 @@ def select_checkpoint(run_dir: Path, explicit: Optional[Path]) -> Tuple[Path, st
     if summary.is_file():
         selected = json.loads(summary.read_text())
         step, epoch = selected.get("selected_step"), selected.get("selected_epoch")
-        candidates = [(run_dir / "best_model" / f"step-{step}", f"best point, step {step} (summary.json)"),
-                      (run_dir / "best_model" / f"epoch-{epoch}", f"best epoch {epoch} (summary.json)")]
+        candidates = [
+            (run_dir / "best_model" / f"step-{step}", f"best point, step {step} (summary.json)"),
+            (run_dir / "best_model" / f"epoch-{epoch}", f"best epoch {epoch} (summary.json)"),
+        ]
         for best, why in candidates:
             if (best / ".metadata").is_file():
                 return best, why
@@ -143,7 +153,7 @@ def select_checkpoint(run_dir: Path, explicit: Optional[Path]) -> Tuple[Path, st
 
 
 def checkpoint_prefix(checkpoint: Path, keys: Sequence[str]) -> str:
-    """"" if the model keys are at top level, "model" if under model. (training checkpoints)."""
+    """ "" if the model keys are at top level, "model" if under model. (training checkpoints)."""
     stored = set(safe_read_metadata(checkpoint / ".metadata").state_dict_metadata)
     for prefix in ("", "model"):
         if all((f"{prefix}.{k}" if prefix else k) in stored for k in keys):
@@ -160,8 +170,9 @@ def verify_checkpoint(checkpoint: Path, rank: int, world_size: int) -> None:
     become a serving directory with a fresh, valid manifest."""
     verdict = agreed_verdict(verify_share(checkpoint, rank, world_size))
     if verdict:
-        raise CheckpointCorrupt(f"checkpoint {checkpoint} is damaged, nothing written: {verdict}; "
-                                "pass --checkpoint with an intact one")
+        raise CheckpointCorrupt(
+            f"checkpoint {checkpoint} is damaged, nothing written: {verdict}; pass --checkpoint with an intact one"
+        )
 
 
 def load_checkpoint(model: nn.Module, checkpoint: Path) -> None:
@@ -180,8 +191,10 @@ def collapse_summary(collapse: Dict[str, Any]) -> str:
     of 0 bytes in ~0 s ("0.00 GB/s") would read as a very slow collapse, so none is given."""
     if not collapse["k_bytes_read"]:
         return "nothing to collapse (no MLET tables)"
-    return (f"collapse read {collapse['k_bytes_read'] / 1e6:.1f} MB of k-wide tables in {collapse['seconds']:.2f}s "
-            f"({collapse['gb_per_s']:.2f} GB/s)")
+    return (
+        f"collapse read {collapse['k_bytes_read'] / 1e6:.1f} MB of k-wide tables in {collapse['seconds']:.2f}s "
+        f"({collapse['gb_per_s']:.2f} GB/s)"
+    )
 
 
 def run(args: argparse.Namespace) -> Dict[str, Any]:
@@ -201,8 +214,11 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         verify_checkpoint(checkpoint, env.rank, env.world_size)
         meta = DatasetMeta.load(run_cfg.data)
         build = model_factory(run_cfg.model, meta.table_sizes, len(meta.dense_features), meta.pooling)
-        sharding = (run_cfg.sharding if args.sharding is None
-                    else ShardingConfig(args.sharding, run_cfg.sharding.owner_projection))
+        sharding = (
+            run_cfg.sharding
+            if args.sharding is None
+            else ShardingConfig(args.sharding, run_cfg.sharding.owner_projection)
+        )
         model = shard_model(build(torch.device("meta")), env, sharding)
         if env.is_main:
             print(f"loading {checkpoint} ({why}) on {env.world_size} rank(s)")
@@ -222,15 +238,22 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             "collapse_world_size": env.world_size,
         }
         export = write_serving_dir(
-            model, args.out, ServingModelConfig.from_model(run_cfg.model, meta.table_sizes, len(meta.dense_features),
-                                                           meta.pooling),
-            dataset=run_cfg.data, source=source, serving_topology=topology, serving_sharding=args.serve_sharding,
-            chunk_rows=args.chunk_rows, overwrite=args.overwrite,
+            model,
+            args.out,
+            ServingModelConfig.from_model(run_cfg.model, meta.table_sizes, len(meta.dense_features), meta.pooling),
+            dataset=run_cfg.data,
+            source=source,
+            serving_topology=topology,
+            serving_sharding=args.serve_sharding,
+            chunk_rows=args.chunk_rows,
+            overwrite=args.overwrite,
         )
         if env.is_main:
-            print(f"wrote {export.path}: {len(export.manifest['tables'])} tables at d={run_cfg.model.embedding.embedding_dim}, "
-                  f"serving plan for {topology.world_size} {topology.compute_device} rank(s); "
-                  f"{collapse_summary(export.manifest['collapse'])}")
+            print(
+                f"wrote {export.path}: {len(export.manifest['tables'])} tables at d={run_cfg.model.embedding.embedding_dim}, "
+                f"serving plan for {topology.world_size} {topology.compute_device} rank(s); "
+                f"{collapse_summary(export.manifest['collapse'])}"
+            )
         return export.manifest
     finally:
         shutdown_distributed()

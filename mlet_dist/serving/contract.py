@@ -52,9 +52,16 @@ def build_contract(config: ServingModelConfig, meta: Optional[Dict[str, Any]]) -
     """The JSON contract: inputs (names, dtypes, shapes, layout), features, OOV id, output."""
     hashed = set((meta or {}).get("hashed_features") or {})
     features = [
-        {"name": f, "table": t.name, "num_embeddings": t.num_embeddings, "pooling": t.pooling,
-         "oov_id": None if f in hashed else OOV_ID, "hashed": f in hashed}
-        for t in config.tables for f in t.feature_names
+        {
+            "name": f,
+            "table": t.name,
+            "num_embeddings": t.num_embeddings,
+            "pooling": t.pooling,
+            "oov_id": None if f in hashed else OOV_ID,
+            "hashed": f in hashed,
+        }
+        for t in config.tables
+        for f in t.feature_names
     ]
     dense = list(meta["dense_features"]) if meta else [f"dense_{i}" for i in range(config.dense_in_features)]
     num_sparse = len(features)
@@ -63,31 +70,40 @@ def build_contract(config: ServingModelConfig, meta: Optional[Dict[str, Any]]) -
         "format_version": CONTRACT_VERSION,
         "inputs": {
             "float_features": {
-                "dtype": "float32", "shape": ["B", config.dense_in_features], "columns": dense,
+                "dtype": "float32",
+                "shape": ["B", config.dense_in_features],
+                "columns": dense,
                 "transform": meta.get("dense_transform") if meta else None,
             },
             "id_list_features.lengths": {
-                "dtype": "int32", "shape": [f"{num_sparse}*B"],
+                "dtype": "int32",
+                "shape": [f"{num_sparse}*B"],
                 "layout": "feature-major: lengths[f*B + b] = number of ids of feature f in row b "
-                          "(1 per feature and row for one-hot data)",
+                "(1 per feature and row for one-hot data)",
             },
             "id_list_features.values": {
-                "dtype": "int64", "shape": ["sum(lengths)"],
+                "dtype": "int64",
+                "shape": ["sum(lengths)"],
                 "layout": "ids in the same order: all ids of feature 0 (row 0, row 1, ...), then feature 1, ...",
             },
         },
         "sparse_features": features,
         "oov_id": OOV_ID,
-        "id_rule": (meta or {}).get("sparse_transform",
-                                    "ids from the training vocabulary; id 0 = rare/unseen (exact features)"),
+        "id_rule": (meta or {}).get(
+            "sparse_transform", "ids from the training vocabulary; id 0 = rare/unseen (exact features)"
+        ),
         "output": {"default": "float32 [B]: click probability, sigmoid of the model's logit"},
         "dataset": None if meta is None else {"name": meta.get("dataset"), "label": meta.get("label")},
-        "note": None if meta is not None else "training dataset meta.json not found at export: dense "
-                                              "transform and hashed features unknown (pass --data)",
+        "note": None
+        if meta is not None
+        else "training dataset meta.json not found at export: dense "
+        "transform and hashed features unknown (pass --data)",
     }
 
 
-def request_from_kjt(dense: torch.Tensor, sparse: KeyedJaggedTensor, feature_names: List[str]) -> Dict[str, torch.Tensor]:
+def request_from_kjt(
+    dense: torch.Tensor, sparse: KeyedJaggedTensor, feature_names: List[str]
+) -> Dict[str, torch.Tensor]:
     """A batch in the predict module's dict form from TorchRec inputs (features reordered to the contract)."""
     if list(sparse.keys()) != list(feature_names):
         sparse = sparse.permute([sparse.keys().index(f) for f in feature_names])

@@ -69,8 +69,11 @@ class Artifact:
 
 
 def export_artifact(
-    serving_dir: PathLike, out: PathLike, precisions: Sequence[str] = ("fp32", "fp16", "int8"),
-    data: Optional[PathLike] = None, overwrite: bool = False,
+    serving_dir: PathLike,
+    out: PathLike,
+    precisions: Sequence[str] = ("fp32", "fp16", "int8"),
+    data: Optional[PathLike] = None,
+    overwrite: bool = False,
 ) -> Artifact:
     """Check ``serving_dir`` (manifest, sha256), script one predict module per precision, write the
     contract and the safetensors weights, and publish ``out`` atomically."""
@@ -93,13 +96,17 @@ def export_artifact(
     except BaseException as err:
         shutil.rmtree(staging, ignore_errors=True)  # a failed export leaves nothing half-written
         if isinstance(err, OSError) and not isinstance(err, FileNotFoundError):  # full or read-only disk
-            raise ArtifactError(f"cannot write the artifact {out}: {err.strerror or err}"
-                                f"{f' ({err.filename})' if err.filename else ''}; nothing was published") from None
+            raise ArtifactError(
+                f"cannot write the artifact {out}: {err.strerror or err}"
+                f"{f' ({err.filename})' if err.filename else ''}; nothing was published"
+            ) from None
         raise
     return Artifact(out, manifest)
 
 
-def _write_staging(serving_dir: Path, staging: Path, precisions: Sequence[str], data: Optional[PathLike]) -> Dict[str, Any]:
+def _write_staging(
+    serving_dir: Path, staging: Path, precisions: Sequence[str], data: Optional[PathLike]
+) -> Dict[str, Any]:
     """Every file of the artifact in ``staging``, artifact.json last; returns its content."""
     model, sd = load_serving_model(serving_dir)  # refuses a directory whose checksums disagree
     root = dataset_root(sd, data)
@@ -125,7 +132,10 @@ def _write_staging(serving_dir: Path, staging: Path, precisions: Sequence[str], 
             diff = float((reloaded(sample)["default"] - reference).abs().max())
         if precision == "fp32" and diff > FP32_SCRIPT_TOLERANCE:
             raise ArtifactError(f"the scripted fp32 module differs from the eager model by {diff:.2e}")
-        checks[precision] = {"max_abs_prob_diff_vs_eager_fp32": diff, "sample_rows": int(sample["float_features"].shape[0])}
+        checks[precision] = {
+            "max_abs_prob_diff_vs_eager_fp32": diff,
+            "sample_rows": int(sample["float_features"].shape[0]),
+        }
 
     names = [CONTRACT, WEIGHTS, *(module_file(p) for p in precisions), *vocab_files]
     _give_files_the_open_mode(staging)
@@ -136,10 +146,15 @@ def _write_staging(serving_dir: Path, staging: Path, precisions: Sequence[str], 
         "format": ARTIFACT_FORMAT,
         "format_version": ARTIFACT_VERSION,
         "created_unix": time.time(),
-        "created_by": {"torch": torch.__version__, "torchrec": getattr(torchrec, "__version__", "unknown"),
-                       "fbgemm_gpu": getattr(fbgemm_gpu, "__version__", "unknown")},
-        "source": {"serving_dir": str(Path(serving_dir).resolve()),
-                   "manifest_sha256": sha256_file(Path(serving_dir) / MANIFEST)},
+        "created_by": {
+            "torch": torch.__version__,
+            "torchrec": getattr(torchrec, "__version__", "unknown"),
+            "fbgemm_gpu": getattr(fbgemm_gpu, "__version__", "unknown"),
+        },
+        "source": {
+            "serving_dir": str(Path(serving_dir).resolve()),
+            "manifest_sha256": sha256_file(Path(serving_dir) / MANIFEST),
+        },
         "precisions": list(precisions),
         "modules": {p: module_file(p) for p in precisions},
         "interface": {"inputs": list(contract["inputs"]), "output": "default"},
@@ -196,14 +211,19 @@ def open_artifact(directory: PathLike) -> Artifact:
     if not path.is_file():
         raise ArtifactError(f"{directory} has no {ARTIFACT}: not an artifact directory (write one with mlet-export)")
     manifest = read_json_file(path, "artifact listing", error=ArtifactError)
-    if not isinstance(manifest, dict) or manifest.get("format") != ARTIFACT_FORMAT \
-            or manifest.get("format_version") != ARTIFACT_VERSION:
+    if (
+        not isinstance(manifest, dict)
+        or manifest.get("format") != ARTIFACT_FORMAT
+        or manifest.get("format_version") != ARTIFACT_VERSION
+    ):
         raise ArtifactError(f"{path}: not format {ARTIFACT_FORMAT!r} version {ARTIFACT_VERSION}")
     problems = _problems(directory, manifest)
     if problems:
         shown = "\n  ".join(problems[:10])
-        raise ArtifactError(f"refusing artifact {directory}: its files disagree with {ARTIFACT}:\n  {shown}\n"
-                            "Export it again (mlet-export) or copy it again completely.")
+        raise ArtifactError(
+            f"refusing artifact {directory}: its files disagree with {ARTIFACT}:\n  {shown}\n"
+            "Export it again (mlet-export) or copy it again completely."
+        )
     return Artifact(directory, manifest)
 
 

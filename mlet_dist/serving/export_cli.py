@@ -28,10 +28,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("serving_dir", type=Path, help="serving directory (manifest.json, checkpoint/)")
     p.add_argument("out", type=Path, help="artifact directory to write")
-    p.add_argument("--precision", nargs="+", choices=sorted(TABLE_PRECISIONS), default=["fp32", "fp16", "int8"],
-                   help="table precisions to export, one predict_<p>.pt each")
-    p.add_argument("--data", type=Path, default=None,
-                   help="the training dataset (for the contract's dense transform); default: where the manifest points")
+    p.add_argument(
+        "--precision",
+        nargs="+",
+        choices=sorted(TABLE_PRECISIONS),
+        default=["fp32", "fp16", "int8"],
+        help="table precisions to export, one predict_<p>.pt each",
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="the training dataset (for the contract's dense transform); default: where the manifest points",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing artifact directory")
     return p
 
@@ -50,10 +59,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     for precision in m["precisions"]:
         diff = m["checks"][precision]["max_abs_prob_diff_vs_eager_fp32"]
         size = m["files"][m["modules"][precision]]["bytes"]
-        print(f"{precision}: {artifact.path / m['modules'][precision]} ({size / 2**20:.2f} MiB, "
-              f"max |p - p_fp32 eager| {diff:.1e})")
-    print(f"contract: {artifact.path / 'contract.json'}; weights: {artifact.path / 'weights.safetensors'}; "
-          f"checksums: {artifact.path / ARTIFACT}")
+        print(
+            f"{precision}: {artifact.path / m['modules'][precision]} ({size / 2**20:.2f} MiB, "
+            f"max |p - p_fp32 eager| {diff:.1e})"
+        )
+    print(
+        f"contract: {artifact.path / 'contract.json'}; weights: {artifact.path / 'weights.safetensors'}; "
+        f"checksums: {artifact.path / ARTIFACT}"
+    )
 
 
 if __name__ == "__main__":

@@ -51,7 +51,9 @@ def _ebc(model: nn.Module) -> nn.Module:
     return model.sparse_arch.embedding_bag_collection  # type: ignore[union-attr,return-value]
 
 
-def build_predict_module(serving_model: nn.Module, precision: str = "fp32", device: str = "cpu") -> ServingPredictModule:
+def build_predict_module(
+    serving_model: nn.Module, precision: str = "fp32", device: str = "cpu"
+) -> ServingPredictModule:
     """A predict module around ``serving_model`` (a ``DLRMTrain`` from ``load_serving_model``; used
     in place: pass a fresh copy per precision). fp16 / int8 tables via ``quantize_inference_model``."""
     if precision not in TABLE_PRECISIONS:

@@ -75,7 +75,9 @@ def load_serving_sharded(
     if not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError("load_serving_sharded needs an initialised process group (init_distributed())")
     world = dist.get_world_size()
-    device = device or (torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu"))
+    device = device or (
+        torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    )
     sd = open_serving_dir(serving_dir, verify=verify)
     config = sd.model_config
     model = build_serving_model(config, torch.device("meta"))
@@ -98,8 +100,9 @@ def load_serving_sharded(
             import os
 
             local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-            topology = ServingTopology(world_size=world, local_world_size=local if world % local == 0 else world,
-                                       compute_device=device.type)
+            topology = ServingTopology(
+                world_size=world, local_world_size=local if world % local == 0 else world, compute_device=device.type
+            )
             chosen = plan_serving(config, topology, sharding, sharders=sharders, collective=True)
         else:
             raise ValueError(f"plan must be 'auto', 'saved', 'replan' or a ShardingPlan, got {plan!r}")

@@ -69,7 +69,7 @@ class ServingDir:
     @property
     def checkpoint_files(self) -> List[str]:
         prefix = CHECKPOINT_DIR + "/"
-        return [n[len(prefix):] for n in self.manifest["files"] if n.startswith(prefix)]
+        return [n[len(prefix) :] for n in self.manifest["files"] if n.startswith(prefix)]
 
 
 def read_manifest(directory: PathLike) -> Dict[str, Any]:
@@ -90,12 +90,21 @@ def read_manifest(directory: PathLike) -> Dict[str, Any]:
     missing = [k for k in REQUIRED if k not in manifest]
     if missing:
         raise ServingDirError(f"{path} lacks {missing}; refusing the serving directory")
-    shapes = {"model": dict, "checkpoint": dict, "files": dict, "serving_topology": dict, "dataset": dict,
-              "source": dict, "tables": list}
+    shapes = {
+        "model": dict,
+        "checkpoint": dict,
+        "files": dict,
+        "serving_topology": dict,
+        "dataset": dict,
+        "source": dict,
+        "tables": list,
+    }
     wrong = [k for k, t in shapes.items() if k in manifest and not isinstance(manifest[k], t)]
     wrong += [f"files[{n!r}]" for n, e in manifest["files"].items() if not isinstance(e, dict)] if not wrong else []
     if wrong or not isinstance(manifest["checkpoint"].get("keys"), dict):
-        raise ServingDirError(f"{path}: malformed entries {wrong or ['checkpoint.keys']}; refusing the serving directory")
+        raise ServingDirError(
+            f"{path}: malformed entries {wrong or ['checkpoint.keys']}; refusing the serving directory"
+        )
     if manifest["format"] != FORMAT or manifest["format_version"] != FORMAT_VERSION:
         raise ServingDirError(
             f"{path}: format {manifest['format']!r} version {manifest['format_version']!r}, expected "
@@ -145,8 +154,10 @@ def check_agreement(directory: Path, manifest: Dict[str, Any]) -> List[str]:
     for table in config.tables:
         key = f"model.sparse_arch.embedding_bag_collection.embedding_bags.{table.name}.weight"
         if key in listed and listed[key].get("shape") != [table.num_embeddings, table.embedding_dim]:
-            problems.append(f"table {table.name}: manifest says n={table.num_embeddings} d={table.embedding_dim}, "
-                            f"checkpoint key list says {listed[key].get('shape')}")
+            problems.append(
+                f"table {table.name}: manifest says n={table.num_embeddings} d={table.embedding_dim}, "
+                f"checkpoint key list says {listed[key].get('shape')}"
+            )
     try:
         metadata = safe_read_metadata(directory / CHECKPOINT_DIR / ".metadata")
     except UnsafeCheckpointError as err:
@@ -162,7 +173,9 @@ def check_agreement(directory: Path, manifest: Dict[str, Any]) -> List[str]:
         size = list(getattr(md, "size", []))
         dtype = dtype_name(getattr(getattr(md, "properties", None), "dtype", None))
         if size != list(spec.get("shape", [])) or dtype != spec.get("dtype"):
-            problems.append(f"{key}: checkpoint has {size} {dtype}, manifest says {spec.get('shape')} {spec.get('dtype')}")
+            problems.append(
+                f"{key}: checkpoint has {size} {dtype}, manifest says {spec.get('shape')} {spec.get('dtype')}"
+            )
     return problems
 
 

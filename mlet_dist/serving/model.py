@@ -95,17 +95,20 @@ class ServingModelConfig:
         return cls(**data)
 
     @classmethod
-    def from_model(cls, model: ModelConfig, table_sizes: Dict[str, int], num_dense: int,
-                   pooling: Optional[Dict[str, str]] = None) -> "ServingModelConfig":
+    def from_model(
+        cls, model: ModelConfig, table_sizes: Dict[str, int], num_dense: int, pooling: Optional[Dict[str, str]] = None
+    ) -> "ServingModelConfig":
         """The collapsed form of ``model`` (a run's ModelConfig) for the dataset's table sizes and pooling."""
         from mlet_dist.models.embedding_tables import build_embedding_collection
 
-        collection = build_embedding_collection(table_sizes, model.embedding, device=torch.device("meta"),
-                                                pooling=pooling)
+        collection = build_embedding_collection(
+            table_sizes, model.embedding, device=torch.device("meta"), pooling=pooling
+        )
         inner = {c.name: c.inner_dim for c in getattr(collection, "mlet_configs", lambda: [])()}
         tables = [
-            TableSpec(c.name, c.num_embeddings, c.embedding_dim, list(c.feature_names), c.pooling.name,
-                      inner.get(c.name))
+            TableSpec(
+                c.name, c.num_embeddings, c.embedding_dim, list(c.feature_names), c.pooling.name, inner.get(c.name)
+            )
             for c in collection.embedding_bag_configs()
         ]
         dcn = model.arch == "dcnv2"
@@ -122,8 +125,9 @@ class ServingModelConfig:
         )
 
     @classmethod
-    def from_train_config(cls, cfg: Any, table_sizes: Dict[str, int], num_dense: int,
-                          pooling: Optional[Dict[str, str]] = None) -> "ServingModelConfig":
+    def from_train_config(
+        cls, cfg: Any, table_sizes: Dict[str, int], num_dense: int, pooling: Optional[Dict[str, str]] = None
+    ) -> "ServingModelConfig":
         """``from_model`` for a TrainConfig, or anything holding ModelConfig's fields (``embedding``,
         ``dlrm``; ``arch`` and ``dcn`` default to ModelConfig's)."""
         return cls.from_model(ModelConfig.of(cfg), table_sizes, num_dense, pooling)

@@ -45,24 +45,41 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--serving", type=Path, required=True, help="serving directory")
-    p.add_argument("--data", type=Path, default=None,
-                   help="prepared dataset dir (mlet-prep output); with --raw: the training dataset, whose "
-                        "vocabulary encodes the raw values (default: the one the serving manifest names)")
-    p.add_argument("--raw", type=Path, default=None, metavar="FILE",
-                   help="score raw Criteo TSV / Avazu CSV lines (plain or gzip) instead of a prepared split")
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="prepared dataset dir (mlet-prep output); with --raw: the training dataset, whose "
+        "vocabulary encodes the raw values (default: the one the serving manifest names)",
+    )
+    p.add_argument(
+        "--raw",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="score raw Criteo TSV / Avazu CSV lines (plain or gzip) instead of a prepared split",
+    )
     p.add_argument("--split", default="test")
     p.add_argument("--out", type=Path, required=True, help="predictions: .parquet, .csv or .tsv")
     p.add_argument("--batch-size", type=int, default=4096)
     p.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32", help="table precision")
-    p.add_argument("--compare", action="store_true",
-                   help="with fp16/int8: also score in fp32 and report the AUC/logloss change")
+    p.add_argument(
+        "--compare", action="store_true", help="with fp16/int8: also score in fp32 and report the AUC/logloss change"
+    )
     p.add_argument("--max-batches", type=int, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the model runs")
-    p.add_argument("--metrics-out", type=Path, default=None,
-                   help="also write the report as JSON here (with --raw: every rejected line, up to 1000)")
-    p.add_argument("--no-progress", action="store_true",
-                   help="no progress bars (default: shown when stderr is a terminal, as mlet-train)")
+    p.add_argument(
+        "--metrics-out",
+        type=Path,
+        default=None,
+        help="also write the report as JSON here (with --raw: every rejected line, up to 1000)",
+    )
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars (default: shown when stderr is a terminal, as mlet-train)",
+    )
     return p
 
 
@@ -141,8 +158,10 @@ OUT_SUFFIXES = (".parquet", ".csv", ".tsv")
 
 def run(args: argparse.Namespace) -> Dict[str, Any]:
     if args.out.suffix.lower() not in OUT_SUFFIXES:  # x.json used to get parquet bytes, silently
-        raise ValueError(f"--out {args.out}: predictions are written as {', '.join(OUT_SUFFIXES)}; "
-                         f"name the file with one of these suffixes (e.g. {args.out.with_suffix('.parquet')})")
+        raise ValueError(
+            f"--out {args.out}: predictions are written as {', '.join(OUT_SUFFIXES)}; "
+            f"name the file with one of these suffixes (e.g. {args.out.with_suffix('.parquet')})"
+        )
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.compare and args.precision == "fp32":
@@ -164,14 +183,18 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     else:
         data = args.data
         warnings = check_dataset(sd, data)
-        stream = ScoringStream(data, args.split, args.batch_size, rows_per_feature(sd.manifest["tables"]),
-                               args.max_batches)
+        stream = ScoringStream(
+            data, args.split, args.batch_size, rows_per_feature(sd.manifest["tables"]), args.max_batches
+        )
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
     progress = not args.no_progress and sys.stderr.isatty()  # a log file or pipe gets no bar lines
-    report: Dict[str, Any] = {"serving": str(args.serving), "data": str(data),
-                              "split": "raw" if args.raw is not None else args.split,
-                              "labels": stream.has_labels}
+    report: Dict[str, Any] = {
+        "serving": str(args.serving),
+        "data": str(data),
+        "split": "raw" if args.raw is not None else args.split,
+        "labels": stream.has_labels,
+    }
     device = torch.device(args.device)
     baseline: Optional[ScoreResult] = None
     if args.compare:
@@ -217,8 +240,11 @@ def raw_stream(sd: ServingDir, args: argparse.Namespace) -> Tuple[RawScoringStre
         )
     meta = read_meta(data)
     tables = rows_per_feature(sd.manifest["tables"])
-    wrong = {f: (int(meta["table_sizes"].get(f, -1)), n) for f, n in tables.items()
-             if int(meta["table_sizes"].get(f, -1)) != n}
+    wrong = {
+        f: (int(meta["table_sizes"].get(f, -1)), n)
+        for f, n in tables.items()
+        if int(meta["table_sizes"].get(f, -1)) != n
+    }
     if wrong:
         raise ValueError(f"{data} is not the training dataset of this model (table sizes differ: {wrong})")
     vocab = Vocabulary.load(data)
@@ -230,17 +256,23 @@ MAX_PRINTED_REJECTS = 10
 
 def print_raw(raw: Dict[str, Any]) -> None:
     """The raw file's accounting: lines scored / rejected (each with its line), OOV values."""
-    print(f"raw {raw['file']}: {raw['rows_read']} lines, {raw['rows_scored']} scored, "
-          f"{raw['rows_rejected']} rejected ({'with' if raw['labeled'] else 'without'} labels)")
+    print(
+        f"raw {raw['file']}: {raw['rows_read']} lines, {raw['rows_scored']} scored, "
+        f"{raw['rows_rejected']} rejected ({'with' if raw['labeled'] else 'without'} labels)"
+    )
     for r in raw["rejects"][:MAX_PRINTED_REJECTS]:
         print(f"  rejected {raw['file']}:{r['line']}: {r['reason']}")
     if raw["rows_rejected"] > MAX_PRINTED_REJECTS:
-        print(f"  ... and {raw['rows_rejected'] - MAX_PRINTED_REJECTS} more (--metrics-out lists up to "
-              f"{len(raw['rejects'])})")
+        print(
+            f"  ... and {raw['rows_rejected'] - MAX_PRINTED_REJECTS} more (--metrics-out lists up to "
+            f"{len(raw['rejects'])})"
+        )
     unknown = {f: n for f, n in raw["unknown_values"].items() if n}
     shown = ", ".join(f"{f} {n}" for f, n in sorted(unknown.items(), key=lambda kv: -kv[1])[:8])
     more = ", ..." if len(unknown) > 8 else ""
-    print(f"unknown values -> OOV id {raw['oov_id']}: {raw['unknown_total']}" + (f" ({shown}{more})" if unknown else ""))
+    print(
+        f"unknown values -> OOV id {raw['oov_id']}: {raw['unknown_total']}" + (f" ({shown}{more})" if unknown else "")
+    )
 
 
 def print_report(report: Dict[str, Any]) -> None:
@@ -251,8 +283,10 @@ def print_report(report: Dict[str, Any]) -> None:
     if "auc" in m:
         line += f"  AUC {m['auc']:.4f}  logloss {m['logloss']:.4f}"
     print(line)
-    print(f"tables ({report['precision']}): {report['table_bytes'] / 2**20:.2f} MiB "
-          f"(fp32 {report['fp32_table_bytes'] / 2**20:.2f} MiB, {100 * report['table_memory_saved']:.1f}% saved)")
+    print(
+        f"tables ({report['precision']}): {report['table_bytes'] / 2**20:.2f} MiB "
+        f"(fp32 {report['fp32_table_bytes'] / 2**20:.2f} MiB, {100 * report['table_memory_saved']:.1f}% saved)"
+    )
     if "vs_fp32" in report:
         v = report["vs_fp32"]
         parts = [f"{k.replace('_change', '')} {v[k]:+.5f}" for k in ("auc_change", "logloss_change") if k in v]

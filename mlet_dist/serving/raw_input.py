@@ -72,14 +72,20 @@ class RawReport:
     def add_rejects(self, rejects: Sequence[Reject]) -> None:
         self.rows_rejected += len(rejects)
         room = MAX_LISTED_REJECTS - len(self.rejects)
-        self.rejects.extend({"line": r.line, "reason": r.reason} for r in rejects[:max(room, 0)])
+        self.rejects.extend({"line": r.line, "reason": r.reason} for r in rejects[: max(room, 0)])
 
     def as_dict(self) -> Dict[str, Any]:
         return {
-            "file": self.file, "labeled": self.labeled, "rows_read": self.rows_read,
-            "rows_scored": self.rows_scored, "rows_rejected": self.rows_rejected, "rejects": self.rejects,
-            "rejects_listed": len(self.rejects), "oov_id": OOV_ID,
-            "unknown_values": dict(self.unknown), "unknown_total": sum(self.unknown.values()),
+            "file": self.file,
+            "labeled": self.labeled,
+            "rows_read": self.rows_read,
+            "rows_scored": self.rows_scored,
+            "rows_rejected": self.rows_rejected,
+            "rejects": self.rejects,
+            "rejects_listed": len(self.rejects),
+            "oov_id": OOV_ID,
+            "unknown_values": dict(self.unknown),
+            "unknown_total": sum(self.unknown.values()),
         }
 
 
@@ -90,8 +96,13 @@ class RawScoringStream:
     predictions can be joined back to the request lines around the rejected ones."""
 
     def __init__(
-        self, path: Path, meta: Dict[str, Any], vocab: Vocabulary, rows_per_feature: Dict[str, int],
-        batch_size: int, block_bytes: int = textio.DEFAULT_BLOCK_BYTES,
+        self,
+        path: Path,
+        meta: Dict[str, Any],
+        vocab: Vocabulary,
+        rows_per_feature: Dict[str, int],
+        batch_size: int,
+        block_bytes: int = textio.DEFAULT_BLOCK_BYTES,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
@@ -108,8 +119,10 @@ class RawScoringStream:
         if absent:
             raise ValueError(f"{vocab.source} has no vocabulary for the model's features {absent}")
         if list(labeled_spec.dense_features) != self.dense_features:
-            raise ValueError(f"the training dataset's dense features {self.dense_features} are not the ones "
-                             f"{labeled_spec.name} lines produce {list(labeled_spec.dense_features)}")
+            raise ValueError(
+                f"the training dataset's dense features {self.dense_features} are not the ones "
+                f"{labeled_spec.name} lines produce {list(labeled_spec.dense_features)}"
+            )
         self.vocab, self.batch_size, self.block_bytes = vocab, batch_size, block_bytes
         self.labeled = self._detect_label(labeled_spec)
         self.spec = labeled_spec if self.labeled else without_label(labeled_spec)
@@ -130,8 +143,10 @@ class RawScoringStream:
                 return True
             if first == without_label(spec).header:
                 return False
-            raise ValueError(f"{self.path}:1: expected the header line {spec.header.decode()!r} (or without "
-                             f"the label column), got {first[:200]!r}")
+            raise ValueError(
+                f"{self.path}:1: expected the header line {spec.header.decode()!r} (or without "
+                f"the label column), got {first[:200]!r}"
+            )
         columns, *_ = textio.split_fields(block, spec.sep[0], len(spec.columns))
         return int((columns == len(spec.columns)).sum()) >= int((columns == len(spec.columns) - 1).sum())
 
@@ -160,8 +175,8 @@ class RawScoringStream:
             pending_rows += len(parsed.lines)
             while pending_rows >= self.batch_size:
                 rows = _concat(pending)
-                head = {k: v[..., :self.batch_size] for k, v in rows.items()}
-                rest = {k: v[..., self.batch_size:] for k, v in rows.items()}
+                head = {k: v[..., : self.batch_size] for k, v in rows.items()}
+                rest = {k: v[..., self.batch_size :] for k, v in rows.items()}
                 pending, pending_rows = [rest], pending_rows - self.batch_size
                 lines_out.append(head["line"])
                 self.lines = np.concatenate(lines_out)

@@ -40,7 +40,11 @@ class ScoringBatch:
 
 class ScoringStream:
     def __init__(
-        self, data_dir: PathLike, split: str, batch_size: int, rows_per_feature: Dict[str, int],
+        self,
+        data_dir: PathLike,
+        split: str,
+        batch_size: int,
+        rows_per_feature: Dict[str, int],
         max_batches: Optional[int] = None,
     ) -> None:
         if batch_size < 1:
@@ -141,8 +145,7 @@ class BatchSource(Protocol):
     def rows_to_score(self) -> Optional[int]:  # None: unknown in advance (raw text)
         ...
 
-    def __iter__(self) -> Iterator[ScoringBatch]:
-        ...
+    def __iter__(self) -> Iterator[ScoringBatch]: ...
 
 
 @dataclass
@@ -167,7 +170,10 @@ class ScoreResult:
 
 @torch.no_grad()
 def score(
-    model: nn.Module, stream: BatchSource, progress: bool = True, desc: str = "scoring",
+    model: nn.Module,
+    stream: BatchSource,
+    progress: bool = True,
+    desc: str = "scoring",
     device: torch.device = torch.device("cpu"),
 ) -> ScoreResult:
     """Probabilities of every row (a DLRMTrain-wrapped model: ``model.model(dense, sparse)``)."""
@@ -176,8 +182,15 @@ def score(
     probs: List[torch.Tensor] = []
     labels: List[torch.Tensor] = []
     started = time.perf_counter()
-    with tqdm(total=stream.rows_to_score, unit="rows", unit_scale=True, desc=desc, disable=not progress,
-              leave=False, smoothing=0.1) as bar:
+    with tqdm(
+        total=stream.rows_to_score,
+        unit="rows",
+        unit_scale=True,
+        desc=desc,
+        disable=not progress,
+        leave=False,
+        smoothing=0.1,
+    ) as bar:
         for batch in stream:
             logits = net(dense_features=batch.dense.to(device), sparse_features=batch.sparse.to(device))
             probs.append(torch.sigmoid(logits.float().reshape(-1)).cpu())

@@ -161,8 +161,10 @@ def write_serving_dir(
     plan = plan_serving(model_config, topology, serving_sharding)  # every rank: fails together
     ends = bottom_mlp_output_of(model)
     if ends is not None and ends != model_config.bottom_mlp_output:  # same on every rank: fails together
-        raise ServingDirError(f"the model's bottom MLP ends {ends}, the serving model config says "
-                              f"bottom_mlp_output={model_config.bottom_mlp_output!r}: it would serve another function")
+        raise ServingDirError(
+            f"the model's bottom MLP ends {ends}, the serving model config says "
+            f"bottom_mlp_output={model_config.bottom_mlp_output!r}: it would serve another function"
+        )
 
     state, stats = collapse_state_dict(model.state_dict(), chunk_rows=chunk_rows)
     keys = _check_state(state, model_config)
@@ -171,8 +173,7 @@ def write_serving_dir(
         shutil.rmtree(staging, ignore_errors=True)
         (staging / CHECKPOINT_DIR).mkdir(parents=True)
     _barrier()
-    dcp.save(state, storage_writer=FileSystemWriter(str(staging / CHECKPOINT_DIR)),
-             planner=ExactStorageSavePlanner())
+    dcp.save(state, storage_writer=FileSystemWriter(str(staging / CHECKPOINT_DIR)), planner=ExactStorageSavePlanner())
     _barrier()
     mine = file_entries(staging / CHECKPOINT_DIR, _local_files(staging / CHECKPOINT_DIR, rank))
     gathered: List[Optional[Dict[str, Any]]] = [mine]
@@ -184,8 +185,22 @@ def write_serving_dir(
     error: Optional[str] = None
     if rank == 0:
         try:
-            manifest = _write(staging, out_dir, plan, topology, model_config, keys, gathered, stats,
-                              dataset, source, world, _training_plan(model), chunk_rows, serving_sharding)
+            manifest = _write(
+                staging,
+                out_dir,
+                plan,
+                topology,
+                model_config,
+                keys,
+                gathered,
+                stats,
+                dataset,
+                source,
+                world,
+                _training_plan(model),
+                chunk_rows,
+                serving_sharding,
+            )
         except Exception as err:  # tell the other ranks instead of leaving them in a barrier
             error = f"writing the serving directory failed on rank 0: {err}"
     error = _same_on_all(error)
@@ -206,15 +221,30 @@ def _device_type(model: nn.Module) -> str:
 
 
 def _write(
-    staging: Path, out_dir: Path, plan: Any, topology: ServingTopology, config: ServingModelConfig,
-    keys: Dict[str, Dict[str, Any]], gathered: List[Optional[Dict[str, Any]]], stats: CollapseStats,
-    dataset: Optional[PathLike], source: Optional[Dict[str, Any]], world: int,
-    training_plan: Dict[str, str], chunk_rows: int, serving_sharding: str,
+    staging: Path,
+    out_dir: Path,
+    plan: Any,
+    topology: ServingTopology,
+    config: ServingModelConfig,
+    keys: Dict[str, Dict[str, Any]],
+    gathered: List[Optional[Dict[str, Any]]],
+    stats: CollapseStats,
+    dataset: Optional[PathLike],
+    source: Optional[Dict[str, Any]],
+    world: int,
+    training_plan: Dict[str, str],
+    chunk_rows: int,
+    serving_sharding: str,
 ) -> Dict[str, Any]:
     import torchrec
 
-    save_plan(staging / PLAN_FILE, plan, topology.to_dict(), tables=[t.name for t in config.tables],
-              model="serving (d-wide, stock TorchRec EmbeddingBagCollection)")
+    save_plan(
+        staging / PLAN_FILE,
+        plan,
+        topology.to_dict(),
+        tables=[t.name for t in config.tables],
+        model="serving (d-wide, stock TorchRec EmbeddingBagCollection)",
+    )
     files: Dict[str, Any] = {}
     for part in gathered:
         files.update({f"{CHECKPOINT_DIR}/{name}": entry for name, entry in (part or {}).items()})
@@ -227,13 +257,22 @@ def _write(
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "created_unix": time.time(),
-        "created_by": {"torch": torch.__version__, "torchrec": getattr(torchrec, "__version__", "unknown"),
-                       "host": platform.node()},
+        "created_by": {
+            "torch": torch.__version__,
+            "torchrec": getattr(torchrec, "__version__", "unknown"),
+            "host": platform.node(),
+        },
         "model": config.to_dict(),
         "tables": [
-            {"name": t.name, "num_embeddings": t.num_embeddings, "embedding_dim": t.embedding_dim,
-             "inner_dim": t.inner_dim, "feature_names": t.feature_names, "key": table_keys[t.name],
-             "training_sharding": training_plan.get(t.name)}
+            {
+                "name": t.name,
+                "num_embeddings": t.num_embeddings,
+                "embedding_dim": t.embedding_dim,
+                "inner_dim": t.inner_dim,
+                "feature_names": t.feature_names,
+                "key": table_keys[t.name],
+                "training_sharding": training_plan.get(t.name),
+            }
             for t in config.tables
         ],
         "dense_keys": sorted(k for k in keys if k not in set(table_keys.values())),

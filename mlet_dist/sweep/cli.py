@@ -27,18 +27,34 @@ PROG = "mlet-sweep"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="Baseline vs MLET accuracy sweep (DLRM / DCN-v2) and report.",
-                                formatter_class=DefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Baseline vs MLET accuracy sweep (DLRM / DCN-v2) and report.",
+        formatter_class=DefaultsHelpFormatter,
+    )
     p.add_argument("--config", type=Path, required=True, help="sweep file (.yaml/.yml/.json), see configs/")
     p.add_argument("--data", type=Path, default=None, help="override the config's prepared dataset")
     p.add_argument("--runs-dir", type=Path, default=None, help="override where run dirs go")
-    p.add_argument("--report-dir", type=Path, default=None, help="override where the report goes (configs: runs/sweeps/<name>/report; "
-                   "reports/<name> refreshes a committed report)")
+    p.add_argument(
+        "--report-dir",
+        type=Path,
+        default=None,
+        help="override where the report goes (configs: runs/sweeps/<name>/report; "
+        "reports/<name> refreshes a committed report)",
+    )
     p.add_argument("--cpu-budget", type=int, default=None, help="override launch.cpu_budget")
-    p.add_argument("--scheduler", default=None, help="override launch.scheduler: torchrun (local subprocesses) or a "
-                   "torchx scheduler (local_cwd, slurm, kubernetes, ...)")
-    p.add_argument("--dry-run", action="store_true", help="print the runs that would be launched (with a torchx "
-                   "scheduler: each run's scheduler request), run nothing")
+    p.add_argument(
+        "--scheduler",
+        default=None,
+        help="override launch.scheduler: torchrun (local subprocesses) or a "
+        "torchx scheduler (local_cwd, slurm, kubernetes, ...)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the runs that would be launched (with a torchx "
+        "scheduler: each run's scheduler request), run nothing",
+    )
     p.add_argument("--report-only", action="store_true", help="write the report from finished runs, launch none")
     p.add_argument("--no-report", action="store_true", help="run, but do not write the report")
     return p
@@ -52,8 +68,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     from mlet_dist.sweep.runner import ensure_data, run_sweep
 
     quiet_library_logs()
-    overrides = {"data": args.data and str(args.data), "runs_dir": args.runs_dir and str(args.runs_dir),
-                 "report_dir": args.report_dir and str(args.report_dir)}
+    overrides = {
+        "data": args.data and str(args.data),
+        "runs_dir": args.runs_dir and str(args.runs_dir),
+        "report_dir": args.report_dir and str(args.report_dir),
+    }
     try:
         cfg = load_config(args.config, overrides)
         if args.cpu_budget is not None:

@@ -118,8 +118,10 @@ class LaunchConfig:
         if self.scheduler == TORCHRUN:
             given = [f.name for f in fields(self) if f.name in TORCHX_ONLY and getattr(self, f.name) != _default(f)]
             if given:
-                raise ValueError(f"launch.{given[0]} needs a torchx scheduler (launch.scheduler: local_cwd, "
-                                 f"slurm, kubernetes, ...); with {TORCHRUN} each run is a local torchrun")
+                raise ValueError(
+                    f"launch.{given[0]} needs a torchx scheduler (launch.scheduler: local_cwd, "
+                    f"slurm, kubernetes, ...); with {TORCHRUN} each run is a local torchrun"
+                )
             return
         if self.world_size % self.nodes:
             raise ValueError(f"launch.world_size {self.world_size} is not a multiple of launch.nodes {self.nodes}")
@@ -128,8 +130,10 @@ class LaunchConfig:
                 raise ValueError(f"launch.{name} must be a mapping, got {getattr(self, name)!r}")
         reserved = sorted(set(self.component) & set(COMPONENT_RESERVED))
         if reserved:
-            raise ValueError(f"launch.component may not set {reserved}: the sweep sets them per run "
-                             "(j from world_size and nodes, threads from threads_per_rank, name from the run id)")
+            raise ValueError(
+                f"launch.component may not set {reserved}: the sweep sets them per run "
+                "(j from world_size and nodes, threads from threads_per_rank, name from the run id)"
+            )
         if self.max_concurrent is not None and int(self.max_concurrent) < 1:
             raise ValueError(f"launch.max_concurrent must be >= 1, got {self.max_concurrent}")
         if self.poll_s is not None and not float(self.poll_s) > 0:
@@ -213,16 +217,19 @@ class SweepConfig:
         if not self.seeds:
             raise ValueError("grid.seeds is empty")
         if self.bootstrap_resamples < 0:
-            raise ValueError(f"report.bootstrap_resamples must be >= 0 (0: no headline test), "
-                             f"got {self.bootstrap_resamples}")
+            raise ValueError(
+                f"report.bootstrap_resamples must be >= 0 (0: no headline test), got {self.bootstrap_resamples}"
+            )
         if not (isinstance(self.equivalence_margin, (int, float)) and 0 < self.equivalence_margin < 0.5):
-            raise ValueError(f"report.equivalence_margin must be an AUC difference in (0, 0.5), "
-                             f"got {self.equivalence_margin!r}")
+            raise ValueError(
+                f"report.equivalence_margin must be an AUC difference in (0, 0.5), got {self.equivalence_margin!r}"
+            )
         for args in (self.train_args, *self.arch_args.values(), *self.model_args.values()):
             clash = reserved_flags_in(args)
             if clash:
-                raise ValueError(f"train_args/arch_args/model_args may not set {clash} (in {args}): the sweep "
-                                 "sets them per run")
+                raise ValueError(
+                    f"train_args/arch_args/model_args may not set {clash} (in {args}): the sweep sets them per run"
+                )
         if self.prepare is not None and set(self.prepare) - {"planted"}:
             raise ValueError(f"prepare supports only 'planted', got {sorted(self.prepare)}")
 
@@ -272,8 +279,9 @@ def reserved_flags_in(args: Sequence[str]) -> List[str]:
     missed all three, and every run silently trained with the one value its dir name denied."""
     parser = _train_parser()
     given = given_dests(_train_parser, list(args))
-    return [max(a.option_strings, key=len) for a in parser._actions
-            if a.dest in RESERVED_TRAIN_DESTS and a.dest in given]
+    return [
+        max(a.option_strings, key=len) for a in parser._actions if a.dest in RESERVED_TRAIN_DESTS and a.dest in given
+    ]
 
 
 def _strs(value: Any, where: str) -> List[str]:
@@ -283,9 +291,19 @@ def _strs(value: Any, where: str) -> List[str]:
 
 
 def from_dict(raw: Mapping[str, Any]) -> SweepConfig:
-    known = {"name", "data", "prepare", "runs_dir", "report_dir", "grid", "launch", "train_args", "arch_args",
-             "model_args",
-             "report"}
+    known = {
+        "name",
+        "data",
+        "prepare",
+        "runs_dir",
+        "report_dir",
+        "grid",
+        "launch",
+        "train_args",
+        "arch_args",
+        "model_args",
+        "report",
+    }
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ValueError(f"unknown sweep config keys {unknown}; known: {sorted(known)}")
@@ -318,8 +336,9 @@ def from_dict(raw: Mapping[str, Any]) -> SweepConfig:
     if raw.get("model_args") is not None:
         kw["model_args"] = {str(m): _strs(v, f"model_args.{m}") for m, v in raw["model_args"].items()}
     report = dict(raw.get("report") or {})
-    unknown = sorted(set(report) - {"rare_items", "save_predictions", "diagnostics", "bootstrap_resamples",
-                                    "equivalence_margin"})
+    unknown = sorted(
+        set(report) - {"rare_items", "save_predictions", "diagnostics", "bootstrap_resamples", "equivalence_margin"}
+    )
     if unknown:
         raise ValueError(f"unknown report keys {unknown}")
     if report.get("rare_items") is not None:
@@ -344,7 +363,8 @@ def _load_yaml(path: Path) -> Any:
         def compose_node(self, parent: Any, index: Any) -> Any:
             if self.check_event(yaml.AliasEvent):
                 raise yaml.composer.ComposerError(
-                    None, None, "aliases (*name) are not accepted in a sweep config", self.peek_event().start_mark)
+                    None, None, "aliases (*name) are not accepted in a sweep config", self.peek_event().start_mark
+                )
             return super().compose_node(parent, index)
 
     try:

@@ -82,23 +82,31 @@ def headline_from_groups(groups: Dict[Group, SeedAUCs], compare: Compare) -> Lis
                 if not (versus[bd].verdict == "better" or versus[bd].equivalent):
                     break
                 matched = bd
-            rows.append({
-                "arch": arch, "d": d, "k": g[3], "k_chosen_by": "val auc", "seeds": len(groups[g].test),
-                "test_auc": groups[g].test_mean, "val_auc": groups[g].val_mean,
-                "versus": {bd: diff.to_json() for bd, diff in versus.items()},
-                "baseline_test_auc": {b[2]: groups[b].test_mean for b in baselines},
-                "baseline_seeds": {b[2]: len(groups[b].test) for b in baselines},
-                "matches_up_to_baseline_d": matched,
-                "beats_baseline_d": [bd for bd in sorted(versus) if versus[bd].verdict == "better"],
-                "equivalent_to_baseline_d": [bd for bd in sorted(versus) if versus[bd].equivalent],
-                "best_baseline_d": best_base[2],
-                "vs_best_baseline": versus[best_base[2]].to_json(),
-            })
+            rows.append(
+                {
+                    "arch": arch,
+                    "d": d,
+                    "k": g[3],
+                    "k_chosen_by": "val auc",
+                    "seeds": len(groups[g].test),
+                    "test_auc": groups[g].test_mean,
+                    "val_auc": groups[g].val_mean,
+                    "versus": {bd: diff.to_json() for bd, diff in versus.items()},
+                    "baseline_test_auc": {b[2]: groups[b].test_mean for b in baselines},
+                    "baseline_seeds": {b[2]: len(groups[b].test) for b in baselines},
+                    "matches_up_to_baseline_d": matched,
+                    "beats_baseline_d": [bd for bd in sorted(versus) if versus[bd].verdict == "better"],
+                    "equivalent_to_baseline_d": [bd for bd in sorted(versus) if versus[bd].equivalent],
+                    "best_baseline_d": best_base[2],
+                    "vs_best_baseline": versus[best_base[2]].to_json(),
+                }
+            )
     return rows
 
 
-def headline_rows(records: Sequence[Any], resamples: int = 500, level: float = DEFAULT_LEVEL,
-                  margin: float = DEFAULT_MARGIN) -> List[Dict[str, Any]]:
+def headline_rows(
+    records: Sequence[Any], resamples: int = 500, level: float = DEFAULT_LEVEL, margin: float = DEFAULT_MARGIN
+) -> List[Dict[str, Any]]:
     """From run records with saved test predictions: per-seed AUCs and the paired row noise."""
     with_preds: Dict[Group, List[Any]] = {}
     for r in records:
@@ -108,31 +116,51 @@ def headline_rows(records: Sequence[Any], resamples: int = 500, level: float = D
         return []
     boot: BootstrapAUCs = bootstrap_aucs(
         {g: [load_predictions(r.predictions) for r in runs] for g, runs in with_preds.items()},
-        resamples=resamples, level=level)
-    groups = {g: SeedAUCs(list(boot.per_seed[g]), [r.metric("val", "auc") for r in runs])
-              for g, runs in with_preds.items()}
+        resamples=resamples,
+        level=level,
+    )
+    groups = {
+        g: SeedAUCs(list(boot.per_seed[g]), [r.metric("val", "auc") for r in runs]) for g, runs in with_preds.items()
+    }
     return headline_from_groups(groups, lambda a, b: boot.difference(a, b, margin))
 
 
 def headline_rows_from_seed_aucs(
-    groups: Dict[Group, SeedAUCs], row_std: Callable[[Group, Group], float] = lambda a, b: 0.0,
-    level: float = DEFAULT_LEVEL, margin: float = DEFAULT_MARGIN, resamples: int = 0,
+    groups: Dict[Group, SeedAUCs],
+    row_std: Callable[[Group, Group], float] = lambda a, b: 0.0,
+    level: float = DEFAULT_LEVEL,
+    margin: float = DEFAULT_MARGIN,
+    resamples: int = 0,
 ) -> List[Dict[str, Any]]:
     """From per-seed AUCs alone (e.g. a committed results.csv); ``row_std`` supplies the paired
     row noise of each comparison where it is known (0: seeds only)."""
-    return headline_from_groups(groups, lambda a, b: compare_seeds(
-        groups[a].test, groups[b].test, level, margin, row_std=row_std(a, b), resamples=resamples))
+    return headline_from_groups(
+        groups,
+        lambda a, b: compare_seeds(
+            groups[a].test, groups[b].test, level, margin, row_std=row_std(a, b), resamples=resamples
+        ),
+    )
 
 
 def headline_csv_rows(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """headline.csv: one line per (arch, MLET d, baseline d')."""
     return [
-        {"arch": h["arch"], "mlet_d": h["d"], "mlet_k": h["k"], "k_chosen_by": h["k_chosen_by"],
-         "mlet_seeds": h["seeds"], "mlet_test_auc": h["test_auc"], "baseline_d": bd,
-         "baseline_seeds": h.get("baseline_seeds", {}).get(bd), "baseline_test_auc": h["baseline_test_auc"][bd],
-         **{f"diff_{key}": value for key, value in diff.items()},
-         "matches_up_to_baseline_d": h["matches_up_to_baseline_d"], "best_baseline_d": h["best_baseline_d"]}
-        for h in rows for bd, diff in h["versus"].items()
+        {
+            "arch": h["arch"],
+            "mlet_d": h["d"],
+            "mlet_k": h["k"],
+            "k_chosen_by": h["k_chosen_by"],
+            "mlet_seeds": h["seeds"],
+            "mlet_test_auc": h["test_auc"],
+            "baseline_d": bd,
+            "baseline_seeds": h.get("baseline_seeds", {}).get(bd),
+            "baseline_test_auc": h["baseline_test_auc"][bd],
+            **{f"diff_{key}": value for key, value in diff.items()},
+            "matches_up_to_baseline_d": h["matches_up_to_baseline_d"],
+            "best_baseline_d": h["best_baseline_d"],
+        }
+        for h in rows
+        for bd, diff in h["versus"].items()
     ]
 
 
@@ -154,8 +182,12 @@ def _df_note(rows: Sequence[Dict[str, Any]]) -> str:
     a side" was printed under 2-seed sweeps too."""
     seeds = [r["seeds"] for r in rows] + [n for r in rows for n in (r.get("baseline_seeds") or {}).values()]
     sides = f"{_span(min(seeds), max(seeds))} seed{'' if max(seeds) == 1 else 's'} a side"
-    dfs = [v["df"] for r in rows for v in r["versus"].values()
-           if v.get("low") is not None and v.get("df") is not None and math.isfinite(v["df"])]
+    dfs = [
+        v["df"]
+        for r in rows
+        for v in r["versus"].values()
+        if v.get("low") is not None and v.get("df") is not None and math.isfinite(v["df"])
+    ]
     return f"{_span(min(dfs), max(dfs), '{:.1f}')} here, with {sides}" if dfs else f"none, {sides}: no interval"
 
 
@@ -164,35 +196,51 @@ def headline_markdown(rows: Sequence[Dict[str, Any]]) -> List[str]:
         return ["No arch has both baseline and MLET runs with saved test predictions.", ""]
     first = next(iter(rows[0]["versus"].values()))
     level, margin, resamples = first["level"], first["margin"], first.get("resamples") or 0
-    rows_note = (f"plus the test-row noise of the difference from a paired bootstrap ({resamples} resamples)"
-                 if resamples else "without a test-row term (no saved predictions)")
-    lines = [f"MLET at width d (k chosen by validation AUC) against the baseline at every width d': test AUC "
-             f"difference (mean over seeds, MLET − baseline) with a {level:.0%} Welch t interval. Seeds are the "
-             f"replicates: the interval's error is each side's seed-to-seed standard error, {rows_note}, "
-             f"with Welch–Satterthwaite degrees of freedom ({_df_note(rows)}). "
-             f"▲/▼: the interval excludes 0 (better/worse). ≈: **equivalent** within ±{margin:g} AUC by an "
-             f"equivalence test (TOST at {1 - level:.0%}: the {1 - 2 * (1 - level):.0%} interval lies inside "
-             f"±{margin:g}). Unmarked: **inconclusive** (neither a difference nor an equivalence is shown). "
-             f"**matches up to d'** = equivalent or better at d' and at every smaller width ('–': not even at "
-             "the smallest); **beats** = significantly better; **vs best baseline** = against the baseline "
-             "width with the best validation AUC.", ""]
+    rows_note = (
+        f"plus the test-row noise of the difference from a paired bootstrap ({resamples} resamples)"
+        if resamples
+        else "without a test-row term (no saved predictions)"
+    )
+    lines = [
+        f"MLET at width d (k chosen by validation AUC) against the baseline at every width d': test AUC "
+        f"difference (mean over seeds, MLET − baseline) with a {level:.0%} Welch t interval. Seeds are the "
+        f"replicates: the interval's error is each side's seed-to-seed standard error, {rows_note}, "
+        f"with Welch–Satterthwaite degrees of freedom ({_df_note(rows)}). "
+        f"▲/▼: the interval excludes 0 (better/worse). ≈: **equivalent** within ±{margin:g} AUC by an "
+        f"equivalence test (TOST at {1 - level:.0%}: the {1 - 2 * (1 - level):.0%} interval lies inside "
+        f"±{margin:g}). Unmarked: **inconclusive** (neither a difference nor an equivalence is shown). "
+        f"**matches up to d'** = equivalent or better at d' and at every smaller width ('–': not even at "
+        "the smallest); **beats** = significantly better; **vs best baseline** = against the baseline "
+        "width with the best validation AUC.",
+        "",
+    ]
     for arch in sorted({r["arch"] for r in rows}, key=arch_key):
         sub = [r for r in rows if r["arch"] == arch]
         widths = sorted(sub[0]["versus"])
         seeds = sub[0].get("baseline_seeds") or {}
-        lines += [f"**{arch}** (baseline test AUC: "
-                  + ", ".join(f"d={w} {sub[0]['baseline_test_auc'][w]:.4f}"
-                              + (f" ({seeds[w]} seed{'' if seeds[w] == 1 else 's'})" if w in seeds else "")
-                              for w in widths) + ")", "",
-                  "| MLET d | k | seeds | test AUC | " + " | ".join(f"vs d'={w}" for w in widths)
-                  + " | matches up to d' | beats d' | vs best baseline |",
-                  "|---:|---:|---:|---:|" + "---:|" * len(widths) + "---:|---|---:|"]
+        lines += [
+            f"**{arch}** (baseline test AUC: "
+            + ", ".join(
+                f"d={w} {sub[0]['baseline_test_auc'][w]:.4f}"
+                + (f" ({seeds[w]} seed{'' if seeds[w] == 1 else 's'})" if w in seeds else "")
+                for w in widths
+            )
+            + ")",
+            "",
+            "| MLET d | k | seeds | test AUC | "
+            + " | ".join(f"vs d'={w}" for w in widths)
+            + " | matches up to d' | beats d' | vs best baseline |",
+            "|---:|---:|---:|---:|" + "---:|" * len(widths) + "---:|---|---:|",
+        ]
         for r in sub:
             cells = [_cell(r["versus"][w]) for w in widths]
             reach = "–" if r["matches_up_to_baseline_d"] is None else str(r["matches_up_to_baseline_d"])
             beats = ", ".join(str(w) for w in r["beats_baseline_d"]) or "–"
             best = r["vs_best_baseline"]
-            lines.append(f"| {r['d']} | {r['k']} | {r['seeds']} | {r['test_auc']:.4f} | " + " | ".join(cells)
-                         + f" | {reach} | {beats} | {best['delta']:+.4f} ({best['verdict']}) vs d'={r['best_baseline_d']} |")
+            lines.append(
+                f"| {r['d']} | {r['k']} | {r['seeds']} | {r['test_auc']:.4f} | "
+                + " | ".join(cells)
+                + f" | {reach} | {beats} | {best['delta']:+.4f} ({best['verdict']}) vs d'={r['best_baseline_d']} |"
+            )
         lines.append("")
     return lines

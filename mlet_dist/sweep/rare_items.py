@@ -26,8 +26,9 @@ def _data_fingerprint(data_dir: Path) -> str:
     return sha256_file(meta_file(data_dir))[:16]
 
 
-def train_id_counts(data_dir: Path, features: Optional[Sequence[str]] = None,
-                    cache: Optional[Path] = None) -> Dict[str, np.ndarray]:
+def train_id_counts(
+    data_dir: Path, features: Optional[Sequence[str]] = None, cache: Optional[Path] = None
+) -> Dict[str, np.ndarray]:
     """feature -> int64 array of length table_size: how many train rows carry each id."""
     data_dir = Path(data_dir)
     meta = read_meta(data_dir)
@@ -55,8 +56,9 @@ def train_id_counts(data_dir: Path, features: Optional[Sequence[str]] = None,
     return counts
 
 
-def example_frequency(data_dir: Path, split: str, counts: Dict[str, np.ndarray], rows: int,
-                      aggregate: str = "min") -> np.ndarray:
+def example_frequency(
+    data_dir: Path, split: str, counts: Dict[str, np.ndarray], rows: int, aggregate: str = "min"
+) -> np.ndarray:
     """Aggregate train frequency of the first ``rows`` examples of ``split`` (file order)."""
     meta = read_meta(data_dir)
     features = list(counts)
@@ -103,8 +105,9 @@ class Bucket:
     auc: float  # nan when too few rows or one class only
 
 
-def bucket_aucs(frequency: np.ndarray, probs: np.ndarray, labels: np.ndarray, edges: Sequence[int],
-                min_rows: int = 100) -> List[Bucket]:
+def bucket_aucs(
+    frequency: np.ndarray, probs: np.ndarray, labels: np.ndarray, edges: Sequence[int], min_rows: int = 100
+) -> List[Bucket]:
     """AUC of ``probs`` within each frequency bucket (all buckets, empty ones with rows = 0)."""
     if not len(frequency) == len(probs) == len(labels):
         raise ValueError("frequency, probs and labels differ in length")
@@ -122,8 +125,16 @@ def bucket_aucs(frequency: np.ndarray, probs: np.ndarray, labels: np.ndarray, ed
 class RareItemScorer:
     """Frequencies computed once per dataset, then any number of runs bucketed against them."""
 
-    def __init__(self, data_dir: Path, features: Optional[Sequence[str]], aggregate: str, edges: Sequence[int],
-                 min_rows: int, cache: Optional[Path] = None, split: str = "test") -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        features: Optional[Sequence[str]],
+        aggregate: str,
+        edges: Sequence[int],
+        min_rows: int,
+        cache: Optional[Path] = None,
+        split: str = "test",
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.counts = train_id_counts(self.data_dir, features, cache)
         self.aggregate, self.edges, self.min_rows, self.split = aggregate, list(edges), min_rows, split
@@ -140,9 +151,19 @@ class RareItemScorer:
             freq = self.frequency(int(rows.max()) + 1)[rows]
         else:
             freq = self.frequency(len(rows))
-        return bucket_aucs(freq, predictions["prob"].astype(np.float64), predictions["label"].astype(np.int64),
-                           self.edges, self.min_rows)
+        return bucket_aucs(
+            freq,
+            predictions["prob"].astype(np.float64),
+            predictions["label"].astype(np.int64),
+            self.edges,
+            self.min_rows,
+        )
 
     def describe(self) -> Dict[str, object]:
-        return {"features": list(self.counts), "aggregate": self.aggregate, "edges": self.edges,
-                "min_rows": self.min_rows, "split": self.split}
+        return {
+            "features": list(self.counts),
+            "aggregate": self.aggregate,
+            "edges": self.edges,
+            "min_rows": self.min_rows,
+            "split": self.split,
+        }

@@ -17,13 +17,19 @@ def rare_item_rows(cfg: SweepConfig, records: Sequence[RunRecord]) -> Tuple[List
     mlet_d = {(r.run.arch, r.run.d) for r in with_preds if r.run.model == "mlet"}
     pairs = base_d & mlet_d
     ri = cfg.rare_items
-    info: Dict[str, Any] = {"edges": ri.edges, "aggregate": ri.aggregate, "min_rows": ri.min_rows,
-                            "features": ri.features, "pairs": sorted(pairs)}
+    info: Dict[str, Any] = {
+        "edges": ri.edges,
+        "aggregate": ri.aggregate,
+        "min_rows": ri.min_rows,
+        "features": ri.features,
+        "pairs": sorted(pairs),
+    }
     if not pairs:
         return [], info
     assert cfg.runs_dir is not None
-    scorer = RareItemScorer(cfg.data, ri.features, ri.aggregate, ri.edges, ri.min_rows,
-                            cache=cfg.runs_dir / "train_id_counts.npz")
+    scorer = RareItemScorer(
+        cfg.data, ri.features, ri.aggregate, ri.edges, ri.min_rows, cache=cfg.runs_dir / "train_id_counts.npz"
+    )
     info.update(scorer.describe())
     per_config: Dict[tuple, List[list]] = {}
     for r in with_preds:
@@ -37,9 +43,22 @@ def rare_item_rows(cfg: SweepConfig, records: Sequence[RunRecord]) -> Tuple[List
         runs = per_config[group]
         for i, name in enumerate(bucket_labels(ri.edges)):
             m, s, n = mean_std([b[i].auc for b in runs])
-            rows.append({"arch": arch, "d": d, "model": model, "k": k, "config": config_label(model, d, k),
-                         "bucket_index": i, "bucket": name, "rows": runs[0][i].rows,
-                         "positives": runs[0][i].positives, "auc_mean": m, "auc_std": s, "seeds": n})
+            rows.append(
+                {
+                    "arch": arch,
+                    "d": d,
+                    "model": model,
+                    "k": k,
+                    "config": config_label(model, d, k),
+                    "bucket_index": i,
+                    "bucket": name,
+                    "rows": runs[0][i].rows,
+                    "positives": runs[0][i].positives,
+                    "auc_mean": m,
+                    "auc_std": s,
+                    "seeds": n,
+                }
+            )
     return rows, info
 
 
@@ -48,24 +67,32 @@ def rare_markdown(rare_rows: Sequence[Dict[str, Any]], names: Sequence[str]) -> 
     for arch, d in sorted({(r["arch"], r["d"]) for r in rare_rows}, key=lambda p: (arch_key(p[0]), p)):
         sub = [r for r in rare_rows if r["arch"] == arch and r["d"] == d]
         configs = sorted({r["config"] for r in sub}, key=lambda c: (not c.startswith("baseline"), c))
-        lines += [f"**{arch}, d={d}**", "",
-                  "| bucket (train count) | test rows | positives | " + " | ".join(configs)
-                  + " | best MLET − baseline |",
-                  "|---|---:|---:|" + "---:|" * len(configs) + "---:|"]
+        lines += [
+            f"**{arch}, d={d}**",
+            "",
+            "| bucket (train count) | test rows | positives | " + " | ".join(configs) + " | best MLET − baseline |",
+            "|---|---:|---:|" + "---:|" * len(configs) + "---:|",
+        ]
         for i, name in enumerate(names):
             cells = {r["config"]: r for r in sub if r["bucket_index"] == i}
             any_row = next(iter(cells.values()))
             if any_row["rows"] == 0:
                 continue
             base = next((c for c in configs if c.startswith("baseline")), None)
-            mlet_means = [cells[c]["auc_mean"] for c in configs if not c.startswith("baseline")
-                          and cells.get(c) and cells[c]["auc_mean"] is not None]
+            mlet_means = [
+                cells[c]["auc_mean"]
+                for c in configs
+                if not c.startswith("baseline") and cells.get(c) and cells[c]["auc_mean"] is not None
+            ]
             delta = "–"
             if base and cells[base]["auc_mean"] is not None and mlet_means:
                 delta = f"{max(mlet_means) - cells[base]['auc_mean']:+.4f}"
-            lines.append(f"| {name} | {any_row['rows']:,} | {any_row['positives']:,} | "
-                         + " | ".join(format_mean_std(cells[c]["auc_mean"], cells[c]["auc_std"]) if c in cells else "–"
-                                      for c in configs)
-                         + f" | {delta} |")
+            lines.append(
+                f"| {name} | {any_row['rows']:,} | {any_row['positives']:,} | "
+                + " | ".join(
+                    format_mean_std(cells[c]["auc_mean"], cells[c]["auc_std"]) if c in cells else "–" for c in configs
+                )
+                + f" | {delta} |"
+            )
         lines.append("")
     return lines

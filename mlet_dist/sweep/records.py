@@ -91,11 +91,17 @@ def aggregate(records: Sequence[RunRecord], bayes_test: Optional[float] = None) 
     for group in sorted(groups, key=group_order):
         recs = [r for r in groups[group] if r.finished]
         arch, model, d, k = group
-        row: Dict[str, Any] = {"arch": arch, "model": model, "d": d, "k": k,
-                               "seeds_finished": len(recs), "seeds_planned": len(groups[group]),
-                               # seeds whose summary says dead_run (val AUC stuck near 0.5): still in the
-                               # means, but counted and listed so that they are never averaged silently
-                               "seeds_dead": sum(dead_run_of(r.summary) is True for r in recs)}
+        row: Dict[str, Any] = {
+            "arch": arch,
+            "model": model,
+            "d": d,
+            "k": k,
+            "seeds_finished": len(recs),
+            "seeds_planned": len(groups[group]),
+            # seeds whose summary says dead_run (val AUC stuck near 0.5): still in the
+            # means, but counted and listed so that they are never averaged silently
+            "seeds_dead": sum(dead_run_of(r.summary) is True for r in recs),
+        }
         first = recs[0].summary if recs else {}
         row["params_serving"] = (first or {}).get("params_serving")
         row["params_training"] = (first or {}).get("params_training")
@@ -108,8 +114,7 @@ def aggregate(records: Sequence[RunRecord], bayes_test: Optional[float] = None) 
         if bayes_test is not None and row["test_auc_mean"] is not None:
             row["test_gap_closed"] = attainable_gap_closed(row["test_auc_mean"], bayes_test)
         for part in ("table", "projection", "wide"):
-            m, s, n = mean_std([((r.diagnostics or {}).get("mean") or {}).get(f"{part}_effective_rank")
-                                 for r in recs])
+            m, s, n = mean_std([((r.diagnostics or {}).get("mean") or {}).get(f"{part}_effective_rank") for r in recs])
             if n:
                 row[f"{part}_effective_rank_mean"], row[f"{part}_effective_rank_std"] = m, s
         rows.append(row)

@@ -84,17 +84,27 @@ def refresh(report_dir: Path, margin: float = DEFAULT_MARGIN, level: float = DEF
         return stds.get(key, 0.0)
 
     rows = headline_rows_from_seed_aucs(groups, row_std, level, margin, resamples)
-    rows_note = (f"the row term is the previous paired bootstrap's ({resamples} resamples, from report.json)"
-                 if stds else "no row term (the previous report had none)")
+    rows_note = (
+        f"the row term is the previous paired bootstrap's ({resamples} resamples, from report.json)"
+        if stds
+        else "no row term (the previous report had none)"
+    )
     if missing:
         rows_note += f"; missing for {len(missing)} comparison(s), counted as 0"
-    note = (f"_Headline recomputed from `results.csv` by `python -m mlet_dist.sweep.refresh {report_dir}"
-            f"{'' if margin == DEFAULT_MARGIN else f' --margin {margin:g}'}` (seeds as replicates, Welch t, "
-            f"TOST margin ±{margin:g}); {rows_note}. The rest of the report is unchanged._")
+    note = (
+        f"_Headline recomputed from `results.csv` by `python -m mlet_dist.sweep.refresh {report_dir}"
+        f"{'' if margin == DEFAULT_MARGIN else f' --margin {margin:g}'}` (seeds as replicates, Welch t, "
+        f"TOST margin ±{margin:g}); {rows_note}. The rest of the report is unchanged._"
+    )
     write_csv(report_dir / "headline.csv", headline_csv_rows(rows) or [{"note": "no baseline/MLET pair"}])
     report["headline"] = rows
-    report["headline_statistic"] = {"method": "welch_t_over_seeds+tost", "level": level, "margin": margin,
-                                    "row_term": rows_note, "refreshed_from": "results.csv"}
+    report["headline_statistic"] = {
+        "method": "welch_t_over_seeds+tost",
+        "level": level,
+        "margin": margin,
+        "row_term": rows_note,
+        "refreshed_from": "results.csv",
+    }
     (report_dir / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     md = report_dir / "report.md"
     md.write_text(replace_section(md.read_text(), headline_markdown(rows), note))

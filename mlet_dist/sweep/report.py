@@ -33,32 +33,46 @@ from mlet_dist.training.dead_run import dead_run_of
 
 __all__ = ["REPORT_FILES", "RunRecord", "collect", "write_report"]
 
-REPORT_FILES = ("report.md", "report.json", "results.csv", "table.csv", "pareto.png", "rare_items.csv",
-                "rare_items.png", "headline.csv", "spectra.png")
+REPORT_FILES = (
+    "report.md",
+    "report.json",
+    "results.csv",
+    "table.csv",
+    "pareto.png",
+    "rare_items.csv",
+    "rare_items.png",
+    "headline.csv",
+    "spectra.png",
+)
 
 
 def _data_section(cfg: SweepConfig, meta: Dict[str, Any]) -> List[str]:
     splits = meta["splits"]
     sizes = meta["table_sizes"]
-    lines = [f"- data: `{cfg.data}` (`{meta['dataset']}`): "
-             f"{splits['train']['rows']:,} train / {splits['val']['rows']:,} val / {splits['test']['rows']:,} "
-             f"test rows, {len(sizes)} tables, {sum(sizes.values()):,} ids in total "
-             f"(largest {max(sizes.values()):,})"]
+    lines = [
+        f"- data: `{cfg.data}` (`{meta['dataset']}`): "
+        f"{splits['train']['rows']:,} train / {splits['val']['rows']:,} val / {splits['test']['rows']:,} "
+        f"test rows, {len(sizes)} tables, {sum(sizes.values()):,} ids in total "
+        f"(largest {max(sizes.values()):,})"
+    ]
     planted = meta.get("planted")
     if planted:
         bayes = meta.get("bayes_auc", {})
-        lines.append(f"- planted truth: rank R={planted['rank']}, Zipf exponent {planted['zipf_exponent']}, "
-                     f"logit noise {planted['noise']}, interaction signal {planted['signal']}, "
-                     f"dense signal {planted['dense_signal']}, positive rate "
-                     f"{planted['positive_rate'].get('train', float('nan')):.3f}, seed {planted['seed']}")
-        lines.append("- Bayes-optimal AUC (true probabilities vs drawn labels): "
-                     + ", ".join(f"{s} {bayes[s]:.4f}" for s in ("train", "val", "test") if s in bayes)
-                     + "; `gap closed` = (test AUC − 0.5) / (Bayes test AUC − 0.5)")
+        lines.append(
+            f"- planted truth: rank R={planted['rank']}, Zipf exponent {planted['zipf_exponent']}, "
+            f"logit noise {planted['noise']}, interaction signal {planted['signal']}, "
+            f"dense signal {planted['dense_signal']}, positive rate "
+            f"{planted['positive_rate'].get('train', float('nan')):.3f}, seed {planted['seed']}"
+        )
+        lines.append(
+            "- Bayes-optimal AUC (true probabilities vs drawn labels): "
+            + ", ".join(f"{s} {bayes[s]:.4f}" for s in ("train", "val", "test") if s in bayes)
+            + "; `gap closed` = (test AUC − 0.5) / (Bayes test AUC − 0.5)"
+        )
     return lines
 
 
-def write_report(cfg: SweepConfig, statuses: Optional[Sequence[Any]] = None,
-                 command: Optional[str] = None) -> Path:
+def write_report(cfg: SweepConfig, statuses: Optional[Sequence[Any]] = None, command: Optional[str] = None) -> Path:
     """Write every report file for the runs of ``cfg`` that have finished; returns report.md."""
     assert cfg.report_dir is not None
     out = cfg.report_dir
@@ -73,11 +87,21 @@ def write_report(cfg: SweepConfig, statuses: Optional[Sequence[Any]] = None,
     per_run = []
     for r in finished:
         s = r.summary or {}
-        row = {"run_id": r.run.run_id, "arch": r.run.arch, "model": r.run.model, "d": r.run.d, "k": r.run.k,
-               "seed": r.run.seed, "params_serving": s.get("params_serving"),
-               "params_training": s.get("params_training"), "selected_epoch": s.get("selected_epoch"),
-               "selected_step": s.get("selected_step"),
-               "steps": s.get("steps"), "world_size": s.get("world_size"), "train_seconds": s.get("train_seconds")}
+        row = {
+            "run_id": r.run.run_id,
+            "arch": r.run.arch,
+            "model": r.run.model,
+            "d": r.run.d,
+            "k": r.run.k,
+            "seed": r.run.seed,
+            "params_serving": s.get("params_serving"),
+            "params_training": s.get("params_training"),
+            "selected_epoch": s.get("selected_epoch"),
+            "selected_step": s.get("selected_step"),
+            "steps": s.get("steps"),
+            "world_size": s.get("world_size"),
+            "train_seconds": s.get("train_seconds"),
+        }
         for split in ("val", "test"):
             for name in ("auc", "logloss"):
                 row[f"{split}_{name}"] = r.metric(split, name)
@@ -97,30 +121,49 @@ def write_report(cfg: SweepConfig, statuses: Optional[Sequence[Any]] = None,
     rare_items_plot(rare_rows, names, out / "rare_items.png")
     spectra = spectra_rows(records)
     spectra_plot(spectra, out / "spectra.png")
-    headline = (headline_rows(records, cfg.bootstrap_resamples, margin=cfg.equivalence_margin)
-                if cfg.bootstrap_resamples else [])
-    write_csv(out / "headline.csv", headline_csv_rows(headline) or [
-        {"note": "no baseline/MLET pair with saved test predictions (or bootstrap_resamples: 0)"}])
+    headline = (
+        headline_rows(records, cfg.bootstrap_resamples, margin=cfg.equivalence_margin)
+        if cfg.bootstrap_resamples
+        else []
+    )
+    write_csv(
+        out / "headline.csv",
+        headline_csv_rows(headline)
+        or [{"note": "no baseline/MLET pair with saved test predictions (or bootstrap_resamples: 0)"}],
+    )
 
     has_gap = bayes_test is not None
     lines = [f"# Sweep report: {cfg.name}", ""]
     if command:
         lines += [f"Produced by `{command}`.", ""]
     lines += _data_section(cfg, meta)
-    lines += [f"- runs: {len(finished)} of {len(records)} finished"
-              + (f"; missing/failed: {', '.join(missing)}" if missing else ""),
-              *([f"- **dead runs** (best val AUC within 0.5 ± band after the required evaluation points: "
-                 f"the model stayed at the constant predictor; included in the means, marked in `seeds`): "
-                 f"{', '.join(dead)}"] if dead else []),
-              f"- each run: `train.py {' '.join(cfg.train_args)}` + per-run `--arch --model -d [-k] --seed`"
-              + "".join(f"; {a}: `{' '.join(v)}`" for a, v in {**cfg.arch_args, **cfg.model_args}.items()),
-              f"- launch: {cfg.launch.world_size} rank(s) per run, {cfg.launch.threads_per_rank} thread(s) per "
-              "rank; each run's model is its evaluation point (end of epoch, or every --eval-every steps) "
-              "with the best validation AUC", ""]
-    lines += ["## Accuracy and size", "",
-              "| arch | model | d | k | params (serving) | params (training) | val AUC | test AUC | "
-              + ("gap closed | " if has_gap else "") + "train time (s) | seeds |",
-              "|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if has_gap else "") + "---:|---:|"]
+    lines += [
+        f"- runs: {len(finished)} of {len(records)} finished"
+        + (f"; missing/failed: {', '.join(missing)}" if missing else ""),
+        *(
+            [
+                f"- **dead runs** (best val AUC within 0.5 ± band after the required evaluation points: "
+                f"the model stayed at the constant predictor; included in the means, marked in `seeds`): "
+                f"{', '.join(dead)}"
+            ]
+            if dead
+            else []
+        ),
+        f"- each run: `train.py {' '.join(cfg.train_args)}` + per-run `--arch --model -d [-k] --seed`"
+        + "".join(f"; {a}: `{' '.join(v)}`" for a, v in {**cfg.arch_args, **cfg.model_args}.items()),
+        f"- launch: {cfg.launch.world_size} rank(s) per run, {cfg.launch.threads_per_rank} thread(s) per "
+        "rank; each run's model is its evaluation point (end of epoch, or every --eval-every steps) "
+        "with the best validation AUC",
+        "",
+    ]
+    lines += [
+        "## Accuracy and size",
+        "",
+        "| arch | model | d | k | params (serving) | params (training) | val AUC | test AUC | "
+        + ("gap closed | " if has_gap else "")
+        + "train time (s) | seeds |",
+        "|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if has_gap else "") + "---:|---:|",
+    ]
     for row in rows:
         lines.append(
             f"| {row['arch']} | {row['model']} | {row['d']} | {row['k'] or '–'} | {format_int(row['params_serving'])} | "
@@ -129,40 +172,76 @@ def write_report(cfg: SweepConfig, statuses: Optional[Sequence[Any]] = None,
             + (f"{format_mean_std(row.get('test_gap_closed'), None, 3)} | " if has_gap else "")
             + f"{format_mean_std(row['train_seconds_mean'], row['train_seconds_std'], 1)} | "
             f"{row['seeds_finished']}/{row['seeds_planned']}"
-            + (f" ({row['seeds_dead']} dead)" if row["seeds_dead"] else "") + " |")
+            + (f" ({row['seeds_dead']} dead)" if row["seeds_dead"] else "")
+            + " |"
+        )
     lines += ["", "![test AUC vs serving parameters](pareto.png)", "", "## Headline: MLET d vs baseline d'", ""]
-    lines += headline_markdown(headline) if cfg.bootstrap_resamples else ["Skipped (report.bootstrap_resamples: 0).", ""]
-    lines += ["## Rare items", "",
-              f"Test examples bucketed by the train count of their ids ({rare_info['aggregate']} over "
-              f"{'all sparse features' if not cfg.rare_items.features else ', '.join(cfg.rare_items.features)}); "
-              f"AUC within each bucket (buckets under {cfg.rare_items.min_rows} rows or with one class get none).", ""]
-    lines += rare_markdown(rare_rows, names) if rare_rows else [
-        "No baseline/MLET pair at the same d has saved test predictions (`predictions/test.npz`).", ""]
+    lines += (
+        headline_markdown(headline) if cfg.bootstrap_resamples else ["Skipped (report.bootstrap_resamples: 0).", ""]
+    )
+    lines += [
+        "## Rare items",
+        "",
+        f"Test examples bucketed by the train count of their ids ({rare_info['aggregate']} over "
+        f"{'all sparse features' if not cfg.rare_items.features else ', '.join(cfg.rare_items.features)}); "
+        f"AUC within each bucket (buckets under {cfg.rare_items.min_rows} rows or with one class get none).",
+        "",
+    ]
+    lines += (
+        rare_markdown(rare_rows, names)
+        if rare_rows
+        else ["No baseline/MLET pair at the same d has saved test predictions (`predictions/test.npz`).", ""]
+    )
     lines += ["![AUC by item frequency](rare_items.png)", ""]
     diag_rows = [row for row in rows if "table_effective_rank_mean" in row]
     if diag_rows:
         rank_note = f" The planted truth has rank {meta['planted']['rank']}." if meta.get("planted") else ""
-        lines += ["## Projection diagnostics", "",
-                  "Effective rank = exp(entropy of the normalised singular values), mean over tables and seeds, "
-                  "of the serving table (baseline table or collapsed T·W, n×d), the projection W (k×d) and the "
-                  f"wide table T (n×k).{rank_note}", "",
-                  "| arch | model | d | k | serving table | W | T |", "|---|---|---:|---:|---:|---:|---:|"]
+        lines += [
+            "## Projection diagnostics",
+            "",
+            "Effective rank = exp(entropy of the normalised singular values), mean over tables and seeds, "
+            "of the serving table (baseline table or collapsed T·W, n×d), the projection W (k×d) and the "
+            f"wide table T (n×k).{rank_note}",
+            "",
+            "| arch | model | d | k | serving table | W | T |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
         for row in diag_rows:
-            lines.append(f"| {row['arch']} | {row['model']} | {row['d']} | {row['k'] or '–'} | "
-                         f"{format_mean_std(row.get('table_effective_rank_mean'), row.get('table_effective_rank_std'), 2)} | "
-                         f"{format_mean_std(row.get('projection_effective_rank_mean'), row.get('projection_effective_rank_std'), 2)} | "
-                         f"{format_mean_std(row.get('wide_effective_rank_mean'), row.get('wide_effective_rank_std'), 2)} |")
+            lines.append(
+                f"| {row['arch']} | {row['model']} | {row['d']} | {row['k'] or '–'} | "
+                f"{format_mean_std(row.get('table_effective_rank_mean'), row.get('table_effective_rank_std'), 2)} | "
+                f"{format_mean_std(row.get('projection_effective_rank_mean'), row.get('projection_effective_rank_std'), 2)} | "
+                f"{format_mean_std(row.get('wide_effective_rank_mean'), row.get('wide_effective_rank_std'), 2)} |"
+            )
         lines.append("")
     if spectra:
-        lines += ["During training (every evaluation point), the effective rank of W, mean over tables and seeds:",
-                  "", "![projection spectra during training](spectra.png)", ""]
-    lines += ["## Files", "",
-              "`results.csv` (one row per run), `table.csv` (per configuration), `headline.csv`, `rare_items.csv`, "
-              "`spectra.png`, "
-              "`report.json`, `pareto.png`, `rare_items.png`.", ""]
+        lines += [
+            "During training (every evaluation point), the effective rank of W, mean over tables and seeds:",
+            "",
+            "![projection spectra during training](spectra.png)",
+            "",
+        ]
+    lines += [
+        "## Files",
+        "",
+        "`results.csv` (one row per run), `table.csv` (per configuration), `headline.csv`, `rare_items.csv`, "
+        "`spectra.png`, "
+        "`report.json`, `pareto.png`, `rare_items.png`.",
+        "",
+    ]
     (out / "report.md").write_text("\n".join(lines))
-    payload = {"name": cfg.name, "config": cfg.to_json(), "bayes_auc": meta.get("bayes_auc"), "runs": per_run,
-               "table": rows, "headline": headline, "spectra_during_training": spectra, "rare_items": {"definition": rare_info, "rows": rare_rows}, "missing_runs": missing, "dead_runs": dead,
-               "statuses": [s.to_json() for s in statuses] if statuses else None}
+    payload = {
+        "name": cfg.name,
+        "config": cfg.to_json(),
+        "bayes_auc": meta.get("bayes_auc"),
+        "runs": per_run,
+        "table": rows,
+        "headline": headline,
+        "spectra_during_training": spectra,
+        "rare_items": {"definition": rare_info, "rows": rare_rows},
+        "missing_runs": missing,
+        "dead_runs": dead,
+        "statuses": [s.to_json() for s in statuses] if statuses else None,
+    }
     (out / "report.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
     return out / "report.md"

@@ -26,9 +26,14 @@ def pareto_plot(rows: Sequence[Dict[str, Any]], path: Path, bayes_test: Optional
             err = [p["test_auc_std"] or 0.0 for p in pts]
             line = ax.errorbar(x, y, yerr=err, capsize=3, label=name, **style)
             for p in pts:
-                ax.annotate(f"d={p['d']}", (p["params_serving"], p["test_auc_mean"]), textcoords="offset points",
-                            xytext=(4, -10 if name == "baseline" else 5), fontsize=7,
-                            color=line[0].get_color())
+                ax.annotate(
+                    f"d={p['d']}",
+                    (p["params_serving"], p["test_auc_mean"]),
+                    textcoords="offset points",
+                    xytext=(4, -10 if name == "baseline" else 5),
+                    fontsize=7,
+                    color=line[0].get_color(),
+                )
         if bayes_test is not None:
             ax.axhline(bayes_test, color="grey", linestyle=":", label=f"Bayes-optimal ({bayes_test:.4f})")
         ax.set_xscale("log")
@@ -51,7 +56,7 @@ def rare_items_plot(rare_rows: Sequence[Dict[str, Any]], names: Sequence[str], p
     cols = min(len(panels), 3)  # one row per arch when there are 3 widths: readable, not a strip
     rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5.6 * cols, 4.2 * rows), squeeze=False)
-    for ax in axes.flat[len(panels):]:
+    for ax in axes.flat[len(panels) :]:
         ax.axis("off")
     for ax, (arch, d) in zip(axes.flat, panels):
         sub = [r for r in rare_rows if r["arch"] == arch and r["d"] == d]
@@ -60,10 +65,19 @@ def rare_items_plot(rare_rows: Sequence[Dict[str, Any]], names: Sequence[str], p
             pts = [p for p in pts if p["auc_mean"] is not None]
             if not pts:
                 continue
-            style = {"marker": "o", "color": "black"} if label.startswith("baseline") else {"marker": "s",
-                                                                                            "linestyle": "--"}
-            ax.errorbar([p["bucket_index"] for p in pts], [p["auc_mean"] for p in pts],
-                        yerr=[p["auc_std"] or 0.0 for p in pts], capsize=3, label=label, **style)
+            style = (
+                {"marker": "o", "color": "black"}
+                if label.startswith("baseline")
+                else {"marker": "s", "linestyle": "--"}
+            )
+            ax.errorbar(
+                [p["bucket_index"] for p in pts],
+                [p["auc_mean"] for p in pts],
+                yerr=[p["auc_std"] or 0.0 for p in pts],
+                capsize=3,
+                label=label,
+                **style,
+            )
         counts = {r["bucket_index"]: r["rows"] for r in sub}
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels([f"{n}\n({counts.get(i, 0):,})" for i, n in enumerate(names)], fontsize=7)

@@ -31,9 +31,14 @@ class RunStatus:
     app_handle: str = ""  # torchx launches: the app this run was (last) submitted as
 
     def to_json(self) -> Dict[str, object]:
-        out: Dict[str, object] = {"run_id": self.run.run_id, "run_dir": str(self.run_dir), "status": self.status,
-                                  "seconds": round(self.seconds, 3), "returncode": self.returncode,
-                                  "error": self.error}
+        out: Dict[str, object] = {
+            "run_id": self.run.run_id,
+            "run_dir": str(self.run_dir),
+            "status": self.status,
+            "seconds": round(self.seconds, 3),
+            "returncode": self.returncode,
+            "error": self.error,
+        }
         if self.app_handle:  # local torchrun sweeps keep their manifest and report.json as before
             out["app_handle"] = self.app_handle
         return out
@@ -51,8 +56,18 @@ def train_flags(cfg: SweepConfig, run: RunSpec, data: str, run_dir: str) -> List
     """train.py's arguments for one grid point (``data``/``run_dir`` as the job sees them)."""
     extra = ["--save-predictions"] if cfg.save_predictions else []
     extra += ["--diagnostics"] if cfg.diagnostics else []
-    return ["--data", data, "--run-dir", run_dir, "--no-progress", *run.train_args(), *cfg.train_args,
-            *cfg.arch_args.get(run.arch, []), *cfg.model_args.get(run.model, []), *extra]
+    return [
+        "--data",
+        data,
+        "--run-dir",
+        run_dir,
+        "--no-progress",
+        *run.train_args(),
+        *cfg.train_args,
+        *cfg.arch_args.get(run.arch, []),
+        *cfg.model_args.get(run.model, []),
+        *extra,
+    ]
 
 
 def ensure_data(cfg: SweepConfig, log: Callable[[str], None] = print) -> None:

@@ -43,8 +43,12 @@ from mlet_dist.sweep.torchx_runner import run_sweep_torchx
 
 def command_for(cfg: SweepConfig, run: RunSpec) -> List[str]:
     return [
-        sys.executable, "-m", "torch.distributed.run", "--standalone",
-        f"--nproc-per-node={cfg.launch.world_size}", str(TRAIN_SCRIPT),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={cfg.launch.world_size}",
+        str(TRAIN_SCRIPT),
         *train_flags(cfg, run, str(cfg.data.resolve()), str(cfg.run_dir(run).resolve())),
     ]
 
@@ -64,8 +68,9 @@ def write_manifest(cfg: SweepConfig, statuses: List[RunStatus]) -> Path:
     return _write_manifest(cfg, statuses, {s.run.run_id: command_for(cfg, s.run) for s in statuses})
 
 
-def run_sweep(cfg: SweepConfig, dry_run: bool = False, log: Callable[[str], None] = print,
-              poll_s: float = 0.5) -> List[RunStatus]:
+def run_sweep(
+    cfg: SweepConfig, dry_run: bool = False, log: Callable[[str], None] = print, poll_s: float = 0.5
+) -> List[RunStatus]:
     """Run every missing run of ``cfg``; returns the status of all runs of the grid.
 
     With ``launch.scheduler`` other than torchrun, each run is a torchx app (torchx_runner)."""
@@ -74,9 +79,11 @@ def run_sweep(cfg: SweepConfig, dry_run: bool = False, log: Callable[[str], None
     statuses = initial_statuses(cfg)
     pending = [s for s in statuses if s.status == "pending"]
     slots = cfg.launch.parallel_runs
-    log(f"[sweep] {cfg.name}: {len(statuses)} runs, {len(statuses) - len(pending)} already done, "
+    log(
+        f"[sweep] {cfg.name}: {len(statuses)} runs, {len(statuses) - len(pending)} already done, "
         f"{len(pending)} to run, {slots} at a time ({cfg.launch.world_size} rank(s) x "
-        f"{cfg.launch.threads_per_rank} thread(s) each)")
+        f"{cfg.launch.threads_per_rank} thread(s) each)"
+    )
     if dry_run:
         for s in pending:
             log("  " + " ".join(command_for(cfg, s.run)))
@@ -93,8 +100,14 @@ def run_sweep(cfg: SweepConfig, dry_run: bool = False, log: Callable[[str], None
                 st = queue.pop(0)
                 st.run_dir.mkdir(parents=True, exist_ok=True)
                 logf = open(st.run_dir / LAUNCH_LOG, "ab")
-                proc = subprocess.Popen(command_for(cfg, st.run), cwd=ROOT, env=env, stdout=logf,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+                proc = subprocess.Popen(
+                    command_for(cfg, st.run),
+                    cwd=ROOT,
+                    env=env,
+                    stdout=logf,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
                 running[proc.pid] = (proc, st, time.monotonic(), logf)
                 log(f"[sweep] start {st.run.run_id}")
             time.sleep(poll_s)
@@ -116,8 +129,10 @@ def run_sweep(cfg: SweepConfig, dry_run: bool = False, log: Callable[[str], None
                     st.error = tail(st.run_dir / LAUNCH_LOG)
                 elif not cfg.launch.keep_checkpoints:
                     prune_checkpoints(st.run_dir)
-                log(f"[sweep] {st.status:7s} {st.run.run_id} ({elapsed:.0f} s)"
-                    + (f": see {st.run_dir / LAUNCH_LOG}" if st.status != "ok" else ""))
+                log(
+                    f"[sweep] {st.status:7s} {st.run.run_id} ({elapsed:.0f} s)"
+                    + (f": see {st.run_dir / LAUNCH_LOG}" if st.status != "ok" else "")
+                )
                 write_manifest(cfg, statuses)
     finally:
         for proc, st, _, logf in running.values():

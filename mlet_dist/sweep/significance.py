@@ -100,9 +100,9 @@ def welch_se_df(a: Sequence[float], b: Sequence[float], row_std: float = 0.0) ->
         raise ValueError(f"Welch needs at least 2 seeds per side, got {len(a)} and {len(b)}")
     va = float(np.var(a, ddof=1)) / len(a)
     vb = float(np.var(b, ddof=1)) / len(b)
-    total = va + vb + row_std ** 2
-    denom = va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1)
-    return math.sqrt(total), (total ** 2 / denom if denom > 0 else math.inf)
+    total = va + vb + row_std**2
+    denom = va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)
+    return math.sqrt(total), (total**2 / denom if denom > 0 else math.inf)
 
 
 def _none_if_nan(x: float) -> Optional[float]:
@@ -143,17 +143,34 @@ class SeedDifference:
 
     def to_json(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {
-            "delta": self.delta, "low": self.low, "high": self.high, "df": self.df, "se": self.se,
-            "level": self.level, "margin": self.margin, "tost_low": self.tost_low, "tost_high": self.tost_high,
-            "tost_p": self.tost_p, "equivalent": self.equivalent, "seeds_a": self.seeds_a, "seeds_b": self.seeds_b,
-            "seed_se": self.seed_se, "row_std": self.row_std, "resamples": self.resamples, "verdict": self.verdict,
+            "delta": self.delta,
+            "low": self.low,
+            "high": self.high,
+            "df": self.df,
+            "se": self.se,
+            "level": self.level,
+            "margin": self.margin,
+            "tost_low": self.tost_low,
+            "tost_high": self.tost_high,
+            "tost_p": self.tost_p,
+            "equivalent": self.equivalent,
+            "seeds_a": self.seeds_a,
+            "seeds_b": self.seeds_b,
+            "seed_se": self.seed_se,
+            "row_std": self.row_std,
+            "resamples": self.resamples,
+            "verdict": self.verdict,
         }
         return {k: (_none_if_nan(v) if isinstance(v, float) else v) for k, v in out.items()}
 
 
 def compare_seeds(
-    a: Sequence[float], b: Sequence[float], level: float = DEFAULT_LEVEL, margin: float = DEFAULT_MARGIN,
-    row_std: float = 0.0, resamples: int = 0,
+    a: Sequence[float],
+    b: Sequence[float],
+    level: float = DEFAULT_LEVEL,
+    margin: float = DEFAULT_MARGIN,
+    row_std: float = 0.0,
+    resamples: int = 0,
 ) -> SeedDifference:
     """A vs B from their per-seed AUCs (seeds are the replicates). Fewer than 2 seeds on a side:
     no interval (nan) and the verdict is inconclusive."""
@@ -164,22 +181,52 @@ def compare_seeds(
     delta = float(np.mean(a)) - float(np.mean(b))
     if len(a) < 2 or len(b) < 2:
         nan = float("nan")
-        return SeedDifference(delta, nan, nan, nan, nan, level, margin, nan, nan, 1.0, len(a), len(b),
-                              nan, row_std, resamples)
+        return SeedDifference(
+            delta, nan, nan, nan, nan, level, margin, nan, nan, 1.0, len(a), len(b), nan, row_std, resamples
+        )
     se, df = welch_se_df(a, b, row_std)
-    seed_se = math.sqrt(max(se ** 2 - row_std ** 2, 0.0))
+    seed_se = math.sqrt(max(se**2 - row_std**2, 0.0))
     alpha = 1.0 - level
     if se == 0.0:  # identical runs: the difference is exact
         inside = abs(delta) < margin
-        return SeedDifference(delta, delta, delta, df, se, level, margin, delta, delta, 0.0 if inside else 1.0,
-                              len(a), len(b), seed_se, row_std, resamples)
+        return SeedDifference(
+            delta,
+            delta,
+            delta,
+            df,
+            se,
+            level,
+            margin,
+            delta,
+            delta,
+            0.0 if inside else 1.0,
+            len(a),
+            len(b),
+            seed_se,
+            row_std,
+            resamples,
+        )
     half = t_ppf(1.0 - alpha / 2.0, df) * se
     tost_half = t_ppf(1.0 - alpha, df) * se
     p_above_lower = 1.0 - t_cdf((delta + margin) / se, df)  # H0: delta <= -margin
     p_below_upper = t_cdf((delta - margin) / se, df)  # H0: delta >= +margin
-    return SeedDifference(delta, delta - half, delta + half, df, se, level, margin, delta - tost_half,
-                          delta + tost_half, max(p_above_lower, p_below_upper), len(a), len(b), seed_se,
-                          row_std, resamples)
+    return SeedDifference(
+        delta,
+        delta - half,
+        delta + half,
+        df,
+        se,
+        level,
+        margin,
+        delta - tost_half,
+        delta + tost_half,
+        max(p_above_lower, p_below_upper),
+        len(a),
+        len(b),
+        seed_se,
+        row_std,
+        resamples,
+    )
 
 
 def _check_same_rows(label_sets: Sequence[np.ndarray]) -> None:
@@ -205,12 +252,20 @@ class BootstrapAUCs:
 
     def difference(self, a: Hashable, b: Hashable, margin: float = DEFAULT_MARGIN) -> SeedDifference:
         """Seeds as replicates (Welch t), the paired row noise added to the error."""
-        return compare_seeds(self.per_seed[a], self.per_seed[b], self.level, margin,
-                             row_std=self.row_std(a, b), resamples=len(self.draws[a]))
+        return compare_seeds(
+            self.per_seed[a],
+            self.per_seed[b],
+            self.level,
+            margin,
+            row_std=self.row_std(a, b),
+            resamples=len(self.draws[a]),
+        )
 
 
 def bootstrap_aucs(
-    configs: Mapping[Hashable, Sequence[Dict[str, np.ndarray]]], resamples: int = 500, level: float = DEFAULT_LEVEL,
+    configs: Mapping[Hashable, Sequence[Dict[str, np.ndarray]]],
+    resamples: int = 500,
+    level: float = DEFAULT_LEVEL,
     seed: int = 0,
 ) -> BootstrapAUCs:
     """``configs``: configuration -> its runs' saved test predictions (``prob``, ``label``), one per

@@ -42,17 +42,28 @@ def spectra_rows(records: Sequence[Any]) -> List[Dict[str, Any]]:
             points.setdefault((r.run.arch, r.run.k, r.run.d, e["step"]), []).append(e["effective_rank_mean"])
     rows = []
     for (arch, k, d, step), values in sorted(points.items()):
-        rows.append({"arch": arch, "k": k, "d": d, "step": step, "effective_rank_mean": float(np.mean(values)),
-                     "effective_rank_std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
-                     "seeds": len(values)})
+        rows.append(
+            {
+                "arch": arch,
+                "k": k,
+                "d": d,
+                "step": step,
+                "effective_rank_mean": float(np.mean(values)),
+                "effective_rank_std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
+                "seeds": len(values),
+            }
+        )
     return rows
 
 
 def spectra_plot(rows: Sequence[Dict[str, Any]], path: Path) -> None:
     archs = sorted({r["arch"] for r in rows}, key=arch_key)
     if not archs:
-        message_figure(path, "no projection spectra in the runs' metrics.jsonl\n(train.py --diagnostics logs them "
-                       "at every evaluation point;\nruns made before that feature have none)")
+        message_figure(
+            path,
+            "no projection spectra in the runs' metrics.jsonl\n(train.py --diagnostics logs them "
+            "at every evaluation point;\nruns made before that feature have none)",
+        )
         return
     plt = pyplot()
     fig, axes = plt.subplots(1, len(archs), figsize=(6.4 * len(archs), 4.6), squeeze=False)
@@ -62,8 +73,13 @@ def spectra_plot(rows: Sequence[Dict[str, Any]], path: Path) -> None:
             ax.axhline(d, color="grey", linestyle=":", linewidth=0.8)
         for k, d in sorted({(r["k"], r["d"]) for r in sub}, key=lambda p: (p[1], p[0])):
             pts = sorted((r for r in sub if (r["k"], r["d"]) == (k, d)), key=lambda r: r["step"])
-            ax.plot([p["step"] for p in pts], [p["effective_rank_mean"] for p in pts], marker="o", markersize=3,
-                    label=f"k={k} d={d}")
+            ax.plot(
+                [p["step"] for p in pts],
+                [p["effective_rank_mean"] for p in pts],
+                marker="o",
+                markersize=3,
+                label=f"k={k} d={d}",
+            )
         ax.set_xlabel("global step")
         ax.set_ylabel("effective rank of W (mean over tables, seeds)")
         ax.set_title(f"{arch}: projection spectra during training (dotted: d)")

@@ -41,7 +41,7 @@ def job_paths(cfg: SweepConfig, run: RunSpec) -> tuple:
     """(data, run dir) as the job sees them: launch.job_data / job_runs_dir, else the local paths."""
     lc = cfg.launch
     data = lc.job_data or str(cfg.data.resolve())
-    run_dir = (str(Path(lc.job_runs_dir) / run.run_id) if lc.job_runs_dir else str(cfg.run_dir(run).resolve()))
+    run_dir = str(Path(lc.job_runs_dir) / run.run_id) if lc.job_runs_dir else str(cfg.run_dir(run).resolve())
     return data, run_dir
 
 
@@ -59,8 +59,13 @@ def component_kwargs(cfg: SweepConfig, run: RunSpec, train: Any) -> Dict[str, An
         raise ValueError(f"launch.component has unknown options {unknown}; launch/components.py:train takes {options}")
     env = {} if lc.tensorboard else {"MLET_TENSORBOARD": "0"}
     env.update({str(k): str(v) for k, v in (lc.component.get("env") or {}).items()})
-    return {**lc.component, "j": f"{lc.nodes}x{lc.procs_per_node}", "threads": lc.threads_per_rank,
-            "name": app_name(cfg, run), "env": env}
+    return {
+        **lc.component,
+        "j": f"{lc.nodes}x{lc.procs_per_node}",
+        "threads": lc.threads_per_rank,
+        "name": app_name(cfg, run),
+        "env": env,
+    }
 
 
 def build_app(cfg: SweepConfig, run: RunSpec, module: Optional[ModuleType] = None) -> Any:

@@ -56,8 +56,12 @@ def saved_app(run_dir: Path) -> Optional[Dict[str, Any]]:
 
 def save_app(run_dir: Path, handle: str, scheduler: str, log_dir: Optional[str]) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    payload = {"handle": handle, "scheduler": scheduler, "log_dir": log_dir,
-               "submitted": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    payload = {
+        "handle": handle,
+        "scheduler": scheduler,
+        "log_dir": log_dir,
+        "submitted": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
     tmp = run_dir / f".{APP_FILE}.tmp"
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
     tmp.replace(run_dir / APP_FILE)
@@ -98,8 +102,9 @@ def _copy_local_output(st: RunStatus, log_dir: Optional[str]) -> None:
         _append_log(st, f"--- {path}\n" + path.read_text(errors="replace"))
 
 
-def run_sweep_torchx(cfg: SweepConfig, dry_run: bool = False, log: Callable[[str], None] = print,
-                     runner: Optional[Any] = None) -> List[RunStatus]:
+def run_sweep_torchx(
+    cfg: SweepConfig, dry_run: bool = False, log: Callable[[str], None] = print, runner: Optional[Any] = None
+) -> List[RunStatus]:
     """Submit every missing run of ``cfg`` as a torchx app and wait for them; returns the status of
     all runs of the grid. ``runner``: a torchx Runner to use (default: torchx's get_runner())."""
     sched = cfg.launch.scheduler
@@ -111,9 +116,11 @@ def run_sweep_torchx(cfg: SweepConfig, dry_run: bool = False, log: Callable[[str
     apps = {s.run.run_id: build_app(cfg, s.run, module) for s in pending}  # bad options fail before any submit
     slots = _slots(cfg, len(pending))
     lc = cfg.launch
-    log(f"[sweep] {cfg.name}: {len(statuses)} runs, {len(statuses) - len(pending)} already done, "
+    log(
+        f"[sweep] {cfg.name}: {len(statuses)} runs, {len(statuses) - len(pending)} already done, "
         f"{len(pending)} to run on torchx scheduler {sched}, {slots} at a time ({lc.nodes} node(s) x "
-        f"{lc.procs_per_node} process(es) x {lc.threads_per_rank} thread(s) each)")
+        f"{lc.procs_per_node} process(es) x {lc.threads_per_rank} thread(s) each)"
+    )
     from torchx.runner import get_runner
 
     own = runner is None
@@ -137,8 +144,10 @@ def run_sweep_torchx(cfg: SweepConfig, dry_run: bool = False, log: Callable[[str
             if saved and state is not None and not state.is_terminal():
                 st.app_handle = saved["handle"]
                 active[st.run.run_id] = (st, saved["handle"], time.monotonic(), saved.get("log_dir"))
-                log(f"[sweep] waiting {st.run.run_id}: its app {saved['handle']} is {state.state.name} "
-                    "(submitted before; not submitted again)")
+                log(
+                    f"[sweep] waiting {st.run.run_id}: its app {saved['handle']} is {state.state.name} "
+                    "(submitted before; not submitted again)"
+                )
                 continue
             if saved:
                 why = state.state.name if state is not None else "unknown to the scheduler"
@@ -172,20 +181,28 @@ def run_sweep_torchx(cfg: SweepConfig, dry_run: bool = False, log: Callable[[str
                 name = state.state.name if state is not None else "UNKNOWN"
                 if st.status != "timeout":
                     st.status = "ok" if name == "SUCCEEDED" and is_done(st.run_dir) else "failed"
-                _append_log(st, f"[sweep] torchx app {handle}: {name}"
-                            + (f" ({state.msg})" if state is not None and state.msg else ""))
+                _append_log(
+                    st,
+                    f"[sweep] torchx app {handle}: {name}"
+                    + (f" ({state.msg})" if state is not None and state.msg else ""),
+                )
                 _copy_local_output(st, log_dir)
                 if st.status != "ok":
                     if name == "SUCCEEDED":
-                        _append_log(st, f"[sweep] the app succeeded but {st.run_dir}/summary.json is missing: "
-                                    "is launch.job_runs_dir the same directory as runs_dir?")
+                        _append_log(
+                            st,
+                            f"[sweep] the app succeeded but {st.run_dir}/summary.json is missing: "
+                            "is launch.job_runs_dir the same directory as runs_dir?",
+                        )
                     if not log_dir:
                         _append_log(st, f"[sweep] its logs: torchx log {handle}")
                     st.error = tail(st.run_dir / LAUNCH_LOG)
                 elif not lc.keep_checkpoints:
                     prune_checkpoints(st.run_dir)
-                log(f"[sweep] {st.status:7s} {run_id} ({elapsed:.0f} s, app {name})"
-                    + (f": see {st.run_dir / LAUNCH_LOG}" if st.status != "ok" else ""))
+                log(
+                    f"[sweep] {st.status:7s} {run_id} ({elapsed:.0f} s, app {name})"
+                    + (f": see {st.run_dir / LAUNCH_LOG}" if st.status != "ok" else "")
+                )
                 write_manifest(cfg, statuses, commands)
     finally:
         for st, handle, _, _ in active.values():

@@ -45,8 +45,9 @@ class BestModelKeeper:
         self._last_step: Optional[int] = None
         self._last_epoch: Optional[int] = None
 
-    def offer(self, model: nn.Module, epoch: int, step: int, metrics: Dict[str, Dict[str, float]],
-              is_last: bool) -> bool:
+    def offer(
+        self, model: nn.Module, epoch: int, step: int, metrics: Dict[str, Dict[str, float]], is_last: bool
+    ) -> bool:
         """Record an evaluation point; True when it is the new best."""
         self._last_step, self._last_epoch = step, epoch
         auc = metrics["val"]["auc"]
@@ -59,9 +60,15 @@ class BestModelKeeper:
 
     def state(self) -> Dict[str, Any]:
         """JSON-able, for training checkpoints."""
-        return {"best_epoch": self.best_epoch, "best_step": self.best_step, "best_metrics": self.best_metrics,
-                "best_auc": self._best_auc if math.isfinite(self._best_auc) else None,
-                "saved_step": self._saved_step, "last_step": self._last_step, "last_epoch": self._last_epoch}
+        return {
+            "best_epoch": self.best_epoch,
+            "best_step": self.best_step,
+            "best_metrics": self.best_metrics,
+            "best_auc": self._best_auc if math.isfinite(self._best_auc) else None,
+            "saved_step": self._saved_step,
+            "last_step": self._last_step,
+            "last_epoch": self._last_epoch,
+        }
 
     def load_state(self, state: Dict[str, Any]) -> None:
         if not state:
@@ -110,7 +117,10 @@ class BestModelKeeper:
 
     def _select_last(self, why: str) -> bool:
         if self.env.is_main:
-            print(f"warning: {why}; the selected model is the last point (step {self._last_step}) instead",
-                  file=sys.stderr, flush=True)
+            print(
+                f"warning: {why}; the selected model is the last point (step {self._last_step}) instead",
+                file=sys.stderr,
+                flush=True,
+            )
         self.best_epoch, self.best_step, self.best_metrics = self._last_epoch, self._last_step, {}
         return False

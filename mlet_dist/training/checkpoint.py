@@ -105,8 +105,9 @@ def _check_position(p: TrainPosition) -> None:
         raise ValueError(f"extra must be an object, got {type(p.extra).__name__}")
     if p.data is not None:
         check_record(p.data)
-        batches = num_batches(plan_in(p.data), Layout(p.data["order"], p.data["world_size"],
-                                                      p.data["local_batch_size"]))
+        batches = num_batches(
+            plan_in(p.data), Layout(p.data["order"], p.data["world_size"], p.data["local_batch_size"])
+        )
         if p.batch_in_epoch > batches:
             raise ValueError(f"batch_in_epoch {p.batch_in_epoch} lies past its epoch's {batches} batches")
 
@@ -118,8 +119,11 @@ def read_rng(path: Path) -> Optional[torch.Tensor]:
         return None
     try:
         values = json.loads(path.read_text())
-        if not (isinstance(values, list) and len(values) == len(torch.get_rng_state())
-                and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 256 for v in values)):
+        if not (
+            isinstance(values, list)
+            and len(values) == len(torch.get_rng_state())
+            and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 256 for v in values)
+        ):
             raise ValueError("not a CPU RNG state")
     except (OSError, ValueError, RecursionError) as err:
         raise CheckpointCorrupt(f"{path.name} is not an RNG state ({err})") from err
@@ -192,8 +196,11 @@ class CheckpointManager:
     def _published(self) -> List[Path]:
         if not self.root.is_dir():
             return []
-        steps = {int(m.group(1)): p for p in self.root.iterdir()
-                 if (m := _NAME.match(p.name)) and (p / TRAIN_STATE).is_file()}
+        steps = {
+            int(m.group(1)): p
+            for p in self.root.iterdir()
+            if (m := _NAME.match(p.name)) and (p / TRAIN_STATE).is_file()
+        }
         return [steps[step] for step in sorted(steps)]
 
     def latest(self) -> Optional[Path]:
@@ -215,8 +222,9 @@ class CheckpointManager:
         state = {"model": model.state_dict(), "optim": optimizer.state_dict()}
         pending = _Pending(tmp, final, position, torch.get_rng_state().tolist())
         if self._async_group is not None and self._staging_fits(state, position.step):
-            written = dcp.async_save(state, checkpoint_id=str(tmp), process_group=self._async_group,
-                                     async_stager=HostCopyStager())
+            written = dcp.async_save(
+                state, checkpoint_id=str(tmp), process_group=self._async_group, async_stager=HostCopyStager()
+            )
             # HostCopyStager stages before async_save returns, so DCP hands back the write's Future (an
             # AsyncSaveResponse is for a stager that stages in the background).
             assert isinstance(written, Future), f"dcp.async_save returned {type(written).__name__}"
@@ -237,9 +245,12 @@ class CheckpointManager:
         fits = torch.tensor([int(need < room)])
         dist.all_reduce(fits, op=dist.ReduceOp.MIN)
         if not fits.item() and self.env.is_main and not self._warned_sync:
-            print(f"warning: --checkpoint-mode async on CPU copies each rank's state ({need / GB:.2f} GB on rank 0) "
-                  f"before writing it in the background, but the host has {room / GB:.2f} GB free per rank: "
-                  f"saving synchronously instead (from step {step}; no second copy)", file=sys.stderr)
+            print(
+                f"warning: --checkpoint-mode async on CPU copies each rank's state ({need / GB:.2f} GB on rank 0) "
+                f"before writing it in the background, but the host has {room / GB:.2f} GB free per rank: "
+                f"saving synchronously instead (from step {step}; no second copy)",
+                file=sys.stderr,
+            )
             self._warned_sync = True
         return bool(fits.item())
 

@@ -17,7 +17,17 @@ from typing import Any, Dict, NoReturn, Optional, Sequence
 from data_prep.dataset_format import raw_file_message
 from mlet_dist.cli_common import given_dests
 from mlet_dist.config_flags import (
-    DefaultsHelpFormatter, add_flags, command_choices, derived, flag, flag_values, negated, nested, no_flag, switch, tree_from_flags,
+    DefaultsHelpFormatter,
+    add_flags,
+    command_choices,
+    derived,
+    flag,
+    flag_values,
+    negated,
+    nested,
+    no_flag,
+    switch,
+    tree_from_flags,
     written_paths,
 )
 from mlet_dist.config_io import from_jsonable, load_config, merged, to_jsonable
@@ -38,18 +48,33 @@ class InputConfig:
     """How each rank reads its training rows (``data/parquet_batches.py``)."""
 
     # local: each rank reads only its rows; exact: N ranks x B = one process x N*B
-    order: str = field(default="local", metadata=flag(
-        "--data-order", choices=ORDERS,
-        help="local: each rank reads and decodes only its own 1/W of the rows (scales with the cluster); exact: "
-        "every rank reads every global batch and takes its slice, so N ranks x B equal one process x N*B "
-        "(equivalence tests)"))
+    order: str = field(
+        default="local",
+        metadata=flag(
+            "--data-order",
+            choices=ORDERS,
+            help="local: each rank reads and decodes only its own 1/W of the rows (scales with the cluster); exact: "
+            "every rank reads every global batch and takes its slice, so N ranks x B equal one process x N*B "
+            "(equivalence tests)",
+        ),
+    )
     # per epoch, seeded by --seed: row groups permuted, rows within windows
-    shuffle: bool = field(default=True, metadata=negated(
-        "--no-shuffle", help="train in file order (default: shuffled per epoch, seeded by --seed)"))
-    shuffle_window: int = field(default=DEFAULT_SHUFFLE_WINDOW, metadata=flag(
-        "--shuffle-window", help="rows shuffled together after the per-epoch row-group permutation (memory bound)"))
-    prefetch: int = field(default=2, metadata=flag(  # batches made ahead in a background thread (0: none)
-        "--prefetch", help="batches read ahead in a background thread (0: read in the training loop)"))
+    shuffle: bool = field(
+        default=True,
+        metadata=negated("--no-shuffle", help="train in file order (default: shuffled per epoch, seeded by --seed)"),
+    )
+    shuffle_window: int = field(
+        default=DEFAULT_SHUFFLE_WINDOW,
+        metadata=flag(
+            "--shuffle-window", help="rows shuffled together after the per-epoch row-group permutation (memory bound)"
+        ),
+    )
+    prefetch: int = field(
+        default=2,
+        metadata=flag(  # batches made ahead in a background thread (0: none)
+            "--prefetch", help="batches read ahead in a background thread (0: read in the training loop)"
+        ),
+    )
 
     def __post_init__(self) -> None:
         if self.order not in ORDERS:
@@ -60,8 +85,12 @@ class InputConfig:
             raise ValueError(f"--prefetch must be >= 0 batches, got {self.prefetch}")
 
     def stream_kwargs(self, env: DistEnv) -> Dict[str, Any]:
-        return {"order": self.order, "shuffle_window": self.shuffle_window, "prefetch": self.prefetch,
-                "pin_memory": env.device.type == "cuda"}
+        return {
+            "order": self.order,
+            "shuffle_window": self.shuffle_window,
+            "prefetch": self.prefetch,
+            "pin_memory": env.device.type == "cuda",
+        }
 
 
 _OPTIM_FLAGS = nested(
@@ -70,17 +99,23 @@ _OPTIM_FLAGS = nested(
     dense_optimizer=flag("--dense-optimizer", choices=sorted(DENSE_OPTIMIZERS), help="MLPs and MLET projections"),
     dense_lr=flag("--dense-lr", help="learning rate of the MLPs and MLET projections"),
     eps=no_flag("the optimizers' epsilon: fixed (OptimConfig)"),
-    dense_precision=flag("--dense-precision", choices=list(DENSE_PRECISIONS),
-                         help="autocast of the MLPs and the interaction (bf16: fp32 master weights, checkpoints and "
-                         "exports; the embedding lookups stay fp32); fp16 is refused (it needs loss scaling, which "
-                         "the tables' in-backward optimizer cannot take)"),
+    dense_precision=flag(
+        "--dense-precision",
+        choices=list(DENSE_PRECISIONS),
+        help="autocast of the MLPs and the interaction (bf16: fp32 master weights, checkpoints and "
+        "exports; the embedding lookups stay fp32); fp16 is refused (it needs loss scaling, which "
+        "the tables' in-backward optimizer cannot take)",
+    ),
 )
 _SHARDING_FLAGS = nested(
-    sharding=flag("--sharding", choices=SHARDING_CHOICES,
-                  help="force one sharding type on every table, or let the planner choose"),
-    owner_projection=negated("--projection-after-comm",
-                             help="MLET projections as dense DDP params after the all-to-all (k-wide traffic); "
-                             "default projects on the owning rank (d-wide traffic)"),
+    sharding=flag(
+        "--sharding", choices=SHARDING_CHOICES, help="force one sharding type on every table, or let the planner choose"
+    ),
+    owner_projection=negated(
+        "--projection-after-comm",
+        help="MLET projections as dense DDP params after the all-to-all (k-wide traffic); "
+        "default projects on the owning rank (d-wide traffic)",
+    ),
 )
 
 
@@ -89,49 +124,101 @@ class TrainConfig(ModelConfig, LoopConfig):
     """A training run: the model (ModelConfig's fields), the loop (LoopConfig's: epochs, evaluation
     points, checkpoints, logging) and how to read and write it."""
 
-    data: Path = field(metadata=flag(
-        "--data", default=None, parse=lambda data: Path(".") if data is None else data,
-        help="prepared dataset dir (mlet-prep output)"))
-    run_dir: Path = field(metadata=flag(
-        "--run-dir", default=None, command_choice=True,
-        parse=lambda run_dir: RUNS_ROOT / default_run_name() if run_dir is None else run_dir,
-        help="default: runs/<torchelastic run id> under torchrun/torchx, else runs/<timestamp>; one name for all "
-        "ranks, chosen by rank 0"))
+    data: Path = field(
+        metadata=flag(
+            "--data",
+            default=None,
+            parse=lambda data: Path(".") if data is None else data,
+            help="prepared dataset dir (mlet-prep output)",
+        )
+    )
+    run_dir: Path = field(
+        metadata=flag(
+            "--run-dir",
+            default=None,
+            command_choice=True,
+            parse=lambda run_dir: RUNS_ROOT / default_run_name() if run_dir is None else run_dir,
+            help="default: runs/<torchelastic run id> under torchrun/torchx, else runs/<timestamp>; one name for all "
+            "ranks, chosen by rank 0",
+        )
+    )
     batch_size: int = field(default=256, metadata=flag("--batch-size", help="per-rank batch size"))
-    max_train_batches: Optional[int] = field(default=None, metadata=flag(
-        "--max-train-batches", help="steps per epoch at most (default: the whole train split)"))
-    max_eval_batches: Optional[int] = field(default=None, metadata=flag(
-        "--max-eval-batches", help="evaluate on the first N x --batch-size rows of val and test, the same rows at "
-        "every world size (default: the whole splits)"))
-    seed: int = field(default=0, metadata=flag(
-        "--seed", help="initial weights (seed + rank per table shard) and the per-epoch shuffle"))
-    backend: str = field(default="auto", metadata=flag(
-        "--backend", choices=["auto", "gloo", "nccl"], help="torch.distributed backend; auto: nccl with CUDA, else gloo"))
+    max_train_batches: Optional[int] = field(
+        default=None,
+        metadata=flag("--max-train-batches", help="steps per epoch at most (default: the whole train split)"),
+    )
+    max_eval_batches: Optional[int] = field(
+        default=None,
+        metadata=flag(
+            "--max-eval-batches",
+            help="evaluate on the first N x --batch-size rows of val and test, the same rows at "
+            "every world size (default: the whole splits)",
+        ),
+    )
+    seed: int = field(
+        default=0,
+        metadata=flag("--seed", help="initial weights (seed + rank per table shard) and the per-epoch shuffle"),
+    )
+    backend: str = field(
+        default="auto",
+        metadata=flag(
+            "--backend",
+            choices=["auto", "gloo", "nccl"],
+            help="torch.distributed backend; auto: nccl with CUDA, else gloo",
+        ),
+    )
     # a baseline run has nothing to collapse
-    collapse: bool = field(default=True, metadata=switch(
-        "--no-collapse", reads=("model",), parse=lambda no_collapse, model: not no_collapse and model == "mlet",
-        help="skip the collapse at the end"))
-    plan: Optional[Path] = field(default=None, metadata=flag(
-        "--plan", help="sharding plan JSON (mlet-plan); checked against the model and world size"))
-    keep_checkpoints: int = field(default=2, metadata=flag(
-        "--keep-checkpoints", help="newest complete checkpoints kept"))
-    resume: bool = field(default=True, metadata=negated(
-        "--no-resume", help="start fresh even if --run-dir holds a checkpoint: an earlier run's files are moved to "
-        "RUN_DIR/previous-<time>/ (default: resume from the newest)"))
-    save_predictions: bool = field(default=False, metadata=switch(
-        "--save-predictions", help="RUN_DIR/predictions/test.npz (row, prob, label) of the selected model"))
+    collapse: bool = field(
+        default=True,
+        metadata=switch(
+            "--no-collapse",
+            reads=("model",),
+            parse=lambda no_collapse, model: not no_collapse and model == "mlet",
+            help="skip the collapse at the end",
+        ),
+    )
+    plan: Optional[Path] = field(
+        default=None,
+        metadata=flag("--plan", help="sharding plan JSON (mlet-plan); checked against the model and world size"),
+    )
+    keep_checkpoints: int = field(
+        default=2, metadata=flag("--keep-checkpoints", help="newest complete checkpoints kept")
+    )
+    resume: bool = field(
+        default=True,
+        metadata=negated(
+            "--no-resume",
+            help="start fresh even if --run-dir holds a checkpoint: an earlier run's files are moved to "
+            "RUN_DIR/previous-<time>/ (default: resume from the newest)",
+        ),
+    )
+    save_predictions: bool = field(
+        default=False,
+        metadata=switch(
+            "--save-predictions", help="RUN_DIR/predictions/test.npz (row, prob, label) of the selected model"
+        ),
+    )
     optim: OptimConfig = field(default_factory=OptimConfig, metadata=_OPTIM_FLAGS)
     sharding: ShardingConfig = field(default_factory=ShardingConfig, metadata=_SHARDING_FLAGS)
-    collective_timeout_s: float = field(default=DEFAULT_COLLECTIVE_TIMEOUT_S, metadata=flag(
-        "--collective-timeout-s",
-        help="longest wait in one collective before the job fails (a peer that hangs without exiting)"))
+    collective_timeout_s: float = field(
+        default=DEFAULT_COLLECTIVE_TIMEOUT_S,
+        metadata=flag(
+            "--collective-timeout-s",
+            help="longest wait in one collective before the job fails (a peer that hangs without exiting)",
+        ),
+    )
     input: InputConfig = field(default_factory=InputConfig)
     # auto: async (dcp.async_save) with CUDA, sync on CPU
-    checkpoint_mode: str = field(default="auto", metadata=flag(
-        "--checkpoint-mode", choices=CHECKPOINT_MODES,
-        help="async: write checkpoints in the background (dcp.async_save), published at the next --log-every "
-        "step (on CPU it stages a second copy of the rank's state: a save that would not fit the free memory "
-        "is written synchronously, with a warning); sync: inside the step; auto: async with CUDA, sync on CPU"))
+    checkpoint_mode: str = field(
+        default="auto",
+        metadata=flag(
+            "--checkpoint-mode",
+            choices=CHECKPOINT_MODES,
+            help="async: write checkpoints in the background (dcp.async_save), published at the next --log-every "
+            "step (on CPU it stages a second copy of the rank's state: a save that would not fit the free memory "
+            "is written synchronously, with a warning); sync: inside the step; auto: async with CUDA, sync on CPU",
+        ),
+    )
     # False: run_dir is this process's provisional default; train.run() replaces it with rank 0's
     # choice once the process group exists (training/run_name.py)
     run_dir_given: bool = field(default=True, metadata=derived("run_dir", parse=lambda run_dir: run_dir is not None))
@@ -145,12 +232,16 @@ class TrainConfig(ModelConfig, LoopConfig):
         LoopConfig.__post_init__(self)
         if self.batch_size < 1:
             raise ValueError(f"--batch-size (per rank) must be >= 1, got {self.batch_size}")
-        for option, value in (("--max-train-batches", self.max_train_batches),
-                              ("--max-eval-batches", self.max_eval_batches)):
+        for option, value in (
+            ("--max-train-batches", self.max_train_batches),
+            ("--max-eval-batches", self.max_eval_batches),
+        ):
             if value is not None and value < 1:
                 raise ValueError(f"{option} must be >= 1 (leave it out for the whole split), got {value}")
         if self.checkpoint_mode not in CHECKPOINT_MODES:
-            raise ValueError(f"--checkpoint-mode must be one of {', '.join(CHECKPOINT_MODES)}, got {self.checkpoint_mode!r}")
+            raise ValueError(
+                f"--checkpoint-mode must be one of {', '.join(CHECKPOINT_MODES)}, got {self.checkpoint_mode!r}"
+            )
         if self.keep_checkpoints < 1:
             raise ValueError(f"--keep-checkpoints must be >= 1, got {self.keep_checkpoints}")
         if not (math.isfinite(self.collective_timeout_s) and self.collective_timeout_s > 0):
@@ -185,7 +276,7 @@ FOREIGN_FLAGS = {
     "--mini-batch-size": "--batch-size (per rank; MLPerf's is the global batch)",
     "--nepochs": "--epochs",
     "--num_embeddings_per_feature": "none: table sizes come from the dataset (mlet-prep torchrec-npy "
-                                    "--num-embeddings-per-feature)",
+    "--num-embeddings-per-feature)",
     "--in_memory_binary_criteo_path": "--data, a dataset prepared by mlet-prep (e.g. mlet-prep torchrec-npy)",
     **dict.fromkeys(("--lr_warmup_steps", "--lr-num-warmup-steps"), _WARMUP),
     **dict.fromkeys(("--lr_decay_start", "--lr-decay-start-step"), _DECAY_START),
@@ -199,9 +290,10 @@ def foreign_flag_hints(message: str) -> Optional[str]:
     prefix = "unrecognized arguments: "
     if not message.startswith(prefix):
         return None
-    names = dict.fromkeys(token.split("=", 1)[0] for token in message[len(prefix):].split())
-    hints = [f"{name} is TorchRec's/MLPerf's name; here: {FOREIGN_FLAGS[name]}" for name in names
-             if name in FOREIGN_FLAGS]
+    names = dict.fromkeys(token.split("=", 1)[0] for token in message[len(prefix) :].split())
+    hints = [
+        f"{name} is TorchRec's/MLPerf's name; here: {FOREIGN_FLAGS[name]}" for name in names if name in FOREIGN_FLAGS
+    ]
     return "; ".join(hints) or None
 
 
@@ -224,8 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
         "Run under torchrun / torchx for several ranks.",
         formatter_class=DefaultsHelpFormatter,
     )
-    p.add_argument("--config", type=Path, default=None,
-                   help="start from a saved config (a run's config.json); flags given here override it")
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="start from a saved config (a run's config.json); flags given here override it",
+    )
     add_flags(p, TrainConfig, first=("data", "run_dir"))
     return p
 

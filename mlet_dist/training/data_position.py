@@ -22,8 +22,14 @@ from mlet_dist.training.run_dir import RunDirectory
 
 
 def resume_position(
-    epochs: int, env: DistEnv, checkpoints: CheckpointManager, model: nn.Module,
-    optimizer: CombinedOptimizer, keeper: BestModelKeeper, out: RunDirectory, fresh: bool,
+    epochs: int,
+    env: DistEnv,
+    checkpoints: CheckpointManager,
+    model: nn.Module,
+    optimizer: CombinedOptimizer,
+    keeper: BestModelKeeper,
+    out: RunDirectory,
+    fresh: bool,
 ) -> TrainPosition:
     """Start of training: the newest complete checkpoint in the run dir, loaded into ``model``,
     ``optimizer`` and ``keeper``, unless ``fresh`` (--no-resume on a first attempt: the run dir
@@ -49,8 +55,7 @@ def resume_position(
     out.purge_step = position.step + 1
     position.extra["resumed_from"] = latest.name
     if env.is_main:
-        print(f"resuming from {latest} (epoch {position.epoch}, batch {position.batch_in_epoch}, "
-              f"step {position.step})")
+        print(f"resuming from {latest} (epoch {position.epoch}, batch {position.batch_in_epoch}, step {position.step})")
     return position
 
 
@@ -73,5 +78,6 @@ def _older_version(position: TrainPosition, stream: ParquetBatchStream) -> Tuple
         raise CheckpointError(
             f"the checkpoint (an older version's, without a data position) stopped inside epoch {position.epoch} "
             f"on {position.world_size} ranks x {position.global_batch_size // max(position.world_size, 1)} rows: "
-            "resume with that shape, or from an epoch-end checkpoint")
+            "resume with that shape, or from an epoch-end checkpoint"
+        )
     return None, position.batch_in_epoch, None

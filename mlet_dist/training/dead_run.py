@@ -31,11 +31,15 @@ DEFAULT_BAND = 0.05  # |val AUC - 0.5|; issue 20's dead seeds were at 0.53-0.54,
 DEFAULT_POINTS = 3  # evaluation points before a verdict
 MARGIN = 0.02  # of the label entropy: losses closer than this count as equal (batch noise ~0.5 %)
 
-STUCK_HINT = ("the model is at or next to the constant predictor. See reports/small_d/README.md (MLET at small d: "
-              "--mlet-init; lower --embedding-lr)")
-MEMORISING_HINT = ("the model fits the training rows and does not generalise; the best point before this stays "
-                   "the selected model. Give it less capacity to memorise (smaller --bottom-mlp/--top-mlp, "
-                   "a lower --embedding-lr) or fewer passes (--early-stop-patience); see reports/small_d/README.md")
+STUCK_HINT = (
+    "the model is at or next to the constant predictor. See reports/small_d/README.md (MLET at small d: "
+    "--mlet-init; lower --embedding-lr)"
+)
+MEMORISING_HINT = (
+    "the model fits the training rows and does not generalise; the best point before this stays "
+    "the selected model. Give it less capacity to memorise (smaller --bottom-mlp/--top-mlp, "
+    "a lower --embedding-lr) or fewer passes (--early-stop-patience); see reports/small_d/README.md"
+)
 
 
 def _number(value: Optional[float]) -> Optional[float]:
@@ -92,11 +96,22 @@ class DeadRunDetector:
         best_val, at = min(earlier)
         train_then = self._train_losses[at]
         tolerance = self.margin * entropy
-        return (val >= entropy and val - best_val >= tolerance
-                and train_then is not None and train_then - train >= tolerance)
+        return (
+            val >= entropy
+            and val - best_val >= tolerance
+            and train_then is not None
+            and train_then - train >= tolerance
+        )
 
-    def observe(self, step: int, val_auc: float, *, val_logloss: Optional[float] = None,
-                val_ne: Optional[float] = None, train_loss: Optional[float] = None) -> Optional[str]:
+    def observe(
+        self,
+        step: int,
+        val_auc: float,
+        *,
+        val_logloss: Optional[float] = None,
+        val_ne: Optional[float] = None,
+        train_loss: Optional[float] = None,
+    ) -> Optional[str]:
         """Record one evaluation point (``train_loss``: the mean since the previous point); the
         warning line the first time the run is dead or memorises, else None. A NaN AUC (one class in
         the split) counts as in the band: it carries no signal either."""
@@ -119,18 +134,24 @@ class DeadRunDetector:
 
     def _dead_warning(self, step: int) -> str:
         train, entropy = self._train_losses[-1], self.label_entropy()
-        losses = "" if train is None or entropy is None else (
-            f", train loss {train:.4f} {'at' if self.is_stuck() else 'below'} the label entropy {entropy:.4f}")
-        return (f"warning: dead run? val AUC has stayed within 0.5 ± {self.band:g} for {len(self._aucs)} "
-                f"evaluation points (best {max(self._aucs):.4f}, steps {self._steps[0]}..{step}{losses}): "
-                + STUCK_HINT)
+        losses = (
+            ""
+            if train is None or entropy is None
+            else (f", train loss {train:.4f} {'at' if self.is_stuck() else 'below'} the label entropy {entropy:.4f}")
+        )
+        return (
+            f"warning: dead run? val AUC has stayed within 0.5 ± {self.band:g} for {len(self._aucs)} "
+            f"evaluation points (best {max(self._aucs):.4f}, steps {self._steps[0]}..{step}{losses}): " + STUCK_HINT
+        )
 
     def _memorising_warning(self, step: int) -> str:
         best = max(range(len(self._aucs)), key=self._aucs.__getitem__)
-        return (f"warning: memorising? at step {step} the train loss fell to {self._train_losses[-1]:.4f} while "
-                f"the val logloss rose to {self._val_losses[-1]:.4f}, at or above the constant predictor's "
-                f"{self.label_entropy():.4f} (val AUC {self._aucs[-1]:.4f}; best {self._aucs[best]:.4f} at step "
-                f"{self._steps[best]}): " + MEMORISING_HINT)
+        return (
+            f"warning: memorising? at step {step} the train loss fell to {self._train_losses[-1]:.4f} while "
+            f"the val logloss rose to {self._val_losses[-1]:.4f}, at or above the constant predictor's "
+            f"{self.label_entropy():.4f} (val AUC {self._aucs[-1]:.4f}; best {self._aucs[best]:.4f} at step "
+            f"{self._steps[best]}): " + MEMORISING_HINT
+        )
 
     def kind(self) -> Optional[str]:
         """memorising (ever seen), stuck (dead at the label entropy), dead (dead, no loss data to
@@ -160,9 +181,15 @@ class DeadRunDetector:
 
     def state(self) -> Dict[str, Any]:
         """For checkpoints, so a resumed run keeps its history."""
-        return {"aucs": list(self._aucs), "steps": list(self._steps), "fired_at": self._fired_at,
-                "val_losses": list(self._val_losses), "entropies": list(self._entropies),
-                "train_losses": list(self._train_losses), "memorising_at": self._memorising_at}
+        return {
+            "aucs": list(self._aucs),
+            "steps": list(self._steps),
+            "fired_at": self._fired_at,
+            "val_losses": list(self._val_losses),
+            "entropies": list(self._entropies),
+            "train_losses": list(self._train_losses),
+            "memorising_at": self._memorising_at,
+        }
 
     def load_state(self, state: Dict[str, Any]) -> None:
         """A state from before issue 28 has no losses: those points count as unknown (None)."""
@@ -174,7 +201,6 @@ class DeadRunDetector:
         fired, memorising = state.get("fired_at"), state.get("memorising_at")
         self._fired_at = None if fired is None else int(fired)
         self._memorising_at = None if memorising is None else int(memorising)
-
 
     def _history(self, state: Dict[str, Any], key: str) -> List[Optional[float]]:
         """One loss history as long as the AUC history; unknown (None) where it is missing or

@@ -55,9 +55,9 @@ def _gram(a: ArrayLike, row_weights: Optional[ArrayLike] = None, chunk_rows: int
         raise ValueError(f"row_weights has {w.numel()} entries for {a_t.shape[0]} rows")
     g = torch.zeros(a_t.shape[1], a_t.shape[1], dtype=torch.float64)
     for start in range(0, a_t.shape[0], chunk_rows):
-        block = _as_tensor(a_t[start:start + chunk_rows])
+        block = _as_tensor(a_t[start : start + chunk_rows])
         if w is not None:
-            g += block.T @ (block * w[start:start + chunk_rows, None])
+            g += block.T @ (block * w[start : start + chunk_rows, None])
         else:
             g += block.T @ block
     return g
@@ -79,8 +79,9 @@ def singular_values(matrix: ArrayLike, row_weights: Optional[ArrayLike] = None) 
     return _sqrt_eig_desc(_gram(m, row_weights))
 
 
-def collapsed_singular_values(table: ArrayLike, projection: ArrayLike,
-                              row_weights: Optional[ArrayLike] = None) -> np.ndarray:
+def collapsed_singular_values(
+    table: ArrayLike, projection: ArrayLike, row_weights: Optional[ArrayLike] = None
+) -> np.ndarray:
     """Singular values of T·W (n×d) from T (n×k) and W (k×d), without forming T·W."""
     w = _as_tensor(projection)
     if table.shape[1] != w.shape[0]:
@@ -100,7 +101,7 @@ def effective_rank(values: Spectrum) -> float:
 
 def stable_rank(values: Spectrum) -> float:
     s = np.asarray(values, np.float64)
-    return float((s ** 2).sum() / s.max() ** 2) if len(s) and s.max() > 0 else 0.0
+    return float((s**2).sum() / s.max() ** 2) if len(s) and s.max() > 0 else 0.0
 
 
 def rank_above_threshold(values: Spectrum, rel_tol: float = DEFAULT_REL_TOL) -> int:
@@ -118,15 +119,22 @@ def spectrum_summary(values: Spectrum, rel_tol: float = DEFAULT_REL_TOL) -> Dict
     }
 
 
-def projection_diagnostics(projection: ArrayLike, collapsed: Optional[ArrayLike] = None,
-                           wide: Optional[ArrayLike] = None, row_weights: Optional[ArrayLike] = None,
-                           rel_tol: float = DEFAULT_REL_TOL) -> Dict[str, object]:
+def projection_diagnostics(
+    projection: ArrayLike,
+    collapsed: Optional[ArrayLike] = None,
+    wide: Optional[ArrayLike] = None,
+    row_weights: Optional[ArrayLike] = None,
+    rel_tol: float = DEFAULT_REL_TOL,
+) -> Dict[str, object]:
     """Spectra of W (k×d) and of the collapsed table: pass it as ``collapsed`` (n×d), or pass
     the wide table T (n×k) as ``wide`` and it is computed as T·W implicitly (T's own spectrum
     is then reported too)."""
     w = _as_tensor(projection)
-    out: Dict[str, object] = {"inner_dim": int(w.shape[0]), "embedding_dim": int(w.shape[1]),
-                              "projection": spectrum_summary(singular_values(w), rel_tol)}
+    out: Dict[str, object] = {
+        "inner_dim": int(w.shape[0]),
+        "embedding_dim": int(w.shape[1]),
+        "projection": spectrum_summary(singular_values(w), rel_tol),
+    }
     if collapsed is not None:
         out["rows"] = int(collapsed.shape[0])
         out["table"] = spectrum_summary(singular_values(collapsed, row_weights), rel_tol)
@@ -137,16 +145,23 @@ def projection_diagnostics(projection: ArrayLike, collapsed: Optional[ArrayLike]
     return out
 
 
-def table_diagnostics(table: ArrayLike, row_weights: Optional[ArrayLike] = None,
-                      rel_tol: float = DEFAULT_REL_TOL) -> Dict[str, object]:
+def table_diagnostics(
+    table: ArrayLike, row_weights: Optional[ArrayLike] = None, rel_tol: float = DEFAULT_REL_TOL
+) -> Dict[str, object]:
     """Spectrum of a plain n×d table (baseline, or an already collapsed one)."""
-    return {"rows": int(table.shape[0]), "inner_dim": None, "embedding_dim": int(table.shape[1]),
-            "table": spectrum_summary(singular_values(table, row_weights), rel_tol)}
+    return {
+        "rows": int(table.shape[0]),
+        "inner_dim": None,
+        "embedding_dim": int(table.shape[1]),
+        "table": spectrum_summary(singular_values(table, row_weights), rel_tol),
+    }
 
 
-def diagnostics_from_state_dict(state: Mapping[str, torch.Tensor],
-                                row_weights: Optional[Mapping[str, ArrayLike]] = None,
-                                rel_tol: float = DEFAULT_REL_TOL) -> Dict[str, object]:
+def diagnostics_from_state_dict(
+    state: Mapping[str, torch.Tensor],
+    row_weights: Optional[Mapping[str, ArrayLike]] = None,
+    rel_tol: float = DEFAULT_REL_TOL,
+) -> Dict[str, object]:
     """Diagnostics of every embedding table in a full (gathered, unsharded-layout) state dict,
     e.g. ``mlet_dist.distributed.state.gather_full_state_dict(model)``: MLET tables are found as
     ``*.wide.embedding_bags.<t>.weight`` + ``*.projections.<t>.weight``, stock tables as
@@ -174,8 +189,11 @@ def diagnostics_from_state_dict(state: Mapping[str, torch.Tensor],
     return {"tables": tables, "mean": _means(tables), "rel_tol": rel_tol}
 
 
-def diagnostics_from_grams(grams: Mapping[str, Tuple[torch.Tensor, int]], projections: Mapping[str, ArrayLike],
-                           rel_tol: float = DEFAULT_REL_TOL) -> Dict[str, object]:
+def diagnostics_from_grams(
+    grams: Mapping[str, Tuple[torch.Tensor, int]],
+    projections: Mapping[str, ArrayLike],
+    rel_tol: float = DEFAULT_REL_TOL,
+) -> Dict[str, object]:
     """Same result as ``diagnostics_from_state_dict`` from each table's Gram matrix TᵀT (and row
     count) and the projections W alone: what a sharded model can produce without any rank ever
     holding a whole table (``distributed/table_grams.py``). Keys as in a state dict."""
@@ -186,14 +204,20 @@ def diagnostics_from_grams(grams: Mapping[str, Tuple[torch.Tensor, int]], projec
         if (m := _WIDE.match(name)) is not None:
             w = _as_tensor(proj[m["table"]])
             tables[m["table"]] = {
-                "inner_dim": int(w.shape[0]), "embedding_dim": int(w.shape[1]), "rows": rows,
+                "inner_dim": int(w.shape[0]),
+                "embedding_dim": int(w.shape[1]),
+                "rows": rows,
                 "projection": spectrum_summary(singular_values(w), rel_tol),
-                "table": spectrum_summary(_sqrt_eig_desc(w.T @ g @ w)[:min(rows, w.shape[1])], rel_tol),
-                "wide": spectrum_summary(_sqrt_eig_desc(g)[:min(rows, g.shape[0])], rel_tol),
+                "table": spectrum_summary(_sqrt_eig_desc(w.T @ g @ w)[: min(rows, w.shape[1])], rel_tol),
+                "wide": spectrum_summary(_sqrt_eig_desc(g)[: min(rows, g.shape[0])], rel_tol),
             }
         elif (m := _TABLE.match(name)) is not None and m["table"] not in tables:
-            tables[m["table"]] = {"rows": rows, "inner_dim": None, "embedding_dim": int(g.shape[0]),
-                                  "table": spectrum_summary(_sqrt_eig_desc(g)[:min(rows, g.shape[0])], rel_tol)}
+            tables[m["table"]] = {
+                "rows": rows,
+                "inner_dim": None,
+                "embedding_dim": int(g.shape[0]),
+                "table": spectrum_summary(_sqrt_eig_desc(g)[: min(rows, g.shape[0])], rel_tol),
+            }
     return {"tables": tables, "mean": _means(tables), "rel_tol": rel_tol}
 
 
@@ -222,8 +246,11 @@ def projection_spectra(state: Mapping[str, torch.Tensor], rel_tol: float = DEFAU
 
     Returns {"effective_rank": {table: ...}, "stable_rank": {table: ...}, "singular_values":
     {table: [...]}, "effective_rank_mean": ...}; empty when the model has no MLET tables."""
-    spectra = {m["table"]: spectrum_summary(singular_values(t), rel_tol)
-               for name, t in sorted(state.items()) if (m := _PROJECTION.match(name)) is not None}
+    spectra = {
+        m["table"]: spectrum_summary(singular_values(t), rel_tol)
+        for name, t in sorted(state.items())
+        if (m := _PROJECTION.match(name)) is not None
+    }
     if not spectra:
         return {}
     return {

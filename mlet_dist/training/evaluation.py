@@ -39,8 +39,12 @@ def _gather_rows(local: torch.Tensor, world_size: int, rank_major: bool) -> torc
 
 @torch.no_grad()
 def predict(
-    model: nn.Module, batches: Iterable[LoadedBatch], device: torch.device, world_size: int,
-    desc: str = "eval", show_progress: bool = False,
+    model: nn.Module,
+    batches: Iterable[LoadedBatch],
+    device: torch.device,
+    world_size: int,
+    desc: str = "eval",
+    show_progress: bool = False,
 ) -> Predictions:
     """Run a DLRMTrain-style model (returns (loss, (loss, logits, labels))) over a stream.
 

@@ -56,9 +56,17 @@ Collapse = Callable[[nn.Module, Dict[str, object]], ServingCopy]
 def eval_streams(cfg: TrainConfig, env: DistEnv) -> Dict[str, ParquetBatchStream]:
     """Each rank's share of val and test, unshuffled, capped by --max-eval-batches."""
     return {
-        split: ParquetBatchStream(cfg.data, split, cfg.batch_size, env.rank, env.world_size,
-                                  drop_last=False, max_batches=cfg.max_eval_batches, **cfg.input.stream_kwargs(env),
-                                  shuffle=False)
+        split: ParquetBatchStream(
+            cfg.data,
+            split,
+            cfg.batch_size,
+            env.rank,
+            env.world_size,
+            drop_last=False,
+            max_batches=cfg.max_eval_batches,
+            **cfg.input.stream_kwargs(env),
+            shuffle=False,
+        )
         for split in EVAL_SPLITS
     }
 
@@ -66,8 +74,14 @@ def eval_streams(cfg: TrainConfig, env: DistEnv) -> Dict[str, ParquetBatchStream
 def evaluate_all(model: nn.Module, cfg: TrainConfig, env: DistEnv, label: str) -> Dict[str, Predictions]:
     """Predictions on val and test gathered from all ranks; ``label`` names the progress bar."""
     return {
-        split: predict(model, stream, env.device, env.world_size, desc=f"{label} {split}",
-                       show_progress=cfg.show_progress and env.is_main)
+        split: predict(
+            model,
+            stream,
+            env.device,
+            env.world_size,
+            desc=f"{label} {split}",
+            show_progress=cfg.show_progress and env.is_main,
+        )
         for split, stream in eval_streams(cfg, env).items()
     }
 
@@ -87,8 +101,9 @@ def select_best(model: nn.Module, keeper: BestModelKeeper, cfg: TrainConfig, env
         keeper.best_metrics = {s: p.metrics() for s, p in evaluate_all(model, cfg, env, "selected").items()}
 
 
-def base_summary(cfg: TrainConfig, env: DistEnv, fit: FitResult, keeper: BestModelKeeper,
-                 build: ModelBuilder) -> Summary:
+def base_summary(
+    cfg: TrainConfig, env: DistEnv, fit: FitResult, keeper: BestModelKeeper, build: ModelBuilder
+) -> Summary:
     """What was trained, how long, and which point was selected, before any post-check."""
     return {
         "model": "mlet" if cfg.embedding.mlet else "baseline",
@@ -111,14 +126,24 @@ def base_summary(cfg: TrainConfig, env: DistEnv, fit: FitResult, keeper: BestMod
     }
 
 
-def collapse_and_compare(model: nn.Module, cfg: TrainConfig, env: DistEnv, fit: FitResult,
-                         keeper: BestModelKeeper, collapse: Collapse, summary: Summary) -> Dict[str, Predictions]:
+def collapse_and_compare(
+    model: nn.Module,
+    cfg: TrainConfig,
+    env: DistEnv,
+    fit: FitResult,
+    keeper: BestModelKeeper,
+    collapse: Collapse,
+    summary: Summary,
+) -> Dict[str, Predictions]:
     """Collapse the selected model, load it back and score both: the serving model must predict
     what the trained one does (the max difference goes into the summary). Returns the trained
     model's predictions, for reuse by --save-predictions."""
     trained = evaluate_all(model, cfg, env, "trained")
-    source: Dict[str, object] = {"selected_epoch": keeper.best_epoch, "selected_step": keeper.best_step,
-                                 "steps": fit.steps}
+    source: Dict[str, object] = {
+        "selected_epoch": keeper.best_epoch,
+        "selected_step": keeper.best_step,
+        "steps": fit.steps,
+    }
     serving = collapse(model, source)
     collapsed = evaluate_all(serving.model, cfg, env, "collapsed")
     summary["serving_dir"] = str(serving.path)
@@ -130,8 +155,9 @@ def collapse_and_compare(model: nn.Module, cfg: TrainConfig, env: DistEnv, fit: 
     return trained
 
 
-def save_test_predictions(model: nn.Module, cfg: TrainConfig, env: DistEnv,
-                          trained: Optional[Dict[str, Predictions]]) -> None:
+def save_test_predictions(
+    model: nn.Module, cfg: TrainConfig, env: DistEnv, trained: Optional[Dict[str, Predictions]]
+) -> None:
     """Per-row test predictions for the sweep's rare-item analysis; reuses the collapse check's
     trained predictions when there are some (one evaluation fewer)."""
     test = trained["test"] if trained is not None else evaluate_all(model, cfg, env, "predictions")["test"]
@@ -148,8 +174,16 @@ def add_diagnostics(model: nn.Module, env: DistEnv, summary: Summary) -> None:
         summary["diagnostics"] = diagnostics_from_grams(grams, projections)
 
 
-def finish_run(model: nn.Module, cfg: TrainConfig, env: DistEnv, fit: FitResult, keeper: BestModelKeeper,
-               build: ModelBuilder, collapse: Collapse, write_json: Callable[[str, Summary], None]) -> Summary:
+def finish_run(
+    model: nn.Module,
+    cfg: TrainConfig,
+    env: DistEnv,
+    fit: FitResult,
+    keeper: BestModelKeeper,
+    build: ModelBuilder,
+    collapse: Collapse,
+    write_json: Callable[[str, Summary], None],
+) -> Summary:
     """The whole post-training phase, in its order: select, summarise, collapse and compare,
     predictions, diagnostics; then summary.json (``write_json``: the run dir's, rank 0 only)
     and the console ending."""
@@ -181,12 +215,18 @@ def finished_summary(cfg: TrainConfig, position: TrainPosition, env: DistEnv) ->
         with contextlib.redirect_stdout(text):
             print_summary(summary, cfg.run_dir)
     except (JSONFileError, KeyError, TypeError, ValueError) as err:  # not the summary this code writes
-        what = err if isinstance(err, JSONFileError) else \
-            f"{summary_path} is not a run summary ({type(err).__name__}: {err})"
+        what = (
+            err
+            if isinstance(err, JSONFileError)
+            else f"{summary_path} is not a run summary ({type(err).__name__}: {err})"
+        )
         raise SystemExit(f"error: run already complete, but {what}; rerun with --no-resume to train afresh")
     if env.is_main:
-        print(f"run already complete: {cfg.run_dir} trained {position.epoch} epoch(s), {position.step} steps "
-              f"(--epochs {cfg.epochs}); its summary:{text.getvalue()}", end="")
+        print(
+            f"run already complete: {cfg.run_dir} trained {position.epoch} epoch(s), {position.step} steps "
+            f"(--epochs {cfg.epochs}); its summary:{text.getvalue()}",
+            end="",
+        )
     return summary
 
 
@@ -195,22 +235,32 @@ def print_summary(summary: Summary, run_dir: Optional[Path] = None) -> None:
     never printed during training), and where the run and its serving model are."""
     trained = summary["trained"]
     shape = f"d={summary['embedding_dim']}" + (f" k={summary['inner_dim']}" if summary["inner_dim"] else "")
-    print(f"\n{summary['model']} {shape} on {ranks_phrase(summary['world_size'])}, selected by val AUC "
-          f"among {summary['evaluations']} evaluation point(s): epoch {summary['selected_epoch']}, "
-          f"step {summary['selected_step']}")
+    print(
+        f"\n{summary['model']} {shape} on {ranks_phrase(summary['world_size'])}, selected by val AUC "
+        f"among {summary['evaluations']} evaluation point(s): epoch {summary['selected_epoch']}, "
+        f"step {summary['selected_step']}"
+    )
     print(f"  trained:   val AUC {trained['val']['auc']:.4f}  test AUC {trained['test']['auc']:.4f}")
     if "collapsed" in summary:
         c = summary["collapsed"]
-        print(f"  collapsed: val AUC {c['val']['auc']:.4f}  test AUC {c['test']['auc']:.4f}  "
-              f"(max |p_trained - p_collapsed| = {summary['collapsed_max_abs_prediction_diff']:.2e})")
+        print(
+            f"  collapsed: val AUC {c['val']['auc']:.4f}  test AUC {c['test']['auc']:.4f}  "
+            f"(max |p_trained - p_collapsed| = {summary['collapsed_max_abs_prediction_diff']:.2e})"
+        )
     if run_dir is not None:
         print(f"  run dir: {run_dir}  (summary.json, metrics.jsonl, tensorboard/)")
     if "serving_dir" in summary:
-        print(f"  serving dir: {summary['serving_dir']}  (score it with mlet-predict --serving DIR --data DATA "
-              f"--out FILE.parquet)")
+        print(
+            f"  serving dir: {summary['serving_dir']}  (score it with mlet-predict --serving DIR --data DATA "
+            f"--out FILE.parquet)"
+        )
     elif summary["model"] == "mlet":
-        print(f"  not collapsed (--no-collapse): mlet-collapse --run-dir {run_dir} --out {run_dir}/serving "
-              "makes the serving dir")
+        print(
+            f"  not collapsed (--no-collapse): mlet-collapse --run-dir {run_dir} --out {run_dir}/serving "
+            "makes the serving dir"
+        )
     else:
-        print(f"  serving: mlet-collapse --run-dir {run_dir} --out {run_dir}/serving exports this baseline "
-              "for mlet-predict")
+        print(
+            f"  serving: mlet-collapse --run-dir {run_dir} --out {run_dir}/serving exports this baseline "
+            "for mlet-predict"
+        )

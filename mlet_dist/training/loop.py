@@ -36,23 +36,49 @@ class LoopConfig:
     epochs: int = field(default=1, metadata=flag("--epochs", help="passes over the train split"))
     log_every: int = field(default=10, metadata=flag("--log-every", help="steps between train-loss records"))
     # wanted; shown only when stderr is a terminal (show_progress), as mlet-prep's
-    progress: bool = field(default=True, metadata=negated(
-        "--no-progress", help="no progress bars (default: shown when stderr is a terminal, never in a log file)"))
-    checkpoint_every: int = field(default=0, metadata=flag(
-        "--checkpoint-every", help="steps between training checkpoints (0: only at epoch ends)"))
-    eval_every: int = field(default=0, metadata=flag(
-        "--eval-every", help="also evaluate val/test every N global steps inside an epoch; the point with the best "
-        "val AUC is the selected model (0: end of each epoch only)"))
-    early_stop_patience: int = field(default=0, metadata=flag(
-        "--early-stop-patience", help="stop when this many evaluation points in a row (epoch ends, and --eval-every "
-        "points) bring no better val AUC; the best point is the selected model (0: train all --epochs)"))
-    diagnostics: bool = field(default=False, metadata=switch(
-        "--diagnostics", help="singular values / effective ranks of the MLET projections at every evaluation point "
-        "(metrics.jsonl, TensorBoard) and of tables and projections in summary.json"))
-    pipeline: str = field(default="sparse-dist", metadata=flag(
-        "--pipeline", choices=PIPELINES,
-        help="sparse-dist: TorchRec's TrainPipelineSparseDist overlaps the next batch's copy and input all-to-all "
-        "with this step; none: the plain forward/backward/step loop"))
+    progress: bool = field(
+        default=True,
+        metadata=negated(
+            "--no-progress", help="no progress bars (default: shown when stderr is a terminal, never in a log file)"
+        ),
+    )
+    checkpoint_every: int = field(
+        default=0,
+        metadata=flag("--checkpoint-every", help="steps between training checkpoints (0: only at epoch ends)"),
+    )
+    eval_every: int = field(
+        default=0,
+        metadata=flag(
+            "--eval-every",
+            help="also evaluate val/test every N global steps inside an epoch; the point with the best "
+            "val AUC is the selected model (0: end of each epoch only)",
+        ),
+    )
+    early_stop_patience: int = field(
+        default=0,
+        metadata=flag(
+            "--early-stop-patience",
+            help="stop when this many evaluation points in a row (epoch ends, and --eval-every "
+            "points) bring no better val AUC; the best point is the selected model (0: train all --epochs)",
+        ),
+    )
+    diagnostics: bool = field(
+        default=False,
+        metadata=switch(
+            "--diagnostics",
+            help="singular values / effective ranks of the MLET projections at every evaluation point "
+            "(metrics.jsonl, TensorBoard) and of tables and projections in summary.json",
+        ),
+    )
+    pipeline: str = field(
+        default="sparse-dist",
+        metadata=flag(
+            "--pipeline",
+            choices=PIPELINES,
+            help="sparse-dist: TorchRec's TrainPipelineSparseDist overlaps the next batch's copy and input all-to-all "
+            "with this step; none: the plain forward/backward/step loop",
+        ),
+    )
 
     @property
     def show_progress(self) -> bool:
@@ -66,9 +92,13 @@ class LoopConfig:
         if self.checkpoint_every < 0:
             raise ValueError(f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
         if self.eval_every < 0:
-            raise ValueError(f"--eval-every must be >= 0 (0: evaluate at the end of each epoch only), got {self.eval_every}")
+            raise ValueError(
+                f"--eval-every must be >= 0 (0: evaluate at the end of each epoch only), got {self.eval_every}"
+            )
         if self.early_stop_patience < 0:
-            raise ValueError(f"--early-stop-patience must be >= 0 (0: train all epochs), got {self.early_stop_patience}")
+            raise ValueError(
+                f"--early-stop-patience must be >= 0 (0: train all epochs), got {self.early_stop_patience}"
+            )
         if self.log_every < 1:
             raise ValueError(f"--log-every must be >= 1 (steps between train-loss records), got {self.log_every}")
         if self.pipeline not in PIPELINES:
@@ -78,8 +108,14 @@ class LoopConfig:
 class StepSegment:
     """Steps over ``batches`` until exhausted or closed; iterate for the per-step losses."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[LoadedBatch],
-                 device: torch.device, pipeline: str) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        batches: Iterable[LoadedBatch],
+        device: torch.device,
+        pipeline: str,
+    ) -> None:
         if pipeline not in PIPELINES:
             raise ValueError(f"--pipeline must be one of {', '.join(PIPELINES)}, got {pipeline!r}")
         self.model, self.optimizer, self.device = model, optimizer, device
@@ -169,8 +205,9 @@ class Boundaries:
         return None
 
 
-def run_segment(losses: Iterator[torch.Tensor], cursor: Cursor, boundaries: Boundaries,
-                after_step: Callable[[torch.Tensor], None]) -> SegmentEnd:
+def run_segment(
+    losses: Iterator[torch.Tensor], cursor: Cursor, boundaries: Boundaries, after_step: Callable[[torch.Tensor], None]
+) -> SegmentEnd:
     """Take steps from ``losses`` (an iterating StepSegment) until a boundary; returns which. The
     iterator stays open: after CHECKPOINT_DUE the caller goes on with the same one. ``after_step``
     gets each step's loss once ``cursor`` counts it (the trainer's lr, tally and log)."""

@@ -30,30 +30,55 @@ APPLIES_TO = ("all", "dense", "embedding")
 class LRScheduleConfig:
     """Warm-up and decay steps; 0/0/0 is a constant lr (no schedule)."""
 
-    warmup_steps: int = field(default=0, metadata=flag(
-        "--lr-warmup-steps", help="linear warm-up of the lr from lr/N at step 1 to the full lr at step N (0: none)"))
-    decay_start: int = field(default=0, metadata=flag(
-        "--lr-decay-start", help="first step of the lr decay (>= --lr-warmup-steps; needs --lr-decay-steps)"))
-    decay_steps: int = field(default=0, metadata=flag(
-        "--lr-decay-steps", help="polynomial decay (power 2) of the lr over this many steps from --lr-decay-start, "
-        "then held at lr/N^2 (0: no decay)"))
-    applies_to: str = field(default="all", metadata=flag(
-        "--lr-schedule-applies-to", choices=APPLIES_TO,
-        help="which lrs follow the schedule: all, dense (--dense-lr: MLPs, projections) or embedding "
-        "(--embedding-lr: the tables)"))
+    warmup_steps: int = field(
+        default=0,
+        metadata=flag(
+            "--lr-warmup-steps", help="linear warm-up of the lr from lr/N at step 1 to the full lr at step N (0: none)"
+        ),
+    )
+    decay_start: int = field(
+        default=0,
+        metadata=flag(
+            "--lr-decay-start", help="first step of the lr decay (>= --lr-warmup-steps; needs --lr-decay-steps)"
+        ),
+    )
+    decay_steps: int = field(
+        default=0,
+        metadata=flag(
+            "--lr-decay-steps",
+            help="polynomial decay (power 2) of the lr over this many steps from --lr-decay-start, "
+            "then held at lr/N^2 (0: no decay)",
+        ),
+    )
+    applies_to: str = field(
+        default="all",
+        metadata=flag(
+            "--lr-schedule-applies-to",
+            choices=APPLIES_TO,
+            help="which lrs follow the schedule: all, dense (--dense-lr: MLPs, projections) or embedding "
+            "(--embedding-lr: the tables)",
+        ),
+    )
 
     def __post_init__(self) -> None:
-        for name, value in (("--lr-warmup-steps", self.warmup_steps), ("--lr-decay-start", self.decay_start),
-                            ("--lr-decay-steps", self.decay_steps)):
+        for name, value in (
+            ("--lr-warmup-steps", self.warmup_steps),
+            ("--lr-decay-start", self.decay_start),
+            ("--lr-decay-steps", self.decay_steps),
+        ):
             if value < 0:
                 raise ValueError(f"{name} must be >= 0 steps (0: off), got {value}")
         if self.applies_to not in APPLIES_TO:
-            raise ValueError(f"--lr-schedule-applies-to must be one of {', '.join(APPLIES_TO)}, got {self.applies_to!r}")
+            raise ValueError(
+                f"--lr-schedule-applies-to must be one of {', '.join(APPLIES_TO)}, got {self.applies_to!r}"
+            )
         if self.decay_start and not self.decay_steps:
             raise ValueError(f"--lr-decay-start {self.decay_start} needs --lr-decay-steps > 0 (the decay's length)")
         if self.decay_steps and self.decay_start < self.warmup_steps:
-            raise ValueError(f"--lr-decay-start ({self.decay_start}) must be >= --lr-warmup-steps "
-                             f"({self.warmup_steps}): the warm-up ends before the decay starts")
+            raise ValueError(
+                f"--lr-decay-start ({self.decay_start}) must be >= --lr-warmup-steps "
+                f"({self.warmup_steps}): the warm-up ends before the decay starts"
+            )
 
     @property
     def constant(self) -> bool:

@@ -68,11 +68,15 @@ class OptimConfig:
                 f"(the fused CPU/GPU kernels); got {self.embedding_optimizer!r}"
             )
         if self.dense_precision not in DENSE_PRECISIONS:
-            raise ValueError(f"--dense-precision must be one of {', '.join(DENSE_PRECISIONS)}; got {self.dense_precision!r}")
+            raise ValueError(
+                f"--dense-precision must be one of {', '.join(DENSE_PRECISIONS)}; got {self.dense_precision!r}"
+            )
         if self.dense_precision == "fp16":
             raise ValueError(FP16_REFUSAL)
         if self.dense_optimizer not in DENSE_OPTIMIZERS:
-            raise ValueError(f"--dense-optimizer must be one of {sorted(DENSE_OPTIMIZERS)}; got {self.dense_optimizer!r}")
+            raise ValueError(
+                f"--dense-optimizer must be one of {sorted(DENSE_OPTIMIZERS)}; got {self.dense_optimizer!r}"
+            )
         for flag, value in (("--embedding-lr", self.embedding_lr), ("--dense-lr", self.dense_lr), ("eps", self.eps)):
             if not (math.isfinite(value) and value > 0):  # nan <= 0 is False: test finiteness
                 raise ValueError(f"{flag} must be a finite number > 0, got {value}")
@@ -128,12 +132,12 @@ def build_optimizer(sharded_model: nn.Module, config: OptimConfig) -> CombinedOp
     if replicated_tables:
         table_cls = EMBEDDING_OPTIMIZERS[config.embedding_optimizer]
         table_kwargs = config._kwargs(config.embedding_optimizer, config.embedding_lr)
-        optimizers.append(
-            KeyedOptimizerWrapper(replicated_tables, lambda params: table_cls(params, **table_kwargs))
-        )
+        optimizers.append(KeyedOptimizerWrapper(replicated_tables, lambda params: table_cls(params, **table_kwargs)))
     cls = DENSE_OPTIMIZERS[config.dense_optimizer]
-    kwargs = {**config._kwargs(config.dense_optimizer, config.dense_lr),
-              **fused_kwargs(config.dense_optimizer, dense_params.values())}
+    kwargs = {
+        **config._kwargs(config.dense_optimizer, config.dense_lr),
+        **fused_kwargs(config.dense_optimizer, dense_params.values()),
+    }
     optimizers.append(KeyedOptimizerWrapper(dense_params, lambda params: cls(params, **kwargs)))
     return CombinedOptimizer(optimizers)
 

@@ -30,6 +30,7 @@ def _autocast(forward: Callable[..., Any], device_type: str, dtype: torch.dtype)
     def run(*args: Any, **kwargs: Any) -> torch.Tensor:
         with torch.autocast(device_type, dtype=dtype):
             return forward(*args, **kwargs).float()  # the loss and the metrics in fp32
+
     return run
 
 

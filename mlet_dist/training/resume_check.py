@@ -16,8 +16,7 @@ from mlet_dist.training.config import TrainConfig
 
 def model_shape(cfg: TrainConfig) -> Dict[str, Any]:
     """The flags that decide the model's tensors (what a checkpoint must match), as given on the CLI."""
-    shape: Dict[str, Any] = {"--model": "mlet" if cfg.embedding.mlet else "baseline",
-                             "-d": cfg.embedding.embedding_dim}
+    shape: Dict[str, Any] = {"--model": "mlet" if cfg.embedding.mlet else "baseline", "-d": cfg.embedding.embedding_dim}
     if cfg.embedding.mlet:
         shape["-k"] = cfg.embedding.inner_dim
         shape["--projection-after-comm"] = not cfg.sharding.owner_projection

@@ -108,9 +108,11 @@ class RunDirectory:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as e:
-                print(f"warning: no TensorBoard event files ({e}); `pip install tensorboard` "
-                      "(requirements/common.txt) to get them. metrics.jsonl is still written.",
-                      file=sys.stderr)
+                print(
+                    f"warning: no TensorBoard event files ({e}); `pip install tensorboard` "
+                    "(requirements/common.txt) to get them. metrics.jsonl is still written.",
+                    file=sys.stderr,
+                )
                 return None
             # A previous attempt left event files: purge its curves from the step this attempt
             # starts at (the resumed checkpoint's step + 1, or 0 when it starts over).
@@ -248,8 +250,11 @@ def claim_run_dir(run_dir: Path, fresh: bool, is_main: bool) -> RunDirClaim:
     if problem is not None:
         raise RunDirBusy(problem)
     if claim.moved_to is not None:
-        print(f"warning: --no-resume: moved the earlier run's files in {run_dir} to {claim.moved_to}",
-              file=sys.stderr, flush=True)
+        print(
+            f"warning: --no-resume: moved the earlier run's files in {run_dir} to {claim.moved_to}",
+            file=sys.stderr,
+            flush=True,
+        )
     return claim
 
 

@@ -105,9 +105,17 @@ class _EpochRun:
 
 class Trainer:
     def __init__(
-        self, cfg: LoopConfig, env: DistEnv, model: nn.Module, optimizer: CombinedOptimizer,
-        train_stream: ParquetBatchStream, evaluate: Callable[[], Metrics], out: RunDirectory,
-        keeper: BestModelKeeper, checkpoints: CheckpointManager, lr_schedule: Optional[LRSchedule] = None,
+        self,
+        cfg: LoopConfig,
+        env: DistEnv,
+        model: nn.Module,
+        optimizer: CombinedOptimizer,
+        train_stream: ParquetBatchStream,
+        evaluate: Callable[[], Metrics],
+        out: RunDirectory,
+        keeper: BestModelKeeper,
+        checkpoints: CheckpointManager,
+        lr_schedule: Optional[LRSchedule] = None,
     ) -> None:
         self.cfg, self.env, self.model, self.optimizer = cfg, env, model, optimizer
         self.lr_schedule = lr_schedule or LRSchedule([], LRScheduleConfig())  # default: constant lrs
@@ -115,7 +123,9 @@ class Trainer:
         self.keeper, self.checkpoints = keeper, checkpoints
         self.cursor = Cursor()
         self._fault = planned_fault("step", env.rank)  # read once: None in every normal run
-        self.boundaries = Boundaries(cfg.eval_every, cfg.checkpoint_every, None if self._fault is None else self._fault.step)
+        self.boundaries = Boundaries(
+            cfg.eval_every, cfg.checkpoint_every, None if self._fault is None else self._fault.step
+        )
         self.train_seconds = 0.0
         self.evaluations = 0
         self._eval_seconds = 0.0
@@ -137,8 +147,13 @@ class Trainer:
         except CheckpointError as err:
             raise SystemExit(f"error: {err}")
         if plan is not None and resume_batch == 0 and position.epoch < self.cfg.epochs:  # another shape
-            self.out.log("resume_rows", epoch=position.epoch, rows_left=plan_rows(plan),
-                         batches=self.train_stream.num_batches(plan), note=note)
+            self.out.log(
+                "resume_rows",
+                epoch=position.epoch,
+                rows_left=plan_rows(plan),
+                batches=self.train_stream.num_batches(plan),
+                note=note,
+            )
             if note and self.env.is_main:
                 print(f"warning: resuming epoch {position.epoch} in another shape: {note}")
         self._points_since_best = int(position.extra.get("points_since_best", 0))
@@ -150,8 +165,9 @@ class Trainer:
             if self.stopped_early_at is not None:
                 break
         self.checkpoints.finish_pending()
-        return FitResult(self.global_step, self.train_seconds, self.evaluations, self.stopped_early_at,
-                         self.dead_run.verdict())
+        return FitResult(
+            self.global_step, self.train_seconds, self.evaluations, self.stopped_early_at, self.dead_run.verdict()
+        )
 
     def _patience_exhausted(self) -> bool:
         patience = self.cfg.early_stop_patience
@@ -162,9 +178,17 @@ class Trainer:
         evaluation point and checkpoint, unless early stopping ended it inside."""
         self.cursor.next_batch, self.cursor.batches = start, self.train_stream.num_batches(plan)
         self._eval_seconds = 0.0
-        run = _EpochRun(epoch, plan, LossTally(self.env.rank), tqdm(
-            total=self.cursor.batches - start, desc=f"epoch {epoch}", unit="batch",
-            disable=not (self.cfg.show_progress and self.env.is_main)))
+        run = _EpochRun(
+            epoch,
+            plan,
+            LossTally(self.env.rank),
+            tqdm(
+                total=self.cursor.batches - start,
+                desc=f"epoch {epoch}",
+                unit="batch",
+                disable=not (self.cfg.show_progress and self.env.is_main),
+            ),
+        )
         started = time.perf_counter()
         end = self._train_steps(run)
         run.bar.close()
@@ -196,9 +220,13 @@ class Trainer:
         checkpoint (saved on the way, the pipeline going on); closed when it returns, so that an
         evaluation finds the model's own forwards."""
         self.lr_schedule.apply(self.global_step + 1)  # the coming step's lr, before its zero_grad
-        segment = StepSegment(self.model, self.optimizer,
-                              self.train_stream.iter_from(self.cursor.next_batch, run.epoch, run.plan),
-                              self.env.device, self.cfg.pipeline)
+        segment = StepSegment(
+            self.model,
+            self.optimizer,
+            self.train_stream.iter_from(self.cursor.next_batch, run.epoch, run.plan),
+            self.env.device,
+            self.cfg.pipeline,
+        )
         losses = iter(segment)
         after_step = functools.partial(self._after_step, run, segment)
         end = run_segment(losses, self.cursor, self.boundaries, after_step)
@@ -241,12 +269,19 @@ class Trainer:
         before the last epoch."""
         epoch = run.epoch
         metrics = self._evaluation_point(
-            epoch, is_last=epoch == self.cfg.epochs - 1, event="epoch", window_loss=run.losses.take_window_mean(),
-            train_loss=mean_loss, samples_per_s=samples_per_s)
+            epoch,
+            is_last=epoch == self.cfg.epochs - 1,
+            event="epoch",
+            window_loss=run.losses.take_window_mean(),
+            train_loss=mean_loss,
+            samples_per_s=samples_per_s,
+        )
         self._save_checkpoint(epoch + 1, 0, None)
         if self.env.is_main:
-            print(f"epoch {epoch}: train loss {mean_loss:.4f}  "
-                  f"val AUC {metrics['val']['auc']:.4f}  test AUC {metrics['test']['auc']:.4f}")
+            print(
+                f"epoch {epoch}: train loss {mean_loss:.4f}  "
+                f"val AUC {metrics['val']['auc']:.4f}  test AUC {metrics['test']['auc']:.4f}"
+            )
         if self._patience_exhausted() and epoch < self.cfg.epochs - 1:
             self._stop(epoch)
 
@@ -265,14 +300,22 @@ class Trainer:
 
     def _stop(self, epoch: int) -> None:
         self.stopped_early_at = self.global_step
-        self.out.log("early_stop", epoch=epoch, step=self.global_step, best_step=self.keeper.best_step,
-                     patience=self.cfg.early_stop_patience)
+        self.out.log(
+            "early_stop",
+            epoch=epoch,
+            step=self.global_step,
+            best_step=self.keeper.best_step,
+            patience=self.cfg.early_stop_patience,
+        )
         if self.env.is_main:
-            print(f"early stop at step {self.global_step}: no better val AUC in "
-                  f"{self.cfg.early_stop_patience} evaluations (best: step {self.keeper.best_step})")
+            print(
+                f"early stop at step {self.global_step}: no better val AUC in "
+                f"{self.cfg.early_stop_patience} evaluations (best: step {self.keeper.best_step})"
+            )
 
-    def _evaluation_point(self, epoch: int, is_last: bool, event: str, window_loss: Optional[float] = None,
-                          **fields: float) -> Metrics:
+    def _evaluation_point(
+        self, epoch: int, is_last: bool, event: str, window_loss: Optional[float] = None, **fields: float
+    ) -> Metrics:
         started = time.perf_counter()
         self.checkpoints.finish_pending()
         metrics = self.evaluate()
@@ -281,8 +324,9 @@ class Trainer:
         self._points_since_best = 0 if best else self._points_since_best + 1
         self.out.log(event, epoch=epoch, step=self.global_step, best=best, **fields, **metrics)
         val = metrics["val"]
-        warning = self.dead_run.observe(self.global_step, val["auc"], val_logloss=val.get("logloss"),
-                                        val_ne=val.get("ne"), train_loss=window_loss)
+        warning = self.dead_run.observe(
+            self.global_step, val["auc"], val_logloss=val.get("logloss"), val_ne=val.get("ne"), train_loss=window_loss
+        )
         if warning:
             self.out.log("dead_run", epoch=epoch, step=self.global_step, **self.dead_run.verdict())
             if self.env.is_main:
@@ -299,9 +343,23 @@ class Trainer:
             self.out.log("spectra", epoch=epoch, step=self.global_step, **spectra)
 
     def _save_checkpoint(self, epoch: int, batch_in_epoch: int, plan: Optional[Plan]) -> None:
-        extra = {"best": self.keeper.state(), "train_seconds": self.train_seconds,
-                 "points_since_best": self._points_since_best, "dead_run": self.dead_run.state(),
-                 "evaluations": self.evaluations}
-        self.checkpoints.save(self.model, self.optimizer, TrainPosition(
-            self.global_step, epoch, batch_in_epoch, self.env.world_size, extra,
-            self.train_stream.global_batch_size, self.train_stream.data_record(plan)))
+        extra = {
+            "best": self.keeper.state(),
+            "train_seconds": self.train_seconds,
+            "points_since_best": self._points_since_best,
+            "dead_run": self.dead_run.state(),
+            "evaluations": self.evaluations,
+        }
+        self.checkpoints.save(
+            self.model,
+            self.optimizer,
+            TrainPosition(
+                self.global_step,
+                epoch,
+                batch_in_epoch,
+                self.env.world_size,
+                extra,
+                self.train_stream.global_batch_size,
+                self.train_stream.data_record(plan),
+            ),
+        )

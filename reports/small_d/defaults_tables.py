@@ -59,8 +59,10 @@ def main(runs_dir: Path) -> None:
         b = [base[s]["trained"]["test"]["auc"] for s in paired]
         diff = compare_seeds(a, b)
         below = sum(x < 0 for x in deltas)
-        print(f"- MLET k={k} d=4 − baseline d=4: {diff.delta:+.4f} [{diff.low:+.4f}, {diff.high:+.4f}] "
-              f"({diff.verdict}); per seed {', '.join(f'{x:+.4f}' for x in deltas)}; below on {below}/{len(paired)}")
+        print(
+            f"- MLET k={k} d=4 − baseline d=4: {diff.delta:+.4f} [{diff.low:+.4f}, {diff.high:+.4f}] "
+            f"({diff.verdict}); per seed {', '.join(f'{x:+.4f}' for x in deltas)}; below on {below}/{len(paired)}"
+        )
 
 
 if __name__ == "__main__":

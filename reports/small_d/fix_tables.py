@@ -50,12 +50,18 @@ def main(ref_dirs: str, candidates: List[Tuple[str, str]]) -> None:
             print(f"<!-- {label}: rerun {_name(key)} seeds {seeds} identical to the reference: {same} -->")
         mlet = {k: v for k, v in runs.items() if k[0] == "mlet"}
         print("\n".join(per_seed(mlet, label)), "\n")
-        print(f"| {label} | − baseline same d: mean [95 % t] | ≥ baseline | − paper default (lr 0.05): mean [95 % t] | ≥ paper |")
+        print(
+            f"| {label} | − baseline same d: mean [95 % t] | ≥ baseline | − paper default (lr 0.05): mean [95 % t] | ≥ paper |"
+        )
         print("|---|---|---:|---|---:|")
         for key in sorted(mlet, key=lambda k: (k[2], k[1] or 0)):
             base = ref.get(("baseline", None, key[2]))
             paper = ref.get(key)
-            vs_base = (paired(mlet[key], base, equivalence=False), _count(mlet[key], base)) if base else ("no baseline at this d", "–")
+            vs_base = (
+                (paired(mlet[key], base, equivalence=False), _count(mlet[key], base))
+                if base
+                else ("no baseline at this d", "–")
+            )
             vs_paper = (paired(mlet[key], paper, equivalence=False), _count(mlet[key], paper)) if paper else ("–", "–")
             print(f"| {_name(key)} | {vs_base[0]} | {vs_base[1]} | {vs_paper[0]} | {vs_paper[1]} |")
         print()
@@ -65,7 +71,9 @@ def main(ref_dirs: str, candidates: List[Tuple[str, str]]) -> None:
     print("| configuration | candidate − candidate, test AUC: mean [95 % t] | ≥ |\n|---|---|---:|")
     for label, b in others:
         for key in sorted((k for k in a if k in b and k[0] == "mlet"), key=lambda k: (k[2], k[1] or 0)):
-            print(f"| {_name(key)}: {first} − {label} | {paired(a[key], b[key], equivalence=False)} | {_count(a[key], b[key])} |")
+            print(
+                f"| {_name(key)}: {first} − {label} | {paired(a[key], b[key], equivalence=False)} | {_count(a[key], b[key])} |"
+            )
 
 
 if __name__ == "__main__":

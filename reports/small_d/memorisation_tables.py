@@ -44,11 +44,13 @@ def main(argv: List[str]) -> None:
     split = argv.index("--compare") if "--compare" in argv else len(argv)
     groups = {t: [Path(d) for d in ds.split(",")] for t, ds in (a.split("::", 1) for a in argv[:split])}
     aucs = rows(groups)
-    for pair in argv[split + 1:]:
+    for pair in argv[split + 1 :]:
         a, b = pair.split("::")
         diff = compare_seeds(aucs[a], aucs[b])
-        print(f"- {a} − {b}: {diff.delta:+.4f} [{diff.low:+.4f}, {diff.high:+.4f}] ({diff.verdict}; "
-              f"seeds {diff.seeds_a}/{diff.seeds_b})")
+        print(
+            f"- {a} − {b}: {diff.delta:+.4f} [{diff.low:+.4f}, {diff.high:+.4f}] ({diff.verdict}; "
+            f"seeds {diff.seeds_a}/{diff.seeds_b})"
+        )
 
 
 if __name__ == "__main__":

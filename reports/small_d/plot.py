@@ -31,7 +31,7 @@ def curves(out: Path, panels: Dict[str, List[Path]]) -> None:
     cols = min(len(panels), 4)
     rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False, sharey=True)
-    for ax in axes.flat[len(panels):]:
+    for ax in axes.flat[len(panels) :]:
         ax.axis("off")
     for ax, (title, dirs) in zip(axes.flat, panels.items()):
         for run_dir in dirs:
@@ -40,8 +40,14 @@ def curves(out: Path, panels: Dict[str, List[Path]]) -> None:
             dead = bool((summary.get("dead_run") or {}).get("dead"))
             match = re.search(r"s(\d+)$", run_dir.name)
             seed = match.group(1) if match else run_dir.name
-            ax.plot([e["step"] for e in pts], [e["val"]["auc"] for e in pts], marker="o", markersize=3,
-                    linestyle="--" if dead else "-", label=f"seed {seed}" + (" (dead)" if dead else ""))
+            ax.plot(
+                [e["step"] for e in pts],
+                [e["val"]["auc"] for e in pts],
+                marker="o",
+                markersize=3,
+                linestyle="--" if dead else "-",
+                label=f"seed {seed}" + (" (dead)" if dead else ""),
+            )
         ax.axhspan(0.45, 0.55, color="red", alpha=0.08)  # the dead-run band
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("step")
@@ -55,8 +61,12 @@ def curves(out: Path, panels: Dict[str, List[Path]]) -> None:
 
 def probe(out: Path, probes: Dict[str, Path]) -> None:
     plt = pyplot()
-    keys = [("e_norm", "mean |pooled embedding| (d-wide)"), ("dot_rms", "rms of the dot interactions"),
-            ("alive_units", "top-MLP last hidden units alive"), ("loss", "train loss (batch)")]
+    keys = [
+        ("e_norm", "mean |pooled embedding| (d-wide)"),
+        ("dot_rms", "rms of the dot interactions"),
+        ("alive_units", "top-MLP last hidden units alive"),
+        ("loss", "train loss (batch)"),
+    ]
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4))
     for label, path in probes.items():
         rows = [r for r in map(json.loads, path.read_text().splitlines()) if "loss" in r]
@@ -79,8 +89,13 @@ def dense(out: Path, probes: Dict[str, Path]) -> None:
     for label, path in probes.items():
         rows = [r for r in map(json.loads, path.read_text().splitlines()) if "loss" in r]
         for ax, (key, title) in zip(axes, keys):
-            ax.plot([r["step"] for r in rows], [r[key] for r in rows], marker=".", label=label,
-                    linestyle="--" if label.startswith("slow") else "-")
+            ax.plot(
+                [r["step"] for r in rows],
+                [r[key] for r in rows],
+                marker=".",
+                label=label,
+                linestyle="--" if label.startswith("slow") else "-",
+            )
             ax.set_title(title, fontsize=9)
             ax.set_xlabel("step")
             ax.grid(True, alpha=0.3)

@@ -26,12 +26,15 @@ def _series(run_dir: Path) -> Dict[str, Series]:
     the label entropy (val logloss / val NE) the constant predictor scores."""
     events = _events(run_dir)
     train = [e for e in events if e.get("event") == "train"]
-    points = sorted({e["step"]: e for e in events if e.get("event") in ("eval", "epoch")}.values(),
-                    key=lambda e: e["step"])
-    return {"train loss": ([e["step"] for e in train], [e["loss"] for e in train]),
-            "val logloss": ([e["step"] for e in points], [e["val"]["logloss"] for e in points]),
-            "val AUC": ([e["step"] for e in points], [e["val"]["auc"] for e in points]),
-            "entropy": ([0], [points[0]["val"]["logloss"] / points[0]["val"]["ne"]] if points else [])}
+    points = sorted(
+        {e["step"]: e for e in events if e.get("event") in ("eval", "epoch")}.values(), key=lambda e: e["step"]
+    )
+    return {
+        "train loss": ([e["step"] for e in train], [e["loss"] for e in train]),
+        "val logloss": ([e["step"] for e in points], [e["val"]["logloss"] for e in points]),
+        "val AUC": ([e["step"] for e in points], [e["val"]["auc"] for e in points]),
+        "entropy": ([0], [points[0]["val"]["logloss"] / points[0]["val"]["ne"]] if points else []),
+    }
 
 
 def plot(out: Path, groups: Dict[str, List[Path]]) -> None:

@@ -41,7 +41,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--every", type=int, default=5)
     args = p.parse_args(argv[:split])
-    cfg = parse_args(argv[split + 1:])
+    cfg = parse_args(argv[split + 1 :])
     env = init_distributed("gloo")
     meta = DatasetMeta.load(cfg.data)
     build = model_factory(cfg.model, meta.table_sizes, len(meta.dense_features), meta.pooling)
@@ -75,8 +75,17 @@ def main() -> None:
     dlrm.inter_arch.register_forward_hook(keep_inter)
     dlrm.over_arch.model[0].register_forward_hook(keep_hidden)
     dlrm.over_arch.register_forward_hook(keep_logit)
-    stream = ParquetBatchStream(cfg.data, "train", cfg.batch_size, env.rank, env.world_size, drop_last=True,
-                                shuffle=cfg.input.shuffle, seed=cfg.seed, prefetch=0)
+    stream = ParquetBatchStream(
+        cfg.data,
+        "train",
+        cfg.batch_size,
+        env.rank,
+        env.world_size,
+        drop_last=True,
+        shuffle=cfg.input.shuffle,
+        seed=cfg.seed,
+        prefetch=0,
+    )
     rows: List[Dict[str, float]] = []
     step = 0
     epoch = 0
@@ -92,8 +101,10 @@ def main() -> None:
                     e, x, inter, h = seen["e"], seen["x"], seen["inter"], seen["h"]
                     d = x.shape[1]
                     row = {
-                        "step": step, "loss": float(loss),
-                        "e_rms": _rms(e), "e_norm": float(e.detach().norm(dim=2).mean()),
+                        "step": step,
+                        "loss": float(loss),
+                        "e_rms": _rms(e),
+                        "e_norm": float(e.detach().norm(dim=2).mean()),
                         "x_norm": float(x.detach().norm(dim=1).mean()),
                         "dot_rms": _rms(inter[:, d:]),
                         "e_grad_rms": _rms(e.grad) if e.grad is not None else float("nan"),
@@ -111,9 +122,12 @@ def main() -> None:
                     with torch.no_grad():
                         sharded(loaded.batch)
                     delta = (seen["e"] - e0).pow(2).mean(dim=(0, 2)).sqrt()  # per feature, rms per element
-                    first = {"step": 0, "first_step_delta_rms_median": float(delta.median()),
-                             "first_step_delta_rms_mean": float(delta.mean()),
-                             "first_step_delta_rms_per_feature": [round(float(x), 4) for x in delta]}
+                    first = {
+                        "step": 0,
+                        "first_step_delta_rms_median": float(delta.median()),
+                        "first_step_delta_rms_mean": float(delta.mean()),
+                        "first_step_delta_rms_per_feature": [round(float(x), 4) for x in delta],
+                    }
                     fh.write(json.dumps(first) + "\n")
                 step += 1
                 if step >= args.steps:

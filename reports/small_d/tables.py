@@ -46,8 +46,10 @@ def _name(key: Tuple[str, Optional[int], int]) -> str:
 
 def per_seed(runs: Runs, label: str) -> List[str]:
     seeds = sorted({s for v in runs.values() for s in v})
-    lines = [f"| {label} | " + " | ".join(f"seed {s}" for s in seeds) + " | dead |",
-             "|---|" + "---:|" * len(seeds) + "---:|"]
+    lines = [
+        f"| {label} | " + " | ".join(f"seed {s}" for s in seeds) + " | dead |",
+        "|---|" + "---:|" * len(seeds) + "---:|",
+    ]
     for key in sorted(runs, key=lambda k: (k[0] != "baseline", k[1] or 0, k[2])):
         cells = [f"{runs[key][s][0]:.4f}" if s in runs[key] else "–" for s in seeds]
         dead = sum(1 for v in runs[key].values() if v[1])
@@ -55,8 +57,9 @@ def per_seed(runs: Runs, label: str) -> List[str]:
     return lines
 
 
-def paired(a: Dict[int, Tuple[float, Optional[bool]]], b: Dict[int, Tuple[float, Optional[bool]]],
-           equivalence: bool = True) -> str:
+def paired(
+    a: Dict[int, Tuple[float, Optional[bool]]], b: Dict[int, Tuple[float, Optional[bool]]], equivalence: bool = True
+) -> str:
     """Mean (a − b) over the seeds both have, its 95 % t interval, the per-seed values and a verdict
     (``equivalence=False``: better / worse / inconclusive only)."""
     seeds = sorted(set(a) & set(b))
