@@ -27,44 +27,20 @@ from typing import Dict, List
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-CARDINALITIES = [
-    1460,
-    583,
-    10131227,
-    2202608,
-    305,
-    24,
-    12517,
-    633,
-    3,
-    93145,
-    5683,
-    8351593,
-    3194,
-    27,
-    14992,
-    5461306,
-    10,
-    5652,
-    2173,
-    4,
-    7046547,
-    18,
-    15,
-    286181,
-    105,
-    142572,
-]
-
 
 def dataset(work: Path, rows: int, row_group_rows: int) -> Path:
     from data_prep.writers import PARQUET_COMPRESSION
-    from data_prep.generate.synthetic import generate_dataset
+    from data_prep.generate.synthetic import TABLE_SIZE_PRESETS, generate_dataset
 
     out = work / f"synthetic-{rows}-rg{row_group_rows}-{PARQUET_COMPRESSION}"
     if not (out / "meta.json").is_file():
         generate_dataset(
-            out, rows, [min(c, 100_000) for c in CARDINALITIES], seed=0, overwrite=True, row_group_rows=row_group_rows
+            out,
+            rows,
+            [min(c, 100_000) for c in TABLE_SIZE_PRESETS["criteo-kaggle"]],
+            seed=0,
+            overwrite=True,
+            row_group_rows=row_group_rows,
         )
     return out
 
