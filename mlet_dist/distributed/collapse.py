@@ -39,7 +39,7 @@ directory is serving/serving_dir_writer.py, and mlet-collapse (a run directory) 
 import copy
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 import torch
 import torch.distributed as dist
@@ -373,12 +373,14 @@ def collapse_state_dict(
     state: Mapping[str, StateValue],
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     dtype: torch.dtype = torch.float32,
+    on_table: Optional[Callable[[int, int], None]] = None,
 ) -> Tuple[Dict[str, StateValue], CollapseStats]:
     """The collapsed model's state dict (d-wide tables as ShardedTensors) and what it cost.
 
     Collective when a process group is initialised: every rank calls it with its own
     ``model.state_dict()`` of the same model. Row chunks of ``chunk_rows`` bound the temporary
     memory; the order of collectives is the same on every rank (tables sorted by key).
+    ``on_table(done, total)`` is called after each table (progress of a long collapse).
     """
     if chunk_rows <= 0:
         raise ValueError(f"chunk_rows must be > 0, got {chunk_rows}")
@@ -399,7 +401,7 @@ def collapse_state_dict(
     started = time.perf_counter()
     collapsed: Dict[str, StateValue] = {}
     replaced: Set[str] = set()
-    for wide_key, proj_key, out_key, _table in pairs:
+    for done, (wide_key, proj_key, out_key, _table) in enumerate(pairs, 1):
         wide, proj = state[wide_key], state[proj_key]
         n, k = int(wide.size(0)), int(wide.size(1))
         if int(proj.size(0)) != k:
@@ -419,6 +421,8 @@ def collapse_state_dict(
         else:
             collapsed[out_key] = _as_sharded(plans[wide_key], local, n, d, dtype, placements)
         replaced.update((wide_key, proj_key))
+        if on_table is not None:
+            on_table(done, len(pairs))
     stats.seconds = time.perf_counter() - started
     groups.destroy()
 

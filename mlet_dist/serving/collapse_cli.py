@@ -31,12 +31,14 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 from torch import nn
 
+from data_prep.progress import StageLog
 from data_prep.safe_json import read_json_file
 from mlet_dist.config_flags import DefaultsHelpFormatter
 from mlet_dist.config_io import from_jsonable
 from mlet_dist.distributed.collapse import DEFAULT_CHUNK_ROWS
 from mlet_dist.serving.manifest import ServingDirError
 from mlet_dist.serving.model import SERVING_SHARDING_CHOICES, ServingModelConfig, ServingTopology
+from mlet_dist.serving.no_random_init import NoRandomInit
 from mlet_dist.distributed.safe_dcp import SafeFileSystemReader, UnsafeCheckpointError, safe_read_metadata
 from mlet_dist.distributed.sharding import ShardingConfig
 from mlet_dist.models.ranking import ModelConfig
@@ -77,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS, help="rows per matmul chunk")
     p.add_argument("--backend", choices=["auto", "gloo", "nccl"], default="auto")
     p.add_argument("--overwrite", action="store_true", help="replace an existing serving directory")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress lines (default: a line on stderr for each stage that runs more than a few seconds)",
+    )
     return p
 
 
@@ -210,8 +217,10 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     run_cfg = run_model(args.run_dir, args.data)
     checkpoint, why = select_checkpoint(args.run_dir, args.checkpoint)
     env = init_distributed(args.backend)
+    log = StageLog("mlet-collapse", enabled=env.is_main and not args.no_progress)
     try:
-        verify_checkpoint(checkpoint, env.rank, env.world_size)
+        with log.stage(f"verify {checkpoint.name}'s checksums"):
+            verify_checkpoint(checkpoint, env.rank, env.world_size)
         meta = DatasetMeta.load(run_cfg.data)
         build = model_factory(run_cfg.model, meta.table_sizes, len(meta.dense_features), meta.pooling)
         sharding = (
@@ -219,10 +228,12 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             if args.sharding is None
             else ShardingConfig(args.sharding, run_cfg.sharding.owner_projection)
         )
-        model = shard_model(build(torch.device("meta")), env, sharding)
+        with log.stage("build and shard the k-wide model"), NoRandomInit():  # load_checkpoint fills every weight
+            model = shard_model(build(torch.device("meta")), env, sharding)
         if env.is_main:
             print(f"loading {checkpoint} ({why}) on {env.world_size} rank(s)")
-        load_checkpoint(model, checkpoint)
+        with log.stage(f"load {checkpoint.name}"):
+            load_checkpoint(model, checkpoint)
         topology = ServingTopology(
             world_size=args.serve_world_size or env.world_size,
             local_world_size=args.serve_local_world_size,
@@ -247,6 +258,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             serving_sharding=args.serve_sharding,
             chunk_rows=args.chunk_rows,
             overwrite=args.overwrite,
+            log=log,
         )
         if env.is_main:
             print(

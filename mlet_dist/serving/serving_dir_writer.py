@@ -22,6 +22,7 @@ from torch import nn
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torch.distributed.checkpoint import FileSystemWriter
 
+from data_prep.progress import StageLog
 from mlet_dist.distributed.exact_save import ExactStorageSavePlanner
 from mlet_dist.distributed.collapse import DEFAULT_CHUNK_ROWS, CollapseStats, collapse_state_dict
 from mlet_dist.models.dlrm import bottom_mlp_output_of
@@ -148,9 +149,12 @@ def write_serving_dir(
     serving_sharding: str = "auto",
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     overwrite: bool = False,
+    log: Optional[StageLog] = None,
 ) -> WrittenServingDir:
     """Collapse ``model`` (DMP-sharded or plain; MLET or already d-wide) on the ranks that hold
-    its shards and write a serving directory at ``out_dir``. Returns the same on every rank."""
+    its shards and write a serving directory at ``out_dir``. Returns the same on every rank.
+    ``log``: a line per long stage (mlet-collapse's progress); none by default."""
+    log = log or StageLog("", enabled=False)
     rank, world = _rank_world()
     out_dir = Path(out_dir)
     staging = out_dir.with_name(out_dir.name + ".partial")
@@ -158,7 +162,8 @@ def write_serving_dir(
     if problem:
         raise ServingDirError(problem)
     topology = serving_topology or ServingTopology(world_size=world, compute_device=_device_type(model))
-    plan = plan_serving(model_config, topology, serving_sharding)  # every rank: fails together
+    with log.stage("plan the serving model"):
+        plan = plan_serving(model_config, topology, serving_sharding)  # every rank: fails together
     ends = bottom_mlp_output_of(model)
     if ends is not None and ends != model_config.bottom_mlp_output:  # same on every rank: fails together
         raise ServingDirError(
@@ -166,16 +171,23 @@ def write_serving_dir(
             f"bottom_mlp_output={model_config.bottom_mlp_output!r}: it would serve another function"
         )
 
-    state, stats = collapse_state_dict(model.state_dict(), chunk_rows=chunk_rows)
+    with log.stage("collapse T·W"):
+        state, stats = collapse_state_dict(
+            model.state_dict(), chunk_rows=chunk_rows, on_table=lambda done, total: log.tick(done, total, "tables")
+        )
     keys = _check_state(state, model_config)
 
     if rank == 0:
         shutil.rmtree(staging, ignore_errors=True)
         (staging / CHECKPOINT_DIR).mkdir(parents=True)
     _barrier()
-    dcp.save(state, storage_writer=FileSystemWriter(str(staging / CHECKPOINT_DIR)), planner=ExactStorageSavePlanner())
-    _barrier()
-    mine = file_entries(staging / CHECKPOINT_DIR, _local_files(staging / CHECKPOINT_DIR, rank))
+    with log.stage("write the d-wide checkpoint"):
+        dcp.save(
+            state, storage_writer=FileSystemWriter(str(staging / CHECKPOINT_DIR)), planner=ExactStorageSavePlanner()
+        )
+        _barrier()
+    with log.stage("sha256 of the written files"):
+        mine = file_entries(staging / CHECKPOINT_DIR, _local_files(staging / CHECKPOINT_DIR, rank))
     gathered: List[Optional[Dict[str, Any]]] = [mine]
     if world > 1:
         gathered = [None] * world
