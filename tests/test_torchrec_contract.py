@@ -20,10 +20,17 @@ from torch.distributed.checkpoint.staging import AsyncStager
 from torch.distributed.remote_device import _remote_device
 from torchrec.distributed.embedding_lookup import GroupedPooledEmbeddingsLookup
 from torchrec.distributed.embeddingbag import ShardedEmbeddingBagCollection
+from torchrec.distributed.model_parallel import (
+    DataParallelWrapper,
+    DefaultDataParallelWrapper,
+    DistributedModelParallel,
+)
 from torchrec.distributed.planner import EmbeddingShardingPlanner
 from torchrec.distributed.planner.types import Topology
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
-from torchrec.distributed.types import EmbeddingModuleShardingPlan, ParameterSharding
+from torchrec.distributed.types import EmbeddingModuleShardingPlan, ParameterSharding, ShardingEnv
+from torchrec.modules.embedding_configs import EmbeddingBagConfig
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from mlet_dist.distributed.safe_dcp import SafeLoadPlanner
 from mlet_dist.distributed.staging import HostCopyStager
@@ -70,7 +77,14 @@ CONTRACT = [
     (EmbeddingModuleShardingPlan, "_serialize", "method", "planning/plan_io.py: plan files in its layout"),
     (_traverse, "set_element", "method", "distributed/safe_dcp.py: SafeLoadPlanner.load_bytes"),
     (DefaultLoadPlanner, "load_bytes", "method", "distributed/safe_dcp.py: SafeLoadPlanner overrides it"),
+    (
+        DistributedModelParallel,
+        "_dmp_wrapped_module",
+        "attr",
+        "distributed/sharding.py: the dense part DDP wraps (left bare at world size 1)",
+    ),
 ]
+LINEAR = ["linear.weight", "linear.bias"]
 
 
 def _source(cls: type) -> str:
@@ -183,5 +197,40 @@ def test_ddp_rebuilds_its_buckets_once_and_we_can_do_it_at_construction(tmp_path
         logged = ddp._get_ddp_logging_data()
         assert logged["has_rebuilt_buckets"] == 1
         assert logged["rebuilt_per_bucket_param_indices"] == "0 1 2 3"  # parameter order, not ready order
+    finally:
+        dist.destroy_process_group()
+
+
+class _NoDataParallel(DataParallelWrapper):
+    def wrap(self, dmp: DistributedModelParallel, env: ShardingEnv, device: torch.device) -> None:
+        pass
+
+
+class _TablePlusLinear(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        config = EmbeddingBagConfig(name="t", num_embeddings=10, embedding_dim=4, feature_names=["f"])
+        self.ebc = EmbeddingBagCollection(tables=[config], device=torch.device("meta"))
+        self.linear = torch.nn.Linear(4, 1)
+
+
+def test_dmp_names_state_the_same_with_or_without_ddp(tmp_path: Path) -> None:
+    """distributed/sharding.py leaves one process's dense part unwrapped (no DDP) and relies on
+    DMP for the rest: the wrapper's wrap() decides alone (DMP wraps nothing itself), and DMP's
+    state_dict and named_parameters strip DDP's ``module.`` prefix, so checkpoints and optimizer
+    state keys are the same either way and resume across world sizes."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        wrapped = DistributedModelParallel(_TablePlusLinear(), data_parallel_wrapper=DefaultDataParallelWrapper())
+        bare = DistributedModelParallel(_TablePlusLinear(), data_parallel_wrapper=_NoDataParallel())
+        assert isinstance(wrapped._dmp_wrapped_module, DistributedDataParallel)
+        assert isinstance(bare._dmp_wrapped_module, _TablePlusLinear) and bare.module is bare._dmp_wrapped_module
+        assert list(wrapped.state_dict()) == list(bare.state_dict())
+        assert set(bare.state_dict()) == {"ebc.embedding_bags.t.weight", *LINEAR}
+        assert [n for n, _ in wrapped.named_parameters()] == [n for n, _ in bare.named_parameters()]
+        assert set(LINEAR) <= {n for n, _ in bare.named_parameters()}
     finally:
         dist.destroy_process_group()

@@ -120,7 +120,8 @@ def constraints_for(model: nn.Module, sharding: str) -> Optional[Dict[str, Param
 
 
 class FixedBucketDataParallelWrapper(DefaultDataParallelWrapper):
-    """TorchRec's DDP wrapper with one gradient-bucket layout for the job's life.
+    """TorchRec's DDP wrapper with one gradient-bucket layout for the job's life, and no DDP at
+    world size 1.
 
     DDP builds its buckets in reverse parameter order and rebuilds them after a process's first
     backward in gradient-ready order. A job resumed from a checkpoint runs its first step with the
@@ -132,12 +133,22 @@ class FixedBucketDataParallelWrapper(DefaultDataParallelWrapper):
     process of every attempt uses the same layout from its first step on. Without TorchRec's
     static_graph=True: a static graph's first iteration (the resumed process's first step) takes
     another reduction path, and with the early rebuild a 16-rank resume diverged (0.68 in a table
-    after 3 steps), while static_graph=False resumed bit-identical at 4 and 16 ranks."""
+    after 3 steps), while static_graph=False resumed bit-identical at 4 and 16 ranks.
 
-    def __init__(self, **kwargs: object) -> None:
+    One process has no peer to average gradients with, yet DDP's forward wrapper and reducer
+    cost ~0.5 ms of a ~15 ms batch-128 step (benchmarks/profiles/step_profile_b128_breakdown.md),
+    so at world size 1 the dense part stays unwrapped (``single_process_ddp`` keeps DDP, for
+    comparisons). DMP strips DDP's ``module.`` prefix from its state dict and parameter names, so
+    checkpoints and optimizer state read the same either way (tests/test_world_size_one.py)."""
+
+    def __init__(self, single_process_ddp: bool = False, **kwargs: object) -> None:
         super().__init__(**{"static_graph": False, **kwargs})
+        self._single_process_ddp = single_process_ddp
 
     def wrap(self, dmp: DistributedModelParallel, env: ShardingEnv, device: torch.device) -> None:
+        if env.world_size == 1 and not self._single_process_ddp:
+            dmp._dmp_wrapped_module.to(device)  # the one thing DDP's wrap does besides wrapping
+            return
         super().wrap(dmp, env, device)
         ddp = dmp._dmp_wrapped_module
         if isinstance(ddp, DistributedDataParallel):
@@ -155,22 +166,34 @@ def shard_model(
     config: ShardingConfig,
     constraints: Optional[Dict[str, ParameterConstraints]] = None,
     plan: Optional[ShardingPlan] = None,
+    single_process_ddp: bool = False,
 ) -> DistributedModelParallel:
     """Plan on the live process group (or take ``plan``, e.g. from a file) and wrap in DMP;
     ``model`` may live on the meta device. ``constraints`` (per table) override the single
-    ``config.sharding`` choice."""
-    import torch.distributed as dist
-
+    ``config.sharding`` choice. ``single_process_ddp`` wraps the dense part in DDP at world size 1
+    too (only to compare with; see FixedBucketDataParallelWrapper)."""
     sharders = default_sharders(config)
     mark_projection_after_comm(model, config)
-    if plan is not None:
-        return DistributedModelParallel(
-            module=model,
-            device=env.device,
-            plan=plan,
-            sharders=sharders,
-            data_parallel_wrapper=FixedBucketDataParallelWrapper(),
-        )
+    if plan is None:
+        plan = collective_plan(model, env, config, sharders, constraints)
+    return DistributedModelParallel(
+        module=model,
+        device=env.device,
+        plan=plan,
+        sharders=sharders,
+        data_parallel_wrapper=FixedBucketDataParallelWrapper(single_process_ddp=single_process_ddp),
+    )
+
+
+def collective_plan(
+    model: nn.Module,
+    env: DistEnv,
+    config: ShardingConfig,
+    sharders: List[ModuleSharder[nn.Module]],
+    constraints: Optional[Dict[str, ParameterConstraints]],
+) -> ShardingPlan:
+    """TorchRec's planner on the live process group: every rank gets rank 0's plan."""
+    import torch.distributed as dist
 
     topology = Topology(
         world_size=env.world_size,
@@ -182,11 +205,4 @@ def shard_model(
     planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)
     pg = dist.GroupMember.WORLD
     assert pg is not None, "init_distributed() first"
-    plan = planner.collective_plan(model, sharders, pg)
-    return DistributedModelParallel(
-        module=model,
-        device=env.device,
-        plan=plan,
-        sharders=sharders,
-        data_parallel_wrapper=FixedBucketDataParallelWrapper(),
-    )
+    return planner.collective_plan(model, sharders, pg)
