@@ -104,3 +104,70 @@ def test_stage_log_is_silent_for_quick_stages_and_speaks_for_long_ones(capsys: p
     with StageLog("prog", enabled=False, after_s=0.0).stage("off"):
         time.sleep(0.05)
     assert _lines(capsys) == []
+
+
+# --- mlet-export and the serving loaders -------------------------------------------------------
+
+EXPORT_STAGES = ("check and load", "write weights.safetensors", "fp32 predict module", "sha256 of the artifact files")
+
+
+@pytest.fixture(scope="module")
+def serving_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from mlet_dist.serving import write_serving_dir
+    from test_serving import small_config, trained_small_model
+
+    out = tmp_path_factory.mktemp("small") / "serving"
+    return write_serving_dir(trained_small_model(), out, small_config()).path
+
+
+def test_serving_loaders_draw_no_random_init(serving_dir: Path, one_rank_env) -> None:
+    from mlet_dist.distributed.env import init_distributed, shutdown_distributed
+    from mlet_dist.serving import load_serving_sharded
+
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    load_serving_model(serving_dir)
+    assert torch.equal(torch.get_rng_state(), before), "load_serving_model drew an init it overwrites"
+    init_distributed("gloo")
+    try:
+        load_serving_sharded(serving_dir)
+    finally:
+        shutdown_distributed()
+    assert torch.equal(torch.get_rng_state(), before), "load_serving_sharded drew an init it overwrites"
+
+
+def test_export_holds_one_copy_of_the_model_at_a_time(
+    serving_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gc
+    import weakref
+
+    from mlet_dist.serving import export_artifact as artifact_module
+
+    loaded: list = []
+
+    def load_one(*args: object, **kwargs: object) -> tuple:
+        gc.collect()
+        alive = [i for i, ref in enumerate(loaded) if ref() is not None]
+        assert not alive, f"load {len(loaded)} while the models of loads {alive} are still held"
+        model, sd = load_serving_model(*args, **kwargs)  # type: ignore[arg-type]
+        loaded.append(weakref.ref(model))
+        return model, sd
+
+    monkeypatch.setattr(artifact_module, "load_serving_model", load_one)
+    artifact_module.export_artifact(serving_dir, tmp_path / "artifact", ("fp32", "int8"))
+    assert len(loaded) == 3
+
+
+def test_export_prints_a_line_per_long_stage_and_none_with_no_progress(
+    serving_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from mlet_dist.serving import export_cli
+
+    monkeypatch.setattr(export_cli, "StageLog", functools.partial(StageLog, after_s=0.0))
+    export_cli.main([str(serving_dir), str(tmp_path / "a"), "--precision", "fp32"])
+    err = capsys.readouterr().err
+    for stage in EXPORT_STAGES:
+        assert f"mlet-export: {stage}" in err and err.count(": done in ") >= len(EXPORT_STAGES), err
+    export_cli.main([str(serving_dir), str(tmp_path / "b"), "--precision", "fp32", "--no-progress"])
+    assert "mlet-export:" not in capsys.readouterr().err

@@ -27,6 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import torch
 
 from data_prep.dataset_format import META_FILE, read_meta
+from data_prep.progress import StageLog
 from data_prep.safe_json import read_json_file
 from mlet_dist.digests import listed_file_problems
 from mlet_dist.serving.contract import build_contract, dataset_root, example_request
@@ -74,9 +75,11 @@ def export_artifact(
     precisions: Sequence[str] = ("fp32", "fp16", "int8"),
     data: Optional[PathLike] = None,
     overwrite: bool = False,
+    log: Optional[StageLog] = None,
 ) -> Artifact:
     """Check ``serving_dir`` (manifest, sha256), script one predict module per precision, write the
-    contract and the safetensors weights, and publish ``out`` atomically."""
+    contract and the safetensors weights, and publish ``out`` atomically. ``log``: a line per long
+    stage (mlet-export's progress); none by default."""
     out = Path(out)
     unknown = sorted(set(precisions) - set(TABLE_PRECISIONS))
     if unknown or not precisions:
@@ -89,7 +92,7 @@ def export_artifact(
     try:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)  # first: a read-only or misspelt location fails before the work
-        manifest = _write_staging(Path(serving_dir), staging, precisions, data)
+        manifest = _write_staging(Path(serving_dir), staging, precisions, data, log or StageLog("", False))
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)
@@ -105,40 +108,36 @@ def export_artifact(
 
 
 def _write_staging(
-    serving_dir: Path, staging: Path, precisions: Sequence[str], data: Optional[PathLike]
+    serving_dir: Path, staging: Path, precisions: Sequence[str], data: Optional[PathLike], log: StageLog
 ) -> Dict[str, Any]:
     """Every file of the artifact in ``staging``, artifact.json last; returns its content."""
-    model, sd = load_serving_model(serving_dir)  # refuses a directory whose checksums disagree
+    with log.stage(f"check and load {serving_dir}"):
+        model, sd = load_serving_model(serving_dir)  # refuses a directory whose checksums disagree
     root = dataset_root(sd, data)
     meta: Optional[Dict[str, Any]] = None
     vocab_files: List[str] = []
     if root is not None:
         meta = read_meta(root)
-        vocab_files = _copy_raw_vocab(root, meta, staging / RAW_VOCAB)
+        with log.stage("copy the raw vocabulary"):
+            vocab_files = _copy_raw_vocab(root, meta, staging / RAW_VOCAB)
     contract = build_contract(sd.model_config, meta)
     sample = example_request(contract, batch_size=8)
     (staging / CONTRACT).write_text(json.dumps(contract, indent=1) + "\n")
-    save_weights(model, sd.model_config, staging / WEIGHTS)
-
-    checks: Dict[str, Any] = {}
+    with log.stage(f"write {WEIGHTS}"):
+        save_weights(model, sd.model_config, staging / WEIGHTS)
     with torch.inference_mode():
         reference = build_predict_module(model, "fp32")(sample)["default"]
+    del model  # one copy of the model at a time: each precision loads its own
+    checks = {}
     for precision in precisions:
-        fresh, _ = load_serving_model(serving_dir, verify=False)  # quantization swaps modules in place
-        scripted = script_predict_module(build_predict_module(fresh, precision), sample)
-        scripted.save(str(staging / module_file(precision)))
-        reloaded = torch.jit.load(str(staging / module_file(precision)))
-        with torch.inference_mode():
-            diff = float((reloaded(sample)["default"] - reference).abs().max())
-        if precision == "fp32" and diff > FP32_SCRIPT_TOLERANCE:
-            raise ArtifactError(f"the scripted fp32 module differs from the eager model by {diff:.2e}")
-        checks[precision] = {
-            "max_abs_prob_diff_vs_eager_fp32": diff,
-            "sample_rows": int(sample["float_features"].shape[0]),
-        }
-
+        with log.stage(f"{precision} predict module"):
+            checks[precision] = _export_module(
+                serving_dir, staging / module_file(precision), precision, sample, reference
+            )
     names = [CONTRACT, WEIGHTS, *(module_file(p) for p in precisions), *vocab_files]
     _give_files_the_open_mode(staging)
+    with log.stage("sha256 of the artifact files"):
+        files = file_entries(staging, names)
     import fbgemm_gpu
     import torchrec
 
@@ -160,10 +159,27 @@ def _write_staging(
         "interface": {"inputs": list(contract["inputs"]), "output": "default"},
         "raw_vocabulary": RAW_VOCAB if vocab_files else None,
         "checks": checks,
-        "files": file_entries(staging, names),
+        "files": files,
     }
     (staging / ARTIFACT).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     return manifest
+
+
+def _export_module(
+    serving_dir: Path, path: Path, precision: str, sample: Dict[str, torch.Tensor], reference: torch.Tensor
+) -> Dict[str, Any]:
+    """Script the ``precision`` predict module into ``path`` and check its reloaded copy against the
+    eager fp32 ``reference``. Each copy of the model is let go before the next is made (the reloaded
+    module holds its own weights): at Kaggle size a copy is 2.2 GB."""
+    fresh, _ = load_serving_model(serving_dir, verify=False)  # quantization swaps modules in place
+    script_predict_module(build_predict_module(fresh, precision), sample).save(str(path))
+    del fresh
+    reloaded = torch.jit.load(str(path))
+    with torch.inference_mode():
+        diff = float((reloaded(sample)["default"] - reference).abs().max())
+    if precision == "fp32" and diff > FP32_SCRIPT_TOLERANCE:
+        raise ArtifactError(f"the scripted fp32 module differs from the eager model by {diff:.2e}")
+    return {"max_abs_prob_diff_vs_eager_fp32": diff, "sample_rows": int(sample["float_features"].shape[0])}
 
 
 def _copy_raw_vocab(root: Path, meta: Dict[str, Any], out: Path) -> List[str]:

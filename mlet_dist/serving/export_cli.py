@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 from typing import Optional, Sequence
 
+from data_prep.progress import StageLog
 from mlet_dist.config_flags import DefaultsHelpFormatter
 from mlet_dist.serving.manifest import ServingDirError
 from mlet_dist.serving.export_predict_module import TABLE_PRECISIONS
@@ -42,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the training dataset (for the contract's dense transform); default: where the manifest points",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing artifact directory")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress lines (default: a line on stderr for each stage that runs more than a few seconds)",
+    )
     return p
 
 
@@ -52,7 +58,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     quiet_library_logs()
     args = build_parser().parse_args(argv)
     try:
-        artifact = export_artifact(args.serving_dir, args.out, args.precision, data=args.data, overwrite=args.overwrite)
+        artifact = export_artifact(
+            args.serving_dir,
+            args.out,
+            args.precision,
+            data=args.data,
+            overwrite=args.overwrite,
+            log=StageLog("mlet-export", enabled=not args.no_progress),
+        )
     except (ServingDirError, ValueError, FileNotFoundError) as err:
         user_error_exit(err)
     m = artifact.manifest

@@ -20,6 +20,7 @@ from torchrec.models.dlrm import DLRMTrain
 from mlet_dist.planning.plan_io import PlanMismatchError, check_plan_fits, load_plan
 from mlet_dist.serving.manifest import ServingDir, ServingDirError, open_serving_dir
 from mlet_dist.serving.model import ServingTopology, build_serving_model, plan_serving
+from mlet_dist.serving.no_random_init import NoRandomInit
 from mlet_dist.distributed.safe_dcp import SafeFileSystemReader
 
 PathLike = Union[str, Path]
@@ -51,8 +52,9 @@ def load_serving_model(
         name in keys for name, _ in model.named_buffers()
     ):
         model = model.to_empty(device=device)  # every tensor is filled by the checkpoint below
-    else:
-        model = build_serving_model(sd.model_config, device)
+    else:  # a non-persistent buffer (InteractionArch's triu_indices) is computed in __init__: build it,
+        with NoRandomInit():  # without drawing the init of the parameters the checkpoint fills
+            model = build_serving_model(sd.model_config, device)
     state = model.state_dict()
     _load_into(state, sd, no_dist=True)
     model.load_state_dict(state)
@@ -106,7 +108,8 @@ def load_serving_sharded(
             chosen = plan_serving(config, topology, sharding, sharders=sharders, collective=True)
         else:
             raise ValueError(f"plan must be 'auto', 'saved', 'replan' or a ShardingPlan, got {plan!r}")
-    dmp = DistributedModelParallel(module=model, device=device, plan=chosen, sharders=list(sharders))
+    with NoRandomInit():  # every parameter is loaded below
+        dmp = DistributedModelParallel(module=model, device=device, plan=chosen, sharders=list(sharders))
     state = dmp.state_dict()
     _load_into(state, sd, no_dist=False)
     dmp.load_state_dict(state)

@@ -19,12 +19,15 @@ from torch.overrides import TorchFunctionMode
 RANDOM_FILLS = frozenset(
     {torch.Tensor.uniform_, torch.Tensor.normal_, init.uniform_, init.normal_, init.kaiming_uniform_}
 )
+# Random factories: fbgemm's dense table kernel allocates its weights with torch.randn.
+RANDOM_FACTORIES = frozenset({torch.randn, torch.rand})
 
 
 class NoRandomInit(TorchFunctionMode):
-    """``with NoRandomInit(): build()``: in-place random fills leave the tensor as allocated; every
-    other torch call runs as usual (deterministic buffers such as DLRM_DCN's triu_indices, shapes,
-    the sharding planner). Use it only where every parameter is loaded afterwards."""
+    """``with NoRandomInit(): build()``: in-place random fills leave the tensor as allocated and
+    random factories only allocate; every other torch call runs as usual (computed buffers such as
+    InteractionArch's triu_indices, the sharding planner). Use it only where every parameter is
+    loaded afterwards."""
 
     def __torch_function__(
         self,
@@ -36,4 +39,6 @@ class NoRandomInit(TorchFunctionMode):
         kwargs = kwargs or {}
         if func in RANDOM_FILLS:
             return args[0] if args else kwargs["tensor"]  # nn.init passes its tensor by keyword
+        if func in RANDOM_FACTORIES:  # the same tensor, allocated only
+            return torch.empty(*args, **{k: v for k, v in kwargs.items() if k != "generator"})
         return func(*args, **kwargs)
