@@ -20,7 +20,7 @@ class Progress:
                 total=total_bytes,
                 unit=unit,
                 unit_scale=True,
-                unit_divisor=1_000_000 if unit == "B" else 1000,
+                unit_divisor=1000,  # SI steps: 200 MB reads 200M (a 1e6 divisor showed it as 200k)
                 desc=desc,
                 file=sys.stderr,
                 dynamic_ncols=True,

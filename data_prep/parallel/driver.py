@@ -45,7 +45,7 @@ from data_prep.parallel import engine as engines
 from data_prep.parallel import tasks
 from data_prep.dataset_format import REJECTS_FILE, SPLITS, part_file, write_meta
 from data_prep.raw_meta import build_meta
-from data_prep.progress import Progress
+from data_prep.progress import Progress, StageLog
 from data_prep.spec import DatasetSpec, PathLike, PrepConfig, PrepResult, Reject
 from data_prep.splits import ChunkSplit, SplitPolicy
 from data_prep.staging import checked_paths, publish, staging_dir
@@ -114,15 +114,18 @@ def run_prep(
             rows_per_file = _pass1(ctx, engine, ranges, state, given_first, sink, counters, hashed, window, total_bytes)
             policy.finish_pass1(rows_per_file)
             acc = sum(rows_per_file)
+            log = StageLog("mlet-prep", enabled=cfg.progress)  # the steps between the bars, silent at Kaggle size
             if saved is None and isinstance(policy, ChunkSplit) and acc > policy.train_end:
-                _tail(ctx, engine, ranges, state, counters, policy.train_end, window)
+                with log.stage("2/3 tail (rows past the train split)"):
+                    _tail(ctx, engine, ranges, state, counters, policy.train_end, window)
 
-            vocabs, histograms, vocab_entries = staged_vocabularies(spec, cfg, counters, hashed, tmp, saved)
-            ctx = dataclasses.replace(
-                ctx,
-                vocab_sizes={n: (int(v.size), v.hashed) for n, v in vocabs.items()},
-                vocab_tables=save_tables(vocabs, work / "tables", vocab_threads(cfg)),
-            )
+            with log.stage("vocabularies"):
+                vocabs, histograms, vocab_entries = staged_vocabularies(spec, cfg, counters, hashed, tmp, saved)
+                ctx = dataclasses.replace(
+                    ctx,
+                    vocab_sizes={n: (int(v.size), v.hashed) for n, v in vocabs.items()},
+                    vocab_tables=save_tables(vocabs, work / "tables", vocab_threads(cfg)),
+                )
             vocabs = {n: FeatureVocab(size=v.size, hashed=v.hashed) for n, v in vocabs.items()}  # free the keys
             for i, r in enumerate(ranges):
                 if state[i].split_rows is None:
