@@ -219,11 +219,14 @@ def _plain(measured: Dict[str, Any]) -> Dict[str, Any]:
     return {key: measured[key] for key in ("seconds", "cpu_seconds", "peak_rss_bytes")}
 
 
-def training_data(args: argparse.Namespace, sizes: List[int], name: str, steps: int) -> Path:
+def training_data(
+    args: argparse.Namespace, sizes: List[int], name: str, steps: int, rows: Optional[int] = None
+) -> Path:
     """A parquet dataset with the given tables and rows enough for --steps global batches
-    (train is 6/7 of the rows) and a few eval batches."""
+    (train is 6/7 of the rows) and a few eval batches, or exactly ``rows`` rows."""
     data = args.workdir / name
-    rows = int(steps * args.batch_size * args.world * 7 / 6) + 7 * args.batch_size * args.world
+    if rows is None:
+        rows = int(steps * args.batch_size * args.world * 7 / 6) + 7 * args.batch_size * args.world
     run_measured(
         [
             tool("mlet-prep"),
@@ -594,23 +597,28 @@ def stage_epoch(args: argparse.Namespace, data: Path, plan: Path, rows: int) -> 
     the reference split's train part) extrapolated from samples/s."""
     run_dir = args.workdir / "run_epoch"
     cmd = train_command(args, data, HEADLINE, run_dir, plan, args.epoch_steps, args.epoch_eval_batches, "--no-resume")
-    result = epoch_record(args, run_measured(cmd, args.workdir / "epoch.log"), run_dir, rows)
+    result = epoch_record(args, run_measured(cmd, args.workdir / "epoch.log"), run_dir, rows, args.epoch_steps == 0)
     shutil.rmtree(run_dir, ignore_errors=True)
     return result
 
 
-def epoch_record(args: argparse.Namespace, measured: Dict[str, Any], run_dir: Path, rows: int) -> Dict[str, Any]:
-    """A finished MLET run on the plan as the epoch stage reports it."""
+def epoch_record(
+    args: argparse.Namespace, measured: Dict[str, Any], run_dir: Path, rows: int, whole: bool = False
+) -> Dict[str, Any]:
+    """A finished MLET run on the plan as the epoch stage reports it (``whole``: it ran to the end of
+    the train split, whose last partial global batch the reader drops)."""
     train_rows = rows * 6 // 7
     epoch = metrics_events(run_dir, "epoch")[-1]
     trained = epoch["step"] * args.batch_size * args.world
+    if whole and train_rows - trained >= args.batch_size * args.world:
+        raise StageFailed(f"a whole epoch trained {trained:,} of {train_rows:,} rows")
     result = {
         **_plain(measured),
         "rank_peak_rss_bytes": measured["rank_peaks"],
         "steps": epoch["step"],
         "rows_trained": trained,
         "epoch_train_rows": train_rows,
-        "fraction_of_epoch": round(min(1.0, trained / train_rows), 4),
+        "fraction_of_epoch": 1.0 if whole else round(min(1.0, trained / train_rows), 4),
         "samples_per_s": round(epoch["samples_per_s"], 1),
         "epoch_seconds_extrapolated": round(train_rows / epoch["samples_per_s"], 1),
         "eval_rows": {s: epoch[s]["rows"] for s in ("val", "test")},
@@ -850,6 +858,34 @@ def run(args: argparse.Namespace, report: Dict[str, Any]) -> None:
         )
 
 
+def run_epoch_only(args: argparse.Namespace, report: Dict[str, Any]) -> None:
+    """The epoch stage alone, on a dataset of all the rows when --epoch-steps is 0 (a whole epoch:
+    hours at full size, so apart from the other stages), replacing the epoch section of the
+    kaggle.json that an earlier full run left in --out."""
+    previous = args.out / "kaggle.json"
+    if not previous.is_file():
+        raise SystemExit(f"error: --epoch-only replaces the epoch of an earlier run: no {previous}")
+    report.update(json.loads(previous.read_text()))
+    if report.get("fraction") != args.fraction:
+        raise SystemExit(f"error: {previous} is of --fraction {report.get('fraction')}, not {args.fraction}")
+    sizes = kaggle_table_sizes(args.fraction)
+    rows = report["rows"]
+    whole = args.epoch_steps == 0
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    progress(f"epoch only: {'all ' + format(rows, ',') if whole else 'enough'} rows at Kaggle table sizes")
+    data = training_data(args, sizes, "train_epoch", args.epoch_steps, rows if whole else None)
+    args.models = [HEADLINE]
+    plan = Path(stage_plan(args, data)[HEADLINE]["file"])
+    progress(f"epoch: MLET on the Kaggle-size tables, {'a whole epoch' if whole else args.epoch_steps} steps")
+    report["epoch"] = stage_epoch(args, data, plan, rows)
+    report["not_run"] = [line for line in report["not_run"] if not line.startswith("the whole epoch")]
+    if report["epoch"]["fraction_of_epoch"] < 1:
+        report["not_run"].append(
+            f"the whole epoch ({report['epoch']['fraction_of_epoch']:.1%} of it ran; "
+            "its time is extrapolated from samples/s)"
+        )
+
+
 def machine_line() -> str:
     import psutil
 
@@ -914,6 +950,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         default=0,
         help="the epoch stage evaluates the first N x --batch-size rows of val and test (0: all)",
     )
+    p.add_argument(
+        "--epoch-only",
+        action="store_true",
+        help="run the epoch stage alone and replace the epoch section of --out's kaggle.json (with "
+        "--epoch-steps 0: a whole epoch over all the rows, an hour or more at full size)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the workdir (default: removed at the end)")
     p.add_argument(
         "--ci",
@@ -941,6 +983,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     report: Dict[str, Any] = {}
     started = time.perf_counter()
     try:
+        if args.epoch_only:
+            run_epoch_only(args, report)
+            write_report(args, report)
+            print(readme(report))
+            return 0
         run(args, report)
         report["total_seconds"] = round(time.perf_counter() - started, 1)  # the whole rehearsal, this box's load
     except StageFailed as err:

@@ -93,6 +93,21 @@ def test_tiny_fraction_reports_every_stage(tmp_path: Path) -> None:
     assert "| epoch MLET" in readme and "skipped (--ci)" in readme
     assert not (tmp_path / "work").exists()  # the work dir is removed unless --keep
 
+    # --epoch-only --epoch-steps 0: a whole epoch over all the rows replaces the extrapolated one
+    whole = [*cmd, "--epoch-only", "--epoch-steps", "0", "--epoch-eval-batches", "2"]
+    proc = subprocess.run(whole, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    after = json.loads((out / "kaggle.json").read_text())
+    epoch = after["epoch"]
+    train_rows = report["rows"] * 6 // 7
+    assert epoch["fraction_of_epoch"] == 1 and epoch["rows_trained"] >= train_rows - 64, epoch
+    assert "reused_from" not in epoch and epoch["eval_rows"]["val"] == 2 * 32, epoch
+    assert not any(line.startswith("the whole epoch") for line in after["not_run"]), after["not_run"]
+    assert {k: v for k, v in after.items() if k != "epoch" and k != "not_run"} == {
+        k: v for k, v in report.items() if k != "epoch" and k != "not_run"
+    }  # every other stage as the full run left it
+    assert "(100.0%" in (out / "README.md").read_text()
+
 
 def test_synthetic_default_tables_say_what_they_cost(tmp_path: Path, capsys) -> None:
     """Issue 26 item 2: `mlet-prep synthetic` without --table-sizes builds Kaggle-size tables; it says
