@@ -591,14 +591,15 @@ def stage_kill_resume(
     return result
 
 
-def stage_epoch(args: argparse.Namespace, data: Path, plan: Path, rows: int) -> Dict[str, Any]:
+def stage_epoch(args: argparse.Namespace, data: Path, plan: Path, rows: int, keep_run: bool = False) -> Dict[str, Any]:
     """MLET 64->16 at Kaggle table sizes on the plan for --epoch-steps, val/test AUC and NE on the
     first --epoch-eval-batches batches, and the time of a whole Kaggle epoch (6/7 of the rows,
     the reference split's train part) extrapolated from samples/s."""
     run_dir = args.workdir / "run_epoch"
     cmd = train_command(args, data, HEADLINE, run_dir, plan, args.epoch_steps, args.epoch_eval_batches, "--no-resume")
     result = epoch_record(args, run_measured(cmd, args.workdir / "epoch.log"), run_dir, rows, args.epoch_steps == 0)
-    shutil.rmtree(run_dir, ignore_errors=True)
+    if not keep_run:
+        shutil.rmtree(run_dir, ignore_errors=True)
     return result
 
 
@@ -751,14 +752,15 @@ def readme(report: Dict[str, Any]) -> str:
         )
     if col:
         lines.append(
-            f"| collapse | {col['seconds']:.1f} | {gb(col['peak_rss_bytes'])} | {col['gb_per_s']} GB/s "
+            f"| collapse{' (' + col['model'] + ' model)' if 'model' in col else ''} | {col['seconds']:.1f} | {gb(col['peak_rss_bytes'])} | {col['gb_per_s']} GB/s "
             f"(copy {col['copy_gb_per_s']} GB/s) |"
         )
     if exp:
         first = next(iter(exp["precisions"]))
         lat = exp["precisions"][first]["latency_ms"]
         lines.append(
-            f"| export {'/'.join(exp['precisions'])} | {exp['seconds']:.1f} | {gb(exp['peak_rss_bytes'])} | "
+            f"| export {'/'.join(exp['precisions'])}{' (' + exp['model'] + ' model)' if 'model' in exp else ''} | "
+            f"{exp['seconds']:.1f} | {gb(exp['peak_rss_bytes'])} | "
             f"{gb(exp['bytes'])} GB; {first} p50 ms " + ", ".join(f"b{b}: {v['p50']}" for b, v in lat.items()) + " |"
         )
     ep = report.get("epoch")
@@ -860,8 +862,8 @@ def run(args: argparse.Namespace, report: Dict[str, Any]) -> None:
 
 def run_epoch_only(args: argparse.Namespace, report: Dict[str, Any]) -> None:
     """The epoch stage alone, on a dataset of all the rows when --epoch-steps is 0 (a whole epoch:
-    hours at full size, so apart from the other stages), replacing the epoch section of the
-    kaggle.json that an earlier full run left in --out."""
+    hours at full size, so apart from the other stages), then the collapse and export of the model
+    it trained, replacing those three sections of the kaggle.json an earlier full run left in --out."""
     previous = args.out / "kaggle.json"
     if not previous.is_file():
         raise SystemExit(f"error: --epoch-only replaces the epoch of an earlier run: no {previous}")
@@ -877,13 +879,20 @@ def run_epoch_only(args: argparse.Namespace, report: Dict[str, Any]) -> None:
     args.models = [HEADLINE]
     plan = Path(stage_plan(args, data)[HEADLINE]["file"])
     progress(f"epoch: MLET on the Kaggle-size tables, {'a whole epoch' if whole else args.epoch_steps} steps")
-    report["epoch"] = stage_epoch(args, data, plan, rows)
+    report["epoch"] = stage_epoch(args, data, plan, rows, keep_run=True)
     report["not_run"] = [line for line in report["not_run"] if not line.startswith("the whole epoch")]
     if report["epoch"]["fraction_of_epoch"] < 1:
         report["not_run"].append(
             f"the whole epoch ({report['epoch']['fraction_of_epoch']:.1%} of it ran; "
             "its time is extrapolated from samples/s)"
         )
+    write_report(args, report)
+    run_dir = args.workdir / "run_epoch"
+    progress("collapse and export of the model the epoch trained")
+    report["collapse"] = {**stage_collapse(args, run_dir, sizes), "model": "the epoch stage's"}
+    shutil.rmtree(run_dir, ignore_errors=True)
+    report["export"] = {**stage_export(args, Path(report["collapse"]["serving_dir"])), "model": "the epoch stage's"}
+    shutil.rmtree(report["collapse"]["serving_dir"], ignore_errors=True)
 
 
 def machine_line() -> str:
@@ -953,8 +962,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument(
         "--epoch-only",
         action="store_true",
-        help="run the epoch stage alone and replace the epoch section of --out's kaggle.json (with "
-        "--epoch-steps 0: a whole epoch over all the rows, an hour or more at full size)",
+        help="run the epoch stage, then collapse and export its model, and replace those sections of "
+        "--out's kaggle.json (with --epoch-steps 0: a whole epoch over all the rows, an hour or more "
+        "at full size)",
     )
     p.add_argument("--keep", action="store_true", help="keep the workdir (default: removed at the end)")
     p.add_argument(

@@ -103,10 +103,16 @@ def test_tiny_fraction_reports_every_stage(tmp_path: Path) -> None:
     assert epoch["fraction_of_epoch"] == 1 and epoch["rows_trained"] >= train_rows - 64, epoch
     assert "reused_from" not in epoch and epoch["eval_rows"]["val"] == 2 * 32, epoch
     assert not any(line.startswith("the whole epoch") for line in after["not_run"]), after["not_run"]
-    assert {k: v for k, v in after.items() if k != "epoch" and k != "not_run"} == {
-        k: v for k, v in report.items() if k != "epoch" and k != "not_run"
+    replaced = ("epoch", "not_run", "collapse", "export")
+    assert {k: v for k, v in after.items() if k not in replaced} == {
+        k: v for k, v in report.items() if k not in replaced
     }  # every other stage as the full run left it
-    assert "(100.0%" in (out / "README.md").read_text()
+    for stage in ("collapse", "export"):  # of the model the whole epoch trained
+        assert after[stage]["model"] == "the epoch stage's" and after[stage]["seconds"] > 0, after[stage]
+    assert (
+        "(100.0%" in (out / "README.md").read_text()
+        and "| collapse (the epoch stage's model) |" in (out / "README.md").read_text()
+    )
 
 
 def test_synthetic_default_tables_say_what_they_cost(tmp_path: Path, capsys) -> None:

@@ -5,6 +5,7 @@ marked measured, planned (mlet-plan's estimate) or assumed.
 
     .venv/bin/python reports/scale/terabyte_estimate.py          # after benchmarks/scale_rehearsal.py
     .venv/bin/python reports/scale/terabyte_estimate.py DIR      # reuse DIR/plan_{1x8,8x8}_{mlet,d128}.json
+    .venv/bin/python reports/scale/terabyte_estimate.py --reuse-plans  # the plans' figures in terabyte_estimate.json
 """
 
 import json
@@ -132,12 +133,16 @@ def section(report: Dict[str, Any], plans: Dict[str, Dict[str, Dict[str, Any]]])
 
 def main() -> int:
     report = json.loads((HERE / "kaggle.json").read_text())
-    with tempfile.TemporaryDirectory() as tmp:
-        where = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tmp)
-        plans = {
-            name: {shape: plan(shape, flags, where / f"plan_{shape}_{key}.json") for shape in SHAPES}
-            for key, (name, flags) in MODELS.items()
-        }
+    saved = HERE / "terabyte_estimate.json"
+    if len(sys.argv) > 1 and sys.argv[1] == "--reuse-plans":  # the plans do not depend on kaggle.json
+        plans = json.loads(saved.read_text())
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            where = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tmp)
+            plans = {
+                name: {shape: plan(shape, flags, where / f"plan_{shape}_{key}.json") for shape in SHAPES}
+                for key, (name, flags) in MODELS.items()
+            }
     readme = HERE / "README.md"
     text = readme.read_text().split(MARK)[0].rstrip("\n")
     readme.write_text(text + "\n\n" + section(report, plans))
