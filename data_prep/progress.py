@@ -39,6 +39,12 @@ class Progress:
             self.bar.close()
 
 
+def stage_lines_wanted(flag: bool | None) -> bool:
+    """``--progress/--no-progress`` as given, else on when stderr is a terminal: a log file, a pipe
+    or a test reading stderr gets no progress lines unless asked (mlet-prep's bars do the same)."""
+    return sys.stderr.isatty() if flag is None else flag
+
+
 class StageLog:
     """One stderr line per long stage of a command, for stages no bar can follow (a checkpoint
     load, a model build) and for logs, where a redrawn tqdm bar is noise.

@@ -1,6 +1,6 @@
 """mlet-collapse's stages at scale (issue 26): the model it builds only to load a checkpoint into
 is not randomly initialised (at Criteo-Kaggle size that was 2 x 8.6 GB of random numbers, the
-largest stage), and each long stage says so on stderr (``StageLog``), unless ``--no-progress``."""
+largest stage), and each long stage says so on stderr (``StageLog``), when stderr is a terminal or ``--progress`` asks."""
 
 import functools
 import json
@@ -77,11 +77,13 @@ def test_collapse_prints_a_line_per_long_stage_and_none_with_no_progress(
 ) -> None:
     run, _ = _tiny_run(criteo, tmp_path)
     monkeypatch.setattr(collapse_cli, "StageLog", functools.partial(StageLog, after_s=0.0))  # every stage is "long"
-    collapse_cli.main(["--run-dir", str(run), "--out", str(tmp_path / "a")])
+    collapse_cli.main(["--run-dir", str(run), "--out", str(tmp_path / "a"), "--progress"])
     err = capsys.readouterr().err
     for stage in COLLAPSE_STAGES:
         assert f"mlet-collapse: {stage}: done in " in err, err
     collapse_cli.main(["--run-dir", str(run), "--out", str(tmp_path / "b"), "--no-progress"])
+    assert "mlet-collapse:" not in capsys.readouterr().err
+    collapse_cli.main(["--run-dir", str(run), "--out", str(tmp_path / "c")])  # stderr is no terminal here
     assert "mlet-collapse:" not in capsys.readouterr().err
 
 
@@ -165,9 +167,11 @@ def test_export_prints_a_line_per_long_stage_and_none_with_no_progress(
     from mlet_dist.serving import export_cli
 
     monkeypatch.setattr(export_cli, "StageLog", functools.partial(StageLog, after_s=0.0))
-    export_cli.main([str(serving_dir), str(tmp_path / "a"), "--precision", "fp32"])
+    export_cli.main([str(serving_dir), str(tmp_path / "a"), "--precision", "fp32", "--progress"])
     err = capsys.readouterr().err
     for stage in EXPORT_STAGES:
         assert f"mlet-export: {stage}" in err and err.count(": done in ") >= len(EXPORT_STAGES), err
     export_cli.main([str(serving_dir), str(tmp_path / "b"), "--precision", "fp32", "--no-progress"])
+    assert "mlet-export:" not in capsys.readouterr().err
+    export_cli.main([str(serving_dir), str(tmp_path / "c"), "--precision", "fp32"])  # stderr is no terminal here
     assert "mlet-export:" not in capsys.readouterr().err

@@ -31,7 +31,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 from torch import nn
 
-from data_prep.progress import StageLog
+from data_prep.progress import StageLog, stage_lines_wanted
 from data_prep.safe_json import read_json_file
 from mlet_dist.config_flags import DefaultsHelpFormatter
 from mlet_dist.config_io import from_jsonable
@@ -80,9 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=["auto", "gloo", "nccl"], default="auto")
     p.add_argument("--overwrite", action="store_true", help="replace an existing serving directory")
     p.add_argument(
-        "--no-progress",
-        action="store_true",
-        help="no progress lines (default: a line on stderr for each stage that runs more than a few seconds)",
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a line on stderr for each stage that runs more than a few seconds (default: when stderr "
+        "is a terminal, as mlet-prep's bars: a log file or a test reading stderr gets none)",
     )
     return p
 
@@ -217,7 +219,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     run_cfg = run_model(args.run_dir, args.data)
     checkpoint, why = select_checkpoint(args.run_dir, args.checkpoint)
     env = init_distributed(args.backend)
-    log = StageLog("mlet-collapse", enabled=env.is_main and not args.no_progress)
+    log = StageLog("mlet-collapse", enabled=env.is_main and stage_lines_wanted(args.progress))
     try:
         with log.stage(f"verify {checkpoint.name}'s checksums"):
             verify_checkpoint(checkpoint, env.rank, env.world_size)

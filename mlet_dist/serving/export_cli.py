@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 from typing import Optional, Sequence
 
-from data_prep.progress import StageLog
+from data_prep.progress import StageLog, stage_lines_wanted
 from mlet_dist.config_flags import DefaultsHelpFormatter
 from mlet_dist.serving.manifest import ServingDirError
 from mlet_dist.serving.export_predict_module import TABLE_PRECISIONS
@@ -44,9 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing artifact directory")
     p.add_argument(
-        "--no-progress",
-        action="store_true",
-        help="no progress lines (default: a line on stderr for each stage that runs more than a few seconds)",
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a line on stderr for each stage that runs more than a few seconds (default: when stderr "
+        "is a terminal, as mlet-prep's bars: a log file or a test reading stderr gets none)",
     )
     return p
 
@@ -64,7 +66,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             args.precision,
             data=args.data,
             overwrite=args.overwrite,
-            log=StageLog("mlet-export", enabled=not args.no_progress),
+            log=StageLog("mlet-export", enabled=stage_lines_wanted(args.progress)),
         )
     except (ServingDirError, ValueError, FileNotFoundError) as err:
         user_error_exit(err)
