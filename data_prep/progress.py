@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 
@@ -37,6 +38,17 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def add_stage_progress_flag(parser: argparse.ArgumentParser) -> None:
+    """``--progress/--no-progress`` for a command whose long stages print StageLog lines."""
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a line on stderr for each stage that runs more than a few seconds (default: when stderr "
+        "is a terminal, as mlet-prep's bars: a log file or a test reading stderr gets none)",
+    )
 
 
 def stage_lines_wanted(flag: bool | None) -> bool:

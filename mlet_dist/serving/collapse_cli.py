@@ -31,7 +31,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 from torch import nn
 
-from data_prep.progress import StageLog, stage_lines_wanted
+from data_prep.progress import StageLog, add_stage_progress_flag, stage_lines_wanted
 from data_prep.safe_json import read_json_file
 from mlet_dist.config_flags import DefaultsHelpFormatter
 from mlet_dist.config_io import from_jsonable
@@ -79,13 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS, help="rows per matmul chunk")
     p.add_argument("--backend", choices=["auto", "gloo", "nccl"], default="auto")
     p.add_argument("--overwrite", action="store_true", help="replace an existing serving directory")
-    p.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="a line on stderr for each stage that runs more than a few seconds (default: when stderr "
-        "is a terminal, as mlet-prep's bars: a log file or a test reading stderr gets none)",
-    )
+    add_stage_progress_flag(p)
     return p
 
 

@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 from typing import Optional, Sequence
 
-from data_prep.progress import StageLog, stage_lines_wanted
+from data_prep.progress import StageLog, add_stage_progress_flag, stage_lines_wanted
 from mlet_dist.config_flags import DefaultsHelpFormatter
 from mlet_dist.serving.manifest import ServingDirError
 from mlet_dist.serving.export_predict_module import TABLE_PRECISIONS
@@ -43,13 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the training dataset (for the contract's dense transform); default: where the manifest points",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing artifact directory")
-    p.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="a line on stderr for each stage that runs more than a few seconds (default: when stderr "
-        "is a terminal, as mlet-prep's bars: a log file or a test reading stderr gets none)",
-    )
+    add_stage_progress_flag(p)
     return p
 
 
