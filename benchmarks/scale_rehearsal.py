@@ -173,22 +173,7 @@ def check_room(args: argparse.Namespace, sizes: Sequence[int], rows: int) -> Dic
 
 def stage_prep(args: argparse.Namespace, sizes: List[int], rows: int) -> Dict[str, Any]:
     tsv, out = args.workdir / "kaggle.tsv", args.workdir / "prepared"
-    gen = run_measured(
-        [
-            tool("mlet-prep"),
-            "synthetic",
-            str(tsv),
-            "--format",
-            "criteo-tsv",
-            "--rows",
-            str(rows),
-            "--table-sizes",
-            ",".join(map(str, sizes)),
-            "--no-progress",
-            "--overwrite",
-        ],
-        args.workdir / "prep_tsv.log",
-    )
+    gen = run_measured(synthetic_command(tsv, rows, sizes, "--format", "criteo-tsv"), args.workdir / "prep_tsv.log")
     prep = run_measured(
         [tool("mlet-prep"), "criteo-kaggle", str(tsv), str(out), "--overwrite", "--no-progress"],
         args.workdir / "prep.log",
@@ -227,21 +212,24 @@ def training_data(
     data = args.workdir / name
     if rows is None:
         rows = int(steps * args.batch_size * args.world * 7 / 6) + 7 * args.batch_size * args.world
-    run_measured(
-        [
-            tool("mlet-prep"),
-            "synthetic",
-            str(data),
-            "--rows",
-            str(rows),
-            "--table-sizes",
-            ",".join(map(str, sizes)),
-            "--no-progress",
-            "--overwrite",
-        ],
-        args.workdir / f"{name}.log",
-    )
+    run_measured(synthetic_command(data, rows, sizes), args.workdir / f"{name}.log")
     return data
+
+
+def synthetic_command(out: Path, rows: int, sizes: List[int], *extra: str) -> List[str]:
+    """``mlet-prep synthetic`` of ``rows`` rows at these table sizes (parquet, or ``extra``'s format)."""
+    return [
+        tool("mlet-prep"),
+        "synthetic",
+        str(out),
+        *extra,
+        "--rows",
+        str(rows),
+        "--table-sizes",
+        ",".join(map(str, sizes)),
+        "--no-progress",
+        "--overwrite",
+    ]
 
 
 def stage_plan(args: argparse.Namespace, data: Path) -> Dict[str, Any]:
