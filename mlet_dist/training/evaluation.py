@@ -2,7 +2,7 @@
 calibration / accuracy from the project's one metrics module (data_prep.metrics)."""
 
 from dataclasses import dataclass
-from typing import Dict, Iterable
+from typing import Dict, Iterable, List, Optional, Sized
 
 import torch
 import torch.distributed as dist
@@ -37,6 +37,34 @@ def _gather_rows(local: torch.Tensor, world_size: int, rank_major: bool) -> torc
     return torch.stack(parts, dim=1)
 
 
+class _SplitRows:
+    """Per-batch probabilities, labels and validity written into buffers allocated once per split.
+
+    Keeping three small tensors per batch (the first version) grew each rank of a Kaggle-size run
+    by ~1 GB over a 3.27M-row evaluation: every small long-lived allocation pinned a hole in glibc's
+    heap between the step's large transient buffers (a fixed M_MMAP_THRESHOLD made the growth
+    vanish: reports/scale/README.md). ``batches`` sized in advance (``len``): one allocation."""
+
+    def __init__(self, expected_batches: int) -> None:
+        self.rows: Optional[torch.Tensor] = None  # [3, batches, B]: probs, labels, valid
+        self.capacity = max(1, expected_batches)
+        self.count = 0
+
+    def add(self, probs: torch.Tensor, labels: torch.Tensor, num_valid: int) -> None:
+        if self.rows is None:
+            self.rows = torch.zeros(3, self.capacity, probs.numel())
+        elif self.count == self.rows.shape[1]:  # a stream longer than its len(): grow, rarely
+            self.rows = torch.cat([self.rows, torch.zeros_like(self.rows)], dim=1)
+        self.rows[0, self.count] = probs.reshape(-1)
+        self.rows[1, self.count] = labels.reshape(-1)
+        self.rows[2, self.count, :num_valid] = 1.0
+        self.count += 1
+
+    def stacked(self) -> List[torch.Tensor]:
+        assert self.rows is not None
+        return [self.rows[i, : self.count] for i in range(3)]
+
+
 @torch.no_grad()
 def predict(
     model: nn.Module,
@@ -53,19 +81,14 @@ def predict(
     """
     was_training = model.training
     model.eval()
-    probs, labels, valid = [], [], []
+    split = _SplitRows(len(batches) if isinstance(batches, Sized) else 1)
     for loaded in tqdm(batches, desc=desc, disable=not show_progress, leave=False):
         _, (_, logits, batch_labels) = model(loaded.batch.to(device))
-        probs.append(torch.sigmoid(logits.float()).cpu())
-        labels.append(batch_labels.float().cpu())
-        mask = torch.zeros(batch_labels.shape[0])
-        mask[: loaded.num_valid] = 1.0
-        valid.append(mask)
+        split.add(torch.sigmoid(logits.float()).cpu(), batch_labels.float().cpu(), loaded.num_valid)
     model.train(was_training)
-    if not probs:
+    if not split.count:
         return Predictions(torch.empty(0), torch.empty(0))
-    stacked = [torch.stack(x) for x in (probs, labels, valid)]
     rank_major = bool(getattr(batches, "rank_major", False))
-    gathered = [_gather_rows(t.to(device), world_size, rank_major).cpu() for t in stacked]
+    gathered = [_gather_rows(t.to(device), world_size, rank_major).cpu() for t in split.stacked()]
     keep = gathered[2].reshape(-1) > 0
     return Predictions(gathered[0].reshape(-1)[keep], gathered[1].reshape(-1)[keep])
