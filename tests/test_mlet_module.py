@@ -248,3 +248,23 @@ def test_weighted_mean_is_refused() -> None:
     with pytest.raises(ValueError, match=r"tables \['t1'\]"):
         MLETEmbeddingBagCollection(tables, is_weighted=True)
     MLETEmbeddingBagCollection(make_tables(PoolingType.MEAN), is_weighted=False)  # MEAN alone is fine
+
+
+def test_fx_trace_computes_the_eager_output_and_keeps_the_checks() -> None:
+    """TorchRec's train pipeline traces the model with torch.fx (mlet-train --projection-after-comm
+    leaves this collection unsharded around a sharded ``wide``): the traced graph must compute the
+    projected output, not the k-wide one, and still reject a bad id."""
+    from torchrec.fx import symbolic_trace
+
+    torch.manual_seed(0)
+    mlet = MLETEmbeddingBagCollection(make_tables())
+    kjt = make_kjt(6)
+    traced = symbolic_trace(mlet)
+    eager, got = mlet(kjt), traced(kjt)
+    assert got.keys() == eager.keys() and got.length_per_key() == [4, 4, 4]
+    assert torch.equal(got.values(), eager.values())
+    bad = KeyedJaggedTensor.from_lengths_sync(
+        keys=["f0", "f1", "f2"], values=torch.tensor([0, 1, 20]), lengths=torch.tensor([1, 1, 1])
+    )
+    with pytest.raises(ValueError, match="feature 'f2'"):
+        traced(bad)

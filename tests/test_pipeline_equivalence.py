@@ -14,10 +14,15 @@ TOL = 1e-6
 MOVED_MIN = 100 * TOL  # every weight must move far beyond the tolerance the runs are compared at
 
 
-@pytest.mark.parametrize("sharding", ["table_wise", "row_wise", "column_wise"])
-def test_pipelined_steps_equal_the_plain_loop(sharding: str) -> None:
-    plain = run_sharded(sharding, steps=STEPS)
-    piped = run_sharded(sharding, steps=STEPS, pipeline="sparse-dist")
+@pytest.mark.parametrize(
+    "sharding, projection_after_comm",
+    [("table_wise", False), ("row_wise", False), ("column_wise", False), ("table_wise", True)],
+)
+def test_pipelined_steps_equal_the_plain_loop(sharding: str, projection_after_comm: bool) -> None:
+    """projection_after_comm: the pipeline traces the unsharded MLET collection around the sharded
+    k-wide EBC (mlet-train --projection-after-comm); its input checks once failed that trace."""
+    plain = run_sharded(sharding, steps=STEPS, projection_after_comm=projection_after_comm)
+    piped = run_sharded(sharding, steps=STEPS, pipeline="sparse-dist", projection_after_comm=projection_after_comm)
     assert piped["pipelined_modules"] >= 1, "the pipeline overlapped nothing: it ran as the plain loop"
     if sharding == "column_wise":
         assert _column_blocks(piped)

@@ -10,6 +10,7 @@ from typing import Dict, List, Optional, cast
 
 import torch
 from torch import nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
@@ -17,6 +18,31 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 from mlet_dist.modules.projection_kernel import project_blocks
 from mlet_dist.modules.input_checks import check_feature_names, check_id_ranges, check_weights
 from mlet_dist.modules.mlet_config import MLETTableConfig, check_weighted_pooling
+
+
+@torch.fx.wrap
+def _checked_inputs(
+    features: KeyedJaggedTensor, feature_to_table: Dict[str, str], is_weighted: bool, rows_per_feature: Dict[str, int]
+) -> None:
+    """The input checks as one call: a graph traced with torch.fx (TorchRec's train pipeline traces
+    the model to find the sharded modules' inputs) records a call to it instead of failing on
+    Python iteration over a traced KJT."""
+    check_feature_names(features, feature_to_table)
+    check_weights(features, is_weighted)
+    check_id_ranges(features, rows_per_feature)
+
+
+@torch.fx.wrap
+def _projected(wide: KeyedTensor, weights: Dict[str, torch.Tensor]) -> KeyedTensor:
+    """Each feature's k-wide pooled slice times its W (``weights``: feature -> W), as one call in a
+    torch.fx graph (see ``_checked_inputs``). Keys come from the KeyedTensor, not assumed, because
+    sharding may reorder them."""
+    keys = wide.keys()
+    per_key = [weights[key] for key in keys]
+    widths = wide.length_per_key()
+    starts = [sum(widths[:i]) for i in range(len(widths))]
+    out = project_blocks(wide.values(), starts, per_key)
+    return KeyedTensor(keys=keys, length_per_key=[w.shape[1] for w in per_key], values=out)
 
 
 class MLETShardingWarning(UserWarning):
@@ -93,10 +119,10 @@ class MLETEmbeddingBagCollection(nn.Module):
             self._wide_checked = True
             self._warn_if_sharded_as_plain_ebc()
         if self.validate_inputs:
-            check_feature_names(features, self._feature_to_table)
-            check_weights(features, self._is_weighted)
-            check_id_ranges(features, self._rows_per_feature)
-        if features.lengths().numel() == 0:
+            _checked_inputs(features, self._feature_to_table, self._is_weighted, self._rows_per_feature)
+        # Not traceable (it branches on data); a traced graph leaves an empty batch to the kernel,
+        # as a stock EBC's does.
+        if not is_fx_symbolic_tracing() and features.lengths().numel() == 0:
             return self._empty_output(features)
         wide: KeyedTensor = self.wide(features)
         return self.project(wide)
@@ -125,16 +151,9 @@ class MLETEmbeddingBagCollection(nn.Module):
         return KeyedTensor(keys=keys, length_per_key=dims, values=values)
 
     def project(self, wide: KeyedTensor) -> KeyedTensor:
-        """Apply each feature's table projection to its k-wide pooled slice.
-
-        Keys are taken from the KeyedTensor, not assumed, because sharding may reorder them.
-        """
-        keys = wide.keys()
-        weights = [self.projection_weight(self._feature_to_table[key]) for key in keys]
-        widths = wide.length_per_key()
-        starts = [sum(widths[:i]) for i in range(len(widths))]
-        out = project_blocks(wide.values(), starts, weights)
-        return KeyedTensor(keys=keys, length_per_key=[w.shape[1] for w in weights], values=out)
+        """Apply each feature's table projection to its k-wide pooled slice."""
+        weights = {f: self.projection_weight(t) for f, t in self._feature_to_table.items()}
+        return _projected(wide, weights)
 
     def mlet_configs(self) -> List[MLETTableConfig]:
         return list(self._mlet_configs)
