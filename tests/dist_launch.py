@@ -35,3 +35,20 @@ def torchrun(
             f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
         )
     return proc
+
+
+def torchx_run(
+    component: Sequence[str],
+    script_args: Sequence[str],
+    log_dir: Optional[Path] = None,
+    timeout: int = 600,
+    env_extra: Optional[Dict[str, str]] = None,
+) -> subprocess.CompletedProcess:
+    """`torchx run -s local_cwd [-cfg log_dir=LOG_DIR] COMPONENT... -- SCRIPT_ARGS...`, as a runbook
+    types it: from the repo root (so that .torchxconfig applies), with the venv's bin first on PATH
+    (the replicas' torchrun). The caller checks the exit code: some tests expect a failed job."""
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", **(env_extra or {})}
+    cfg = ["-cfg", f"log_dir={log_dir}"] if log_dir is not None else []
+    cmd = [str(bin_dir / "torchx"), "run", "-s", "local_cwd", *cfg, *component, "--", *script_args]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)

@@ -5,57 +5,24 @@ same run dir resumed by a 1x2 job, on 2 ranks instead of 16. (Table-row-wise MLE
 nodes are refused by sharded_mlet with one error line, "must span all ranks for now".)"""
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import List
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
+from dist_launch import torchx_run
+from training_runs import prepared_sample_by_cli
 
 
 @pytest.fixture(scope="module")
 def sample_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("launch_2x8") / "criteo"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "data_prep.cli",
-            "criteo-kaggle",
-            str(REPO / "data_prep/samples/criteo_sample.tsv"),
-            str(out),
-            "--overwrite",
-            "--no-progress",
-        ],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    return out
+    return prepared_sample_by_cli(tmp_path_factory, "launch_2x8", "--no-progress")
 
 
 def torchx_train(shape: str, logs: Path, script_args: List[str]) -> subprocess.CompletedProcess:
     """The runbook's command, from the repo root (so that .torchxconfig applies)."""
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    cmd = [
-        str(BIN / "torchx"),
-        "run",
-        "-s",
-        "local_cwd",
-        "-cfg",
-        f"log_dir={logs}",
-        "launch/components.py:train",
-        "-j",
-        shape,
-        "--",
-        *script_args,
-    ]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return torchx_run(["launch/components.py:train", "-j", shape], script_args, log_dir=logs)
 
 
 def replica_logs(logs: Path) -> str:

@@ -2,54 +2,23 @@
 shipped Criteo sample (CPU, gloo), from the repo root so that .torchxconfig applies."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
+from dist_launch import torchx_run
+from training_runs import prepared_sample_by_cli
+
+TRAIN_1X2 = ["launch/components.py:train", "-j", "1x2"]
 
 
 @pytest.fixture(scope="module")
 def sample_data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("launch") / "criteo"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "data_prep.cli",
-            "criteo-kaggle",
-            str(REPO / "data_prep/samples/criteo_sample.tsv"),
-            str(out),
-            "--overwrite",
-        ],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    return out
+    return prepared_sample_by_cli(tmp_path_factory, "launch")
 
 
 def test_local_cwd_1x2_run(sample_data, tmp_path):
     run_dir = tmp_path / "run"
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    cmd = [
-        str(BIN / "torchx"),
-        "run",
-        "-s",
-        "local_cwd",
-        "-cfg",
-        f"log_dir={tmp_path / 'logs'}",
-        "launch/components.py:train",
-        "-j",
-        "1x2",
-        "--cpu",
-        "2",
-        "--",
+    args = [
         "--data",
         str(sample_data),
         "--run-dir",
@@ -65,7 +34,7 @@ def test_local_cwd_1x2_run(sample_data, tmp_path):
         "--no-progress",
         "--no-collapse",
     ]
-    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    out = torchx_run([*TRAIN_1X2, "--cpu", "2"], args, log_dir=tmp_path / "logs", timeout=300)
     log = out.stdout + out.stderr
     assert out.returncode == 0, log[-4000:]
     assert "Job finished: SUCCEEDED" in log, log[-4000:]
@@ -89,23 +58,8 @@ def test_local_cwd_1x2_run(sample_data, tmp_path):
 
 
 def test_local_cwd_missing_data_fails_with_the_node_message(tmp_path):
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     missing = tmp_path / "not-prepared"
-    cmd = [
-        str(BIN / "torchx"),
-        "run",
-        "-s",
-        "local_cwd",
-        "-cfg",
-        f"log_dir={tmp_path / 'logs'}",
-        "launch/components.py:train",
-        "-j",
-        "1x2",
-        "--",
-        "--data",
-        str(missing),
-    ]
-    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    out = torchx_run(TRAIN_1X2, ["--data", str(missing)], log_dir=tmp_path / "logs", timeout=120)
     log = out.stdout + out.stderr
     assert out.returncode != 0 and "Job finished: FAILED" in log, log[-3000:]
     stderr = next((tmp_path / "logs").rglob("trainer/0/stderr.log")).read_text()

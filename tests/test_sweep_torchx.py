@@ -5,8 +5,6 @@ submitted twice, and a failed run is reported (and resubmitted next time) while 
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -18,8 +16,8 @@ from mlet_dist.sweep.config import from_dict
 from mlet_dist.sweep.report import write_report
 from mlet_dist.sweep.torchx_app import build_app, in_repo_root, scheduler_cfg
 from mlet_dist.sweep.torchx_runner import APP_FILE, run_sweep_torchx, save_app, saved_app
+from training_runs import prepared_sample_by_cli
 
-REPO = Path(__file__).resolve().parent.parent
 TINY = ["--batch-size", "128", "--max-train-batches", "2", "--epochs", "1", "--bottom-mlp", "8", "--top-mlp", "8,1"]
 GRID = {"archs": ["dlrm"], "seeds": [0], "baseline": {"d": [4]}, "mlet": {"k": [8], "d": [4]}}
 RUN_IDS = ("dlrm-baseline-d4-s0", "dlrm-mlet-k8-d4-s0")
@@ -133,23 +131,7 @@ def test_bad_launch_settings_are_one_line_errors(
 
 @pytest.fixture(scope="module")
 def criteo_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("sample") / "criteo"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "data_prep.cli",
-            "criteo-kaggle",
-            str(REPO / "data_prep/samples/criteo_sample.tsv"),
-            str(out),
-            "--overwrite",
-        ],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    return out
+    return prepared_sample_by_cli(tmp_path_factory, "sample")
 
 
 LOCAL = {"scheduler": "local_cwd", "world_size": 1, "threads_per_rank": 1, "cpu_budget": 2, "poll_s": 0.5}
