@@ -10,9 +10,9 @@ import numpy as np
 
 from data_prep.dataset_format import read_meta
 from data_prep.convert.mlperf_multihot import prepare_mlperf_multihot
-from dist_launch import ROOT, torchrun
+from dist_launch import torchrun
+from training_runs import TRAIN, data_and_run_dir, quick_args
 
-TRAIN = ROOT / "mlet_dist" / "train.py"
 BAGS = [3, 2, 1, 2, 6, 1, 1, 1, 1, 7, 3, 8, 1, 6, 9, 5, 1, 1, 1, 12, 20, 27, 10, 3, 1, 1]  # MLPerf's, C21 capped
 
 
@@ -29,32 +29,8 @@ def test_converted_mlperf_multihot_trains(tmp_path: Path) -> None:
     prepare_mlperf_multihot(src, data, table_sizes=[40] * 26, row_group_rows=256)
     assert read_meta(data)["multi_hot"]["C22"] == 27
     run = tmp_path / "run"
-    torchrun(
-        TRAIN,
-        [
-            "--data",
-            str(data),
-            "--run-dir",
-            str(run),
-            "--sharding",
-            "table_wise",
-            "--batch-size",
-            "64",
-            "--max-train-batches",
-            "6",
-            "--max-eval-batches",
-            "3",
-            "--no-progress",
-            "--bottom-mlp",
-            "16,8",
-            "--top-mlp",
-            "16,1",
-            "-k",
-            "32",
-            "-d",
-            "8",
-        ],
-    )
+    quick = quick_args(bottom_mlp="16,8", top_mlp="16,1", max_train_batches=6, max_eval_batches=3)
+    torchrun(TRAIN, data_and_run_dir(data, run, "--sharding", "table_wise", *quick, "-k", "32", "-d", "8"))
     s = json.loads((run / "summary.json").read_text())
     assert s["world_size"] == 2 and s["model"] == "mlet"
     assert 0 < s["collapsed_max_abs_prediction_diff"] < 1e-5  # pooled bags: rounding only

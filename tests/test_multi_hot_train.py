@@ -5,33 +5,15 @@ pooling, int8 serving scores it; and a version-1 (single-hot) dataset still trai
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
 from data_prep.generate.synthetic import generate_dataset
-from dist_launch import ROOT, torchrun
+from dist_launch import torchrun
+from training_runs import TRAIN, data_and_run_dir, quick_args, train_one_process
 
-TRAIN = ROOT / "mlet_dist" / "train.py"
-QUICK = [
-    "--batch-size",
-    "64",
-    "--max-train-batches",
-    "6",
-    "--max-eval-batches",
-    "3",
-    "--no-progress",
-    "--bottom-mlp",
-    "16,8",
-    "--top-mlp",
-    "16,1",
-    "-k",
-    "32",
-    "-d",
-    "8",
-]
+QUICK = [*quick_args(bottom_mlp="16,8", top_mlp="16,1", max_train_batches=6, max_eval_batches=3), "-k", "32", "-d", "8"]
 
 
 def test_two_ranks_train_and_collapse_on_multi_hot(tmp_path: Path) -> None:
@@ -40,7 +22,7 @@ def test_two_ranks_train_and_collapse_on_multi_hot(tmp_path: Path) -> None:
         data, 2000, [40] * 26, seed=5, multi_hot=4, pooling={"C1": "mean", "C9": "mean"}, row_group_rows=256
     )
     run = tmp_path / "run"
-    torchrun(TRAIN, ["--data", str(data), "--run-dir", str(run), "--sharding", "table_wise", *QUICK])
+    torchrun(TRAIN, data_and_run_dir(data, run, "--sharding", "table_wise", *QUICK))
     s = json.loads((run / "summary.json").read_text())
     assert s["world_size"] == 2 and s["model"] == "mlet"
     diff = s["collapsed_max_abs_prediction_diff"]
@@ -78,13 +60,7 @@ def test_version_1_dataset_still_trains(tmp_path: Path) -> None:
     for key in ("pooling", "multi_hot"):
         del meta[key]
     (data / "meta.json").write_text(json.dumps({**meta, "format_version": 1}))
-    proc = subprocess.run(
-        [sys.executable, str(TRAIN), "--data", str(data), "--run-dir", str(tmp_path / "r"), *QUICK],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = train_one_process(data_and_run_dir(data, tmp_path / "r", *QUICK), timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     s = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert s["collapsed_max_abs_prediction_diff"] <= 1e-5

@@ -1,7 +1,6 @@
 """mlet_dist/train.py end to end on the real Criteo sample: torchrun and torchx, 2 gloo ranks."""
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -9,31 +8,20 @@ from pathlib import Path
 
 import pytest
 
-from data_prep.criteo import prepare_criteo_kaggle
-from dist_launch import ROOT, torchrun
+from dist_launch import torchrun, torchx_run
+from training_runs import TRAIN, data_and_run_dir, prepared_sample, quick_args, train_one_process
 
-TRAIN = ROOT / "mlet_dist" / "train.py"
-SAMPLE = ROOT / "data_prep" / "samples" / "criteo_sample.tsv"
-QUICK = [
-    "--batch-size",
-    "64",
-    "--max-train-batches",
-    "6",
-    "--max-eval-batches",
-    "3",
-    "--no-progress",
-    "--bottom-mlp",
-    "32,16",
-    "--top-mlp",
-    "32,1",
-]
+QUICK = quick_args(bottom_mlp="32,16", top_mlp="32,1", max_train_batches=6, max_eval_batches=3)
 
 
 @pytest.fixture(scope="module")
 def criteo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "criteo"
-    prepare_criteo_kaggle(SAMPLE, out)
-    return out
+    return prepared_sample(tmp_path_factory, "data")
+
+
+def _torchrun_quick(data: Path, run_dir: Path, *flags: str) -> subprocess.CompletedProcess:
+    """train.py on 2 ranks: ``flags``, then the QUICK ones."""
+    return torchrun(TRAIN, data_and_run_dir(data, run_dir, *flags, *QUICK))
 
 
 def _summary(run_dir: Path) -> dict:
@@ -42,10 +30,7 @@ def _summary(run_dir: Path) -> dict:
 
 def test_torchrun_two_ranks_trains_collapses_and_reports(criteo_dir: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    torchrun(
-        TRAIN,
-        ["--data", str(criteo_dir), "--run-dir", str(run_dir), "--sharding", "table_wise", "--epochs", "2", *QUICK],
-    )
+    _torchrun_quick(criteo_dir, run_dir, "--sharding", "table_wise", "--epochs", "2")
     s = _summary(run_dir)
     assert s["world_size"] == 2 and s["backend"] == "gloo" and s["model"] == "mlet"
     assert s["selected_by"] == "val auc" and s["selected_epoch"] in (0, 1)
@@ -66,22 +51,8 @@ def test_eval_every_selects_the_best_point_inside_the_epoch(criteo_dir: Path, tm
     """One epoch, evaluated every 2 steps: the selected model is the point with the best val AUC,
     and it is the one restored (the collapsed model is evaluated after the restore)."""
     run_dir = tmp_path / "run"
-    torchrun(
-        TRAIN,
-        [
-            "--data",
-            str(criteo_dir),
-            "--run-dir",
-            str(run_dir),
-            "--sharding",
-            "row_wise",
-            "--eval-every",
-            "2",
-            "--embedding-lr",
-            "0.5",
-            "--diagnostics",
-            *QUICK,
-        ],
+    _torchrun_quick(
+        criteo_dir, run_dir, "--sharding", "row_wise", "--eval-every", "2", "--embedding-lr", "0.5", "--diagnostics"
     )
     s = _summary(run_dir)
     events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -108,25 +79,19 @@ def test_eval_every_selects_the_best_point_inside_the_epoch(criteo_dir: Path, tm
 
 def test_early_stopping_ends_training_after_patience_points_without_gain(criteo_dir: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    torchrun(
-        TRAIN,
-        [
-            "--data",
-            str(criteo_dir),
-            "--run-dir",
-            str(run_dir),
-            "--sharding",
-            "table_wise",
-            "--epochs",
-            "3",
-            "--eval-every",
-            "2",
-            "--early-stop-patience",
-            "1",
-            "--embedding-lr",
-            "0.5",
-            *QUICK,
-        ],
+    _torchrun_quick(
+        criteo_dir,
+        run_dir,
+        "--sharding",
+        "table_wise",
+        "--epochs",
+        "3",
+        "--eval-every",
+        "2",
+        "--early-stop-patience",
+        "1",
+        "--embedding-lr",
+        "0.5",
     )
     s = _summary(run_dir)
     events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -150,10 +115,7 @@ def test_early_stopping_ends_training_after_patience_points_without_gain(criteo_
 
 def test_baseline_flag_trains_stock_ebc_without_collapse(criteo_dir: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    torchrun(
-        TRAIN,
-        ["--data", str(criteo_dir), "--run-dir", str(run_dir), "--model", "baseline", "--sharding", "row_wise", *QUICK],
-    )
+    _torchrun_quick(criteo_dir, run_dir, "--model", "baseline", "--sharding", "row_wise")
     s = _summary(run_dir)
     assert s["model"] == "baseline" and "collapsed" not in s
     assert s["params_serving"] == s["params_training"]
@@ -163,63 +125,37 @@ def test_torchx_local_cwd_two_ranks(criteo_dir: Path, tmp_path: Path) -> None:
     torchx = shutil.which("torchx", path=str(Path(sys.executable).parent))
     assert torchx, "torchx is installed in the venv"
     run_dir = tmp_path / "run"
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", OMP_NUM_THREADS="1")
-    cmd = [
-        torchx,
-        "run",
-        "-s",
-        "local_cwd",
-        "dist.ddp",
-        "-j",
-        "1x2",
-        "--script",
-        "mlet_dist/train.py",
-        "--",
-        "--data",
-        str(criteo_dir),
-        "--run-dir",
-        str(run_dir),
-        "--sharding",
-        "column_wise",
-        *QUICK,
-    ]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    component = ["dist.ddp", "-j", "1x2", "--script", "mlet_dist/train.py"]
+    args = data_and_run_dir(criteo_dir, run_dir, "--sharding", "column_wise", *QUICK)
+    proc = torchx_run(component, args, env_extra={"OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     assert "SUCCEEDED" in proc.stdout + proc.stderr
     assert _summary(run_dir)["world_size"] == 2
 
 
-def _train_cli(args: list, env_extra: dict = {}) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env.update(env_extra)
-    return subprocess.run(
-        [sys.executable, str(TRAIN), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
-    )
-
-
 def test_missing_data_is_a_clear_message(tmp_path: Path) -> None:
-    proc = _train_cli(["--data", str(tmp_path / "nope"), "--run-dir", str(tmp_path / "r")])
+    proc = train_one_process(["--data", str(tmp_path / "nope"), "--run-dir", str(tmp_path / "r")])
     assert proc.returncode != 0
     assert "no prepared dataset" in proc.stderr and "mlet-prep criteo-kaggle" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
 def test_nccl_without_cuda_says_what_to_change(criteo_dir: Path, tmp_path: Path) -> None:
-    proc = _train_cli(["--data", str(criteo_dir), "--run-dir", str(tmp_path / "r"), "--backend", "nccl"])
+    proc = train_one_process(["--data", str(criteo_dir), "--run-dir", str(tmp_path / "r"), "--backend", "nccl"])
     assert proc.returncode != 0
     assert "--backend nccl needs CUDA" in proc.stderr and "--backend gloo" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
 def test_k_smaller_than_d_fails_before_training(criteo_dir: Path, tmp_path: Path) -> None:
-    proc = _train_cli(["--data", str(criteo_dir), "--run-dir", str(tmp_path / "r"), "-k", "8", "-d", "16"])
+    proc = train_one_process(["--data", str(criteo_dir), "--run-dir", str(tmp_path / "r"), "-k", "8", "-d", "16"])
     assert proc.returncode != 0
     assert "--inner-dim k=8 is smaller than --embedding-dim d=16" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
 def test_single_process_without_launcher(criteo_dir: Path, tmp_path: Path) -> None:
-    proc = _train_cli(["--data", str(criteo_dir), "--run-dir", str(tmp_path / "r"), *QUICK])
+    proc = train_one_process(["--data", str(criteo_dir), "--run-dir", str(tmp_path / "r"), *QUICK])
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert _summary(tmp_path / "r")["world_size"] == 1
 
@@ -227,15 +163,15 @@ def test_single_process_without_launcher(criteo_dir: Path, tmp_path: Path) -> No
 def test_plan_file_round_trip_and_mismatch(criteo_dir: Path, tmp_path: Path) -> None:
     """A run's plan.json drives a second run; the same plan on 1 rank is refused with a message."""
     first = tmp_path / "first"
-    torchrun(TRAIN, ["--data", str(criteo_dir), "--run-dir", str(first), "--sharding", "row_wise", *QUICK])
+    _torchrun_quick(criteo_dir, first, "--sharding", "row_wise")
     plan = json.loads((first / "plan.json").read_text())
     assert plan["topology"]["world_size"] == 2
     tables = next(iter(plan["plan"].values()))
     assert {e["sharding_type"] for e in tables.values()} == {"row_wise"}
     second = tmp_path / "second"
-    torchrun(TRAIN, ["--data", str(criteo_dir), "--run-dir", str(second), "--plan", str(first / "plan.json"), *QUICK])
+    _torchrun_quick(criteo_dir, second, "--plan", str(first / "plan.json"))
     assert json.loads((second / "plan.json").read_text())["plan"] == plan["plan"]
-    proc = _train_cli(
+    proc = train_one_process(
         ["--data", str(criteo_dir), "--run-dir", str(tmp_path / "r"), "--plan", str(first / "plan.json"), *QUICK]
     )
     assert proc.returncode != 0
