@@ -7,10 +7,8 @@ order, same global batch). Each rank's RNG stream comes back from a checkpoint (
 training itself draws nothing random)."""
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Dict, Sequence
 
@@ -18,23 +16,11 @@ import pytest
 import torch
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-from data_prep.criteo import prepare_criteo_kaggle
-from dist_launch import ROOT, torchrun
+from dist_launch import torchrun
+from training_runs import TRAIN, data_and_run_dir, prepared_sample, quick_args, train_one_process
 
-TRAIN = ROOT / "mlet_dist" / "train.py"
-SAMPLE = ROOT / "data_prep" / "samples" / "criteo_sample.tsv"
 ARGS = [
-    "--batch-size",
-    "64",
-    "--max-train-batches",
-    "8",
-    "--max-eval-batches",
-    "2",
-    "--no-progress",
-    "--bottom-mlp",
-    "32,16",
-    "--top-mlp",
-    "32,1",
+    *quick_args(bottom_mlp="32,16", top_mlp="32,1", max_train_batches=8, max_eval_batches=2),
     "--checkpoint-every",
     "2",
     "--no-collapse",
@@ -49,9 +35,7 @@ ARGS = [
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("fault") / "criteo"
-    prepare_criteo_kaggle(SAMPLE, out)
-    return out
+    return prepared_sample(tmp_path_factory, "fault")
 
 
 @pytest.fixture(scope="module")
@@ -159,15 +143,7 @@ WORLD_SIZE_CHANGE_TOL = 1e-3  # |Δ - Δ_ref| / |Δ_ref| per tensor; fp32 noise 
 def _one_rank(data: Path, run: Path, batch_size: str, extra: Sequence[str] = ()) -> subprocess.CompletedProcess:
     """train.py as one plain process (no torchrun variables), ARGS with --batch-size replaced."""
     args = [a if a != "64" else batch_size for a in ARGS]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    return subprocess.run(
-        [sys.executable, str(TRAIN), "--data", str(data), "--run-dir", str(run), *args, *extra],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
+    return train_one_process(data_and_run_dir(data, run, *args, *extra), timeout=600)
 
 
 def _update_errors(

@@ -5,9 +5,7 @@ into different folders (a checkpoint missing rank 1's shards, or a hang in the s
 Here the two ranks are separate processes started 2.5 s apart, as on two nodes.
 """
 
-import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -16,43 +14,11 @@ from pathlib import Path
 import pytest
 
 from data_prep.criteo import prepare_criteo_kaggle
-from dist_launch import ROOT
 from mlet_dist.training.run_name import default_run_name
+from training_runs import SAMPLE, TRAIN, free_port, one_process_env, quick_args
 
-TRAIN = ROOT / "mlet_dist" / "train.py"
-SAMPLE = ROOT / "data_prep" / "samples" / "criteo_sample.tsv"
-QUICK = [
-    "--batch-size",
-    "64",
-    "--max-train-batches",
-    "4",
-    "--max-eval-batches",
-    "2",
-    "--no-progress",
-    "--bottom-mlp",
-    "16,16",
-    "--top-mlp",
-    "16,1",
-    "--sharding",
-    "table_wise",
-]
-LAUNCHER_VARS = (
-    "RANK",
-    "WORLD_SIZE",
-    "LOCAL_RANK",
-    "LOCAL_WORLD_SIZE",
-    "MASTER_ADDR",
-    "MASTER_PORT",
-    "TORCHELASTIC_RUN_ID",
-    "TORCHELASTIC_RESTART_COUNT",
-    "TORCHELASTIC_USE_AGENT_STORE",
-)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+QUICK = quick_args(bottom_mlp="16,16", top_mlp="16,1", max_train_batches=4, max_eval_batches=2)
+QUICK += ["--sharding", "table_wise"]
 
 
 def test_default_name_is_the_elastic_run_id_else_a_timestamp() -> None:
@@ -67,15 +33,7 @@ def test_ranks_started_seconds_apart_share_one_default_run_dir(tmp_path: Path) -
     prepare_criteo_kaggle(SAMPLE, data)
     work = tmp_path / "work"  # the job's working dir: the default run dir lands in work/runs/
     work.mkdir()
-    base = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
-    base.update(
-        OMP_NUM_THREADS="1",
-        PYTHONPATH=str(ROOT),
-        WORLD_SIZE="2",
-        LOCAL_WORLD_SIZE="2",
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(_free_port()),
-    )
+    base = one_process_env(WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     procs = []
     for rank in (0, 1):
         if rank:

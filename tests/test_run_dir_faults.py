@@ -11,55 +11,16 @@ from typing import List
 
 import pytest
 
-from data_prep.criteo import prepare_criteo_kaggle
 from dist_launch import ROOT
+from training_runs import TRAIN, free_port, one_process_env, prepared_sample, quick_args, train_one_process
 
-TRAIN = ROOT / "mlet_dist" / "train.py"
-SAMPLE = ROOT / "data_prep" / "samples" / "criteo_sample.tsv"
-QUICK = [
-    "--batch-size",
-    "64",
-    "--max-eval-batches",
-    "2",
-    "--no-progress",
-    "--bottom-mlp",
-    "16,16",
-    "--top-mlp",
-    "16,1",
-    "--sharding",
-    "table_wise",
-    "--no-collapse",
-]
-LAUNCHER_VARS = (
-    "RANK",
-    "WORLD_SIZE",
-    "LOCAL_RANK",
-    "LOCAL_WORLD_SIZE",
-    "MASTER_ADDR",
-    "MASTER_PORT",
-    "TORCHELASTIC_RUN_ID",
-    "TORCHELASTIC_RESTART_COUNT",
-)
+QUICK = quick_args(bottom_mlp="16,16", top_mlp="16,1", max_eval_batches=2)
+QUICK += ["--sharding", "table_wise", "--no-collapse"]
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("run_dir_faults") / "criteo"
-    prepare_criteo_kaggle(SAMPLE, out)
-    return out
-
-
-def _env() -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    return env
-
-
-def train(args: List[str], timeout: float = 300) -> subprocess.CompletedProcess:
-    """train.py as one process, no launcher."""
-    return subprocess.run(
-        [sys.executable, str(TRAIN), *args], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout
-    )
+    return prepared_sample(tmp_path_factory, "run_dir_faults")
 
 
 def lines_starting(proc: subprocess.CompletedProcess, prefix: str) -> List[str]:
@@ -75,11 +36,11 @@ def test_no_resume_moves_the_earlier_run_aside_so_a_rerun_resumes_the_new_one(da
     step-12, and the next plain rerun resumed the old step 20 and reported its AUC as its own."""
     run = tmp_path / "run"
     ckpt = ["--checkpoint-every", "5", "--keep-checkpoints", "3"]
-    first = train(["--data", str(data), "--run-dir", str(run), *QUICK, *ckpt, "--max-train-batches", "20"])
+    first = train_one_process(["--data", str(data), "--run-dir", str(run), *QUICK, *ckpt, "--max-train-batches", "20"])
     assert first.returncode == 0, first.stderr[-3000:]
     assert checkpoint_steps(run) == [10, 15, 20]
 
-    fresh = train(
+    fresh = train_one_process(
         ["--data", str(data), "--run-dir", str(run), *QUICK, *ckpt, "--max-train-batches", "12", "--no-resume"]
     )
     assert fresh.returncode == 0, fresh.stderr[-3000:]
@@ -92,7 +53,7 @@ def test_no_resume_moves_the_earlier_run_aside_so_a_rerun_resumes_the_new_one(da
     ]
     assert "resuming from" not in fresh.stdout
 
-    rerun = train(["--data", str(data), "--run-dir", str(run), *QUICK, *ckpt, "--max-train-batches", "12"])
+    rerun = train_one_process(["--data", str(data), "--run-dir", str(run), *QUICK, *ckpt, "--max-train-batches", "12"])
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"resuming from {run / 'checkpoints' / 'step-00000012'}" in rerun.stdout
     assert "step 12" in rerun.stdout and "step 20" not in rerun.stdout
@@ -121,7 +82,7 @@ time.sleep(600)
 def _hold_lock(run_dir: Path) -> subprocess.Popen:
     """Another process holding the run dir the way a training job's rank 0 does."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD, str(run_dir)], cwd=ROOT, env=_env(), stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", HOLD, str(run_dir)], cwd=ROOT, env=one_process_env(), stdout=subprocess.PIPE, text=True
     )
     assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
     return holder
@@ -135,7 +96,9 @@ def test_second_job_on_a_held_run_dir_stops_at_start_naming_the_holder(data: Pat
     try:
         (run / "metrics.jsonl").write_text("{}\n")  # the holder's files
         for extra in ([], ["--no-resume"]):
-            proc = train(["--data", str(data), "--run-dir", str(run), *QUICK, "--max-train-batches", "2", *extra])
+            proc = train_one_process(
+                ["--data", str(data), "--run-dir", str(run), *QUICK, "--max-train-batches", "2", *extra]
+            )
             assert proc.returncode == 2, proc.stderr[-3000:]
             errors = lines_starting(proc, "error:")
             assert len(errors) == 1 and errors[0].startswith(
@@ -154,7 +117,7 @@ def test_a_killed_jobs_lock_does_not_block_the_next_job(data: Path, tmp_path: Pa
     os.kill(holder.pid, signal.SIGKILL)  # no cleanup: the lock file stays, the kernel drops the lock
     holder.wait()
     assert (run / ".lock").is_file()
-    proc = train(["--data", str(data), "--run-dir", str(run), *QUICK, "--max-train-batches", "2"])
+    proc = train_one_process(["--data", str(data), "--run-dir", str(run), *QUICK, "--max-train-batches", "2"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert re.fullmatch(r"pid \d+ on host .+", (run / ".lock").read_text().strip())
     assert str(holder.pid) not in (run / ".lock").read_text()
@@ -193,9 +156,9 @@ def test_extending_a_finished_run_keeps_its_best_point(data: Path, tmp_path: Pat
         "--mlet-init",
         "paper",
     ]  # the init the case was found with
-    assert train(args).returncode == 0
+    assert train_one_process(args).returncode == 0
     for attempt in range(2):  # the extension, then a rerun of the extended, finished run
-        proc = train([*args, "--epochs", "2"])
+        proc = train_one_process([*args, "--epochs", "2"])
         assert proc.returncode == 0, proc.stderr[-3000:]
         summary = json.loads((run / "summary.json").read_text())
         aucs = _epoch_val_aucs(run)
@@ -207,7 +170,7 @@ def test_extending_a_finished_run_keeps_its_best_point(data: Path, tmp_path: Pat
     import shutil
 
     shutil.rmtree(run / "best_model")  # e.g. a sweep pruned it; then the run is extended again
-    proc = train([*args, "--epochs", "3"])
+    proc = train_one_process([*args, "--epochs", "3"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     aucs = _epoch_val_aucs(run)
     assert max(aucs, key=aucs.__getitem__) == 10, aucs  # the precondition: step 10 is still the best
@@ -216,14 +179,6 @@ def test_extending_a_finished_run_keeps_its_best_point(data: Path, tmp_path: Pat
     summary = json.loads((run / "summary.json").read_text())
     assert summary["selected_step"] == 30 and summary["selected_epoch"] == 2
     assert summary["trained"]["val"]["auc"] == pytest.approx(aucs[30], abs=1e-9)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_every_failing_plain_torchrun_launch_prints_its_error_line(data: Path, tmp_path: Path) -> None:
@@ -246,9 +201,9 @@ def test_every_failing_plain_torchrun_launch_prints_its_error_line(data: Path, t
         "6",
     ]
     for launch in range(2):
-        env = dict(_env(), MLET_FAULT="step:3:1:raise")
+        env = one_process_env(MLET_FAULT="step:3:1:raise")
         proc = subprocess.run(
-            [*cmd[:3], f"--master-port={_free_port()}", *cmd[3:]],
+            [*cmd[:3], f"--master-port={free_port()}", *cmd[3:]],
             cwd=ROOT,
             env=env,
             capture_output=True,

@@ -15,34 +15,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data_prep.criteo import prepare_criteo_kaggle
 from dist_launch import ROOT
+from training_runs import TRAIN, prepared_sample, quick_args
 
-TRAIN = ROOT / "mlet_dist" / "train.py"
-SAMPLE = ROOT / "data_prep" / "samples" / "criteo_sample.tsv"
-SMALL = [
-    "--batch-size",
-    "64",
-    "--max-train-batches",
-    "6",
-    "--max-eval-batches",
-    "2",
-    "--no-progress",
-    "--bottom-mlp",
-    "32,16",
-    "--top-mlp",
-    "32,1",
-    "--no-collapse",
-    "--sharding",
-    "table_wise",
-]
+SMALL = quick_args(bottom_mlp="32,16", top_mlp="32,1", max_train_batches=6, max_eval_batches=2)
+SMALL += ["--no-collapse", "--sharding", "table_wise"]
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("failures") / "criteo"
-    prepare_criteo_kaggle(SAMPLE, out)
-    return out
+    return prepared_sample(tmp_path_factory, "failures")
 
 
 def launch(args: List[str], timeout: float, env_extra: dict = {}) -> Tuple[subprocess.CompletedProcess, float]:

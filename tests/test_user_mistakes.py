@@ -1,6 +1,5 @@
 """Natural first mistakes get one clear line, not a traceback (issue 21)."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,38 +11,14 @@ from data_prep.dataset_format import read_meta
 from dist_launch import ROOT
 from mlet_dist.planning.spec import SpecError, load_table_spec
 from mlet_dist.serving.predict_cli import predict_main
+from training_runs import SAMPLE, TRAIN, one_process_env, quick_args, train_one_process
 
-TRAIN = ROOT / "mlet_dist" / "train.py"
-SAMPLE = ROOT / "data_prep" / "samples" / "criteo_sample.tsv"
-QUICK = [
-    "--batch-size",
-    "64",
-    "--max-train-batches",
-    "2",
-    "--max-eval-batches",
-    "1",
-    "--no-progress",
-    "--bottom-mlp",
-    "16,16",
-    "--top-mlp",
-    "16,1",
-    "--sharding",
-    "table_wise",
-    "--no-collapse",
-]
-LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "TORCHELASTIC_RUN_ID")
-
-
-def _train(args: list, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
-    env["OMP_NUM_THREADS"] = "1"
-    return subprocess.run(
-        [sys.executable, str(TRAIN), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
-    )
+QUICK = quick_args(bottom_mlp="16,16", top_mlp="16,1", max_train_batches=2, max_eval_batches=1)
+QUICK += ["--sharding", "table_wise", "--no-collapse"]
 
 
 def test_raw_file_as_data_names_the_mlet_prep_command(tmp_path: Path) -> None:
-    proc = _train(["--data", str(SAMPLE), "--run-dir", str(tmp_path / "r")])
+    proc = train_one_process(["--data", str(SAMPLE), "--run-dir", str(tmp_path / "r")])
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert f"is a raw data file, not a prepared dataset: run `mlet-prep criteo-kaggle {SAMPLE} OUTDIR`" in proc.stderr
     assert "pass --data OUTDIR" in proc.stderr
@@ -62,11 +37,10 @@ def test_predict_refuses_an_output_it_would_not_write_as_named(tmp_path: Path) -
 
 
 def test_forgotten_data_under_torchrun_prints_the_error_once() -> None:
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(TRAIN)],
         cwd=ROOT,
-        env=dict(env, OMP_NUM_THREADS="1"),
+        env=one_process_env(),
         capture_output=True,
         text=True,
         timeout=300,
@@ -81,12 +55,12 @@ def test_reusing_a_run_dir_with_another_model_says_which_is_which(tmp_path: Path
     data = tmp_path / "data"
     prepare_criteo_kaggle(SAMPLE, data)
     run_dir = tmp_path / "run"
-    first = _train(["--data", str(data), "--run-dir", str(run_dir), "-d", "16", *QUICK])
+    first = train_one_process(["--data", str(data), "--run-dir", str(run_dir), "-d", "16", *QUICK])
     assert first.returncode == 0, first.stderr[-3000:]
-    second = _train(["--data", str(data), "--run-dir", str(run_dir), "-d", "8", *QUICK])
+    second = train_one_process(["--data", str(data), "--run-dir", str(run_dir), "-d", "8", *QUICK])
     assert second.returncode != 0 and "Traceback" not in second.stderr, second.stderr[-3000:]
     assert f"run dir {run_dir} holds a checkpoint of another model (--model mlet -d 16 -k 64" in second.stderr
     assert "(--model mlet -d 8 -k 64" in second.stderr and "differs in -d" in second.stderr
     assert "--no-resume" in second.stderr and "another --run-dir" in second.stderr
-    third = _train(["--data", str(data), "--run-dir", str(run_dir), "-d", "8", "--no-resume", *QUICK])
+    third = train_one_process(["--data", str(data), "--run-dir", str(run_dir), "-d", "8", "--no-resume", *QUICK])
     assert third.returncode == 0, third.stderr[-3000:]
