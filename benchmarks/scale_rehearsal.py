@@ -259,12 +259,7 @@ def stage_plan(args: argparse.Namespace, data: Path) -> Dict[str, Any]:
             ],
             args.workdir / f"plan_{model}.log",
         )
-        per_rank = json.loads(out.read_text())["estimates"]["per_rank"]
-        result[model] = {
-            **_plain(measured),
-            "file": str(out),
-            "planned_bytes": {r["rank"]: r["training_total"] for r in per_rank},
-        }
+        result[model] = {**_plain(measured), "file": str(out), "planned_bytes": planned_bytes(out)}
     return result
 
 
@@ -394,10 +389,8 @@ def stage_train(
     return result
 
 
-def rank_rows(plans: Dict[str, Any], train: Dict[str, Any]) -> List[Dict[str, Any]]:
-    """Per rank of the headline model: the plan's bytes beside the measured peak RSS in training."""
-    planned = plans[HEADLINE]["planned_bytes"]
-    measured = train[HEADLINE]["full_tables"]["rank_peak_rss_bytes"]
+def rank_rows(planned: Dict[Any, int], measured: Dict[str, int]) -> List[Dict[str, Any]]:
+    """Per rank: the plan's bytes beside the measured peak RSS of that rank."""
     rows = []
     for rank in sorted(planned, key=int):
         peak = measured.get(str(rank))
@@ -410,6 +403,12 @@ def rank_rows(plans: Dict[str, Any], train: Dict[str, Any]) -> List[Dict[str, An
             }
         )
     return rows
+
+
+def planned_bytes(plan_file: Path) -> Dict[int, int]:
+    """Each rank's ``training_total`` in an mlet-plan file."""
+    per_rank = json.loads(Path(plan_file).read_text())["estimates"]["per_rank"]
+    return {r["rank"]: r["training_total"] for r in per_rank}
 
 
 def stage_checkpoint(args: argparse.Namespace, data: Path, plan: Path) -> Dict[str, Any]:
@@ -586,6 +585,8 @@ def stage_epoch(args: argparse.Namespace, data: Path, plan: Path, rows: int, kee
     run_dir = args.workdir / "run_epoch"
     cmd = train_command(args, data, HEADLINE, run_dir, plan, args.epoch_steps, args.epoch_eval_batches, "--no-resume")
     result = epoch_record(args, run_measured(cmd, args.workdir / "epoch.log"), run_dir, rows, args.epoch_steps == 0)
+    # the whole run, evaluation of every val and test row included, against the plan it ran on
+    result["ranks"] = rank_rows(planned_bytes(plan), result["rank_peak_rss_bytes"])
     if not keep_run:
         shutil.rmtree(run_dir, ignore_errors=True)
     return result
@@ -760,12 +761,14 @@ def readme(report: Dict[str, Any]) -> str:
             f"val AUC {ep['val']['auc']:.4f} NE {ep['val']['ne']:.4f}, test AUC {ep['test']['auc']:.4f} "
             f"NE {ep['test']['ne']:.4f}" + (f" (the run of {ep['reused_from']})" if "reused_from" in ep else "") + " |"
         )
-    if report.get("ranks"):
-        lines += ["", "| rank | planned GB | measured peak RSS GB | measured / planned |", "|---|---|---|---|"]
-        lines += [
-            f"| {r['rank']} | {gb(r['planned_bytes'])} | {gb(r['peak_rss_bytes'])} | {r['measured_over_planned']} |"
-            for r in report["ranks"]
-        ]
+    for title, ranks in (("training stage", report.get("ranks")), ("epoch stage", (ep or {}).get("ranks"))):
+        if ranks:
+            lines += ["", f"| rank ({title}) | planned GB | measured peak RSS GB | measured / planned |"]
+            lines += ["|---|---|---|---|"]
+            lines += [
+                f"| {r['rank']} | {gb(r['planned_bytes'])} | {gb(r['peak_rss_bytes'])} | {r['measured_over_planned']} |"
+                for r in ranks
+            ]
     return "\n".join(lines) + "\n"
 
 
@@ -816,7 +819,9 @@ def run(args: argparse.Namespace, report: Dict[str, Any]) -> None:
         reference = ci_reference_run(args, full, plan)
     progress(f"train: {len(args.models)} models x {1 if small is None else 2} table sizes, {args.steps} steps each")
     report["train"] = stage_train(args, full, small, report["plan"], report, reference)
-    report["ranks"] = rank_rows(report["plan"], report["train"])
+    report["ranks"] = rank_rows(
+        report["plan"][HEADLINE]["planned_bytes"], report["train"][HEADLINE]["full_tables"]["rank_peak_rss_bytes"]
+    )
     if reference is not None:
         report["epoch"] = {
             **epoch_record(

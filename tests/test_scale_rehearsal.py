@@ -89,7 +89,7 @@ def test_tiny_fraction_reports_every_stage(tmp_path: Path) -> None:
     fp32 = report["export"]["precisions"]["fp32"]
     assert fp32["module_bytes"] > 0 and set(fp32["latency_ms"]) == {"1", "64"}
     readme = (out / "README.md").read_text()
-    assert "| rank | planned GB" in readme and "| checkpoint" in readme and "| kill -9" in readme
+    assert "| rank (training stage) | planned GB" in readme and "| checkpoint" in readme and "| kill -9" in readme
     assert "| epoch MLET" in readme and "skipped (--ci)" in readme
     assert not (tmp_path / "work").exists()  # the work dir is removed unless --keep
 
@@ -102,6 +102,11 @@ def test_tiny_fraction_reports_every_stage(tmp_path: Path) -> None:
     train_rows = report["rows"] * 6 // 7
     assert epoch["fraction_of_epoch"] == 1 and epoch["rows_trained"] >= train_rows - 64, epoch
     assert "reused_from" not in epoch and epoch["eval_rows"]["val"] == 2 * 32, epoch
+    assert [r["rank"] for r in epoch["ranks"]] == [0, 1], epoch  # the whole run against its plan
+    for row in epoch["ranks"]:
+        assert row["peak_rss_bytes"] == epoch["rank_peak_rss_bytes"][str(row["rank"])]
+        assert abs(row["measured_over_planned"] - 1) < 0.15, row
+    assert "| rank (epoch stage) | planned GB" in (out / "README.md").read_text()
     assert not any(line.startswith("the whole epoch") for line in after["not_run"]), after["not_run"]
     replaced = ("epoch", "not_run", "collapse", "export")
     assert {k: v for k, v in after.items() if k not in replaced} == {
