@@ -27,26 +27,29 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mlet_dist.models.dlrm import DLRMConfig, set_bottom_mlp_output  # noqa: E402
-from torchrec.models.dlrm import DenseArch, InteractionArch, OverArch  # noqa: E402
+from mlet_dist.models import EmbeddingSpec, build_embedding_collection  # noqa: E402
+from mlet_dist.models.dlrm import DLRMConfig, build_dlrm  # noqa: E402
+from torchrec.models.dlrm import DLRM  # noqa: E402
 
 NUM_TABLES = 26
 
 
 class DenseStep(nn.Module):
-    """DLRM's dense arch, dot interaction and over arch (the project's default shape) on given
-    pooled embeddings [B, tables, d]."""
+    """A DLRM's dense arch, dot interaction and over arch (its own modules, shared) on given
+    pooled embeddings [B, tables, d]: no sparse arch."""
 
-    def __init__(self, config: DLRMConfig, d: int) -> None:
+    def __init__(self, model: DLRM) -> None:
         super().__init__()
-        self.dense_arch = DenseArch(config.dense_in_features, [*config.bottom_mlp, d])
-        set_bottom_mlp_output(self.dense_arch, config.bottom_mlp_output)
-        self.inter_arch = InteractionArch(NUM_TABLES)
-        over_in = d + NUM_TABLES * (NUM_TABLES + 1) // 2
-        self.over_arch = OverArch(over_in, list(config.top_mlp))
+        self.dense_arch, self.inter_arch, self.over_arch = model.dense_arch, model.inter_arch, model.over_arch
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
         return self.over_arch(self.inter_arch(self.dense_arch(dense), sparse)).squeeze(-1)
+
+
+def default_dense_step(d: int) -> DenseStep:
+    """The dense part of mlet-train's default model (build_dlrm, DLRMConfig()) over 26 tables of width d."""
+    tables = build_embedding_collection({f"C{i}": 1 for i in range(NUM_TABLES)}, EmbeddingSpec(d, mlet=False))
+    return DenseStep(build_dlrm(tables, DLRMConfig()))
 
 
 def optimizer(name: str, params: Sequence[nn.Parameter]) -> torch.optim.Optimizer:
@@ -79,7 +82,7 @@ def run(batch: int, d: int, threads: int, steps: int, warmup: int, rounds: int) 
     """Median ms/step per dense optimizer, rounds interleaved so a load burst hits both alike."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    models = {name: DenseStep(DLRMConfig(), d) for name in ("sgd", "adam")}
+    models = {name: default_dense_step(d) for name in ("sgd", "adam")}
     per: Dict[str, List[float]] = {name: [] for name in models}
     for _ in range(rounds):
         for name, model in models.items():

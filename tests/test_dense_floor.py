@@ -1,8 +1,12 @@
 """benchmarks/bench_dense_floor.py times the dense part of the default DLRM alone (issue 29's floor
 under any step at the authors' configuration): its module must compute what mlet-train's default
-model computes from the same pooled embeddings, or the floor is of some other model."""
+model computes from the same pooled embeddings, and hold that model's dense parameters only, or the
+floor is of some other model."""
+
+from typing import List
 
 import torch
+from torchrec.models.dlrm import DLRM
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
@@ -13,18 +17,18 @@ from mlet_dist.models.dlrm import DLRMConfig, build_dlrm
 D, B = 16, 8
 
 
-def test_the_floor_module_is_the_default_models_dense_part() -> None:
-    torch.manual_seed(0)
-    tables = [
+def _default_model() -> DLRM:
+    tables: List[EmbeddingBagConfig] = [
         EmbeddingBagConfig(name=f"t{i}", num_embeddings=10, embedding_dim=D, feature_names=[f"f{i}"])
         for i in range(bench.NUM_TABLES)
     ]
-    model = build_dlrm(EmbeddingBagCollection(tables=tables), DLRMConfig())
-    floor = bench.DenseStep(DLRMConfig(), D)
-    missing = floor.load_state_dict(
-        {k: v for k, v in model.state_dict().items() if k.startswith(("dense_arch.", "over_arch."))}, strict=True
-    )
-    assert not missing.missing_keys and not missing.unexpected_keys
+    return build_dlrm(EmbeddingBagCollection(tables=tables), DLRMConfig())
+
+
+def test_the_floor_module_computes_the_models_logits() -> None:
+    torch.manual_seed(0)
+    model = _default_model()
+    floor = bench.DenseStep(model)
     dense = torch.rand(B, 13)
     ids = torch.randint(0, 10, (bench.NUM_TABLES * B,))
     kjt = KeyedJaggedTensor.from_lengths_sync(
@@ -34,6 +38,12 @@ def test_the_floor_module_is_the_default_models_dense_part() -> None:
     )
     pooled = model.sparse_arch(kjt)  # [B, tables, d]
     assert torch.allclose(floor(dense, pooled), model(dense, kjt).squeeze(-1), rtol=0, atol=1e-6)
+
+
+def test_the_benchmark_times_the_default_models_dense_parameters() -> None:
+    timed = [(n, p.shape) for n, p in bench.default_dense_step(D).named_parameters()]
+    dense = [(n, p.shape) for n, p in _default_model().named_parameters() if not n.startswith("sparse_arch.")]
+    assert timed == dense and timed
 
 
 def test_the_benchmark_runs_both_optimizers() -> None:
