@@ -47,7 +47,7 @@ def parse(argv: List[str]) -> argparse.Namespace:
 def build(env: DistEnv, tables: Dict[str, int]) -> tuple:
     """A table-wise sharded MLET k=64 -> d=16 model and its optimizers, state created as after a step."""
     model = model_factory(ModelConfig(), tables, 13)(torch.device("meta"))
-    attach_fused_embedding_optimizer(model, OptimConfig())
+    attach_fused_embedding_optimizer(model, OptimConfig(), env.device.type)
     sharded = shard_model(model, env, ShardingConfig(sharding="table_wise"))
     optimizer = build_optimizer(sharded, OptimConfig())
     _init_lazy_optimizer_state(optimizer)

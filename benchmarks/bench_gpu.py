@@ -213,7 +213,7 @@ def bench_step(
                     )
                 )
                 optim = OptimConfig()
-                attach_fused_embedding_optimizer(model, optim)
+                attach_fused_embedding_optimizer(model, optim, env.device.type)
                 sharded = shard_model(model, env, ShardingConfig("table_wise"))
                 opt = build_optimizer(sharded, optim)
                 batches = make_batches(rows, batch, env.device, 4)
@@ -264,7 +264,7 @@ def _build_trainable(spec: Any, rows: List[int], env: Any, dense: Dict[str, List
         )
     )
     optim = OptimConfig()
-    attach_fused_embedding_optimizer(model, optim)
+    attach_fused_embedding_optimizer(model, optim, env.device.type)
     sharded = shard_model(model, env, ShardingConfig("table_wise"))
     return sharded, build_optimizer(sharded, optim)
 

@@ -10,6 +10,11 @@ without the per-step Python input checks, as mlet-train runs it, unless --check-
   ebc_d64      stock EmbeddingBagCollection, d=64
 Variants are interleaved round by round so that machine noise hits all of them alike; the
 median step time per variant and the ratios to ebc_d16 are printed by rank 0.
+
+``--cpu-table-updates jit,loop`` builds every variant once per fbgemm CPU table-update path
+(mlet-train's --cpu-table-update; training/optim.py) and interleaves them all: ``mlet_owner`` is
+the default JIT path, ``mlet_owner/loop`` the loop, and each /loop variant's ratio to its JIT
+twin is printed. ``--ranks 1 --batch-size 128`` is the authors' configuration (one process).
 """
 
 import argparse
@@ -53,6 +58,12 @@ def parse() -> argparse.Namespace:
         default=",".join(VARIANTS),
         help=f"comma-separated subset of {', '.join(VARIANTS)} (ebc_d16 always runs: the ratios' base)",
     )
+    p.add_argument(
+        "--cpu-table-updates",
+        default="jit",
+        help="comma-separated fbgemm CPU paths of the fused rowwise Adagrad to build each variant with "
+        "(loop, jit); the first is the unsuffixed one",
+    )
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args()
 
@@ -77,7 +88,7 @@ def table_sizes(args: argparse.Namespace) -> Dict[str, int]:
     return {f"C{i}": args.rows for i in range(args.tables)}
 
 
-def build_variant(name: str, args: argparse.Namespace, env: Any) -> Tuple[Any, Any]:
+def build_variant(name: str, args: argparse.Namespace, env: Any, cpu_table_update: str = "jit") -> Tuple[Any, Any]:
     """One sharded DLRMTrain and its dense optimizer, built as mlet-train builds them (fused
     rowwise Adagrad, bounds-checked kernels, no per-step Python input checks: training's default)."""
     import torch
@@ -97,8 +108,8 @@ def build_variant(name: str, args: argparse.Namespace, env: Any) -> Tuple[Any, A
     torch.manual_seed(env.rank)
     collection = build_embedding_collection(table_sizes(args), spec, device=torch.device("meta"))
     model = DLRMTrain(build_dlrm(collection, DLRMConfig(), dense_device=torch.device("meta")))
-    optim = OptimConfig()
-    attach_fused_embedding_optimizer(model, optim)
+    optim = OptimConfig(cpu_table_update=cpu_table_update)
+    attach_fused_embedding_optimizer(model, optim, env.device.type)
     sharded = shard_model(model, env, ShardingConfig(args.sharding, owner_projection=owner))
     return sharded, build_optimizer(sharded, optim)
 
@@ -137,6 +148,27 @@ def chosen_variants(args: argparse.Namespace) -> List[str]:
     return [name for name in VARIANTS if name in asked]
 
 
+def chosen_updates(args: argparse.Namespace) -> List[str]:
+    """--cpu-table-updates, in order, each once."""
+    from mlet_dist.training.optim import CPU_TABLE_UPDATES
+
+    updates = list(dict.fromkeys(args.cpu_table_updates.split(",")))
+    unknown = [u for u in updates if u not in CPU_TABLE_UPDATES]
+    if unknown:
+        raise SystemExit(f"error: unknown --cpu-table-updates {unknown}; choose from {', '.join(CPU_TABLE_UPDATES)}")
+    return updates
+
+
+def timed_builds(args: argparse.Namespace) -> List[Tuple[str, str, str]]:
+    """(label, variant, table update) per timed model: the first update unsuffixed, others '/update'."""
+    updates = chosen_updates(args)
+    return [
+        (name if update == updates[0] else f"{name}/{update}", name, update)
+        for update in updates
+        for name in chosen_variants(args)
+    ]
+
+
 def train_step(model: Any, opt: Any, batch: Any) -> None:
     """One plain training step (no pipeline): what both the bench and the profile time; the
     labelled phases let profile_step.py put Python time between ops somewhere."""
@@ -160,7 +192,7 @@ def worker(args: argparse.Namespace) -> None:
 
     quiet_library_logs()
     env = init_distributed("gloo")
-    models = {name: build_variant(name, args, env) for name in chosen_variants(args)}
+    models = {label: build_variant(name, args, env, update) for label, name, update in timed_builds(args)}
     batches = make_batches(args, env.rank)
 
     def step(name: str, i: int) -> None:
@@ -183,15 +215,19 @@ def worker(args: argparse.Namespace) -> None:
             f"\n{args.ranks} gloo ranks, {args.tables} tables x {args.rows} rows, batch {args.batch_size}/rank, "
             f"{args.sharding}, median of {args.rounds}x{args.steps} steps, load average {os.getloadavg()[0]:.1f}"
         )
-        print(f"{'variant':<12} {'ms/step':>9} {'vs ebc_d16':>11}")
+        print(f"{'variant':<16} {'ms/step':>9} {'vs ebc_d16':>11}")
         for name, ms in med.items():
-            print(f"{name:<12} {ms:9.2f} {ms / med['ebc_d16']:10.2f}x")
+            print(f"{name:<16} {ms:9.2f} {ms / med['ebc_d16']:10.2f}x")
         if {"mlet_owner", "mlet_after"} <= set(med):
             print(f"mlet_owner / mlet_after = {med['mlet_owner'] / med['mlet_after']:.2f}x")
+        for label, name, _ in timed_builds(args):
+            if label != name:
+                print(f"{label} / {name} = {med[label] / med[name]:.3f}x")
     shutdown_distributed()
 
 
 if __name__ == "__main__":
     arguments = parse()
     chosen_variants(arguments)
+    chosen_updates(arguments)
     worker(arguments) if arguments.worker else launch(arguments)

@@ -452,7 +452,7 @@ def checkpoint_worker(data: Path, plan_file: Path, root: Path, out: Path) -> Non
     env = init_distributed("gloo")
     meta = DatasetMeta.load(data)
     model = model_factory(ModelConfig(), meta.table_sizes, len(meta.dense_features), meta.pooling)(torch.device("meta"))
-    attach_fused_embedding_optimizer(model, OptimConfig())
+    attach_fused_embedding_optimizer(model, OptimConfig(), env.device.type)
     sharded = shard_model(model, env, ShardingConfig(), plan=load_plan(plan_file)[0])
     optimizer = build_optimizer(sharded, OptimConfig())
     _init_lazy_optimizer_state(optimizer)  # as after a first step

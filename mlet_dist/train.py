@@ -73,7 +73,7 @@ def run(cfg: TrainConfig, env: DistEnv) -> Dict[str, object]:
 
     torch.manual_seed(cfg.seed + env.rank)  # distinct table shards per rank; DDP syncs dense from rank 0
     model = build(torch.device("meta"))
-    attach_fused_embedding_optimizer(model, cfg.optim)
+    attach_fused_embedding_optimizer(model, cfg.optim, env.device.type)
     plan = load_checked_plan(cfg.plan, model, env.world_size, env.device.type) if cfg.plan else None
     sharded = shard_model(model, env, cfg.sharding, plan=plan)
     optimizer = build_optimizer(sharded, cfg.optim)

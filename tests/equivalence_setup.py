@@ -13,6 +13,7 @@ not a bug here). ``column_blocks`` makes the reference do the same, and the test
 sharded run against that definition.
 """
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Tuple
 
@@ -93,11 +94,16 @@ class OptimSetup:
     embedding_lr: float = LR
     dense_lr: float = LR
     eps: float = 1e-8
+    cpu_table_update: str = "jit"  # fbgemm's CPU path for fused rowwise Adagrad (training/optim.py)
 
 
 SGD = OptimSetup()
 ADAGRAD_ADAM = OptimSetup("rowwise_adagrad", "adam", embedding_lr=0.05, dense_lr=0.01)
-OPTIMS: Dict[str, OptimSetup] = {"sgd": SGD, "rowwise_adagrad+adam": ADAGRAD_ADAM}
+OPTIMS: Dict[str, OptimSetup] = {
+    "sgd": SGD,
+    "rowwise_adagrad+adam": ADAGRAD_ADAM,
+    "rowwise_adagrad+adam/loop": dataclasses.replace(ADAGRAD_ADAM, cpu_table_update="loop"),
+}
 
 
 def is_table(name: str) -> bool:

@@ -105,9 +105,10 @@ def train_sharded(env: DistEnv, run: ShardedRun) -> Optional[Dict[str, Any]]:
         dense_optimizer=o.dense,
         dense_lr=o.dense_lr,
         eps=o.eps,
+        cpu_table_update=o.cpu_table_update,
     )
     model = setup.build_model(torch.device("meta"), mlet)
-    attach_fused_embedding_optimizer(model, optim)
+    attach_fused_embedding_optimizer(model, optim, env.device.type)
     mixed = {"mixed": MIXED, "mixed_twrw": MIXED_TWRW}
     config = ShardingConfig(
         "auto" if run.sharding in mixed else run.sharding, owner_projection=not run.projection_after_comm
@@ -145,6 +146,8 @@ def train_sharded(env: DistEnv, run: ShardedRun) -> Optional[Dict[str, Any]]:
     total_bytes = torch.tensor(bytes_sent or [0])
     dist.all_reduce(total_bytes)
     owner_side = any(isinstance(m, ShardedMLETEmbeddingBagCollection) for m in sharded.modules())
+    # fbgemm's loop (the counter kernel) keeps prev_iter beside each table's momentum1
+    fused_states = [name for states in sharded.fused_optimizer.state_dict()["state"].values() for name in states]
     shards = {  # table -> [sharding type, number of shards, ranks holding them]
         table: [
             ps.sharding_type,
@@ -164,4 +167,6 @@ def train_sharded(env: DistEnv, run: ShardedRun) -> Optional[Dict[str, Any]]:
         "shards": shards,
         "owner_side": owner_side,
         "bytes_sent": int(total_bytes.item()),
+        "momentum1_states": sum(name.endswith(".momentum1") for name in fused_states),  # this rank's
+        "loop_states": sum(name.endswith(".prev_iter") for name in fused_states),
     }

@@ -122,7 +122,7 @@ def _sharded_worker(out: Path) -> None:
         eps=o.eps,
     )
     model = setup.build_model(torch.device("meta"), mlet=True)
-    attach_fused_embedding_optimizer(model, optim)
+    attach_fused_embedding_optimizer(model, optim, env.device.type)
     sharded = shard_model(model, env, ShardingConfig("table_wise"))
     load_full_state_dict(sharded, setup.initial_state(True))
     optimizer = build_optimizer(sharded, optim)

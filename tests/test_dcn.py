@@ -95,7 +95,7 @@ def dcn_sharded_training(env: DistEnv) -> Optional[Dict[str, Any]]:
     results = {}
     for sharding in SHARDINGS:
         model = build_model(torch.device("meta"))
-        attach_fused_embedding_optimizer(model, optim)
+        attach_fused_embedding_optimizer(model, optim, env.device.type)
         sharded = shard_model(model, env, ShardingConfig(sharding))
         load_full_state_dict(sharded, initial_state())
         optimizer = build_optimizer(sharded, optim)

@@ -24,7 +24,7 @@ def out_of_range_lookups(env: DistEnv) -> Dict[str, str]:
         for sharding in ("table_wise", "row_wise"):
             spec = EmbeddingSpec(embedding_dim=4, inner_dim=8, mlet=mlet, validate_inputs=False)
             model = build_embedding_collection({"f0": 10, "f1": 20}, spec, device=torch.device("meta"))
-            attach_fused_embedding_optimizer(model, OptimConfig("sgd", 0.1, "sgd", 0.1))
+            attach_fused_embedding_optimizer(model, OptimConfig("sgd", 0.1, "sgd", 0.1), env.device.type)
             sharded = shard_model(model, env, ShardingConfig(sharding))
             kjt = KeyedJaggedTensor.from_lengths_sync(
                 keys=["f0", "f1"], values=torch.tensor([1, 12, 3, 4]), lengths=torch.tensor([1, 1, 1, 1])

@@ -149,7 +149,7 @@ def env() -> Iterator[DistEnv]:
 
 def sharded_run(env: DistEnv, optim: OptimConfig) -> SimpleNamespace:
     model = setup.build_model(torch.device("meta"), mlet=True)
-    attach_fused_embedding_optimizer(model, optim)
+    attach_fused_embedding_optimizer(model, optim, env.device.type)
     sharded = shard_model(model, env, ShardingConfig("table_wise"))
     load_full_state_dict(sharded, setup.initial_state(True))
     return SimpleNamespace(model=sharded, optimizer=build_optimizer(sharded, optim))

@@ -364,6 +364,14 @@ def test_optimizer_state_bytes_follow_the_fused_optimizer() -> None:
     }
     assert by_opt["sgd"]["optimizer_bytes"] == 0
     assert by_opt["rowwise_adagrad"]["optimizer_bytes"] == rows * FP32  # one float per row
+    # and two more with fbgemm's CPU loop (training/optim.py), on CPU only
+    loop = totals(plan_small(sharding="table_wise", cpu_table_update="loop"))
+    assert loop["optimizer_bytes"] == rows * FP32 * 3
+    assert loop["table_shard_bytes"] - by_opt["rowwise_adagrad"]["table_shard_bytes"] == rows * FP32 * 2
+    gpu = totals(
+        plan_small(sharding="table_wise", cpu_table_update="loop", cluster=cluster_spec("1x2", "cuda", hbm_gb=1))
+    )
+    assert gpu["optimizer_bytes"] == rows * FP32  # CUDA runs fbgemm's plain rowwise kernel
     assert by_opt["adagrad"]["optimizer_bytes"] == rows * K * FP32  # one float per weight
     for opt in by_opt.values():  # the difference reaches the planner's per-shard storage
         assert opt["weights_bytes"] == rows * K * FP32

@@ -104,7 +104,7 @@ def train_and_export(env: DistEnv, data: Path, serving: Path, steps: int = 4) ->
     torch.manual_seed(7 + env.rank)
     model = build(torch.device("meta"))
     optim = OptimConfig(embedding_optimizer="sgd", embedding_lr=0.5, dense_optimizer="sgd", dense_lr=0.5)
-    attach_fused_embedding_optimizer(model, optim)
+    attach_fused_embedding_optimizer(model, optim, env.device.type)
     sharded = shard_model(model, env, ShardingConfig(), plan=mixed_plan(model, env.world_size))
     optimizer = build_optimizer(sharded, optim)
     for loaded in ParquetBatchStream(data, "train", 64, env.rank, env.world_size, max_batches=steps):

@@ -117,7 +117,7 @@ def check_mean_pooling(env: DistEnv, mlet: bool) -> Dict[str, Any]:
     reference = mean_mix_model(torch.device("cpu"), mlet)
     init = {k: v.clone() for k, v in reference.state_dict().items()}
     model = mean_mix_model(torch.device("meta"), mlet)
-    attach_fused_embedding_optimizer(model, OptimConfig("sgd", 0.1, "sgd", 0.1))
+    attach_fused_embedding_optimizer(model, OptimConfig("sgd", 0.1, "sgd", 0.1), env.device.type)
     sharded = shard_model(model, env, ShardingConfig("auto"), mean_mix_constraints(mlet))
     load_full_state_dict(sharded, init)
     kjt = mean_mix_kjt(env.rank, env.world_size)
@@ -162,7 +162,7 @@ def check_weights(env: DistEnv) -> Dict[str, str]:
     for weighted in (False, True):
         tables = [MLETTableConfig(f"t{i}", 20, inner_dim=K, embedding_dim=D, feature_names=[f"f{i}"]) for i in range(2)]
         model = MLETEmbeddingBagCollection(tables, is_weighted=weighted, device=torch.device("meta"))
-        attach_fused_embedding_optimizer(model, OptimConfig("sgd", 0.1, "sgd", 0.1))
+        attach_fused_embedding_optimizer(model, OptimConfig("sgd", 0.1, "sgd", 0.1), env.device.type)
         sharded = shard_model(model, env, ShardingConfig("table_wise"))
         kjt = KeyedJaggedTensor.from_lengths_sync(
             keys=["f0", "f1"],
@@ -194,7 +194,7 @@ class RecordingEBCSharder(EmbeddingBagCollectionSharder):
 def check_injected_sharder(env: DistEnv) -> Dict[str, Any]:
     tables = [MLETTableConfig(f"t{i}", 20, inner_dim=K, embedding_dim=D, feature_names=[f"f{i}"]) for i in range(2)]
     model = MLETEmbeddingBagCollection(tables, device=torch.device("meta"))
-    attach_fused_embedding_optimizer(model, OptimConfig("sgd", 0.1, "sgd", 0.1))
+    attach_fused_embedding_optimizer(model, OptimConfig("sgd", 0.1, "sgd", 0.1), env.device.type)
     ebc_sharder = RecordingEBCSharder()
     sharder = MLETEmbeddingBagCollectionSharder(ebc_sharder)
     module_plan = construct_module_sharding_plan(
@@ -272,7 +272,7 @@ def check_table_grams(env: DistEnv) -> Dict[str, float]:
     for mlet in (True, False):
         torch.manual_seed(SEED + env.rank)
         model = mean_mix_model(torch.device("meta"), mlet)
-        attach_fused_embedding_optimizer(model, OptimConfig("sgd", 0.1, "sgd", 0.1))
+        attach_fused_embedding_optimizer(model, OptimConfig("sgd", 0.1, "sgd", 0.1), env.device.type)
         sharded = shard_model(model, env, ShardingConfig("auto"), mean_mix_constraints(mlet))
         full_state = gather_full_state_dict(sharded)
         full = diagnostics_from_state_dict(full_state)

@@ -99,18 +99,22 @@ def test_update_comparison_sees_a_one_percent_gradient_scale_error() -> None:
     assert _worst(setup.update_errors(ref, ref, init)) == 0.0
 
 
-def test_rowwise_adagrad_and_adam_mixed_plan_match_one_process() -> None:
-    """Fused rowwise Adagrad on TW/RW/CW/TWRW tables, Adam on MLPs and projections."""
-    result = run_sharded("mixed_twrw", optim="rowwise_adagrad+adam")
+@pytest.mark.parametrize("optim", ["rowwise_adagrad+adam", "rowwise_adagrad+adam/loop"], ids=["jit", "loop"])
+def test_rowwise_adagrad_and_adam_mixed_plan_match_one_process(optim: str) -> None:
+    """Fused rowwise Adagrad on TW/RW/CW/TWRW tables, Adam on MLPs and projections, through
+    either of fbgemm's CPU paths (--cpu-table-update: its JIT kernels, the default, or its loop)."""
+    result = run_sharded("mixed_twrw", optim=optim)
+    assert result["momentum1_states"] > 0
+    assert result["loop_states"] == (result["momentum1_states"] if optim.endswith("/loop") else 0)
     assert {kind for kind, _, _ in result["shards"].values()} == {
         "table_wise",
         "row_wise",
         "column_wise",
         "table_row_wise",
     }
-    _assert_matches_reference(result, world_size=2, optim="rowwise_adagrad+adam")
+    _assert_matches_reference(result, world_size=2, optim=optim)
     # TorchRec's per-column-shard accumulator is not the whole-row one: documented, not hidden.
-    ref_whole_rows, _ = setup.reference_run(world_size=2, optim=setup.ADAGRAD_ADAM, column_blocks={})
+    ref_whole_rows, _ = setup.reference_run(world_size=2, optim=setup.OPTIMS[optim], column_blocks={})
     errors = setup.update_errors(result["state"], ref_whole_rows, setup.initial_state(True))
     assert _worst(errors, ".embedding_bags.t_C3.") > 10 * setup.UPDATE_REL_TOL
 

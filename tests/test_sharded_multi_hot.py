@@ -36,7 +36,7 @@ def run_case(env: DistEnv, collection: str, pooling: str, plan: str) -> Dict[str
     pools = mh.POOLINGS[pooling]
     optim = OptimConfig(embedding_optimizer="sgd", embedding_lr=setup.LR, dense_optimizer="sgd", dense_lr=setup.LR)
     model = mh.build_model(torch.device("meta"), mlet, pools)
-    attach_fused_embedding_optimizer(model, optim)
+    attach_fused_embedding_optimizer(model, optim, env.device.type)
     sharded = shard_model(model, env, ShardingConfig(), plan=mh.sharding_plan(model, plan, env.world_size))
     load_full_state_dict(sharded, mh.initial_state(mlet, pools))
     optimizer = build_optimizer(sharded, optim)

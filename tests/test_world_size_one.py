@@ -47,7 +47,7 @@ def _run(env: DistEnv, name: str, single_process_ddp: bool) -> SimpleNamespace:
     for module in model.modules():  # mlet-train's default (no --check-inputs): the pipeline traces it
         if isinstance(module, MLETEmbeddingBagCollection):
             module.validate_inputs = False
-    attach_fused_embedding_optimizer(model, OPTIM)
+    attach_fused_embedding_optimizer(model, OPTIM, env.device.type)
     sharded = shard_model(model, env, SHARDINGS[name], single_process_ddp=single_process_ddp)
     load_full_state_dict(sharded, setup.initial_state(True))
     return SimpleNamespace(model=sharded, optimizer=build_optimizer(sharded, OPTIM), pipeline=PIPELINE[name])

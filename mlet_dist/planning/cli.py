@@ -20,7 +20,7 @@ from mlet_dist.models.ranking import ModelConfig
 from mlet_dist.planning.estimators import DENSE_OPTIMIZER_STATES
 from mlet_dist.planning.spec import SpecError, load_table_spec
 from mlet_dist.planning.topology import DEVICES, TopologyError, cluster_spec, parse_world
-from mlet_dist.training.optim import EMBEDDING_OPTIMIZERS
+from mlet_dist.training.optim import CPU_TABLE_UPDATES, EMBEDDING_OPTIMIZERS
 
 
 def _world(text: str) -> str:
@@ -71,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="fused table optimizer (sets the optimizer-state bytes)",
     )
     p.add_argument(
+        "--cpu-table-update",
+        choices=list(CPU_TABLE_UPDATES),
+        default="jit",
+        help="mlet-train's --cpu-table-update (loop: 8 B more optimizer state per row on CPU)",
+    )
+    p.add_argument(
         "--dense-optimizer",
         choices=sorted(DENSE_OPTIMIZER_STATES),
         default="adam",
@@ -103,7 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Beside the model's flags, the training settings a run's config.json also decides.
-_FROM_CONFIG = ("embedding_optimizer", "dense_optimizer", "projection_after_comm", "batch_size", "sharding")
+_FROM_CONFIG = (
+    "embedding_optimizer",
+    "cpu_table_update",
+    "dense_optimizer",
+    "projection_after_comm",
+    "batch_size",
+    "sharding",
+)
 
 
 def _model_and_config(args: argparse.Namespace, argv: Optional[Sequence[str]]) -> ModelConfig:
@@ -121,6 +134,7 @@ def _model_and_config(args: argparse.Namespace, argv: Optional[Sequence[str]]) -
         raise ValueError(f"--config sets the model; leave out {', '.join('--' + c.replace('_', '-') for c in clash)}")
     cfg = load_config(TrainConfig, args.config)
     args.embedding_optimizer, args.dense_optimizer = cfg.optim.embedding_optimizer, cfg.optim.dense_optimizer
+    args.cpu_table_update = cfg.optim.cpu_table_update
     args.projection_after_comm = not cfg.sharding.owner_projection
     args.batch_size, args.sharding = cfg.batch_size, cfg.sharding.sharding
     if args.spec is None:
@@ -131,7 +145,7 @@ def _model_and_config(args: argparse.Namespace, argv: Optional[Sequence[str]]) -
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from mlet_dist.planning.plan_io import save_plan
-    from mlet_dist.planning.planner import PlanDoesNotFitError, PlanRequest, plan_tables
+    from mlet_dist.planning.planner import PlanDoesNotFitError, PlanRequest, plan_tables, uses_table_loop
     from mlet_dist.planning.report import estimates, format_report
 
     try:
@@ -146,6 +160,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             model=model,
             owner_projection=not args.projection_after_comm,
             embedding_optimizer=args.embedding_optimizer,
+            cpu_table_update=args.cpu_table_update,
             dense_optimizer=args.dense_optimizer,
             batch_size=args.batch_size,
             sharding=args.sharding,
@@ -180,7 +195,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 "embedding_dim": request.embedding_dim,
                 "owner_projection": request.sharding_config.owner_projection,
             },
-            "optimizers": {"embedding": request.embedding_optimizer, "dense": request.dense_optimizer},
+            "optimizers": {
+                "embedding": request.embedding_optimizer,
+                "dense": request.dense_optimizer,
+                # recorded where it changes the bytes (CPU loop states), so older plans read the same
+                **({"cpu_table_update": "loop"} if uses_table_loop(request) else {}),
+            },
             "batch_size_per_rank": request.batch_size,
             "reserve_fraction": request.reserve_fraction,
             "memory_balance": request.memory_balance,

@@ -9,6 +9,9 @@ each device's memory, balancing by perf, the "does not fit" search) sees them:
   counts them, because the sharded parameter *is* the n×k table and the optimizer class comes
   from ``apply_optimizer_in_backward`` (SGD 0, RowWiseAdagrad 1/k, Adagrad/others 1, Adam 2
   extra copies per weight).
+* fbgemm's CPU loop states: with ``--cpu-table-update loop`` fused rowwise Adagrad keeps two
+  more floats per row on CPU (training/optim.py) that TorchRec's estimator does not know;
+  ``LoopStateEstimator`` adds them to each fused shard.
 * projection W (k×d fp32) on the shard holders (owner-side projection only):
   ``MLETProjectionEstimator`` adds ``rows_of_W × d × 4 × (1 weight + 1 grad + dense optimizer
   states)`` to each shard: all k rows for table-wise / row-wise / table-row-wise /
@@ -39,9 +42,11 @@ from torchrec.distributed.planner.types import (
     Storage,
     Topology,
 )
+from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.types import ShardingType
 
 from mlet_dist.modules.mlet_embedding_bag import MLETEmbeddingBagCollection
+from mlet_dist.training.optim import LOOP_STATE_BYTES_PER_ROW
 
 FP32 = 4
 # Resident memory of a training rank process beyond its tables and TorchRec's reservation: the
@@ -154,3 +159,25 @@ class MLETProjectionEstimator(ShardEstimator):
                     input_dist_comms=p.input_dist_comms,
                     prefetch_compute=p.prefetch_compute,
                 )
+
+
+def loop_state_bytes(option: ShardingOption, shard: Shard, uses_loop: bool) -> int:
+    """fbgemm's CPU loop states of one shard: 8 B per row of a fused shard when the tables use it."""
+    if not uses_loop or option.compute_kernel != EmbeddingComputeKernel.FUSED.value:
+        return 0  # data-parallel dense tables train with torch's RowWiseAdagrad
+    return int(shard.size[0]) * LOOP_STATE_BYTES_PER_ROW
+
+
+class LoopStateEstimator(ShardEstimator):
+    """Adds fbgemm's CPU loop states (8 B per row of each fused shard) when the tables train
+    with it; run after TorchRec's storage estimator."""
+
+    def __init__(self, uses_loop: bool) -> None:
+        self._uses_loop = uses_loop
+
+    def estimate(self, sharding_options: List[ShardingOption], sharder_data_map=None) -> None:
+        for option in sharding_options:
+            for shard in option.shards:
+                extra = loop_state_bytes(option, shard, self._uses_loop)
+                if extra and shard.storage is not None:
+                    shard.storage = shard.storage + Storage(hbm=0, ddr=extra, ssd=0)

@@ -37,12 +37,18 @@ from mlet_dist.models.ranking import ModelConfig, model_factory
 from mlet_dist.planning.estimators import (
     DENSE_OPTIMIZER_STATES,
     DedupPerfEstimator,
+    LoopStateEstimator,
     MLETProjectionEstimator,
     process_overhead_bytes,
 )
 from mlet_dist.planning.spec import INT64_MAX, TableSpec
 from mlet_dist.planning.topology import GIB, ClusterSpec
-from mlet_dist.training.optim import EMBEDDING_OPTIMIZERS, OptimConfig, attach_fused_embedding_optimizer
+from mlet_dist.training.optim import (
+    CPU_TABLE_UPDATES,
+    EMBEDDING_OPTIMIZERS,
+    OptimConfig,
+    attach_fused_embedding_optimizer,
+)
 
 MIN_CW_DIM = 128  # TorchRec's default column-wise shard width (planner/constants.py)
 FP32_BYTES = 4
@@ -63,6 +69,7 @@ class PlanRequest:
     model: ModelConfig = field(default_factory=ModelConfig)
     owner_projection: bool = True
     embedding_optimizer: str = "rowwise_adagrad"
+    cpu_table_update: str = "jit"  # mlet-train's --cpu-table-update: "loop" keeps 8 B more per row on CPU
     dense_optimizer: str = "adam"
     batch_size: int = 256  # per rank, as train.py's --batch-size
     sharding: str = "auto"
@@ -74,6 +81,8 @@ class PlanRequest:
     def __post_init__(self) -> None:
         if self.embedding_optimizer not in EMBEDDING_OPTIMIZERS:
             raise ValueError(f"--embedding-optimizer must be one of {sorted(EMBEDDING_OPTIMIZERS)}")
+        if self.cpu_table_update not in CPU_TABLE_UPDATES:
+            raise ValueError(f"--cpu-table-update must be one of {', '.join(CPU_TABLE_UPDATES)}")
         if self.dense_optimizer not in DENSE_OPTIMIZER_STATES:
             raise ValueError(f"--dense-optimizer must be one of {sorted(DENSE_OPTIMIZER_STATES)}")
         if self.sharding not in SHARDING_CHOICES:
@@ -158,10 +167,20 @@ class PlanResult:
     proposals: int
 
 
+def uses_table_loop(request: PlanRequest) -> bool:
+    """Whether the planned job's fused tables keep fbgemm's CPU loop states (training/optim.py)."""
+    return optim_config(request).uses_table_loop(request.cluster.device)
+
+
+def optim_config(request: PlanRequest) -> OptimConfig:
+    """The table optimizer settings of the job the plan is for."""
+    return OptimConfig(embedding_optimizer=request.embedding_optimizer, cpu_table_update=request.cpu_table_update)
+
+
 def build_planning_model(request: PlanRequest, device: torch.device = torch.device("meta")) -> nn.Module:
     """train.py's model (its builder, model_factory: same names) with the fused table optimizer attached."""
     model = model_factory(request.model, request.spec.table_sizes, request.spec.num_dense)(device)
-    attach_fused_embedding_optimizer(model, OptimConfig(embedding_optimizer=request.embedding_optimizer))
+    attach_fused_embedding_optimizer(model, optim_config(request), request.cluster.device)
     return model
 
 
@@ -342,6 +361,7 @@ def plan_tables(request: PlanRequest) -> PlanResult:
         DedupPerfEstimator(EmbeddingPerfEstimator(topology=topology, constraints=constraints)),
         EmbeddingStorageEstimator(topology=topology, constraints=constraints),
         MLETProjectionEstimator(topology, request.dense_optimizer),
+        LoopStateEstimator(uses_table_loop(request)),
     ]
     enumerator = OrderedEnumerator(
         topology=topology, batch_size=request.batch_size, constraints=constraints, estimator=estimators

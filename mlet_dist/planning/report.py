@@ -27,12 +27,13 @@ from torchrec.distributed.types import ShardingType
 from mlet_dist.planning.estimators import (
     DENSE_OPTIMIZER_STATES,
     FP32,
+    loop_state_bytes,
     mlet_dims,
     process_overhead_bytes,
     projection_bytes,
     projection_rows,
 )
-from mlet_dist.planning.planner import PlanResult
+from mlet_dist.planning.planner import PlanResult, uses_table_loop
 from mlet_dist.planning.topology import GIB
 
 SHORT = {
@@ -72,6 +73,7 @@ def estimates(result: PlanResult) -> Dict[str, Any]:
     d = request.embedding_dim
     owner = request.mlet and request.sharding_config.owner_projection
     states = DENSE_OPTIMIZER_STATES[request.dense_optimizer]
+    loop = uses_table_loop(request)
     ranks: List[Dict[str, Any]] = [
         {
             "rank": r,
@@ -111,7 +113,7 @@ def estimates(result: PlanResult) -> Dict[str, Any]:
             proj = projection_bytes(projection_rows(option, shard, dims[0]), d, request.dense_optimizer) if dims else 0
             if option.compute_kernel in _RESIDENT:
                 weights = r_rows * r_cols * element
-                optim = math.ceil(weights * multiplier)
+                optim = math.ceil(weights * multiplier) + loop_state_bytes(option, shard, loop)
             else:  # UVM: weights in host memory, a cache in HBM
                 weights = optim = 0
                 rank["host_offload"] += int(shard.storage.ddr)

@@ -46,6 +46,7 @@ from mlet_dist.training.checkpoint_digest import (
     write_checksums,
 )
 from mlet_dist.training.faults import maybe_fail
+from mlet_dist.training.loop_states import loaded_optimizer_state, without_absent_loop_states
 
 _NAME = re.compile(r"^step-(\d{8})$")
 TRAIN_STATE = "train_state.json"
@@ -285,10 +286,11 @@ class CheckpointManager:
         verdict = agreed_verdict(verify_share(path, self.env.rank, self.env.world_size))
         if verdict:  # every rank skips or loads the same checkpoint
             raise CheckpointCorrupt(verdict)
-        position, rng, local = TrainPosition(), None, None
+        position, rng, local, saved_keys = TrainPosition(), None, None, set()
         try:  # files that verify but are not a position, an RNG state or safe metadata: damage too
             position, rng = read_position(path), read_rng(path / f"rng-rank{self.env.rank}.json")
-            SafeFileSystemReader(path).read_metadata()  # DCP would re-raise its refusal as plain text
+            # DCP would re-raise a refusal here as plain text
+            saved_keys = set(SafeFileSystemReader(path).read_metadata().state_dict_metadata)
         except CheckpointCorrupt as err:
             local = str(err)
         except UnsafeCheckpointError as err:
@@ -300,8 +302,15 @@ class CheckpointManager:
             raise CheckpointCorrupt(verdict)
         _init_lazy_optimizer_state(optimizer)
         state = {"model": model.state_dict(), "optim": optimizer.state_dict()}
+        request, absent = without_absent_loop_states(state, saved_keys)
+        if absent and self.env.is_main:
+            print(
+                f"[checkpoint] {path.name} has no fbgemm CPU loop states ({len(absent)} tensors: written by the "
+                "JIT path, on CUDA or before the loop); they start at zero, which the update does not read",
+                flush=True,
+            )
         try:
-            safe_load(state, path)
+            safe_load(request, path)
         except (Exception, CheckpointException) as err:  # DCP's CheckpointException is a BaseException
             causes = failure_causes(err)
             if any(isinstance(c, UnsafeCheckpointError) for c in causes):
@@ -314,8 +323,8 @@ class CheckpointManager:
                 "plan, nor another model shape: resume with the original world size, plan "
                 "(run_dir/plan.json) and model flags, or start fresh with --no-resume."
             ) from err
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optim"])
+        model.load_state_dict(request["model"])
+        optimizer.load_state_dict(loaded_optimizer_state(state, request))
         if rng is not None and position.world_size == self.env.world_size:
             torch.set_rng_state(rng)
         return position

@@ -38,7 +38,7 @@ from mlet_dist.errors import UserError
 from mlet_dist.models.ranking import ModelConfig
 from mlet_dist.training.checkpoint import CHECKPOINT_MODES
 from mlet_dist.training.loop import LoopConfig
-from mlet_dist.training.optim import DENSE_OPTIMIZERS, EMBEDDING_OPTIMIZERS, OptimConfig
+from mlet_dist.training.optim import CPU_TABLE_UPDATES, DENSE_OPTIMIZERS, EMBEDDING_OPTIMIZERS, OptimConfig
 from mlet_dist.training.precision import DENSE_PRECISIONS
 from mlet_dist.training.run_name import RUNS_ROOT, default_run_name
 
@@ -105,6 +105,13 @@ _OPTIM_FLAGS = nested(
         help="autocast of the MLPs and the interaction (bf16: fp32 master weights, checkpoints and "
         "exports; the embedding lookups stay fp32); fp16 is refused (it needs loss scaling, which "
         "the tables' in-backward optimizer cannot take)",
+    ),
+    cpu_table_update=flag(
+        "--cpu-table-update",
+        choices=list(CPU_TABLE_UPDATES),
+        help="fused rowwise Adagrad on CPU: fbgemm's JIT kernels (default) or its plain loop (the same "
+        "update, 8 B more state per row; faster on CPUs where benchmarks/bench_table_update.py says so); "
+        "no effect on CUDA or other optimizers",
     ),
 )
 _SHARDING_FLAGS = nested(

@@ -11,6 +11,18 @@ all-reduce: torch SGD and Adagrad and torchrec's RowWiseAdagrad compute exactly 
 EXACT_SGD / EXACT_ADAGRAD / EXACT_ROWWISE_ADAGRAD update on the averaged gradient (rows
 absent from the batch have a zero gradient and do not move), and their state is checkpointed
 with the rest of the CombinedOptimizer.
+
+On CPU, fbgemm runs EXACT_ROWWISE_ADAGRAD through JIT kernels (SpMDM + SparseAdaGrad, blocks of
+64 rows, threaded) whose speed depends on the CPU: per updated row at k=64, 2 threads
+(benchmarks/bench_table_update.py), one 2-core box measured 0.69 us for the JIT path against
+0.24 for fbgemm's plain C++ loop, another (AMD EPYC, AVX-512) 0.31 against 0.52. So the JIT path
+stays the default and ``--cpu-table-update loop`` picks the loop where bench_table_update says it
+is faster. The loop is reachable only as fbgemm's counter kernel (WeightDecayMode.COUNTER); with
+its neutral settings (no counter weight decay, half-life or lr adjustment) its CPU update is
+exactly rowwise Adagrad's (w -= lr * g / (sqrt(G) + eps); the decay factor is 1), and it keeps
+two more per-row floats (prev_iter, row_counter: 8 B per row) that the update never reads, so a
+checkpoint resumes across the two paths (training/loop_states.py). CUDA always runs fbgemm's
+plain rowwise kernel.
 """
 
 import math
@@ -18,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Tuple, Type
 
 import torch
+from fbgemm_gpu.tbe.config.optimizer_config import CounterBasedRegularizationDefinition, WeightDecayMode
 from torch import nn
 from torchrec.distributed.embeddingbag import ShardedEmbeddingBagCollection
 from torchrec.distributed.types import ShardingType
@@ -46,6 +59,12 @@ DENSE_OPTIMIZERS: Dict[str, Type[torch.optim.Optimizer]] = {
 # vs 67), equal to the loop's update within 2.4e-7. SGD is left out: fused measured no faster.
 FUSED_DENSE_OPTIMIZERS = frozenset({"adam", "adagrad"})
 FUSED_DEVICES = frozenset({"cpu", "cuda"})
+# How fused rowwise Adagrad updates tables on CPU (module docstring): fbgemm's loop or its JIT kernel.
+CPU_TABLE_UPDATES = ("jit", "loop")
+# The per-row states the loop keeps beside momentum1; neutral (never read by the update), so a
+# checkpoint without them loads with zeros (training/checkpoint.py).
+LOOP_ONLY_STATES = ("prev_iter", "row_counter")
+LOOP_STATE_BYTES_PER_ROW = 4 * len(LOOP_ONLY_STATES)
 
 
 @dataclass
@@ -60,6 +79,7 @@ class OptimConfig:
     eps: float = 1e-8
     schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)  # warm-up/decay of both lrs
     dense_precision: str = "fp32"  # autocast of the MLPs and the interaction (training/precision.py)
+    cpu_table_update: str = "jit"  # fused rowwise Adagrad on CPU: fbgemm's JIT kernels or its loop (see above)
 
     def __post_init__(self) -> None:
         if self.embedding_optimizer not in EMBEDDING_OPTIMIZERS:
@@ -73,6 +93,10 @@ class OptimConfig:
             )
         if self.dense_precision == "fp16":
             raise ValueError(FP16_REFUSAL)
+        if self.cpu_table_update not in CPU_TABLE_UPDATES:
+            raise ValueError(
+                f"--cpu-table-update must be one of {', '.join(CPU_TABLE_UPDATES)}; got {self.cpu_table_update!r}"
+            )
         if self.dense_optimizer not in DENSE_OPTIMIZERS:
             raise ValueError(
                 f"--dense-optimizer must be one of {sorted(DENSE_OPTIMIZERS)}; got {self.dense_optimizer!r}"
@@ -84,14 +108,28 @@ class OptimConfig:
     def _kwargs(self, name: str, lr: float) -> Dict[str, Any]:
         return {"lr": lr} if name == "sgd" else {"lr": lr, "eps": self.eps}
 
+    def uses_table_loop(self, device_type: str) -> bool:
+        """Whether fused tables on ``device_type`` update through fbgemm's loop (and keep its states)."""
+        return (
+            self.embedding_optimizer == "rowwise_adagrad" and device_type == "cpu" and self.cpu_table_update == "loop"
+        )
 
-def attach_fused_embedding_optimizer(model: nn.Module, config: OptimConfig) -> None:
-    """Mark every table for an in-backward fused optimizer; call before DMP."""
+    def fused_table_kwargs(self, device_type: str) -> Dict[str, Any]:
+        """The fused table optimizer's arguments on ``device_type`` (TorchRec passes the extra
+        ones to fbgemm's TBE as fused params; torchrec's RowWiseAdagrad ignores them)."""
+        kwargs = self._kwargs(self.embedding_optimizer, self.embedding_lr)
+        if self.uses_table_loop(device_type):
+            kwargs["weight_decay_mode"] = WeightDecayMode.COUNTER
+            kwargs["counter_based_regularization"] = CounterBasedRegularizationDefinition()  # neutral
+        return kwargs
+
+
+def attach_fused_embedding_optimizer(model: nn.Module, config: OptimConfig, device_type: str) -> None:
+    """Mark every table for an in-backward fused optimizer; call before DMP. ``device_type``
+    (where the tables will train) picks fbgemm's CPU update path (module docstring)."""
     cls = EMBEDDING_OPTIMIZERS[config.embedding_optimizer]
     for ebc in embedding_collections(model):
-        apply_optimizer_in_backward(
-            cls, ebc.parameters(), config._kwargs(config.embedding_optimizer, config.embedding_lr)
-        )
+        apply_optimizer_in_backward(cls, ebc.parameters(), config.fused_table_kwargs(device_type))
 
 
 def data_parallel_table_parameters(sharded_model: nn.Module) -> Dict[str, nn.Parameter]:

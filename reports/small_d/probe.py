@@ -47,7 +47,7 @@ def main() -> None:
     build = model_factory(cfg.model, meta.table_sizes, len(meta.dense_features), meta.pooling)
     torch.manual_seed(cfg.seed + env.rank)
     model = build(torch.device("meta"))
-    attach_fused_embedding_optimizer(model, cfg.optim)
+    attach_fused_embedding_optimizer(model, cfg.optim, env.device.type)
     sharded = shard_model(model, env, cfg.sharding)
     optimizer = build_optimizer(sharded, cfg.optim)
     dlrm = sharded.module.model
