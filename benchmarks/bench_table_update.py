@@ -6,10 +6,12 @@
 
 mlet-train's tables train in the TBE's backward (fused, in-backward optimizer). On CPU fbgemm
 runs EXACT_ROWWISE_ADAGRAD (our default) through its JIT kernels (SpMDM + SparseAdaGrad, blocks
-of 64 rows) and every other optimizer through a plain C++ loop. On the box this was written on
-the JIT SparseAdaGrad kernel cost ~0.8-1 us per row, 10-20x the loop's (see
-benchmarks/profiles/step_profile_b128_breakdown.md, "fbgemm's rowwise Adagrad on CPU"), so this
-script times, side by side on the same ids and gradients:
+of 64 rows) and every other optimizer through a plain C++ loop. Which is faster depends on the
+CPU: on the box this was written on the JIT SparseAdaGrad kernel cost ~0.8-1 us per row, 3-20x
+the loop's (benchmarks/profiles/step_profile_b128_breakdown.md, "fbgemm's rowwise Adagrad on
+CPU"); on an AMD EPYC (AVX-512) box the JIT path was ~1.7x faster than the loop. mlet-train keeps
+the JIT path unless --cpu-table-update loop, so this script times, side by side on the same ids
+and gradients:
 
   rowwise_adagrad        EXACT_ROWWISE_ADAGRAD as mlet-train builds it (the JIT path)
   rowwise_adagrad_loop   the same update through fbgemm's plain loop: the counter kernel
@@ -23,8 +25,8 @@ the backward's median wall time over the distinct (table, id) pairs of the batch
 interleaved across optimizers, so a load burst on a shared box hits every column alike. Per size,
 the two rowwise paths then train fresh copies for a few steps on the same batch and must agree
 within --tolerance (an error line otherwise), so a fbgemm upgrade that changes either path shows
-here. Run it again after upgrading fbgemm-gpu-cpu: if the JIT path's us/row falls to the
-loop's, the penalty is gone.
+here. Run it on the training machine: where rowwise_adagrad_loop is the faster column, mlet-train
+--cpu-table-update loop takes that path (and mlet-plan --cpu-table-update loop plans its 8 B/row).
 """
 
 import argparse
