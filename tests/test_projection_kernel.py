@@ -50,7 +50,7 @@ def test_products_and_gradients_match_the_definition(shape: Tuple[int, int, int,
 @pytest.mark.parametrize("shape", SHAPES[:2])
 def test_gradcheck(shape: Tuple[int, int, int, int]) -> None:
     values, weights = leaves(shape, torch.float64)
-    assert torch.autograd.gradcheck(TiledProjection.apply, (values, torch.stack(weights).detach().requires_grad_()))
+    assert torch.autograd.gradcheck(TiledProjection.apply, (values, *weights))
 
 
 def test_unset_buffer_contents_never_reach_the_result(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -101,5 +101,7 @@ def test_whole_shard_projection_is_the_parameter_itself() -> None:
     ]
     whole = ShardedProjection(8, 4, 0.1, torch.device("cpu"), 0, shards[:1])
     assert whole.local_slice(0, 8) is whole.shards["rows_0"]
+    assert whole.whole_shard_name(0, 8) == "rows_0"  # what the sharded collection fetches by name
     column = ShardedProjection(16, 4, 0.1, torch.device("cpu"), 1, shards)
     torch.testing.assert_close(column.local_slice(10, 3), column.shards["rows_8"][2:5])
+    assert column.whole_shard_name(10, 3) is None and column.whole_shard_name(8, 8) == "rows_8"

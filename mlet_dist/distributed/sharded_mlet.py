@@ -9,7 +9,7 @@ are summed after the communication. The TorchRec privates used here are listed i
 tests/test_torchrec_contract.py.
 """
 
-from typing import Any, Dict, List, Optional, cast
+from typing import Any, Dict, List, Optional, Tuple, cast
 
 import torch
 import torch.distributed as dist
@@ -188,14 +188,30 @@ class ShardedMLETEmbeddingBagCollection(
                 average_grads=average,
                 source=module.projection_weight(name),
             )
+        # project()'s W per output block of each lookup: (projection, name of the local shard that
+        # is exactly the block's rows or None, row offset, rows), and the blocks' column starts.
+        self._block_sources: List[List[Tuple[ShardedProjection, Optional[str], int, int]]] = []
+        for blocks in self.output_blocks:
+            sources = []
+            for b in blocks:
+                proj = cast(ShardedProjection, self.projections[b.table])
+                sources.append((proj, proj.whole_shard_name(b.col_offset, b.cols), b.col_offset, b.cols))
+            self._block_sources.append(sources)
+        self._block_starts = [[b.start for b in blocks] for blocks in self.output_blocks]
 
     def project(self, index: int, embs: torch.Tensor) -> torch.Tensor:
         """Multiply each table's k-wide (or column-shard) slice of lookup ``index`` by its rows of W."""
-        blocks = self.output_blocks[index]
-        if not blocks:
+        sources = self._block_sources[index]
+        if not sources:
             return embs
-        weights = [cast(ShardedProjection, self.projections[b.table]).local_slice(b.col_offset, b.cols) for b in blocks]
-        return project_blocks(embs, [b.start for b in blocks], weights)
+        # A whole local shard is fetched by its name (one attribute lookup), a part of one sliced:
+        # working out which it is on every step, and a torch.stack in front of the kernel, cost
+        # 0.05-0.12 ms per step at 26 tables (fwd + bwd, measured side by side in one process).
+        weights = [
+            getattr(proj.shards, name) if name is not None else proj.local_slice(offset, rows)
+            for proj, name, offset, rows in sources
+        ]
+        return project_blocks(embs, self._block_starts[index], weights)
 
     def _sum_column_shards(self, kt: KeyedTensor) -> KeyedTensor:
         """A column-wise table arrives as m partial d-wide products side by side: add them."""

@@ -93,6 +93,14 @@ class ShardedProjection(nn.Module):
 
         param.register_hook(reduce_grad)
 
+    def whole_shard_name(self, row_offset: int, rows: int) -> Optional[str]:
+        """The name in ``shards`` of the local shard that is exactly W rows [row_offset,
+        row_offset + rows) (what ``local_slice`` returns as is), or None."""
+        for offset, name in zip(self.local_row_offsets, self.shards):
+            if offset == row_offset and rows == self.shards[name].shape[0]:
+                return name
+        return None
+
     def local_slice(self, row_offset: int, rows: int) -> torch.Tensor:
         """W rows [row_offset, row_offset + rows) as held on this rank: the parameter itself when
         that is the whole shard (the table-wise case), so autograd adds no slice-backward
