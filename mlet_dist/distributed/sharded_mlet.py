@@ -150,7 +150,7 @@ class ShardedMLETEmbeddingBagCollection(
         )
         # Whatever sharder built it: the projected outputs need the corrected divisor too.
         fix_mean_pooling_divisor(self.wide, table_name_to_parameter_sharding)
-        self.output_blocks: List[List[OutputBlock]] = [
+        output_blocks: List[List[OutputBlock]] = [
             lookup_output_blocks(cast(List[Any], _unwrap(lookup).grouped_configs)) for lookup in self.wide._lookups
         ]
         infos: List[EmbeddingShardingInfo] = [
@@ -191,13 +191,13 @@ class ShardedMLETEmbeddingBagCollection(
         # project()'s W per output block of each lookup: (projection, name of the local shard that
         # is exactly the block's rows or None, row offset, rows), and the blocks' column starts.
         self._block_sources: List[List[Tuple[ShardedProjection, Optional[str], int, int]]] = []
-        for blocks in self.output_blocks:
+        for blocks in output_blocks:
             sources = []
             for b in blocks:
                 proj = cast(ShardedProjection, self.projections[b.table])
                 sources.append((proj, proj.whole_shard_name(b.col_offset, b.cols), b.col_offset, b.cols))
             self._block_sources.append(sources)
-        self._block_starts = [[b.start for b in blocks] for blocks in self.output_blocks]
+        self._block_starts = [[b.start for b in blocks] for blocks in output_blocks]
 
     def project(self, index: int, embs: torch.Tensor) -> torch.Tensor:
         """Multiply each table's k-wide (or column-shard) slice of lookup ``index`` by its rows of W."""

@@ -105,9 +105,10 @@ class ShardedProjection(nn.Module):
         """W rows [row_offset, row_offset + rows) as held on this rank: the parameter itself when
         that is the whole shard (the table-wise case), so autograd adds no slice-backward
         (a zero-filled k×d buffer per table per step) in front of its gradient."""
+        whole = self.whole_shard_name(row_offset, rows)
+        if whole is not None:
+            return self.shards[whole]
         for offset, param in zip(self.local_row_offsets, self.shards.values()):
-            if offset == row_offset and rows == param.shape[0]:
-                return param
             if offset <= row_offset and row_offset + rows <= offset + param.shape[0]:
                 return param[row_offset - offset : row_offset - offset + rows]
         raise KeyError(f"projection rows [{row_offset}, {row_offset + rows}) are not held on this rank")
